@@ -1,0 +1,21 @@
+//! # p2pcore
+//!
+//! The engine of p2pchat: a [`Registry`](registry::Registry) server that keeps who is
+//! online, and a [`Peer`](peer::Peer) that registers with it, chats with other peers
+//! directly and downloads files from them while serving its own share.
+//!
+//! Modules, each with one job:
+//! - [`protocol`]: the bytes on the wire, parsed and formatted; never touches a socket.
+//! - [`limits`]: every size and time limit, in one place.
+//! - [`registry`]: the registry server.
+//! - [`share`]: the shared directory: scanning, hashing, safe name resolution.
+//! - [`transfer`]: moving file bytes: zero-copy sending, verified receiving.
+//! - [`peer`]: the client: registry session, listener, chats and downloads.
+//! - [`error`]: the one error type and its stable codes.
+
+pub mod error;
+pub mod limits;
+pub mod protocol;
+pub mod registry;
+
+pub use error::{Error, ErrorCode, Result};
