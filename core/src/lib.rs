@@ -17,5 +17,6 @@ pub mod error;
 pub mod limits;
 pub mod protocol;
 pub mod registry;
+pub mod thread;
 
 pub use error::{Error, ErrorCode, Result};

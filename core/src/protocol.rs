@@ -407,10 +407,11 @@ pub fn parse_peer_request(line: &[u8]) -> Result<PeerRequest, PeerProtocolError>
             })
         }
         "FILE" => {
-            let (offset, name) = rest
-                .split_once(' ')
-                .ok_or_else(|| PeerProtocolError::new("bad-request", "FILE needs offset and name"))?;
-            if offset.is_empty() || offset.len() > 20 || !offset.bytes().all(|b| b.is_ascii_digit()) {
+            let (offset, name) = rest.split_once(' ').ok_or_else(|| {
+                PeerProtocolError::new("bad-request", "FILE needs offset and name")
+            })?;
+            if offset.is_empty() || offset.len() > 20 || !offset.bytes().all(|b| b.is_ascii_digit())
+            {
                 return Err(PeerProtocolError::new("bad-request", "invalid offset"));
             }
             let offset = offset

@@ -131,18 +131,20 @@ impl Directory {
     }
 
     /// Remove every registration held by session connection `conn`; returns their names.
-    pub fn release_session(&self, conn: u64, names: &[String]) -> Vec<String> {
+    pub fn release_session<'a>(
+        &self,
+        conn: u64,
+        names: impl IntoIterator<Item = &'a String>,
+    ) -> Vec<String> {
         let mut users = self.users.write();
-        names
-            .iter()
-            .filter(|n| matches!(users.get(*n), Some(s) if s.owner == Owner::Session(conn)))
-            .cloned()
-            .collect::<Vec<_>>()
-            .into_iter()
-            .inspect(|n| {
-                users.remove(n);
-            })
-            .collect()
+        let mut released = Vec::new();
+        for name in names {
+            if matches!(users.get(name), Some(s) if s.owner == Owner::Session(conn)) {
+                users.remove(name);
+                released.push(name.clone());
+            }
+        }
+        released
     }
 
     /// Remove legacy registrations whose lease has ended; returns their names.

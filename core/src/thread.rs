@@ -1,0 +1,37 @@
+//! Spawning p2pchat's threads.
+//!
+//! Every thread the library starts goes through [`spawn_named`], which names it (for
+//! debuggers and `top -H`) and blocks `SIGPIPE` in it: when p2pchat is linked into a C
+//! program that has not ignored `SIGPIPE`, a `sendfile` to a peer that went away would
+//! otherwise kill the whole process instead of returning `EPIPE`.
+
+use std::io;
+use std::thread::JoinHandle;
+
+/// Spawn a named thread with `SIGPIPE` blocked. The caller owns the handle and must
+/// join it.
+pub fn spawn_named<F, T>(name: &str, f: F) -> io::Result<JoinHandle<T>>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    std::thread::Builder::new()
+        .name(name.to_string())
+        .stack_size(1024 * 1024)
+        .spawn(move || {
+            block_sigpipe();
+            f()
+        })
+}
+
+fn block_sigpipe() {
+    #[cfg(unix)]
+    // SAFETY: plain libc calls on a stack-allocated, initialised signal set that only
+    // this thread's mask is changed from.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGPIPE);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+}
