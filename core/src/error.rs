@@ -87,6 +87,59 @@ pub enum Error {
     Refused { peer: String, reason: String },
 }
 
+impl Clone for Error {
+    /// I/O errors are cloned as their kind and message (`io::Error` is not `Clone`).
+    fn clone(&self) -> Self {
+        let io = |e: &io::Error| io::Error::new(e.kind(), e.to_string());
+        match self {
+            Error::Io(e) => Error::Io(io(e)),
+            Error::InvalidArgument(s) => Error::InvalidArgument(s.clone()),
+            Error::UsernameTaken(s) => Error::UsernameTaken(s.clone()),
+            Error::InvalidUsername(s) => Error::InvalidUsername(s.clone()),
+            Error::NotADirectory(p) => Error::NotADirectory(p.clone()),
+            Error::PortUnavailable { port, source } => Error::PortUnavailable {
+                port: *port,
+                source: io(source),
+            },
+            Error::Registry(s) => Error::Registry(s.clone()),
+            Error::Protocol { peer, detail } => Error::Protocol {
+                peer: peer.clone(),
+                detail: detail.clone(),
+            },
+            Error::UserNotFound(s) => Error::UserNotFound(s.clone()),
+            Error::Declined(s) => Error::Declined(s.clone()),
+            Error::Closed => Error::Closed,
+            Error::FileNotFound { user, file } => Error::FileNotFound {
+                user: user.clone(),
+                file: file.clone(),
+            },
+            Error::Busy(s) => Error::Busy(s.clone()),
+            Error::AlreadyExists(p) => Error::AlreadyExists(p.clone()),
+            Error::HashMismatch {
+                file,
+                expected,
+                actual,
+            } => Error::HashMismatch {
+                file: file.clone(),
+                expected: expected.clone(),
+                actual: actual.clone(),
+            },
+            Error::Cancelled => Error::Cancelled,
+            Error::Timeout(s) => Error::Timeout(s.clone()),
+            Error::Shutdown => Error::Shutdown,
+            Error::TooLarge { what, size, limit } => Error::TooLarge {
+                what,
+                size: *size,
+                limit: *limit,
+            },
+            Error::Refused { peer, reason } => Error::Refused {
+                peer: peer.clone(),
+                reason: reason.clone(),
+            },
+        }
+    }
+}
+
 impl Error {
     /// The stable code of this error's kind.
     pub fn code(&self) -> ErrorCode {

@@ -15,8 +15,11 @@
 
 pub mod error;
 pub mod limits;
+pub mod peer;
 pub mod protocol;
 pub mod registry;
+pub mod share;
 pub mod thread;
+pub mod transfer;
 
 pub use error::{Error, ErrorCode, Result};

@@ -491,9 +491,14 @@ pub enum ChatFrame {
 /// The header line of a chat frame; a message's payload follows it.
 pub fn chat_frame_header(frame: &ChatFrame) -> String {
     match frame {
-        ChatFrame::Message(m) => format!("MSG {}\n", m.len()),
+        ChatFrame::Message(m) => chat_message_header(m.len()),
         ChatFrame::Bye => "BYE\n".to_string(),
     }
+}
+
+/// The header of a chat message of `len` bytes.
+pub fn chat_message_header(len: usize) -> String {
+    format!("MSG {len}\n")
 }
 
 /// What a chat frame header announces.

@@ -35,3 +35,38 @@ fn block_sigpipe() {
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
     }
 }
+
+/// The threads one component started and must join: finished ones are reaped as new
+/// ones start, and [`Threads::join_all`] waits for the rest on shutdown.
+#[derive(Default)]
+pub struct Threads {
+    handles: parking_lot::Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Threads {
+    /// Spawn a tracked thread (see [`spawn_named`]).
+    pub fn spawn(&self, name: &str, f: impl FnOnce() + Send + 'static) -> io::Result<()> {
+        let handle = spawn_named(name, f)?;
+        let mut handles = self.handles.lock();
+        handles.retain(|h| !h.is_finished());
+        handles.push(handle);
+        Ok(())
+    }
+
+    /// Join every tracked thread, also those started while joining. A thread never
+    /// joins itself (a hook that ends the component from a library thread).
+    pub fn join_all(&self) {
+        let me = std::thread::current().id();
+        loop {
+            let batch: Vec<JoinHandle<()>> = std::mem::take(&mut *self.handles.lock());
+            if batch.is_empty() {
+                return;
+            }
+            for h in batch {
+                if h.thread().id() != me {
+                    let _ = h.join();
+                }
+            }
+        }
+    }
+}

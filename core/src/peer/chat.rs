@@ -1,0 +1,443 @@
+//! Duplex chats between two peers: asking, answering, framing messages, ending.
+//!
+//! Each open chat has one reader thread (owned by the peer's thread set) that hands
+//! every incoming message to the `on_chat_message` hook; sending happens on the
+//! caller's thread under a short per-chat write lock with a write timeout, so a peer
+//! that never reads makes `send` fail, never hang or queue without bound.
+
+use super::{Hooks, Inner, PeerEvent};
+use crate::error::{is_timeout, Error, Result};
+use crate::limits::{MAX_CHAT_MESSAGE, MAX_PEER_LINE, PEER_IO_TIMEOUT};
+use crate::protocol::{
+    chat_frame_header, chat_message_header, parse_chat_header, parse_peer_answer, ChatFrame,
+    ChatHeader, PeerAnswer, PeerRequest,
+};
+use crossbeam_channel::{select, Receiver, Sender};
+use parking_lot::Mutex;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+/// Identifies one chat within a peer (unique for the peer's lifetime).
+pub type ChatId = u64;
+
+/// Who ended a chat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChatClosedBy {
+    /// This side: [`Chat::close`], or the peer exiting.
+    Local,
+    /// The other side said goodbye (or, for a legacy client, closed the connection).
+    Remote,
+    /// The connection failed or the other side broke the protocol.
+    Lost,
+}
+
+struct ChatShared {
+    id: ChatId,
+    peer: String,
+    legacy: bool,
+    writer: Mutex<TcpStream>,
+    closed: AtomicBool,
+    socket_key: Option<u64>,
+    hooks: Hooks,
+    inner: Weak<Inner>,
+}
+
+impl ChatShared {
+    /// End the chat once: close the socket and tell the hook.
+    fn finish(&self, by: ChatClosedBy) {
+        if self.closed.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        if let Some(mut w) = self.writer.try_lock_for(PEER_IO_TIMEOUT) {
+            if by == ChatClosedBy::Local && !self.legacy {
+                let _ = w.write_all(chat_frame_header(&ChatFrame::Bye).as_bytes());
+            }
+            let _ = w.shutdown(Shutdown::Both);
+        }
+        if let Some(inner) = self.inner.upgrade() {
+            inner.forget_socket(self.socket_key);
+        }
+        if let Some(h) = &self.hooks.chat_closed {
+            h(self.id, by);
+        }
+    }
+}
+
+/// An open chat. Cheap to clone; every clone is the same chat.
+#[derive(Clone)]
+pub struct Chat {
+    shared: Arc<ChatShared>,
+}
+
+impl Chat {
+    /// This chat's id (the one hooks receive).
+    pub fn id(&self) -> ChatId {
+        self.shared.id
+    }
+
+    /// The other side's username.
+    pub fn peer(&self) -> &str {
+        &self.shared.peer
+    }
+
+    /// Whether the chat has ended.
+    pub fn is_closed(&self) -> bool {
+        self.shared.closed.load(Ordering::SeqCst)
+    }
+
+    /// Send one message (any UTF-8, newlines included, up to
+    /// [`MAX_CHAT_MESSAGE`](crate::limits::MAX_CHAT_MESSAGE) bytes). Fails with
+    /// [`Error::Closed`] once the chat has ended, and ends the chat with a timeout error
+    /// if the other side stops reading.
+    pub fn send(&self, text: &str) -> Result<()> {
+        if self.is_closed() {
+            return Err(Error::Closed);
+        }
+        if text.len() > MAX_CHAT_MESSAGE {
+            return Err(Error::TooLarge {
+                what: "chat message",
+                size: text.len(),
+                limit: MAX_CHAT_MESSAGE,
+            });
+        }
+        let mut frame = Vec::with_capacity(text.len() + 16);
+        if !self.shared.legacy {
+            frame.extend_from_slice(chat_message_header(text.len()).as_bytes());
+        }
+        frame.extend_from_slice(text.as_bytes());
+        let result = self.shared.writer.lock().write_all(&frame);
+        result.map_err(|e| {
+            let err = if is_timeout(&e) {
+                Error::Timeout(format!("{} is not reading the chat", self.shared.peer))
+            } else {
+                Error::Io(e)
+            };
+            self.shared.finish(ChatClosedBy::Lost);
+            err
+        })
+    }
+
+    /// End the chat; the other side is told. Idempotent.
+    pub fn close(&self) {
+        self.shared.finish(ChatClosedBy::Local);
+    }
+}
+
+impl std::fmt::Debug for Chat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Chat")
+            .field("id", &self.shared.id)
+            .field("peer", &self.shared.peer)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Pending {
+    from: String,
+    addr: SocketAddr,
+    legacy: bool,
+    conn: Mutex<Option<(BufReader<TcpStream>, TcpStream)>>,
+    decided: Sender<()>,
+    inner: Weak<Inner>,
+}
+
+/// Someone asks to chat. Answer with [`accept`](Self::accept) or
+/// [`decline`](Self::decline), now or later from any thread; dropping it unanswered
+/// declines; no answer within the peer's chat-answer timeout declines too.
+pub struct ChatRequest {
+    pending: Arc<Pending>,
+}
+
+impl ChatRequest {
+    /// Who asks.
+    pub fn from(&self) -> &str {
+        &self.pending.from
+    }
+
+    /// Where they connect from.
+    pub fn addr(&self) -> SocketAddr {
+        self.pending.addr
+    }
+
+    /// Whether the request comes from an original C++ client (raw, unframed chat).
+    pub fn is_legacy(&self) -> bool {
+        self.pending.legacy
+    }
+
+    /// Accept: returns the open [`Chat`]. Fails with [`Error::Timeout`] if the request
+    /// already expired.
+    pub fn accept(self) -> Result<Chat> {
+        let taken = self.pending.conn.lock().take();
+        let Some((reader, writer)) = taken else {
+            return Err(Error::Timeout(format!(
+                "the chat request from {} expired",
+                self.pending.from
+            )));
+        };
+        let _ = self.pending.decided.try_send(());
+        let inner = self.pending.inner.upgrade().ok_or(Error::Shutdown)?;
+        if !self.pending.legacy {
+            (&writer).write_all(PeerAnswer::ChatAccepted.to_line().as_bytes())?;
+        }
+        start(
+            &inner,
+            reader,
+            writer,
+            &self.pending.from,
+            self.pending.legacy,
+        )
+    }
+
+    /// Decline; the requester is told (a legacy requester sees the connection close).
+    pub fn decline(self) {
+        // Drop does it.
+    }
+
+    fn refuse(pending: &Pending, text: &str) {
+        if let Some((_, writer)) = pending.conn.lock().take() {
+            if !pending.legacy {
+                let answer = PeerAnswer::Err {
+                    code: "declined".into(),
+                    text: text.into(),
+                };
+                let _ = (&writer).write_all(answer.to_line().as_bytes());
+            }
+            let _ = writer.shutdown(Shutdown::Both);
+        }
+        let _ = pending.decided.try_send(());
+    }
+}
+
+impl Drop for ChatRequest {
+    fn drop(&mut self) {
+        ChatRequest::refuse(&self.pending, "the chat was declined");
+    }
+}
+
+impl std::fmt::Debug for ChatRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChatRequest")
+            .field("from", &self.pending.from)
+            .field("addr", &self.pending.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Serve an incoming chat request: hand it to the hook and wait (on this serving
+/// thread) until it is answered, expires, or the peer stops.
+pub(super) fn offer(
+    inner: &Arc<Inner>,
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+    from: String,
+    legacy: bool,
+) {
+    let addr = match writer.peer_addr() {
+        Ok(a) => a,
+        Err(_) => return,
+    };
+    let (decided_tx, decided_rx): (Sender<()>, Receiver<()>) = crossbeam_channel::bounded(1);
+    let pending = Arc::new(Pending {
+        from: from.clone(),
+        addr,
+        legacy,
+        conn: Mutex::new(Some((reader, writer))),
+        decided: decided_tx,
+        inner: Arc::downgrade(inner),
+    });
+    match &inner.hooks.chat_request {
+        Some(hook) => hook(ChatRequest {
+            pending: pending.clone(),
+        }),
+        None => {
+            ChatRequest::refuse(&pending, "this peer does not take chats");
+            return;
+        }
+    }
+    let timeout = crossbeam_channel::after(inner.chat_answer_timeout);
+    select! {
+        recv(decided_rx) -> _ => {}
+        recv(inner.stop_rx) -> _ => ChatRequest::refuse(&pending, "the peer is shutting down"),
+        recv(timeout) -> _ => {
+            if pending.conn.lock().is_some() {
+                ChatRequest::refuse(&pending, "no answer in time");
+                inner.emit(PeerEvent::ChatRequestExpired { from });
+            }
+        }
+    }
+}
+
+/// Ask `name` for a chat (see [`super::Peer::chat`]).
+pub(super) fn request(inner: &Arc<Inner>, name: &str) -> Result<Chat> {
+    if inner.stopping() {
+        return Err(Error::Shutdown);
+    }
+    let addr = inner.peer_addr(name)?;
+    let stream = TcpStream::connect_timeout(&addr, PEER_IO_TIMEOUT)?;
+    stream.set_nodelay(true)?;
+    stream.set_write_timeout(Some(PEER_IO_TIMEOUT))?;
+    // The other person gets the whole answer timeout, plus slack for the network.
+    stream.set_read_timeout(Some(inner.chat_answer_timeout + Duration::from_secs(5)))?;
+    let key = inner.track_socket(&stream);
+    let result = (|| {
+        let request = PeerRequest::Chat {
+            from: inner.username.clone(),
+            legacy: false,
+        };
+        (&stream).write_all(request.to_line().as_bytes())?;
+        let mut reader = BufReader::new(stream.try_clone()?);
+        let line = match read_line(&mut reader, MAX_PEER_LINE) {
+            Ok(Some(l)) => l,
+            Ok(None) => return Err(Error::Declined(name.to_string())),
+            Err(e) if e.code() == crate::ErrorCode::Timeout => {
+                return Err(Error::Declined(name.to_string()))
+            }
+            Err(e) => return Err(e),
+        };
+        match parse_peer_answer(&line).map_err(|d| Error::protocol(addr, d))? {
+            PeerAnswer::ChatAccepted => {}
+            PeerAnswer::Err { code, .. } if code == "declined" => {
+                return Err(Error::Declined(name.to_string()))
+            }
+            PeerAnswer::Err { code, .. } if code == "busy" => {
+                return Err(Error::Busy(name.to_string()))
+            }
+            PeerAnswer::Err { code, text } => {
+                return Err(Error::Refused {
+                    peer: name.to_string(),
+                    reason: format!("{code} {text}"),
+                })
+            }
+            PeerAnswer::File { .. } => {
+                return Err(Error::protocol(addr, "file answer to a chat request"))
+            }
+        }
+        stream.set_read_timeout(None)?;
+        start(inner, reader, stream.try_clone()?, name, false)
+    })();
+    inner.forget_socket(key);
+    result
+}
+
+/// Open the chat: register its socket and start its reader thread.
+fn start(
+    inner: &Arc<Inner>,
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+    peer: &str,
+    legacy: bool,
+) -> Result<Chat> {
+    writer.set_write_timeout(Some(PEER_IO_TIMEOUT))?;
+    writer.set_read_timeout(None)?;
+    let shared = Arc::new(ChatShared {
+        id: inner.next_id(),
+        peer: peer.to_string(),
+        legacy,
+        socket_key: inner.track_socket(&writer),
+        writer: Mutex::new(writer),
+        closed: AtomicBool::new(false),
+        hooks: inner.hooks.clone(),
+        inner: Arc::downgrade(inner),
+    });
+    let reading = shared.clone();
+    inner
+        .threads
+        .spawn(&format!("p2p-chat-{}", shared.id), move || {
+            read_loop(reading, reader)
+        })?;
+    Ok(Chat { shared })
+}
+
+fn read_loop(chat: Arc<ChatShared>, mut reader: BufReader<TcpStream>) {
+    let by = if chat.legacy {
+        read_legacy(&chat, &mut reader)
+    } else {
+        read_framed(&chat, &mut reader)
+    };
+    let stopping = chat.inner.upgrade().is_none_or(|i| i.stopping());
+    chat.finish(if stopping { ChatClosedBy::Local } else { by });
+}
+
+fn deliver(chat: &ChatShared, text: &str) {
+    if let Some(h) = &chat.hooks.chat_message {
+        h(chat.id, &chat.peer, text);
+    }
+}
+
+fn read_framed(chat: &ChatShared, reader: &mut BufReader<TcpStream>) -> ChatClosedBy {
+    let mut payload = Vec::new();
+    loop {
+        let line = match read_line(reader, MAX_PEER_LINE) {
+            Ok(Some(l)) => l,
+            Ok(None) => return ChatClosedBy::Lost,
+            Err(_) => {
+                return if chat.closed.load(Ordering::SeqCst) {
+                    ChatClosedBy::Local
+                } else {
+                    ChatClosedBy::Lost
+                }
+            }
+        };
+        match parse_chat_header(&line) {
+            Ok(ChatHeader::Bye) => return ChatClosedBy::Remote,
+            Ok(ChatHeader::Message(len)) => {
+                payload.resize(len, 0);
+                if reader.read_exact(&mut payload).is_err() {
+                    return ChatClosedBy::Lost;
+                }
+                match std::str::from_utf8(&payload) {
+                    Ok(text) => deliver(chat, text),
+                    Err(_) => return ChatClosedBy::Lost,
+                }
+            }
+            Err(detail) => {
+                log::warn!("chat with {}: {detail}", chat.peer);
+                return ChatClosedBy::Lost;
+            }
+        }
+    }
+}
+
+/// The original client sends each typed line as one raw `send`; each read is shown as
+/// one message, as the original did.
+fn read_legacy(chat: &ChatShared, reader: &mut BufReader<TcpStream>) -> ChatClosedBy {
+    let mut buf = vec![0u8; MAX_CHAT_MESSAGE];
+    loop {
+        let n = match reader.read(&mut buf) {
+            Ok(0) => return ChatClosedBy::Remote,
+            Ok(n) => n,
+            Err(_) => return ChatClosedBy::Lost,
+        };
+        deliver(chat, &String::from_utf8_lossy(&buf[..n]));
+    }
+}
+
+/// Read one `\n`-terminated line of at most `max` bytes; `None` at a clean end of
+/// stream. Over-long lines and invalid UTF-8 are protocol errors.
+pub(super) fn read_line(reader: &mut impl BufRead, max: usize) -> Result<Option<String>> {
+    let mut buf = Vec::new();
+    let n = reader
+        .by_ref()
+        .take(max as u64 + 1)
+        .read_until(b'\n', &mut buf)?;
+    if n == 0 {
+        return Ok(None);
+    }
+    if buf.last() != Some(&b'\n') {
+        return Err(if buf.len() > max {
+            Error::protocol("peer", "line too long")
+        } else {
+            Error::Closed
+        });
+    }
+    buf.pop();
+    if buf.last() == Some(&b'\r') {
+        buf.pop();
+    }
+    String::from_utf8(buf)
+        .map(Some)
+        .map_err(|_| Error::protocol("peer", "line is not UTF-8"))
+}

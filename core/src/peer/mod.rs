@@ -1,0 +1,606 @@
+//! The peer: p2pchat's client side.
+//!
+//! A [`Peer`] registers with the registry over one session connection that it keeps
+//! (and re-opens by itself if it drops), serves its shared directory and chat requests
+//! on a listener, and opens chats and downloads with other peers directly. Everything
+//! it does in the background runs on threads it owns and joins in [`Peer::exit`] (and
+//! on drop).
+//!
+//! Hooks are called on those library threads: they must return quickly (print, or
+//! send on a channel) and must not drop the `Peer`.
+
+mod chat;
+mod fetch;
+mod registry_link;
+mod serve;
+
+pub use chat::{Chat, ChatClosedBy, ChatId, ChatRequest};
+pub use fetch::{Transfer, TransferId};
+
+use crate::error::{Error, Result};
+use crate::limits::CHAT_ANSWER_TIMEOUT;
+use crate::protocol::{check_username, parse_port, Answer, Query};
+use crate::share::{ScanReport, Share};
+use crate::thread::Threads;
+use crossbeam_channel::{Receiver, Sender};
+use parking_lot::Mutex;
+use registry_link::RegistryLink;
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Something that happened in the background that the application may want to show.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerEvent {
+    /// A file in the share was left out (its name cannot be carried, or it leads out).
+    ShareSkipped { name: String, reason: String },
+    /// The registry connection dropped; the peer is re-connecting.
+    RegistryLost { detail: String },
+    /// The registry connection is back and this peer is registered again.
+    RegistryRestored,
+    /// After a reconnect the registry refused to register this peer again.
+    RegistrationRefused { reason: String },
+    /// A file was served to another peer (`bytes` sent from `offset`).
+    Served {
+        to: SocketAddr,
+        file: String,
+        offset: u64,
+        bytes: u64,
+    },
+    /// A request from another peer was refused (not shared, traversal attempt, busy…).
+    RequestRefused {
+        from: SocketAddr,
+        request: String,
+        reason: String,
+    },
+    /// A chat request got no answer in time and was declined.
+    ChatRequestExpired { from: String },
+    /// A download started: `offset` > 0 when it resumes a partial file.
+    TransferStarted {
+        id: TransferId,
+        from: String,
+        file: String,
+        size: u64,
+        offset: u64,
+    },
+}
+
+type Hook<F> = Option<Arc<F>>;
+type MessageHook = dyn Fn(ChatId, &str, &str) + Send + Sync;
+type DoneHook = dyn Fn(TransferId, &Path) + Send + Sync;
+type FailedHook = dyn Fn(TransferId, &Error) + Send + Sync;
+
+/// The callbacks a peer calls. All are optional; all run on library threads.
+#[derive(Clone, Default)]
+pub(crate) struct Hooks {
+    pub chat_request: Hook<dyn Fn(ChatRequest) + Send + Sync>,
+    pub chat_message: Hook<MessageHook>,
+    pub chat_closed: Hook<dyn Fn(ChatId, ChatClosedBy) + Send + Sync>,
+    pub progress: Hook<dyn Fn(TransferId, u64, u64) + Send + Sync>,
+    pub done: Hook<DoneHook>,
+    pub failed: Hook<FailedHook>,
+    pub event: Hook<dyn Fn(&PeerEvent) + Send + Sync>,
+}
+
+/// Configures and connects a [`Peer`].
+pub struct PeerBuilder {
+    registry: String,
+    username: String,
+    shared_dir: PathBuf,
+    download_dir: Option<PathBuf>,
+    port: u16,
+    listen_ip: IpAddr,
+    chat_answer_timeout: Duration,
+    hooks: Hooks,
+}
+
+impl PeerBuilder {
+    /// Listen on this port (0, the default, picks a free one).
+    pub fn port(mut self, port: u16) -> Self {
+        self.port = port;
+        self
+    }
+
+    /// Listen on this address (default `0.0.0.0`, every interface).
+    pub fn listen_ip(mut self, ip: IpAddr) -> Self {
+        self.listen_ip = ip;
+        self
+    }
+
+    /// Save downloads here instead of the shared directory (the default, as the
+    /// original client did, so a downloaded file is shared in turn).
+    pub fn download_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.download_dir = Some(dir.into());
+        self
+    }
+
+    /// How long an incoming chat request waits for [`ChatRequest::accept`] before it is
+    /// declined (default 30 s).
+    pub fn chat_answer_timeout(mut self, t: Duration) -> Self {
+        self.chat_answer_timeout = t;
+        self
+    }
+
+    /// Someone asks to chat: answer through the [`ChatRequest`], now or later from any
+    /// thread. Without this hook every request is declined.
+    pub fn on_chat_request(mut self, f: impl Fn(ChatRequest) + Send + Sync + 'static) -> Self {
+        self.hooks.chat_request = Some(Arc::new(f));
+        self
+    }
+
+    /// A chat message arrived: `(chat, from, text)`. Called on that chat's reader
+    /// thread, in order.
+    pub fn on_chat_message(
+        mut self,
+        f: impl Fn(ChatId, &str, &str) + Send + Sync + 'static,
+    ) -> Self {
+        self.hooks.chat_message = Some(Arc::new(f));
+        self
+    }
+
+    /// A chat ended (called once per chat, whoever ended it).
+    pub fn on_chat_closed(
+        mut self,
+        f: impl Fn(ChatId, ChatClosedBy) + Send + Sync + 'static,
+    ) -> Self {
+        self.hooks.chat_closed = Some(Arc::new(f));
+        self
+    }
+
+    /// Download progress: `(transfer, bytes so far, total bytes)`.
+    pub fn on_transfer_progress(
+        mut self,
+        f: impl Fn(TransferId, u64, u64) + Send + Sync + 'static,
+    ) -> Self {
+        self.hooks.progress = Some(Arc::new(f));
+        self
+    }
+
+    /// A download finished and verified: `(transfer, final path)`.
+    pub fn on_transfer_done(
+        mut self,
+        f: impl Fn(TransferId, &Path) + Send + Sync + 'static,
+    ) -> Self {
+        self.hooks.done = Some(Arc::new(f));
+        self
+    }
+
+    /// A download failed: `(transfer, error)`.
+    pub fn on_transfer_failed(
+        mut self,
+        f: impl Fn(TransferId, &Error) + Send + Sync + 'static,
+    ) -> Self {
+        self.hooks.failed = Some(Arc::new(f));
+        self
+    }
+
+    /// Every other [`PeerEvent`].
+    pub fn on_event(mut self, f: impl Fn(&PeerEvent) + Send + Sync + 'static) -> Self {
+        self.hooks.event = Some(Arc::new(f));
+        self
+    }
+
+    /// Validate, scan the share, start listening and register.
+    ///
+    /// Errors, each distinct: [`Error::InvalidUsername`], [`Error::NotADirectory`],
+    /// [`Error::PortUnavailable`], [`Error::UsernameTaken`], or an I/O error reaching
+    /// the registry.
+    pub fn connect(self) -> Result<Peer> {
+        check_username(&self.username)
+            .map_err(|_| Error::InvalidUsername(self.username.clone()))?;
+        let share = Share::open(&self.shared_dir)?;
+        let download_dir = match &self.download_dir {
+            Some(d) if d.is_dir() => d.clone(),
+            Some(d) => return Err(Error::NotADirectory(d.clone())),
+            None => share.dir().to_path_buf(),
+        };
+        let listener = TcpListener::bind((self.listen_ip, self.port)).map_err(|source| {
+            Error::PortUnavailable {
+                port: self.port,
+                source,
+            }
+        })?;
+        let listen_addr = listener.local_addr()?;
+        let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
+        let inner = Arc::new(Inner {
+            username: self.username,
+            share,
+            download_dir,
+            listen_addr,
+            chat_answer_timeout: self.chat_answer_timeout,
+            hooks: self.hooks,
+            registry: RegistryLink::new(&self.registry),
+            threads: Threads::default(),
+            sockets: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            stopping: AtomicBool::new(false),
+            stop_rx,
+            stop_tx: Mutex::new(Some(stop_tx)),
+            serving: AtomicU64::new(0),
+        });
+        inner.scan_share()?;
+        inner.register()?;
+        let peer = Peer { inner };
+        let serve_inner = peer.inner.clone();
+        peer.inner.threads.spawn("p2p-listener", move || {
+            serve::accept_loop(serve_inner, listener)
+        })?;
+        let keeper = peer.inner.clone();
+        peer.inner
+            .threads
+            .spawn("p2p-registry-keeper", move || keep_registered(keeper))?;
+        Ok(peer)
+    }
+}
+
+/// State shared by the peer's handle and its threads.
+pub(crate) struct Inner {
+    pub username: String,
+    pub share: Share,
+    pub download_dir: PathBuf,
+    pub listen_addr: SocketAddr,
+    pub chat_answer_timeout: Duration,
+    pub hooks: Hooks,
+    registry: RegistryLink,
+    pub threads: Threads,
+    /// Every open peer-to-peer socket, so shutdown can unblock whoever reads it.
+    sockets: Mutex<HashMap<u64, TcpStream>>,
+    next_id: AtomicU64,
+    stopping: AtomicBool,
+    /// Disconnected (never sent on) when the peer stops: wakes every waiter at once.
+    pub stop_rx: Receiver<()>,
+    stop_tx: Mutex<Option<Sender<()>>>,
+    pub serving: AtomicU64,
+}
+
+impl Inner {
+    pub fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+
+    pub fn emit(&self, event: PeerEvent) {
+        if let Some(h) = &self.hooks.event {
+            h(&event);
+        }
+    }
+
+    /// Track a socket until [`Inner::forget_socket`]; returns its key.
+    pub fn track_socket(&self, s: &TcpStream) -> Option<u64> {
+        let clone = s.try_clone().ok()?;
+        let key = self.next_id();
+        self.sockets.lock().insert(key, clone);
+        if self.stopping() {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+        Some(key)
+    }
+
+    pub fn forget_socket(&self, key: Option<u64>) {
+        if let Some(k) = key {
+            self.sockets.lock().remove(&k);
+        }
+    }
+
+    fn scan_share(&self) -> Result<ScanReport> {
+        let report = self.share.scan()?;
+        for (name, reason) in &report.skipped {
+            self.emit(PeerEvent::ShareSkipped {
+                name: name.clone(),
+                reason: reason.clone(),
+            });
+        }
+        Ok(report)
+    }
+
+    fn init_query(&self) -> String {
+        let names = self.share.names();
+        Query::Init {
+            username: &self.username,
+            dir: None,
+            port: self.listen_addr.port(),
+            files: names.iter().map(String::as_str).collect(),
+        }
+        .to_string()
+    }
+
+    /// Send `INIT` with the current share; `OK` and `UP` are both success.
+    fn register(&self) -> Result<()> {
+        match self.registry.ask(&self.init_query())? {
+            Answer::Ok(_) | Answer::Up => Ok(()),
+            Answer::Err(r) if r == crate::protocol::reason::USERNAME_TAKEN => {
+                Err(Error::UsernameTaken(self.username.clone()))
+            }
+            Answer::Err(r) if r == crate::protocol::reason::INVALID_USERNAME => {
+                Err(Error::InvalidUsername(self.username.clone()))
+            }
+            Answer::Err(r) => Err(Error::Registry(r)),
+        }
+    }
+
+    /// The registry's `OK` fields for a query, or its `ERR` as an error.
+    fn ask_ok(&self, query: &str, user: Option<&str>) -> Result<Vec<String>> {
+        match self.registry.ask(query)? {
+            Answer::Ok(fields) => Ok(fields),
+            Answer::Up => Err(Error::protocol(self.registry.addr(), "unexpected UP")),
+            Answer::Err(r) if r == crate::protocol::reason::USER_NOT_FOUND => {
+                Err(Error::UserNotFound(user.unwrap_or_default().to_string()))
+            }
+            Answer::Err(r) => Err(Error::Registry(r)),
+        }
+    }
+
+    pub fn peer_addr(&self, name: &str) -> Result<SocketAddr> {
+        check_username(name).map_err(|_| Error::InvalidUsername(name.to_string()))?;
+        let fields = self.ask_ok(&format!("GET_P,{name}"), Some(name))?;
+        let bad = || Error::protocol(self.registry.addr(), "malformed GET_P answer");
+        let [ip, port] = fields.as_slice() else {
+            return Err(bad());
+        };
+        let ip: IpAddr = ip.parse().map_err(|_| bad())?;
+        let port = parse_port(port).ok_or_else(bad)?;
+        Ok(SocketAddr::new(ip, port))
+    }
+
+    pub fn rescan(&self) -> Result<ScanReport> {
+        let report = self.scan_share()?;
+        self.register()?;
+        Ok(report)
+    }
+
+    fn stop(&self) {
+        if self.stopping.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        // Disconnect the stop channel: every select on `stop_rx` wakes now.
+        self.stop_tx.lock().take();
+        let _ = self.registry.ask(
+            &Query::Exit {
+                username: &self.username,
+            }
+            .to_string(),
+        );
+        self.registry.disconnect();
+        // Wake the blocking accept() with a connection to ourselves.
+        let wake_ip = match self.listen_addr.ip() {
+            ip if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            ip => ip,
+        };
+        let _ = TcpStream::connect_timeout(
+            &SocketAddr::new(wake_ip, self.listen_addr.port()),
+            Duration::from_secs(1),
+        );
+        for s in self.sockets.lock().values() {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+        self.threads.join_all();
+    }
+}
+
+/// Re-open the registry session when it drops, with backoff, and register again.
+fn keep_registered(inner: Arc<Inner>) {
+    let mut backoff = Duration::from_millis(100);
+    let mut lost = false;
+    loop {
+        let wait = if lost {
+            backoff
+        } else {
+            Duration::from_millis(250)
+        };
+        if inner.stop_rx.recv_timeout(wait) != Err(crossbeam_channel::RecvTimeoutError::Timeout) {
+            return; // stopping
+        }
+        if inner.registry.is_alive() {
+            continue;
+        }
+        if !lost {
+            lost = true;
+            backoff = Duration::from_millis(100);
+            inner.emit(PeerEvent::RegistryLost {
+                detail: format!("connection to {} closed", inner.registry.addr()),
+            });
+        }
+        match inner.registry.connect().and_then(|()| inner.register()) {
+            Ok(()) => {
+                lost = false;
+                inner.emit(PeerEvent::RegistryRestored);
+            }
+            Err(Error::UsernameTaken(_)) => {
+                inner.emit(PeerEvent::RegistrationRefused {
+                    reason: "username taken by someone else meanwhile".into(),
+                });
+                inner.registry.disconnect();
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+            Err(_) => backoff = (backoff * 2).min(Duration::from_secs(2)),
+        }
+    }
+}
+
+/// A connected peer. See the [module docs](self).
+///
+/// ```
+/// use p2pcore::{peer::Peer, registry::Registry};
+/// let registry = Registry::bind("127.0.0.1:0")?;
+/// let dir = std::env::temp_dir().join(format!("p2p-doc-{}", std::process::id()));
+/// std::fs::create_dir_all(&dir)?;
+/// std::fs::write(dir.join("hello.txt"), "hi")?;
+/// let alice = Peer::builder(&registry.local_addr().to_string(), "alice", &dir).connect()?;
+/// assert_eq!(alice.users()?, vec!["alice"]);
+/// assert_eq!(alice.files_of("alice")?, vec!["hello.txt"]);
+/// alice.exit();
+/// # std::fs::remove_dir_all(&dir)?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct Peer {
+    inner: Arc<Inner>,
+}
+
+impl Peer {
+    /// Start configuring a peer that registers as `username` with the registry at
+    /// `registry` (`host:port`) and shares `shared_dir`.
+    pub fn builder(registry: &str, username: &str, shared_dir: impl AsRef<Path>) -> PeerBuilder {
+        PeerBuilder {
+            registry: registry.to_string(),
+            username: username.to_string(),
+            shared_dir: shared_dir.as_ref().to_path_buf(),
+            download_dir: None,
+            port: 0,
+            listen_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            chat_answer_timeout: CHAT_ANSWER_TIMEOUT,
+            hooks: Hooks::default(),
+        }
+    }
+
+    /// This peer's username.
+    pub fn username(&self) -> &str {
+        &self.inner.username
+    }
+
+    /// The address this peer listens on for other peers.
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.inner.listen_addr
+    }
+
+    /// The shared directory (canonical path).
+    pub fn shared_dir(&self) -> &Path {
+        self.inner.share.dir()
+    }
+
+    /// Where downloads are saved.
+    pub fn download_dir(&self) -> &Path {
+        &self.inner.download_dir
+    }
+
+    /// The filenames this peer shares now.
+    pub fn shared_files(&self) -> Vec<String> {
+        self.inner.share.names()
+    }
+
+    /// Usernames online, sorted.
+    pub fn users(&self) -> Result<Vec<String>> {
+        self.inner.ask_ok("GET_U", None)
+    }
+
+    /// Where another peer listens.
+    pub fn peer_addr(&self, name: &str) -> Result<SocketAddr> {
+        self.inner.peer_addr(name)
+    }
+
+    /// Every online user's shared files.
+    pub fn all_files(&self) -> Result<Vec<(String, Vec<String>)>> {
+        self.inner.registry.all_files()
+    }
+
+    /// One user's shared files.
+    pub fn files_of(&self, name: &str) -> Result<Vec<String>> {
+        check_username(name).map_err(|_| Error::InvalidUsername(name.to_string()))?;
+        self.inner.ask_ok(&format!("GET_UF,{name}"), Some(name))
+    }
+
+    /// Re-read the shared directory and update the registry (`UP`).
+    pub fn rescan(&self) -> Result<ScanReport> {
+        self.inner.rescan()
+    }
+
+    /// Ask `name` for a chat; blocks until they accept ([`Chat`]) or decline
+    /// ([`Error::Declined`], also when they do not answer in time).
+    pub fn chat(&self, name: &str) -> Result<Chat> {
+        chat::request(&self.inner, name)
+    }
+
+    /// Start downloading `file` from `name` in the background.
+    pub fn fetch(&self, name: &str, file: &str) -> Result<Transfer> {
+        fetch::start(&self.inner, name, file)
+    }
+
+    /// Leave: send `EXIT`, close every connection, stop serving and join every thread.
+    pub fn exit(self) {
+        self.inner.stop();
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        self.inner.stop();
+    }
+}
+
+impl std::fmt::Debug for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Peer")
+            .field("username", &self.inner.username)
+            .field("listen_addr", &self.inner.listen_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Ask the registry at `registry` whether `username` is free (for prompting before
+/// [`PeerBuilder::connect`]). Opens and closes its own connection.
+pub fn username_available(registry: &str, username: &str) -> Result<bool> {
+    check_username(username).map_err(|_| Error::InvalidUsername(username.to_string()))?;
+    let link = RegistryLink::new(registry);
+    let answer = link.ask(&format!("GET_P,{username}"))?;
+    link.disconnect();
+    Ok(matches!(answer, Answer::Err(r) if r == crate::protocol::reason::USER_NOT_FOUND))
+}
+
+/// A registry client that holds no registration: for tools that only browse
+/// (`p2pchat users`, `files`, `whois`).
+pub struct RegistryClient {
+    link: RegistryLink,
+}
+
+impl RegistryClient {
+    /// Connect to the registry at `addr` (`host:port`).
+    pub fn connect(addr: &str) -> Result<RegistryClient> {
+        let link = RegistryLink::new(addr);
+        link.connect()?;
+        Ok(RegistryClient { link })
+    }
+
+    fn ok(&self, query: &str, user: Option<&str>) -> Result<Vec<String>> {
+        match self.link.ask(query)? {
+            Answer::Ok(f) => Ok(f),
+            Answer::Up => Err(Error::protocol(self.link.addr(), "unexpected UP")),
+            Answer::Err(r) if r == crate::protocol::reason::USER_NOT_FOUND => {
+                Err(Error::UserNotFound(user.unwrap_or_default().to_string()))
+            }
+            Answer::Err(r) => Err(Error::Registry(r)),
+        }
+    }
+
+    /// Usernames online.
+    pub fn users(&self) -> Result<Vec<String>> {
+        self.ok("GET_U", None)
+    }
+
+    /// One user's files.
+    pub fn files_of(&self, name: &str) -> Result<Vec<String>> {
+        self.ok(&format!("GET_UF,{name}"), Some(name))
+    }
+
+    /// Every user's files.
+    pub fn all_files(&self) -> Result<Vec<(String, Vec<String>)>> {
+        self.link.all_files()
+    }
+
+    /// One user's address as `(ip, port)` text fields.
+    pub fn peer_addr(&self, name: &str) -> Result<SocketAddr> {
+        let fields = self.ok(&format!("GET_P,{name}"), Some(name))?;
+        let bad = || Error::protocol(self.link.addr(), "malformed GET_P answer");
+        match fields.as_slice() {
+            [ip, port] => Ok(SocketAddr::new(
+                ip.parse().map_err(|_| bad())?,
+                parse_port(port).ok_or_else(bad)?,
+            )),
+            _ => Err(bad()),
+        }
+    }
+}

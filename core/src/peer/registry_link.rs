@@ -1,0 +1,167 @@
+//! A peer's conversation with the registry: one session connection, `\n`-framed.
+//!
+//! Owns the connection and the round trip of one query (write a line, read the framed
+//! answer, with a timeout). It never decides policy: reconnecting and re-registering
+//! is the keeper's job in `peer::mod`.
+
+use crate::error::{Error, Result};
+use crate::limits::{MAX_LINE_LEN, REGISTRY_IO_TIMEOUT};
+use crate::protocol::{parse_answer, parse_files_line, Answer};
+use parking_lot::Mutex;
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+
+/// A session connection to the registry (may be down; queries then reconnect once).
+pub(crate) struct RegistryLink {
+    addr: String,
+    conn: Mutex<Option<Conn>>,
+}
+
+struct Conn {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+}
+
+impl RegistryLink {
+    pub fn new(addr: &str) -> RegistryLink {
+        RegistryLink {
+            addr: addr.to_string(),
+            conn: Mutex::new(None),
+        }
+    }
+
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// Open the connection now (replacing any old one).
+    pub fn connect(&self) -> Result<()> {
+        *self.conn.lock() = Some(open(&self.addr)?);
+        Ok(())
+    }
+
+    /// Whether the connection is up: a non-blocking peek sees no end-of-stream.
+    pub fn is_alive(&self) -> bool {
+        let mut guard = self.conn.lock();
+        let Some(conn) = guard.as_mut() else {
+            return false;
+        };
+        let alive = conn.reader.buffer().is_empty()
+            && conn.writer.set_nonblocking(true).is_ok()
+            && matches!(conn.writer.peek(&mut [0u8; 1]), Err(e) if e.kind() == ErrorKind::WouldBlock);
+        if alive && conn.writer.set_nonblocking(false).is_ok() {
+            return true;
+        }
+        *guard = None;
+        false
+    }
+
+    /// Drop the connection (the registry then releases this session's names).
+    pub fn disconnect(&self) {
+        if let Some(conn) = self.conn.lock().take() {
+            let _ = conn.writer.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    /// Send one single-line query and parse its answer. `ERR` answers are returned as
+    /// [`Answer::Err`], not as errors; I/O failures drop the connection.
+    pub fn ask(&self, query: &str) -> Result<Answer> {
+        let line = self.round_trip(query, false)?;
+        parse_answer(&line[0]).map_err(|d| Error::protocol(&self.addr, d))
+    }
+
+    /// `GET_AF`: every user's files.
+    pub fn all_files(&self) -> Result<Vec<(String, Vec<String>)>> {
+        let lines = self.round_trip("GET_AF", true)?;
+        let first = &lines[0];
+        if let Some(reason) = first.strip_prefix("ERR") {
+            return Err(Error::Registry(reason.trim_start_matches(',').to_string()));
+        }
+        let rest = first
+            .strip_prefix("OK,")
+            .ok_or_else(|| Error::protocol(&self.addr, format!("malformed answer {first:?}")))?;
+        std::iter::once(rest)
+            .filter(|l| !l.is_empty())
+            .chain(lines[1..].iter().map(String::as_str))
+            .map(|l| parse_files_line(l).map_err(|d| Error::protocol(&self.addr, d)))
+            .collect()
+    }
+
+    fn round_trip(&self, query: &str, multi_line: bool) -> Result<Vec<String>> {
+        let mut guard = self.conn.lock();
+        if guard.is_none() {
+            *guard = Some(open(&self.addr)?);
+        }
+        let Some(conn) = guard.as_mut() else {
+            return Err(Error::Closed);
+        };
+        let result = exchange(conn, query, multi_line);
+        if result.is_err() {
+            *guard = None;
+        }
+        result.map_err(|e| match e {
+            Error::Io(io) if io.kind() == ErrorKind::UnexpectedEof => Error::Closed,
+            other => other,
+        })
+    }
+}
+
+fn open(addr: &str) -> Result<Conn> {
+    let addrs: Vec<SocketAddr> = addr
+        .to_socket_addrs()
+        .map_err(|e| Error::InvalidArgument(format!("registry address {addr:?}: {e}")))?
+        .collect();
+    let mut last = None;
+    for a in addrs {
+        match TcpStream::connect_timeout(&a, REGISTRY_IO_TIMEOUT) {
+            Ok(s) => {
+                s.set_read_timeout(Some(REGISTRY_IO_TIMEOUT))?;
+                s.set_write_timeout(Some(REGISTRY_IO_TIMEOUT))?;
+                s.set_nodelay(true)?;
+                return Ok(Conn {
+                    reader: BufReader::new(s.try_clone()?),
+                    writer: s,
+                });
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.map_or_else(
+        || Error::InvalidArgument(format!("registry address {addr:?} resolves to nothing")),
+        Error::Io,
+    ))
+}
+
+fn exchange(conn: &mut Conn, query: &str, multi_line: bool) -> Result<Vec<String>> {
+    conn.writer.write_all(format!("{query}\n").as_bytes())?;
+    let mut lines = vec![read_line(&mut conn.reader)?];
+    if multi_line && lines[0].starts_with("OK,") {
+        // The first line may itself be the empty-share marker `OK,` followed by the
+        // terminating empty line; otherwise read user lines until the empty one.
+        loop {
+            let l = read_line(&mut conn.reader)?;
+            if l.is_empty() {
+                break;
+            }
+            lines.push(l);
+        }
+    }
+    Ok(lines)
+}
+
+/// Read one `\n`-terminated line of at most [`MAX_LINE_LEN`] bytes.
+fn read_line(reader: &mut BufReader<TcpStream>) -> Result<String> {
+    let mut buf = Vec::new();
+    let n = reader
+        .by_ref()
+        .take(MAX_LINE_LEN as u64 + 1)
+        .read_until(b'\n', &mut buf)?;
+    if n == 0 || buf.last() != Some(&b'\n') {
+        return Err(Error::Io(std::io::Error::new(
+            ErrorKind::UnexpectedEof,
+            "registry closed the connection or sent an over-long line",
+        )));
+    }
+    buf.pop();
+    String::from_utf8(buf).map_err(|_| Error::protocol("registry", "answer is not UTF-8"))
+}

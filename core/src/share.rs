@@ -1,0 +1,824 @@
+//! The shared directory: which files a peer offers, their sizes and content hashes, and
+//! opening one of them to serve it.
+//!
+//! This module owns the list of shared files (the top level of one directory, regular
+//! files only), the BLAKE3 content hashes and their on-disk cache (`.p2pchat-hashes` in
+//! the shared directory). It must never hand out a file that is not in the scanned list,
+//! never follow a path or symlink that leads outside the shared directory, and never
+//! return a hash that does not match the content of the file it returns.
+
+use crate::error::{Error, Result};
+use crate::limits::{MAX_FILENAME_LEN, MAX_FILES_PER_USER};
+use crate::protocol::check_filename;
+use parking_lot::{Mutex, RwLock};
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::{self, File, Metadata, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Name of the hash cache file inside the shared directory. It starts with a dot, so it
+/// is never shared itself.
+pub const CACHE_FILE: &str = ".p2pchat-hashes";
+
+/// Read buffer for hashing: large enough that BLAKE3 can use its widest SIMD path and
+/// that a big file costs few system calls.
+const HASH_BUF: usize = 1024 * 1024;
+
+/// A cache file larger than this cannot be ours (4096 lines of at most ~360 bytes), so
+/// it is ignored rather than read into memory.
+const MAX_CACHE_FILE: u64 = 16 * 1024 * 1024;
+
+/// How often a file that keeps changing while it is hashed is re-read before giving up.
+const HASH_ATTEMPTS: usize = 3;
+
+/// One shared file as last seen by a scan (or re-checked by [`Share::open_file`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedFile {
+    /// Name inside the shared directory (no path separators; valid for the registry).
+    pub name: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Last modification time.
+    pub mtime: SystemTime,
+    /// BLAKE3 hash of the whole content.
+    pub hash: blake3::Hash,
+}
+
+/// What a [`Share::scan`] found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ScanReport {
+    /// Number of files now shared.
+    pub files: usize,
+    /// Number of files whose content was read to hash them (hash-cache misses).
+    pub hashed: usize,
+    /// Entries left out of the share, with the reason, for a warning to the user.
+    /// Names starting with '.' are left out silently: they are hidden on purpose, and
+    /// include p2pchat's own cache and partial-download files.
+    pub skipped: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    file: SharedFile,
+    /// Whether the name is a symlink (to a regular file inside the share); decides
+    /// whether `open_file` may follow it.
+    link: bool,
+}
+
+/// A shared directory and the files it currently offers. Cheap to query from many
+/// threads; [`Share::scan`] refreshes it.
+#[derive(Debug)]
+pub struct Share {
+    dir: PathBuf,
+    files: RwLock<BTreeMap<String, Entry>>,
+    /// The hashes as last written to (or read from) the cache file, so a scan writes the
+    /// file only when something changed.
+    persisted: Mutex<BTreeMap<String, CacheLine>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct CacheLine {
+    size: u64,
+    mtime: i128,
+    hash: blake3::Hash,
+}
+
+impl Share {
+    /// Opens the shared directory `dir` without scanning it; loads the hash cache if
+    /// there is a readable one.
+    ///
+    /// Errors with [`Error::NotADirectory`] when `dir` is missing or not a directory.
+    pub fn open(dir: &Path) -> Result<Share> {
+        let not_dir = || Error::NotADirectory(dir.to_path_buf());
+        let canon = fs::canonicalize(dir).map_err(|_| not_dir())?;
+        if !fs::metadata(&canon).map_err(|_| not_dir())?.is_dir() {
+            return Err(not_dir());
+        }
+        let persisted = load_cache(&canon.join(CACHE_FILE));
+        Ok(Share {
+            dir: canon,
+            files: RwLock::new(BTreeMap::new()),
+            persisted: Mutex::new(persisted),
+        })
+    }
+
+    /// The canonical path of the shared directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// (Re)reads the directory listing, hashing new and changed files, and replaces the
+    /// shared list with the result. Persists the hash cache when it changed.
+    pub fn scan(&self) -> Result<ScanReport> {
+        let listing = fs::read_dir(&self.dir).map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => Error::NotADirectory(self.dir.clone()),
+            _ => Error::Io(e),
+        })?;
+        // Known hashes: what this process saw last plus what the cache file held.
+        let mut known: BTreeMap<String, CacheLine> = self.persisted.lock().clone();
+        for (name, e) in self.files.read().iter() {
+            known.insert(name.clone(), cache_line(&e.file));
+        }
+
+        let mut report = ScanReport::default();
+        let mut found: BTreeSet<String> = BTreeSet::new();
+        for item in listing {
+            let item = match item {
+                Ok(item) => item,
+                Err(e) => {
+                    log::warn!("reading {}: {e}", self.dir.display());
+                    continue;
+                }
+            };
+            let name = match item.file_name().into_string() {
+                Ok(name) => name,
+                Err(raw) if raw.as_bytes().first() == Some(&b'.') => continue,
+                Err(raw) => {
+                    report.skipped.push((
+                        raw.to_string_lossy().into_owned(),
+                        "name is not valid UTF-8: the registry protocol cannot carry it".into(),
+                    ));
+                    continue;
+                }
+            };
+            if name.starts_with('.') {
+                continue;
+            }
+            if let Err(why) = self.check_entry(&name) {
+                report.skipped.push((name, why));
+                continue;
+            }
+            found.insert(name);
+        }
+
+        // The registry refuses more files than this, so the rest (in name order, to be
+        // stable across scans) are left out rather than failing the whole registration.
+        if let Some(first_over) = found.iter().nth(MAX_FILES_PER_USER).cloned() {
+            for name in found.split_off(&first_over) {
+                report.skipped.push((
+                    name,
+                    format!("over the limit of {MAX_FILES_PER_USER} shared files"),
+                ));
+            }
+        }
+
+        let mut shared = BTreeMap::new();
+        for name in found {
+            match self.stat_and_hash(&name, known.get(&name)) {
+                Ok((entry, read)) => {
+                    report.hashed += usize::from(read);
+                    shared.insert(name, entry);
+                }
+                Err(why) => report.skipped.push((name, why)),
+            }
+        }
+        report.files = shared.len();
+        report.skipped.sort();
+        *self.files.write() = shared;
+        self.persist();
+        Ok(report)
+    }
+
+    /// Names of the shared files, sorted.
+    pub fn names(&self) -> Vec<String> {
+        self.files.read().keys().cloned().collect()
+    }
+
+    /// The shared file called `name`, as of the last scan.
+    pub fn get(&self, name: &str) -> Option<SharedFile> {
+        self.files.read().get(name).map(|e| e.file.clone())
+    }
+
+    /// Opens the shared file `name` for serving, with its current size and hash.
+    ///
+    /// This is the security boundary for serving: only names in the scanned list are
+    /// opened, and the path is re-checked at open time (no symlink swapped in, still a
+    /// regular file inside the shared directory). If the file changed since the scan it
+    /// is re-hashed first, so the returned hash always describes the returned content.
+    /// Anything refused is [`Error::FileNotFound`] (with an empty `user`), so a
+    /// requester learns nothing about what lies outside the share.
+    pub fn open_file(&self, name: &str) -> Result<(File, SharedFile)> {
+        let not_found = || Error::FileNotFound {
+            user: String::new(),
+            file: name.to_string(),
+        };
+        let entry = self.files.read().get(name).cloned().ok_or_else(not_found)?;
+        let path = self.dir.join(name);
+        let canon = fs::canonicalize(&path).map_err(|_| not_found())?;
+        if !canon.starts_with(&self.dir) || canon == self.dir {
+            return Err(not_found());
+        }
+        // A plain file is opened by its own name with O_NOFOLLOW, so a symlink swapped in
+        // since the scan fails the open. A shared symlink is opened by its resolved path,
+        // already checked to be inside the share. O_NONBLOCK keeps a FIFO swapped in
+        // from blocking the open; it has no effect on regular files.
+        let open_path = if entry.link { &canon } else { &path };
+        let mut file = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(open_path)
+            .map_err(|e| match e.kind() {
+                io::ErrorKind::NotFound => not_found(),
+                _ if e.raw_os_error() == Some(libc::ELOOP) => not_found(),
+                _ => Error::Io(e),
+            })?;
+        let meta = file.metadata()?;
+        if !meta.is_file() {
+            return Err(not_found());
+        }
+        let mtime = meta.modified()?;
+        if meta.len() == entry.file.size && mtime == entry.file.mtime {
+            return Ok((file, entry.file));
+        }
+
+        let (size, mtime, hash) = hash_open_file(&mut file, meta).map_err(|e| match e {
+            HashError::Io(e) => Error::Io(e),
+            HashError::Unstable => Error::Io(io::Error::other(format!(
+                "{name} keeps changing while being read"
+            ))),
+        })?;
+        file.seek(SeekFrom::Start(0))?;
+        let fresh = SharedFile {
+            name: name.to_string(),
+            size,
+            mtime,
+            hash,
+        };
+        {
+            let mut files = self.files.write();
+            // A concurrent scan may have dropped the name meanwhile; don't resurrect it.
+            if let Some(e) = files.get_mut(name) {
+                e.file = fresh.clone();
+            }
+        }
+        self.persist();
+        Ok((file, fresh))
+    }
+
+    /// Why `name` cannot be shared, if it cannot (checks the name and the file type).
+    fn check_entry(&self, name: &str) -> std::result::Result<(), String> {
+        if let Some(why) = filename_problem(name) {
+            return Err(why);
+        }
+        let path = self.dir.join(name);
+        let meta = fs::symlink_metadata(&path).map_err(|e| format!("cannot be read: {e}"))?;
+        let ft = meta.file_type();
+        if ft.is_dir() {
+            return Err(
+                "is a directory: only files directly in the shared directory are shared".into(),
+            );
+        }
+        if ft.is_symlink() {
+            let target = fs::canonicalize(&path)
+                .map_err(|e| format!("is a symlink that cannot be resolved: {e}"))?;
+            if !target.starts_with(&self.dir) {
+                return Err("is a symlink leading outside the shared directory".into());
+            }
+            let tmeta =
+                fs::metadata(&target).map_err(|e| format!("symlink target cannot be read: {e}"))?;
+            if !tmeta.is_file() {
+                return Err("is a symlink to something other than a regular file".into());
+            }
+            return Ok(());
+        }
+        if !ft.is_file() {
+            return Err("is not a regular file".into());
+        }
+        Ok(())
+    }
+
+    /// Stats `name` and gets its hash, from `known` when size and mtime still match.
+    /// Returns the entry and whether the content had to be read.
+    fn stat_and_hash(
+        &self,
+        name: &str,
+        known: Option<&CacheLine>,
+    ) -> std::result::Result<(Entry, bool), String> {
+        let path = self.dir.join(name);
+        let link = fs::symlink_metadata(&path)
+            .map(|m| m.file_type().is_symlink())
+            .map_err(|e| format!("cannot be read: {e}"))?;
+        // Symlinks were checked by check_entry to resolve inside the share.
+        let meta = fs::metadata(&path).map_err(|e| format!("cannot be read: {e}"))?;
+        if !meta.is_file() {
+            return Err("is not a regular file".into());
+        }
+        let mtime = meta
+            .modified()
+            .map_err(|e| format!("has no modification time: {e}"))?;
+        if let Some(k) = known {
+            if k.size == meta.len() && k.mtime == mtime_nanos(mtime) {
+                let file = SharedFile {
+                    name: name.to_string(),
+                    size: k.size,
+                    mtime,
+                    hash: k.hash,
+                };
+                return Ok((Entry { file, link }, false));
+            }
+        }
+        let mut file = OpenOptions::new()
+            .read(true)
+            .custom_flags(if link { 0 } else { libc::O_NOFOLLOW } | libc::O_NONBLOCK)
+            .open(&path)
+            .map_err(|e| format!("cannot be read: {e}"))?;
+        let meta = file
+            .metadata()
+            .map_err(|e| format!("cannot be read: {e}"))?;
+        if !meta.is_file() {
+            return Err("is not a regular file".into());
+        }
+        let (size, mtime, hash) = hash_open_file(&mut file, meta).map_err(|e| match e {
+            HashError::Io(e) => format!("cannot be read: {e}"),
+            HashError::Unstable => "keeps changing while being read".into(),
+        })?;
+        let file = SharedFile {
+            name: name.to_string(),
+            size,
+            mtime,
+            hash,
+        };
+        Ok((Entry { file, link }, true))
+    }
+
+    /// Writes the cache file if the shared hashes differ from what it holds. Failures
+    /// are only logged: the cache saves time, it is never needed for correctness.
+    fn persist(&self) {
+        let current: BTreeMap<String, CacheLine> = self
+            .files
+            .read()
+            .iter()
+            .map(|(n, e)| (n.clone(), cache_line(&e.file)))
+            .collect();
+        let mut persisted = self.persisted.lock();
+        if *persisted == current {
+            return;
+        }
+        match write_cache(&self.dir, &current) {
+            Ok(()) => *persisted = current,
+            Err(e) => log::warn!("cannot write the hash cache in {}: {e}", self.dir.display()),
+        }
+    }
+}
+
+/// BLAKE3 hash of the whole content of the file at `path` (symlinks followed).
+pub fn hash_file(path: &Path) -> io::Result<blake3::Hash> {
+    hash_reader(File::open(path)?)
+}
+
+/// BLAKE3 hash of everything `r` yields until end of file.
+pub fn hash_reader(mut r: impl Read) -> io::Result<blake3::Hash> {
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = vec![0u8; HASH_BUF];
+    loop {
+        match r.read(&mut buf) {
+            Ok(0) => return Ok(hasher.finalize()),
+            Ok(n) => {
+                hasher.update(&buf[..n]);
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Why `name` cannot be shared under the registry's filename rules, in words for the
+/// user, or `None` if it can.
+fn filename_problem(name: &str) -> Option<String> {
+    if check_filename(name).is_ok() {
+        return None;
+    }
+    let why = if name.len() > MAX_FILENAME_LEN {
+        format!("longer than {MAX_FILENAME_LEN} bytes: the registry protocol cannot carry it")
+    } else if name.contains(',') {
+        "contains a comma: the registry protocol cannot carry it".into()
+    } else if name.contains(['\n', '\r']) {
+        "contains a line break: the registry protocol cannot carry it".into()
+    } else if name.chars().any(char::is_control) {
+        "contains a control character: the registry protocol cannot carry it".into()
+    } else if name.contains('\\') {
+        "contains a backslash: peers on other systems would read it as a path".into()
+    } else {
+        "is not a valid shared file name".into()
+    };
+    Some(why)
+}
+
+enum HashError {
+    Io(io::Error),
+    /// Size or mtime changed on every attempt.
+    Unstable,
+}
+
+/// Hashes an open file from its start, re-reading it if it changed while being read, so
+/// the returned size and mtime are the ones the hash describes.
+fn hash_open_file(
+    file: &mut File,
+    mut before: Metadata,
+) -> std::result::Result<(u64, SystemTime, blake3::Hash), HashError> {
+    for _ in 0..HASH_ATTEMPTS {
+        file.seek(SeekFrom::Start(0)).map_err(HashError::Io)?;
+        let hash = hash_reader(&mut *file).map_err(HashError::Io)?;
+        let after = file.metadata().map_err(HashError::Io)?;
+        let (m0, m1) = (
+            before.modified().map_err(HashError::Io)?,
+            after.modified().map_err(HashError::Io)?,
+        );
+        if before.len() == after.len() && m0 == m1 {
+            return Ok((after.len(), m1, hash));
+        }
+        before = after;
+    }
+    Err(HashError::Unstable)
+}
+
+fn cache_line(f: &SharedFile) -> CacheLine {
+    CacheLine {
+        size: f.size,
+        mtime: mtime_nanos(f.mtime),
+        hash: f.hash,
+    }
+}
+
+/// Nanoseconds since the epoch, signed so that pre-1970 times stay distinct.
+fn mtime_nanos(t: SystemTime) -> i128 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => d.as_nanos() as i128,
+        Err(e) => -(e.duration().as_nanos() as i128),
+    }
+}
+
+/// Reads the cache file; anything wrong with it (missing, unreadable, too big, one bad
+/// line) means an empty cache, since the worst outcome is re-hashing.
+fn load_cache(path: &Path) -> BTreeMap<String, CacheLine> {
+    let read = || -> Option<BTreeMap<String, CacheLine>> {
+        let file = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(path)
+            .ok()?;
+        let meta = file.metadata().ok()?;
+        if !meta.is_file() || meta.len() > MAX_CACHE_FILE {
+            return None;
+        }
+        let mut text = String::new();
+        file.take(MAX_CACHE_FILE).read_to_string(&mut text).ok()?;
+        let mut map = BTreeMap::new();
+        for line in text.lines() {
+            let mut parts = line.splitn(4, ' ');
+            let hash = blake3::Hash::from_hex(parts.next()?).ok()?;
+            let size = parts.next()?.parse().ok()?;
+            let mtime = parts.next()?.parse().ok()?;
+            let name = parts.next()?;
+            if check_filename(name).is_err() {
+                return None;
+            }
+            map.insert(name.to_string(), CacheLine { size, mtime, hash });
+        }
+        Some(map)
+    };
+    read().unwrap_or_default()
+}
+
+/// Writes the cache atomically: a temporary file (per process, so two processes sharing
+/// a directory don't interleave) renamed over the old one.
+fn write_cache(dir: &Path, map: &BTreeMap<String, CacheLine>) -> io::Result<()> {
+    let mut text = String::new();
+    for (name, l) in map {
+        text.push_str(&format!(
+            "{} {} {} {name}\n",
+            l.hash.to_hex(),
+            l.size,
+            l.mtime
+        ));
+    }
+    let tmp = dir.join(format!("{CACHE_FILE}.{}.tmp", std::process::id()));
+    let result = (|| {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        // Without this a crash could leave the renamed file empty or torn; a torn line
+        // could pair a name with the wrong hash.
+        f.sync_all()?;
+        fs::rename(&tmp, dir.join(CACHE_FILE))
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::OsStr;
+    use std::os::unix::fs::symlink;
+
+    fn share_with(files: &[(&str, &[u8])]) -> (tempfile::TempDir, Share) {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, content) in files {
+            fs::write(dir.path().join(name), content).unwrap();
+        }
+        let share = Share::open(dir.path()).unwrap();
+        (dir, share)
+    }
+
+    fn skipped_reason<'a>(r: &'a ScanReport, name: &str) -> Option<&'a str> {
+        r.skipped
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, why)| why.as_str())
+    }
+
+    fn assert_not_found(share: &Share, name: &str) {
+        match share.open_file(name) {
+            Err(Error::FileNotFound { file, .. }) => assert_eq!(file, name),
+            other => panic!("{name:?}: expected FileNotFound, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn open_refuses_missing_or_non_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nope");
+        assert!(matches!(Share::open(&missing), Err(Error::NotADirectory(p)) if p == missing));
+        let file = dir.path().join("f");
+        fs::write(&file, b"x").unwrap();
+        assert!(matches!(Share::open(&file), Err(Error::NotADirectory(_))));
+    }
+
+    #[test]
+    fn open_does_not_scan() {
+        let (_d, share) = share_with(&[("a.txt", b"a")]);
+        assert!(share.names().is_empty());
+        assert_eq!(share.dir(), fs::canonicalize(_d.path()).unwrap());
+    }
+
+    #[test]
+    fn scan_lists_regular_files_with_hashes() {
+        let (_d, share) = share_with(&[("b.txt", b"bee"), ("a file.txt", b"a"), ("empty", b"")]);
+        let r = share.scan().unwrap();
+        assert_eq!(r.files, 3);
+        assert_eq!(r.hashed, 3);
+        assert!(r.skipped.is_empty(), "{:?}", r.skipped);
+        assert_eq!(share.names(), ["a file.txt", "b.txt", "empty"]);
+        let b = share.get("b.txt").unwrap();
+        assert_eq!(b.name, "b.txt");
+        assert_eq!(b.size, 3);
+        assert_eq!(b.hash, blake3::hash(b"bee"));
+        assert_eq!(share.get("empty").unwrap().hash, blake3::hash(b""));
+        assert!(share.get("nope").is_none());
+    }
+
+    #[test]
+    fn scan_skips_hidden_dirs_and_bad_names() {
+        let (d, share) = share_with(&[
+            ("ok.txt", b"ok"),
+            (".hidden", b"h"),
+            (".x.p2pchat-part", b"p"),
+            ("a,b", b"c"),
+            ("line\nbreak", b"n"),
+            ("tab\there", b"t"),
+        ]);
+        fs::create_dir(d.path().join("sub")).unwrap();
+        fs::write(d.path().join("sub/inner.txt"), b"i").unwrap();
+        fs::write(d.path().join(OsStr::from_bytes(b"bad\xffutf8")), b"u").unwrap();
+        let long = "l".repeat(MAX_FILENAME_LEN); // fits the FS and the protocol
+        fs::write(d.path().join(&long), b"l").unwrap();
+
+        let r = share.scan().unwrap();
+        assert_eq!(share.names(), [long.as_str(), "ok.txt"]);
+        assert_eq!(r.files, 2);
+        assert!(skipped_reason(&r, "a,b").unwrap().contains("comma"));
+        assert!(skipped_reason(&r, "line\nbreak")
+            .unwrap()
+            .contains("line break"));
+        assert!(skipped_reason(&r, "tab\there").unwrap().contains("control"));
+        assert!(skipped_reason(&r, "sub").unwrap().contains("directory"));
+        assert!(skipped_reason(&r, "bad\u{fffd}utf8")
+            .unwrap()
+            .contains("UTF-8"));
+        // Hidden names are left out silently.
+        assert!(skipped_reason(&r, ".hidden").is_none());
+        assert!(!share.names().iter().any(|n| n.starts_with('.')));
+        for name in ["a,b", "sub", ".hidden", "sub/inner.txt", "inner.txt"] {
+            assert_not_found(&share, name);
+        }
+    }
+
+    #[test]
+    fn symlinks_inside_are_shared_outside_are_not() {
+        let (d, share) = share_with(&[("real.txt", b"real")]);
+        let other = tempfile::tempdir().unwrap();
+        fs::write(other.path().join("secret"), b"secret").unwrap();
+        symlink("real.txt", d.path().join("inside")).unwrap();
+        symlink(other.path().join("secret"), d.path().join("outside")).unwrap();
+        symlink("/etc/passwd", d.path().join("passwd")).unwrap();
+        symlink("../", d.path().join("parent")).unwrap();
+        symlink("nowhere", d.path().join("dangling")).unwrap();
+        fs::create_dir(d.path().join("dir")).unwrap();
+        symlink("dir", d.path().join("dirlink")).unwrap();
+
+        let r = share.scan().unwrap();
+        assert_eq!(share.names(), ["inside", "real.txt"]);
+        assert!(skipped_reason(&r, "outside").unwrap().contains("outside"));
+        assert!(skipped_reason(&r, "passwd").unwrap().contains("outside"));
+        assert!(skipped_reason(&r, "parent").is_some());
+        assert!(skipped_reason(&r, "dangling").is_some());
+        assert!(skipped_reason(&r, "dirlink")
+            .unwrap()
+            .contains("regular file"));
+        for name in ["outside", "passwd", "parent", "dangling", "dirlink"] {
+            assert_not_found(&share, name);
+        }
+
+        let (mut f, sf) = share.open_file("inside").unwrap();
+        let mut s = String::new();
+        f.read_to_string(&mut s).unwrap();
+        assert_eq!(s, "real");
+        assert_eq!(sf.hash, blake3::hash(b"real"));
+    }
+
+    #[test]
+    fn symlink_retargeted_outside_after_scan_cannot_be_opened() {
+        let (d, share) = share_with(&[("real.txt", b"real")]);
+        let other = tempfile::tempdir().unwrap();
+        fs::write(other.path().join("secret"), b"secret").unwrap();
+        symlink("real.txt", d.path().join("link")).unwrap();
+        share.scan().unwrap();
+        fs::remove_file(d.path().join("link")).unwrap();
+        symlink(other.path().join("secret"), d.path().join("link")).unwrap();
+        assert_not_found(&share, "link");
+    }
+
+    #[test]
+    fn file_swapped_for_symlink_after_scan_cannot_be_opened() {
+        let (d, share) = share_with(&[("f.txt", b"real")]);
+        share.scan().unwrap();
+        fs::remove_file(d.path().join("f.txt")).unwrap();
+        symlink("/etc/passwd", d.path().join("f.txt")).unwrap();
+        assert_not_found(&share, "f.txt");
+    }
+
+    #[test]
+    fn open_file_refuses_traversal_and_unknown_names() {
+        let (d, share) = share_with(&[("a", b"a"), ("b", b"b")]);
+        fs::create_dir(d.path().join("x")).unwrap();
+        share.scan().unwrap();
+        for name in [
+            "..",
+            ".",
+            "../x",
+            "/etc/passwd",
+            "a/../b",
+            "%2e%2e",
+            "%2e%2e/etc/passwd",
+            "x\0y",
+            "a\0",
+            "",
+            "x",
+            "not-there",
+            CACHE_FILE,
+        ] {
+            assert_not_found(&share, name);
+        }
+        let (mut f, sf) = share.open_file("a").unwrap();
+        let mut s = String::new();
+        f.read_to_string(&mut s).unwrap();
+        assert_eq!((s.as_str(), sf.size), ("a", 1));
+    }
+
+    #[test]
+    fn removed_file_is_not_found() {
+        let (d, share) = share_with(&[("a", b"a")]);
+        share.scan().unwrap();
+        fs::remove_file(d.path().join("a")).unwrap();
+        assert_not_found(&share, "a");
+    }
+
+    #[test]
+    fn rescan_of_unchanged_share_reads_nothing_even_after_restart() {
+        let (d, share) = share_with(&[("a", b"aaa"), ("b", b"bbbb")]);
+        assert_eq!(share.scan().unwrap().hashed, 2);
+        assert!(d.path().join(CACHE_FILE).exists());
+        let r = share.scan().unwrap();
+        assert_eq!((r.files, r.hashed), (2, 0));
+
+        let again = Share::open(d.path()).unwrap();
+        let r = again.scan().unwrap();
+        assert_eq!((r.files, r.hashed), (2, 0));
+        assert_eq!(again.get("b").unwrap().hash, blake3::hash(b"bbbb"));
+    }
+
+    #[test]
+    fn names_with_spaces_survive_the_cache() {
+        let (d, share) = share_with(&[(" lead and trail ", b"x"), ("a  b", b"y")]);
+        share.scan().unwrap();
+        let again = Share::open(d.path()).unwrap();
+        let r = again.scan().unwrap();
+        assert_eq!((r.files, r.hashed), (2, 0));
+        assert_eq!(
+            again.get(" lead and trail ").unwrap().hash,
+            blake3::hash(b"x")
+        );
+    }
+
+    #[test]
+    fn corrupt_cache_is_ignored() {
+        let (d, share) = share_with(&[("a", b"aaa")]);
+        share.scan().unwrap();
+        fs::write(
+            d.path().join(CACHE_FILE),
+            b"\xff\xfe garbage\nnot a cache line\n",
+        )
+        .unwrap();
+        let again = Share::open(d.path()).unwrap();
+        let r = again.scan().unwrap();
+        assert_eq!((r.files, r.hashed), (1, 1));
+        // And the cache was rewritten.
+        let r = Share::open(d.path()).unwrap().scan().unwrap();
+        assert_eq!(r.hashed, 0);
+    }
+
+    #[test]
+    fn wrong_hash_line_for_other_size_is_not_trusted() {
+        let (d, share) = share_with(&[("a", b"aaa")]);
+        share.scan().unwrap();
+        let line = format!("{} 99 0 a\n", blake3::hash(b"zzz").to_hex());
+        fs::write(d.path().join(CACHE_FILE), line).unwrap();
+        let again = Share::open(d.path()).unwrap();
+        assert_eq!(again.scan().unwrap().hashed, 1);
+        assert_eq!(again.get("a").unwrap().hash, blake3::hash(b"aaa"));
+    }
+
+    #[test]
+    fn modified_file_is_rehashed_on_scan() {
+        let (d, share) = share_with(&[("a", b"abc"), ("b", b"b")]);
+        share.scan().unwrap();
+        fs::write(d.path().join("a"), b"abcdef").unwrap();
+        let r = share.scan().unwrap();
+        assert_eq!((r.files, r.hashed), (2, 1));
+        let a = share.get("a").unwrap();
+        assert_eq!((a.size, a.hash), (6, blake3::hash(b"abcdef")));
+        // The cache file was updated too.
+        assert_eq!(Share::open(d.path()).unwrap().scan().unwrap().hashed, 0);
+    }
+
+    #[test]
+    fn open_file_rehashes_a_file_changed_since_the_scan() {
+        let (d, share) = share_with(&[("a", b"abc")]);
+        share.scan().unwrap();
+        fs::write(d.path().join("a"), b"changed content").unwrap();
+        let (mut f, sf) = share.open_file("a").unwrap();
+        let mut content = Vec::new();
+        f.read_to_end(&mut content).unwrap();
+        assert_eq!(content, b"changed content");
+        assert_eq!(sf.size, content.len() as u64);
+        assert_eq!(sf.hash, blake3::hash(&content));
+        assert_eq!(share.get("a").unwrap(), sf);
+        assert_eq!(Share::open(d.path()).unwrap().scan().unwrap().hashed, 0);
+    }
+
+    #[test]
+    fn deleted_and_new_files_are_picked_up() {
+        let (d, share) = share_with(&[("a", b"a"), ("b", b"b")]);
+        share.scan().unwrap();
+        fs::remove_file(d.path().join("a")).unwrap();
+        fs::write(d.path().join("c"), b"c").unwrap();
+        let r = share.scan().unwrap();
+        assert_eq!((r.files, r.hashed), (2, 1));
+        assert_eq!(share.names(), ["b", "c"]);
+        assert_not_found(&share, "a");
+    }
+
+    #[test]
+    fn hashes_match_blake3_for_large_content() {
+        let content: Vec<u8> = (0..3 * HASH_BUF + 12345)
+            .map(|i| (i * 7 % 251) as u8)
+            .collect();
+        let (d, share) = share_with(&[("big", &content)]);
+        share.scan().unwrap();
+        let want = blake3::hash(&content);
+        assert_eq!(share.get("big").unwrap().hash, want);
+        assert_eq!(hash_file(&d.path().join("big")).unwrap(), want);
+        assert_eq!(hash_reader(&content[..]).unwrap(), want);
+    }
+
+    #[test]
+    fn fifo_is_skipped() {
+        let (d, share) = share_with(&[]);
+        let path = std::ffi::CString::new(d.path().join("fifo").as_os_str().as_bytes()).unwrap();
+        // SAFETY: path is a valid NUL-terminated string.
+        assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o644) }, 0);
+        let r = share.scan().unwrap();
+        assert_eq!(r.files, 0);
+        assert!(skipped_reason(&r, "fifo").unwrap().contains("regular"));
+    }
+}

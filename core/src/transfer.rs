@@ -1,0 +1,759 @@
+//! Moving file bytes between peers: sending a range of a shared file to a socket, and
+//! receiving a download into a partial file that is verified and then moved into place.
+//!
+//! This module owns the on-disk life of a download (`.NAME.p2pchat-part`, resume from
+//! its length, hash check, final placement). It must never overwrite an existing file,
+//! never leave unverified bytes under the final name, and never write outside the
+//! destination directory. It knows nothing of the request/answer protocol around the
+//! bytes.
+
+use crate::error::{is_timeout, Error, Result};
+use crate::limits::MAX_FILENAME_LEN;
+use crate::protocol::{check_filename, truncate};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::net::TcpStream;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+/// Buffer for copying file bytes (sending without sendfile, receiving, re-reading a
+/// partial file to resume its hash).
+const COPY_BUF: usize = 256 * 1024;
+
+/// Suffix of a partial download's name (after a leading '.', so it is hidden and never
+/// shared).
+const PART_SUFFIX: &str = ".p2pchat-part";
+
+/// Sends `len` bytes of `file` starting at `offset` to `sock`, and returns the number of
+/// bytes sent (always `len` on success).
+///
+/// On Linux this is zero-copy (`sendfile`), falling back to a read/write copy where the
+/// kernel cannot do it (`EINVAL`/`ENOSYS`); elsewhere it always copies. The socket's
+/// write timeout is honored: a timeout surfaces as an error of kind `WouldBlock` or
+/// `TimedOut` (see [`crate::error::is_timeout`]). If the file ends before `offset + len`
+/// (it shrank), the error is of kind `UnexpectedEof`, since the receiver was promised
+/// `len` bytes.
+pub fn send_file(sock: &TcpStream, file: &File, offset: u64, len: u64) -> io::Result<u64> {
+    let end = offset
+        .checked_add(len)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "offset + len overflows"))?;
+    let mut pos = offset;
+    #[cfg(target_os = "linux")]
+    {
+        if sendfile_range(sock, file, &mut pos, end)? {
+            return Ok(len);
+        }
+    }
+    copy_range(sock, file, pos, end)?;
+    Ok(len)
+}
+
+/// Sends `[*pos, end)` with `sendfile`, advancing `*pos`. Returns `false` if the kernel
+/// cannot sendfile between these two descriptors (the caller copies the rest).
+#[cfg(target_os = "linux")]
+fn sendfile_range(sock: &TcpStream, file: &File, pos: &mut u64, end: u64) -> io::Result<bool> {
+    use std::os::unix::io::AsRawFd;
+    // Linux moves at most this much per call, whatever is asked.
+    const MAX_CHUNK: u64 = 0x7fff_f000;
+    while *pos < end {
+        let mut off = libc::off_t::try_from(*pos)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "offset too large"))?;
+        let count = (end - *pos).min(MAX_CHUNK) as usize;
+        // SAFETY: both descriptors are borrowed and so stay open for the call; `off` is a
+        // valid, exclusive pointer. sendfile does not touch the file's own offset.
+        let n = unsafe { libc::sendfile(sock.as_raw_fd(), file.as_raw_fd(), &mut off, count) };
+        if n > 0 {
+            *pos += n as u64;
+            continue;
+        }
+        if n == 0 {
+            return Err(file_ended());
+        }
+        let err = io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::EINTR) => {}
+            Some(libc::EINVAL | libc::ENOSYS) => return Ok(false),
+            Some(libc::EAGAIN) => wait_writable(sock, err)?,
+            _ => return Err(err),
+        }
+    }
+    Ok(true)
+}
+
+/// After `EAGAIN` from the socket: on a blocking socket that means its write timeout
+/// expired, so `eagain` is returned as the error; on a non-blocking one, waits (up to the
+/// write timeout, if any) until it can take more.
+#[cfg(target_os = "linux")]
+fn wait_writable(sock: &TcpStream, eagain: io::Error) -> io::Result<()> {
+    use std::os::unix::io::AsRawFd;
+    let fd = sock.as_raw_fd();
+    // SAFETY: F_GETFL on a descriptor we borrow; no memory is passed.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    if flags < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if flags & libc::O_NONBLOCK == 0 {
+        return Err(eagain);
+    }
+    let timeout_ms = match sock.write_timeout()? {
+        Some(t) => i32::try_from(t.as_millis()).unwrap_or(i32::MAX).max(1),
+        None => -1,
+    };
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, count 1.
+    let r = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
+    match r {
+        0 => Err(io::Error::new(io::ErrorKind::TimedOut, "send timed out")),
+        r if r < 0 => {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                Ok(())
+            } else {
+                Err(e)
+            }
+        }
+        // Errors and hang-ups show up on the next sendfile.
+        _ => Ok(()),
+    }
+}
+
+/// Sends `[pos, end)` of `file` with plain reads and writes.
+fn copy_range(sock: &TcpStream, file: &File, mut pos: u64, end: u64) -> io::Result<()> {
+    let mut out = sock;
+    let mut buf = vec![0u8; (end - pos).min(COPY_BUF as u64) as usize];
+    while pos < end {
+        let want = (end - pos).min(buf.len() as u64) as usize;
+        let n = match file.read_at(&mut buf[..want], pos) {
+            Ok(0) => return Err(file_ended()),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        out.write_all(&buf[..n])?;
+        pos += n as u64;
+    }
+    Ok(())
+}
+
+fn file_ended() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::UnexpectedEof,
+        "the file ended before the requested range was sent",
+    )
+}
+
+/// Where a download of `name` into `dest_dir` lives while in progress:
+/// `dest_dir/.NAME.p2pchat-part`.
+///
+/// A name too long for that to fit the file system's 255-byte limit is shortened and
+/// given a hash of the full name, so different long names still get different paths.
+pub fn partial_path(dest_dir: &Path, name: &str) -> PathBuf {
+    let plain = format!(".{name}{PART_SUFFIX}");
+    if plain.len() <= MAX_FILENAME_LEN {
+        return dest_dir.join(plain);
+    }
+    let tag = blake3::hash(name.as_bytes()).to_hex();
+    let tag = &tag[..16];
+    // '.' + prefix + '~' + tag + suffix
+    let room = MAX_FILENAME_LEN - 1 - 1 - tag.len() - PART_SUFFIX.len();
+    dest_dir.join(format!(".{}~{tag}{PART_SUFFIX}", truncate(name, room)))
+}
+
+/// Receives one file into a destination directory, resuming a previous partial
+/// download when there is one.
+///
+/// Usage: `let r = Receiver::prepare(dest_dir, name)?;` → request the file from
+/// [`Receiver::offset`] → learn its size and hash → [`Receiver::receive`].
+#[derive(Debug)]
+pub struct Receiver {
+    name: String,
+    dest_dir: PathBuf,
+    final_path: PathBuf,
+    part_path: PathBuf,
+    part: File,
+    offset: u64,
+}
+
+impl Receiver {
+    /// Prepares to download `name` into `dest_dir`: opens (or creates) the partial file,
+    /// whose current length is the offset to resume from.
+    ///
+    /// Errors: [`Error::InvalidArgument`] if `name` is not a valid shared file name
+    /// (path separators, `..`, control characters, comma, leading '.'...);
+    /// [`Error::AlreadyExists`] if `dest_dir/name` exists (p2pchat never overwrites).
+    pub fn prepare(dest_dir: &Path, name: &str) -> Result<Receiver> {
+        if check_filename(name).is_err() || name.starts_with('.') {
+            return Err(Error::InvalidArgument(format!(
+                "{:?} is not a valid name for a downloaded file",
+                truncate(name, MAX_FILENAME_LEN)
+            )));
+        }
+        let final_path = dest_dir.join(name);
+        ensure_absent(&final_path)?;
+        let part_path = partial_path(dest_dir, name);
+        // O_NOFOLLOW: a symlink planted under the partial name must not redirect the
+        // write elsewhere. O_NONBLOCK: a FIFO planted there must not hang the open.
+        let part = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(&part_path)?;
+        let meta = part.metadata()?;
+        if !meta.is_file() {
+            return Err(Error::Io(io::Error::other(format!(
+                "{} is not a regular file",
+                part_path.display()
+            ))));
+        }
+        Ok(Receiver {
+            name: name.to_string(),
+            dest_dir: dest_dir.to_path_buf(),
+            final_path,
+            part_path,
+            part,
+            offset: meta.len(),
+        })
+    }
+
+    /// How many bytes are already here: the offset to request the file from.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// Where the file will be once received and verified.
+    pub fn final_path(&self) -> &Path {
+        &self.final_path
+    }
+
+    /// Discards the partial file's content and starts again from 0 (when the sender says
+    /// the offset is past the end: the file changed since the partial download).
+    pub fn restart(&mut self) -> Result<()> {
+        self.part.set_len(0)?;
+        self.offset = 0;
+        Ok(())
+    }
+
+    /// Receives the rest of the file (bytes `offset..size`) from `src`, verifies the
+    /// whole file against `expected_hash` (BLAKE3, hex) and moves it into place.
+    /// Returns the final path.
+    ///
+    /// `progress` gets the total received so far (offset included) after each chunk;
+    /// returning `false` cancels.
+    ///
+    /// Errors, with what happens to the partial file:
+    /// - [`Error::Protocol`] if the offset is past `size` or `expected_hash` is not a
+    ///   hash (kept; [`Receiver::restart`] before asking again);
+    /// - [`Error::Cancelled`], [`Error::Closed`] (early end of data), [`Error::Timeout`]
+    ///   (kept, to resume later);
+    /// - [`Error::HashMismatch`] (deleted: its content is wrong somewhere);
+    /// - [`Error::AlreadyExists`] if the final name appeared meanwhile (kept).
+    pub fn receive(
+        mut self,
+        src: &mut impl Read,
+        size: u64,
+        expected_hash: &str,
+        progress: &mut dyn FnMut(u64) -> bool,
+    ) -> Result<PathBuf> {
+        if self.offset > size {
+            return Err(Error::protocol(
+                "",
+                format!(
+                    "resume offset {} is past the end of {:?} ({size} bytes)",
+                    self.offset, self.name
+                ),
+            ));
+        }
+        let expected = blake3::Hash::from_hex(expected_hash).map_err(|_| {
+            Error::protocol(
+                "",
+                format!("invalid content hash {:?}", truncate(expected_hash, 80)),
+            )
+        })?;
+
+        let mut buf = vec![0u8; COPY_BUF];
+        let mut hasher = self.hash_partial(&mut buf)?;
+        let mut received = self.offset;
+        while received < size {
+            let want = (size - received).min(COPY_BUF as u64) as usize;
+            let n = match src.read(&mut buf[..want]) {
+                Ok(0) => return Err(Error::Closed),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if is_timeout(&e) => {
+                    return Err(Error::Timeout(format!(
+                        "no data from the sender of {:?}",
+                        self.name
+                    )))
+                }
+                Err(e) => return Err(Error::Io(e)),
+            };
+            hasher.update(&buf[..n]);
+            self.part.write_all(&buf[..n])?;
+            received += n as u64;
+            if !progress(received) {
+                return Err(Error::Cancelled);
+            }
+        }
+
+        let actual = hasher.finalize();
+        // blake3::Hash compares in constant time; not needed here, but free.
+        if actual != expected {
+            drop(self.part);
+            if let Err(e) = fs::remove_file(&self.part_path) {
+                log::warn!("cannot remove {}: {e}", self.part_path.display());
+            }
+            return Err(Error::HashMismatch {
+                file: self.name,
+                expected: expected.to_hex().to_string(),
+                actual: actual.to_hex().to_string(),
+            });
+        }
+        // The bytes must be on disk before the name says the download is complete.
+        self.part.sync_data()?;
+        self.place()?;
+        Ok(self.final_path)
+    }
+
+    /// A hasher that has seen the partial file's first `offset` bytes, so the final hash
+    /// covers the whole file and not just this session's bytes.
+    fn hash_partial(&self, buf: &mut [u8]) -> Result<blake3::Hasher> {
+        let mut hasher = blake3::Hasher::new();
+        let mut pos = 0u64;
+        while pos < self.offset {
+            let want = (self.offset - pos).min(buf.len() as u64) as usize;
+            match self.part.read_at(&mut buf[..want], pos) {
+                Ok(0) => {
+                    return Err(Error::Io(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!("{} shrank while resuming", self.part_path.display()),
+                    )))
+                }
+                Ok(n) => {
+                    hasher.update(&buf[..n]);
+                    pos += n as u64;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(Error::Io(e)),
+            }
+        }
+        Ok(hasher)
+    }
+
+    /// Gives the verified partial file its final name without ever replacing a file
+    /// there: a hard link fails if the name exists, where a rename would silently replace.
+    fn place(&self) -> Result<()> {
+        match fs::hard_link(&self.part_path, &self.final_path) {
+            Ok(()) => {
+                if let Err(e) = fs::remove_file(&self.part_path) {
+                    // The download is complete under its final name; a leftover partial
+                    // only costs space.
+                    log::warn!("cannot remove {}: {e}", self.part_path.display());
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                return Err(Error::AlreadyExists(self.final_path.clone()));
+            }
+            Err(e) => {
+                // File systems without hard links (FAT, some network mounts): check, then
+                // rename. Another process could create the name in between; that window
+                // is the price of such file systems.
+                log::debug!(
+                    "hard link to {} failed ({e}); renaming instead",
+                    self.final_path.display()
+                );
+                ensure_absent(&self.final_path)?;
+                fs::rename(&self.part_path, &self.final_path)?;
+            }
+        }
+        // Make the new name durable too; best effort, the data already is.
+        if let Ok(dir) = File::open(&self.dest_dir) {
+            let _ = dir.sync_all();
+        }
+        Ok(())
+    }
+}
+
+/// Errors with [`Error::AlreadyExists`] if anything (even a dangling symlink) is at `path`.
+fn ensure_absent(path: &Path) -> Result<()> {
+    match fs::symlink_metadata(path) {
+        Ok(_) => Err(Error::AlreadyExists(path.to_path_buf())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::Io(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+    use std::thread;
+    use std::time::Duration;
+
+    fn pattern(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 31 % 253) as u8).collect()
+    }
+
+    fn tcp_pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let a = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (b, _) = l.accept().unwrap();
+        (a, b)
+    }
+
+    /// Sends `content[offset..offset+len]` through a real loopback socket with `send`,
+    /// returns what arrived and what `send` returned.
+    fn roundtrip(
+        content: &[u8],
+        offset: u64,
+        len: u64,
+        send: fn(&TcpStream, &File, u64, u64) -> io::Result<u64>,
+    ) -> (Vec<u8>, u64) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        fs::write(&path, content).unwrap();
+        let (tx, mut rx) = tcp_pair();
+        let sender = thread::spawn(move || {
+            let file = File::open(&path).unwrap();
+            send(&tx, &file, offset, len).unwrap()
+            // tx dropped here: the reader sees EOF.
+        });
+        let mut got = Vec::new();
+        rx.read_to_end(&mut got).unwrap();
+        (got, sender.join().unwrap())
+    }
+
+    fn via_copy(sock: &TcpStream, file: &File, offset: u64, len: u64) -> io::Result<u64> {
+        copy_range(sock, file, offset, offset + len).map(|()| len)
+    }
+
+    #[test]
+    fn send_file_sends_exact_ranges() {
+        for send in [send_file as fn(&_, &_, _, _) -> _, via_copy] {
+            assert_eq!(roundtrip(b"", 0, 0, send), (vec![], 0));
+            assert_eq!(roundtrip(b"x", 0, 1, send), (b"x".to_vec(), 1));
+            let big = pattern(5 * 1024 * 1024);
+            let (got, n) = roundtrip(&big, 0, big.len() as u64, send);
+            assert_eq!(n, big.len() as u64);
+            assert!(got == big);
+            let (got, n) = roundtrip(&big, 12345, big.len() as u64 - 12345, send);
+            assert_eq!(n, got.len() as u64);
+            assert!(got == big[12345..]);
+            let (got, _) = roundtrip(&big, 1000, 10, send);
+            assert_eq!(got, big[1000..1010]);
+        }
+    }
+
+    #[test]
+    fn send_file_past_end_of_file_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        fs::write(&path, b"short").unwrap();
+        let file = File::open(&path).unwrap();
+        let (tx, _rx) = tcp_pair();
+        let e = send_file(&tx, &file, 2, 10).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
+        let e = copy_range(&tx, &file, 2, 12).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
+    }
+
+    #[test]
+    fn send_file_honors_the_write_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big");
+        // Sparse: far more than the socket buffers hold, at no disk cost.
+        let len = 256 * 1024 * 1024;
+        File::create(&path).unwrap().set_len(len).unwrap();
+        let file = File::open(&path).unwrap();
+        let (tx, _rx) = tcp_pair(); // never read
+        tx.set_write_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let e = send_file(&tx, &file, 0, len).unwrap_err();
+        assert!(is_timeout(&e), "{e:?}");
+    }
+
+    #[test]
+    fn partial_path_is_hidden_and_fits() {
+        let d = Path::new("/dl");
+        assert_eq!(
+            partial_path(d, "a b.txt"),
+            Path::new("/dl/.a b.txt.p2pchat-part")
+        );
+        let long = "é".repeat(127); // 254 bytes
+        let p = partial_path(d, &long);
+        let file = p.file_name().unwrap().to_str().unwrap();
+        assert!(file.len() <= MAX_FILENAME_LEN);
+        assert!(file.starts_with('.') && file.ends_with(PART_SUFFIX));
+        assert_ne!(p, partial_path(d, &format!("{}x", "é".repeat(126))));
+    }
+
+    fn always(_: u64) -> bool {
+        true
+    }
+
+    #[test]
+    fn receive_full_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let content = pattern(COPY_BUF * 3 + 17);
+        let hash = blake3::hash(&content).to_hex();
+        let r = Receiver::prepare(dir.path(), "file.bin").unwrap();
+        assert_eq!(r.offset(), 0);
+        assert_eq!(r.final_path(), dir.path().join("file.bin"));
+        let mut seen = Vec::new();
+        let path = r
+            .receive(&mut &content[..], content.len() as u64, &hash, &mut |n| {
+                seen.push(n);
+                true
+            })
+            .unwrap();
+        assert_eq!(path, dir.path().join("file.bin"));
+        assert!(fs::read(&path).unwrap() == content);
+        assert!(!partial_path(dir.path(), "file.bin").exists());
+        assert_eq!(seen.last(), Some(&(content.len() as u64)));
+        assert!(seen.windows(2).all(|w| w[0] < w[1]));
+    }
+
+    #[test]
+    fn receive_over_a_socket_from_send_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let content = pattern(5 * 1024 * 1024 + 3);
+        let src_path = dir.path().join("src");
+        fs::write(&src_path, &content).unwrap();
+        let dest = dir.path().join("dest");
+        fs::create_dir(&dest).unwrap();
+        let (tx, mut rx) = tcp_pair();
+        let len = content.len() as u64;
+        let sender = thread::spawn(move || {
+            send_file(&tx, &File::open(&src_path).unwrap(), 0, len).unwrap();
+        });
+        rx.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let r = Receiver::prepare(&dest, "src").unwrap();
+        let hash = blake3::hash(&content).to_hex().to_ascii_uppercase();
+        let path = r.receive(&mut rx, len, &hash, &mut always).unwrap();
+        sender.join().unwrap();
+        assert!(fs::read(path).unwrap() == content);
+    }
+
+    #[test]
+    fn empty_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = Receiver::prepare(dir.path(), "empty").unwrap();
+        let hash = blake3::hash(b"").to_hex();
+        let path = r.receive(&mut io::empty(), 0, &hash, &mut always).unwrap();
+        assert_eq!(fs::read(path).unwrap(), b"");
+    }
+
+    #[test]
+    fn cancelled_download_resumes() {
+        let dir = tempfile::tempdir().unwrap();
+        let content = pattern(COPY_BUF * 4 + 1000);
+        let size = content.len() as u64;
+        let hash = blake3::hash(&content).to_hex();
+        let part = partial_path(dir.path(), "f");
+
+        let r = Receiver::prepare(dir.path(), "f").unwrap();
+        let half = size / 2;
+        let e = r
+            .receive(&mut &content[..], size, &hash, &mut |n| n < half)
+            .unwrap_err();
+        assert!(matches!(e, Error::Cancelled), "{e:?}");
+        assert!(!dir.path().join("f").exists());
+        let kept = fs::metadata(&part).unwrap().len();
+        assert!(kept >= half && kept < size, "{kept}");
+
+        let r = Receiver::prepare(dir.path(), "f").unwrap();
+        assert_eq!(r.offset(), kept);
+        let mut first = None;
+        let path = r
+            .receive(&mut &content[kept as usize..], size, &hash, &mut |n| {
+                first.get_or_insert(n);
+                true
+            })
+            .unwrap();
+        assert!(first.unwrap() > kept);
+        assert!(fs::read(path).unwrap() == content);
+        assert!(!part.exists());
+    }
+
+    #[test]
+    fn corrupted_byte_is_a_hash_mismatch_and_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let content = pattern(100_000);
+        let hash = blake3::hash(&content).to_hex();
+        let mut bad = content.clone();
+        bad[5000] ^= 1;
+        let r = Receiver::prepare(dir.path(), "f").unwrap();
+        let e = r
+            .receive(&mut &bad[..], bad.len() as u64, &hash, &mut always)
+            .unwrap_err();
+        match e {
+            Error::HashMismatch {
+                file,
+                expected,
+                actual,
+            } => {
+                assert_eq!(file, "f");
+                assert_eq!(expected, hash.as_str());
+                assert_eq!(actual, blake3::hash(&bad).to_hex().as_str());
+            }
+            e => panic!("{e:?}"),
+        }
+        assert!(!dir.path().join("f").exists());
+        assert!(!partial_path(dir.path(), "f").exists());
+    }
+
+    #[test]
+    fn corrupted_resumed_prefix_is_detected() {
+        let dir = tempfile::tempdir().unwrap();
+        let content = pattern(10_000);
+        let mut prefix = content[..4000].to_vec();
+        prefix[10] ^= 0x80;
+        fs::write(partial_path(dir.path(), "f"), &prefix).unwrap();
+        let r = Receiver::prepare(dir.path(), "f").unwrap();
+        assert_eq!(r.offset(), 4000);
+        let hash = blake3::hash(&content).to_hex();
+        let e = r
+            .receive(&mut &content[4000..], 10_000, &hash, &mut always)
+            .unwrap_err();
+        assert!(matches!(e, Error::HashMismatch { .. }), "{e:?}");
+    }
+
+    /// A reader that fails the test if anything reads it.
+    struct Untouchable;
+    impl Read for Untouchable {
+        fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+            panic!("must not be read");
+        }
+    }
+
+    #[test]
+    fn existing_final_file_is_never_overwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("f"), b"mine").unwrap();
+        let e = Receiver::prepare(dir.path(), "f").unwrap_err();
+        assert!(
+            matches!(&e, Error::AlreadyExists(p) if *p == dir.path().join("f")),
+            "{e:?}"
+        );
+        assert!(!partial_path(dir.path(), "f").exists());
+        // A dangling symlink counts as existing too.
+        std::os::unix::fs::symlink("nowhere", dir.path().join("g")).unwrap();
+        assert!(matches!(
+            Receiver::prepare(dir.path(), "g"),
+            Err(Error::AlreadyExists(_))
+        ));
+
+        // Appearing during the download: the download is kept, the file untouched.
+        let r = Receiver::prepare(dir.path(), "h").unwrap();
+        fs::write(dir.path().join("h"), b"theirs").unwrap();
+        let hash = blake3::hash(b"new").to_hex();
+        let e = r
+            .receive(&mut &b"new"[..], 3, &hash, &mut always)
+            .unwrap_err();
+        assert!(matches!(e, Error::AlreadyExists(_)), "{e:?}");
+        assert_eq!(fs::read(dir.path().join("h")).unwrap(), b"theirs");
+        assert_eq!(fs::read(partial_path(dir.path(), "h")).unwrap(), b"new");
+    }
+
+    #[test]
+    fn early_eof_is_closed_and_keeps_the_partial() {
+        let dir = tempfile::tempdir().unwrap();
+        let content = pattern(1000);
+        let hash = blake3::hash(&content).to_hex();
+        let r = Receiver::prepare(dir.path(), "f").unwrap();
+        let e = r
+            .receive(&mut &content[..600], 1000, &hash, &mut always)
+            .unwrap_err();
+        assert!(matches!(e, Error::Closed), "{e:?}");
+        assert_eq!(
+            fs::read(partial_path(dir.path(), "f")).unwrap(),
+            &content[..600]
+        );
+        assert!(!dir.path().join("f").exists());
+    }
+
+    #[test]
+    fn read_timeout_is_timeout_and_keeps_the_partial() {
+        struct Stalls(usize);
+        impl Read for Stalls {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                if self.0 == 0 {
+                    return Err(io::ErrorKind::WouldBlock.into());
+                }
+                let n = self.0.min(buf.len());
+                buf[..n].fill(7);
+                self.0 -= n;
+                Ok(n)
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let r = Receiver::prepare(dir.path(), "f").unwrap();
+        let hash = blake3::hash(b"whatever").to_hex();
+        let e = r
+            .receive(&mut Stalls(10), 100, &hash, &mut always)
+            .unwrap_err();
+        assert!(matches!(e, Error::Timeout(_)), "{e:?}");
+        assert_eq!(fs::read(partial_path(dir.path(), "f")).unwrap(), [7; 10]);
+    }
+
+    #[test]
+    fn offset_past_end_is_protocol_error_and_restart_starts_over() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(partial_path(dir.path(), "f"), b"0123456789").unwrap();
+        let hash = blake3::hash(b"abc").to_hex();
+        let r = Receiver::prepare(dir.path(), "f").unwrap();
+        let e = r
+            .receive(&mut Untouchable, 3, &hash, &mut always)
+            .unwrap_err();
+        assert!(matches!(e, Error::Protocol { .. }), "{e:?}");
+
+        let mut r = Receiver::prepare(dir.path(), "f").unwrap();
+        assert_eq!(r.offset(), 10);
+        r.restart().unwrap();
+        assert_eq!(r.offset(), 0);
+        let path = r.receive(&mut &b"abc"[..], 3, &hash, &mut always).unwrap();
+        assert_eq!(fs::read(path).unwrap(), b"abc");
+    }
+
+    #[test]
+    fn invalid_expected_hash_is_protocol_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = Receiver::prepare(dir.path(), "f").unwrap();
+        let e = r
+            .receive(&mut Untouchable, 3, "not-a-hash", &mut always)
+            .unwrap_err();
+        assert!(matches!(e, Error::Protocol { .. }), "{e:?}");
+    }
+
+    #[test]
+    fn bad_names_are_refused_and_nothing_is_written() {
+        let root = tempfile::tempdir().unwrap();
+        let dest = root.path().join("dest");
+        fs::create_dir(&dest).unwrap();
+        for name in [
+            "../x", "/etc/x", ".hidden", "..", ".", "", "a/b", "x\0y", "a,b", "a\nb", "a\\b",
+        ] {
+            let e = Receiver::prepare(&dest, name).unwrap_err();
+            assert!(matches!(e, Error::InvalidArgument(_)), "{name:?}: {e:?}");
+        }
+        assert_eq!(fs::read_dir(&dest).unwrap().count(), 0);
+        let outside: Vec<_> = fs::read_dir(root.path()).unwrap().collect();
+        assert_eq!(outside.len(), 1);
+    }
+
+    #[test]
+    fn planted_symlink_at_partial_path_is_not_followed() {
+        let root = tempfile::tempdir().unwrap();
+        let victim = root.path().join("victim");
+        fs::write(&victim, b"precious").unwrap();
+        let dest = root.path().join("dest");
+        fs::create_dir(&dest).unwrap();
+        std::os::unix::fs::symlink(&victim, partial_path(&dest, "f")).unwrap();
+        assert!(Receiver::prepare(&dest, "f").is_err());
+        assert_eq!(fs::read(&victim).unwrap(), b"precious");
+    }
+}
