@@ -19,6 +19,7 @@ pub mod peer;
 pub mod protocol;
 pub mod registry;
 pub mod share;
+mod sockopt;
 pub mod thread;
 pub mod transfer;
 

@@ -331,7 +331,9 @@ fn start(
     legacy: bool,
 ) -> Result<Chat> {
     writer.set_write_timeout(Some(PEER_IO_TIMEOUT))?;
+    // Chats may idle for hours: no read timeout, but keepalive ends a dead one.
     writer.set_read_timeout(None)?;
+    crate::sockopt::set_keepalive(&writer);
     let shared = Arc::new(ChatShared {
         id: inner.next_id(),
         peer: peer.to_string(),

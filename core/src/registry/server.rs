@@ -164,7 +164,7 @@ impl Server {
                         continue;
                     }
                     let _ = stream.set_nodelay(true);
-                    set_keepalive(&stream);
+                    crate::sockopt::set_keepalive(&stream);
                     self.add_conn(stream, peer);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -588,32 +588,4 @@ fn execute(
 
 fn memchr(needle: u8, hay: &[u8]) -> Option<usize> {
     hay.iter().position(|&b| b == needle)
-}
-
-/// Let the kernel notice a peer that vanished without a FIN (cable pulled, machine
-/// off): probes after 10 s idle, every 2 s, 3 tries.
-fn set_keepalive(stream: &TcpStream) {
-    #[cfg(target_os = "linux")]
-    {
-        use std::os::fd::AsRawFd;
-        let fd = stream.as_raw_fd();
-        let set = |level, name, value: libc::c_int| {
-            // SAFETY: setsockopt on a valid fd with a pointer to a live c_int.
-            unsafe {
-                libc::setsockopt(
-                    fd,
-                    level,
-                    name,
-                    (&value as *const libc::c_int).cast(),
-                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-                );
-            }
-        };
-        set(libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1);
-        set(libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, 10);
-        set(libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, 2);
-        set(libc::IPPROTO_TCP, libc::TCP_KEEPCNT, 3);
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = stream;
 }
