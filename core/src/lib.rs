@@ -15,11 +15,11 @@
 
 pub mod error;
 pub mod limits;
+mod net;
 pub mod peer;
 pub mod protocol;
 pub mod registry;
 pub mod share;
-mod sockopt;
 pub mod thread;
 pub mod transfer;
 

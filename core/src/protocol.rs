@@ -362,7 +362,10 @@ impl PeerProtocolError {
 pub fn parse_peer_request(line: &[u8]) -> Result<PeerRequest, PeerProtocolError> {
     let line = line.strip_suffix(b"\r").unwrap_or(line);
     if line.len() > MAX_PEER_LINE {
-        return Err(PeerProtocolError::new("too-long", "request line too long"));
+        return Err(PeerProtocolError::new(
+            "bad-request",
+            "request line too long",
+        ));
     }
     let text = std::str::from_utf8(line)
         .map_err(|_| PeerProtocolError::new("bad-request", "request is not UTF-8"))?;

@@ -7,7 +7,8 @@
 
 use super::{Hooks, Inner, PeerEvent};
 use crate::error::{is_timeout, Error, Result};
-use crate::limits::{MAX_CHAT_MESSAGE, MAX_PEER_LINE, PEER_IO_TIMEOUT};
+use crate::limits::{MAX_CHAT_MESSAGE, MAX_PEER_LINE};
+use crate::net::write_all_within;
 use crate::protocol::{
     chat_frame_header, chat_message_header, parse_chat_header, parse_peer_answer, ChatFrame,
     ChatHeader, PeerAnswer, PeerRequest,
@@ -38,6 +39,7 @@ struct ChatShared {
     id: ChatId,
     peer: String,
     legacy: bool,
+    io_timeout: Duration,
     writer: Mutex<TcpStream>,
     closed: AtomicBool,
     socket_key: Option<u64>,
@@ -51,9 +53,10 @@ impl ChatShared {
         if self.closed.swap(true, Ordering::SeqCst) {
             return;
         }
-        if let Some(mut w) = self.writer.try_lock_for(PEER_IO_TIMEOUT) {
+        if let Some(w) = self.writer.try_lock_for(self.io_timeout) {
             if by == ChatClosedBy::Local && !self.legacy {
-                let _ = w.write_all(chat_frame_header(&ChatFrame::Bye).as_bytes());
+                let bye = chat_frame_header(&ChatFrame::Bye);
+                let _ = write_all_within(&w, bye.as_bytes(), self.io_timeout);
             }
             let _ = w.shutdown(Shutdown::Both);
         }
@@ -108,7 +111,7 @@ impl Chat {
             frame.extend_from_slice(chat_message_header(text.len()).as_bytes());
         }
         frame.extend_from_slice(text.as_bytes());
-        let result = self.shared.writer.lock().write_all(&frame);
+        let result = write_all_within(&self.shared.writer.lock(), &frame, self.shared.io_timeout);
         result.map_err(|e| {
             let err = if is_timeout(&e) {
                 Error::Timeout(format!("{} is not reading the chat", self.shared.peer))
@@ -276,9 +279,9 @@ pub(super) fn request(inner: &Arc<Inner>, name: &str) -> Result<Chat> {
         return Err(Error::Shutdown);
     }
     let addr = inner.peer_addr(name)?;
-    let stream = TcpStream::connect_timeout(&addr, PEER_IO_TIMEOUT)?;
+    let stream = TcpStream::connect_timeout(&addr, inner.io_timeout)?;
     stream.set_nodelay(true)?;
-    stream.set_write_timeout(Some(PEER_IO_TIMEOUT))?;
+    stream.set_write_timeout(Some(inner.io_timeout))?;
     // The other person gets the whole answer timeout, plus slack for the network.
     stream.set_read_timeout(Some(inner.chat_answer_timeout + Duration::from_secs(5)))?;
     let key = inner.track_socket(&stream);
@@ -330,14 +333,15 @@ fn start(
     peer: &str,
     legacy: bool,
 ) -> Result<Chat> {
-    writer.set_write_timeout(Some(PEER_IO_TIMEOUT))?;
+    writer.set_write_timeout(Some(inner.io_timeout))?;
     // Chats may idle for hours: no read timeout, but keepalive ends a dead one.
     writer.set_read_timeout(None)?;
-    crate::sockopt::set_keepalive(&writer);
+    crate::net::set_keepalive(&writer);
     let shared = Arc::new(ChatShared {
         id: inner.next_id(),
         peer: peer.to_string(),
         legacy,
+        io_timeout: inner.io_timeout,
         socket_key: inner.track_socket(&writer),
         writer: Mutex::new(writer),
         closed: AtomicBool::new(false),

@@ -7,7 +7,7 @@
 
 use super::{Inner, PeerEvent};
 use crate::error::{Error, Result};
-use crate::limits::{MAX_PEER_LINE, PEER_IO_TIMEOUT};
+use crate::limits::MAX_PEER_LINE;
 use crate::protocol::{parse_peer_answer, PeerAnswer, PeerRequest};
 use crate::transfer::Receiver;
 use crossbeam_channel::Sender;
@@ -229,9 +229,9 @@ fn ask(
     addr: SocketAddr,
     offset: u64,
 ) -> Result<(Option<u64>, BufReader<TcpStream>, PeerAnswer)> {
-    let stream = TcpStream::connect_timeout(&addr, PEER_IO_TIMEOUT)?;
-    stream.set_read_timeout(Some(PEER_IO_TIMEOUT))?;
-    stream.set_write_timeout(Some(PEER_IO_TIMEOUT))?;
+    let stream = TcpStream::connect_timeout(&addr, inner.io_timeout)?;
+    stream.set_read_timeout(Some(inner.io_timeout))?;
+    stream.set_write_timeout(Some(inner.io_timeout))?;
     *t.socket.lock() = Some(stream.try_clone()?);
     if t.cancelled.load(Ordering::SeqCst) {
         return Err(Error::Cancelled);

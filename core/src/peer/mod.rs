@@ -18,7 +18,7 @@ pub use chat::{Chat, ChatClosedBy, ChatId, ChatRequest};
 pub use fetch::{Transfer, TransferId};
 
 use crate::error::{Error, Result};
-use crate::limits::CHAT_ANSWER_TIMEOUT;
+use crate::limits::{CHAT_ANSWER_TIMEOUT, PEER_IO_TIMEOUT};
 use crate::protocol::{check_username, parse_port, Answer, Query};
 use crate::share::{ScanReport, Share};
 use crate::thread::Threads;
@@ -94,6 +94,7 @@ pub struct PeerBuilder {
     port: u16,
     listen_ip: IpAddr,
     chat_answer_timeout: Duration,
+    io_timeout: Duration,
     hooks: Hooks,
 }
 
@@ -121,6 +122,13 @@ impl PeerBuilder {
     /// declined (default 30 s).
     pub fn chat_answer_timeout(mut self, t: Duration) -> Self {
         self.chat_answer_timeout = t;
+        self
+    }
+
+    /// How long a peer-to-peer read or write may stall before the connection is given
+    /// up (default 15 s). A chat `send` to a peer that stops reading fails after this.
+    pub fn io_timeout(mut self, t: Duration) -> Self {
+        self.io_timeout = t;
         self
     }
 
@@ -211,6 +219,7 @@ impl PeerBuilder {
             download_dir,
             listen_addr,
             chat_answer_timeout: self.chat_answer_timeout,
+            io_timeout: self.io_timeout,
             hooks: self.hooks,
             registry: RegistryLink::new(&self.registry),
             threads: Threads::default(),
@@ -243,6 +252,7 @@ pub(crate) struct Inner {
     pub download_dir: PathBuf,
     pub listen_addr: SocketAddr,
     pub chat_answer_timeout: Duration,
+    pub io_timeout: Duration,
     pub hooks: Hooks,
     registry: RegistryLink,
     pub threads: Threads,
@@ -454,6 +464,7 @@ impl Peer {
             port: 0,
             listen_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             chat_answer_timeout: CHAT_ANSWER_TIMEOUT,
+            io_timeout: PEER_IO_TIMEOUT,
             hooks: Hooks::default(),
         }
     }

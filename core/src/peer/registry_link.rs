@@ -118,7 +118,7 @@ fn open(addr: &str) -> Result<Conn> {
                 s.set_read_timeout(Some(REGISTRY_IO_TIMEOUT))?;
                 s.set_write_timeout(Some(REGISTRY_IO_TIMEOUT))?;
                 s.set_nodelay(true)?;
-                crate::sockopt::set_keepalive(&s);
+                crate::net::set_keepalive(&s);
                 return Ok(Conn {
                     reader: BufReader::new(s.try_clone()?),
                     writer: s,

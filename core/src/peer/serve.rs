@@ -4,7 +4,7 @@
 //! request waiting for its person never delays anyone else.
 
 use super::{chat, Inner, PeerEvent};
-use crate::limits::{LEGACY_GRACE, MAX_PEER_LINE, MAX_SERVING, PEER_IO_TIMEOUT};
+use crate::limits::{LEGACY_GRACE, MAX_PEER_LINE, MAX_SERVING};
 use crate::protocol::{parse_peer_request, PeerAnswer, PeerRequest};
 use crate::transfer::send_file;
 use std::io::{BufRead, BufReader, ErrorKind, Write};
@@ -66,8 +66,8 @@ fn serve_one(inner: &Arc<Inner>, stream: TcpStream) {
         return;
     };
     let setup = stream
-        .set_read_timeout(Some(PEER_IO_TIMEOUT))
-        .and_then(|()| stream.set_write_timeout(Some(PEER_IO_TIMEOUT)))
+        .set_read_timeout(Some(inner.io_timeout))
+        .and_then(|()| stream.set_write_timeout(Some(inner.io_timeout)))
         .and_then(|()| stream.set_nodelay(true))
         .and_then(|()| stream.try_clone());
     let Ok(read_half) = setup else {
@@ -85,7 +85,7 @@ fn serve_one(inner: &Arc<Inner>, stream: TcpStream) {
             reason,
         });
     };
-    match read_request(&stream, &mut reader) {
+    match read_request(&stream, &mut reader, inner.io_timeout) {
         Ok(None) => {}
         Err(reason) => refuse(String::new(), "bad-request", reason, false),
         Ok(Some(raw)) => match parse_peer_request(&raw) {
@@ -168,6 +168,7 @@ fn serve_file(
 fn read_request(
     stream: &TcpStream,
     reader: &mut BufReader<TcpStream>,
+    io_timeout: Duration,
 ) -> Result<Option<Vec<u8>>, String> {
     let mut buf = Vec::new();
     loop {
@@ -200,7 +201,7 @@ fn read_request(
             let _ = stream.set_read_timeout(Some(LEGACY_GRACE));
         }
     }
-    let _ = stream.set_read_timeout(Some(PEER_IO_TIMEOUT));
+    let _ = stream.set_read_timeout(Some(io_timeout));
     Ok(Some(buf))
 }
 

@@ -164,7 +164,7 @@ impl Server {
                         continue;
                     }
                     let _ = stream.set_nodelay(true);
-                    crate::sockopt::set_keepalive(&stream);
+                    crate::net::set_keepalive(&stream);
                     self.add_conn(stream, peer);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
