@@ -1,1 +1,32 @@
-fn main() {}
+//! `p2pchat`: the registry server, the interactive client and scriptable commands,
+//! over the p2pcore library.
+
+mod args;
+mod client;
+mod failure;
+mod progress;
+mod scripted;
+mod server;
+mod signals;
+mod style;
+
+use args::{Cli, Command};
+use clap::Parser;
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Server(a) => server::run(&a.addr).map_err(failure::Failure::from),
+        Command::Client(a) => client::run(a),
+        Command::Users(a) => scripted::users(&a),
+        Command::Files(a) => scripted::files(&a),
+        Command::Whois(a) => scripted::whois(&a),
+        Command::Share(a) => scripted::share(&a),
+        Command::Fetch(a) => scripted::fetch(&a),
+        Command::Send(a) => scripted::send(&a),
+    };
+    if let Err(f) = result {
+        eprintln!("p2pchat: {}", f.message);
+        std::process::exit(f.code);
+    }
+}

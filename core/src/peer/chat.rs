@@ -170,6 +170,11 @@ impl ChatRequest {
         self.pending.legacy
     }
 
+    /// Whether the request can still be answered (it has not expired or been answered).
+    pub fn is_pending(&self) -> bool {
+        self.pending.conn.lock().is_some()
+    }
+
     /// Accept: returns the open [`Chat`]. Fails with [`Error::Timeout`] if the request
     /// already expired.
     pub fn accept(self) -> Result<Chat> {

@@ -81,6 +81,19 @@ impl Transfer {
     /// Block until the download ends; the path of the verified file, or why it failed.
     pub fn wait(&self) -> Result<PathBuf> {
         let _ = self.shared.finished.recv();
+        self.outcome()
+    }
+
+    /// Like [`wait`](Self::wait), but gives up after `timeout`: `None` if the download
+    /// is still running then.
+    pub fn wait_timeout(&self, timeout: std::time::Duration) -> Option<Result<PathBuf>> {
+        match self.shared.finished.recv_timeout(timeout) {
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => None,
+            _ => Some(self.outcome()),
+        }
+    }
+
+    fn outcome(&self) -> Result<PathBuf> {
         match self.shared.result.lock().as_ref() {
             Some(r) => r.clone(),
             None => Err(Error::Shutdown),

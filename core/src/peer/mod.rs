@@ -494,6 +494,12 @@ impl Peer {
         self.inner.share.names()
     }
 
+    /// How many requests from other peers are being served right now (chat requests
+    /// waiting for an answer included).
+    pub fn serving(&self) -> usize {
+        self.inner.serving.load(Ordering::SeqCst) as usize
+    }
+
     /// Usernames online, sorted.
     pub fn users(&self) -> Result<Vec<String>> {
         self.inner.ask_ok("GET_U", None)

@@ -1,0 +1,192 @@
+//! The documented menu: main (View Users, Select User, View All Files, Exit) and, for
+//! a selected user, View IP/Port, View Filenames, Chat, Fetch File, Back.
+
+use super::session::Session;
+use super::Quit;
+use p2pcore::Error;
+
+/// The main menu, until Exit (Ok), end of input or a signal (Err).
+pub fn main_menu(s: &mut Session) -> Result<(), Quit> {
+    loop {
+        let heading = s.style.bold("Main menu");
+        s.say(format!(
+            "\n{heading}\n1. View Users\n2. Select User\n3. View All Files\n0. Exit"
+        ));
+        let choice = s.read("Enter choice: ")?;
+        match choice.as_str() {
+            "1" => view_users(s),
+            "2" => select_user(s)?,
+            "3" => view_all_files(s),
+            "0" => return Ok(()),
+            "" => {}
+            other => invalid(s, other, "0-3"),
+        }
+    }
+}
+
+fn invalid(s: &mut Session, input: &str, range: &str) {
+    let line = s
+        .style
+        .red(&format!("invalid choice {input:?}: enter {range}"));
+    s.say(line);
+}
+
+fn error(s: &mut Session, text: String) {
+    let line = s.style.red(&text);
+    s.say(line);
+}
+
+fn view_users(s: &mut Session) {
+    match s.peer.users() {
+        Ok(users) => {
+            s.say(format!("Online users ({}):", users.len()));
+            let me = s.peer.username().to_string();
+            for user in users {
+                let mark = if user == me { " (you)" } else { "" };
+                let name = s.style.cyan(&user);
+                s.say(format!("  {name}{mark}"));
+            }
+        }
+        Err(e) => error(s, format!("cannot list users: {e}")),
+    }
+}
+
+fn view_all_files(s: &mut Session) {
+    match s.peer.all_files() {
+        Ok(all) => {
+            s.say("Shared files:");
+            for (user, files) in all {
+                let list = if files.is_empty() {
+                    "(no files)".to_string()
+                } else {
+                    files.join(", ")
+                };
+                let name = s.style.cyan(&user);
+                s.say(format!("  {name}: {list}"));
+            }
+        }
+        Err(e) => error(s, format!("cannot list files: {e}")),
+    }
+}
+
+/// Ask for a username until an online one is given (or an empty line goes back).
+fn select_user(s: &mut Session) -> Result<(), Quit> {
+    loop {
+        let name = s.read("Enter username (empty to go back): ")?;
+        if name.is_empty() {
+            return Ok(());
+        }
+        match s.peer.peer_addr(&name) {
+            Ok(_) => return user_menu(s, &name),
+            Err(Error::UserNotFound(_)) => error(s, format!("{name} is not online")),
+            Err(e @ Error::InvalidUsername(_)) => error(s, e.to_string()),
+            Err(e) => {
+                error(s, format!("cannot look up {name}: {e}"));
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// What a user action ended with.
+enum Next {
+    Stay,
+    /// The user went offline: back to the main menu.
+    Gone,
+}
+
+fn user_menu(s: &mut Session, name: &str) -> Result<(), Quit> {
+    loop {
+        let heading = s.style.bold(&format!("Selected user: {name}"));
+        s.say(format!(
+            "\n{heading}\n1. View IP/Port\n2. View Filenames\n3. Chat\n4. Fetch File\n0. Back"
+        ));
+        let choice = s.read("Enter choice: ")?;
+        let next = match choice.as_str() {
+            "1" => view_address(s, name),
+            "2" => view_files(s, name),
+            "3" => {
+                s.request_chat(name)?;
+                Next::Stay
+            }
+            "4" => fetch(s, name)?,
+            "0" => return Ok(()),
+            "" => Next::Stay,
+            other => {
+                invalid(s, other, "0-4");
+                Next::Stay
+            }
+        };
+        if let Next::Gone = next {
+            return Ok(());
+        }
+    }
+}
+
+/// Report a failed action on `name`; whether they are gone.
+fn failed(s: &mut Session, name: &str, what: &str, e: Error) -> Next {
+    if let Error::UserNotFound(_) = e {
+        error(s, format!("{name} is no longer online"));
+        Next::Gone
+    } else {
+        error(s, format!("{what}: {e}"));
+        Next::Stay
+    }
+}
+
+fn view_address(s: &mut Session, name: &str) -> Next {
+    match s.peer.peer_addr(name) {
+        Ok(addr) => {
+            s.say(format!(
+                "{name} is at IP {} port {}",
+                addr.ip(),
+                addr.port()
+            ));
+            Next::Stay
+        }
+        Err(e) => failed(s, name, "cannot look up the address", e),
+    }
+}
+
+fn view_files(s: &mut Session, name: &str) -> Next {
+    match s.peer.files_of(name) {
+        Ok(files) if files.is_empty() => {
+            s.say(format!("{name} shares no files"));
+            Next::Stay
+        }
+        Ok(files) => {
+            s.say(format!("Files shared by {name} ({}):", files.len()));
+            for f in files {
+                s.say(format!("  {f}"));
+            }
+            Next::Stay
+        }
+        Err(e) => failed(s, name, "cannot list the files", e),
+    }
+}
+
+fn fetch(s: &mut Session, name: &str) -> Result<Next, Quit> {
+    let file = s.read("Enter filename (empty to go back): ")?;
+    if file.is_empty() {
+        return Ok(Next::Stay);
+    }
+    s.say(format!("fetching {file} from {name}..."));
+    let result = s
+        .peer
+        .fetch(name, &file)
+        .and_then(|t| crate::progress::watch(&t, &s.signals));
+    Ok(match result {
+        Ok(path) => {
+            let line = s
+                .style
+                .green(&format!("saved {} (hash verified)", path.display()));
+            s.say(line);
+            Next::Stay
+        }
+        Err(Error::Cancelled) => {
+            error(s, "download cancelled; fetching it again resumes it".into());
+            Next::Stay
+        }
+        Err(e) => failed(s, name, "fetch failed", e),
+    })
+}

@@ -1,0 +1,79 @@
+//! `p2pchat client`: registration prompts, then the interactive menu.
+//!
+//! One thread reads stdin ([`input`]); the peer's hooks send [`events`]; the main loop
+//! ([`session`]) waits on both and on signals, so a chat request can interrupt the menu.
+
+mod events;
+mod input;
+mod menu;
+mod prompt;
+mod session;
+
+use crate::args::ClientArgs;
+use crate::failure::Failure;
+use crate::style::Style;
+use std::time::Duration;
+
+/// Why the client stops before Exit was chosen.
+#[derive(Debug)]
+pub enum Quit {
+    /// End of input (Ctrl-D at the menu, a closed pipe).
+    Eof,
+    /// SIGINT or SIGTERM.
+    Signal,
+}
+
+/// Exit code after SIGINT/SIGTERM.
+const EXIT_SIGNAL: i32 = 130;
+
+/// Run the interactive client.
+pub fn run(args: ClientArgs) -> Result<(), Failure> {
+    let style = Style::stdout();
+    let signals = crate::signals::channel();
+    let input = input::Input::start();
+    let (tx, events) = crossbeam_channel::unbounded();
+    let answer_timeout = Duration::from_secs(args.answer_timeout.max(1));
+    let registration = prompt::Registration {
+        registry: args.registry.registry,
+        user: args.user,
+        dir: args.dir,
+        port: args.port,
+    };
+    let hooks =
+        |b: p2pcore::peer::PeerBuilder| events::wire(b.chat_answer_timeout(answer_timeout), &tx);
+    let peer = match prompt::register(registration, &input, &signals, &style, &hooks) {
+        Ok(Ok(peer)) => peer,
+        Ok(Err(message)) => return Err(Failure::new(message)),
+        Err(Quit::Eof) => return Err(Failure::new("input ended before registration")),
+        Err(Quit::Signal) => {
+            return Err(Failure {
+                code: EXIT_SIGNAL,
+                message: "interrupted".into(),
+            })
+        }
+    };
+    println!(
+        "{}",
+        style.green(&format!(
+            "registered as {} (listening on port {}, sharing {}: {} files)",
+            peer.username(),
+            peer.listen_addr().port(),
+            peer.shared_dir().display(),
+            peer.shared_files().len()
+        ))
+    );
+    let mut session = session::Session::new(peer, style, input, signals, events, answer_timeout);
+    let outcome = menu::main_menu(&mut session);
+    let why = match outcome {
+        Ok(()) => "bye",
+        Err(Quit::Eof) => "end of input; bye",
+        Err(Quit::Signal) => "interrupted; bye",
+    };
+    session.say(format!("leaving the registry ({why})"));
+    let session::Session { peer, .. } = session;
+    peer.exit();
+    match outcome {
+        Err(Quit::Signal) => std::process::exit(EXIT_SIGNAL),
+        _ => Ok(()),
+    }
+}

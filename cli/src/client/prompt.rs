@@ -1,0 +1,152 @@
+//! Registration prompts, as the original asked them: username (checked with the
+//! registry), shared directory (must exist), port (must be free). Whatever was not
+//! given as a flag is asked for; whatever fails is asked for again.
+
+use super::input::{Input, Line};
+use super::Quit;
+use crate::style::Style;
+use crossbeam_channel::Receiver;
+use p2pcore::peer::{username_available, Peer, PeerBuilder};
+use p2pcore::Error;
+use std::io::{IsTerminal, Write};
+use std::net::{Ipv4Addr, TcpListener};
+use std::path::PathBuf;
+
+/// Print `prompt` and wait for one line (trimmed), end of input, or a signal. When
+/// stdin is not a terminal the line is echoed, so a transcript reads like a session.
+pub fn ask(input: &Input, signals: &Receiver<()>, prompt: &str) -> Result<String, Quit> {
+    print!("{prompt}");
+    let _ = std::io::stdout().flush();
+    crossbeam_channel::select! {
+        recv(input.lines()) -> line => match line {
+            Ok(Line::Text(text)) => {
+                echo(&text);
+                Ok(text.trim().to_string())
+            }
+            _ => {
+                println!();
+                Err(Quit::Eof)
+            }
+        },
+        recv(signals) -> _ => {
+            println!();
+            Err(Quit::Signal)
+        }
+    }
+}
+
+/// Show a line read from a pipe (a terminal already echoed it).
+pub fn echo(text: &str) {
+    if !std::io::stdin().is_terminal() {
+        println!("{text}");
+    }
+}
+
+/// What registration needs; `None` fields are prompted for.
+pub struct Registration {
+    pub registry: String,
+    pub user: Option<String>,
+    pub dir: Option<PathBuf>,
+    pub port: Option<u16>,
+}
+
+/// Prompt for what is missing and connect; on a field's error, ask for it again.
+/// `hooks` installs the client's hooks on each attempt's builder. Errors that no
+/// answer can fix (registry unreachable) are returned as text.
+pub fn register(
+    mut reg: Registration,
+    input: &Input,
+    signals: &Receiver<()>,
+    style: &Style,
+    hooks: &dyn Fn(PeerBuilder) -> PeerBuilder,
+) -> Result<Result<Peer, String>, Quit> {
+    let complain = |text: String| println!("{}", style.red(&text));
+    loop {
+        let user = match reg.user.take() {
+            Some(u) => u,
+            None => ask(input, signals, "Enter username: ")?,
+        };
+        match username_available(&reg.registry, &user) {
+            Ok(true) => {}
+            Ok(false) => {
+                complain(format!("username {user:?} is taken; choose another"));
+                continue;
+            }
+            Err(e @ Error::InvalidUsername(_)) => {
+                complain(e.to_string());
+                continue;
+            }
+            Err(e) => {
+                return Ok(Err(format!(
+                    "cannot reach the registry at {}: {e}",
+                    reg.registry
+                )))
+            }
+        }
+        let dir = loop {
+            let dir = match reg.dir.take() {
+                Some(d) => d,
+                None => PathBuf::from(ask(input, signals, "Enter shared directory: ")?),
+            };
+            if dir.as_os_str().is_empty() {
+                complain("please enter a directory".into());
+            } else if dir.is_dir() {
+                break dir;
+            } else {
+                complain(format!("{} is not a directory", dir.display()));
+            }
+        };
+        let port = loop {
+            let port = match reg.port.take() {
+                Some(p) => p,
+                None => {
+                    let text = ask(
+                        input,
+                        signals,
+                        "Enter port (empty or 0 for any free port): ",
+                    )?;
+                    if text.is_empty() {
+                        0
+                    } else {
+                        match text.parse::<u16>() {
+                            Ok(p) => p,
+                            Err(_) => {
+                                complain(format!("{text:?} is not a port number (0-65535)"));
+                                continue;
+                            }
+                        }
+                    }
+                }
+            };
+            match port_free(port) {
+                Ok(()) => break port,
+                Err(e) => complain(format!("port {port} is not available: {e}")),
+            }
+        };
+        let builder = hooks(Peer::builder(&reg.registry, &user, &dir).port(port));
+        match builder.connect() {
+            Ok(peer) => return Ok(Ok(peer)),
+            Err(e @ (Error::UsernameTaken(_) | Error::InvalidUsername(_))) => {
+                complain(e.to_string());
+                (reg.dir, reg.port) = (Some(dir), Some(port));
+            }
+            Err(e @ Error::NotADirectory(_)) => {
+                complain(e.to_string());
+                (reg.user, reg.port) = (Some(user), Some(port));
+            }
+            Err(e @ Error::PortUnavailable { .. }) => {
+                complain(e.to_string());
+                (reg.user, reg.dir) = (Some(user), Some(dir));
+            }
+            Err(e) => return Ok(Err(e.to_string())),
+        }
+    }
+}
+
+/// Whether `port` can be listened on now (0 always can).
+fn port_free(port: u16) -> std::io::Result<()> {
+    if port != 0 {
+        TcpListener::bind((Ipv4Addr::UNSPECIFIED, port))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,150 @@
+//! The interactive client with piped stdin/stdout: prompts asked again on bad input,
+//! chat-request expiry, clean exits (EXIT sent) at end of input and on SIGINT.
+
+mod common;
+
+use common::*;
+use std::net::TcpListener;
+
+fn client(args: &[&str]) -> Proc {
+    let mut all = vec!["client"];
+    all.extend_from_slice(args);
+    Proc::start(&all)
+}
+
+#[test]
+fn bad_input_is_asked_again_and_end_of_input_exits_cleanly() {
+    let (registry, addr) = registry();
+    let bob_dir = tempfile::tempdir().unwrap();
+    std::fs::write(bob_dir.path().join("hello.txt"), "hi").unwrap();
+    let (_bob, _) = share(&addr, "bob", bob_dir.path(), false);
+    let dir = tempfile::tempdir().unwrap();
+    let busy = TcpListener::bind("0.0.0.0:0").unwrap();
+    let busy_port = busy.local_addr().unwrap().port().to_string();
+
+    let mut a = client(&["--registry", &addr]);
+    a.expect("Enter username: ");
+    a.send_line("bob");
+    a.expect("username \"bob\" is taken; choose another");
+    a.expect("Enter username: ");
+    a.send_line("bad,name");
+    a.expect("invalid username");
+    a.expect("Enter username: ");
+    a.send_line("alice");
+    a.expect("Enter shared directory: ");
+    a.send_line("/no/such/dir");
+    a.expect("/no/such/dir is not a directory");
+    a.expect("Enter shared directory: ");
+    a.send_line(dir.path().to_str().unwrap());
+    a.expect("Enter port (empty or 0 for any free port): ");
+    a.send_line("x");
+    a.expect("\"x\" is not a port number");
+    a.expect("Enter port");
+    a.send_line(&busy_port);
+    a.expect(&format!("port {busy_port} is not available"));
+    a.expect("Enter port");
+    a.send_line("");
+    a.expect("registered as alice");
+    assert!(registry.user("alice").is_some());
+
+    a.expect("Enter choice: ");
+    a.send_line("q");
+    a.expect("invalid choice \"q\": enter 0-3");
+    a.expect("Enter choice: ");
+    a.send_line("2");
+    a.expect("Enter username (empty to go back): ");
+    a.send_line("nobody");
+    a.expect("nobody is not online");
+    a.expect("Enter username (empty to go back): ");
+    a.send_line("bob");
+    a.expect("Selected user: bob");
+    a.expect("Enter choice: ");
+    a.send_line("4");
+    a.expect("Enter filename (empty to go back): ");
+    a.send_line("missing.txt");
+    a.expect("bob does not share \"missing.txt\"");
+    a.expect("Enter choice: ");
+    a.send_line("7");
+    a.expect("invalid choice \"7\": enter 0-4");
+    a.expect("Enter choice: ");
+    a.close_stdin();
+    a.expect("leaving the registry (end of input; bye)");
+    let status = a.wait_exit(WAIT);
+    assert!(status.success(), "{status:?}");
+    assert!(registry.user("alice").is_none(), "EXIT was sent");
+    assert_eq!(a.all_stderr(), "");
+}
+
+#[test]
+fn unanswered_chat_request_expires() {
+    let (registry, addr) = registry();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let mut a = client(&[
+        "--registry",
+        &addr,
+        "--user",
+        "alice",
+        "--dir",
+        d,
+        "--port",
+        "0",
+        "--answer-timeout",
+        "1",
+    ]);
+    a.expect("Enter choice: ");
+    let mut carol = Proc::start(&[
+        "send",
+        "--registry",
+        &addr,
+        "--user",
+        "carol",
+        "alice",
+        "hi",
+    ]);
+    a.expect("carol wants to chat with you");
+    a.expect("Accept chat with carol? [y/n]: ");
+    a.expect("the chat request from carol expired");
+    let status = carol.wait_exit(WAIT);
+    assert_eq!(status.code(), Some(3), "carol is told: declined");
+    assert!(carol.all_stderr().contains("alice declined the chat"));
+    // Back at the menu.
+    a.expect("Enter choice: ");
+    a.send_line("0");
+    a.expect("leaving the registry (bye)");
+    assert!(a.wait_exit(WAIT).success());
+    assert!(registry.user("alice").is_none());
+}
+
+#[test]
+fn sigint_leaves_the_registry() {
+    let (registry, addr) = registry();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let mut a = client(&[
+        "--registry",
+        &addr,
+        "--user",
+        "alice",
+        "--dir",
+        d,
+        "--port",
+        "0",
+    ]);
+    a.expect("Enter choice: ");
+    assert!(registry.user("alice").is_some());
+    a.signal(libc::SIGINT);
+    a.expect("leaving the registry (interrupted; bye)");
+    assert_eq!(a.wait_exit(WAIT).code(), Some(130));
+    assert!(registry.user("alice").is_none());
+}
+
+#[test]
+fn unreachable_registry_is_a_one_line_error() {
+    let mut a = client(&["--registry", "127.0.0.1:1", "--user", "alice"]);
+    let status = a.wait_exit(WAIT);
+    assert_eq!(status.code(), Some(1));
+    let err = a.all_stderr();
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("cannot reach the registry"), "{err}");
+}

@@ -1,0 +1,299 @@
+//! The full interactive session, as a person would have it, through pseudo-terminals:
+//! two clients register, browse, chat (accepted, then declined), fetch a file, leave.
+
+mod common;
+
+use common::{pattern, registry, BIN, WAIT};
+use expectrl::process::unix::{PtyStream, UnixProcess};
+use expectrl::stream::log::LoggedStream;
+use expectrl::{ControlCode, WaitStatus};
+use std::io::Write;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Everything read from and written to a terminal, for failure messages.
+#[derive(Clone, Default)]
+struct Log(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Log {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+type Session = expectrl::session::Session<UnixProcess, LoggedStream<PtyStream, Log>>;
+
+/// A client in a terminal; killed on drop.
+struct Pty {
+    name: &'static str,
+    session: Session,
+    log: Log,
+    pid: i32,
+}
+
+impl Pty {
+    fn spawn(name: &'static str, args: &[&str], color: bool) -> Pty {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("client").args(args).env_remove("P2PCHAT_REGISTRY");
+        if color {
+            cmd.env_remove("NO_COLOR");
+        } else {
+            cmd.env("NO_COLOR", "1");
+        }
+        let log = Log::default();
+        let session = expectrl::Session::spawn(cmd).expect("spawn in a pty");
+        let pid = session.pid().as_raw();
+        let mut session = session.with_log(log.clone()).expect("log");
+        session.set_expect_timeout(Some(WAIT));
+        Pty {
+            name,
+            session,
+            log,
+            pid,
+        }
+    }
+
+    fn expect(&mut self, needle: &str) {
+        if let Err(e) = self.session.expect(needle) {
+            let log = String::from_utf8_lossy(&self.log.0.lock().unwrap()).into_owned();
+            panic!(
+                "{}: waiting for {needle:?}: {e}\n--- terminal log ---\n{log}",
+                self.name
+            );
+        }
+    }
+
+    fn send_line(&mut self, text: &str) {
+        self.session.send_line(text).expect("type into the pty");
+    }
+
+    /// Wait for the process to exit by itself; its exit code.
+    fn wait_exit(&mut self) -> i32 {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            match self.session.status() {
+                Ok(WaitStatus::Exited(_, code)) => return code,
+                Ok(WaitStatus::StillAlive) | Err(_) if Instant::now() < deadline => {
+                    // Keep the terminal drained so the child never blocks writing.
+                    let mut buf = [0u8; 4096];
+                    let _ = self.session.try_read(&mut buf);
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                other => panic!("{}: did not exit: {other:?}", self.name),
+            }
+        }
+    }
+}
+
+impl Drop for Pty {
+    fn drop(&mut self) {
+        // Only a child still running (not yet reaped, so its pid is still ours).
+        if let Ok(WaitStatus::StillAlive) = self.session.status() {
+            // SAFETY: kill(2) on our own live child.
+            unsafe {
+                libc::kill(self.pid, libc::SIGKILL);
+            }
+        }
+    }
+}
+
+#[test]
+fn full_session_between_two_terminals() {
+    let (registry, addr) = registry();
+    let alice_dir = tempfile::tempdir().unwrap();
+    let bob_dir = tempfile::tempdir().unwrap();
+    let report = pattern(2 * 1024 * 1024 + 3);
+    std::fs::write(bob_dir.path().join("report.bin"), &report).unwrap();
+    std::fs::write(bob_dir.path().join("notes.txt"), "notes").unwrap();
+
+    // alice answers the registration prompts.
+    let mut alice = Pty::spawn("alice", &["--registry", &addr], false);
+    alice.expect("Enter username: ");
+    alice.send_line("alice");
+    alice.expect("Enter shared directory: ");
+    alice.send_line(alice_dir.path().to_str().unwrap());
+    alice.expect("Enter port (empty or 0 for any free port): ");
+    alice.send_line("");
+    alice.expect("registered as alice");
+    alice.expect("Enter choice: ");
+
+    // bob gives everything as flags; a terminal without NO_COLOR gets colours.
+    let bob_path = bob_dir.path().to_str().unwrap();
+    let mut bob = Pty::spawn(
+        "bob",
+        &[
+            "--registry",
+            &addr,
+            "--user",
+            "bob",
+            "--dir",
+            bob_path,
+            "--port",
+            "0",
+        ],
+        true,
+    );
+    bob.expect("\x1b[32mregistered as bob");
+    bob.expect("Enter choice: ");
+
+    // alice browses.
+    alice.send_line("1");
+    alice.expect("Online users (2):");
+    alice.expect("alice (you)");
+    alice.expect("bob");
+    alice.expect("Enter choice: ");
+    alice.send_line("3");
+    alice.expect("Shared files:");
+    alice.expect("alice: (no files)");
+    alice.expect("bob: notes.txt, report.bin");
+    alice.expect("Enter choice: ");
+    alice.send_line("2");
+    alice.expect("Enter username (empty to go back): ");
+    alice.send_line("bob");
+    alice.expect("Selected user: bob");
+    alice.expect("Enter choice: ");
+    alice.send_line("1");
+    let port = registry.user("bob").unwrap().port;
+    alice.expect(&format!("bob is at IP 127.0.0.1 port {port}"));
+    alice.expect("Enter choice: ");
+    alice.send_line("2");
+    alice.expect("Files shared by bob (2):");
+    alice.expect("notes.txt");
+    alice.expect("report.bin");
+    alice.expect("Enter choice: ");
+
+    // A chat that bob accepts; both talk; bob ends it.
+    alice.send_line("3");
+    alice.expect("asking bob for a chat");
+    bob.expect("alice wants to chat with you");
+    bob.expect("Accept chat with alice? [y/n]: ");
+    bob.send_line("y");
+    bob.expect("chatting with alice");
+    alice.expect("bob accepted the chat");
+    alice.expect("chatting with bob");
+    alice.send_line("hello bob");
+    bob.expect(": hello bob");
+    bob.send_line("hi alice, got it");
+    alice.expect("bob: hi alice, got it");
+    alice.send_line("second message");
+    bob.expect(": second message");
+    bob.send_line("/exit");
+    bob.expect("--- chat with alice ended ---");
+    bob.expect("Enter choice: ");
+    alice.expect("--- bob ended the chat ---");
+    alice.expect("Enter choice: ");
+
+    // A second request, declined.
+    alice.send_line("3");
+    bob.expect("Accept chat with alice? [y/n]: ");
+    bob.send_line("n");
+    bob.expect("declined the chat request from alice");
+    bob.expect("Enter choice: ");
+    alice.expect("bob declined the chat request");
+    alice.expect("Enter choice: ");
+
+    // A fetch: progress bar on the terminal, then the saved path and "hash verified".
+    alice.send_line("4");
+    alice.expect("Enter filename (empty to go back): ");
+    alice.send_line("report.bin");
+    alice.expect("(hash verified)");
+    let saved = alice_dir.path().join("report.bin");
+    assert!(
+        std::fs::read(&saved).unwrap() == report,
+        "byte-identical copy"
+    );
+    alice.expect("Enter choice: ");
+
+    // Back, and the downloaded file is now shared by alice too.
+    alice.send_line("0");
+    alice.expect("Main menu");
+    alice.expect("Enter choice: ");
+    alice.send_line("3");
+    alice.expect("alice: report.bin");
+    alice.expect("Enter choice: ");
+
+    // Both leave: alice with Exit, bob with Ctrl-D.
+    alice.send_line("0");
+    alice.expect("leaving the registry (bye)");
+    assert_eq!(alice.wait_exit(), 0);
+    bob.session
+        .send_control(ControlCode::EndOfTransmission)
+        .unwrap();
+    bob.expect("leaving the registry (end of input; bye)");
+    assert_eq!(bob.wait_exit(), 0);
+    assert!(
+        registry.users().is_empty(),
+        "both vanished: {:?}",
+        registry.users()
+    );
+}
+
+#[test]
+fn ctrl_d_ends_only_the_chat_in_a_terminal() {
+    let (registry, addr) = registry();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let mut alice = Pty::spawn(
+        "alice",
+        &[
+            "--registry",
+            &addr,
+            "--user",
+            "alice",
+            "--dir",
+            d,
+            "--port",
+            "0",
+        ],
+        false,
+    );
+    alice.expect("Enter choice: ");
+    let mut bob = Pty::spawn(
+        "bob",
+        &[
+            "--registry",
+            &addr,
+            "--user",
+            "bob",
+            "--dir",
+            d,
+            "--port",
+            "0",
+        ],
+        false,
+    );
+    bob.expect("Enter choice: ");
+    bob.send_line("2");
+    bob.expect("Enter username");
+    bob.send_line("alice");
+    bob.expect("Enter choice: ");
+    bob.send_line("3");
+    alice.expect("Accept chat with bob? [y/n]: ");
+    alice.send_line("yes");
+    bob.expect("chatting with alice");
+    alice.expect("chatting with bob");
+    alice
+        .session
+        .send_control(ControlCode::EndOfTransmission)
+        .unwrap();
+    alice.expect("--- chat with bob ended ---");
+    bob.expect("--- alice ended the chat ---");
+    // alice is back at the menu and still works.
+    alice.expect("Enter choice: ");
+    alice.send_line("1");
+    alice.expect("Online users (2):");
+    alice.expect("Enter choice: ");
+    alice.send_line("0");
+    assert_eq!(alice.wait_exit(), 0);
+    bob.expect("Enter choice: ");
+    bob.send_line("0");
+    bob.expect("Enter choice: ");
+    bob.send_line("0");
+    assert_eq!(bob.wait_exit(), 0);
+    assert!(registry.users().is_empty());
+}

@@ -1,0 +1,292 @@
+//! Helpers for driving the real `p2pchat` binary: processes killed on drop, output
+//! waited for with timeouts, an in-process registry.
+
+#![allow(dead_code)] // each test file uses a different part
+
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use p2pcore::registry::Registry;
+use std::io::{Read, Write};
+use std::path::Path;
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// The binary under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_p2pchat");
+/// The longest any single wait may take.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// A registry on a free loopback port, in this process.
+pub fn registry() -> (Registry, String) {
+    let r = Registry::bind("127.0.0.1:0").expect("bind registry");
+    let addr = r.local_addr().to_string();
+    (r, addr)
+}
+
+/// A `p2pchat` command with a clean environment for colours and the registry.
+pub fn command(args: &[&str]) -> Command {
+    let mut c = Command::new(BIN);
+    c.args(args)
+        .env("NO_COLOR", "1")
+        .env_remove("P2PCHAT_REGISTRY");
+    c
+}
+
+/// What a finished command printed.
+#[derive(Debug)]
+pub struct Output {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Run a command to its end (killed after [`WAIT`]).
+pub fn run(mut cmd: Command) -> Output {
+    let mut p = Proc::spawn(cmd.stdin(Stdio::null()));
+    let status = p.wait_exit(WAIT);
+    Output {
+        status,
+        stdout: p.all_stdout(),
+        stderr: p.all_stderr(),
+    }
+}
+
+/// Run `p2pchat ARGS` against no particular registry.
+pub fn p2pchat(args: &[&str]) -> Output {
+    run(command(args))
+}
+
+/// A child process whose output is collected by reader threads. Killed on drop.
+pub struct Proc {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    out: Receiver<Vec<u8>>,
+    err: Receiver<Vec<u8>>,
+    /// stdout not yet consumed by [`Proc::expect`].
+    pending: String,
+    /// Everything seen on stdout, for failure messages.
+    transcript: String,
+    stderr: String,
+}
+
+fn pump(mut from: impl Read + Send + 'static) -> Receiver<Vec<u8>> {
+    let (tx, rx) = crossbeam_channel::unbounded();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 8192];
+        while let Ok(n) = from.read(&mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+impl Proc {
+    /// Spawn with stdout and stderr piped (stdin as the command says, piped by default).
+    pub fn spawn(cmd: &mut Command) -> Proc {
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn p2pchat");
+        let out = pump(child.stdout.take().unwrap());
+        let err = pump(child.stderr.take().unwrap());
+        let stdin = child.stdin.take();
+        Proc {
+            child,
+            stdin,
+            out,
+            err,
+            pending: String::new(),
+            transcript: String::new(),
+            stderr: String::new(),
+        }
+    }
+
+    /// Spawn `p2pchat ARGS` with a piped stdin.
+    pub fn start(args: &[&str]) -> Proc {
+        Proc::spawn(command(args).stdin(Stdio::piped()))
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    fn take_stdout(&mut self, chunk: Vec<u8>) {
+        let text = String::from_utf8_lossy(&chunk);
+        self.pending.push_str(&text);
+        self.transcript.push_str(&text);
+    }
+
+    fn drain_stderr(&mut self) {
+        while let Ok(chunk) = self.err.try_recv() {
+            self.stderr.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    }
+
+    /// Wait until stdout shows `needle`; return the output up to and including it
+    /// (consumed). Panics with the transcript after [`WAIT`].
+    pub fn expect(&mut self, needle: &str) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(i) = self.pending.find(needle) {
+                let end = i + needle.len();
+                let seen = self.pending[..end].to_string();
+                self.pending.drain(..end);
+                return seen;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.out.recv_timeout(left) {
+                Ok(chunk) => self.take_stdout(chunk),
+                Err(e) => {
+                    self.drain_stderr();
+                    panic!(
+                        "waiting for {needle:?}: {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+                        if e == RecvTimeoutError::Timeout {
+                            "timed out"
+                        } else {
+                            "stdout closed"
+                        },
+                        self.transcript,
+                        self.stderr
+                    );
+                }
+            }
+        }
+    }
+
+    /// Wait for a whole stdout line and return it.
+    pub fn line(&mut self) -> String {
+        let seen = self.expect("\n");
+        seen.trim_end_matches(['\r', '\n']).to_string()
+    }
+
+    /// Wait for a whole stdout line containing `needle` (earlier lines are skipped).
+    pub fn line_with(&mut self, needle: &str) -> String {
+        let seen = self.expect(needle);
+        let start = seen.rfind('\n').map_or(0, |i| i + 1);
+        seen[start..].to_string() + &self.line()
+    }
+
+    /// Type a line.
+    pub fn send_line(&mut self, text: &str) {
+        let stdin = self.stdin.as_mut().expect("stdin is piped");
+        writeln!(stdin, "{text}").expect("write to p2pchat");
+        stdin.flush().unwrap();
+    }
+
+    /// Close stdin (end of input).
+    pub fn close_stdin(&mut self) {
+        self.stdin.take();
+    }
+
+    /// Send a signal.
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(self.pid(), sig);
+        }
+    }
+
+    /// Wait for the process to exit (panics after `timeout`), collecting its output.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                // The readers end at EOF; collect what is left.
+                let end = Instant::now() + Duration::from_secs(5);
+                while let Ok(chunk) = self
+                    .out
+                    .recv_timeout(end.saturating_duration_since(Instant::now()))
+                {
+                    self.take_stdout(chunk);
+                }
+                while let Ok(chunk) = self
+                    .err
+                    .recv_timeout(end.saturating_duration_since(Instant::now()))
+                {
+                    self.stderr.push_str(&String::from_utf8_lossy(&chunk));
+                }
+                return status;
+            }
+            if Instant::now() > deadline {
+                self.drain_stderr();
+                panic!(
+                    "process did not exit in {timeout:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+                    self.transcript, self.stderr
+                );
+            }
+            while let Ok(chunk) = self.out.try_recv() {
+                self.take_stdout(chunk);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn all_stdout(&mut self) -> String {
+        while let Ok(chunk) = self.out.try_recv() {
+            self.take_stdout(chunk);
+        }
+        self.transcript.clone()
+    }
+
+    pub fn all_stderr(&mut self) -> String {
+        self.drain_stderr();
+        self.stderr.clone()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `p2pchat share` online as `user` sharing `dir`; returns once it printed its port.
+pub fn share(registry: &str, user: &str, dir: &Path, accept: bool) -> (Proc, u16) {
+    let dir = dir.to_str().unwrap();
+    let mut args = vec![
+        "share",
+        "--registry",
+        registry,
+        "--user",
+        user,
+        "--dir",
+        dir,
+    ];
+    if accept {
+        args.push("--accept-chats");
+    }
+    let mut p = Proc::spawn(command(&args).stdin(Stdio::null()));
+    let line = p.line();
+    let prefix = format!("sharing as {user} on ");
+    let port = line
+        .strip_prefix(&prefix)
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .parse()
+        .expect("port");
+    (p, port)
+}
+
+/// Poll `cond` until it holds (panics after [`WAIT`]).
+pub fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// File contents that are not all alike (so a misplaced block would show).
+pub fn pattern(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 7 + i / 251) as u8).collect()
+}
+
+/// A one-line error on stderr.
+pub fn assert_one_line_error(o: &Output) {
+    assert!(!o.status.success(), "expected failure: {o:?}");
+    let lines: Vec<&str> = o.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "one line on stderr: {o:?}");
+    assert!(lines[0].starts_with("p2pchat: "), "{o:?}");
+}
