@@ -48,6 +48,9 @@ struct Conn {
     /// Earliest deadline of this connection already in the timer heap.
     scheduled: Option<Instant>,
     eof: bool,
+    /// Registered for writable events (only while output waits for socket space:
+    /// permanent interest would wake the loop after every ACK).
+    want_write: bool,
 }
 
 impl Conn {
@@ -128,7 +131,7 @@ impl Server {
                     WAKER => {}
                     Token(idx) => {
                         if event.is_readable() || event.is_read_closed() || event.is_error() {
-                            self.on_readable(idx);
+                            self.on_readable(idx, event.is_read_closed() || event.is_error());
                         }
                         if event.is_writable() {
                             self.on_writable(idx);
@@ -184,11 +187,11 @@ impl Server {
             self.conns.push(None);
             self.conns.len() - 1
         });
-        if let Err(e) = self.poll.registry().register(
-            &mut stream,
-            Token(idx),
-            Interest::READABLE | Interest::WRITABLE,
-        ) {
+        if let Err(e) = self
+            .poll
+            .registry()
+            .register(&mut stream, Token(idx), Interest::READABLE)
+        {
             log::warn!("registry could not register a connection: {e}");
             self.free.push(idx);
             return;
@@ -212,15 +215,18 @@ impl Server {
             close_after_flush: false,
             scheduled: None,
             eof: false,
+            want_write: false,
         });
         self.open += 1;
         self.emit(|| RegistryEvent::Connected { source: peer });
         self.schedule(idx);
         // Edge-triggered: bytes may already be waiting.
-        self.on_readable(idx);
+        self.on_readable(idx, false);
     }
 
-    fn on_readable(&mut self, idx: usize) {
+    /// `closing`: the event said the peer closed (or errored), so read until the end
+    /// instead of stopping at a short read.
+    fn on_readable(&mut self, idx: usize, closing: bool) {
         loop {
             let Some(conn) = self.conns.get_mut(idx).and_then(Option::as_mut) else {
                 return;
@@ -239,6 +245,13 @@ impl Server {
                     Ok(n) => {
                         conn.inbuf.extend_from_slice(&self.scratch[..n]);
                         got = true;
+                        // A short read emptied the socket; anything arriving later
+                        // raises a new edge, so skip the read that would only say
+                        // WouldBlock (one syscall less per query).
+                        if n < self.scratch.len() && !closing {
+                            drained = true;
+                            break;
+                        }
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                         drained = true;
@@ -276,7 +289,7 @@ impl Server {
         self.flush(idx);
         let resume = matches!(self.conns.get(idx), Some(Some(c)) if was_backed_up && c.pending_out() <= OUT_HIGH_WATER);
         if resume {
-            self.on_readable(idx);
+            self.on_readable(idx, false);
         }
     }
 
@@ -444,7 +457,21 @@ impl Server {
                     return;
                 }
                 Ok(n) => conn.out_pos += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if !conn.want_write {
+                        conn.want_write = true;
+                        let interest = Interest::READABLE | Interest::WRITABLE;
+                        if self
+                            .poll
+                            .registry()
+                            .reregister(&mut conn.stream, Token(idx), interest)
+                            .is_err()
+                        {
+                            self.close(idx);
+                        }
+                    }
+                    return;
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(_) => {
                     self.close(idx);
@@ -454,6 +481,13 @@ impl Server {
         }
         conn.out.clear();
         conn.out_pos = 0;
+        if conn.want_write {
+            conn.want_write = false;
+            let _ =
+                self.poll
+                    .registry()
+                    .reregister(&mut conn.stream, Token(idx), Interest::READABLE);
+        }
         if conn.out.capacity() > OUT_HIGH_WATER {
             conn.out.shrink_to(READ_CHUNK);
         }
