@@ -1,8 +1,9 @@
 //! The registry server: who is online, at which address, sharing which files.
 //!
-//! [`Registry`] is a running server. One event-loop thread (mio) serves every
-//! connection, so 10,000 idle peer sessions cost memory for their buffers, not 10,000
-//! threads; the thread count is exactly one, whatever the load. The user table lives in
+//! [`Registry`] is a running server. A fixed set of event-loop threads (mio; one per
+//! core by default, [`RegistryConfig::threads`]) serves every connection, so 10,000
+//! idle peer sessions cost memory for their buffers, not 10,000 threads; the thread
+//! count never grows with the load. The user table lives in
 //! [`directory`] behind a short-held lock; answers are built in memory, then written,
 //! never while holding it.
 //!
@@ -19,7 +20,7 @@ use crate::limits;
 use crate::thread::spawn_named;
 use directory::Directory;
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
@@ -39,6 +40,8 @@ pub struct RegistryConfig {
     pub max_connections: usize,
     /// Most registered users; past it, `INIT` gets `ERR,Registry full`.
     pub max_users: usize,
+    /// Event-loop threads; 0 (the default) means one per core, at most 8.
+    pub threads: usize,
 }
 
 impl Default for RegistryConfig {
@@ -50,6 +53,7 @@ impl Default for RegistryConfig {
             idle_timeout: limits::IDLE_TIMEOUT,
             max_connections: limits::MAX_CONNECTIONS,
             max_users: limits::MAX_USERS,
+            threads: 0,
         }
     }
 }
@@ -108,24 +112,44 @@ impl RegistryBuilder {
         let listener = TcpListener::bind(addr)?;
         listener.set_nonblocking(true)?;
         let local_addr = listener.local_addr()?;
+        let loops = match self.config.threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get().min(8)),
+            n => n,
+        };
         let directory = Arc::new(Directory::new(self.config.max_users));
-        let stop = Arc::new(AtomicBool::new(false));
-        let server = server::Server::new(
-            mio::net::TcpListener::from_std(listener),
-            self.config,
-            self.hook,
-            directory.clone(),
-            stop.clone(),
-        )?;
-        let waker = server.waker();
-        let thread = spawn_named("p2p-registry", move || server.run())?;
-        Ok(Registry {
+        let shared = Arc::new(server::Shared {
+            config: self.config,
+            hook: self.hook,
+            directory: directory.clone(),
+            stop: AtomicBool::new(false),
+            open: AtomicUsize::new(0),
+            next_id: AtomicU64::new(1),
+        });
+        let mut servers = Vec::with_capacity(loops);
+        let mut handoffs = Vec::with_capacity(loops);
+        for _ in 0..loops {
+            let (server, handoff) = server::Server::new(shared.clone())?;
+            servers.push(server);
+            handoffs.push(handoff);
+        }
+        let wakers = handoffs.iter().map(|h| h.waker.clone()).collect();
+        servers[0].accept_on(mio::net::TcpListener::from_std(listener), handoffs)?;
+        let mut registry = Registry {
             local_addr,
             directory,
-            stop,
-            waker,
-            thread: Some(thread),
-        })
+            shared,
+            wakers,
+            threads: Vec::with_capacity(loops),
+        };
+        for (i, server) in servers.into_iter().enumerate() {
+            // On failure, dropping `registry` stops and joins the loops already started.
+            registry
+                .threads
+                .push(spawn_named(&format!("p2p-registry-{i}"), move || {
+                    server.run()
+                })?);
+        }
+        Ok(registry)
     }
 }
 
@@ -148,9 +172,9 @@ impl RegistryBuilder {
 pub struct Registry {
     local_addr: SocketAddr,
     directory: Arc<Directory>,
-    stop: Arc<AtomicBool>,
-    waker: Arc<mio::Waker>,
-    thread: Option<JoinHandle<()>>,
+    shared: Arc<server::Shared>,
+    wakers: Vec<Arc<mio::Waker>>,
+    threads: Vec<JoinHandle<()>>,
 }
 
 impl Registry {
@@ -190,9 +214,11 @@ impl Registry {
     }
 
     fn stop_and_join(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        let _ = self.waker.wake();
-        if let Some(t) = self.thread.take() {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        for w in &self.wakers {
+            let _ = w.wake();
+        }
+        for t in self.threads.drain(..) {
             let _ = t.join();
         }
     }

@@ -1,6 +1,9 @@
-//! The registry's event loop: accepts connections, frames queries, answers them.
+//! The registry's event loops: accept connections, frame queries, answer them.
 //!
-//! One thread, non-blocking sockets (mio, edge-triggered). Each connection has an input
+//! One loop per core (each a thread with its own mio `Poll`), non-blocking sockets,
+//! edge-triggered. Loop 0 owns the listener and hands accepted connections round-robin
+//! to every loop (itself included) over a channel plus a waker; a connection then stays
+//! on its loop for life. All loops share the one [`Directory`]. Each connection has an input
 //! buffer (at most one query line plus what one read brings) and an output buffer;
 //! deadlines (legacy grace, slowloris, idle) sit in a min-heap so a wake-up costs
 //! O(log n), not a scan of every connection.
@@ -9,13 +12,14 @@ use super::directory::{Caller, Directory, InitOutcome};
 use super::{RegistryConfig, RegistryEvent, RegistryHook};
 use crate::limits::{LEGACY_FAST_MAX, MAX_LINE_LEN};
 use crate::protocol::{parse_query, reason, truncate, Query, QueryError};
+use crossbeam_channel::{Receiver, Sender};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashSet};
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -59,59 +63,77 @@ impl Conn {
     }
 }
 
+/// What every loop shares.
+pub(super) struct Shared {
+    pub config: RegistryConfig,
+    pub hook: Option<RegistryHook>,
+    pub directory: Arc<Directory>,
+    pub stop: AtomicBool,
+    /// Open connections across all loops (for `max_connections`).
+    pub open: AtomicUsize,
+    /// Connection ids, unique across loops (session ownership is keyed by them).
+    pub next_id: AtomicU64,
+}
+
+/// Where loop 0 sends a connection for another loop.
+pub(super) struct Handoff {
+    pub tx: Sender<(TcpStream, SocketAddr)>,
+    pub waker: Arc<Waker>,
+}
+
 pub(super) struct Server {
     poll: Poll,
-    listener: TcpListener,
-    waker: Arc<Waker>,
+    /// Loop 0 only: the listener, and every loop's hand-off (its own included).
+    listener: Option<TcpListener>,
+    handoffs: Vec<Handoff>,
+    next_loop: usize,
+    inbox: Receiver<(TcpStream, SocketAddr)>,
     conns: Vec<Option<Conn>>,
     free: Vec<usize>,
-    open: usize,
-    next_id: u64,
     timers: BinaryHeap<Reverse<(Instant, usize, u64)>>,
-    config: RegistryConfig,
-    hook: Option<RegistryHook>,
-    directory: Arc<Directory>,
-    stop: Arc<AtomicBool>,
+    shared: Arc<Shared>,
     scratch: Vec<u8>,
 }
 
 impl Server {
-    pub fn new(
-        mut listener: TcpListener,
-        config: RegistryConfig,
-        hook: Option<RegistryHook>,
-        directory: Arc<Directory>,
-        stop: Arc<AtomicBool>,
-    ) -> io::Result<Server> {
+    /// A loop and the hand-off other loops (well, loop 0) use to give it connections.
+    pub fn new(shared: Arc<Shared>) -> io::Result<(Server, Handoff)> {
         let poll = Poll::new()?;
-        poll.registry()
-            .register(&mut listener, LISTENER, Interest::READABLE)?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
-        Ok(Server {
+        let (tx, inbox) = crossbeam_channel::unbounded();
+        let server = Server {
             poll,
-            listener,
-            waker,
+            listener: None,
+            handoffs: Vec::new(),
+            next_loop: 0,
+            inbox,
             conns: Vec::new(),
             free: Vec::new(),
-            open: 0,
-            next_id: 1,
             timers: BinaryHeap::new(),
-            config,
-            hook,
-            directory,
-            stop,
+            shared,
             scratch: vec![0; READ_CHUNK],
-        })
+        };
+        Ok((server, Handoff { tx, waker }))
     }
 
-    pub fn waker(&self) -> Arc<Waker> {
-        self.waker.clone()
+    /// Make this loop the accepting one.
+    pub fn accept_on(
+        &mut self,
+        mut listener: TcpListener,
+        handoffs: Vec<Handoff>,
+    ) -> io::Result<()> {
+        self.poll
+            .registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        self.listener = Some(listener);
+        self.handoffs = handoffs;
+        Ok(())
     }
 
     pub fn run(mut self) {
         let mut events = Events::with_capacity(1024);
         let mut next_sweep = Instant::now() + SWEEP_EVERY;
-        while !self.stop.load(Ordering::SeqCst) {
+        while !self.shared.stop.load(Ordering::SeqCst) {
             let now = Instant::now();
             let mut wake_at = next_sweep;
             if let Some(Reverse((t, _, _))) = self.timers.peek() {
@@ -128,7 +150,7 @@ impl Server {
             for event in events.iter() {
                 match event.token() {
                     LISTENER => self.accept_all(),
-                    WAKER => {}
+                    WAKER => self.take_handoffs(),
                     Token(idx) => {
                         if event.is_readable() || event.is_read_closed() || event.is_error() {
                             self.on_readable(idx, event.is_read_closed() || event.is_error());
@@ -141,9 +163,9 @@ impl Server {
             }
             let now = Instant::now();
             self.fire_timers(now);
-            if now >= next_sweep {
+            if now >= next_sweep && self.listener.is_some() {
                 next_sweep = now + SWEEP_EVERY;
-                let expired = self.directory.expire_leases(now);
+                let expired = self.shared.directory.expire_leases(now);
                 if !expired.is_empty() {
                     self.emit(|| RegistryEvent::LeaseExpired { usernames: expired });
                 }
@@ -152,23 +174,45 @@ impl Server {
     }
 
     fn emit(&self, event: impl FnOnce() -> RegistryEvent) {
-        if let Some(hook) = &self.hook {
+        if let Some(hook) = &self.shared.hook {
             hook(&event());
         }
     }
 
     fn accept_all(&mut self) {
+        // Out of `self` while accepting, so a connection can be added to this loop.
+        let Some(listener) = self.listener.take() else {
+            return;
+        };
+        self.accept_from(&listener);
+        self.listener = Some(listener);
+    }
+
+    fn accept_from(&mut self, listener: &TcpListener) {
         loop {
-            match self.listener.accept() {
+            match listener.accept() {
                 Ok((mut stream, peer)) => {
-                    if self.open >= self.config.max_connections {
+                    let open = self.shared.open.fetch_add(1, Ordering::SeqCst);
+                    if open >= self.shared.config.max_connections {
+                        self.shared.open.fetch_sub(1, Ordering::SeqCst);
                         // Best effort: a fresh socket's send buffer takes this at once.
                         let _ = stream.write_all(format!("ERR,{}\n", reason::BUSY).as_bytes());
                         continue;
                     }
                     let _ = stream.set_nodelay(true);
                     crate::net::set_keepalive(&stream);
-                    self.add_conn(stream, peer);
+                    let target = self.next_loop % self.handoffs.len().max(1);
+                    self.next_loop = self.next_loop.wrapping_add(1);
+                    match self.handoffs.get(target) {
+                        Some(h) if target != 0 => {
+                            if h.tx.send((stream, peer)).is_ok() {
+                                let _ = h.waker.wake();
+                            } else {
+                                self.shared.open.fetch_sub(1, Ordering::SeqCst);
+                            }
+                        }
+                        _ => self.add_conn(stream, peer),
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -179,6 +223,12 @@ impl Server {
                     return;
                 }
             }
+        }
+    }
+
+    fn take_handoffs(&mut self) {
+        while let Ok((stream, peer)) = self.inbox.try_recv() {
+            self.add_conn(stream, peer);
         }
     }
 
@@ -194,11 +244,11 @@ impl Server {
         {
             log::warn!("registry could not register a connection: {e}");
             self.free.push(idx);
+            self.shared.open.fetch_sub(1, Ordering::SeqCst);
             return;
         }
         let now = Instant::now();
-        let id = self.next_id;
-        self.next_id += 1;
+        let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
         self.conns[idx] = Some(Conn {
             id,
             stream,
@@ -217,7 +267,6 @@ impl Server {
             eof: false,
             want_write: false,
         });
-        self.open += 1;
         self.emit(|| RegistryEvent::Connected { source: peer });
         self.schedule(idx);
         // Edge-triggered: bytes may already be waiting.
@@ -383,8 +432,8 @@ impl Server {
         let is_get_af = matches!(parsed, Ok(Query::GetAllFiles));
         let result = parsed.and_then(|q| {
             execute(
-                &self.directory,
-                &self.config,
+                &self.shared.directory,
+                &self.shared.config,
                 caller,
                 q,
                 &mut conn.out,
@@ -409,7 +458,7 @@ impl Server {
             }
             conn.out.push(b'\n');
         }
-        if self.hook.is_some() {
+        if self.shared.hook.is_some() {
             let peer = conn.peer;
             let answer = &conn.out[start..];
             let first = answer.split(|&b| b == b'\n').next().unwrap_or_default();
@@ -502,8 +551,8 @@ impl Server {
         };
         let _ = self.poll.registry().deregister(&mut conn.stream);
         self.free.push(idx);
-        self.open -= 1;
-        let released = self.directory.release_session(conn.id, &conn.owned);
+        self.shared.open.fetch_sub(1, Ordering::SeqCst);
+        let released = self.shared.directory.release_session(conn.id, &conn.owned);
         let source = conn.peer;
         drop(conn);
         self.emit(|| RegistryEvent::Disconnected { source, released });
@@ -514,13 +563,13 @@ impl Server {
         let mut d: Option<Instant> = None;
         let mut earliest = |t: Instant| d = Some(d.map_or(t, |d: Instant| d.min(t)));
         if let Some(since) = conn.partial_since {
-            earliest(since + self.config.query_timeout);
+            earliest(since + self.shared.config.query_timeout);
             if !conn.session {
-                earliest(conn.last_byte + self.config.legacy_grace);
+                earliest(conn.last_byte + self.shared.config.legacy_grace);
             }
         }
         if conn.owned.is_empty() && !conn.close_after_flush {
-            earliest(conn.last_activity + self.config.idle_timeout);
+            earliest(conn.last_activity + self.shared.config.idle_timeout);
         }
         d
     }
@@ -565,17 +614,17 @@ impl Server {
             return;
         };
         if let Some(since) = conn.partial_since {
-            if now >= since + self.config.query_timeout {
+            if now >= since + self.shared.config.query_timeout {
                 self.refuse_and_close(idx, reason::TIMED_OUT);
                 return;
             }
-            if !conn.session && now >= conn.last_byte + self.config.legacy_grace {
+            if !conn.session && now >= conn.last_byte + self.shared.config.legacy_grace {
                 self.take_legacy_query(idx);
                 self.flush(idx);
                 return;
             }
         }
-        if conn.owned.is_empty() && now >= conn.last_activity + self.config.idle_timeout {
+        if conn.owned.is_empty() && now >= conn.last_activity + self.shared.config.idle_timeout {
             self.refuse_and_close(idx, reason::TIMED_OUT);
         }
     }
