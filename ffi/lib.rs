@@ -1,7 +1,61 @@
-//! The C ABI of p2pchat.
+//! The C ABI of p2pchat: `libp2pchat.so` / `libp2pchat.a` and `include/p2pchat.h`
+//! (generated from these files by cbindgen in `build.rs`).
+//!
+//! This crate only translates: C strings, handles, status codes and callbacks to and
+//! from [`p2pcore`], which does all the work. One module per C-facing concept:
+//! [`status`] (`p2p_status`), [`panic`] (the entry-point guard and
+//! `p2p_last_error_message`), [`strings`] (strings and lists), [`registry`], [`peer`],
+//! [`chat`], [`transfer`].
+//!
+//! Rules every function follows (see the header's preamble for the C side):
+//! - Every fallible function returns a `p2p_status`, writes its out-parameters only on
+//!   success, and leaves a message for `p2p_last_error_message()`.
+//! - NULL pointers and non-UTF-8 strings give a status, never undefined behaviour.
+//! - No panic crosses into C: every entry point runs inside `catch_unwind`.
+//! - The Rust names are the C names, so `grep` finds both.
+#![allow(non_camel_case_types)]
+// Pointer rules are documented on each function and in the header's preamble.
+#![allow(clippy::missing_safety_doc)]
 
-/// The library version as a static NUL-terminated string.
+// Declared in the order the header presents them (cbindgen follows this order).
+pub mod status;
+
+pub mod panic;
+
+pub mod strings;
+
+pub mod registry;
+
+pub mod peer;
+
+pub mod chat;
+
+pub mod transfer;
+
+mod userdata;
+
+use std::ffi::c_char;
+
+/// The library version (e.g. `"0.1.0"`), a static string: never free it.
 #[no_mangle]
-pub extern "C" fn p2p_version() -> *const std::ffi::c_char {
+pub extern "C" fn p2p_version() -> *const c_char {
     concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr().cast()
+}
+
+/// The largest chat message `p2p_chat_send()` accepts, in bytes of UTF-8.
+#[no_mangle]
+pub extern "C" fn p2p_max_chat_message_length() -> usize {
+    p2pcore::limits::MAX_CHAT_MESSAGE
+}
+
+/// The longest username, in bytes.
+#[no_mangle]
+pub extern "C" fn p2p_max_username_length() -> usize {
+    p2pcore::limits::MAX_USERNAME_LEN
+}
+
+/// The longest shared filename, in bytes.
+#[no_mangle]
+pub extern "C" fn p2p_max_filename_length() -> usize {
+    p2pcore::limits::MAX_FILENAME_LEN
 }

@@ -1,19 +1,24 @@
-//! p2pchat-bench: the registry (and later the peer) under load, against trivial
-//! baselines. One module per scenario; each returns [`report::Figure`]s, printed as one
-//! table (or, with `--json`, one JSON document on stdout). Progress goes to stderr.
+//! p2pchat-bench: the registry and the peer under load, against trivial baselines. One
+//! module per scenario; each returns [`report::Figure`]s, printed as one table (or, with
+//! `--json`, one JSON document on stdout). Progress goes to stderr.
 //!
-//! Scenarios: T2 (registry lookups, sessions), T2b (legacy one-shot lookups), T3 (scale:
-//! 10,000 sessions, 100,000 users, `GET_AF`). T1, T4 and T5 (peer scenarios) are to come:
-//! add a module and a line to [`SCENARIOS`].
+//! Scenarios: T1 (a download between two peers), T2 (registry lookups, sessions), T2b
+//! (legacy one-shot lookups), T3 (scale: 10,000 sessions, 100,000 users, `GET_AF`), T4
+//! (chat round trip and one-way rate), T5 (hashing a share, and the cached rescan). A new
+//! scenario is a module and a line in [`SCENARIOS`].
 
 mod baseline;
 mod load;
 mod report;
+mod scratch;
 mod setup;
 mod sys;
+mod t1;
 mod t2;
 mod t2b;
 mod t3;
+mod t4;
+mod t5;
 
 use report::Figure;
 use std::process::ExitCode;
@@ -26,7 +31,7 @@ pub struct Options {
     pub quick: bool,
     /// Scenario ids to run (upper-cased); `None` runs every one.
     pub only: Option<Vec<String>>,
-    /// Size of the transferred file in the peer scenarios (T1, T4, T5).
+    /// Size of the downloaded file (T1) and of the hashed share (T5), in MiB.
     pub size_mib: u64,
     /// Closed-loop duration of one run (T2, T2b).
     pub duration: Duration,
@@ -51,6 +56,11 @@ struct Scenario {
 
 const SCENARIOS: &[Scenario] = &[
     Scenario {
+        id: "T1",
+        title: "download between two peers on 127.0.0.1",
+        run: t1::run,
+    },
+    Scenario {
         id: "T2",
         title: "registry lookups, persistent session connections",
         run: t2::run,
@@ -65,20 +75,33 @@ const SCENARIOS: &[Scenario] = &[
         title: "registry at scale: 10,000 sessions, 100,000 users, GET_AF",
         run: t3::run,
     },
+    Scenario {
+        id: "T4",
+        title: "chat between two peers: round trip and one-way rate",
+        run: t4::run,
+    },
+    Scenario {
+        id: "T5",
+        title: "share hashing: first scan and cached rescan",
+        run: t5::run,
+    },
 ];
 
-/// Scenario ids that exist in the plan but not yet in this binary.
-const PLANNED: &[&str] = &["T1", "T4", "T5"];
+/// `--size-mib` when not given.
+const DEFAULT_SIZE_MIB: u64 = 1024;
+const QUICK_SIZE_MIB: u64 = 256;
 
 const USAGE: &str = "\
-p2pchat-bench: benchmarks of the p2pchat registry against trivial baselines
+p2pchat-bench: benchmarks of the p2pchat registry and peer against trivial baselines
 
-usage: p2pchat-bench [--quick] [--json] [--only T2,T2b,T3] [--size-mib N]
+usage: p2pchat-bench [--quick] [--json] [--only T1,T2,...] [--size-mib N]
 
-  --quick        short runs (3 s per run instead of 10 s); whole run under a minute
+  --quick        short runs (3 s per run instead of 10 s, fewer messages, 256 MiB);
+                 whole run under 90 s
   --json         print the figures as a JSON document on stdout (progress on stderr)
   --only LIST    run only these scenarios (comma-separated ids, any case)
-  --size-mib N   file size for the peer scenarios T1/T4/T5 (default 64; not yet used)
+  --size-mib N   size of T1's downloaded file and of T5's share (default 1024,
+                 256 with --quick)
   --help         this text
 
 scenarios:
@@ -89,7 +112,6 @@ fn usage() -> String {
     for sc in SCENARIOS {
         s.push_str(&format!("  {:<5} {}\n", sc.id, sc.title));
     }
-    s.push_str("  (T1, T4, T5: peer scenarios, not implemented yet)\n");
     s
 }
 
@@ -98,7 +120,7 @@ fn parse_args(args: &[String]) -> Result<Option<Options>, String> {
     let mut json = false;
     let mut quick = false;
     let mut only = None;
-    let mut size_mib = 64;
+    let mut size_mib = None;
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         // Accept both `--flag value` and `--flag=value`.
@@ -126,9 +148,7 @@ fn parse_args(args: &[String]) -> Result<Option<Options>, String> {
                     return Err("--only needs at least one scenario id".into());
                 }
                 for id in &list {
-                    let known = SCENARIOS.iter().any(|s| s.id.eq_ignore_ascii_case(id))
-                        || PLANNED.iter().any(|p| p.eq_ignore_ascii_case(id));
-                    if !known {
+                    if !SCENARIOS.iter().any(|s| s.id.eq_ignore_ascii_case(id)) {
                         return Err(format!("unknown scenario {id:?}"));
                     }
                 }
@@ -136,11 +156,12 @@ fn parse_args(args: &[String]) -> Result<Option<Options>, String> {
             }
             "--size-mib" => {
                 let v = value("--size-mib")?;
-                size_mib = v
-                    .parse::<u64>()
-                    .ok()
-                    .filter(|n| (1..=1 << 20).contains(n))
-                    .ok_or(format!("--size-mib: expected a number of MiB, got {v:?}"))?;
+                size_mib = Some(
+                    v.parse::<u64>()
+                        .ok()
+                        .filter(|n| (1..=1 << 20).contains(n))
+                        .ok_or(format!("--size-mib: expected a number of MiB, got {v:?}"))?,
+                );
             }
             other => return Err(format!("unknown argument {other:?}")),
         }
@@ -149,7 +170,11 @@ fn parse_args(args: &[String]) -> Result<Option<Options>, String> {
         json,
         quick,
         only,
-        size_mib,
+        size_mib: size_mib.unwrap_or(if quick {
+            QUICK_SIZE_MIB
+        } else {
+            DEFAULT_SIZE_MIB
+        }),
         duration: Duration::from_secs(if quick { 3 } else { 10 }),
         runs: 3,
         af_runs: if quick { 3 } else { 5 },
@@ -167,6 +192,20 @@ impl Options {
 /// A progress line on stderr (stdout is kept for the results).
 pub fn progress(msg: &str) {
     eprintln!("[bench] {msg}");
+}
+
+/// The watchdog's limit: 150 s with `--quick`, 400 s otherwise, plus time for a
+/// `--size-mib` beyond the default (T1 syncs the download to disk, which may manage
+/// only some tens of MB/s).
+fn watchdog_limit(opts: &Options) -> Duration {
+    let base = if opts.quick { 150 } else { 400 };
+    let default = if opts.quick {
+        QUICK_SIZE_MIB
+    } else {
+        DEFAULT_SIZE_MIB
+    };
+    // Three downloads and a copy per run, at 20 MB/s or so: ~0.2 s per MiB.
+    Duration::from_secs(base + opts.size_mib.saturating_sub(default) / 5)
 }
 
 /// Kill the run if it overstays its budget by far: every scenario bounds itself, this
@@ -201,16 +240,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    watchdog(Duration::from_secs(if opts.quick { 150 } else { 400 }));
-    if let Some(list) = &opts.only {
-        for id in list {
-            if PLANNED.iter().any(|p| p.eq_ignore_ascii_case(id)) {
-                progress(&format!(
-                    "{id} is a peer scenario not implemented yet; skipped"
-                ));
-            }
-        }
-    }
+    watchdog(watchdog_limit(&opts));
 
     let started = Instant::now();
     let mut figures = Vec::new();
@@ -254,11 +284,13 @@ fn main() -> ExitCode {
         print!("{}", report::json(&figures, &notes, &settings));
     } else {
         println!(
-            "p2pchat-bench{}: {} s per run, medians of {} runs ({} for GET_AF); total {:.0} s",
+            "p2pchat-bench{}: {} s per run, medians of {} runs ({} for GET_AF); \
+             {} MiB for T1/T5; total {:.0} s",
             if opts.quick { " --quick" } else { "" },
             opts.duration.as_secs(),
             opts.runs,
             opts.af_runs,
+            opts.size_mib,
             total
         );
         println!();
@@ -295,9 +327,13 @@ mod tests {
         assert!(o.quick && o.json);
         assert_eq!(o.duration, Duration::from_secs(3));
         assert!(o.selected("T2") && o.selected("T2B") && !o.selected("T3"));
+        assert_eq!(o.size_mib, QUICK_SIZE_MIB);
         let o = parse_args(&args(&["--size-mib=8"])).unwrap().unwrap();
         assert_eq!(o.size_mib, 8);
         assert!(o.selected("T3"));
+        let o = parse_args(&args(&["--only", "t1,t4,T5"])).unwrap().unwrap();
+        assert_eq!(o.size_mib, DEFAULT_SIZE_MIB);
+        assert!(o.selected("T1") && o.selected("T4") && o.selected("T5") && !o.selected("T2"));
         assert!(parse_args(&args(&["--help"])).unwrap().is_none());
         assert!(parse_args(&args(&["--only", "T9"])).is_err());
         assert!(parse_args(&args(&["--size-mib", "x"])).is_err());

@@ -47,18 +47,28 @@ impl Stats {
 pub enum Goal {
     /// p2pchat's median divided by the baseline's median is at least this.
     RatioAtLeast(f64),
+    /// p2pchat's median divided by the baseline's median is at most this (for figures
+    /// where lower is better, such as latencies).
+    RatioAtMost(f64),
+    /// p2pchat's median is at least this (in the figure's unit).
+    AtLeast(f64),
     /// p2pchat's median is at most this (in the figure's unit).
     AtMost(f64),
     /// p2pchat's median is strictly below this (in the figure's unit).
     Below(f64),
+    /// A property the scenario checked itself (`what` is shown as the goal).
+    Check { what: &'static str, met: bool },
 }
 
 impl Goal {
     fn describe(&self, unit: &str) -> String {
         match self {
             Goal::RatioAtLeast(r) => format!(">= {}x baseline", num(*r)),
+            Goal::RatioAtMost(r) => format!("<= {}x baseline", num(*r)),
+            Goal::AtLeast(v) => format!(">= {} {unit}", num(*v)),
             Goal::AtMost(v) => format!("<= {} {unit}", num(*v)),
             Goal::Below(v) => format!("< {} {unit}", num(*v)),
+            Goal::Check { what, .. } => what.to_string(),
         }
     }
 }
@@ -127,8 +137,11 @@ impl Figure {
         let m = self.p2pchat.median;
         Some(match goal {
             Goal::RatioAtLeast(r) => self.ratio.is_some_and(|x| x >= r),
+            Goal::RatioAtMost(r) => self.ratio.is_some_and(|x| x <= r),
+            Goal::AtLeast(v) => m >= v,
             Goal::AtMost(v) => m <= v,
             Goal::Below(v) => m < v,
+            Goal::Check { met, .. } => met,
         })
     }
 }
@@ -337,5 +350,17 @@ mod tests {
         assert_eq!(f.goal_met(), Some(false));
         assert!(table(std::slice::from_ref(&f)).contains("MISSED"));
         assert!(json(&[f], &[], &[]).contains("\"goal_met\": false"));
+        // Lower is better: 120 us against 100 us is a ratio of 1.2.
+        let f = Figure::compared("z", "us", Stats::of(&[120.0]), b).goal(Goal::RatioAtMost(1.5));
+        assert_eq!(f.goal_met(), Some(true));
+        assert!(table(std::slice::from_ref(&f)).contains("<= 1.50x baseline"));
+        let f = Figure::single("r", "msg/s", p).goal(Goal::AtLeast(100.0));
+        assert_eq!(f.goal_met(), Some(false));
+        let f = Figure::single("c", "ms", p).goal(Goal::Check {
+            what: "reads no file contents",
+            met: true,
+        });
+        assert_eq!(f.goal_met(), Some(true));
+        assert!(table(&[f]).contains("reads no file contents"));
     }
 }

@@ -49,7 +49,7 @@ fn soak() {
     // Peers: two share files, two fetch and chat.
     let shares: Vec<TempDir> = (0..4).map(|_| TempDir::new().unwrap()).collect();
     let files: Vec<Vec<u8>> = (0..4)
-        .map(|i| pattern(1 << 20 | i * 4099, i as u8))
+        .map(|i| pattern((1 << 20) + i * 4099, i as u8))
         .collect();
     for (i, f) in files.iter().enumerate() {
         std::fs::write(shares[i % 2].path().join(format!("f{i}.bin")), f).unwrap();

@@ -180,6 +180,9 @@ impl ChatRequest {
     pub fn accept(self) -> Result<Chat> {
         let taken = self.pending.conn.lock().take();
         let Some((reader, writer)) = taken else {
+            if self.pending.inner.upgrade().is_none_or(|i| i.stopping()) {
+                return Err(Error::Shutdown);
+            }
             return Err(Error::Timeout(format!(
                 "the chat request from {} expired",
                 self.pending.from

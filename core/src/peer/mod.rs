@@ -541,6 +541,13 @@ impl Peer {
     pub fn exit(self) {
         self.inner.stop();
     }
+
+    /// Like [`exit`](Self::exit), through a shared reference (for a handle other
+    /// threads still use: their calls then fail with [`Error::Shutdown`] or
+    /// [`Error::Closed`]). Must not be called from a hook.
+    pub fn shutdown(&self) {
+        self.inner.stop();
+    }
 }
 
 impl Drop for Peer {

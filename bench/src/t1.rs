@@ -1,0 +1,234 @@
+//! T1 — one download between two peers on 127.0.0.1.
+//!
+//! One file of `--size-mib` MiB of random-ish bytes is written once into a scratch share
+//! (and flushed to disk then, so its write-back cannot land in a measurement), served by
+//! one [`Peer`](p2pcore::peer::Peer) and fetched by another into a separate download
+//! directory. Both peers connect before anything is timed (the server hashes its share
+//! then). Timed: `fetch()` until `wait()` returns, that is until the file is received,
+//! its BLAKE3 hash verified, its data synced to disk and renamed into place. The
+//! downloaded file (and any partial file) is deleted between runs.
+//!
+//! Baseline: a plain TCP copy of the same file between two threads, no protocol and no
+//! hash: a sender thread reads the file with a 256 KiB buffer and writes to a loopback
+//! socket, the receiver reads and writes to a file in the download directory; timed
+//! until the receiver has written the last byte and closed the file.
+//!
+//! Runs alternate p2pchat and baseline. A context figure says how fast this machine's
+//! disk takes a synced write, since the download's `sync_data` waits for it and the
+//! baseline does not.
+
+use crate::report::{Figure, Goal, Stats};
+use crate::scratch::{self, mb_per_s, TempDir, MIB};
+use crate::{progress, Options, Outcome};
+use std::fs::File;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+const RUNS: usize = 3;
+const FILE_NAME: &str = "payload.bin";
+const COPY_BUF: usize = 256 * 1024;
+/// Goal: the download reaches this fraction of the plain copy's MB/s.
+const GOAL_RATIO: f64 = 0.9;
+/// A run that takes longer than this failed (at 20 MB/s, a 1 GiB file takes 54 s).
+const RUN_LIMIT: Duration = Duration::from_secs(120);
+/// Size of the synced write that measures the disk (context figure).
+const DISK_PROBE_MIB: u64 = 64;
+
+pub fn run(opts: &Options) -> Result<Outcome, String> {
+    let size_mib = opts.size_mib;
+    let bytes = size_mib * MIB;
+    let scratch = TempDir::new("t1")?;
+    let share = scratch.subdir("share")?;
+    let empty_share = scratch.subdir("downloader-share")?;
+    let downloads = scratch.subdir("downloads")?;
+    let source = share.join(FILE_NAME);
+
+    let t = Instant::now();
+    scratch::write_noise_file(&source, bytes, 0x7431, true)
+        .map_err(|e| format!("writing {}: {e}", source.display()))?;
+    progress(&format!(
+        "T1: {size_mib} MiB file written and synced in {:.1} s",
+        t.elapsed().as_secs_f64()
+    ));
+
+    let (registry, reg_addr) = scratch::registry()?;
+    let t = Instant::now();
+    let server = scratch::peer(&reg_addr, "t1-server", &share)
+        .connect()
+        .map_err(|e| format!("server peer: {e}"))?;
+    progress(&format!(
+        "T1: server peer connected (share hashed) in {:.1} s",
+        t.elapsed().as_secs_f64()
+    ));
+    let client = scratch::peer(&reg_addr, "t1-client", &empty_share)
+        .download_dir(&downloads)
+        .connect()
+        .map_err(|e| format!("downloading peer: {e}"))?;
+
+    let mut ours = Vec::new();
+    let mut theirs = Vec::new();
+    let result = (|| -> Result<(), String> {
+        for run in 1..=RUNS {
+            let secs = download(&client, server.username(), bytes)?;
+            scratch::empty_dir(&downloads)?;
+            ours.push(mb_per_s(bytes, secs));
+            let base = plain_copy(&source, &downloads.join("copy.bin"), bytes)?;
+            scratch::empty_dir(&downloads)?;
+            theirs.push(mb_per_s(bytes, base));
+            progress(&format!(
+                "T1 run {run}/{RUNS}: p2pchat {:.2} s ({:.0} MB/s), baseline {:.2} s ({:.0} MB/s)",
+                secs,
+                mb_per_s(bytes, secs),
+                base,
+                mb_per_s(bytes, base)
+            ));
+        }
+        Ok(())
+    })();
+    client.exit();
+    server.exit();
+    registry.shutdown();
+    result?;
+
+    let disk: Vec<f64> = (0..RUNS)
+        .map(|i| disk_probe(&downloads, i as u64))
+        .collect::<Result<_, _>>()?;
+    scratch::empty_dir(&downloads)?;
+    drop(scratch);
+
+    let figures = vec![
+        Figure::compared(
+            format!("T1 download {size_mib} MiB"),
+            "MB/s",
+            Stats::of(&ours),
+            Stats::of(&theirs),
+        )
+        .goal(Goal::RatioAtLeast(GOAL_RATIO))
+        .extra(format!(
+            "fetch() to wait(): received, BLAKE3-verified, synced to disk, renamed; \
+             baseline: plain loopback TCP copy, 256 KiB buffers, no hash, no sync; \
+             {RUNS} runs each, alternating"
+        )),
+        Figure::single(
+            format!("T1 context: disk synced write {DISK_PROBE_MIB} MiB"),
+            "MB/s",
+            Stats::of(&disk),
+        )
+        .extra(
+            "write + sync_data of a new file in the download directory: the rate the \
+             download's final sync_data is bound by",
+        ),
+    ];
+    Ok(Outcome {
+        figures,
+        notes: vec![format!(
+            "T1: the source file is in the page cache (written just before) for both \
+             p2pchat and the baseline: the figures measure the network path, hashing and \
+             the receiving disk, not reading the source from disk; the download \
+             directory is under {}",
+            std::env::temp_dir().display()
+        )],
+    })
+}
+
+/// One timed download; seconds from `fetch()` to `wait()` returning.
+fn download(client: &p2pcore::peer::Peer, from: &str, bytes: u64) -> Result<f64, String> {
+    let t = Instant::now();
+    let transfer = client
+        .fetch(from, FILE_NAME)
+        .map_err(|e| format!("fetch: {e}"))?;
+    let outcome = transfer.wait_timeout(RUN_LIMIT);
+    let secs = t.elapsed().as_secs_f64();
+    let path = match outcome {
+        Some(Ok(path)) => path,
+        Some(Err(e)) => return Err(format!("download failed: {e}")),
+        None => {
+            transfer.cancel();
+            let _ = transfer.wait_timeout(Duration::from_secs(10));
+            return Err(format!(
+                "download not done within {} s",
+                RUN_LIMIT.as_secs()
+            ));
+        }
+    };
+    let got = std::fs::metadata(&path)
+        .map_err(|e| format!("downloaded file {}: {e}", path.display()))?
+        .len();
+    if got != bytes {
+        return Err(format!("downloaded {got} bytes, expected {bytes}"));
+    }
+    Ok(secs)
+}
+
+/// The baseline: `source` copied over a loopback socket into `dest` by two threads.
+/// Seconds from the start (connect included) until `dest` is written and closed.
+fn plain_copy(source: &Path, dest: &Path, bytes: u64) -> Result<f64, String> {
+    let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("bind: {e}"))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let source = source.to_path_buf();
+    let t = Instant::now();
+    let sender = std::thread::Builder::new()
+        .name("t1-baseline-send".into())
+        .spawn(move || -> Result<(), String> {
+            let mut sock = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+                .map_err(|e| format!("connect: {e}"))?;
+            sock.set_write_timeout(Some(Duration::from_secs(30)))
+                .map_err(|e| e.to_string())?;
+            let mut file = File::open(&source).map_err(|e| format!("open source: {e}"))?;
+            let mut buf = vec![0u8; COPY_BUF];
+            loop {
+                let n = file.read(&mut buf).map_err(|e| format!("read: {e}"))?;
+                if n == 0 {
+                    return Ok(());
+                }
+                sock.write_all(&buf[..n])
+                    .map_err(|e| format!("send: {e}"))?;
+            }
+        })
+        .map_err(|e| format!("spawn: {e}"))?;
+    let received = (|| -> Result<u64, String> {
+        let (mut sock, _) = listener.accept().map_err(|e| format!("accept: {e}"))?;
+        sock.set_read_timeout(Some(Duration::from_secs(30)))
+            .map_err(|e| e.to_string())?;
+        let mut out = File::create_new(dest).map_err(|e| format!("create: {e}"))?;
+        let mut buf = vec![0u8; COPY_BUF];
+        let mut total = 0u64;
+        loop {
+            let n = sock.read(&mut buf).map_err(|e| format!("receive: {e}"))?;
+            if n == 0 {
+                break;
+            }
+            out.write_all(&buf[..n])
+                .map_err(|e| format!("write: {e}"))?;
+            total += n as u64;
+        }
+        drop(out);
+        Ok(total)
+    })();
+    let secs = t.elapsed().as_secs_f64();
+    let sent = sender
+        .join()
+        .map_err(|_| "baseline sender panicked".to_string())?;
+    let received = received?;
+    sent?;
+    if received != bytes {
+        return Err(format!(
+            "baseline copied {received} bytes, expected {bytes}"
+        ));
+    }
+    Ok(secs)
+}
+
+/// MB/s of writing a fresh file of [`DISK_PROBE_MIB`] and syncing its data.
+fn disk_probe(dir: &Path, run: u64) -> Result<f64, String> {
+    let path = dir.join(format!("disk-probe-{run}.bin"));
+    let bytes = DISK_PROBE_MIB * MIB;
+    let t = Instant::now();
+    scratch::write_noise_file(&path, bytes, 0xd15c + run, true)
+        .map_err(|e| format!("disk probe: {e}"))?;
+    let secs = t.elapsed().as_secs_f64();
+    std::fs::remove_file(&path).map_err(|e| format!("removing {}: {e}", path.display()))?;
+    Ok(mb_per_s(bytes, secs))
+}

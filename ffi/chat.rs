@@ -1,0 +1,274 @@
+//! `p2p_chat` and `p2p_chat_request`: opening, answering, using and ending chats
+//! from C.
+
+use crate::panic;
+use crate::peer::p2p_peer;
+use crate::status::{p2p_status, FfiError};
+use crate::strings::{arg_out, arg_ref, arg_str, owned, put};
+use p2pcore::peer::{Chat, ChatRequest};
+use parking_lot::Mutex;
+use std::ffi::c_char;
+
+/// Who ended a chat (passed to `p2p_chat_closed_cb`).
+#[repr(i32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum p2p_chat_closed_by {
+    /// This side: `p2p_chat_close()`, `p2p_chat_free()`, or the peer exiting.
+    P2P_CHAT_CLOSED_LOCAL = 0,
+    /// The other side said goodbye (or, for an original client, closed the connection).
+    P2P_CHAT_CLOSED_REMOTE = 1,
+    /// The connection failed or the other side broke the protocol.
+    P2P_CHAT_CLOSED_LOST = 2,
+}
+
+/// An open (or ended) chat. Opaque; made by `p2p_peer_chat()` or
+/// `p2p_chat_request_accept()`, freed by `p2p_chat_free()`. It may be used from any
+/// thread, also after its peer was freed (sending then fails with `P2P_CLOSED`).
+pub struct p2p_chat {
+    chat: Chat,
+}
+
+/// An incoming chat request, handed to the `p2p_chat_request_cb` callback. Opaque;
+/// owned by the application from the callback on, freed by `p2p_chat_request_free()`.
+pub struct p2p_chat_request {
+    from: String,
+    addr: String,
+    request: Mutex<Option<ChatRequest>>,
+}
+
+impl p2p_chat_request {
+    pub(crate) fn new(request: ChatRequest) -> p2p_chat_request {
+        p2p_chat_request {
+            from: request.from().to_string(),
+            addr: request.addr().to_string(),
+            request: Mutex::new(Some(request)),
+        }
+    }
+
+    fn take(&self) -> Result<ChatRequest, FfiError> {
+        self.request.lock().take().ok_or_else(|| {
+            FfiError::new(
+                p2p_status::P2P_INVALID_ARGUMENT,
+                format!("the chat request from {} was already answered", self.from),
+            )
+        })
+    }
+}
+
+fn new_chat(chat: Chat) -> *mut p2p_chat {
+    Box::into_raw(Box::new(p2p_chat { chat }))
+}
+
+/// Ask `user` for a chat. Blocks until they accept, decline, or do not answer within
+/// their chat-answer timeout (30 s by default). On success `*out` is the open chat,
+/// owned by the caller (free it with `p2p_chat_free()`); messages then arrive through
+/// the peer's `p2p_chat_message_cb`.
+///
+/// Errors: `P2P_NULL_ARGUMENT`, `P2P_INVALID_UTF8`, `P2P_INVALID_USERNAME`,
+/// `P2P_USER_NOT_FOUND`, `P2P_DECLINED` (declined or no answer in time), `P2P_BUSY`,
+/// `P2P_REFUSED`, `P2P_SHUTDOWN`, `P2P_IO`, `P2P_PROTOCOL`.
+#[no_mangle]
+pub unsafe extern "C" fn p2p_peer_chat(
+    peer: *const p2p_peer,
+    user: *const c_char,
+    out: *mut *mut p2p_chat,
+) -> p2p_status {
+    panic::status(|| {
+        let peer = arg_ref(peer, "peer")?;
+        let user = arg_str(user, "user")?;
+        let out = arg_out(out, "out")?;
+        let chat = peer.get()?.chat(user)?;
+        put(out, new_chat(chat));
+        Ok(())
+    })
+}
+
+/// Send one message: `text` is NUL-terminated UTF-8 (borrowed for the call), up to
+/// `p2p_max_chat_message_length()` bytes. Blocks at most 15 s if the other side does
+/// not read (the chat then ends with `P2P_TIMEOUT`).
+///
+/// Errors: `P2P_NULL_ARGUMENT`, `P2P_INVALID_UTF8`, `P2P_CLOSED` (the chat has ended,
+/// also after its peer exited), `P2P_TOO_LARGE`, `P2P_TIMEOUT`, `P2P_IO`.
+#[no_mangle]
+pub unsafe extern "C" fn p2p_chat_send(chat: *const p2p_chat, text: *const c_char) -> p2p_status {
+    panic::status(|| {
+        let chat = arg_ref(chat, "chat")?;
+        let text = arg_str(text, "text")?;
+        chat.chat.send(text)?;
+        Ok(())
+    })
+}
+
+/// As `p2p_chat_send()`, for a message of `len` bytes that need not be NUL-terminated
+/// (and may contain NUL bytes); it must be UTF-8. `text` may be NULL when `len` is 0.
+///
+/// Errors: as `p2p_chat_send()`.
+#[no_mangle]
+pub unsafe extern "C" fn p2p_chat_send_len(
+    chat: *const p2p_chat,
+    text: *const c_char,
+    len: usize,
+) -> p2p_status {
+    panic::status(|| {
+        let chat = arg_ref(chat, "chat")?;
+        let bytes: &[u8] = if len == 0 {
+            &[]
+        } else if text.is_null() {
+            return Err(FfiError::null("text"));
+        } else {
+            std::slice::from_raw_parts(text.cast(), len)
+        };
+        let text = std::str::from_utf8(bytes).map_err(|e| {
+            FfiError::new(
+                p2p_status::P2P_INVALID_UTF8,
+                format!("text is not valid UTF-8: {e}"),
+            )
+        })?;
+        chat.chat.send(text)?;
+        Ok(())
+    })
+}
+
+/// This chat's id: the `chat_id` its callbacks receive.
+///
+/// Errors: `P2P_NULL_ARGUMENT`.
+#[no_mangle]
+pub unsafe extern "C" fn p2p_chat_id(chat: *const p2p_chat, out: *mut u64) -> p2p_status {
+    panic::status(|| {
+        let chat = arg_ref(chat, "chat")?;
+        put(arg_out(out, "out")?, chat.chat.id());
+        Ok(())
+    })
+}
+
+/// The other side's username. On success `*out` is a new string; free it with
+/// `p2p_string_free()`.
+///
+/// Errors: `P2P_NULL_ARGUMENT`.
+#[no_mangle]
+pub unsafe extern "C" fn p2p_chat_peer_name(
+    chat: *const p2p_chat,
+    out: *mut *mut c_char,
+) -> p2p_status {
+    panic::status(|| {
+        let chat = arg_ref(chat, "chat")?;
+        put(arg_out(out, "out")?, owned(chat.chat.peer()));
+        Ok(())
+    })
+}
+
+/// Whether the chat has ended (closed by either side, lost, or its peer exited).
+///
+/// Errors: `P2P_NULL_ARGUMENT`.
+#[no_mangle]
+pub unsafe extern "C" fn p2p_chat_is_closed(chat: *const p2p_chat, out: *mut bool) -> p2p_status {
+    panic::status(|| {
+        let chat = arg_ref(chat, "chat")?;
+        put(arg_out(out, "out")?, chat.chat.is_closed());
+        Ok(())
+    })
+}
+
+/// End the chat; the other side is told. Idempotent: closing an ended chat succeeds.
+/// The peer's `p2p_chat_closed_cb` runs on this thread if this call ended the chat.
+///
+/// Errors: `P2P_NULL_ARGUMENT`.
+#[no_mangle]
+pub unsafe extern "C" fn p2p_chat_close(chat: *const p2p_chat) -> p2p_status {
+    panic::status(|| {
+        arg_ref(chat, "chat")?.chat.close();
+        Ok(())
+    })
+}
+
+/// Close the chat (as `p2p_chat_close()`) and free the handle. NULL is a no-op;
+/// freeing twice is undefined behaviour (the caller's bug).
+#[no_mangle]
+pub unsafe extern "C" fn p2p_chat_free(chat: *mut p2p_chat) {
+    panic::void(|| {
+        if !chat.is_null() {
+            let chat = Box::from_raw(chat);
+            chat.chat.close();
+        }
+    })
+}
+
+/// Who asks to chat. On success `*out` is a new string; free it with
+/// `p2p_string_free()`.
+///
+/// Errors: `P2P_NULL_ARGUMENT`.
+#[no_mangle]
+pub unsafe extern "C" fn p2p_chat_request_from(
+    request: *const p2p_chat_request,
+    out: *mut *mut c_char,
+) -> p2p_status {
+    panic::status(|| {
+        let request = arg_ref(request, "request")?;
+        put(arg_out(out, "out")?, owned(&request.from));
+        Ok(())
+    })
+}
+
+/// Where the request comes from, as `"ip:port"`. On success `*out` is a new string;
+/// free it with `p2p_string_free()`.
+///
+/// Errors: `P2P_NULL_ARGUMENT`.
+#[no_mangle]
+pub unsafe extern "C" fn p2p_chat_request_address(
+    request: *const p2p_chat_request,
+    out: *mut *mut c_char,
+) -> p2p_status {
+    panic::status(|| {
+        let request = arg_ref(request, "request")?;
+        put(arg_out(out, "out")?, owned(&request.addr));
+        Ok(())
+    })
+}
+
+/// Accept the request, from inside the `p2p_chat_request_cb` callback or later from any
+/// thread. On success `*out` is the open chat, owned by the caller (free it with
+/// `p2p_chat_free()`). The request handle must still be freed with
+/// `p2p_chat_request_free()`.
+///
+/// The chat is live before this returns: its first message may reach the message
+/// callback (on the chat's reader thread) before the caller has stored `*out`.
+///
+/// Errors: `P2P_NULL_ARGUMENT`, `P2P_INVALID_ARGUMENT` (already answered),
+/// `P2P_TIMEOUT` (the request expired, or the peer exited meanwhile), `P2P_SHUTDOWN`,
+/// `P2P_IO`.
+#[no_mangle]
+pub unsafe extern "C" fn p2p_chat_request_accept(
+    request: *const p2p_chat_request,
+    out: *mut *mut p2p_chat,
+) -> p2p_status {
+    panic::status(|| {
+        let request = arg_ref(request, "request")?;
+        let out = arg_out(out, "out")?;
+        let chat = request.take()?.accept()?;
+        put(out, new_chat(chat));
+        Ok(())
+    })
+}
+
+/// Decline the request; the asker is told. The request handle must still be freed with
+/// `p2p_chat_request_free()`.
+///
+/// Errors: `P2P_NULL_ARGUMENT`, `P2P_INVALID_ARGUMENT` (already answered).
+#[no_mangle]
+pub unsafe extern "C" fn p2p_chat_request_decline(request: *const p2p_chat_request) -> p2p_status {
+    panic::status(|| {
+        arg_ref(request, "request")?.take()?.decline();
+        Ok(())
+    })
+}
+
+/// Free a chat request; an unanswered one is declined. NULL is a no-op; freeing twice
+/// is undefined behaviour (the caller's bug).
+#[no_mangle]
+pub unsafe extern "C" fn p2p_chat_request_free(request: *mut p2p_chat_request) {
+    panic::void(|| {
+        if !request.is_null() {
+            drop(Box::from_raw(request));
+        }
+    })
+}

@@ -1,0 +1,838 @@
+//! `p2p_peer_config` and `p2p_peer`: configuring, connecting and querying a peer from
+//! C, and the peer's callbacks. Chats and downloads live in `chat.rs` and
+//! `transfer.rs`.
+
+use crate::chat::{p2p_chat_closed_by, p2p_chat_request};
+use crate::panic;
+use crate::status::{p2p_status, FfiError};
+use crate::strings::{
+    arg_out, arg_path, arg_ref, arg_str, c_path, c_string, owned, owned_path, p2p_string_list,
+    p2p_user_files_list, put,
+};
+use crate::userdata::UserData;
+use p2pcore::peer::{ChatClosedBy, Peer, PeerEvent};
+use parking_lot::Mutex;
+use std::ffi::{c_char, c_void};
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Someone asks to chat. Called on the library thread serving that connection.
+///
+/// `request` is a new handle owned by the callee from now on: answer it with
+/// `p2p_chat_request_accept()` or `p2p_chat_request_decline()` (in the callback or
+/// later, from any thread) and always release it with `p2p_chat_request_free()`
+/// (freeing an unanswered request declines it). A request nobody answers within the
+/// chat-answer timeout is declined by the library.
+pub type p2p_chat_request_cb =
+    Option<unsafe extern "C" fn(user_data: *mut c_void, request: *mut p2p_chat_request)>;
+
+/// A chat message arrived. Called on that chat's reader thread, in order.
+///
+/// `from` (the sender's username) and `text` (`text_len` bytes of UTF-8, followed by a
+/// NUL; the text itself may contain NUL bytes) are valid only during the call.
+pub type p2p_chat_message_cb = Option<
+    unsafe extern "C" fn(
+        user_data: *mut c_void,
+        chat_id: u64,
+        from: *const c_char,
+        text: *const c_char,
+        text_len: usize,
+    ),
+>;
+
+/// A chat ended; called once per chat, on whichever thread ended it (the chat's reader
+/// thread, or the thread calling `p2p_chat_close()`, `p2p_chat_send()`,
+/// `p2p_chat_free()` or `p2p_peer_exit()`).
+pub type p2p_chat_closed_cb =
+    Option<unsafe extern "C" fn(user_data: *mut c_void, chat_id: u64, by: p2p_chat_closed_by)>;
+
+/// Download progress: `received` of `total` bytes. Called on the download's thread.
+pub type p2p_transfer_progress_cb = Option<
+    unsafe extern "C" fn(user_data: *mut c_void, transfer_id: u64, received: u64, total: u64),
+>;
+
+/// A download finished and was verified; `path` (valid only during the call) is where
+/// the file is. Called on the download's thread, before `p2p_transfer_wait()` returns.
+pub type p2p_transfer_done_cb =
+    Option<unsafe extern "C" fn(user_data: *mut c_void, transfer_id: u64, path: *const c_char)>;
+
+/// A download failed (`P2P_CANCELLED` when cancelled); `message` is valid only during
+/// the call. Called on the download's thread, before `p2p_transfer_wait()` returns.
+pub type p2p_transfer_failed_cb = Option<
+    unsafe extern "C" fn(
+        user_data: *mut c_void,
+        transfer_id: u64,
+        status: p2p_status,
+        message: *const c_char,
+    ),
+>;
+
+/// What kind of background happening a `p2p_peer_event_cb` reports.
+#[repr(i32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum p2p_peer_event_kind {
+    /// A file in the share was left out (its name cannot be carried, or it leads out).
+    P2P_EVENT_SHARE_SKIPPED = 0,
+    /// The registry connection dropped; the peer is re-connecting.
+    P2P_EVENT_REGISTRY_LOST = 1,
+    /// The registry connection is back and the peer is registered again.
+    P2P_EVENT_REGISTRY_RESTORED = 2,
+    /// After a reconnect the registry refused to register this peer again.
+    P2P_EVENT_REGISTRATION_REFUSED = 3,
+    /// A file was served to another peer.
+    P2P_EVENT_SERVED = 4,
+    /// A request from another peer was refused.
+    P2P_EVENT_REQUEST_REFUSED = 5,
+    /// A chat request got no answer in time and was declined.
+    P2P_EVENT_CHAT_REQUEST_EXPIRED = 6,
+    /// A download started (possibly resuming a partial file).
+    P2P_EVENT_TRANSFER_STARTED = 7,
+}
+
+/// Something else happened in the background; `detail` is a one-line description for
+/// people (valid only during the call). Called on various library threads.
+pub type p2p_peer_event_cb = Option<
+    unsafe extern "C" fn(user_data: *mut c_void, kind: p2p_peer_event_kind, detail: *const c_char),
+>;
+
+/// The C callbacks of one peer and their shared user data.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Callbacks {
+    pub user_data: UserData,
+    pub chat_request: p2p_chat_request_cb,
+    pub chat_message: p2p_chat_message_cb,
+    pub chat_closed: p2p_chat_closed_cb,
+    pub progress: p2p_transfer_progress_cb,
+    pub done: p2p_transfer_done_cb,
+    pub failed: p2p_transfer_failed_cb,
+    pub event: p2p_peer_event_cb,
+}
+
+/// How to connect a peer. Opaque; made by `p2p_peer_config_new()`, adjusted with the
+/// `p2p_peer_config_set_*` and `p2p_peer_config_on_*` functions, used by
+/// `p2p_peer_connect()` (which copies it: the config may be freed or reused right
+/// after), freed by `p2p_peer_config_free()`.
+pub struct p2p_peer_config {
+    registry: String,
+    username: String,
+    shared_dir: PathBuf,
+    port: u16,
+    listen_ip: Option<IpAddr>,
+    download_dir: Option<PathBuf>,
+    chat_answer_timeout: Option<Duration>,
+    callbacks: Callbacks,
+}
+
+/// A connected peer. Opaque; made by `p2p_peer_connect()`, freed by `p2p_peer_free()`.
+pub struct p2p_peer {
+    /// `None` once exited. Calls clone the `Arc` and release the lock at once, so a
+    /// long call (a chat request) never blocks another thread's call.
+    peer: Mutex<Option<Arc<Peer>>>,
+}
+
+impl p2p_peer {
+    pub(crate) fn get(&self) -> Result<Arc<Peer>, FfiError> {
+        self.peer
+            .lock()
+            .clone()
+            .ok_or_else(|| FfiError::shutdown("peer"))
+    }
+
+    /// Take the peer out of the handle and stop it; false if it had already exited.
+    ///
+    /// Stopping closes every connection, so calls in progress on other threads (a
+    /// pending chat request included) return with an error at once; when this returns
+    /// every library thread of the peer is joined and no callback runs any more.
+    fn exit(&self) -> bool {
+        let Some(peer) = self.peer.lock().take() else {
+            return false;
+        };
+        peer.shutdown();
+        true
+    }
+}
+
+/// # Safety
+/// `config` is NULL or a live config handle.
+unsafe fn config_mut<'a>(
+    config: *mut p2p_peer_config,
+) -> Result<&'a mut p2p_peer_config, FfiError> {
+    config.as_mut().ok_or_else(|| FfiError::null("config"))
+}
+
+/// Make a peer configuration: register as `username` (1-64 bytes of UTF-8, no comma,
+/// colon or control characters) with the registry at `registry` (`"host:port"`),
+/// sharing the files of directory `shared_dir`.
+///
+/// Defaults: any free port, every interface, downloads saved into `shared_dir`, a 30 s
+/// chat-answer timeout, no callbacks (so every chat request is declined).
+///
+/// All strings are borrowed for the call; `shared_dir` is taken as bytes (need not be
+/// UTF-8). On success `*out` is a new config owned by the caller, to free with
+/// `p2p_peer_config_free()`. Nothing is checked against the network or the file system
+/// before `p2p_peer_connect()`.
+///
+/// Errors: `P2P_NULL_ARGUMENT`, `P2P_INVALID_UTF8`.
+#[no_mangle]
+pub unsafe extern "C" fn p2p_peer_config_new(
+    registry: *const c_char,
+    username: *const c_char,
+    shared_dir: *const c_char,
+    out: *mut *mut p2p_peer_config,
+) -> p2p_status {
+    panic::status(|| {
+        let registry = arg_str(registry, "registry")?;
+        let username = arg_str(username, "username")?;
+        let shared_dir = arg_path(shared_dir, "shared_dir")?;
+        let out = arg_out(out, "out")?;
+        let config = Box::new(p2p_peer_config {
+            registry: registry.to_string(),
+            username: username.to_string(),
+            shared_dir,
+            port: 0,
+            listen_ip: None,
+            download_dir: None,
+            chat_answer_timeout: None,
+            callbacks: Callbacks {
+                user_data: UserData(std::ptr::null_mut()),
+                chat_request: None,
+                chat_message: None,
+                chat_closed: None,
+                progress: None,
+                done: None,
+                failed: None,
+                event: None,
+            },
+        });
+        put(out, Box::into_raw(config));
+        Ok(())
+    })
+}
+
+/// Free a peer configuration. NULL is a no-op; peers connected with it are not
+/// affected.
+#[no_mangle]
+pub unsafe extern "C" fn p2p_peer_config_free(config: *mut p2p_peer_config) {
+    panic::void(|| {
+        if !config.is_null() {
+            drop(Box::from_raw(config));
+        }
+    })
+}
+
+/// Listen for other peers on `port` (0, the default, picks a free one; see
+/// `p2p_peer_listen_port()`).
+///
+/// Errors: `P2P_NULL_ARGUMENT`.
+#[no_mangle]
+pub unsafe extern "C" fn p2p_peer_config_set_port(
+    config: *mut p2p_peer_config,
+    port: u16,
+) -> p2p_status {
+    panic::status(|| {
+        config_mut(config)?.port = port;
+        Ok(())
+    })
+}
+
+/// Listen on this IP address only (e.g. `"127.0.0.1"`); NULL restores the default,
+/// every interface (`0.0.0.0`).
+///
+/// Errors: `P2P_NULL_ARGUMENT` (config), `P2P_INVALID_UTF8`, `P2P_INVALID_ARGUMENT`
+/// (not an IP address).
+#[no_mangle]
+pub unsafe extern "C" fn p2p_peer_config_set_listen_ip(
+    config: *mut p2p_peer_config,
+    ip: *const c_char,
+) -> p2p_status {
+    panic::status(|| {
+        let config = config_mut(config)?;
+        config.listen_ip = if ip.is_null() {
+            None
+        } else {
+            let text = arg_str(ip, "ip")?;
+            Some(text.parse().map_err(|_| {
+                FfiError::new(
+                    p2p_status::P2P_INVALID_ARGUMENT,
+                    format!("{text:?} is not an IP address"),
+                )
+            })?)
+        };
+        Ok(())
+    })
+}
+
+/// Save downloads into directory `dir` (bytes, borrowed for the call) instead of the
+/// shared directory; NULL restores the default. The directory must exist when
+/// `p2p_peer_connect()` runs.
+///
+/// Errors: `P2P_NULL_ARGUMENT` (config).
+#[no_mangle]
+pub unsafe extern "C" fn p2p_peer_config_set_download_dir(
+    config: *mut p2p_peer_config,
+    dir: *const c_char,
+) -> p2p_status {
+    panic::status(|| {
+        let config = config_mut(config)?;
+        config.download_dir = if dir.is_null() {
+            None
+        } else {
+            Some(arg_path(dir, "dir")?)
+        };
+        Ok(())
+    })
+}
+
+/// How long an incoming chat request waits for an answer before the library declines
+/// it, in milliseconds (default 30000).
+///
+/// Errors: `P2P_NULL_ARGUMENT`, `P2P_INVALID_ARGUMENT` (0).
+#[no_mangle]
+pub unsafe extern "C" fn p2p_peer_config_set_chat_answer_timeout_ms(
+    config: *mut p2p_peer_config,
+    timeout_ms: u64,
+) -> p2p_status {
+    panic::status(|| {
+        let config = config_mut(config)?;
+        if timeout_ms == 0 {
+            return Err(FfiError::new(
+                p2p_status::P2P_INVALID_ARGUMENT,
+                "the chat-answer timeout must be at least 1 ms",
+            ));
+        }
+        config.chat_answer_timeout = Some(Duration::from_millis(timeout_ms));
+        Ok(())
+    })
+}
+
+/// The pointer every callback of the peer receives as its first argument. The
+/// library never dereferences it; it must stay valid (and usable from library
+/// threads) until `p2p_peer_exit()` or `p2p_peer_free()` returns.
+///
+/// Errors: `P2P_NULL_ARGUMENT` (config; `user_data` may be NULL).
+#[no_mangle]
+pub unsafe extern "C" fn p2p_peer_config_set_user_data(
+    config: *mut p2p_peer_config,
+    user_data: *mut c_void,
+) -> p2p_status {
+    panic::status(|| {
+        config_mut(config)?.callbacks.user_data = UserData(user_data);
+        Ok(())
+    })
+}
+
+/// Call `callback` when someone asks to chat (see `p2p_chat_request_cb`). Without
+/// it every request is declined.
+///
+/// NULL unsets it. Errors: `P2P_NULL_ARGUMENT` (config).
+#[no_mangle]
+pub unsafe extern "C" fn p2p_peer_config_on_chat_request(
+    config: *mut p2p_peer_config,
+    callback: p2p_chat_request_cb,
+) -> p2p_status {
+    panic::status(|| {
+        config_mut(config)?.callbacks.chat_request = callback;
+        Ok(())
+    })
+}
+
+/// Call `callback` for every chat message received (see `p2p_chat_message_cb`).
+///
+/// NULL unsets it. Errors: `P2P_NULL_ARGUMENT` (config).
+#[no_mangle]
+pub unsafe extern "C" fn p2p_peer_config_on_chat_message(
+    config: *mut p2p_peer_config,
+    callback: p2p_chat_message_cb,
+) -> p2p_status {
+    panic::status(|| {
+        config_mut(config)?.callbacks.chat_message = callback;
+        Ok(())
+    })
+}
+
+/// Call `callback` when a chat ends (see `p2p_chat_closed_cb`).
+///
+/// NULL unsets it. Errors: `P2P_NULL_ARGUMENT` (config).
+#[no_mangle]
+pub unsafe extern "C" fn p2p_peer_config_on_chat_closed(
+    config: *mut p2p_peer_config,
+    callback: p2p_chat_closed_cb,
+) -> p2p_status {
+    panic::status(|| {
+        config_mut(config)?.callbacks.chat_closed = callback;
+        Ok(())
+    })
+}
+
+/// Call `callback` as a download progresses (see `p2p_transfer_progress_cb`).
+///
+/// NULL unsets it. Errors: `P2P_NULL_ARGUMENT` (config).
+#[no_mangle]
+pub unsafe extern "C" fn p2p_peer_config_on_transfer_progress(
+    config: *mut p2p_peer_config,
+    callback: p2p_transfer_progress_cb,
+) -> p2p_status {
+    panic::status(|| {
+        config_mut(config)?.callbacks.progress = callback;
+        Ok(())
+    })
+}
+
+/// Call `callback` when a download succeeds (see `p2p_transfer_done_cb`).
+///
+/// NULL unsets it. Errors: `P2P_NULL_ARGUMENT` (config).
+#[no_mangle]
+pub unsafe extern "C" fn p2p_peer_config_on_transfer_done(
+    config: *mut p2p_peer_config,
+    callback: p2p_transfer_done_cb,
+) -> p2p_status {
+    panic::status(|| {
+        config_mut(config)?.callbacks.done = callback;
+        Ok(())
+    })
+}
+
+/// Call `callback` when a download fails (see `p2p_transfer_failed_cb`).
+///
+/// NULL unsets it. Errors: `P2P_NULL_ARGUMENT` (config).
+#[no_mangle]
+pub unsafe extern "C" fn p2p_peer_config_on_transfer_failed(
+    config: *mut p2p_peer_config,
+    callback: p2p_transfer_failed_cb,
+) -> p2p_status {
+    panic::status(|| {
+        config_mut(config)?.callbacks.failed = callback;
+        Ok(())
+    })
+}
+
+/// Call `callback` for other background events (see `p2p_peer_event_cb`).
+///
+/// NULL unsets it. Errors: `P2P_NULL_ARGUMENT` (config).
+#[no_mangle]
+pub unsafe extern "C" fn p2p_peer_config_on_event(
+    config: *mut p2p_peer_config,
+    callback: p2p_peer_event_cb,
+) -> p2p_status {
+    panic::status(|| {
+        config_mut(config)?.callbacks.event = callback;
+        Ok(())
+    })
+}
+
+fn describe(event: &PeerEvent) -> (p2p_peer_event_kind, String) {
+    use p2p_peer_event_kind::*;
+    match event {
+        PeerEvent::ShareSkipped { name, reason } => (
+            P2P_EVENT_SHARE_SKIPPED,
+            format!("skipped {name:?}: {reason}"),
+        ),
+        PeerEvent::RegistryLost { detail } => (P2P_EVENT_REGISTRY_LOST, detail.clone()),
+        PeerEvent::RegistryRestored => (
+            P2P_EVENT_REGISTRY_RESTORED,
+            "registered with the registry again".into(),
+        ),
+        PeerEvent::RegistrationRefused { reason } => {
+            (P2P_EVENT_REGISTRATION_REFUSED, reason.clone())
+        }
+        PeerEvent::Served {
+            to,
+            file,
+            offset,
+            bytes,
+        } => (
+            P2P_EVENT_SERVED,
+            format!("sent {bytes} bytes of {file:?} from offset {offset} to {to}"),
+        ),
+        PeerEvent::RequestRefused {
+            from,
+            request,
+            reason,
+        } => (
+            P2P_EVENT_REQUEST_REFUSED,
+            format!("refused {request:?} from {from}: {reason}"),
+        ),
+        PeerEvent::ChatRequestExpired { from } => (
+            P2P_EVENT_CHAT_REQUEST_EXPIRED,
+            format!("the chat request from {from} expired"),
+        ),
+        PeerEvent::TransferStarted {
+            id,
+            from,
+            file,
+            size,
+            offset,
+        } => (
+            P2P_EVENT_TRANSFER_STARTED,
+            format!(
+                "download {id} of {file:?} ({size} bytes) from {from} started at offset {offset}"
+            ),
+        ),
+    }
+}
+
+impl p2p_peer_config {
+    fn connect(&self) -> Result<Peer, FfiError> {
+        let mut b = Peer::builder(&self.registry, &self.username, &self.shared_dir).port(self.port);
+        if let Some(ip) = self.listen_ip {
+            b = b.listen_ip(ip);
+        }
+        if let Some(dir) = &self.download_dir {
+            b = b.download_dir(dir);
+        }
+        if let Some(t) = self.chat_answer_timeout {
+            b = b.chat_answer_timeout(t);
+        }
+        let cbs = self.callbacks;
+        let ud = cbs.user_data;
+        if let Some(cb) = cbs.chat_request {
+            b = b.on_chat_request(move |req| {
+                let handle = Box::into_raw(Box::new(p2p_chat_request::new(req)));
+                // SAFETY: the caller's callback, called as documented; it owns `handle`.
+                panic::contain(|| unsafe { cb(ud.ptr(), handle) });
+            });
+        }
+        if let Some(cb) = cbs.chat_message {
+            b = b.on_chat_message(move |id, from, text| {
+                panic::contain(|| {
+                    let from = c_string(from);
+                    let mut bytes = Vec::with_capacity(text.len() + 1);
+                    bytes.extend_from_slice(text.as_bytes());
+                    bytes.push(0);
+                    // SAFETY: as documented for `p2p_chat_message_cb`.
+                    unsafe {
+                        cb(
+                            ud.ptr(),
+                            id,
+                            from.as_ptr(),
+                            bytes.as_ptr().cast(),
+                            text.len(),
+                        )
+                    }
+                })
+            });
+        }
+        if let Some(cb) = cbs.chat_closed {
+            b = b.on_chat_closed(move |id, by| {
+                let by = match by {
+                    ChatClosedBy::Local => p2p_chat_closed_by::P2P_CHAT_CLOSED_LOCAL,
+                    ChatClosedBy::Remote => p2p_chat_closed_by::P2P_CHAT_CLOSED_REMOTE,
+                    ChatClosedBy::Lost => p2p_chat_closed_by::P2P_CHAT_CLOSED_LOST,
+                };
+                // SAFETY: as documented for `p2p_chat_closed_cb`.
+                panic::contain(|| unsafe { cb(ud.ptr(), id, by) })
+            });
+        }
+        if let Some(cb) = cbs.progress {
+            b = b.on_transfer_progress(move |id, got, total| {
+                // SAFETY: as documented for `p2p_transfer_progress_cb`.
+                panic::contain(|| unsafe { cb(ud.ptr(), id, got, total) })
+            });
+        }
+        if let Some(cb) = cbs.done {
+            b = b.on_transfer_done(move |id, path| {
+                panic::contain(|| {
+                    let path = c_path(path);
+                    // SAFETY: as documented for `p2p_transfer_done_cb`.
+                    unsafe { cb(ud.ptr(), id, path.as_ptr()) }
+                })
+            });
+        }
+        if let Some(cb) = cbs.failed {
+            b = b.on_transfer_failed(move |id, err| {
+                panic::contain(|| {
+                    let e = FfiError::from(err);
+                    let message = c_string(&e.message);
+                    // SAFETY: as documented for `p2p_transfer_failed_cb`.
+                    unsafe { cb(ud.ptr(), id, e.status, message.as_ptr()) }
+                })
+            });
+        }
+        if let Some(cb) = cbs.event {
+            b = b.on_event(move |event| {
+                panic::contain(|| {
+                    let (kind, detail) = describe(event);
+                    let detail = c_string(&detail);
+                    // SAFETY: as documented for `p2p_peer_event_cb`.
+                    unsafe { cb(ud.ptr(), kind, detail.as_ptr()) }
+                })
+            });
+        }
+        Ok(b.connect()?)
+    }
+}
+
+/// Connect a peer as `config` says: check the username and directories, scan the
+/// share, start listening and register with the registry. Blocks until registered
+/// (registry round trips time out after 10 s).
+///
+/// `config` is only read (and may be freed right after). On success `*out` is the new
+/// peer, owned by the caller (free it with `p2p_peer_free()`); callbacks may run on
+/// library threads from now until `p2p_peer_exit()` / `p2p_peer_free()` returns.
+///
+/// Errors: `P2P_NULL_ARGUMENT`, `P2P_INVALID_USERNAME`, `P2P_NOT_A_DIRECTORY`,
+/// `P2P_PORT_UNAVAILABLE`, `P2P_USERNAME_TAKEN`, `P2P_IO` (registry unreachable),
+/// `P2P_TIMEOUT`, `P2P_REGISTRY`.
+#[no_mangle]
+pub unsafe extern "C" fn p2p_peer_connect(
+    config: *const p2p_peer_config,
+    out: *mut *mut p2p_peer,
+) -> p2p_status {
+    panic::status(|| {
+        let config = arg_ref(config, "config")?;
+        let out = arg_out(out, "out")?;
+        let peer = config.connect()?;
+        let handle = Box::new(p2p_peer {
+            peer: Mutex::new(Some(Arc::new(peer))),
+        });
+        put(out, Box::into_raw(handle));
+        Ok(())
+    })
+}
+
+/// Leave: unregister (`EXIT`), close every chat and connection, stop serving and join
+/// every library thread of the peer. Calls on this peer already in progress on other
+/// threads return promptly with an error (their connections are closed: a pending
+/// `p2p_peer_chat()` gets `P2P_DECLINED` or `P2P_IO`); calls starting meanwhile return
+/// `P2P_SHUTDOWN`. When it
+/// returns, no callback of this peer runs any more. The handle stays valid and must
+/// still be freed; other calls on it return `P2P_SHUTDOWN`. Chat and transfer handles
+/// stay valid: sending then fails with `P2P_CLOSED`, waiting returns the download's
+/// outcome.
+///
+/// Must not be called from inside one of this peer's callbacks.
+///
+/// Errors: `P2P_NULL_ARGUMENT`, `P2P_SHUTDOWN` (already exited).
+#[no_mangle]
+pub unsafe extern "C" fn p2p_peer_exit(peer: *mut p2p_peer) -> p2p_status {
+    panic::status(|| {
+        if arg_ref(peer, "peer")?.exit() {
+            Ok(())
+        } else {
+            Err(FfiError::shutdown("peer"))
+        }
+    })
+}
+
+/// Exit the peer (as `p2p_peer_exit()`) if it has not exited, and free the handle.
+///
+/// NULL is a no-op. Freeing twice is undefined behaviour (the caller's bug). Must not
+/// be called from inside one of this peer's callbacks, nor while another thread may
+/// still start a call on the same handle (calls already in progress end promptly, as
+/// with `p2p_peer_exit()`).
+#[no_mangle]
+pub unsafe extern "C" fn p2p_peer_free(peer: *mut p2p_peer) {
+    panic::void(|| {
+        if !peer.is_null() {
+            let peer = Box::from_raw(peer);
+            peer.exit();
+        }
+    })
+}
+
+/// This peer's username. On success `*out` is a new string; free it with
+/// `p2p_string_free()`.
+///
+/// Errors: `P2P_NULL_ARGUMENT`, `P2P_SHUTDOWN`.
+#[no_mangle]
+pub unsafe extern "C" fn p2p_peer_username(
+    peer: *const p2p_peer,
+    out: *mut *mut c_char,
+) -> p2p_status {
+    panic::status(|| {
+        let peer = arg_ref(peer, "peer")?.get()?;
+        put(arg_out(out, "out")?, owned(peer.username()));
+        Ok(())
+    })
+}
+
+/// The port this peer listens on for other peers.
+///
+/// Errors: `P2P_NULL_ARGUMENT`, `P2P_SHUTDOWN`.
+#[no_mangle]
+pub unsafe extern "C" fn p2p_peer_listen_port(peer: *const p2p_peer, out: *mut u16) -> p2p_status {
+    panic::status(|| {
+        let peer = arg_ref(peer, "peer")?.get()?;
+        put(arg_out(out, "out")?, peer.listen_addr().port());
+        Ok(())
+    })
+}
+
+/// The shared directory (canonical path). On success `*out` is a new string; free it
+/// with `p2p_string_free()`.
+///
+/// Errors: `P2P_NULL_ARGUMENT`, `P2P_SHUTDOWN`.
+#[no_mangle]
+pub unsafe extern "C" fn p2p_peer_shared_dir(
+    peer: *const p2p_peer,
+    out: *mut *mut c_char,
+) -> p2p_status {
+    panic::status(|| {
+        let peer = arg_ref(peer, "peer")?.get()?;
+        put(arg_out(out, "out")?, owned_path(peer.shared_dir()));
+        Ok(())
+    })
+}
+
+/// Where downloads are saved. On success `*out` is a new string; free it with
+/// `p2p_string_free()`.
+///
+/// Errors: `P2P_NULL_ARGUMENT`, `P2P_SHUTDOWN`.
+#[no_mangle]
+pub unsafe extern "C" fn p2p_peer_download_dir(
+    peer: *const p2p_peer,
+    out: *mut *mut c_char,
+) -> p2p_status {
+    panic::status(|| {
+        let peer = arg_ref(peer, "peer")?.get()?;
+        put(arg_out(out, "out")?, owned_path(peer.download_dir()));
+        Ok(())
+    })
+}
+
+/// The filenames this peer shares now (from its last scan; no network). On success
+/// `*out` is filled in; free it with `p2p_string_list_free()`.
+///
+/// Errors: `P2P_NULL_ARGUMENT`, `P2P_SHUTDOWN`.
+#[no_mangle]
+pub unsafe extern "C" fn p2p_peer_shared_files(
+    peer: *const p2p_peer,
+    out: *mut p2p_string_list,
+) -> p2p_status {
+    panic::status(|| {
+        let peer = arg_ref(peer, "peer")?.get()?;
+        put(
+            arg_out(out, "out")?,
+            p2p_string_list::from_strings(&peer.shared_files()),
+        );
+        Ok(())
+    })
+}
+
+/// The usernames online, sorted (asks the registry; blocks for one round trip). On
+/// success `*out` is filled in; free it with `p2p_string_list_free()`.
+///
+/// Errors: `P2P_NULL_ARGUMENT`, `P2P_SHUTDOWN`, `P2P_IO`, `P2P_TIMEOUT`,
+/// `P2P_REGISTRY`, `P2P_PROTOCOL`.
+#[no_mangle]
+pub unsafe extern "C" fn p2p_peer_users(
+    peer: *const p2p_peer,
+    out: *mut p2p_string_list,
+) -> p2p_status {
+    panic::status(|| {
+        let peer = arg_ref(peer, "peer")?.get()?;
+        let out = arg_out(out, "out")?;
+        let users = peer.users()?;
+        put(out, p2p_string_list::from_strings(&users));
+        Ok(())
+    })
+}
+
+/// Where `user` listens (asks the registry). On success `*ip_out` is a new string
+/// (`"127.0.0.1"`, free it with `p2p_string_free()`) and `*port_out` the port; on
+/// failure neither is touched.
+///
+/// Errors: `P2P_NULL_ARGUMENT`, `P2P_INVALID_UTF8`, `P2P_INVALID_USERNAME`,
+/// `P2P_USER_NOT_FOUND`, `P2P_SHUTDOWN`, `P2P_IO`, `P2P_TIMEOUT`, `P2P_PROTOCOL`.
+#[no_mangle]
+pub unsafe extern "C" fn p2p_peer_address(
+    peer: *const p2p_peer,
+    user: *const c_char,
+    ip_out: *mut *mut c_char,
+    port_out: *mut u16,
+) -> p2p_status {
+    panic::status(|| {
+        let peer = arg_ref(peer, "peer")?;
+        let user = arg_str(user, "user")?;
+        let ip_out = arg_out(ip_out, "ip_out")?;
+        let port_out = arg_out(port_out, "port_out")?;
+        let addr = peer.get()?.peer_addr(user)?;
+        put(ip_out, owned(&addr.ip().to_string()));
+        put(port_out, addr.port());
+        Ok(())
+    })
+}
+
+/// Every online user's shared files (asks the registry). On success `*out` is filled
+/// in: `out->len` entries of `{user, files}`; free it all with
+/// `p2p_user_files_list_free()`.
+///
+/// Errors: `P2P_NULL_ARGUMENT`, `P2P_SHUTDOWN`, `P2P_IO`, `P2P_TIMEOUT`,
+/// `P2P_REGISTRY`, `P2P_PROTOCOL`.
+#[no_mangle]
+pub unsafe extern "C" fn p2p_peer_all_files(
+    peer: *const p2p_peer,
+    out: *mut p2p_user_files_list,
+) -> p2p_status {
+    panic::status(|| {
+        let peer = arg_ref(peer, "peer")?.get()?;
+        let out = arg_out(out, "out")?;
+        let all = peer.all_files()?;
+        put(out, p2p_user_files_list::from_pairs(&all));
+        Ok(())
+    })
+}
+
+/// The files `user` shares (asks the registry). On success `*out` is filled in; free
+/// it with `p2p_string_list_free()`.
+///
+/// Errors: `P2P_NULL_ARGUMENT`, `P2P_INVALID_UTF8`, `P2P_INVALID_USERNAME`,
+/// `P2P_USER_NOT_FOUND`, `P2P_SHUTDOWN`, `P2P_IO`, `P2P_TIMEOUT`, `P2P_REGISTRY`.
+#[no_mangle]
+pub unsafe extern "C" fn p2p_peer_files_of(
+    peer: *const p2p_peer,
+    user: *const c_char,
+    out: *mut p2p_string_list,
+) -> p2p_status {
+    panic::status(|| {
+        let peer = arg_ref(peer, "peer")?;
+        let user = arg_str(user, "user")?;
+        let out = arg_out(out, "out")?;
+        let files = peer.get()?.files_of(user)?;
+        put(out, p2p_string_list::from_strings(&files));
+        Ok(())
+    })
+}
+
+/// Re-read the shared directory and tell the registry. On success, if `files_out` is
+/// not NULL, `*files_out` is the number of files now shared.
+///
+/// Errors: `P2P_NULL_ARGUMENT`, `P2P_SHUTDOWN`, `P2P_IO`, `P2P_NOT_A_DIRECTORY`,
+/// `P2P_TIMEOUT`, `P2P_REGISTRY`.
+#[no_mangle]
+pub unsafe extern "C" fn p2p_peer_rescan(
+    peer: *const p2p_peer,
+    files_out: *mut usize,
+) -> p2p_status {
+    panic::status(|| {
+        let peer = arg_ref(peer, "peer")?.get()?;
+        let report = peer.rescan()?;
+        if let Some(out) = files_out.as_mut() {
+            put(out, report.files);
+        }
+        Ok(())
+    })
+}
+
+/// Ask the registry at `registry` (`"host:port"`) whether `username` is free, without
+/// registering (opens and closes its own connection). On success `*out` is true when
+/// the name is free.
+///
+/// Errors: `P2P_NULL_ARGUMENT`, `P2P_INVALID_UTF8`, `P2P_INVALID_USERNAME`, `P2P_IO`,
+/// `P2P_TIMEOUT`.
+#[no_mangle]
+pub unsafe extern "C" fn p2p_username_available(
+    registry: *const c_char,
+    username: *const c_char,
+    out: *mut bool,
+) -> p2p_status {
+    panic::status(|| {
+        let registry = arg_str(registry, "registry")?;
+        let username = arg_str(username, "username")?;
+        let out = arg_out(out, "out")?;
+        put(out, p2pcore::peer::username_available(registry, username)?);
+        Ok(())
+    })
+}

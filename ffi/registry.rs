@@ -1,0 +1,307 @@
+//! `p2p_registry`: starting and stopping a registry server from C, and its event
+//! callback. Owns only the handle; the server itself is [`p2pcore::registry`].
+
+use crate::panic;
+use crate::status::{p2p_status, FfiError};
+use crate::strings::{arg_out, arg_ref, arg_str, c_string, owned, p2p_string_list, put};
+use crate::userdata::UserData;
+use p2pcore::registry::{Registry, RegistryEvent};
+use parking_lot::Mutex;
+use std::ffi::{c_char, c_void, CString};
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::thread::ThreadId;
+use std::time::UNIX_EPOCH;
+
+/// A running (or stopped) registry server. Opaque; made by `p2p_registry_start()`,
+/// freed by `p2p_registry_free()`.
+pub struct p2p_registry {
+    server: Mutex<Option<Registry>>,
+    local_addr: SocketAddr,
+    /// The server thread, learnt at its first callback, so stopping from inside a
+    /// callback (which would join the thread from itself) is refused, not attempted.
+    callback_thread: Arc<OnceLock<ThreadId>>,
+}
+
+/// What kind of thing a `p2p_registry_event` reports.
+#[repr(i32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum p2p_registry_event_kind {
+    /// A client connected (`source` is set).
+    P2P_REGISTRY_CONNECTED = 0,
+    /// A query was answered (`source`, `query`, `outcome`, `legacy`, `at_unix_ms`).
+    P2P_REGISTRY_QUERY = 1,
+    /// A client's connection closed (`source`; `usernames` are the names it held).
+    P2P_REGISTRY_DISCONNECTED = 2,
+    /// Legacy registrations whose lease ended (`usernames`).
+    P2P_REGISTRY_LEASE_EXPIRED = 3,
+}
+
+/// One thing the registry saw, passed to a `p2p_registry_event_cb`.
+///
+/// Everything it points to (the struct itself included) is valid only during the
+/// callback: copy what you need. Fields a kind does not use are NULL / 0 / false.
+#[repr(C)]
+#[derive(Debug)]
+pub struct p2p_registry_event {
+    /// Which event this is.
+    pub kind: p2p_registry_event_kind,
+    /// The client's address as `"ip:port"`, or NULL (`P2P_REGISTRY_LEASE_EXPIRED`).
+    pub source: *const c_char,
+    /// The query as received (cut to 200 bytes), or NULL.
+    pub query: *const c_char,
+    /// The first line of the answer (e.g. `"OK"`, `"ERR,User not found!"`), or NULL.
+    pub outcome: *const c_char,
+    /// Whether the query came in the original client's unterminated framing.
+    pub legacy: bool,
+    /// When the query was answered, in milliseconds since the Unix epoch (0 otherwise).
+    pub at_unix_ms: u64,
+    /// Usernames released (`P2P_REGISTRY_DISCONNECTED`, `P2P_REGISTRY_LEASE_EXPIRED`).
+    pub usernames: *const *const c_char,
+    /// How many `usernames` there are.
+    pub usernames_len: usize,
+}
+
+/// Called for every registry event, on the registry's own thread (one thread for
+/// the whole server). It must return quickly: every client waits while it runs.
+///
+/// `event` and every string in it are valid only during the call. Do not call
+/// `p2p_registry_free()` on this registry from inside it (`p2p_registry_stop()` there
+/// returns `P2P_INVALID_ARGUMENT`); every other function may be called.
+pub type p2p_registry_event_cb =
+    Option<unsafe extern "C" fn(user_data: *mut c_void, event: *const p2p_registry_event)>;
+
+fn deliver(
+    cb: unsafe extern "C" fn(*mut c_void, *const p2p_registry_event),
+    ud: UserData,
+    ev: &RegistryEvent,
+) {
+    let none = std::ptr::null();
+    let (kind, source, query, outcome, legacy, at, names): (_, _, _, _, _, _, &[String]) = match ev
+    {
+        RegistryEvent::Connected { source } => (
+            p2p_registry_event_kind::P2P_REGISTRY_CONNECTED,
+            Some(source.to_string()),
+            None,
+            None,
+            false,
+            0,
+            &[],
+        ),
+        RegistryEvent::Query {
+            at,
+            source,
+            query,
+            outcome,
+            legacy,
+        } => (
+            p2p_registry_event_kind::P2P_REGISTRY_QUERY,
+            Some(source.to_string()),
+            Some(c_string(query)),
+            Some(c_string(outcome)),
+            *legacy,
+            at.duration_since(UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            &[],
+        ),
+        RegistryEvent::Disconnected { source, released } => (
+            p2p_registry_event_kind::P2P_REGISTRY_DISCONNECTED,
+            Some(source.to_string()),
+            None,
+            None,
+            false,
+            0,
+            released.as_slice(),
+        ),
+        RegistryEvent::LeaseExpired { usernames } => (
+            p2p_registry_event_kind::P2P_REGISTRY_LEASE_EXPIRED,
+            None,
+            None,
+            None,
+            false,
+            0,
+            usernames.as_slice(),
+        ),
+    };
+    let source = source.map(|s| c_string(&s));
+    let names: Vec<CString> = names.iter().map(|n| c_string(n)).collect();
+    let name_ptrs: Vec<*const c_char> = names.iter().map(|n| n.as_ptr()).collect();
+    let event = p2p_registry_event {
+        kind,
+        source: source.as_ref().map_or(none, |s| s.as_ptr()),
+        query: query.as_ref().map_or(none, |s| s.as_ptr()),
+        outcome: outcome.as_ref().map_or(none, |s| s.as_ptr()),
+        legacy,
+        at_unix_ms: at,
+        usernames: if name_ptrs.is_empty() {
+            std::ptr::null()
+        } else {
+            name_ptrs.as_ptr()
+        },
+        usernames_len: name_ptrs.len(),
+    };
+    // SAFETY: the callback and user data are the caller's, called as documented.
+    unsafe { cb(ud.ptr(), &event) };
+}
+
+impl p2p_registry {
+    fn with<T>(&self, f: impl FnOnce(&Registry) -> T) -> Result<T, FfiError> {
+        match self.server.lock().as_ref() {
+            Some(r) => Ok(f(r)),
+            None => Err(FfiError::shutdown("registry")),
+        }
+    }
+}
+
+/// Start a registry server listening on `addr` (`"host:port"`; port 0 picks a free
+/// port, see `p2p_registry_port()`).
+///
+/// - `addr`: NUL-terminated UTF-8, borrowed for the call.
+/// - `on_event`: called for every event (see `p2p_registry_event_cb`), or NULL.
+/// - `user_data`: passed to `on_event` as is; must stay valid until
+///   `p2p_registry_stop()` or `p2p_registry_free()` returns.
+/// - `out`: on success receives the new handle, owned by the caller (free it with
+///   `p2p_registry_free()`); untouched on failure.
+///
+/// Errors: `P2P_NULL_ARGUMENT`, `P2P_INVALID_UTF8`, `P2P_IO` (cannot bind).
+#[no_mangle]
+pub unsafe extern "C" fn p2p_registry_start(
+    addr: *const c_char,
+    on_event: p2p_registry_event_cb,
+    user_data: *mut c_void,
+    out: *mut *mut p2p_registry,
+) -> p2p_status {
+    panic::status(|| {
+        let addr = arg_str(addr, "addr")?;
+        let out = arg_out(out, "out")?;
+        let mut builder = Registry::builder();
+        let callback_thread = Arc::new(OnceLock::new());
+        if let Some(cb) = on_event {
+            let ud = UserData(user_data);
+            let own = callback_thread.clone();
+            builder = builder.on_event(move |ev| {
+                own.get_or_init(|| std::thread::current().id());
+                panic::contain(|| deliver(cb, ud, ev))
+            });
+        }
+        let server = builder.bind(addr)?;
+        let handle = Box::new(p2p_registry {
+            local_addr: server.local_addr(),
+            server: Mutex::new(Some(server)),
+            callback_thread,
+        });
+        put(out, Box::into_raw(handle));
+        Ok(())
+    })
+}
+
+/// The port the registry listens on (the real one when started on port 0). Works
+/// after `p2p_registry_stop()` too.
+///
+/// Errors: `P2P_NULL_ARGUMENT`.
+#[no_mangle]
+pub unsafe extern "C" fn p2p_registry_port(
+    registry: *const p2p_registry,
+    out: *mut u16,
+) -> p2p_status {
+    panic::status(|| {
+        let registry = arg_ref(registry, "registry")?;
+        put(arg_out(out, "out")?, registry.local_addr.port());
+        Ok(())
+    })
+}
+
+/// The address the registry listens on, as `"ip:port"` (what peers pass as their
+/// registry address). On success `*out` is a new string the caller frees with
+/// `p2p_string_free()`.
+///
+/// Errors: `P2P_NULL_ARGUMENT`.
+#[no_mangle]
+pub unsafe extern "C" fn p2p_registry_address(
+    registry: *const p2p_registry,
+    out: *mut *mut c_char,
+) -> p2p_status {
+    panic::status(|| {
+        let registry = arg_ref(registry, "registry")?;
+        put(
+            arg_out(out, "out")?,
+            owned(&registry.local_addr.to_string()),
+        );
+        Ok(())
+    })
+}
+
+/// The usernames online now, sorted. On success `*out` is filled in; the caller frees
+/// it with `p2p_string_list_free()`.
+///
+/// Errors: `P2P_NULL_ARGUMENT`, `P2P_SHUTDOWN` (after `p2p_registry_stop()`).
+#[no_mangle]
+pub unsafe extern "C" fn p2p_registry_users(
+    registry: *const p2p_registry,
+    out: *mut p2p_string_list,
+) -> p2p_status {
+    panic::status(|| {
+        let registry = arg_ref(registry, "registry")?;
+        let out = arg_out(out, "out")?;
+        let users = registry.with(|r| r.users())?;
+        put(out, p2p_string_list::from_strings(&users));
+        Ok(())
+    })
+}
+
+/// How many users are online.
+///
+/// Errors: `P2P_NULL_ARGUMENT`, `P2P_SHUTDOWN` (after `p2p_registry_stop()`).
+#[no_mangle]
+pub unsafe extern "C" fn p2p_registry_user_count(
+    registry: *const p2p_registry,
+    out: *mut usize,
+) -> p2p_status {
+    panic::status(|| {
+        let registry = arg_ref(registry, "registry")?;
+        let out = arg_out(out, "out")?;
+        put(out, registry.with(|r| r.user_count())?);
+        Ok(())
+    })
+}
+
+/// Stop serving: close every connection and join the server thread. When it returns,
+/// the event callback is never called again. The handle stays valid (and must still be
+/// freed); other calls on it then return `P2P_SHUTDOWN`.
+///
+/// Errors: `P2P_NULL_ARGUMENT`, `P2P_SHUTDOWN` (already stopped),
+/// `P2P_INVALID_ARGUMENT` (called from the registry's own event callback, which would
+/// wait for itself: stop it from another thread).
+#[no_mangle]
+pub unsafe extern "C" fn p2p_registry_stop(registry: *mut p2p_registry) -> p2p_status {
+    panic::status(|| {
+        let registry = arg_ref(registry, "registry")?;
+        if registry.callback_thread.get() == Some(&std::thread::current().id()) {
+            return Err(FfiError::new(
+                p2p_status::P2P_INVALID_ARGUMENT,
+                "p2p_registry_stop cannot be called from the registry's own event callback",
+            ));
+        }
+        let server = registry.server.lock().take();
+        match server {
+            Some(s) => {
+                s.shutdown();
+                Ok(())
+            }
+            None => Err(FfiError::shutdown("registry")),
+        }
+    })
+}
+
+/// Stop the registry (as `p2p_registry_stop()`) if it still runs, and free the handle.
+///
+/// NULL is a no-op. Freeing twice is undefined behaviour (the caller's bug). Must not
+/// be called from the registry's own event callback.
+#[no_mangle]
+pub unsafe extern "C" fn p2p_registry_free(registry: *mut p2p_registry) {
+    panic::void(|| {
+        if !registry.is_null() {
+            drop(Box::from_raw(registry));
+        }
+    })
+}

@@ -1,0 +1,146 @@
+//! `p2p_transfer`: downloads started from C, their progress, waiting and cancelling.
+
+use crate::panic;
+use crate::peer::p2p_peer;
+use crate::status::p2p_status;
+use crate::strings::{arg_out, arg_ref, arg_str, owned_path, put};
+use p2pcore::peer::Transfer;
+use std::ffi::c_char;
+
+/// A download in progress or finished. Opaque; made by `p2p_peer_fetch()`, freed by
+/// `p2p_transfer_free()`. It may be used from any thread, also after its peer exited
+/// (the download then ends with `P2P_CANCELLED`).
+pub struct p2p_transfer {
+    transfer: Transfer,
+}
+
+/// Start downloading `file` from `user` in the background, into the peer's download
+/// directory (never overwriting: an existing file fails with `P2P_ALREADY_EXISTS`; a
+/// partial download left by a cancelled one is resumed). On success `*out` is the
+/// transfer, owned by the caller (free it with `p2p_transfer_free()`); progress, done
+/// and failed callbacks then run on the download's thread.
+///
+/// Errors (checked before starting): `P2P_NULL_ARGUMENT`, `P2P_INVALID_UTF8`,
+/// `P2P_INVALID_ARGUMENT` (a filename that is not a plain name), `P2P_ALREADY_EXISTS`,
+/// `P2P_INVALID_USERNAME`, `P2P_USER_NOT_FOUND`, `P2P_SHUTDOWN`, `P2P_IO`. Later
+/// failures (`P2P_FILE_NOT_FOUND`, `P2P_HASH_MISMATCH`...) come from
+/// `p2p_transfer_wait()` and the failed callback.
+#[no_mangle]
+pub unsafe extern "C" fn p2p_peer_fetch(
+    peer: *const p2p_peer,
+    user: *const c_char,
+    file: *const c_char,
+    out: *mut *mut p2p_transfer,
+) -> p2p_status {
+    panic::status(|| {
+        let peer = arg_ref(peer, "peer")?;
+        let user = arg_str(user, "user")?;
+        let file = arg_str(file, "file")?;
+        let out = arg_out(out, "out")?;
+        let transfer = peer.get()?.fetch(user, file)?;
+        put(out, Box::into_raw(Box::new(p2p_transfer { transfer })));
+        Ok(())
+    })
+}
+
+/// This download's id: the `transfer_id` its callbacks receive.
+///
+/// Errors: `P2P_NULL_ARGUMENT`.
+#[no_mangle]
+pub unsafe extern "C" fn p2p_transfer_id(
+    transfer: *const p2p_transfer,
+    out: *mut u64,
+) -> p2p_status {
+    panic::status(|| {
+        let transfer = arg_ref(transfer, "transfer")?;
+        put(arg_out(out, "out")?, transfer.transfer.id());
+        Ok(())
+    })
+}
+
+/// Bytes received so far and the file's total size (0 until the other peer answered).
+/// Either out-pointer may be NULL if not wanted.
+///
+/// Errors: `P2P_NULL_ARGUMENT` (transfer).
+#[no_mangle]
+pub unsafe extern "C" fn p2p_transfer_progress(
+    transfer: *const p2p_transfer,
+    received_out: *mut u64,
+    total_out: *mut u64,
+) -> p2p_status {
+    panic::status(|| {
+        let transfer = arg_ref(transfer, "transfer")?;
+        let (received, total) = transfer.transfer.progress();
+        if let Some(out) = received_out.as_mut() {
+            put(out, received);
+        }
+        if let Some(out) = total_out.as_mut() {
+            put(out, total);
+        }
+        Ok(())
+    })
+}
+
+/// Whether the download has ended, successfully or not (`p2p_transfer_wait()` then
+/// returns at once).
+///
+/// Errors: `P2P_NULL_ARGUMENT`.
+#[no_mangle]
+pub unsafe extern "C" fn p2p_transfer_is_finished(
+    transfer: *const p2p_transfer,
+    out: *mut bool,
+) -> p2p_status {
+    panic::status(|| {
+        let transfer = arg_ref(transfer, "transfer")?;
+        put(arg_out(out, "out")?, transfer.transfer.is_finished());
+        Ok(())
+    })
+}
+
+/// Block until the download ends and return its outcome: `P2P_OK` when the file was
+/// received and verified, else why it failed. On success, if `path_out` is not NULL,
+/// `*path_out` is a new string with the file's path (free it with `p2p_string_free()`).
+/// May be called any number of times, from any thread.
+///
+/// Errors: `P2P_NULL_ARGUMENT` (transfer), `P2P_CANCELLED` (cancelled, or the peer
+/// exited), `P2P_FILE_NOT_FOUND`, `P2P_HASH_MISMATCH`, `P2P_BUSY`, `P2P_REFUSED`,
+/// `P2P_ALREADY_EXISTS`, `P2P_TIMEOUT`, `P2P_IO`, `P2P_PROTOCOL`.
+#[no_mangle]
+pub unsafe extern "C" fn p2p_transfer_wait(
+    transfer: *const p2p_transfer,
+    path_out: *mut *mut c_char,
+) -> p2p_status {
+    panic::status(|| {
+        let transfer = arg_ref(transfer, "transfer")?;
+        let path = transfer.transfer.wait()?;
+        if let Some(out) = path_out.as_mut() {
+            put(out, owned_path(&path));
+        }
+        Ok(())
+    })
+}
+
+/// Stop the download (it then fails with `P2P_CANCELLED`). The partial file is kept,
+/// so a later `p2p_peer_fetch()` of the same file resumes it. Cancelling a finished
+/// download does nothing.
+///
+/// Errors: `P2P_NULL_ARGUMENT`.
+#[no_mangle]
+pub unsafe extern "C" fn p2p_transfer_cancel(transfer: *const p2p_transfer) -> p2p_status {
+    panic::status(|| {
+        arg_ref(transfer, "transfer")?.transfer.cancel();
+        Ok(())
+    })
+}
+
+/// Free the handle. The download itself is not cancelled: it goes on in the background
+/// (callbacks still run) until it ends or its peer exits. NULL is a no-op; freeing
+/// twice is undefined behaviour (the caller's bug).
+#[no_mangle]
+pub unsafe extern "C" fn p2p_transfer_free(transfer: *mut p2p_transfer) {
+    panic::void(|| {
+        if !transfer.is_null() {
+            drop(Box::from_raw(transfer));
+        }
+    })
+}
