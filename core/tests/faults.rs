@@ -2,6 +2,9 @@
 //! vanishes. Child processes are this test binary re-run with an `#[ignore]`d entry
 //! point and its settings in environment variables.
 
+mod common;
+
+use common::{pattern, wait_until};
 use p2pcore::peer::Peer;
 use p2pcore::registry::Registry;
 use p2pcore::ErrorCode;
@@ -87,27 +90,10 @@ fn child_runs_a_registry() {
     park();
 }
 
-fn pattern(len: usize) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
-        .collect()
-}
-
-fn wait_until(mut f: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + WAIT;
-    while Instant::now() < end {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    false
-}
-
 #[test]
 fn a_serving_peer_killed_mid_transfer_is_resumed_to_an_identical_file() {
     let r = Registry::bind("127.0.0.1:0").unwrap();
-    let content = pattern(256 * 1024 * 1024);
+    let content = pattern(256 * 1024 * 1024, 0);
     let share = TempDir::new().unwrap();
     std::fs::write(share.path().join("big.bin"), &content).unwrap();
     let env = [
@@ -121,7 +107,7 @@ fn a_serving_peer_killed_mid_transfer_is_resumed_to_an_identical_file() {
         .unwrap();
     let final_path = mine.path().join("big.bin");
     let t = bob.fetch("server", "big.bin").unwrap();
-    assert!(wait_until(|| t.progress().0 > 0 || t.is_finished()));
+    assert!(wait_until(WAIT, || t.progress().0 > 0 || t.is_finished()));
     server.kill();
     let first = t.wait();
     assert!(
@@ -130,7 +116,9 @@ fn a_serving_peer_killed_mid_transfer_is_resumed_to_an_identical_file() {
     );
     if first.is_err() {
         // Its session died with it: the registry forgot the server at once.
-        assert!(wait_until(|| !r.users().contains(&"server".to_string())));
+        assert!(wait_until(WAIT, || !r
+            .users()
+            .contains(&"server".to_string())));
         let (_server, _) = ChildProc::start("child_serves_a_share", &env);
         let t = bob.fetch("server", "big.bin").unwrap();
         let resumed_from = t.progress().0;
@@ -165,7 +153,7 @@ fn a_killed_registry_restarted_on_its_address_lists_every_peer_again() {
     let restarted = Instant::now();
     let r = Registry::bind(addr).unwrap();
     assert!(
-        wait_until(|| r.users() == vec!["p0", "p1", "p2"]),
+        wait_until(WAIT, || r.users() == vec!["p0", "p1", "p2"]),
         "listed again: {:?}",
         r.users()
     );
@@ -181,7 +169,7 @@ fn a_killed_registry_restarted_on_its_address_lists_every_peer_again() {
 fn a_requester_that_vanishes_mid_transfer_frees_the_serving_slot() {
     let r = Registry::bind("127.0.0.1:0").unwrap();
     let share = TempDir::new().unwrap();
-    std::fs::write(share.path().join("big.bin"), pattern(64 * 1024 * 1024)).unwrap();
+    std::fs::write(share.path().join("big.bin"), pattern(64 * 1024 * 1024, 0)).unwrap();
     let server = Peer::builder(&r.local_addr().to_string(), "server", share.path())
         .connect()
         .unwrap();
@@ -193,7 +181,7 @@ fn a_requester_that_vanishes_mid_transfer_frees_the_serving_slot() {
         drop(s); // gone mid-transfer
     }
     assert!(
-        wait_until(|| server.serving() == 0),
+        wait_until(WAIT, || server.serving() == 0),
         "slots freed: {}",
         server.serving()
     );
@@ -226,7 +214,7 @@ fn a_full_disk_fails_clearly_and_keeps_the_partial_file_for_resume() {
     let _unmount = Unmount(disk.path());
     let r = Registry::bind("127.0.0.1:0").unwrap();
     let share = TempDir::new().unwrap();
-    let content = pattern(4 * 1024 * 1024);
+    let content = pattern(4 * 1024 * 1024, 0);
     std::fs::write(share.path().join("big.bin"), &content).unwrap();
     let _server = Peer::builder(&r.local_addr().to_string(), "server", share.path())
         .connect()

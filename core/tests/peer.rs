@@ -1,6 +1,9 @@
 //! Peers and a registry in one process, over real loopback sockets and real temporary
 //! directories: joining, browsing, chats, downloads, resume, safety, legacy clients.
 
+mod common;
+
+use common::{pattern, wait_until};
 use crossbeam_channel::{unbounded, Receiver};
 use p2pcore::peer::{ChatClosedBy, ChatRequest, Peer, PeerBuilder, PeerEvent};
 use p2pcore::registry::Registry;
@@ -104,29 +107,6 @@ impl TestPeer {
     }
 }
 
-fn pattern(len: usize) -> Vec<u8> {
-    let mut x: u32 = 0x1234_5678;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x as u8
-        })
-        .collect()
-}
-
-fn wait_until(mut f: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + WAIT;
-    while Instant::now() < end {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    false
-}
-
 #[test]
 fn joining_validates_each_field_with_a_distinct_error() {
     let r = Registry::bind("127.0.0.1:0").unwrap();
@@ -209,7 +189,7 @@ fn registers_its_real_port_and_files_and_browses() {
         vec!["a.txt", "b c.txt", "new.txt"]
     );
     alice.peer.exit();
-    assert!(wait_until(|| r.users() == vec!["bob"]));
+    assert!(wait_until(WAIT, || r.users() == vec!["bob"]));
 }
 
 #[test]
@@ -289,7 +269,7 @@ fn declined_and_unanswered_chat_requests_fail_with_declined() {
 #[test]
 fn two_chats_at_once_and_a_pending_request_does_not_block_downloads() {
     let r = Registry::bind("127.0.0.1:0").unwrap();
-    let alice = join(r.local_addr(), "alice", &[("f.bin", &pattern(100_000))]);
+    let alice = join(r.local_addr(), "alice", &[("f.bin", &pattern(100_000, 0))]);
     let bob = join(r.local_addr(), "bob", &[]);
     let carol = join(r.local_addr(), "carol", &[]);
     std::thread::scope(|s| {
@@ -328,7 +308,7 @@ fn two_chats_at_once_and_a_pending_request_does_not_block_downloads() {
 
 fn fetch_and_compare(size: usize) {
     let r = Registry::bind("127.0.0.1:0").unwrap();
-    let content = pattern(size);
+    let content = pattern(size, 0);
     let alice = join(r.local_addr(), "alice", &[("data.bin", &content)]);
     let bob = join(r.local_addr(), "bob", &[]);
     let t = bob.peer.fetch("alice", "data.bin").unwrap();
@@ -338,9 +318,8 @@ fn fetch_and_compare(size: usize) {
     assert_eq!(t.progress(), (size as u64, size as u64));
     bob.expect("done hook", |s| *s == Seen::Done("data.bin".into()));
     // The download is shared in turn (re-INIT answered UP).
-    assert!(wait_until(
-        || alice.peer.files_of("bob").unwrap() == vec!["data.bin"]
-    ));
+    assert!(wait_until(WAIT, || alice.peer.files_of("bob").unwrap()
+        == vec!["data.bin"]));
     // Nothing else was left in the directory.
     let names: Vec<_> = std::fs::read_dir(bob.dir.path())
         .unwrap()
@@ -406,7 +385,7 @@ fn missing_file_and_unknown_user_fail_clearly() {
 #[test]
 fn a_cut_transfer_resumes_to_the_right_hash() {
     let r = Registry::bind("127.0.0.1:0").unwrap();
-    let content = pattern(64 * 1024 * 1024);
+    let content = pattern(64 * 1024 * 1024, 0);
     let alice_dir = TempDir::new().unwrap();
     std::fs::write(alice_dir.path().join("big.bin"), &content).unwrap();
     let (b, _, _) = builder(r.local_addr(), "alice", alice_dir.path());
@@ -414,7 +393,7 @@ fn a_cut_transfer_resumes_to_the_right_hash() {
     let bob = join(r.local_addr(), "bob", &[]);
     // Stop the serving peer once bob has some of the bytes.
     let t = bob.peer.fetch("alice", "big.bin").unwrap();
-    assert!(wait_until(|| t.progress().0 > 0 || t.is_finished()));
+    assert!(wait_until(WAIT, || t.progress().0 > 0 || t.is_finished()));
     alice.exit();
     let err = t.wait();
     if err.is_ok() {
@@ -453,7 +432,7 @@ fn a_cancelled_transfer_leaves_nothing_under_the_final_name() {
     let alice = join(
         r.local_addr(),
         "alice",
-        &[("big.bin", &pattern(32 * 1024 * 1024))],
+        &[("big.bin", &pattern(32 * 1024 * 1024, 0))],
     );
     let bob = join(r.local_addr(), "bob", &[]);
     let t = bob.peer.fetch("alice", "big.bin").unwrap();
@@ -500,7 +479,7 @@ fn fake_server(
 #[test]
 fn a_corrupted_byte_in_flight_is_caught_by_the_hash() {
     let r = Registry::bind("127.0.0.1:0").unwrap();
-    let content = pattern(10_000);
+    let content = pattern(10_000, 0);
     let mut corrupted = content.clone();
     corrupted[5000] ^= 1;
     let hash = blake3::hash(&content).to_hex().to_string();
@@ -526,7 +505,7 @@ fn a_corrupted_byte_in_flight_is_caught_by_the_hash() {
 #[test]
 fn a_peer_that_sends_less_than_announced_leaves_only_a_partial_file() {
     let r = Registry::bind("127.0.0.1:0").unwrap();
-    let content = pattern(10_000);
+    let content = pattern(10_000, 0);
     let hash = blake3::hash(&content).to_hex().to_string();
     let (_session, h) = fake_server(
         r.local_addr(),
@@ -599,7 +578,7 @@ fn every_traversal_attempt_is_refused_with_an_event() {
 #[test]
 fn legacy_file_request_gets_raw_bytes_and_errors_are_a_bare_close() {
     let r = Registry::bind("127.0.0.1:0").unwrap();
-    let content = pattern(300_000);
+    let content = pattern(300_000, 0);
     let alice = join(r.local_addr(), "alice", &[("doc.pdf", &content)]);
     let addr = alice.peer.listen_addr();
     assert!(raw_request(addr, b"FILE,doc.pdf") == content);
@@ -647,7 +626,7 @@ fn a_killed_registry_restarted_lists_the_peer_again_without_help() {
     });
     let r = Registry::bind(addr).unwrap();
     assert!(
-        wait_until(|| r.users() == vec!["alice"]),
+        wait_until(WAIT, || r.users() == vec!["alice"]),
         "re-registered within the wait"
     );
     alice.expect("restored", |s| {
@@ -674,7 +653,7 @@ fn exit_sends_exit_and_joins_everything_even_with_open_chats() {
     alice.expect("closed by remote", |s| {
         matches!(s, Seen::Closed(ChatClosedBy::Remote | ChatClosedBy::Lost))
     });
-    assert!(wait_until(|| r.users() == vec!["alice"]));
+    assert!(wait_until(WAIT, || r.users() == vec!["alice"]));
 }
 
 #[test]

@@ -1,6 +1,9 @@
 //! The registry, driven over real TCP connections: legacy one-shot clients, sessions,
 //! ownership, limits and hostile input.
 
+mod common;
+
+use common::wait_until;
 use p2pcore::registry::{Registry, RegistryConfig, RegistryEvent};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
@@ -93,17 +96,6 @@ fn start_with(config: RegistryConfig) -> Registry {
         .config(config)
         .bind("127.0.0.1:0")
         .unwrap()
-}
-
-fn wait_until(mut f: impl FnMut() -> bool, limit: Duration) -> bool {
-    let end = Instant::now() + limit;
-    while Instant::now() < end {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    f()
 }
 
 #[test]
@@ -259,10 +251,7 @@ fn session_registration_vanishes_when_its_process_is_killed() {
     child.wait().unwrap();
     let killed = Instant::now();
     let mut s = Session::connect(r.local_addr());
-    assert!(wait_until(
-        || s.ask("GET_U") == "OK",
-        Duration::from_secs(1)
-    ));
+    assert!(wait_until(Duration::from_secs(1), || s.ask("GET_U") == "OK"));
     assert!(killed.elapsed() < Duration::from_secs(1));
 }
 
@@ -272,7 +261,7 @@ fn session_registration_vanishes_when_the_connection_closes() {
     let mut s = Session::connect(r.local_addr());
     assert_eq!(s.ask("INIT,brief,7200"), "OK");
     drop(s);
-    assert!(wait_until(|| r.users().is_empty(), Duration::from_secs(1)));
+    assert!(wait_until(Duration::from_secs(1), || r.users().is_empty()));
 }
 
 #[test]
@@ -284,7 +273,7 @@ fn legacy_registration_lives_until_its_lease_ends() {
     assert_eq!(legacy(r.local_addr(), "INIT,old,/d,7300,"), "OK");
     std::thread::sleep(Duration::from_millis(100));
     assert_eq!(r.users(), vec!["old"], "connection closed, still listed");
-    assert!(wait_until(|| r.users().is_empty(), Duration::from_secs(3)));
+    assert!(wait_until(Duration::from_secs(3), || r.users().is_empty()));
 }
 
 #[test]
@@ -512,7 +501,7 @@ fn every_query_is_reported_to_the_hook() {
     let mut s = Session::connect(r.local_addr());
     assert_eq!(s.ask("INIT,hooked,7000"), "OK");
     drop(s);
-    assert!(wait_until(|| r.users().is_empty(), Duration::from_secs(1)));
+    assert!(wait_until(Duration::from_secs(1), || r.users().is_empty()));
     let events = seen.lock().unwrap().clone();
     let queries: Vec<(String, String, bool)> = events
         .iter()

@@ -5,6 +5,9 @@
 //! Ignored by default; `.ci/run` runs it for 60 s:
 //! `P2P_SOAK_SECS=60 cargo test -p p2pcore --release --test soak -- --ignored`.
 
+mod common;
+
+use common::pattern;
 use p2pcore::peer::Peer;
 use p2pcore::registry::Registry;
 use std::io::{BufRead, BufReader, Write};
@@ -29,12 +32,6 @@ fn raise_fd_limit() {
     }
 }
 
-fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
-        .collect()
-}
-
 #[test]
 #[ignore]
 fn soak() {
@@ -49,7 +46,7 @@ fn soak() {
     // Peers: two share files, two fetch and chat.
     let shares: Vec<TempDir> = (0..4).map(|_| TempDir::new().unwrap()).collect();
     let files: Vec<Vec<u8>> = (0..4)
-        .map(|i| pattern((1 << 20) + i * 4099, i as u8))
+        .map(|i| pattern((1 << 20) + i * 4099, i as u32))
         .collect();
     for (i, f) in files.iter().enumerate() {
         std::fs::write(shares[i % 2].path().join(format!("f{i}.bin")), f).unwrap();
