@@ -14,6 +14,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
 /// Buffer for copying file bytes (sending without sendfile, receiving, re-reading a
@@ -52,7 +53,6 @@ pub fn send_file(sock: &TcpStream, file: &File, offset: u64, len: u64) -> io::Re
 /// cannot sendfile between these two descriptors (the caller copies the rest).
 #[cfg(target_os = "linux")]
 fn sendfile_range(sock: &TcpStream, file: &File, pos: &mut u64, end: u64) -> io::Result<bool> {
-    use std::os::unix::io::AsRawFd;
     // Linux moves at most this much per call, whatever is asked.
     const MAX_CHUNK: u64 = 0x7fff_f000;
     while *pos < end {
@@ -85,7 +85,6 @@ fn sendfile_range(sock: &TcpStream, file: &File, pos: &mut u64, end: u64) -> io:
 /// write timeout, if any) until it can take more.
 #[cfg(target_os = "linux")]
 fn wait_writable(sock: &TcpStream, eagain: io::Error) -> io::Result<()> {
-    use std::os::unix::io::AsRawFd;
     let fd = sock.as_raw_fd();
     // SAFETY: F_GETFL on a descriptor we borrow; no memory is passed.
     let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
@@ -203,6 +202,16 @@ impl Receiver {
             .create(true)
             .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
             .open(&part_path)?;
+        // One download per name at a time: a second one appending to the same partial
+        // file would interleave bytes. The lock lives as long as `part` is open.
+        // SAFETY: flock on the descriptor `part` owns.
+        if unsafe { libc::flock(part.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            return Err(Error::Busy(format!(
+                "a download of {:?} into {}",
+                truncate(name, MAX_FILENAME_LEN),
+                dest_dir.display()
+            )));
+        }
         let meta = part.metadata()?;
         if !meta.is_file() {
             return Err(Error::Io(io::Error::other(format!(
@@ -218,6 +227,15 @@ impl Receiver {
             part,
             offset: meta.len(),
         })
+    }
+
+    /// Remove the partial file if nothing was ever written to it (the other side refused
+    /// or was unreachable), so a failed attempt leaves no trace; one with bytes stays
+    /// for a resume.
+    pub fn discard_if_empty(&self) {
+        if self.part.metadata().is_ok_and(|m| m.len() == 0) {
+            let _ = fs::remove_file(&self.part_path);
+        }
     }
 
     /// How many bytes are already here: the offset to request the file from.
@@ -429,6 +447,19 @@ mod tests {
 
     fn via_copy(sock: &TcpStream, file: &File, offset: u64, len: u64) -> io::Result<u64> {
         copy_range(sock, file, offset, offset + len).map(|()| len)
+    }
+
+    #[test]
+    fn a_second_download_of_the_same_name_is_busy_and_empty_partials_are_discarded() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = Receiver::prepare(dir.path(), "same.bin").unwrap();
+        let second = Receiver::prepare(dir.path(), "same.bin").unwrap_err();
+        assert_eq!(second.code(), crate::ErrorCode::Busy, "{second}");
+        first.discard_if_empty();
+        drop(first);
+        assert!(!partial_path(dir.path(), "same.bin").exists());
+        // Free again once the first is gone.
+        drop(Receiver::prepare(dir.path(), "same.bin").unwrap());
     }
 
     #[test]

@@ -117,8 +117,8 @@ pub(super) fn start(inner: &Arc<Inner>, from: &str, file: &str) -> Result<Transf
     if inner.stopping() {
         return Err(Error::Shutdown);
     }
-    let receiver = Receiver::prepare(&inner.download_dir, file)?;
     let addr = inner.peer_addr(from)?;
+    let receiver = Receiver::prepare(&inner.download_dir, file)?;
     let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(0);
     let shared = Arc::new(TransferShared {
         id: inner.next_id(),
@@ -188,7 +188,13 @@ fn download(
     // A second round only when the other side says our partial file is longer than
     // the file (it changed since): start over from 0.
     for attempt in 0..2 {
-        let (key, mut reader, answer) = ask(inner, t, addr, receiver.offset())?;
+        let (key, mut reader, answer) = match ask(inner, t, addr, receiver.offset()) {
+            Ok(asked) => asked,
+            Err(e) => {
+                receiver.discard_if_empty();
+                return Err(e);
+            }
+        };
         let result = match answer {
             PeerAnswer::File { size, hash } => {
                 t.total.store(size, Ordering::Relaxed);
@@ -227,6 +233,7 @@ fn download(
             PeerAnswer::ChatAccepted => Err(Error::protocol(addr, "chat answer to a file request")),
         };
         inner.forget_socket(key);
+        receiver.discard_if_empty();
         return result;
     }
     Err(Error::protocol(
