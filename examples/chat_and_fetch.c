@@ -125,9 +125,11 @@ static void on_chat_message(void *user_data, uint64_t chat_id, const char *from,
     pthread_mutex_unlock(&s->mu);
 }
 
-static void on_chat_closed(void *user_data, uint64_t chat_id, p2p_chat_closed_by by) {
+static void on_chat_closed(void *user_data, uint64_t chat_id, const char *peer,
+                           p2p_chat_closed_by by) {
     side *s = user_data;
     (void)chat_id;
+    printf("[%s] chat with %s ended\n", s->name, peer);
     pthread_mutex_lock(&s->mu);
     s->closed++;
     s->closed_by = by;

@@ -45,8 +45,16 @@ pub type p2p_chat_message_cb = Option<
 /// A chat ended; called once per chat, on whichever thread ended it (the chat's reader
 /// thread, or the thread calling `p2p_chat_close()`, `p2p_chat_send()`,
 /// `p2p_chat_free()` or `p2p_peer_exit()`).
-pub type p2p_chat_closed_cb =
-    Option<unsafe extern "C" fn(user_data: *mut c_void, chat_id: u64, by: p2p_chat_closed_by)>;
+///
+/// `peer` is the other side's username, valid only during the call.
+pub type p2p_chat_closed_cb = Option<
+    unsafe extern "C" fn(
+        user_data: *mut c_void,
+        chat_id: u64,
+        peer: *const c_char,
+        by: p2p_chat_closed_by,
+    ),
+>;
 
 /// Download progress: `received` of `total` bytes. Called on the download's thread.
 pub type p2p_transfer_progress_cb = Option<
@@ -515,14 +523,17 @@ impl p2p_peer_config {
             });
         }
         if let Some(cb) = cbs.chat_closed {
-            b = b.on_chat_closed(move |id, by| {
+            b = b.on_chat_closed(move |id, peer, by| {
                 let by = match by {
                     ChatClosedBy::Local => p2p_chat_closed_by::P2P_CHAT_CLOSED_LOCAL,
                     ChatClosedBy::Remote => p2p_chat_closed_by::P2P_CHAT_CLOSED_REMOTE,
                     ChatClosedBy::Lost => p2p_chat_closed_by::P2P_CHAT_CLOSED_LOST,
                 };
-                // SAFETY: as documented for `p2p_chat_closed_cb`.
-                panic::contain(|| unsafe { cb(ud.ptr(), id, by) })
+                panic::contain(|| {
+                    let peer = c_string(peer);
+                    // SAFETY: as documented for `p2p_chat_closed_cb`.
+                    unsafe { cb(ud.ptr(), id, peer.as_ptr(), by) }
+                })
             });
         }
         if let Some(cb) = cbs.progress {

@@ -440,8 +440,13 @@ typedef void (*p2p_chat_message_cb)(void *user_data,
  * A chat ended; called once per chat, on whichever thread ended it (the chat's reader
  * thread, or the thread calling `p2p_chat_close()`, `p2p_chat_send()`,
  * `p2p_chat_free()` or `p2p_peer_exit()`).
+ *
+ * `peer` is the other side's username, valid only during the call.
  */
-typedef void (*p2p_chat_closed_cb)(void *user_data, uint64_t chat_id, p2p_chat_closed_by by);
+typedef void (*p2p_chat_closed_cb)(void *user_data,
+                                   uint64_t chat_id,
+                                   const char *peer,
+                                   p2p_chat_closed_by by);
 
 /**
  * Download progress: `received` of `total` bytes. Called on the download's thread.

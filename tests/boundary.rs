@@ -129,7 +129,12 @@ unsafe extern "C" fn on_message(
     inbox.cv.notify_all();
 }
 
-unsafe extern "C" fn on_closed(ud: *mut c_void, _id: u64, by: p2p_chat_closed_by) {
+unsafe extern "C" fn on_closed(
+    ud: *mut c_void,
+    _id: u64,
+    _peer: *const std::ffi::c_char,
+    by: p2p_chat_closed_by,
+) {
     let inbox = &*(ud as *const Inbox);
     inbox.state.lock().unwrap().closed.push(by);
     inbox.cv.notify_all();

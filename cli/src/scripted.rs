@@ -54,7 +54,7 @@ fn builder(registry: &str, id: &Identity, dir: &Path) -> PeerBuilder {
 enum Heard {
     Request { from: String, accepted: bool },
     Message { from: String, text: String },
-    Closed(ChatClosedBy),
+    Closed(String, ChatClosedBy),
 }
 
 /// `p2pchat share`: online until SIGINT/SIGTERM.
@@ -75,8 +75,8 @@ pub fn share(args: &ShareArgs) -> Result<(), Failure> {
                 text: text.to_string(),
             });
         })
-        .on_chat_closed(move |_, by| {
-            let _ = t3.send(Heard::Closed(by));
+        .on_chat_closed(move |_, who, by| {
+            let _ = t3.send(Heard::Closed(who.to_string(), by));
         })
         .connect()?;
     println!(
@@ -92,7 +92,7 @@ pub fn share(args: &ShareArgs) -> Result<(), Failure> {
                     "chat request from {from}: {}",
                     if accepted { "accepted" } else { "declined" }
                 ),
-                Ok(Heard::Closed(by)) => eprintln!("a chat ended ({by:?})"),
+                Ok(Heard::Closed(who, by)) => eprintln!("the chat with {who} ended ({by:?})"),
                 Err(_) => break,
             },
             recv(signals) -> _ => break,

@@ -52,7 +52,7 @@ fn builder(
                 text: text.into(),
             });
         })
-        .on_chat_closed(move |_, by| {
+        .on_chat_closed(move |_, _, by| {
             let _ = t2.send(Seen::Closed(by));
         })
         .on_transfer_done(move |_, p| {

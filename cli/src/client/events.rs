@@ -40,7 +40,7 @@ pub fn wire(builder: PeerBuilder, tx: &Sender<Event>) -> PeerBuilder {
                 text: text.to_string(),
             });
         })
-        .on_chat_closed(move |chat, by| {
+        .on_chat_closed(move |chat, _, by| {
             let _ = t3.send(Event::ChatClosed { chat, by });
         })
         .on_event(move |e| {

@@ -64,7 +64,7 @@ impl ChatShared {
             inner.forget_socket(self.socket_key);
         }
         if let Some(h) = &self.hooks.chat_closed {
-            h(self.id, by);
+            h(self.id, &self.peer, by);
         }
     }
 }

@@ -72,13 +72,14 @@ type Hook<F> = Option<Arc<F>>;
 type MessageHook = dyn Fn(ChatId, &str, &str) + Send + Sync;
 type DoneHook = dyn Fn(TransferId, &Path) + Send + Sync;
 type FailedHook = dyn Fn(TransferId, &Error) + Send + Sync;
+type ClosedHook = dyn Fn(ChatId, &str, ChatClosedBy) + Send + Sync;
 
 /// The callbacks a peer calls. All are optional; all run on library threads.
 #[derive(Clone, Default)]
 pub(crate) struct Hooks {
     pub chat_request: Hook<dyn Fn(ChatRequest) + Send + Sync>,
     pub chat_message: Hook<MessageHook>,
-    pub chat_closed: Hook<dyn Fn(ChatId, ChatClosedBy) + Send + Sync>,
+    pub chat_closed: Hook<ClosedHook>,
     pub progress: Hook<dyn Fn(TransferId, u64, u64) + Send + Sync>,
     pub done: Hook<DoneHook>,
     pub failed: Hook<FailedHook>,
@@ -149,10 +150,11 @@ impl PeerBuilder {
         self
     }
 
-    /// A chat ended (called once per chat, whoever ended it).
+    /// A chat ended: `(chat, the other side's username, who ended it)`. Called once
+    /// per chat, whoever ended it.
     pub fn on_chat_closed(
         mut self,
-        f: impl Fn(ChatId, ChatClosedBy) + Send + Sync + 'static,
+        f: impl Fn(ChatId, &str, ChatClosedBy) + Send + Sync + 'static,
     ) -> Self {
         self.hooks.chat_closed = Some(Arc::new(f));
         self
