@@ -64,6 +64,37 @@ pub fn raise_nofile(want: u64) -> Result<NofileLimit, String> {
     })
 }
 
+/// CPU time (user + system, seconds) used so far by this process's threads whose name
+/// (`/proc/self/task/*/comm`, at most 15 bytes) satisfies `pick`, and how many there
+/// are. `None` when `/proc` cannot be read.
+pub fn threads_cpu(pick: &dyn Fn(&str) -> bool) -> Option<(f64, usize)> {
+    // SAFETY: sysconf has no memory effects.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let ticks = if ticks > 0 { ticks as f64 } else { 100.0 };
+    let mut secs = 0.0;
+    let mut found = 0;
+    for task in std::fs::read_dir("/proc/self/task").ok()? {
+        let dir = task.ok()?.path();
+        let Ok(comm) = std::fs::read_to_string(dir.join("comm")) else {
+            continue; // the thread ended meanwhile
+        };
+        if !pick(comm.trim_end()) {
+            continue;
+        }
+        let Ok(stat) = std::fs::read_to_string(dir.join("stat")) else {
+            continue;
+        };
+        // Fields after the parenthesised name: state is field 3, utime 14, stime 15.
+        let rest = &stat[stat.rfind(')')? + 1..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let utime: f64 = fields.get(11)?.parse().ok()?;
+        let stime: f64 = fields.get(12)?.parse().ok()?;
+        secs += (utime + stime) / ticks;
+        found += 1;
+    }
+    Some((secs, found))
+}
+
 /// One `kB` field of `/proc/self/status`, in bytes.
 fn status_field(status: &str, key: &str) -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with(key))?;
@@ -165,6 +196,26 @@ mod tests {
         assert_eq!(status_field(s, "VmRSS:"), Some(1024 * 1024));
         assert_eq!(status_field(s, "VmHWM:"), Some(2048 * 1024));
         assert_eq!(status_field(s, "VmSwap:"), None);
+    }
+
+    #[test]
+    fn finds_named_threads() {
+        // The thread names itself once it runs: wait until it does.
+        let (started_tx, started) = std::sync::mpsc::channel::<()>();
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let t = std::thread::Builder::new()
+            .name("bench-named-9".into())
+            .spawn(move || {
+                let _ = started_tx.send(());
+                let _ = rx.recv();
+            })
+            .unwrap();
+        started.recv().unwrap();
+        let (secs, n) = threads_cpu(&|name| name == "bench-named-9").unwrap();
+        assert_eq!(n, 1);
+        assert!(secs >= 0.0);
+        drop(tx);
+        t.join().unwrap();
     }
 
     #[test]

@@ -7,13 +7,20 @@
 //!
 //! - Round trip: 64 bytes A→B→A, one at a time; the figure is each run's p50 (and p99).
 //!   Baseline: raw TCP ping-pong of 64 bytes between two threads, `TCP_NODELAY`.
+//!   Context: the same raw ping-pong relayed through threads and channels the way
+//!   p2pchat's hooks make an application do it, which isolates p2pchat's own cost.
 //! - One-way rate: A sends 1 KiB messages as fast as `send` returns; timed until B's
 //!   hook has counted all of them. Baseline: one thread writing 1 KiB at a time on a
 //!   loopback socket, another reading `read_exact` 1 KiB chunks (`TCP_NODELAY` on
 //!   both, as p2pchat's chat sockets have).
+//! - The registry's CPU while idle: after the runs, with both peers registered and the
+//!   chat still open, windows of [`IDLE_WINDOW`] doing nothing; the CPU time of the registry's
+//!   event-loop threads (`p2p-registry-N`, from `/proc/self/task`) in that window. An
+//!   idle registry that uses CPU takes it from the peers on a small machine.
 
 use crate::report::{Figure, Goal, Stats};
 use crate::scratch::{self, TempDir};
+use crate::sys;
 use crate::{progress, Options, Outcome};
 use p2pcore::peer::Chat;
 use std::io::{Read, Write};
@@ -36,6 +43,10 @@ const GOAL_RATE: f64 = 100_000.0;
 const STEP_LIMIT: Duration = Duration::from_secs(5);
 /// A whole one-way run longer than this failed.
 const RATE_LIMIT: Duration = Duration::from_secs(60);
+/// Goal: the idle registry uses less than this share of one core (percent).
+const GOAL_REGISTRY_CPU: f64 = 5.0;
+/// How long the idle registry is watched, per window.
+const IDLE_WINDOW: Duration = Duration::from_secs(1);
 
 pub fn run(opts: &Options) -> Result<Outcome, String> {
     let round_trips = if opts.quick { 500 } else { 2_000 };
@@ -47,22 +58,26 @@ pub fn run(opts: &Options) -> Result<Outcome, String> {
 
     let mut rtt = Vec::new();
     let mut rtt_base = Vec::new();
+    let mut rtt_relayed = Vec::new();
     let mut rate = Vec::new();
     let mut rate_base = Vec::new();
     let result = (|| -> Result<(), String> {
         for run in 1..=RUNS {
             let ours = pair.round_trips(round_trips)?;
             let base = raw_ping_pong(round_trips)?;
+            let relayed = relayed_ping_pong(round_trips)?;
             progress(&format!(
                 "T4 run {run}/{RUNS} round trip: p2pchat p50 {:.1} us p99 {:.1} us, \
-                 baseline p50 {:.1} us p99 {:.1} us",
+                 baseline p50 {:.1} us p99 {:.1} us, relayed baseline p50 {:.1} us",
                 pct(&ours, 50.0),
                 pct(&ours, 99.0),
                 pct(&base, 50.0),
-                pct(&base, 99.0)
+                pct(&base, 99.0),
+                pct(&relayed, 50.0)
             ));
             rtt.push(ours);
             rtt_base.push(base);
+            rtt_relayed.push(relayed);
         }
         for run in 1..=RUNS {
             let ours = messages as f64 / pair.one_way(messages)?;
@@ -75,6 +90,14 @@ pub fn run(opts: &Options) -> Result<Outcome, String> {
         }
         Ok(())
     })();
+    // Windows of idleness, after the runs: the registry has been up for seconds by now.
+    let registry_cpu: Option<Vec<(f64, usize)>> = if result.is_ok() {
+        (0..RUNS)
+            .map(|_| idle_cpu(&is_registry_loop, IDLE_WINDOW))
+            .collect()
+    } else {
+        None
+    };
     pair.close();
     registry.shutdown();
     drop(scratch);
@@ -82,7 +105,8 @@ pub fn run(opts: &Options) -> Result<Outcome, String> {
 
     let pcts =
         |runs: &[Vec<f64>], p: f64| Stats::of(&runs.iter().map(|r| pct(r, p)).collect::<Vec<_>>());
-    let figures = vec![
+    let mut notes = Vec::new();
+    let mut figures = vec![
         Figure::compared(
             "T4 chat round trip p50",
             "us",
@@ -102,6 +126,17 @@ pub fn run(opts: &Options) -> Result<Outcome, String> {
             pcts(&rtt_base, 99.0),
         ),
         Figure::compared(
+            "T4 context: round trip p50 vs relayed TCP",
+            "us",
+            pcts(&rtt, 50.0),
+            pcts(&rtt_relayed, 50.0),
+        )
+        .extra(
+            "no goal: the raw ping-pong with the threads the hooks imply: a reader thread \
+             per side handing each message over a channel, to the echo thread on B and the \
+             waiting thread on A; this ratio is p2pchat's own cost (framing, hooks, locks)",
+        ),
+        Figure::compared(
             "T4 chat one-way rate",
             "msg/s",
             Stats::of(&rate),
@@ -113,10 +148,45 @@ pub fn run(opts: &Options) -> Result<Outcome, String> {
              baseline: raw stream of {BULK}-byte writes, read_exact {BULK}-byte chunks"
         )),
     ];
-    Ok(Outcome {
-        figures,
-        notes: Vec::new(),
-    })
+    match registry_cpu {
+        Some(windows) => figures.push(
+            Figure::single(
+                "T4 registry CPU while idle",
+                "% core",
+                Stats::of(&windows.iter().map(|w| w.0).collect::<Vec<_>>()),
+            )
+            .goal(Goal::Below(GOAL_REGISTRY_CPU))
+            .extra(format!(
+                "user + system time of the registry's {} event-loop threads in {RUNS} windows \
+                 of {} s with 2 peers registered, a chat open and nothing asked; percent of \
+                 one core",
+                windows.first().map_or(0, |w| w.1),
+                IDLE_WINDOW.as_secs()
+            )),
+        ),
+        None => notes.push(
+            "T4: the registry's threads (p2p-registry-N) were not found in /proc/self/task; \
+             its CPU use is not reported"
+                .to_string(),
+        ),
+    }
+    Ok(Outcome { figures, notes })
+}
+
+/// Percent of one core the threads `pick` selects use over `window` (and how many
+/// there are); `None` if there are none or `/proc` cannot be read.
+fn idle_cpu(pick: &dyn Fn(&str) -> bool, window: Duration) -> Option<(f64, usize)> {
+    let (before, _) = sys::threads_cpu(pick)?;
+    let t = Instant::now();
+    std::thread::sleep(window);
+    let (after, n) = sys::threads_cpu(pick)?;
+    (n > 0).then(|| ((after - before) / t.elapsed().as_secs_f64() * 100.0, n))
+}
+
+/// A registry event-loop thread (`p2p-registry-0`, …; not a peer's `p2p-registry-keeper`).
+fn is_registry_loop(name: &str) -> bool {
+    name.strip_prefix("p2p-registry-")
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// The `p`th percentile of `samples` (µs), nearest rank.
@@ -318,6 +388,78 @@ fn raw_ping_pong(n: usize) -> Result<Vec<f64>, String> {
     })();
     drop(client);
     let _ = echo.join();
+    result
+}
+
+/// Context for the round trip: the raw ping-pong, but every message crosses threads
+/// as it does through p2pchat's hooks: on each side a reader thread hands what it reads
+/// over a channel, to an echo thread on the server side (which writes it back) and to
+/// the timing thread on the client side. Each round trip in µs, after the warm-up.
+fn relayed_ping_pong(n: usize) -> Result<Vec<f64>, String> {
+    let (mut client, server) = socket_pair()?;
+    let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
+        std::thread::Builder::new()
+            .name(name.into())
+            .spawn(f)
+            .map_err(|e| format!("spawn: {e}"))
+    };
+    /// Read `PING`-byte messages from `sock` and pass them on until the end of stream.
+    fn relay(mut sock: TcpStream, to: mpsc::Sender<[u8; PING]>) {
+        let mut buf = [0u8; PING];
+        while sock.read_exact(&mut buf).is_ok() {
+            if to.send(buf).is_err() {
+                return;
+            }
+        }
+    }
+    let (echo_tx, echo_rx) = mpsc::channel::<[u8; PING]>();
+    let (back_tx, back_rx) = mpsc::channel::<[u8; PING]>();
+    let clone = |s: &TcpStream| s.try_clone().map_err(|e| format!("clone: {e}"));
+    let (server_read, mut server_write, client_read) =
+        (clone(&server)?, clone(&server)?, clone(&client)?);
+    drop(server);
+    let threads = [
+        spawn(
+            "t4-relay-b-read",
+            Box::new(move || relay(server_read, echo_tx)),
+        )?,
+        spawn(
+            "t4-relay-b-echo",
+            Box::new(move || {
+                while let Ok(msg) = echo_rx.recv() {
+                    if server_write.write_all(&msg).is_err() {
+                        return;
+                    }
+                }
+            }),
+        )?,
+        spawn(
+            "t4-relay-a-read",
+            Box::new(move || relay(client_read, back_tx)),
+        )?,
+    ];
+    let result = (|| {
+        let msg = [b'p'; PING];
+        let mut out = Vec::with_capacity(n);
+        for i in 0..WARMUP + n {
+            let t = Instant::now();
+            client.write_all(&msg).map_err(|e| format!("send: {e}"))?;
+            back_rx
+                .recv_timeout(STEP_LIMIT)
+                .map_err(|_| format!("no echo within {} s", STEP_LIMIT.as_secs()))?;
+            if i >= WARMUP {
+                out.push(t.elapsed().as_secs_f64() * 1e6);
+            }
+        }
+        Ok(out)
+    })();
+    // Both directions end: every reader sees the end of stream, the echo thread its
+    // channel close.
+    let _ = client.shutdown(std::net::Shutdown::Both);
+    drop(client);
+    for t in threads {
+        let _ = t.join();
+    }
     result
 }
 

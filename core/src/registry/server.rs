@@ -163,11 +163,15 @@ impl Server {
             }
             let now = Instant::now();
             self.fire_timers(now);
-            if now >= next_sweep && self.listener.is_some() {
+            if now >= next_sweep {
+                // Every loop moves its clock on (else its poll timeout stays 0 and it
+                // spins); only loop 0, the accepting one, sweeps the shared leases.
                 next_sweep = now + SWEEP_EVERY;
-                let expired = self.shared.directory.expire_leases(now);
-                if !expired.is_empty() {
-                    self.emit(|| RegistryEvent::LeaseExpired { usernames: expired });
+                if self.listener.is_some() {
+                    let expired = self.shared.directory.expire_leases(now);
+                    if !expired.is_empty() {
+                        self.emit(|| RegistryEvent::LeaseExpired { usernames: expired });
+                    }
                 }
             }
         }
