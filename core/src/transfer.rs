@@ -21,6 +21,23 @@ use std::path::{Path, PathBuf};
 /// partial file to resume its hash).
 const COPY_BUF: usize = 256 * 1024;
 
+/// Ask the kernel to start writing `len` bytes at `offset` of `file` to disk, without
+/// waiting (Linux `sync_file_range`); elsewhere a no-op.
+fn start_writeback(file: &File, offset: u64, len: u64) {
+    #[cfg(target_os = "linux")]
+    // SAFETY: a plain syscall on a descriptor `file` owns; no memory is passed.
+    unsafe {
+        libc::sync_file_range(
+            file.as_raw_fd(),
+            offset as libc::off64_t,
+            len as libc::off64_t,
+            libc::SYNC_FILE_RANGE_WRITE,
+        );
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (file, offset, len);
+}
+
 /// Suffix of a partial download's name (after a leading '.', so it is hidden and never
 /// shared).
 const PART_SUFFIX: &str = ".p2pchat-part";
@@ -271,7 +288,7 @@ impl Receiver {
     /// - [`Error::HashMismatch`] (deleted: its content is wrong somewhere);
     /// - [`Error::AlreadyExists`] if the final name appeared meanwhile (kept).
     pub fn receive(
-        mut self,
+        self,
         src: &mut impl Read,
         size: u64,
         expected_hash: &str,
@@ -294,29 +311,8 @@ impl Receiver {
         })?;
 
         let mut buf = vec![0u8; COPY_BUF];
-        let mut hasher = self.hash_partial(&mut buf)?;
-        let mut received = self.offset;
-        while received < size {
-            let want = (size - received).min(COPY_BUF as u64) as usize;
-            let n = match src.read(&mut buf[..want]) {
-                Ok(0) => return Err(Error::Closed),
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if is_timeout(&e) => {
-                    return Err(Error::Timeout(format!(
-                        "no data from the sender of {:?}",
-                        self.name
-                    )))
-                }
-                Err(e) => return Err(Error::Io(e)),
-            };
-            hasher.update(&buf[..n]);
-            self.part.write_all(&buf[..n])?;
-            received += n as u64;
-            if !progress(received) {
-                return Err(Error::Cancelled);
-            }
-        }
+        let hasher = self.hash_partial(&mut buf)?;
+        let hasher = self.pipe(src, size, hasher, buf, progress)?;
 
         let actual = hasher.finalize();
         // blake3::Hash compares in constant time; not needed here, but free.
@@ -335,6 +331,96 @@ impl Receiver {
         self.part.sync_data()?;
         self.place()?;
         Ok(self.final_path)
+    }
+
+    /// Move bytes `offset..size` from `src` into the partial file, hashing them.
+    ///
+    /// Two stages: this thread copies out of the socket while a scoped worker hashes
+    /// and writes the previous chunk, so the two copies and the hash overlap on
+    /// separate cores. Buffers circulate between them (`SLOTS` of them, so memory stays
+    /// bounded whatever the file size). Every `WRITEBACK_EVERY` bytes the worker asks
+    /// the kernel to start writing them to disk, so the final `sync_data` has little
+    /// left to wait for.
+    fn pipe(
+        &self,
+        src: &mut impl Read,
+        size: u64,
+        mut hasher: blake3::Hasher,
+        first: Vec<u8>,
+        progress: &mut dyn FnMut(u64) -> bool,
+    ) -> Result<blake3::Hasher> {
+        const SLOTS: usize = 4;
+        const WRITEBACK_EVERY: u64 = 32 * 1024 * 1024;
+        let (full_tx, full_rx) = crossbeam_channel::bounded::<(Vec<u8>, usize)>(SLOTS);
+        let (empty_tx, empty_rx) = crossbeam_channel::bounded::<Vec<u8>>(SLOTS);
+        let _ = empty_tx.send(first);
+        for _ in 1..SLOTS {
+            let _ = empty_tx.send(vec![0u8; COPY_BUF]);
+        }
+        let part = &self.part;
+        let start = self.offset;
+        std::thread::scope(|scope| {
+            let worker = std::thread::Builder::new()
+                .name("p2p-receive-write".into())
+                .spawn_scoped(scope, move || -> io::Result<blake3::Hasher> {
+                    let mut written = start;
+                    let mut flushed = start;
+                    for (buf, n) in full_rx {
+                        hasher.update(&buf[..n]);
+                        let mut w = part;
+                        w.write_all(&buf[..n])?;
+                        written += n as u64;
+                        if written - flushed >= WRITEBACK_EVERY {
+                            start_writeback(part, flushed, written - flushed);
+                            flushed = written;
+                        }
+                        // The reader may have stopped; then nobody needs the buffer.
+                        let _ = empty_tx.send(buf);
+                    }
+                    Ok(hasher)
+                })?;
+            let read = (|| -> Result<()> {
+                let mut received = start;
+                while received < size {
+                    // No buffer back means the worker stopped on a write error.
+                    let Ok(mut buf) = empty_rx.recv() else {
+                        return Ok(());
+                    };
+                    let want = (size - received).min(COPY_BUF as u64) as usize;
+                    let n = match src.read(&mut buf[..want]) {
+                        Ok(0) => return Err(Error::Closed),
+                        Ok(n) => n,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                            let _ = full_tx.send((buf, 0));
+                            continue;
+                        }
+                        Err(e) if is_timeout(&e) => {
+                            return Err(Error::Timeout(format!(
+                                "no data from the sender of {:?}",
+                                self.name
+                            )))
+                        }
+                        Err(e) => return Err(Error::Io(e)),
+                    };
+                    if full_tx.send((buf, n)).is_err() {
+                        return Ok(()); // worker stopped: its error follows
+                    }
+                    received += n as u64;
+                    if !progress(received) {
+                        return Err(Error::Cancelled);
+                    }
+                }
+                Ok(())
+            })();
+            drop(full_tx);
+            // A write error (disk full) explains an early stop better than anything
+            // the reader saw after it.
+            let written = worker
+                .join()
+                .map_err(|_| Error::Io(io::Error::other("the download writer panicked")))?;
+            let hasher = written?;
+            read.map(|()| hasher)
+        })
     }
 
     /// A hasher that has seen the partial file's first `offset` bytes, so the final hash
