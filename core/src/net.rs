@@ -37,6 +37,10 @@ pub(crate) fn set_keepalive(socket: &impl std::os::fd::AsRawFd) {
 /// Write all of `buf` within `timeout` in total. A plain `write_all` with a socket write
 /// timeout restarts the clock after every partial write, so a peer that reads a trickle
 /// could hold the writer for many timeouts; this one fails once `timeout` has passed.
+///
+/// The socket's write timeout must already be `timeout` (chat sockets are set up so):
+/// the common case, one write taking it all, then costs no extra system call. After a
+/// partial write the timeout is narrowed to what is left, and restored at the end.
 pub(crate) fn write_all_within(
     stream: &TcpStream,
     mut buf: &[u8],
@@ -44,21 +48,34 @@ pub(crate) fn write_all_within(
 ) -> io::Result<()> {
     let deadline = Instant::now() + timeout;
     let mut w = stream;
-    while !buf.is_empty() {
+    let mut narrowed = false;
+    let result = loop {
+        if buf.is_empty() {
+            break Ok(());
+        }
+        match w.write(buf) {
+            Ok(0) => break Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => buf = &buf[n..],
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => break Err(e),
+        }
+        if buf.is_empty() {
+            continue;
+        }
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Err(io::Error::new(
+            break Err(io::Error::new(
                 io::ErrorKind::TimedOut,
                 "write deadline passed",
             ));
         }
-        stream.set_write_timeout(Some(left))?;
-        match w.write(buf) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => buf = &buf[n..],
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
+        if let Err(e) = stream.set_write_timeout(Some(left)) {
+            break Err(e);
         }
+        narrowed = true;
+    };
+    if narrowed {
+        let _ = stream.set_write_timeout(Some(timeout));
     }
-    Ok(())
+    result
 }
