@@ -166,8 +166,8 @@ impl Share {
         }
 
         let mut shared = BTreeMap::new();
-        for name in found {
-            match self.stat_and_hash(&name, known.get(&name)) {
+        for (name, outcome) in self.hash_all(found.into_iter().collect(), &known) {
+            match outcome {
                 Ok((entry, read)) => {
                     report.hashed += usize::from(read);
                     shared.insert(name, entry);
@@ -180,6 +180,48 @@ impl Share {
         *self.files.write() = shared;
         self.persist();
         Ok(report)
+    }
+
+    /// Stat (and, where the cache has no hash for it, hash) every file, spread over one
+    /// scoped thread per core: hashing is CPU-bound, so a share of many files is read
+    /// that many times faster. Files are taken from a shared counter, so one big file
+    /// does not hold back the rest.
+    #[allow(clippy::type_complexity)]
+    fn hash_all(
+        &self,
+        names: Vec<String>,
+        known: &BTreeMap<String, CacheLine>,
+    ) -> Vec<(String, std::result::Result<(Entry, bool), String>)> {
+        let workers = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(names.len())
+            .max(1);
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let work = |out: &mut Vec<_>| loop {
+            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let Some(name) = names.get(i) else {
+                return;
+            };
+            out.push((name.clone(), self.stat_and_hash(name, known.get(name))));
+        };
+        let mut results = Vec::with_capacity(names.len());
+        std::thread::scope(|scope| {
+            let helpers: Vec<_> = (1..workers)
+                .map(|_| {
+                    scope.spawn(|| {
+                        let mut out = Vec::new();
+                        work(&mut out);
+                        out
+                    })
+                })
+                .collect();
+            work(&mut results);
+            for h in helpers {
+                // A panicking hasher is a bug; its files are simply not shared.
+                results.extend(h.join().unwrap_or_default());
+            }
+        });
+        results
     }
 
     /// Names of the shared files, sorted.
