@@ -135,18 +135,22 @@ fn fetch_downloads_a_verified_identical_copy() {
     let (_bob, _) = share(&addr, "bob", bob_dir.path(), false);
     let alice_dir = tempfile::tempdir().unwrap();
     let dir = alice_dir.path().to_str().unwrap();
+    // `p2pchat fetch` as alice, downloading into her directory.
+    let fetch_as_alice = |from: &str, file: &str| {
+        p2pchat(&[
+            "fetch",
+            "--registry",
+            &addr,
+            "--user",
+            "alice",
+            "--dir",
+            dir,
+            from,
+            file,
+        ])
+    };
 
-    let o = p2pchat(&[
-        "fetch",
-        "--registry",
-        &addr,
-        "--user",
-        "alice",
-        "--dir",
-        dir,
-        "bob",
-        "big.bin",
-    ]);
+    let o = fetch_as_alice("bob", "big.bin");
     assert!(o.status.success(), "{o:?}");
     let saved = alice_dir.path().canonicalize().unwrap().join("big.bin");
     assert_eq!(o.stdout.trim_end(), saved.to_str().unwrap());
@@ -157,44 +161,14 @@ fn fetch_downloads_a_verified_identical_copy() {
     assert!(std::fs::read(&saved).unwrap() == content, "byte-identical");
 
     // Again: p2pchat never overwrites.
-    let o = p2pchat(&[
-        "fetch",
-        "--registry",
-        &addr,
-        "--user",
-        "alice",
-        "--dir",
-        dir,
-        "bob",
-        "big.bin",
-    ]);
+    let o = fetch_as_alice("bob", "big.bin");
     assert_one_line_error(&o);
     assert!(o.stderr.contains("already exists"), "{o:?}");
     // A file bob does not share, a user who is not online.
-    let o = p2pchat(&[
-        "fetch",
-        "--registry",
-        &addr,
-        "--user",
-        "alice",
-        "--dir",
-        dir,
-        "bob",
-        "nope.txt",
-    ]);
+    let o = fetch_as_alice("bob", "nope.txt");
     assert_one_line_error(&o);
     assert!(o.stderr.contains("does not share"), "{o:?}");
-    let o = p2pchat(&[
-        "fetch",
-        "--registry",
-        &addr,
-        "--user",
-        "alice",
-        "--dir",
-        dir,
-        "zed",
-        "x",
-    ]);
+    let o = fetch_as_alice("zed", "x");
     assert_one_line_error(&o);
     assert!(o.stderr.contains("not online"), "{o:?}");
 }
