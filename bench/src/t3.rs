@@ -31,7 +31,7 @@ const HOLD_SETUP_LIMIT: Duration = Duration::from_secs(90);
 const CONNS: usize = 10_000;
 const USERS: usize = 100_000;
 const FILES: usize = 10;
-/// Setup threads opening connections (the registry itself has one thread).
+/// Setup threads opening connections (the registry runs its own event loops).
 const SETUP_THREADS: usize = 4;
 /// Descriptors beyond the CONNS sockets: stdio, listener, poll, waker, `/proc` reads…
 const SPARE_FDS: u64 = 256;
