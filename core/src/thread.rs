@@ -36,6 +36,14 @@ fn block_sigpipe() {
     }
 }
 
+/// Call an application hook so that a panic in it stays there: it is logged, and the
+/// library thread that called it (an event loop, a chat reader) goes on working.
+pub fn call_hook(f: impl FnOnce()) {
+    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).is_err() {
+        log::error!("an application hook panicked; p2pchat carries on");
+    }
+}
+
 /// The threads one component started and must join: finished ones are reaped as new
 /// ones start, and [`Threads::join_all`] waits for the rest on shutdown.
 #[derive(Default)]

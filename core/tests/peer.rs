@@ -671,3 +671,21 @@ fn an_oversized_chat_message_is_refused_before_sending() {
         bob.expect_message("still open");
     });
 }
+
+#[test]
+fn a_panicking_chat_request_hook_declines_and_the_peer_carries_on() {
+    let r = Registry::bind("127.0.0.1:0").unwrap();
+    let dir = TempDir::new().unwrap();
+    std::fs::write(dir.path().join("f.txt"), "still served").unwrap();
+    let _bob = Peer::builder(&r.local_addr().to_string(), "bob", dir.path())
+        .on_chat_request(|_| panic!("a buggy application hook"))
+        .connect()
+        .unwrap();
+    let alice = join(r.local_addr(), "alice", &[]);
+    assert_eq!(
+        alice.peer.chat("bob").unwrap_err().code(),
+        ErrorCode::Declined
+    );
+    let path = alice.peer.fetch("bob", "f.txt").unwrap().wait().unwrap();
+    assert_eq!(std::fs::read_to_string(path).unwrap(), "still served");
+}

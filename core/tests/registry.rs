@@ -538,3 +538,16 @@ fn shutdown_closes_every_connection() {
     assert_eq!(s.reader.read_to_end(&mut rest).unwrap_or(0), 0);
     assert!(TcpStream::connect(s.writer.peer_addr().unwrap()).is_err());
 }
+
+#[test]
+fn a_panicking_hook_does_not_stop_the_registry() {
+    let r = Registry::builder()
+        .on_event(|_| panic!("a buggy application hook"))
+        .bind("127.0.0.1:0")
+        .unwrap();
+    for _ in 0..3 {
+        assert_eq!(legacy(r.local_addr(), "GET_U"), "OK");
+    }
+    let mut s = Session::connect(r.local_addr());
+    assert_eq!(s.ask("INIT,still,7000"), "OK");
+}

@@ -13,6 +13,7 @@ use crate::protocol::{
     chat_frame_header, chat_message_header, parse_chat_header, parse_peer_answer, ChatFrame,
     ChatHeader, PeerAnswer, PeerRequest,
 };
+use crate::thread::call_hook;
 use crossbeam_channel::{select, Receiver, Sender};
 use parking_lot::Mutex;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -64,7 +65,7 @@ impl ChatShared {
             inner.forget_socket(self.socket_key);
         }
         if let Some(h) = &self.hooks.chat_closed {
-            h(self.id, &self.peer, by);
+            call_hook(|| h(self.id, &self.peer, by));
         }
     }
 }
@@ -260,9 +261,12 @@ pub(super) fn offer(
         inner: Arc::downgrade(inner),
     });
     match &inner.hooks.chat_request {
-        Some(hook) => hook(ChatRequest {
-            pending: pending.clone(),
-        }),
+        Some(hook) => {
+            let request = ChatRequest {
+                pending: pending.clone(),
+            };
+            call_hook(|| hook(request));
+        }
         None => {
             ChatRequest::refuse(&pending, "this peer does not take chats");
             return;
@@ -377,7 +381,7 @@ fn read_loop(chat: Arc<ChatShared>, mut reader: BufReader<TcpStream>) {
 
 fn deliver(chat: &ChatShared, text: &str) {
     if let Some(h) = &chat.hooks.chat_message {
-        h(chat.id, &chat.peer, text);
+        call_hook(|| h(chat.id, &chat.peer, text));
     }
 }
 

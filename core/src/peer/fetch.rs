@@ -9,6 +9,7 @@ use super::{Inner, PeerEvent};
 use crate::error::{Error, Result};
 use crate::limits::MAX_PEER_LINE;
 use crate::protocol::{parse_peer_answer, PeerAnswer, PeerRequest};
+use crate::thread::call_hook;
 use crate::transfer::Receiver;
 use crossbeam_channel::Sender;
 use parking_lot::Mutex;
@@ -166,12 +167,12 @@ fn run(
     match &result {
         Ok(path) => {
             if let Some(h) = &inner.hooks.done {
-                h(t.id, path);
+                call_hook(|| h(t.id, path));
             }
         }
         Err(e) => {
             if let Some(h) = &inner.hooks.failed {
-                h(t.id, e);
+                call_hook(|| h(t.id, e));
             }
         }
     }
@@ -208,7 +209,7 @@ fn download(
                 let mut progress = |got: u64| {
                     t.received.store(got, Ordering::Relaxed);
                     if let Some(h) = &inner.hooks.progress {
-                        h(t.id, got, size);
+                        call_hook(|| h(t.id, got, size));
                     }
                     !t.cancelled.load(Ordering::SeqCst)
                 };

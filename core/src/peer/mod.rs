@@ -7,7 +7,9 @@
 //! on drop).
 //!
 //! Hooks are called on those library threads: they must return quickly (print, or
-//! send on a channel) and must not drop the `Peer`.
+//! send on a channel) and must not drop the `Peer`. A hook that panics is caught and
+//! logged; the thread that called it carries on (a panicking chat-request hook, having
+//! dropped its request, declines it).
 
 mod chat;
 mod fetch;
@@ -279,7 +281,7 @@ impl Inner {
 
     pub fn emit(&self, event: PeerEvent) {
         if let Some(h) = &self.hooks.event {
-            h(&event);
+            crate::thread::call_hook(|| h(&event));
         }
     }
 

@@ -83,8 +83,9 @@ pub enum RegistryEvent {
     LeaseExpired { usernames: Vec<String> },
 }
 
-/// A hook that sees every registry event. Called on the registry's thread: it must
-/// return quickly (print, or send on a channel), or every client waits.
+/// A hook that sees every registry event. Called on the registry's event-loop threads:
+/// it must return quickly (print, or send on a channel), or clients wait. A panic in it
+/// is caught and logged; the registry carries on.
 pub type RegistryHook = Arc<dyn Fn(&RegistryEvent) + Send + Sync>;
 
 /// Configures and starts a [`Registry`].

@@ -179,7 +179,7 @@ impl Server {
 
     fn emit(&self, event: impl FnOnce() -> RegistryEvent) {
         if let Some(hook) = &self.shared.hook {
-            hook(&event());
+            crate::thread::call_hook(|| hook(&event()));
         }
     }
 
