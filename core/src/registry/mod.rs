@@ -4,7 +4,7 @@
 //! core by default, [`RegistryConfig::threads`]) serves every connection, so 10,000
 //! idle peer sessions cost memory for their buffers, not 10,000 threads; the thread
 //! count never grows with the load. The user table lives in
-//! [`directory`] behind a short-held lock; answers are built in memory, then written,
+//! `directory` behind a short-held lock; answers are built in memory, then written,
 //! never while holding it.
 //!
 //! It speaks both framings of `docs/PROTOCOL.md`: `\n`-terminated session lines, and
