@@ -184,6 +184,8 @@ fn full_session_between_two_terminals() {
     bob.expect(": second message");
     bob.send_line("/exit");
     bob.expect("--- chat with alice ended ---");
+    // The interrupted menu is shown again before its prompt.
+    bob.expect("0. Exit");
     bob.expect("Enter choice: ");
     alice.expect("--- bob ended the chat ---");
     alice.expect("Enter choice: ");

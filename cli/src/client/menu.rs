@@ -9,10 +9,9 @@ use p2pcore::Error;
 pub fn main_menu(s: &mut Session) -> Result<(), Quit> {
     loop {
         let heading = s.style.bold("Main menu");
-        s.say(format!(
-            "\n{heading}\n1. View Users\n2. Select User\n3. View All Files\n0. Exit"
-        ));
-        let choice = s.read("Enter choice: ")?;
+        let menu =
+            format!("\n{heading}\n1. View Users\n2. Select User\n3. View All Files\n0. Exit");
+        let choice = s.choose(&menu, "Enter choice: ")?;
         match choice.as_str() {
             "1" => view_users(s),
             "2" => select_user(s)?,
@@ -98,10 +97,10 @@ enum Next {
 fn user_menu(s: &mut Session, name: &str) -> Result<(), Quit> {
     loop {
         let heading = s.style.bold(&format!("Selected user: {name}"));
-        s.say(format!(
+        let menu = format!(
             "\n{heading}\n1. View IP/Port\n2. View Filenames\n3. Chat\n4. Fetch File\n0. Back"
-        ));
-        let choice = s.read("Enter choice: ")?;
+        );
+        let choice = s.choose(&menu, "Enter choice: ")?;
         let next = match choice.as_str() {
             "1" => view_address(s, name),
             "2" => view_files(s, name),

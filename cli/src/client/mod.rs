@@ -55,11 +55,14 @@ pub fn run(args: ClientArgs) -> Result<(), Failure> {
     println!(
         "{}",
         style.green(&format!(
-            "registered as {} (listening on port {}, sharing {}: {} files)",
+            "registered as {} (listening on port {}, sharing {}: {})",
             peer.username(),
             peer.listen_addr().port(),
             peer.shared_dir().display(),
-            peer.shared_files().len()
+            match peer.shared_files().len() {
+                1 => "1 file".to_string(),
+                n => format!("{n} files"),
+            }
         ))
     );
     let mut session = session::Session::new(peer, style, input, signals, events, answer_timeout);

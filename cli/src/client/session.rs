@@ -69,6 +69,18 @@ impl Session {
     /// meanwhile are handled (a chat request is asked about at once), then the prompt
     /// is shown again.
     pub fn read(&mut self, prompt: &str) -> Result<String, Quit> {
+        self.read_after(None, prompt)
+    }
+
+    /// Show `menu` and `prompt`, and return the choice typed. A chat request that
+    /// interrupts (and perhaps a whole chat) is followed by the menu again, so the
+    /// person sees where they are.
+    pub fn choose(&mut self, menu: &str, prompt: &str) -> Result<String, Quit> {
+        self.say(menu);
+        self.read_after(Some(menu), prompt)
+    }
+
+    fn read_after(&mut self, menu: Option<&str>, prompt: &str) -> Result<String, Quit> {
         self.show_prompt(prompt);
         loop {
             select! {
@@ -82,7 +94,11 @@ impl Session {
                 recv(self.signals) -> _ => return Err(Quit::Signal),
                 recv(self.events) -> event => {
                     if let Ok(event) = event {
+                        let was_request = matches!(event, Event::ChatRequest { .. });
                         if self.handle(event)? {
+                            if let (true, Some(menu)) = (was_request, menu) {
+                                self.say(menu);
+                            }
                             self.show_prompt(prompt);
                         }
                     }
