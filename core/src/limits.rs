@@ -32,7 +32,7 @@ pub const LEGACY_FAST_MAX: usize = 512;
 pub const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a registry connection that holds no registration may stay silent.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
-/// How long a legacy (one-shot) registration lives without a refreshing `INIT`.
+/// How long a legacy (one-shot) registration lives after its IP's last legacy query.
 pub const LEGACY_LEASE: Duration = Duration::from_secs(3600);
 
 /// Largest chat message, in bytes of UTF-8.

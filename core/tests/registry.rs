@@ -277,6 +277,23 @@ fn legacy_registration_lives_until_its_lease_ends() {
 }
 
 #[test]
+fn a_legacy_registration_lives_on_while_its_ip_keeps_querying() {
+    let r = start_with(RegistryConfig {
+        legacy_lease: Duration::from_millis(400),
+        ..RegistryConfig::default()
+    });
+    assert_eq!(legacy(r.local_addr(), "INIT,browsing,/d,7300,"), "OK");
+    // Three leases long, the original client keeps browsing (any query counts).
+    let until = Instant::now() + Duration::from_millis(1200);
+    while Instant::now() < until {
+        assert_eq!(legacy(r.local_addr(), "GET_U"), "OK,browsing");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Then it falls silent, and the lease runs out.
+    assert!(wait_until(Duration::from_secs(3), || r.users().is_empty()));
+}
+
+#[test]
 fn exit_or_init_from_another_session_is_refused() {
     let r = start();
     let mut owner = Session::connect(r.local_addr());

@@ -6,8 +6,8 @@
 
 use crate::limits::MAX_USERS;
 use crate::protocol::{reason, QueryError};
-use parking_lot::RwLock;
-use std::collections::BTreeMap;
+use parking_lot::{Mutex, RwLock};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Write;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
@@ -17,9 +17,9 @@ use std::time::{Duration, Instant};
 pub(crate) enum Owner {
     /// Made on a session connection; removed when that connection closes.
     Session(u64),
-    /// Made by a one-shot legacy query; lives until `EXIT` or the lease ends, and is
-    /// owned by the IP it came from.
-    Legacy { ip: IpAddr, expires: Instant },
+    /// Made by a one-shot legacy query; owned by the IP it came from, and lives until
+    /// `EXIT` or until that IP has sent no legacy query for a whole lease.
+    Legacy { ip: IpAddr },
 }
 
 /// One online user, as the registry knows it.
@@ -60,6 +60,10 @@ pub(crate) enum InitOutcome {
 #[derive(Debug)]
 pub(crate) struct Directory {
     users: RwLock<BTreeMap<String, Slot>>,
+    /// When each IP holding legacy registrations last sent a legacy query: the original
+    /// client never says it is still there, but it queries while its person uses it.
+    /// Only IPs with legacy registrations have an entry, so this stays small.
+    legacy_seen: Mutex<HashMap<IpAddr, Instant>>,
     max_users: usize,
 }
 
@@ -73,6 +77,7 @@ impl Directory {
     pub fn new(max_users: usize) -> Self {
         Directory {
             users: RwLock::new(BTreeMap::new()),
+            legacy_seen: Mutex::new(HashMap::new()),
             max_users,
         }
     }
@@ -83,15 +88,12 @@ impl Directory {
         username: &str,
         port: u16,
         files: &[&str],
-        lease: Duration,
     ) -> Result<InitOutcome, QueryError> {
         let owner = if caller.session {
             Owner::Session(caller.conn)
         } else {
-            Owner::Legacy {
-                ip: caller.ip,
-                expires: Instant::now() + lease,
-            }
+            self.legacy_seen.lock().insert(caller.ip, Instant::now());
+            Owner::Legacy { ip: caller.ip }
         };
         let entry = UserEntry {
             ip: caller.ip,
@@ -147,29 +149,35 @@ impl Directory {
         released
     }
 
-    /// Remove legacy registrations whose lease has ended; returns their names.
-    pub fn expire_leases(&self, now: Instant) -> Vec<String> {
-        let expired: Vec<String> = self
-            .users
-            .read()
-            .iter()
-            .filter(|(_, s)| matches!(s.owner, Owner::Legacy { expires, .. } if expires <= now))
-            .map(|(n, _)| n.clone())
-            .collect();
-        if expired.is_empty() {
-            return expired;
+    /// A legacy query came from `ip`: its legacy registrations live on.
+    pub fn legacy_activity(&self, ip: IpAddr) {
+        if let Some(seen) = self.legacy_seen.lock().get_mut(&ip) {
+            *seen = Instant::now();
+        }
+    }
+
+    /// Remove legacy registrations whose IP has been silent for a whole `lease`;
+    /// returns their names.
+    pub fn expire_leases(&self, now: Instant, lease: Duration) -> Vec<String> {
+        let live: HashSet<IpAddr> = {
+            let mut seen = self.legacy_seen.lock();
+            seen.retain(|_, t| *t + lease > now);
+            seen.keys().copied().collect()
+        };
+        let lapsed = |s: &Slot| matches!(s.owner, Owner::Legacy { ip } if !live.contains(&ip));
+        if !self.users.read().values().any(lapsed) {
+            return Vec::new();
         }
         let mut users = self.users.write();
+        let expired: Vec<String> = users
+            .iter()
+            .filter(|(_, s)| lapsed(s))
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in &expired {
+            users.remove(name);
+        }
         expired
-            .into_iter()
-            .filter(|n| {
-                let still = matches!(users.get(n), Some(s) if matches!(s.owner, Owner::Legacy { expires, .. } if expires <= now));
-                if still {
-                    users.remove(n);
-                }
-                still
-            })
-            .collect()
     }
 
     pub fn get(&self, username: &str) -> Option<UserEntry> {
@@ -243,6 +251,6 @@ impl Directory {
 fn owns(owner: Owner, caller: Caller) -> bool {
     match owner {
         Owner::Session(conn) => conn == caller.conn,
-        Owner::Legacy { ip, .. } => ip == caller.ip,
+        Owner::Legacy { ip } => ip == caller.ip,
     }
 }

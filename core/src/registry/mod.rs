@@ -28,7 +28,8 @@ use std::time::{Duration, SystemTime};
 /// Tunables of a [`Registry`]. `Default` gives the values in [`crate::limits`].
 #[derive(Debug, Clone)]
 pub struct RegistryConfig {
-    /// How long a legacy (one-shot) registration lives without a refreshing `INIT`.
+    /// How long a legacy (one-shot) registration lives after the last legacy query from
+    /// its IP (any query: the original client never says it is still there).
     pub legacy_lease: Duration,
     /// How long an unterminated query may wait for more bytes before it counts as whole.
     pub legacy_grace: Duration,

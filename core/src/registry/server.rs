@@ -168,7 +168,8 @@ impl Server {
                 // spins); only loop 0, the accepting one, sweeps the shared leases.
                 next_sweep = now + SWEEP_EVERY;
                 if self.listener.is_some() {
-                    let expired = self.shared.directory.expire_leases(now);
+                    let lease = self.shared.config.legacy_lease;
+                    let expired = self.shared.directory.expire_leases(now, lease);
                     if !expired.is_empty() {
                         self.emit(|| RegistryEvent::LeaseExpired { usernames: expired });
                     }
@@ -431,13 +432,16 @@ impl Server {
             ip: conn.peer.ip(),
             session: !legacy,
         };
+        if legacy {
+            // The original client never says it is still there; its queries do.
+            self.shared.directory.legacy_activity(caller.ip);
+        }
         let start = conn.out.len();
         let parsed = parse_query(line);
         let is_get_af = matches!(parsed, Ok(Query::GetAllFiles));
         let result = parsed.and_then(|q| {
             execute(
                 &self.shared.directory,
-                &self.shared.config,
                 caller,
                 q,
                 &mut conn.out,
@@ -638,7 +642,6 @@ impl Server {
 /// session terminator) into `out`. Returns the number of users for `GET_AF`.
 fn execute(
     directory: &Directory,
-    config: &RegistryConfig,
     caller: Caller,
     query: Query<'_>,
     out: &mut Vec<u8>,
@@ -651,7 +654,7 @@ fn execute(
             files,
             ..
         } => {
-            let outcome = directory.init(caller, username, port, &files, config.legacy_lease)?;
+            let outcome = directory.init(caller, username, port, &files)?;
             if caller.session && !owned.contains(username) {
                 owned.insert(username.to_string());
             }
