@@ -21,7 +21,7 @@ pub use fetch::{Transfer, TransferId};
 
 use crate::error::{Error, Result};
 use crate::limits::{CHAT_ANSWER_TIMEOUT, PEER_IO_TIMEOUT};
-use crate::protocol::{check_username, parse_port, Answer, Query};
+use crate::protocol::{check_username, Answer, Query};
 use crate::share::{ScanReport, Share};
 use crate::thread::Threads;
 use crossbeam_channel::{Receiver, Sender};
@@ -338,28 +338,9 @@ impl Inner {
         }
     }
 
-    /// The registry's `OK` fields for a query, or its `ERR` as an error.
-    fn ask_ok(&self, query: &str, user: Option<&str>) -> Result<Vec<String>> {
-        match self.registry.ask(query)? {
-            Answer::Ok(fields) => Ok(fields),
-            Answer::Up => Err(Error::protocol(self.registry.addr(), "unexpected UP")),
-            Answer::Err(r) if r == crate::protocol::reason::USER_NOT_FOUND => {
-                Err(Error::UserNotFound(user.unwrap_or_default().to_string()))
-            }
-            Answer::Err(r) => Err(Error::Registry(r)),
-        }
-    }
-
     pub fn peer_addr(&self, name: &str) -> Result<SocketAddr> {
         check_username(name).map_err(|_| Error::InvalidUsername(name.to_string()))?;
-        let fields = self.ask_ok(&format!("GET_P,{name}"), Some(name))?;
-        let bad = || Error::protocol(self.registry.addr(), "malformed GET_P answer");
-        let [ip, port] = fields.as_slice() else {
-            return Err(bad());
-        };
-        let ip: IpAddr = ip.parse().map_err(|_| bad())?;
-        let port = parse_port(port).ok_or_else(bad)?;
-        Ok(SocketAddr::new(ip, port))
+        self.registry.peer_addr(name)
     }
 
     pub fn rescan(&self) -> Result<ScanReport> {
@@ -506,7 +487,7 @@ impl Peer {
 
     /// Usernames online, sorted.
     pub fn users(&self) -> Result<Vec<String>> {
-        self.inner.ask_ok("GET_U", None)
+        self.inner.registry.ask_ok("GET_U", None)
     }
 
     /// Where another peer listens.
@@ -522,7 +503,9 @@ impl Peer {
     /// One user's shared files.
     pub fn files_of(&self, name: &str) -> Result<Vec<String>> {
         check_username(name).map_err(|_| Error::InvalidUsername(name.to_string()))?;
-        self.inner.ask_ok(&format!("GET_UF,{name}"), Some(name))
+        self.inner
+            .registry
+            .ask_ok(&format!("GET_UF,{name}"), Some(name))
     }
 
     /// Re-read the shared directory and update the registry (`UP`).
@@ -593,25 +576,14 @@ impl RegistryClient {
         Ok(RegistryClient { link })
     }
 
-    fn ok(&self, query: &str, user: Option<&str>) -> Result<Vec<String>> {
-        match self.link.ask(query)? {
-            Answer::Ok(f) => Ok(f),
-            Answer::Up => Err(Error::protocol(self.link.addr(), "unexpected UP")),
-            Answer::Err(r) if r == crate::protocol::reason::USER_NOT_FOUND => {
-                Err(Error::UserNotFound(user.unwrap_or_default().to_string()))
-            }
-            Answer::Err(r) => Err(Error::Registry(r)),
-        }
-    }
-
     /// Usernames online.
     pub fn users(&self) -> Result<Vec<String>> {
-        self.ok("GET_U", None)
+        self.link.ask_ok("GET_U", None)
     }
 
     /// One user's files.
     pub fn files_of(&self, name: &str) -> Result<Vec<String>> {
-        self.ok(&format!("GET_UF,{name}"), Some(name))
+        self.link.ask_ok(&format!("GET_UF,{name}"), Some(name))
     }
 
     /// Every user's files.
@@ -619,16 +591,8 @@ impl RegistryClient {
         self.link.all_files()
     }
 
-    /// One user's address as `(ip, port)` text fields.
+    /// One user's address.
     pub fn peer_addr(&self, name: &str) -> Result<SocketAddr> {
-        let fields = self.ok(&format!("GET_P,{name}"), Some(name))?;
-        let bad = || Error::protocol(self.link.addr(), "malformed GET_P answer");
-        match fields.as_slice() {
-            [ip, port] => Ok(SocketAddr::new(
-                ip.parse().map_err(|_| bad())?,
-                parse_port(port).ok_or_else(bad)?,
-            )),
-            _ => Err(bad()),
-        }
+        self.link.peer_addr(name)
     }
 }

@@ -6,7 +6,7 @@
 
 use crate::error::{Error, Result};
 use crate::limits::{MAX_LINE_LEN, REGISTRY_IO_TIMEOUT};
-use crate::protocol::{parse_answer, parse_files_line, Answer};
+use crate::protocol::{parse_answer, parse_files_line, parse_port, reason, Answer};
 use parking_lot::Mutex;
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
@@ -68,6 +68,31 @@ impl RegistryLink {
     pub fn ask(&self, query: &str) -> Result<Answer> {
         let line = self.round_trip(query, false)?;
         parse_answer(&line[0]).map_err(|d| Error::protocol(&self.addr, d))
+    }
+
+    /// The fields of an `OK` answer to `query`; `ERR,User not found!` becomes
+    /// [`Error::UserNotFound`] naming `user`, any other `ERR` [`Error::Registry`].
+    pub fn ask_ok(&self, query: &str, user: Option<&str>) -> Result<Vec<String>> {
+        match self.ask(query)? {
+            Answer::Ok(fields) => Ok(fields),
+            Answer::Up => Err(Error::protocol(&self.addr, "unexpected UP")),
+            Answer::Err(r) if r == reason::USER_NOT_FOUND => {
+                Err(Error::UserNotFound(user.unwrap_or_default().to_string()))
+            }
+            Answer::Err(r) => Err(Error::Registry(r)),
+        }
+    }
+
+    /// `GET_P`: where `name` listens.
+    pub fn peer_addr(&self, name: &str) -> Result<SocketAddr> {
+        let fields = self.ask_ok(&format!("GET_P,{name}"), Some(name))?;
+        let bad = || Error::protocol(&self.addr, "malformed GET_P answer");
+        let [ip, port] = fields.as_slice() else {
+            return Err(bad());
+        };
+        let ip = ip.parse().map_err(|_| bad())?;
+        let port = parse_port(port).ok_or_else(bad)?;
+        Ok(SocketAddr::new(ip, port))
     }
 
     /// `GET_AF`: every user's files.
