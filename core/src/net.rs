@@ -1,7 +1,8 @@
 //! Socket helpers std does not have: keepalive tuning, and writing with one deadline
 //! for a whole buffer.
 
-use std::io::{self, Write};
+use crate::error::{Error, Result};
+use std::io::{self, BufRead, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
@@ -78,4 +79,36 @@ pub(crate) fn write_all_within(
         let _ = stream.set_write_timeout(Some(timeout));
     }
     result
+}
+
+/// Read one `\n`-terminated line of at most `max` bytes (a `\r` before the `\n` is
+/// dropped); `None` at a clean end of stream. An over-long line or invalid UTF-8 is a
+/// protocol error from `who`; a stream that ends mid-line is [`Error::Closed`].
+pub(crate) fn read_line(
+    reader: &mut impl BufRead,
+    max: usize,
+    who: &str,
+) -> Result<Option<String>> {
+    let mut buf = Vec::new();
+    let n = reader
+        .by_ref()
+        .take(max as u64 + 1)
+        .read_until(b'\n', &mut buf)?;
+    if n == 0 {
+        return Ok(None);
+    }
+    if buf.last() != Some(&b'\n') {
+        return Err(if buf.len() > max {
+            Error::protocol(who, "line too long")
+        } else {
+            Error::Closed
+        });
+    }
+    buf.pop();
+    if buf.last() == Some(&b'\r') {
+        buf.pop();
+    }
+    String::from_utf8(buf)
+        .map(Some)
+        .map_err(|_| Error::protocol(who, "line is not UTF-8"))
 }

@@ -8,7 +8,7 @@
 use super::{Hooks, Inner, PeerEvent};
 use crate::error::{is_timeout, Error, Result};
 use crate::limits::{MAX_CHAT_MESSAGE, MAX_PEER_LINE};
-use crate::net::write_all_within;
+use crate::net::{read_line, write_all_within};
 use crate::protocol::{
     chat_frame_header, chat_message_header, parse_chat_header, parse_peer_answer, ChatFrame,
     ChatHeader, PeerAnswer, PeerRequest,
@@ -16,7 +16,7 @@ use crate::protocol::{
 use crate::thread::call_hook;
 use crossbeam_channel::{select, Receiver, Sender};
 use parking_lot::Mutex;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
@@ -304,7 +304,7 @@ pub(super) fn request(inner: &Arc<Inner>, name: &str) -> Result<Chat> {
         };
         (&stream).write_all(request.to_line().as_bytes())?;
         let mut reader = BufReader::new(stream.try_clone()?);
-        let line = match read_line(&mut reader, MAX_PEER_LINE) {
+        let line = match read_line(&mut reader, MAX_PEER_LINE, "peer") {
             Ok(Some(l)) => l,
             Ok(None) => return Err(Error::Declined(name.to_string())),
             Err(e) if e.code() == crate::ErrorCode::Timeout => {
@@ -388,7 +388,7 @@ fn deliver(chat: &ChatShared, text: &str) {
 fn read_framed(chat: &ChatShared, reader: &mut BufReader<TcpStream>) -> ChatClosedBy {
     let mut payload = Vec::new();
     loop {
-        let line = match read_line(reader, MAX_PEER_LINE) {
+        let line = match read_line(reader, MAX_PEER_LINE, "peer") {
             Ok(Some(l)) => l,
             Ok(None) => return ChatClosedBy::Lost,
             Err(_) => {
@@ -431,31 +431,4 @@ fn read_legacy(chat: &ChatShared, reader: &mut BufReader<TcpStream>) -> ChatClos
         };
         deliver(chat, &String::from_utf8_lossy(&buf[..n]));
     }
-}
-
-/// Read one `\n`-terminated line of at most `max` bytes; `None` at a clean end of
-/// stream. Over-long lines and invalid UTF-8 are protocol errors.
-pub(super) fn read_line(reader: &mut impl BufRead, max: usize) -> Result<Option<String>> {
-    let mut buf = Vec::new();
-    let n = reader
-        .by_ref()
-        .take(max as u64 + 1)
-        .read_until(b'\n', &mut buf)?;
-    if n == 0 {
-        return Ok(None);
-    }
-    if buf.last() != Some(&b'\n') {
-        return Err(if buf.len() > max {
-            Error::protocol("peer", "line too long")
-        } else {
-            Error::Closed
-        });
-    }
-    buf.pop();
-    if buf.last() == Some(&b'\r') {
-        buf.pop();
-    }
-    String::from_utf8(buf)
-        .map(Some)
-        .map_err(|_| Error::protocol("peer", "line is not UTF-8"))
 }

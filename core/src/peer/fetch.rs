@@ -266,7 +266,8 @@ fn ask(
         };
         (&stream).write_all(request.to_line().as_bytes())?;
         let mut reader = BufReader::with_capacity(256 * 1024, stream.try_clone()?);
-        let line = super::chat::read_line(&mut reader, MAX_PEER_LINE)?.ok_or(Error::Closed)?;
+        let line =
+            crate::net::read_line(&mut reader, MAX_PEER_LINE, "peer")?.ok_or(Error::Closed)?;
         let answer = parse_peer_answer(&line).map_err(|d| Error::protocol(addr, d))?;
         Ok((reader, answer))
     })();

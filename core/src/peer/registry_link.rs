@@ -6,9 +6,10 @@
 
 use crate::error::{Error, Result};
 use crate::limits::{MAX_LINE_LEN, REGISTRY_IO_TIMEOUT};
+use crate::net::read_line;
 use crate::protocol::{parse_answer, parse_files_line, parse_port, reason, Answer};
 use parking_lot::Mutex;
-use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::io::{BufReader, ErrorKind, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 
 /// A session connection to the registry (may be down; queries then reconnect once).
@@ -124,10 +125,7 @@ impl RegistryLink {
         if result.is_err() {
             *guard = None;
         }
-        result.map_err(|e| match e {
-            Error::Io(io) if io.kind() == ErrorKind::UnexpectedEof => Error::Closed,
-            other => other,
-        })
+        result
     }
 }
 
@@ -160,12 +158,13 @@ fn open(addr: &str) -> Result<Conn> {
 
 fn exchange(conn: &mut Conn, query: &str, multi_line: bool) -> Result<Vec<String>> {
     conn.writer.write_all(format!("{query}\n").as_bytes())?;
-    let mut lines = vec![read_line(&mut conn.reader)?];
+    let mut lines =
+        vec![read_line(&mut conn.reader, MAX_LINE_LEN, "registry")?.ok_or(Error::Closed)?];
     if multi_line && lines[0].starts_with("OK,") {
         // The first line may itself be the empty-share marker `OK,` followed by the
         // terminating empty line; otherwise read user lines until the empty one.
         loop {
-            let l = read_line(&mut conn.reader)?;
+            let l = read_line(&mut conn.reader, MAX_LINE_LEN, "registry")?.ok_or(Error::Closed)?;
             if l.is_empty() {
                 break;
             }
@@ -173,21 +172,4 @@ fn exchange(conn: &mut Conn, query: &str, multi_line: bool) -> Result<Vec<String
         }
     }
     Ok(lines)
-}
-
-/// Read one `\n`-terminated line of at most [`MAX_LINE_LEN`] bytes.
-fn read_line(reader: &mut BufReader<TcpStream>) -> Result<String> {
-    let mut buf = Vec::new();
-    let n = reader
-        .by_ref()
-        .take(MAX_LINE_LEN as u64 + 1)
-        .read_until(b'\n', &mut buf)?;
-    if n == 0 || buf.last() != Some(&b'\n') {
-        return Err(Error::Io(std::io::Error::new(
-            ErrorKind::UnexpectedEof,
-            "registry closed the connection or sent an over-long line",
-        )));
-    }
-    buf.pop();
-    String::from_utf8(buf).map_err(|_| Error::protocol("registry", "answer is not UTF-8"))
 }
