@@ -1,6 +1,9 @@
 //! Hostile input, over real sockets. Every case asserts the exact error the attacker
 //! gets, and then that the registry or peer still serves a well-behaved client.
 
+mod common;
+
+use common::fake_server;
 use p2pcore::peer::Peer;
 use p2pcore::registry::{Registry, RegistryConfig};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -479,35 +482,17 @@ fn malformed_peer_requests_get_exact_errors() {
 
 #[test]
 fn a_peer_that_sends_more_than_announced_gets_exactly_the_announced_bytes() {
-    use std::net::TcpListener;
     let registry = Registry::bind("127.0.0.1:0").unwrap();
     let content = b"exactly these bytes".to_vec();
     let hash = blake3::hash(&content).to_hex().to_string();
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let session = TcpStream::connect(registry.local_addr()).unwrap();
-    (&session)
-        .write_all(format!("INIT,mallory,{port},x\n").as_bytes())
-        .unwrap();
-    let mut ok = String::new();
-    BufReader::new(session.try_clone().unwrap())
-        .read_line(&mut ok)
-        .unwrap();
-    let server = std::thread::spawn(move || {
-        let (mut s, _) = listener.accept().unwrap();
-        let mut line = String::new();
-        BufReader::new(s.try_clone().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let _ = s.write_all(format!("OK {} {hash}\n", content.len()).as_bytes());
-        let _ = s.write_all(&content);
-        let _ = s.write_all(&vec![b'!'; 1 << 20]);
-    });
+    let body = [content.clone(), vec![b'!'; 1 << 20]].concat();
+    let answer = format!("OK {} {hash}\n", content.len());
+    let (_session, server) = fake_server(registry.local_addr(), "mallory", answer, body);
     let dir = TempDir::new().unwrap();
     let bob = Peer::builder(&registry.local_addr().to_string(), "bob", dir.path())
         .connect()
         .unwrap();
-    let path = bob.fetch("mallory", "x").unwrap().wait().unwrap();
+    let path = bob.fetch("mallory", "x.bin").unwrap().wait().unwrap();
     assert_eq!(std::fs::read(path).unwrap(), b"exactly these bytes");
     server.join().unwrap();
 }

@@ -3,13 +3,13 @@
 
 mod common;
 
-use common::{pattern, wait_until};
+use common::{fake_server, pattern, wait_until};
 use crossbeam_channel::{unbounded, Receiver};
 use p2pcore::peer::{ChatClosedBy, ChatRequest, Peer, PeerBuilder, PeerEvent};
 use p2pcore::registry::Registry;
 use p2pcore::ErrorCode;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::time::{Duration, Instant};
 use tempfile::TempDir;
@@ -443,37 +443,6 @@ fn a_cancelled_transfer_leaves_nothing_under_the_final_name() {
     }
     assert!(!bob.dir.path().join("big.bin").exists());
     drop(alice);
-}
-
-/// A fake peer registered in the registry that answers a file request with `answer`
-/// and then `body`.
-fn fake_server(
-    registry: SocketAddr,
-    name: &str,
-    answer: String,
-    body: Vec<u8>,
-) -> (TcpStream, std::thread::JoinHandle<()>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let mut session = TcpStream::connect(registry).unwrap();
-    session
-        .write_all(format!("INIT,{name},{port},x.bin\n").as_bytes())
-        .unwrap();
-    let mut ok = String::new();
-    BufReader::new(session.try_clone().unwrap())
-        .read_line(&mut ok)
-        .unwrap();
-    assert_eq!(ok, "OK\n");
-    let handle = std::thread::spawn(move || {
-        let (mut s, _) = listener.accept().unwrap();
-        let mut line = String::new();
-        BufReader::new(s.try_clone().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let _ = s.write_all(answer.as_bytes());
-        let _ = s.write_all(&body);
-    });
-    (session, handle)
 }
 
 #[test]

@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)] // each test file uses its own subset
 
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
 /// `len` bytes of a deterministic, non-repeating-looking pattern (xorshift), different
@@ -27,4 +29,35 @@ pub fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(10));
     }
     f()
+}
+
+/// A fake peer registered in the registry that answers a file request with `answer`
+/// and then `body`.
+pub fn fake_server(
+    registry: SocketAddr,
+    name: &str,
+    answer: String,
+    body: Vec<u8>,
+) -> (TcpStream, std::thread::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let mut session = TcpStream::connect(registry).unwrap();
+    session
+        .write_all(format!("INIT,{name},{port},x.bin\n").as_bytes())
+        .unwrap();
+    let mut ok = String::new();
+    BufReader::new(session.try_clone().unwrap())
+        .read_line(&mut ok)
+        .unwrap();
+    assert_eq!(ok, "OK\n");
+    let handle = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut line = String::new();
+        BufReader::new(s.try_clone().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let _ = s.write_all(answer.as_bytes());
+        let _ = s.write_all(&body);
+    });
+    (session, handle)
 }
