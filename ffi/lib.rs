@@ -11,7 +11,8 @@
 //! - Every fallible function returns a `p2p_status`, writes its out-parameters only on
 //!   success, and leaves a message for `p2p_last_error_message()`.
 //! - NULL pointers and non-UTF-8 strings give a status, never undefined behaviour.
-//! - No panic crosses into C: every entry point runs inside `catch_unwind`.
+//! - No panic crosses into C: every entry point runs inside `catch_unwind`, and callback
+//!   wrappers run inside p2pcore's hook guard (`p2pcore::thread::call_hook`).
 //! - The Rust names are the C names, so `grep` finds both.
 #![allow(non_camel_case_types)]
 // Pointer rules are documented on each function and in the header's preamble.

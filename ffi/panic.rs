@@ -53,12 +53,6 @@ pub fn void(f: impl FnOnce()) {
     let _ = catch_unwind(AssertUnwindSafe(f));
 }
 
-/// Run library code inside a callback wrapper on a library thread: a panic there is
-/// contained (logged to stderr by the panic hook) instead of ending the thread.
-pub fn contain(f: impl FnOnce()) {
-    let _ = catch_unwind(AssertUnwindSafe(f));
-}
-
 /// The text of the last failed call on the calling thread, or `""` if the last
 /// fallible call on this thread succeeded (or none was made).
 ///

@@ -499,27 +499,25 @@ impl p2p_peer_config {
             b = b.on_chat_request(move |req| {
                 let handle = Box::into_raw(Box::new(p2p_chat_request::new(req)));
                 // SAFETY: the caller's callback, called as documented; it owns `handle`.
-                panic::contain(|| unsafe { cb(ud.ptr(), handle) });
+                unsafe { cb(ud.ptr(), handle) };
             });
         }
         if let Some(cb) = cbs.chat_message {
             b = b.on_chat_message(move |id, from, text| {
-                panic::contain(|| {
-                    let from = c_string(from);
-                    let mut bytes = Vec::with_capacity(text.len() + 1);
-                    bytes.extend_from_slice(text.as_bytes());
-                    bytes.push(0);
-                    // SAFETY: as documented for `p2p_chat_message_cb`.
-                    unsafe {
-                        cb(
-                            ud.ptr(),
-                            id,
-                            from.as_ptr(),
-                            bytes.as_ptr().cast(),
-                            text.len(),
-                        )
-                    }
-                })
+                let from = c_string(from);
+                let mut bytes = Vec::with_capacity(text.len() + 1);
+                bytes.extend_from_slice(text.as_bytes());
+                bytes.push(0);
+                // SAFETY: as documented for `p2p_chat_message_cb`.
+                unsafe {
+                    cb(
+                        ud.ptr(),
+                        id,
+                        from.as_ptr(),
+                        bytes.as_ptr().cast(),
+                        text.len(),
+                    )
+                }
             });
         }
         if let Some(cb) = cbs.chat_closed {
@@ -529,46 +527,38 @@ impl p2p_peer_config {
                     ChatClosedBy::Remote => p2p_chat_closed_by::P2P_CHAT_CLOSED_REMOTE,
                     ChatClosedBy::Lost => p2p_chat_closed_by::P2P_CHAT_CLOSED_LOST,
                 };
-                panic::contain(|| {
-                    let peer = c_string(peer);
-                    // SAFETY: as documented for `p2p_chat_closed_cb`.
-                    unsafe { cb(ud.ptr(), id, peer.as_ptr(), by) }
-                })
+                let peer = c_string(peer);
+                // SAFETY: as documented for `p2p_chat_closed_cb`.
+                unsafe { cb(ud.ptr(), id, peer.as_ptr(), by) }
             });
         }
         if let Some(cb) = cbs.progress {
             b = b.on_transfer_progress(move |id, got, total| {
                 // SAFETY: as documented for `p2p_transfer_progress_cb`.
-                panic::contain(|| unsafe { cb(ud.ptr(), id, got, total) })
+                unsafe { cb(ud.ptr(), id, got, total) }
             });
         }
         if let Some(cb) = cbs.done {
             b = b.on_transfer_done(move |id, path| {
-                panic::contain(|| {
-                    let path = c_path(path);
-                    // SAFETY: as documented for `p2p_transfer_done_cb`.
-                    unsafe { cb(ud.ptr(), id, path.as_ptr()) }
-                })
+                let path = c_path(path);
+                // SAFETY: as documented for `p2p_transfer_done_cb`.
+                unsafe { cb(ud.ptr(), id, path.as_ptr()) }
             });
         }
         if let Some(cb) = cbs.failed {
             b = b.on_transfer_failed(move |id, err| {
-                panic::contain(|| {
-                    let e = FfiError::from(err);
-                    let message = c_string(&e.message);
-                    // SAFETY: as documented for `p2p_transfer_failed_cb`.
-                    unsafe { cb(ud.ptr(), id, e.status, message.as_ptr()) }
-                })
+                let e = FfiError::from(err);
+                let message = c_string(&e.message);
+                // SAFETY: as documented for `p2p_transfer_failed_cb`.
+                unsafe { cb(ud.ptr(), id, e.status, message.as_ptr()) }
             });
         }
         if let Some(cb) = cbs.event {
             b = b.on_event(move |event| {
-                panic::contain(|| {
-                    let (kind, detail) = describe(event);
-                    let detail = c_string(&detail);
-                    // SAFETY: as documented for `p2p_peer_event_cb`.
-                    unsafe { cb(ud.ptr(), kind, detail.as_ptr()) }
-                })
+                let (kind, detail) = describe(event);
+                let detail = c_string(&detail);
+                // SAFETY: as documented for `p2p_peer_event_cb`.
+                unsafe { cb(ud.ptr(), kind, detail.as_ptr()) }
             });
         }
         Ok(b.connect()?)

@@ -181,7 +181,7 @@ pub unsafe extern "C" fn p2p_registry_start(
             let own = callback_thread.clone();
             builder = builder.on_event(move |ev| {
                 own.get_or_init(|| std::thread::current().id());
-                panic::contain(|| deliver(cb, ud, ev))
+                deliver(cb, ud, ev)
             });
         }
         let server = builder.bind(addr)?;
