@@ -49,3 +49,41 @@ pub const REGISTRY_IO_TIMEOUT: Duration = Duration::from_secs(10);
 pub const MAX_SERVING: usize = 64;
 /// Largest answer a legacy client reads (one `recv` of 1000 bytes).
 pub const LEGACY_ANSWER_MAX: usize = 1000;
+
+// ---- Hostile-network bounds (defaults of `RegistryConfig` and `PeerLimits`) ----
+
+/// Registry: most bytes of registration data (names, addresses, filenames, accounted
+/// at their stored size) the registry holds; past it `INIT` gets `ERR,Registry full`.
+pub const REGISTRY_MEMORY_BUDGET: usize = 512 * 1024 * 1024;
+/// Registry: most unsent answer bytes one connection may hold (answers shared between
+/// connections, such as one `GET_AF` text, count once for each holder).
+pub const MAX_UNSENT_PER_CONN: usize = 4 * 1024 * 1024;
+/// Registry: how long a connection may hold unsent output without the socket taking
+/// any of it before it is closed and its memory freed.
+pub const SLOW_READER_DEADLINE: Duration = Duration::from_secs(30);
+/// Registry: most open connections from one address (one /64 for IPv6).
+pub const MAX_CONNS_PER_ADDR: usize = 256;
+/// Registry: most registrations (session and legacy together) held by one address.
+pub const MAX_USERS_PER_ADDR: usize = 256;
+/// Registry: sustained queries per second from one address (a token bucket).
+pub const QUERIES_PER_SEC_PER_ADDR: u32 = 2_000;
+/// Registry: how many queries one address may send at once above its rate.
+pub const QUERY_BURST_PER_ADDR: u32 = 4_000;
+
+/// Peer: how long a whole request line may take to arrive, however it trickles in.
+pub const REQUEST_LINE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Peer: a transfer slower than this many bytes per second over [`MIN_RATE_WINDOW`]
+/// is ended (by the sender and by the receiver).
+pub const MIN_TRANSFER_RATE: u64 = 1024;
+/// Peer: the window over which [`MIN_TRANSFER_RATE`] is judged.
+pub const MIN_RATE_WINDOW: Duration = Duration::from_secs(30);
+/// Peer: most requests served at once for one address (one /64 for IPv6).
+pub const MAX_SERVING_PER_ADDR: usize = 8;
+/// Peer: most incoming chat requests waiting for an answer at once.
+pub const MAX_PENDING_CHAT_REQUESTS: usize = 8;
+/// Peer: most chats open at once (each holds a socket and a reader thread).
+pub const MAX_OPEN_CHATS: usize = 32;
+/// Peer: free space a download must leave in the download directory.
+pub const FREE_SPACE_MARGIN: u64 = 64 * 1024 * 1024;
+/// Peer: partial downloads untouched for longer than this are removed at start.
+pub const STALE_PARTIAL_AGE: Duration = Duration::from_secs(7 * 24 * 3600);

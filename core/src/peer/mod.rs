@@ -20,7 +20,7 @@ pub use chat::{Chat, ChatClosedBy, ChatId, ChatRequest};
 pub use fetch::{Transfer, TransferId};
 
 use crate::error::{Error, Result};
-use crate::limits::{CHAT_ANSWER_TIMEOUT, PEER_IO_TIMEOUT};
+use crate::limits::{self, CHAT_ANSWER_TIMEOUT, PEER_IO_TIMEOUT};
 use crate::protocol::{check_username, Answer, Query};
 use crate::share::{ScanReport, Share};
 use crate::thread::Threads;
@@ -88,6 +88,50 @@ pub(crate) struct Hooks {
     pub event: Hook<dyn Fn(&PeerEvent) + Send + Sync>,
 }
 
+/// The bounds a peer holds against other peers. `Default` gives the values in
+/// [`crate::limits`]; set with [`PeerBuilder::limits`].
+#[derive(Debug, Clone)]
+pub struct PeerLimits {
+    /// How long a whole request line may take to arrive (not per byte).
+    pub request_line_timeout: Duration,
+    /// Transfers slower than this (bytes/s) over `min_rate_window` are ended.
+    pub min_transfer_rate: u64,
+    /// The window over which `min_transfer_rate` is judged.
+    pub min_rate_window: Duration,
+    /// Most requests served at once (chat requests waiting for an answer included).
+    pub max_serving: usize,
+    /// Most requests served at once for one address (one /64 for IPv6).
+    pub max_serving_per_addr: usize,
+    /// Most incoming chat requests waiting for an answer at once.
+    pub max_pending_chat_requests: usize,
+    /// Most chats open at once, incoming and outgoing.
+    pub max_open_chats: usize,
+    /// Largest file a download accepts (`None`: no limit but the free space).
+    pub max_download_size: Option<u64>,
+    /// Free space a download must leave in the download directory.
+    pub free_space_margin: u64,
+    /// Partial downloads untouched for longer than this are removed when the peer
+    /// starts (`None`: never).
+    pub stale_partial_age: Option<Duration>,
+}
+
+impl Default for PeerLimits {
+    fn default() -> Self {
+        PeerLimits {
+            request_line_timeout: limits::REQUEST_LINE_TIMEOUT,
+            min_transfer_rate: limits::MIN_TRANSFER_RATE,
+            min_rate_window: limits::MIN_RATE_WINDOW,
+            max_serving: limits::MAX_SERVING,
+            max_serving_per_addr: limits::MAX_SERVING_PER_ADDR,
+            max_pending_chat_requests: limits::MAX_PENDING_CHAT_REQUESTS,
+            max_open_chats: limits::MAX_OPEN_CHATS,
+            max_download_size: None,
+            free_space_margin: limits::FREE_SPACE_MARGIN,
+            stale_partial_age: Some(limits::STALE_PARTIAL_AGE),
+        }
+    }
+}
+
 /// Configures and connects a [`Peer`].
 pub struct PeerBuilder {
     registry: String,
@@ -98,10 +142,17 @@ pub struct PeerBuilder {
     listen_ip: IpAddr,
     chat_answer_timeout: Duration,
     io_timeout: Duration,
+    limits: PeerLimits,
     hooks: Hooks,
 }
 
 impl PeerBuilder {
+    /// Use these bounds instead of the defaults.
+    pub fn limits(mut self, limits: PeerLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
     /// Listen on this port (0, the default, picks a free one).
     pub fn port(mut self, port: u16) -> Self {
         self.port = port;
@@ -224,6 +275,7 @@ impl PeerBuilder {
             listen_addr,
             chat_answer_timeout: self.chat_answer_timeout,
             io_timeout: self.io_timeout,
+            limits: self.limits,
             hooks: self.hooks,
             registry: RegistryLink::new(&self.registry),
             threads: Threads::default(),
@@ -257,6 +309,7 @@ pub(crate) struct Inner {
     pub listen_addr: SocketAddr,
     pub chat_answer_timeout: Duration,
     pub io_timeout: Duration,
+    pub limits: PeerLimits,
     pub hooks: Hooks,
     registry: RegistryLink,
     pub threads: Threads,
@@ -450,6 +503,7 @@ impl Peer {
             listen_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             chat_answer_timeout: CHAT_ANSWER_TIMEOUT,
             io_timeout: PEER_IO_TIMEOUT,
+            limits: PeerLimits::default(),
             hooks: Hooks::default(),
         }
     }

@@ -43,6 +43,21 @@ pub struct RegistryConfig {
     pub max_users: usize,
     /// Event-loop threads; 0 (the default) means one per core, at most 8.
     pub threads: usize,
+    /// Most bytes of registration data held; past it `INIT` gets `ERR,Registry full`.
+    pub memory_budget: usize,
+    /// Most unsent answer bytes one connection may hold before its queries wait.
+    pub max_unsent_per_conn: usize,
+    /// A connection whose unsent output the socket takes none of for this long is
+    /// closed and its memory freed.
+    pub slow_reader_deadline: Duration,
+    /// Most open connections from one address (one /64 for IPv6).
+    pub max_conns_per_addr: usize,
+    /// Most registrations (session and legacy) held by one address.
+    pub max_users_per_addr: usize,
+    /// Sustained queries per second from one address.
+    pub queries_per_sec_per_addr: u32,
+    /// Queries one address may send at once above its sustained rate.
+    pub query_burst_per_addr: u32,
 }
 
 impl Default for RegistryConfig {
@@ -55,6 +70,13 @@ impl Default for RegistryConfig {
             max_connections: limits::MAX_CONNECTIONS,
             max_users: limits::MAX_USERS,
             threads: 0,
+            memory_budget: limits::REGISTRY_MEMORY_BUDGET,
+            max_unsent_per_conn: limits::MAX_UNSENT_PER_CONN,
+            slow_reader_deadline: limits::SLOW_READER_DEADLINE,
+            max_conns_per_addr: limits::MAX_CONNS_PER_ADDR,
+            max_users_per_addr: limits::MAX_USERS_PER_ADDR,
+            queries_per_sec_per_addr: limits::QUERIES_PER_SEC_PER_ADDR,
+            query_burst_per_addr: limits::QUERY_BURST_PER_ADDR,
         }
     }
 }
