@@ -35,6 +35,9 @@ pub enum p2p_registry_event_kind {
     P2P_REGISTRY_DISCONNECTED = 2,
     /// Legacy registrations whose lease ended (`usernames`).
     P2P_REGISTRY_LEASE_EXPIRED = 3,
+    /// A client was refused by a bound (`source`; `outcome` is the `ERR,<reason>` it
+    /// was sent, or `"closed"` when it was closed without an answer).
+    P2P_REGISTRY_REFUSED = 4,
 }
 
 /// One thing the registry saw, passed to a `p2p_registry_event_cb`.
@@ -121,6 +124,15 @@ fn deliver(
             false,
             0,
             usernames.as_slice(),
+        ),
+        RegistryEvent::Refused { source, outcome } => (
+            p2p_registry_event_kind::P2P_REGISTRY_REFUSED,
+            Some(source.to_string()),
+            None,
+            Some(c_string(outcome)),
+            false,
+            0,
+            &[],
         ),
     };
     let source = source.map(|s| c_string(&s));

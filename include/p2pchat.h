@@ -189,6 +189,11 @@ enum p2p_registry_event_kind
      * Legacy registrations whose lease ended (`usernames`).
      */
     P2P_REGISTRY_LEASE_EXPIRED = 3,
+    /**
+     * A client was refused by a bound (`source`; `outcome` is the `ERR,<reason>` it
+     * was sent, or `"closed"` when it was closed without an answer).
+     */
+    P2P_REGISTRY_REFUSED = 4,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L

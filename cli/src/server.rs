@@ -77,6 +77,11 @@ fn line(style: &Style, e: &RegistryEvent) -> String {
             now(),
             style.red(&format!("lease expired: {}", usernames.join(", ")))
         ),
+        RegistryEvent::Refused { source, outcome } => format!(
+            "{} {source} {}",
+            now(),
+            style.red(&format!("refused: {}", printable(outcome)))
+        ),
     }
 }
 

@@ -104,6 +104,14 @@ pub enum RegistryEvent {
     },
     /// Legacy registrations whose lease ended.
     LeaseExpired { usernames: Vec<String> },
+    /// A client hit a bound (per-address connections, registrations or query rate,
+    /// memory budget, a slow reader's deadline, the connection cap).
+    Refused {
+        source: SocketAddr,
+        /// What it was sent, e.g. `ERR,Too many connections from your address`, or
+        /// `closed` when it was closed without an answer.
+        outcome: String,
+    },
 }
 
 /// A hook that sees every registry event. Called on the registry's event-loop threads:
