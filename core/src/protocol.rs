@@ -26,6 +26,10 @@ pub mod reason {
     pub const REGISTRY_FULL: &str = "Registry full";
     pub const TIMED_OUT: &str = "Query timed out";
     pub const BUSY: &str = "Server busy";
+    /// The source address (its /64 for IPv6) already has `max_conns_per_addr` open.
+    pub const TOO_MANY_CONNECTIONS: &str = "Too many connections from your address";
+    /// The source address (its /64 for IPv6) already holds `max_users_per_addr`.
+    pub const TOO_MANY_USERS: &str = "Too many registrations from your address";
 }
 
 /// A registry query, borrowed from the line it was parsed from.

@@ -1,16 +1,31 @@
 //! The registry's table of online users and the rules for changing it.
 //!
 //! Owns the map from username to address and files, and decides who may change an
-//! entry (ownership). It never does I/O: the server calls it with parsed queries and
-//! writes the answers it returns.
+//! entry (ownership) and whether a new one fits (the table's size, its memory budget,
+//! the registering address's share). It never does I/O: the server calls it with parsed
+//! queries and writes the answers it returns.
+//!
+//! Memory: one entry is its username and its filenames joined by `,` in one boxed
+//! string (filenames never contain `,`), plus a fixed overhead — near the size of the
+//! registration on the wire, where a `Vec<String>` cost ~50 bytes per filename. The
+//! big answers (`GET_AF`, `GET_U`) are rendered once per table generation into shared
+//! buffers that every asking connection queues without copying.
 
+use super::address_key;
 use crate::limits::MAX_USERS;
 use crate::protocol::{reason, QueryError};
 use parking_lot::{Mutex, RwLock};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Write;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// Bytes one entry costs beyond its username and filenames: the map's key and value
+/// (boxed name, address, port, owner, boxed files) and the B-tree's share of a node,
+/// measured at ~90 bytes on x86-64. Counted against `memory_budget`.
+pub(crate) const ENTRY_OVERHEAD: usize = 96;
 
 /// Who may change or remove a registration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,10 +48,32 @@ pub struct UserEntry {
     pub files: Vec<String>,
 }
 
+/// The stored form of an entry (see the module notes on memory).
 #[derive(Debug)]
 struct Slot {
-    entry: UserEntry,
+    ip: IpAddr,
+    port: u16,
+    /// The filenames joined by `,`; empty for an empty share.
+    files: Box<str>,
     owner: Owner,
+}
+
+impl Slot {
+    fn entry(&self) -> UserEntry {
+        UserEntry {
+            ip: self.ip,
+            port: self.port,
+            files: if self.files.is_empty() {
+                Vec::new()
+            } else {
+                self.files.split(',').map(str::to_string).collect()
+            },
+        }
+    }
+}
+
+fn cost(username: &str, files: &str) -> usize {
+    username.len() + files.len() + ENTRY_OVERHEAD
 }
 
 /// Who is asking, as far as ownership is concerned.
@@ -55,30 +92,97 @@ pub(crate) enum InitOutcome {
     Updated,
 }
 
-/// The user table: a sorted map behind a short-held `RwLock` (readers in other threads
-/// take snapshots; the server thread is the only writer).
+/// The bounds a [`Directory`] enforces on new registrations.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Bounds {
+    pub max_users: usize,
+    /// Most accounted bytes (see [`ENTRY_OVERHEAD`]).
+    pub memory_budget: usize,
+    /// Most registrations per [`address_key`].
+    pub max_users_per_addr: usize,
+}
+
+impl Default for Bounds {
+    fn default() -> Self {
+        Bounds {
+            max_users: MAX_USERS,
+            memory_budget: usize::MAX,
+            max_users_per_addr: usize::MAX,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Table {
+    map: BTreeMap<Box<str>, Slot>,
+    /// Accounted bytes of every entry.
+    bytes: usize,
+    /// Registrations held per address key.
+    per_addr: HashMap<IpAddr, usize>,
+    /// Bumped on every change; the rendered answers are valid for one generation.
+    generation: u64,
+}
+
+impl Table {
+    fn insert(&mut self, name: &str, slot: Slot) {
+        self.bytes += cost(name, &slot.files);
+        *self.per_addr.entry(address_key(slot.ip)).or_insert(0) += 1;
+        self.map.insert(name.into(), slot);
+        self.generation += 1;
+    }
+
+    /// Remove `name`; returns the bytes it was accounted at.
+    fn remove(&mut self, name: &str) -> Option<usize> {
+        let slot = self.map.remove(name)?;
+        let freed = cost(name, &slot.files);
+        self.bytes -= freed;
+        let key = address_key(slot.ip);
+        if let Some(n) = self.per_addr.get_mut(&key) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_addr.remove(&key);
+            }
+        }
+        self.generation += 1;
+        Some(freed)
+    }
+}
+
+/// An answer rendered for one table generation, shared by every connection sending it.
+type Rendered = Mutex<Option<(u64, Arc<[u8]>, usize)>>;
+
+/// The user table: a sorted map behind a short-held `RwLock` (the loops take the read
+/// side to answer, the write side to change it).
 #[derive(Debug)]
 pub(crate) struct Directory {
-    users: RwLock<BTreeMap<String, Slot>>,
-    /// When each IP holding legacy registrations last sent a legacy query: the original
-    /// client never says it is still there, but it queries while its person uses it.
-    /// Only IPs with legacy registrations have an entry, so this stays small.
+    users: RwLock<Table>,
+    /// When each IP holding legacy registrations last sent a well-formed legacy query:
+    /// the original client never says it is still there, but it queries while its
+    /// person uses it. Only IPs with legacy registrations have an entry.
     legacy_seen: Mutex<HashMap<IpAddr, Instant>>,
-    max_users: usize,
+    bounds: Bounds,
+    all_files: Rendered,
+    usernames: Rendered,
+    /// Accounted bytes released since the server last asked (it hands memory back to
+    /// the system after large releases).
+    released: AtomicUsize,
 }
 
 impl Default for Directory {
     fn default() -> Self {
-        Directory::new(MAX_USERS)
+        Directory::new(Bounds::default())
     }
 }
 
 impl Directory {
-    pub fn new(max_users: usize) -> Self {
+    pub fn new(bounds: Bounds) -> Self {
         Directory {
-            users: RwLock::new(BTreeMap::new()),
+            users: RwLock::new(Table::default()),
             legacy_seen: Mutex::new(HashMap::new()),
-            max_users,
+            bounds,
+            all_files: Mutex::new(None),
+            usernames: Mutex::new(None),
+            released: AtomicUsize::new(0),
         }
     }
 
@@ -92,41 +196,59 @@ impl Directory {
         let owner = if caller.session {
             Owner::Session(caller.conn)
         } else {
-            self.legacy_seen.lock().insert(caller.ip, Instant::now());
             Owner::Legacy { ip: caller.ip }
         };
-        let entry = UserEntry {
-            ip: caller.ip,
-            port,
-            files: files.iter().map(|f| f.to_string()).collect(),
-        };
+        let joined: Box<str> = files.join(",").into_boxed_str();
+        let new_cost = cost(username, &joined);
         let mut users = self.users.write();
-        match users.get_mut(username) {
+        let outcome = match users.map.get(username) {
             Some(slot) => {
                 if !owns(slot.owner, caller) {
                     return Err(QueryError(reason::USERNAME_TAKEN));
                 }
-                slot.entry = entry;
-                slot.owner = owner;
-                Ok(InitOutcome::Updated)
-            }
-            None => {
-                if users.len() >= self.max_users {
+                let old_cost = cost(username, &slot.files);
+                if users.bytes - old_cost + new_cost > self.bounds.memory_budget {
                     return Err(QueryError(reason::REGISTRY_FULL));
                 }
-                users.insert(username.to_string(), Slot { entry, owner });
-                Ok(InitOutcome::Registered)
+                users.remove(username);
+                InitOutcome::Updated
             }
+            None => {
+                if users.map.len() >= self.bounds.max_users
+                    || users.bytes + new_cost > self.bounds.memory_budget
+                {
+                    return Err(QueryError(reason::REGISTRY_FULL));
+                }
+                let held = users.per_addr.get(&address_key(caller.ip));
+                if held.copied().unwrap_or(0) >= self.bounds.max_users_per_addr {
+                    return Err(QueryError(reason::TOO_MANY_USERS));
+                }
+                InitOutcome::Registered
+            }
+        };
+        let slot = Slot {
+            ip: caller.ip,
+            port,
+            files: joined,
+            owner,
+        };
+        users.insert(username, slot);
+        drop(users);
+        if !caller.session {
+            self.legacy_seen.lock().insert(caller.ip, Instant::now());
         }
+        Ok(outcome)
     }
 
     pub fn exit(&self, caller: Caller, username: &str) -> Result<(), QueryError> {
         let mut users = self.users.write();
-        match users.get(username) {
+        match users.map.get(username) {
             None => Err(QueryError(reason::USER_NOT_FOUND)),
             Some(slot) if !owns(slot.owner, caller) => Err(QueryError(reason::NOT_OWNER)),
             Some(_) => {
-                users.remove(username);
+                if let Some(freed) = users.remove(username) {
+                    self.released.fetch_add(freed, Ordering::Relaxed);
+                }
                 Ok(())
             }
         }
@@ -140,16 +262,18 @@ impl Directory {
     ) -> Vec<String> {
         let mut users = self.users.write();
         let mut released = Vec::new();
+        let mut freed = 0;
         for name in names {
-            if matches!(users.get(name), Some(s) if s.owner == Owner::Session(conn)) {
-                users.remove(name);
+            if matches!(users.map.get(name.as_str()), Some(s) if s.owner == Owner::Session(conn)) {
+                freed += users.remove(name).unwrap_or(0);
                 released.push(name.clone());
             }
         }
+        self.released.fetch_add(freed, Ordering::Relaxed);
         released
     }
 
-    /// A legacy query came from `ip`: its legacy registrations live on.
+    /// A well-formed legacy query came from `ip`: its legacy registrations live on.
     pub fn legacy_activity(&self, ip: IpAddr) {
         if let Some(seen) = self.legacy_seen.lock().get_mut(&ip) {
             *seen = Instant::now();
@@ -165,50 +289,86 @@ impl Directory {
             seen.keys().copied().collect()
         };
         let lapsed = |s: &Slot| matches!(s.owner, Owner::Legacy { ip } if !live.contains(&ip));
-        if !self.users.read().values().any(lapsed) {
+        if !self.users.read().map.values().any(lapsed) {
             return Vec::new();
         }
         let mut users = self.users.write();
         let expired: Vec<String> = users
+            .map
             .iter()
             .filter(|(_, s)| lapsed(s))
-            .map(|(n, _)| n.clone())
+            .map(|(n, _)| n.to_string())
             .collect();
+        let mut freed = 0;
         for name in &expired {
-            users.remove(name);
+            freed += users.remove(name).unwrap_or(0);
         }
+        self.released.fetch_add(freed, Ordering::Relaxed);
         expired
     }
 
+    /// Accounted bytes released since the last call.
+    pub fn take_released(&self) -> usize {
+        self.released.swap(0, Ordering::Relaxed)
+    }
+
+    /// Drop rendered answers of past generations (they are otherwise kept until the
+    /// next query of their kind); returns their size.
+    pub fn drop_stale_renders(&self) -> usize {
+        let generation = self.users.read().generation;
+        let mut freed = 0;
+        for cache in [&self.all_files, &self.usernames] {
+            let mut c = cache.lock();
+            if matches!(&*c, Some((g, _, _)) if *g != generation) {
+                freed += c.take().map_or(0, |(_, text, _)| text.len());
+            }
+        }
+        freed
+    }
+
+    /// Accounted bytes of the table now.
+    pub fn accounted_bytes(&self) -> usize {
+        self.users.read().bytes
+    }
+
     pub fn get(&self, username: &str) -> Option<UserEntry> {
-        self.users.read().get(username).map(|s| s.entry.clone())
+        self.users.read().map.get(username).map(Slot::entry)
     }
 
     pub fn usernames(&self) -> Vec<String> {
-        self.users.read().keys().cloned().collect()
+        self.users
+            .read()
+            .map
+            .keys()
+            .map(|k| k.to_string())
+            .collect()
     }
 
     pub fn len(&self) -> usize {
-        self.users.read().len()
+        self.users.read().map.len()
     }
 
-    /// `OK,user1,user2,…` (just `OK` when nobody is online).
-    pub fn write_usernames(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(b"OK");
-        for name in self.users.read().keys() {
-            out.push(b',');
-            out.extend_from_slice(name.as_bytes());
-        }
+    /// `OK,user1,user2,…` (just `OK` when nobody is online), shared.
+    pub fn usernames_text(&self) -> Arc<[u8]> {
+        self.rendered(&self.usernames, |table, out| {
+            out.extend_from_slice(b"OK");
+            for name in table.map.keys() {
+                out.push(b',');
+                out.extend_from_slice(name.as_bytes());
+            }
+        })
+        .0
     }
 
     /// `OK,ip,port` or `ERR,User not found!`.
     pub fn write_peer(&self, username: &str, out: &mut Vec<u8>) -> Result<(), QueryError> {
         let users = self.users.read();
         let slot = users
+            .map
             .get(username)
             .ok_or(QueryError(reason::USER_NOT_FOUND))?;
         // Writing into a Vec cannot fail.
-        let _ = write!(out, "OK,{},{}", slot.entry.ip, slot.entry.port);
+        let _ = write!(out, "OK,{},{}", slot.ip, slot.port);
         Ok(())
     }
 
@@ -216,35 +376,51 @@ impl Directory {
     pub fn write_user_files(&self, username: &str, out: &mut Vec<u8>) -> Result<(), QueryError> {
         let users = self.users.read();
         let slot = users
+            .map
             .get(username)
             .ok_or(QueryError(reason::USER_NOT_FOUND))?;
         out.extend_from_slice(b"OK");
-        for f in &slot.entry.files {
+        if !slot.files.is_empty() {
             out.push(b',');
-            out.extend_from_slice(f.as_bytes());
+            out.extend_from_slice(slot.files.as_bytes());
         }
         Ok(())
     }
 
-    /// `OK,` then `user: f1,f2\n` per user. Returns how many users were written.
+    /// `OK,` then `user: f1,f2\n` per user, shared; and how many users it lists.
     ///
-    /// The answer is built in one pass under the read lock into the connection's output
-    /// buffer (memory, not a socket), so the lock is never held across network I/O.
-    pub fn write_all_files(&self, out: &mut Vec<u8>) -> usize {
-        out.extend_from_slice(b"OK,");
-        let users = self.users.read();
-        for (name, slot) in users.iter() {
-            out.extend_from_slice(name.as_bytes());
-            out.extend_from_slice(b": ");
-            for (i, f) in slot.entry.files.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                out.extend_from_slice(f.as_bytes());
+    /// Rendered once per table generation under the read lock (memory, never a
+    /// socket); every connection asking in that generation queues the same buffer, so
+    /// 500 clients that ask and never read hold one copy, not 500.
+    pub fn all_files_text(&self) -> (Arc<[u8]>, usize) {
+        self.rendered(&self.all_files, |table, out| {
+            out.extend_from_slice(b"OK,");
+            for (name, slot) in &table.map {
+                out.extend_from_slice(name.as_bytes());
+                out.extend_from_slice(b": ");
+                out.extend_from_slice(slot.files.as_bytes());
+                out.push(b'\n');
             }
-            out.push(b'\n');
+        })
+    }
+
+    fn rendered(
+        &self,
+        cache: &Rendered,
+        render: impl FnOnce(&Table, &mut Vec<u8>),
+    ) -> (Arc<[u8]>, usize) {
+        let users = self.users.read();
+        if let Some((g, text, n)) = &*cache.lock() {
+            if *g == users.generation {
+                return (text.clone(), *n);
+            }
         }
-        users.len()
+        let mut out = Vec::new();
+        render(&users, &mut out);
+        let text: Arc<[u8]> = out.into();
+        let n = users.map.len();
+        *cache.lock() = Some((users.generation, text.clone(), n));
+        (text, n)
     }
 }
 
@@ -252,5 +428,64 @@ fn owns(owner: Owner, caller: Caller) -> bool {
     match owner {
         Owner::Session(conn) => conn == caller.conn,
         Owner::Legacy { ip } => ip == caller.ip,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn caller(ip: &str, conn: u64) -> Caller {
+        Caller {
+            conn,
+            ip: ip.parse().unwrap(),
+            session: true,
+        }
+    }
+
+    #[test]
+    fn entries_round_trip_and_count() {
+        let d = Directory::new(Bounds {
+            max_users_per_addr: 2,
+            ..Bounds::default()
+        });
+        let a = caller("127.0.0.3", 1);
+        d.init(a, "u1", 5000, &["x", "y"]).unwrap();
+        d.init(a, "u2", 5000, &[]).unwrap();
+        assert_eq!(d.get("u1").unwrap().files, vec!["x", "y"]);
+        assert!(d.get("u2").unwrap().files.is_empty());
+        assert_eq!(
+            d.init(a, "u3", 5000, &[]).unwrap_err().0,
+            reason::TOO_MANY_USERS
+        );
+        // An update is not a new registration.
+        assert_eq!(d.init(a, "u2", 5001, &["z"]), Ok(InitOutcome::Updated));
+        assert!(d.init(caller("127.0.0.4", 2), "u3", 5000, &[]).is_ok());
+        let (text, n) = d.all_files_text();
+        assert_eq!(n, 3);
+        assert_eq!(&text[..], b"OK,u1: x,y\nu2: z\nu3: \n");
+        d.release_session(1, &["u1".to_string(), "u2".to_string()]);
+        assert_eq!(d.accounted_bytes(), cost("u3", ""));
+        assert!(d.init(a, "u4", 5000, &[]).is_ok());
+    }
+
+    #[test]
+    fn budget_refuses_new_and_grown_entries() {
+        let d = Directory::new(Bounds {
+            memory_budget: 2 * ENTRY_OVERHEAD + 20,
+            ..Bounds::default()
+        });
+        let a = caller("127.0.0.3", 1);
+        d.init(a, "u1", 5000, &["abc"]).unwrap();
+        d.init(a, "u2", 5000, &["abc"]).unwrap();
+        assert_eq!(
+            d.init(a, "u3", 5000, &[]).unwrap_err().0,
+            reason::REGISTRY_FULL
+        );
+        assert_eq!(
+            d.init(a, "u2", 5000, &["abcdefghijklmnop"]).unwrap_err().0,
+            reason::REGISTRY_FULL
+        );
+        assert_eq!(d.get("u2").unwrap().files, vec!["abc"]);
     }
 }

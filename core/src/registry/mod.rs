@@ -18,8 +18,10 @@ pub use directory::UserEntry;
 use crate::error::Result;
 use crate::limits;
 use crate::thread::spawn_named;
-use directory::Directory;
-use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
+use directory::{Bounds, Directory};
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr, TcpListener, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -148,14 +150,23 @@ impl RegistryBuilder {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get().min(8)),
             n => n,
         };
-        let directory = Arc::new(Directory::new(self.config.max_users));
+        let directory = Arc::new(Directory::new(Bounds {
+            max_users: self.config.max_users,
+            memory_budget: self.config.memory_budget,
+            max_users_per_addr: self.config.max_users_per_addr,
+        }));
+        let max_connections = connection_cap(self.config.max_connections, raise_nofile_limit());
         let shared = Arc::new(server::Shared {
             config: self.config,
+            max_connections,
             hook: self.hook,
             directory: directory.clone(),
             stop: AtomicBool::new(false),
             open: AtomicUsize::new(0),
+            lingering: AtomicUsize::new(0),
             next_id: AtomicU64::new(1),
+            addrs: Mutex::new(HashMap::new()),
+            freed: AtomicUsize::new(0),
         });
         let mut servers = Vec::with_capacity(loops);
         let mut handoffs = Vec::with_capacity(loops);
@@ -240,6 +251,20 @@ impl Registry {
         self.directory.len()
     }
 
+    /// The connection cap in force: [`RegistryConfig::max_connections`], lowered when
+    /// the process's descriptor limit (raised to its hard limit at start) leaves less
+    /// room, so that past it clients get `ERR,Server busy` rather than an `accept` that
+    /// fails for want of descriptors.
+    pub fn connection_cap(&self) -> usize {
+        self.shared.max_connections
+    }
+
+    /// Bytes of registration data held now, as counted against
+    /// [`RegistryConfig::memory_budget`].
+    pub fn memory_used(&self) -> usize {
+        self.directory.accounted_bytes()
+    }
+
     /// Stop serving, close every connection and join the server thread.
     pub fn shutdown(mut self) {
         self.stop_and_join();
@@ -253,6 +278,97 @@ impl Registry {
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
+    }
+}
+
+/// Descriptors kept out of the connection cap: refused connections lingering (their
+/// `ERR` line on its way), the listener, the pollers and wakers, and whatever else the
+/// embedding process opens.
+pub(crate) const FD_HEADROOM: usize = 64 + server::MAX_LINGERING;
+
+/// The key per-address bounds are counted under: an IPv4 address as it is (an
+/// IPv4-mapped IPv6 address as its IPv4 address), an IPv6 address as its /64 network
+/// (one subscriber usually gets a whole /64, so counting single IPv6 addresses would
+/// give one client 2^64 quotas).
+///
+/// ```
+/// use p2pcore::registry::address_key;
+/// let a = address_key("2001:db8:1:2::1".parse().unwrap());
+/// assert_eq!(a, address_key("2001:db8:1:2:ffff::9".parse().unwrap()));
+/// assert_ne!(a, address_key("2001:db8:1:3::1".parse().unwrap()));
+/// assert_eq!(address_key("::ffff:127.0.0.2".parse().unwrap()), "127.0.0.2".parse::<std::net::IpAddr>().unwrap());
+/// ```
+pub fn address_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+    }
+}
+
+/// Raise the soft `RLIMIT_NOFILE` to the hard limit; returns the soft limit now in
+/// force (`None` if it could not be read).
+fn raise_nofile_limit() -> Option<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return None;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                lim.rlim_cur = lim.rlim_max;
+            }
+        }
+    }
+    Some(lim.rlim_cur as u64)
+}
+
+/// The connection cap given the configured one and the descriptor limit.
+fn connection_cap(configured: usize, nofile: Option<u64>) -> usize {
+    match nofile {
+        Some(n) if n != libc::RLIM_INFINITY as u64 => {
+            let room = usize::try_from(n).unwrap_or(usize::MAX);
+            configured.min(room.saturating_sub(FD_HEADROOM).max(1))
+        }
+        _ => configured,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_addresses_count_per_64() {
+        let k = |s: &str| address_key(s.parse().unwrap());
+        assert_eq!(k("2001:db8::1"), k("2001:db8::ffff:1"));
+        assert_eq!(k("2001:db8::1"), k("2001:db8:0:0:1:2:3:4"));
+        assert_ne!(k("2001:db8::1"), k("2001:db8:0:1::1"));
+        assert_eq!(k("2001:db8:aa:bb:1::"), k("2001:db8:aa:bb::"));
+        assert_eq!(k("::1"), k("::2"));
+        assert_eq!(k("127.0.0.2"), k("::ffff:127.0.0.2"));
+        assert_ne!(k("127.0.0.2"), k("127.0.0.3"));
+    }
+
+    #[test]
+    fn cap_stays_under_the_descriptor_limit() {
+        assert_eq!(connection_cap(20_000, Some(1024)), 1024 - FD_HEADROOM);
+        assert_eq!(connection_cap(20_000, Some(1 << 20)), 20_000);
+        assert_eq!(connection_cap(20_000, None), 20_000);
+        assert_eq!(connection_cap(20_000, Some(10)), 1);
     }
 }
 

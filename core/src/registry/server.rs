@@ -3,43 +3,149 @@
 //! One loop per core (each a thread with its own mio `Poll`), non-blocking sockets,
 //! edge-triggered. Loop 0 owns the listener and hands accepted connections round-robin
 //! to every loop (itself included) over a channel plus a waker; a connection then stays
-//! on its loop for life. All loops share the one [`Directory`]. Each connection has an input
-//! buffer (at most one query line plus what one read brings) and an output buffer;
-//! deadlines (legacy grace, slowloris, idle) sit in a min-heap so a wake-up costs
-//! O(log n), not a scan of every connection.
+//! on its loop for life. All loops share the one [`Directory`]. Each connection has an
+//! input buffer (at most one query line plus what one read brings) and an output queue
+//! of owned and shared chunks (a `GET_AF` text is one shared buffer however many
+//! connections queue it); deadlines (legacy grace, slowloris, idle, slow reader, query
+//! rate, lingering) sit in a min-heap so a wake-up costs O(log n), not a scan of every
+//! connection.
+//!
+//! Hostile clients: a connection answers at most [`BATCH`] queries per turn before the
+//! others get theirs; one over its address's query rate is not read until its tokens
+//! refill (TCP backpressure, no answer); one whose unsent output passes
+//! `max_unsent_per_conn` is not read until it drains, and is closed when the socket
+//! takes none of its output for `slow_reader_deadline`. A refusal is an `ERR` line, then
+//! `shutdown(Write)` and a short linger reading what the client still sends, so the
+//! close is a FIN the client can read the line before, not a reset.
 
 use super::directory::{Caller, Directory, InitOutcome};
-use super::{RegistryConfig, RegistryEvent, RegistryHook};
+use super::{address_key, RegistryConfig, RegistryEvent, RegistryHook};
 use crate::limits::{LEGACY_FAST_MAX, MAX_LINE_LEN};
 use crate::protocol::{parse_query, reason, truncate, Query, QueryError};
 use crossbeam_channel::{Receiver, Sender};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
+use parking_lot::Mutex;
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashSet};
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::io::{self, Read, Write};
-use std::net::SocketAddr;
+use std::net::{IpAddr, Shutdown, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 const LISTENER: Token = Token(usize::MAX - 1);
 const WAKER: Token = Token(usize::MAX);
-/// Past this much unsent output, a connection's further queries wait (a client that
-/// pipelines `GET_AF` without reading must not grow our memory without bound).
-const OUT_HIGH_WATER: usize = 4 * 1024 * 1024;
 const READ_CHUNK: usize = 64 * 1024;
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
+/// Queries one connection may have answered in one turn before the loop serves the
+/// others (a pipelining client cannot hold its loop).
+const BATCH: usize = 64;
+/// Shared answers smaller than this are copied into the connection's own buffer (one
+/// chunk fewer to write; the copy is cheaper than the bookkeeping).
+const SHARE_MIN: usize = 4096;
+/// How long a refused or closing connection is kept (reading and discarding what the
+/// client still sends) so its `ERR` line arrives before a FIN, not a reset.
+const LINGER: Duration = Duration::from_secs(1);
+/// Most bytes read and dropped from one lingering connection before it is closed.
+const LINGER_MAX_BYTES: usize = 256 * 1024;
+/// Most refused connections lingering at once (beyond it they are closed at once). Part
+/// of the descriptor headroom, see [`super::FD_HEADROOM`].
+pub(super) const MAX_LINGERING: usize = 64;
+/// After this many bytes of registrations and buffers are freed, loop 0 asks the
+/// allocator to give free pages back to the system (`malloc_trim`).
+const TRIM_AFTER: usize = 4 * 1024 * 1024;
+/// How soon to try `accept` again after it failed (EMFILE and friends): the listener
+/// is edge-triggered, so waiting for the next connection could wait forever.
+const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+
+/// One piece of a connection's unsent output.
+enum Chunk {
+    Own(Vec<u8>),
+    Shared(Arc<[u8]>),
+}
+
+impl Chunk {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Chunk::Own(v) => v,
+            Chunk::Shared(a) => a,
+        }
+    }
+}
+
+/// A connection's unsent output: owned answers appended to an owned chunk, shared ones
+/// queued by reference.
+#[derive(Default)]
+struct Output {
+    chunks: VecDeque<Chunk>,
+    /// Bytes of the front chunk already written.
+    pos: usize,
+    /// Unsent bytes (a shared chunk counts whole for each holder).
+    pending: usize,
+    /// A written-out owned chunk kept for the next answer (one allocation less per
+    /// query on a busy connection).
+    spare: Option<Vec<u8>>,
+}
+
+impl Output {
+    fn push_bytes(&mut self, bytes: &[u8]) {
+        if bytes.is_empty() {
+            return;
+        }
+        self.pending += bytes.len();
+        if let Some(Chunk::Own(v)) = self.chunks.back_mut() {
+            v.extend_from_slice(bytes);
+        } else {
+            let mut v = self.spare.take().unwrap_or_default();
+            v.extend_from_slice(bytes);
+            self.chunks.push_back(Chunk::Own(v));
+        }
+    }
+
+    fn push_shared(&mut self, text: Arc<[u8]>) {
+        if text.len() < SHARE_MIN {
+            self.push_bytes(&text);
+        } else {
+            self.pending += text.len();
+            self.chunks.push_back(Chunk::Shared(text));
+        }
+    }
+
+    /// Mark `n` bytes of the front as written.
+    fn advance(&mut self, n: usize) {
+        self.pending -= n;
+        self.pos += n;
+        if let Some(front) = self.chunks.front() {
+            if self.pos >= front.bytes().len() {
+                if let Some(Chunk::Own(mut v)) = self.chunks.pop_front() {
+                    if v.capacity() <= READ_CHUNK {
+                        v.clear();
+                        self.spare = Some(v);
+                    }
+                }
+                self.pos = 0;
+            }
+        }
+    }
+
+    fn front(&self) -> Option<&[u8]> {
+        self.chunks.front().map(|c| &c.bytes()[self.pos..])
+    }
+}
 
 struct Conn {
     id: u64,
     stream: TcpStream,
     peer: SocketAddr,
+    /// This connection's address's query-rate bucket.
+    bucket: Arc<Mutex<Bucket>>,
     inbuf: Vec<u8>,
     /// How far `inbuf` has been searched for `\n`.
     scanned: usize,
-    out: Vec<u8>,
-    out_pos: usize,
+    out: Output,
+    /// Since when unsent output has waited without the socket taking any of it.
+    out_stalled_since: Option<Instant>,
     /// Has sent at least one `\n`-terminated line: answers are framed, partial lines wait.
     session: bool,
     /// When the incomplete query now in `inbuf` began.
@@ -49,6 +155,17 @@ struct Conn {
     /// Names registered on this session (released when it closes).
     owned: HashSet<String>,
     close_after_flush: bool,
+    /// Over its address's query rate: not read nor answered until then.
+    throttled_until: Option<Instant>,
+    /// Answered a whole batch this turn; continues from the ready list.
+    yielded: bool,
+    /// Refused or done: output flushed and write side shut; input is read and dropped
+    /// until EOF or this deadline, then the socket is closed.
+    linger_until: Option<Instant>,
+    /// Bytes read and dropped while lingering.
+    lingered: usize,
+    /// Counted in `Shared::open` and its address's connections (refused ones are not).
+    counted: bool,
     /// Earliest deadline of this connection already in the timer heap.
     scheduled: Option<Instant>,
     eof: bool,
@@ -57,27 +174,80 @@ struct Conn {
     want_write: bool,
 }
 
-impl Conn {
-    fn pending_out(&self) -> usize {
-        self.out.len() - self.out_pos
+/// A token bucket for one address's queries.
+#[derive(Debug)]
+pub(super) struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    fn full(burst: u32) -> Bucket {
+        Bucket {
+            tokens: f64::from(burst.max(1)),
+            at: Instant::now(),
+        }
     }
+
+    fn refill(&mut self, now: Instant, rate: u32, burst: u32) {
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * f64::from(rate)).min(f64::from(burst.max(1)));
+        self.at = now;
+    }
+
+    /// Take one token, or say how long until one is there.
+    fn take(&mut self, now: Instant, rate: u32, burst: u32) -> Result<(), Duration> {
+        self.refill(now, rate, burst);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64(
+                (1.0 - self.tokens) / f64::from(rate),
+            ))
+        }
+    }
+}
+
+/// What the registry keeps per source address (per /64 for IPv6).
+pub(super) struct AddrState {
+    conns: usize,
+    bucket: Arc<Mutex<Bucket>>,
 }
 
 /// What every loop shares.
 pub(super) struct Shared {
     pub config: RegistryConfig,
+    /// The connection cap in force: `config.max_connections`, lowered to fit under the
+    /// descriptor limit.
+    pub max_connections: usize,
     pub hook: Option<RegistryHook>,
     pub directory: Arc<Directory>,
     pub stop: AtomicBool,
     /// Open connections across all loops (for `max_connections`).
     pub open: AtomicUsize,
+    /// Refused connections lingering (for [`MAX_LINGERING`]).
+    pub lingering: AtomicUsize,
     /// Connection ids, unique across loops (session ownership is keyed by them).
     pub next_id: AtomicU64,
+    /// Per-address connection counts and query buckets.
+    pub addrs: Mutex<HashMap<IpAddr, AddrState>>,
+    /// Bytes of connection buffers freed since loop 0 last trimmed.
+    pub freed: AtomicUsize,
 }
+
+impl Shared {
+    fn rate_limited(&self) -> bool {
+        self.config.queries_per_sec_per_addr > 0
+    }
+}
+
+/// A connection on its way to a loop: its stream, peer and its address's rate bucket.
+type Accepted = (TcpStream, SocketAddr, Arc<Mutex<Bucket>>);
 
 /// Where loop 0 sends a connection for another loop.
 pub(super) struct Handoff {
-    pub tx: Sender<(TcpStream, SocketAddr)>,
+    pub tx: Sender<Accepted>,
     pub waker: Arc<Waker>,
 }
 
@@ -87,12 +257,19 @@ pub(super) struct Server {
     listener: Option<TcpListener>,
     handoffs: Vec<Handoff>,
     next_loop: usize,
-    inbox: Receiver<(TcpStream, SocketAddr)>,
+    accept_retry_at: Option<Instant>,
+    inbox: Receiver<Accepted>,
     conns: Vec<Option<Conn>>,
     free: Vec<usize>,
     timers: BinaryHeap<Reverse<(Instant, usize, u64)>>,
+    /// Connections that yielded after a batch, to continue after the next poll.
+    ready: Vec<(usize, u64)>,
     shared: Arc<Shared>,
     scratch: Vec<u8>,
+    /// One answer being built (copied into the connection's output when done).
+    answer_buf: Vec<u8>,
+    /// Freed bytes counted towards the next `malloc_trim` (loop 0).
+    trim_debt: usize,
 }
 
 impl Server {
@@ -106,12 +283,16 @@ impl Server {
             listener: None,
             handoffs: Vec::new(),
             next_loop: 0,
+            accept_retry_at: None,
             inbox,
             conns: Vec::new(),
             free: Vec::new(),
             timers: BinaryHeap::new(),
+            ready: Vec::new(),
             shared,
             scratch: vec![0; READ_CHUNK],
+            answer_buf: Vec::new(),
+            trim_debt: 0,
         };
         Ok((server, Handoff { tx, waker }))
     }
@@ -139,7 +320,14 @@ impl Server {
             if let Some(Reverse((t, _, _))) = self.timers.peek() {
                 wake_at = wake_at.min(*t);
             }
-            let timeout = wake_at.saturating_duration_since(now);
+            if let Some(t) = self.accept_retry_at {
+                wake_at = wake_at.min(t);
+            }
+            let timeout = if self.ready.is_empty() {
+                wake_at.saturating_duration_since(now)
+            } else {
+                Duration::ZERO
+            };
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -161,20 +349,59 @@ impl Server {
                     }
                 }
             }
-            let now = Instant::now();
-            self.fire_timers(now);
-            if now >= next_sweep {
-                // Every loop moves its clock on (else its poll timeout stays 0 and it
-                // spins); only loop 0, the accepting one, sweeps the shared leases.
-                next_sweep = now + SWEEP_EVERY;
-                if self.listener.is_some() {
-                    let lease = self.shared.config.legacy_lease;
-                    let expired = self.shared.directory.expire_leases(now, lease);
-                    if !expired.is_empty() {
-                        self.emit(|| RegistryEvent::LeaseExpired { usernames: expired });
+            for (idx, id) in std::mem::take(&mut self.ready) {
+                if let Some(Some(c)) = self.conns.get_mut(idx) {
+                    if c.id == id && c.yielded {
+                        c.yielded = false;
+                        self.on_readable(idx, false);
                     }
                 }
             }
+            let now = Instant::now();
+            self.fire_timers(now);
+            if self.accept_retry_at.is_some_and(|t| now >= t) {
+                self.accept_retry_at = None;
+                self.accept_all();
+            }
+            if now >= next_sweep {
+                // Every loop moves its clock on (else its poll timeout stays 0 and it
+                // spins); only loop 0, the accepting one, sweeps the shared state.
+                next_sweep = now + SWEEP_EVERY;
+                if self.listener.is_some() {
+                    self.sweep(now);
+                }
+            }
+        }
+    }
+
+    /// Loop 0, once a second: expire leases, forget idle addresses, drop stale rendered
+    /// answers, and give freed memory back to the system after large releases.
+    fn sweep(&mut self, now: Instant) {
+        let lease = self.shared.config.legacy_lease;
+        let expired = self.shared.directory.expire_leases(now, lease);
+        if !expired.is_empty() {
+            self.emit(|| RegistryEvent::LeaseExpired { usernames: expired });
+        }
+        let (rate, burst) = (
+            self.shared.config.queries_per_sec_per_addr,
+            self.shared.config.query_burst_per_addr,
+        );
+        // An address without connections is forgotten once its bucket is full again
+        // (forgetting it earlier would hand a reconnecting flooder a fresh burst).
+        self.shared.addrs.lock().retain(|_, a| {
+            if a.conns > 0 {
+                return true;
+            }
+            let mut b = a.bucket.lock();
+            b.refill(now, rate, burst);
+            rate > 0 && b.tokens < f64::from(burst.max(1))
+        });
+        self.trim_debt += self.shared.directory.take_released()
+            + self.shared.directory.drop_stale_renders()
+            + self.shared.freed.swap(0, Ordering::Relaxed);
+        if self.trim_debt >= TRIM_AFTER {
+            self.trim_debt = 0;
+            release_free_memory();
         }
     }
 
@@ -196,48 +423,116 @@ impl Server {
     fn accept_from(&mut self, listener: &TcpListener) {
         loop {
             match listener.accept() {
-                Ok((mut stream, peer)) => {
-                    let open = self.shared.open.fetch_add(1, Ordering::SeqCst);
-                    if open >= self.shared.config.max_connections {
-                        self.shared.open.fetch_sub(1, Ordering::SeqCst);
-                        // Best effort: a fresh socket's send buffer takes this at once.
-                        let _ = stream.write_all(format!("ERR,{}\n", reason::BUSY).as_bytes());
-                        continue;
-                    }
+                Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    crate::net::set_keepalive(&stream);
-                    let target = self.next_loop % self.handoffs.len().max(1);
-                    self.next_loop = self.next_loop.wrapping_add(1);
-                    match self.handoffs.get(target) {
-                        Some(h) if target != 0 => {
-                            if h.tx.send((stream, peer)).is_ok() {
-                                let _ = h.waker.wake();
-                            } else {
-                                self.shared.open.fetch_sub(1, Ordering::SeqCst);
-                            }
-                        }
-                        _ => self.add_conn(stream, peer),
+                    match self.admit_conn(peer) {
+                        Ok(bucket) => self.hand_off(stream, peer, bucket),
+                        Err(why) => self.refuse_at_accept(stream, peer, why),
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    // EMFILE and friends: log and try again on the next event rather
-                    // than spin; the listener stays registered.
+                    // EMFILE and friends (the cap keeps descriptors in reserve, but the
+                    // embedding process may use them): try again shortly rather than
+                    // spin or wait for an edge that may never come.
                     log::warn!("registry accept failed: {e}");
+                    self.accept_retry_at = Some(Instant::now() + ACCEPT_RETRY);
                     return;
                 }
             }
         }
     }
 
-    fn take_handoffs(&mut self) {
-        while let Ok((stream, peer)) = self.inbox.try_recv() {
-            self.add_conn(stream, peer);
+    /// Count a new connection against the global and per-address caps.
+    fn admit_conn(&self, peer: SocketAddr) -> Result<Arc<Mutex<Bucket>>, &'static str> {
+        let cfg = &self.shared.config;
+        let mut addrs = self.shared.addrs.lock();
+        let state = addrs
+            .entry(address_key(peer.ip()))
+            .or_insert_with(|| AddrState {
+                conns: 0,
+                bucket: Arc::new(Mutex::new(Bucket::full(cfg.query_burst_per_addr))),
+            });
+        if state.conns >= cfg.max_conns_per_addr {
+            return Err(reason::TOO_MANY_CONNECTIONS);
+        }
+        let open = self.shared.open.fetch_add(1, Ordering::SeqCst);
+        if open >= self.shared.max_connections {
+            self.shared.open.fetch_sub(1, Ordering::SeqCst);
+            return Err(reason::BUSY);
+        }
+        state.conns += 1;
+        Ok(state.bucket.clone())
+    }
+
+    fn hand_off(&mut self, stream: TcpStream, peer: SocketAddr, bucket: Arc<Mutex<Bucket>>) {
+        crate::net::set_keepalive(&stream);
+        let target = self.next_loop % self.handoffs.len().max(1);
+        self.next_loop = self.next_loop.wrapping_add(1);
+        match self.handoffs.get(target) {
+            Some(h) if target != 0 => {
+                if h.tx.send((stream, peer, bucket)).is_ok() {
+                    let _ = h.waker.wake();
+                } else {
+                    self.uncount(peer);
+                }
+            }
+            _ => {
+                self.add_conn(stream, peer, bucket, true);
+            }
         }
     }
 
-    fn add_conn(&mut self, mut stream: TcpStream, peer: SocketAddr) {
+    fn uncount(&self, peer: SocketAddr) {
+        self.shared.open.fetch_sub(1, Ordering::SeqCst);
+        if let Some(a) = self.shared.addrs.lock().get_mut(&address_key(peer.ip())) {
+            a.conns = a.conns.saturating_sub(1);
+        }
+    }
+
+    /// Refuse a connection at accept: the `ERR` line, then linger (see the module notes)
+    /// if the lingering set has room, else close at once.
+    fn refuse_at_accept(&mut self, mut stream: TcpStream, peer: SocketAddr, why: &'static str) {
+        let line = format!("ERR,{why}\n");
+        self.emit(|| RegistryEvent::Refused {
+            source: peer,
+            outcome: format!("ERR,{why}"),
+        });
+        if self.shared.lingering.fetch_add(1, Ordering::SeqCst) >= MAX_LINGERING {
+            self.shared.lingering.fetch_sub(1, Ordering::SeqCst);
+            // Best effort: a fresh socket's send buffer takes this at once.
+            let _ = stream.write_all(line.as_bytes());
+            let _ = stream.shutdown(Shutdown::Write);
+            return;
+        }
+        let bucket = Arc::new(Mutex::new(Bucket::full(1)));
+        let Some(idx) = self.add_conn(stream, peer, bucket, false) else {
+            return;
+        };
+        if let Some(Some(c)) = self.conns.get_mut(idx) {
+            c.out.push_bytes(line.as_bytes());
+            c.close_after_flush = true;
+        }
+        self.flush(idx);
+        self.schedule(idx);
+    }
+
+    fn take_handoffs(&mut self) {
+        while let Ok((stream, peer, bucket)) = self.inbox.try_recv() {
+            let _ = self.add_conn(stream, peer, bucket, true);
+        }
+    }
+
+    /// Add a connection to this loop; `counted`: it is served (else it is refused and
+    /// only lingers). Returns its slot.
+    fn add_conn(
+        &mut self,
+        mut stream: TcpStream,
+        peer: SocketAddr,
+        bucket: Arc<Mutex<Bucket>>,
+        counted: bool,
+    ) -> Option<usize> {
         let idx = self.free.pop().unwrap_or_else(|| {
             self.conns.push(None);
             self.conns.len() - 1
@@ -249,8 +544,12 @@ impl Server {
         {
             log::warn!("registry could not register a connection: {e}");
             self.free.push(idx);
-            self.shared.open.fetch_sub(1, Ordering::SeqCst);
-            return;
+            if counted {
+                self.uncount(peer);
+            } else {
+                self.shared.lingering.fetch_sub(1, Ordering::SeqCst);
+            }
+            return None;
         }
         let now = Instant::now();
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
@@ -258,41 +557,58 @@ impl Server {
             id,
             stream,
             peer,
+            bucket,
             inbuf: Vec::new(),
             scanned: 0,
-            out: Vec::new(),
-            out_pos: 0,
+            out: Output::default(),
+            out_stalled_since: None,
             session: false,
             partial_since: None,
             last_byte: now,
             last_activity: now,
             owned: HashSet::new(),
             close_after_flush: false,
+            throttled_until: None,
+            yielded: false,
+            linger_until: None,
+            lingered: 0,
+            counted,
             scheduled: None,
             eof: false,
             want_write: false,
         });
-        self.emit(|| RegistryEvent::Connected { source: peer });
-        self.schedule(idx);
-        // Edge-triggered: bytes may already be waiting.
-        self.on_readable(idx, false);
+        if counted {
+            self.emit(|| RegistryEvent::Connected { source: peer });
+            self.schedule(idx);
+            // Edge-triggered: bytes may already be waiting.
+            self.on_readable(idx, false);
+        }
+        Some(idx)
     }
 
     /// `closing`: the event said the peer closed (or errored), so read until the end
     /// instead of stopping at a short read.
     fn on_readable(&mut self, idx: usize, closing: bool) {
+        let cap = self.shared.config.max_unsent_per_conn;
         loop {
             let Some(conn) = self.conns.get_mut(idx).and_then(Option::as_mut) else {
                 return;
             };
+            if conn.linger_until.is_some() {
+                self.drain_lingering(idx);
+                return;
+            }
             let mut drained = false;
             let mut got = false;
             // Read until the kernel has no more (edge-triggered), or a full line is
-            // buffered, or output is backed up; in the last two cases the rest waits in
-            // the kernel (TCP flow control) and this loop comes back for it.
+            // buffered, or output is backed up, or the address is over its rate, or
+            // the connection used its turn; in those cases the rest waits in the kernel
+            // (TCP flow control) and this loop comes back for it.
             while !conn.eof
                 && conn.inbuf.len() <= MAX_LINE_LEN
-                && conn.pending_out() <= OUT_HIGH_WATER
+                && conn.out.pending <= cap
+                && conn.throttled_until.is_none()
+                && !conn.yielded
             {
                 match conn.stream.read(&mut self.scratch) {
                     Ok(0) => conn.eof = true,
@@ -329,51 +645,103 @@ impl Server {
                     if !drained
                         && !c.eof
                         && !c.close_after_flush
-                        && c.pending_out() <= OUT_HIGH_WATER => {}
+                        && c.throttled_until.is_none()
+                        && !c.yielded
+                        && c.out.pending <= cap => {}
                 _ => return,
             }
         }
     }
 
     fn on_writable(&mut self, idx: usize) {
+        let cap = self.shared.config.max_unsent_per_conn;
         let Some(conn) = self.conns.get_mut(idx).and_then(Option::as_mut) else {
             return;
         };
-        let was_backed_up = conn.pending_out() > OUT_HIGH_WATER;
+        let was_backed_up = conn.out.pending > cap;
         self.flush(idx);
-        let resume = matches!(self.conns.get(idx), Some(Some(c)) if was_backed_up && c.pending_out() <= OUT_HIGH_WATER);
+        let resume =
+            matches!(self.conns.get(idx), Some(Some(c)) if was_backed_up && c.out.pending <= cap);
         if resume {
             self.on_readable(idx, false);
         }
+        self.schedule(idx);
     }
 
-    /// Answer every complete line in the input buffer, then decide what the rest is.
+    /// Take one query token for this connection's address; when there is none, the
+    /// connection waits (neither read nor answered) until there is.
+    fn take_token(&mut self, idx: usize) -> bool {
+        if !self.shared.rate_limited() {
+            return true;
+        }
+        let (rate, burst) = (
+            self.shared.config.queries_per_sec_per_addr,
+            self.shared.config.query_burst_per_addr,
+        );
+        let Some(Some(conn)) = self.conns.get_mut(idx) else {
+            return false;
+        };
+        let now = Instant::now();
+        let taken = conn.bucket.lock().take(now, rate, burst);
+        match taken {
+            Ok(()) => true,
+            Err(wait) => {
+                conn.throttled_until = Some(now + wait);
+                false
+            }
+        }
+    }
+
+    /// Answer complete lines in the input buffer (at most a batch), then decide what the
+    /// rest is.
     fn process(&mut self, idx: usize) {
+        let cap = self.shared.config.max_unsent_per_conn;
         let Some(conn) = self.conns.get_mut(idx).and_then(Option::as_mut) else {
             return;
         };
+        if conn.throttled_until.is_some() || conn.linger_until.is_some() || !conn.counted {
+            return;
+        }
         // Work on the buffer outside the connection so `answer` can borrow the server;
         // consumed lines are removed with one drain at the end, not one per line.
         let mut buf = std::mem::take(&mut conn.inbuf);
         let mut scan = conn.scanned;
         let mut start = 0;
+        let mut answered = 0;
+        let mut stopped = false;
         loop {
             let Some(Some(conn)) = self.conns.get(idx) else {
                 return;
             };
-            if conn.close_after_flush || conn.pending_out() > OUT_HIGH_WATER {
+            if conn.close_after_flush || conn.out.pending > cap {
+                stopped = true;
                 break;
             }
             let Some(pos) = memchr(b'\n', &buf[scan..]) else {
                 scan = buf.len();
                 break;
             };
+            if answered == BATCH {
+                // Let the loop's other connections have their turn; this one continues
+                // from the ready list after the next (non-blocking) poll.
+                stopped = true;
+                if let Some(Some(conn)) = self.conns.get_mut(idx) {
+                    conn.yielded = true;
+                    self.ready.push((idx, conn.id));
+                }
+                break;
+            }
+            if !self.take_token(idx) {
+                stopped = true;
+                break;
+            }
             let end = scan + pos;
             if let Some(Some(conn)) = self.conns.get_mut(idx) {
                 conn.session = true;
                 conn.partial_since = None;
             }
             self.answer(idx, &buf[start..end], false);
+            answered += 1;
             start = end + 1;
             scan = start;
         }
@@ -385,26 +753,29 @@ impl Server {
         conn.inbuf = buf;
         if conn.inbuf.is_empty() {
             conn.partial_since = None;
-        } else if conn.inbuf.len() > MAX_LINE_LEN {
+        } else if conn.inbuf.len() > MAX_LINE_LEN && !stopped {
             self.refuse_and_close(idx, reason::LINE_TOO_LONG);
             return;
-        } else if !conn.close_after_flush {
+        } else if !conn.close_after_flush && !stopped {
             conn.partial_since.get_or_insert(conn.last_byte);
             let whole_legacy = !conn.session
                 && (conn.eof
                     || (conn.inbuf.len() <= LEGACY_FAST_MAX && parse_query(&conn.inbuf).is_ok()));
-            if whole_legacy {
+            if whole_legacy && self.take_token(idx) {
                 self.take_legacy_query(idx);
             }
         }
         let Some(conn) = self.conns.get_mut(idx).and_then(Option::as_mut) else {
             return;
         };
-        if conn.eof && conn.pending_out() == 0 {
+        // At the end of input, what is left is dropped unless it only waits for its
+        // turn or for tokens.
+        let more = stopped || conn.throttled_until.is_some();
+        if conn.eof && !more && conn.out.pending == 0 {
             self.close(idx);
             return;
         }
-        if conn.eof {
+        if conn.eof && !more {
             conn.close_after_flush = true;
         }
         self.flush(idx);
@@ -421,7 +792,7 @@ impl Server {
         self.answer(idx, &line, true);
     }
 
-    /// Answer one query into the connection's output buffer.
+    /// Answer one query into the connection's output.
     fn answer(&mut self, idx: usize, line: &[u8], legacy: bool) {
         let Some(conn) = self.conns.get_mut(idx).and_then(Option::as_mut) else {
             return;
@@ -432,45 +803,69 @@ impl Server {
             ip: conn.peer.ip(),
             session: !legacy,
         };
-        if legacy {
-            // The original client never says it is still there; its queries do.
+        let parsed = parse_query(line);
+        if legacy && parsed.is_ok() {
+            // The original client never says it is still there; its well-formed
+            // queries do (junk from its address does not).
             self.shared.directory.legacy_activity(caller.ip);
         }
-        let start = conn.out.len();
-        let parsed = parse_query(line);
         let is_get_af = matches!(parsed, Ok(Query::GetAllFiles));
-        let result = parsed.and_then(|q| {
-            execute(
-                &self.shared.directory,
-                caller,
-                q,
-                &mut conn.out,
-                &mut conn.owned,
-            )
-        });
-        let mut empty_af = false;
+        let out = &mut self.answer_buf;
+        out.clear();
+        let result =
+            parsed.and_then(|q| execute(&self.shared.directory, caller, q, out, &mut conn.owned));
+        let mut shared = None;
+        let mut refused = None;
         match result {
-            Ok(users) => empty_af = is_get_af && users == 0,
+            Ok(Answered::Inline) => {}
+            Ok(Answered::Shared(text, users)) => shared = Some((text, users)),
             Err(e) => {
-                conn.out.extend_from_slice(b"ERR,");
-                conn.out.extend_from_slice(e.0.as_bytes());
+                out.extend_from_slice(b"ERR,");
+                out.extend_from_slice(e.0.as_bytes());
+                if e.0 == reason::REGISTRY_FULL || e.0 == reason::TOO_MANY_USERS {
+                    refused = Some(e.0);
+                }
             }
         }
-        if !legacy {
-            // Session framing: every answer ends with `\n`; a `GET_AF` answer also ends
-            // with an empty line (user lines are never empty).
-            // A non-empty `GET_AF` text already ends with `\n`, so one more makes the
-            // empty line; an empty one needs both.
-            if is_get_af && empty_af {
-                conn.out.push(b'\n');
+        let first_line = |text: &[u8]| {
+            let head = &text[..text.len().min(240)];
+            let first = head.split(|&b| b == b'\n').next().unwrap_or_default();
+            truncate(&String::from_utf8_lossy(first), 120).to_string()
+        };
+        let outcome = self.shared.hook.as_ref().map(|_| match &shared {
+            Some((text, _)) => first_line(text),
+            None => first_line(out),
+        });
+        match shared {
+            Some((text, users)) => {
+                conn.out.push_shared(text);
+                // Session framing: a `GET_AF` answer ends with an empty line (user lines
+                // are never empty): a non-empty text already ends with `\n`, so one more
+                // makes the empty line; an empty one needs both.
+                if !legacy {
+                    let end: &[u8] = if is_get_af && users == 0 {
+                        b"\n\n"
+                    } else {
+                        b"\n"
+                    };
+                    conn.out.push_bytes(end);
+                }
             }
-            conn.out.push(b'\n');
+            None => {
+                if !legacy {
+                    out.push(b'\n');
+                }
+                conn.out.push_bytes(out);
+            }
         }
-        if self.shared.hook.is_some() {
-            let peer = conn.peer;
-            let answer = &conn.out[start..];
-            let first = answer.split(|&b| b == b'\n').next().unwrap_or_default();
-            let outcome = truncate(&String::from_utf8_lossy(first), 120).to_string();
+        let peer = conn.peer;
+        if let Some(why) = refused {
+            self.emit(|| RegistryEvent::Refused {
+                source: peer,
+                outcome: format!("ERR,{why}"),
+            });
+        }
+        if let Some(outcome) = outcome {
             let query = String::from_utf8_lossy(&line[..line.len().min(200)]).into_owned();
             self.emit(|| RegistryEvent::Query {
                 at: SystemTime::now(),
@@ -486,8 +881,7 @@ impl Server {
         let Some(conn) = self.conns.get_mut(idx).and_then(Option::as_mut) else {
             return;
         };
-        conn.out
-            .extend_from_slice(format!("ERR,{why}\n").as_bytes());
+        conn.out.push_bytes(format!("ERR,{why}\n").as_bytes());
         conn.inbuf = Vec::new();
         conn.scanned = 0;
         conn.partial_since = None;
@@ -507,14 +901,22 @@ impl Server {
         let Some(conn) = self.conns.get_mut(idx).and_then(Option::as_mut) else {
             return;
         };
-        while conn.out_pos < conn.out.len() {
-            match conn.stream.write(&conn.out[conn.out_pos..]) {
+        let mut progressed = false;
+        while let Some(front) = conn.out.front() {
+            match conn.stream.write(front) {
                 Ok(0) => {
                     self.close(idx);
                     return;
                 }
-                Ok(n) => conn.out_pos += n,
+                Ok(n) => {
+                    conn.out.advance(n);
+                    progressed = true;
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    let now = Instant::now();
+                    if progressed || conn.out_stalled_since.is_none() {
+                        conn.out_stalled_since = Some(now);
+                    }
                     if !conn.want_write {
                         conn.want_write = true;
                         let interest = Interest::READABLE | Interest::WRITABLE;
@@ -536,8 +938,10 @@ impl Server {
                 }
             }
         }
-        conn.out.clear();
-        conn.out_pos = 0;
+        conn.out_stalled_since = None;
+        if conn.out.chunks.capacity() > 64 {
+            conn.out.chunks.shrink_to_fit();
+        }
         if conn.want_write {
             conn.want_write = false;
             let _ =
@@ -545,12 +949,52 @@ impl Server {
                     .registry()
                     .reregister(&mut conn.stream, Token(idx), Interest::READABLE);
         }
-        if conn.out.capacity() > OUT_HIGH_WATER {
-            conn.out.shrink_to(READ_CHUNK);
-        }
         if conn.close_after_flush {
-            self.close(idx);
+            if conn.eof {
+                self.close(idx);
+            } else {
+                self.start_linger(idx);
+            }
         }
+    }
+
+    /// Output is all sent and the connection is done: shut the write side (a FIN after
+    /// the last line) and read until the client closes or [`LINGER`] passes, so unread
+    /// input does not turn the close into a reset that could destroy the `ERR` line.
+    fn start_linger(&mut self, idx: usize) {
+        let Some(Some(conn)) = self.conns.get_mut(idx) else {
+            return;
+        };
+        let _ = conn.stream.shutdown(Shutdown::Write);
+        conn.linger_until = Some(Instant::now() + LINGER);
+        conn.inbuf = Vec::new();
+        conn.scanned = 0;
+        conn.partial_since = None;
+        self.drain_lingering(idx);
+        self.schedule(idx);
+    }
+
+    fn drain_lingering(&mut self, idx: usize) {
+        let Some(Some(conn)) = self.conns.get_mut(idx) else {
+            return;
+        };
+        loop {
+            match conn.stream.read(&mut self.scratch) {
+                Ok(0) => break,
+                Ok(n) => {
+                    // A client still streaming after its refusal is not waiting for
+                    // the line: stop paying for its bytes.
+                    conn.lingered += n;
+                    if conn.lingered > LINGER_MAX_BYTES {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => break,
+            }
+        }
+        self.close(idx);
     }
 
     fn close(&mut self, idx: usize) {
@@ -559,7 +1003,22 @@ impl Server {
         };
         let _ = self.poll.registry().deregister(&mut conn.stream);
         self.free.push(idx);
-        self.shared.open.fetch_sub(1, Ordering::SeqCst);
+        let freed = conn.inbuf.capacity()
+            + conn
+                .out
+                .chunks
+                .iter()
+                .map(|c| match c {
+                    Chunk::Own(v) => v.capacity(),
+                    Chunk::Shared(_) => 0,
+                })
+                .sum::<usize>();
+        self.shared.freed.fetch_add(freed, Ordering::Relaxed);
+        if !conn.counted {
+            self.shared.lingering.fetch_sub(1, Ordering::SeqCst);
+            return;
+        }
+        self.uncount(conn.peer);
         let released = self.shared.directory.release_session(conn.id, &conn.owned);
         let source = conn.peer;
         drop(conn);
@@ -568,16 +1027,26 @@ impl Server {
 
     /// The next moment something must happen on this connection by itself.
     fn deadline(&self, conn: &Conn) -> Option<Instant> {
+        if let Some(t) = conn.linger_until {
+            return Some(t);
+        }
+        let cfg = &self.shared.config;
         let mut d: Option<Instant> = None;
         let mut earliest = |t: Instant| d = Some(d.map_or(t, |d: Instant| d.min(t)));
-        if let Some(since) = conn.partial_since {
-            earliest(since + self.shared.config.query_timeout);
+        if let Some(since) = conn.out_stalled_since {
+            earliest(since + cfg.slow_reader_deadline);
+        }
+        if let Some(t) = conn.throttled_until {
+            // What waited for tokens has arrived: no slowloris or grace deadline.
+            earliest(t);
+        } else if let Some(since) = conn.partial_since {
+            earliest(since + cfg.query_timeout);
             if !conn.session {
-                earliest(conn.last_byte + self.shared.config.legacy_grace);
+                earliest(conn.last_byte + cfg.legacy_grace);
             }
         }
         if conn.owned.is_empty() && !conn.close_after_flush {
-            earliest(conn.last_activity + self.shared.config.idle_timeout);
+            earliest(conn.last_activity + cfg.idle_timeout);
         }
         d
     }
@@ -618,35 +1087,87 @@ impl Server {
     }
 
     fn on_deadline(&mut self, idx: usize, now: Instant) {
-        let Some(Some(conn)) = self.conns.get(idx) else {
+        let cfg = &self.shared.config;
+        let (slow_reader, query_timeout, legacy_grace, idle_timeout) = (
+            cfg.slow_reader_deadline,
+            cfg.query_timeout,
+            cfg.legacy_grace,
+            cfg.idle_timeout,
+        );
+        let Some(Some(conn)) = self.conns.get_mut(idx) else {
             return;
         };
+        if conn.linger_until.is_some_and(|t| now >= t) {
+            self.close(idx);
+            return;
+        }
+        if conn
+            .out_stalled_since
+            .is_some_and(|t| now >= t + slow_reader)
+        {
+            // The socket took none of the output for the whole deadline: close now and
+            // free its buffers (a lingering close would only keep them).
+            let source = conn.peer;
+            self.close(idx);
+            self.emit(|| RegistryEvent::Refused {
+                source,
+                outcome: String::from("closed"),
+            });
+            return;
+        }
+        if let Some(t) = conn.throttled_until {
+            if now >= t {
+                // Tokens again: what waited is now taken as just arrived.
+                conn.throttled_until = None;
+                conn.partial_since = None;
+                conn.last_byte = now;
+                self.on_readable(idx, false);
+            }
+            return;
+        }
         if let Some(since) = conn.partial_since {
-            if now >= since + self.shared.config.query_timeout {
+            if now >= since + query_timeout {
                 self.refuse_and_close(idx, reason::TIMED_OUT);
                 return;
             }
-            if !conn.session && now >= conn.last_byte + self.shared.config.legacy_grace {
-                self.take_legacy_query(idx);
-                self.flush(idx);
+            if !conn.session && now >= conn.last_byte + legacy_grace {
+                if self.take_token(idx) {
+                    self.take_legacy_query(idx);
+                    if let Some(Some(c)) = self.conns.get_mut(idx) {
+                        if c.eof {
+                            c.close_after_flush = true;
+                        }
+                    }
+                    self.flush(idx);
+                }
                 return;
             }
         }
-        if conn.owned.is_empty() && now >= conn.last_activity + self.shared.config.idle_timeout {
+        if conn.owned.is_empty()
+            && !conn.close_after_flush
+            && now >= conn.last_activity + idle_timeout
+        {
             self.refuse_and_close(idx, reason::TIMED_OUT);
         }
     }
 }
 
-/// Run one parsed query against the directory, writing the answer's text (without the
-/// session terminator) into `out`. Returns the number of users for `GET_AF`.
+/// How a query was answered: into the answer buffer, or with a shared rendered text.
+enum Answered {
+    Inline,
+    /// The text and, for `GET_AF`, how many users it lists.
+    Shared(Arc<[u8]>, usize),
+}
+
+/// Run one parsed query against the directory, writing an inline answer's text (without
+/// the session terminator) into `out`.
 fn execute(
     directory: &Directory,
     caller: Caller,
     query: Query<'_>,
     out: &mut Vec<u8>,
     owned: &mut HashSet<String>,
-) -> Result<usize, QueryError> {
+) -> Result<Answered, QueryError> {
     match query {
         Query::Init {
             username,
@@ -668,12 +1189,27 @@ fn execute(
             owned.remove(username);
             out.extend_from_slice(b"OK");
         }
-        Query::GetUsers => directory.write_usernames(out),
+        Query::GetUsers => return Ok(Answered::Shared(directory.usernames_text(), 1)),
         Query::GetPeer { username } => directory.write_peer(username, out)?,
         Query::GetUserFiles { username } => directory.write_user_files(username, out)?,
-        Query::GetAllFiles => return Ok(directory.write_all_files(out)),
+        Query::GetAllFiles => {
+            let (text, users) = directory.all_files_text();
+            return Ok(Answered::Shared(text, users));
+        }
     }
-    Ok(0)
+    Ok(Answered::Inline)
+}
+
+/// Give freed heap pages back to the system. glibc keeps freed memory in its arenas
+/// (RSS stays at the peak after a load goes); `malloc_trim(0)` returns every whole free
+/// page of every arena.
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists; no pointers of
+    // ours are involved.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 fn memchr(needle: u8, hay: &[u8]) -> Option<usize> {
