@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Bytes one entry costs beyond its username and filenames: the map's key and value
-/// (boxed name, address, port, owner, boxed files) and the B-tree's share of a node,
+/// (boxed name, address, port, owner, shared files) and the B-tree's share of a node,
 /// measured at ~90 bytes on x86-64. Counted against `memory_budget`.
 pub(crate) const ENTRY_OVERHEAD: usize = 96;
 
@@ -53,8 +53,9 @@ pub struct UserEntry {
 struct Slot {
     ip: IpAddr,
     port: u16,
-    /// The filenames joined by `,`; empty for an empty share.
-    files: Box<str>,
+    /// The filenames joined by `,`; empty for an empty share. Shared: a `GET_UF`
+    /// answer queues it by reference rather than copying it per asking connection.
+    files: Arc<str>,
     owner: Owner,
 }
 
@@ -198,7 +199,7 @@ impl Directory {
         } else {
             Owner::Legacy { ip: caller.ip }
         };
-        let joined: Box<str> = files.join(",").into_boxed_str();
+        let joined: Arc<str> = files.join(",").into();
         let new_cost = cost(username, &joined);
         let mut users = self.users.write();
         let outcome = match users.map.get(username) {
@@ -372,19 +373,15 @@ impl Directory {
         Ok(())
     }
 
-    /// `OK,f1,f2,…` (just `OK` for an empty share) or `ERR,User not found!`.
-    pub fn write_user_files(&self, username: &str, out: &mut Vec<u8>) -> Result<(), QueryError> {
+    /// A user's filenames joined by `,` (empty for an empty share), shared with the
+    /// table, or `ERR,User not found!`. The `GET_UF` answer is `OK` then `,` and these.
+    pub fn user_files(&self, username: &str) -> Result<Arc<[u8]>, QueryError> {
         let users = self.users.read();
         let slot = users
             .map
             .get(username)
             .ok_or(QueryError(reason::USER_NOT_FOUND))?;
-        out.extend_from_slice(b"OK");
-        if !slot.files.is_empty() {
-            out.push(b',');
-            out.extend_from_slice(slot.files.as_bytes());
-        }
-        Ok(())
+        Ok(slot.files.clone().into())
     }
 
     /// `OK,` then `user: f1,f2\n` per user, shared; and how many users it lists.

@@ -313,7 +313,7 @@ pub fn address_key(ip: IpAddr) -> IpAddr {
 
 /// Raise the soft `RLIMIT_NOFILE` to the hard limit; returns the soft limit now in
 /// force (`None` if it could not be read).
-fn raise_nofile_limit() -> Option<u64> {
+fn raise_nofile_limit() -> Option<libc::rlim_t> {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -333,17 +333,31 @@ fn raise_nofile_limit() -> Option<u64> {
             }
         }
     }
-    Some(lim.rlim_cur as u64)
+    Some(lim.rlim_cur)
 }
 
 /// The connection cap given the configured one and the descriptor limit.
-fn connection_cap(configured: usize, nofile: Option<u64>) -> usize {
+fn connection_cap(configured: usize, nofile: Option<libc::rlim_t>) -> usize {
     match nofile {
-        Some(n) if n != libc::RLIM_INFINITY as u64 => {
+        Some(n) if n != libc::RLIM_INFINITY => {
             let room = usize::try_from(n).unwrap_or(usize::MAX);
             configured.min(room.saturating_sub(FD_HEADROOM).max(1))
         }
         _ => configured,
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        self.stop_and_join();
+    }
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry")
+            .field("local_addr", &self.local_addr)
+            .finish_non_exhaustive()
     }
 }
 
@@ -369,19 +383,5 @@ mod tests {
         assert_eq!(connection_cap(20_000, Some(1 << 20)), 20_000);
         assert_eq!(connection_cap(20_000, None), 20_000);
         assert_eq!(connection_cap(20_000, Some(10)), 1);
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        self.stop_and_join();
-    }
-}
-
-impl std::fmt::Debug for Registry {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Registry")
-            .field("local_addr", &self.local_addr)
-            .finish_non_exhaustive()
     }
 }

@@ -816,9 +816,18 @@ impl Server {
             parsed.and_then(|q| execute(&self.shared.directory, caller, q, out, &mut conn.owned));
         let mut shared = None;
         let mut refused = None;
+        let mut prefix = String::new();
         match result {
             Ok(Answered::Inline) => {}
             Ok(Answered::Shared(text, users)) => shared = Some((text, users)),
+            Ok(Answered::Prefixed(text)) if text.len() < SHARE_MIN => out.extend_from_slice(&text),
+            Ok(Answered::Prefixed(text)) => {
+                // The prefix goes first, then the text by reference.
+                conn.out.push_bytes(out);
+                prefix = String::from_utf8_lossy(out).into_owned();
+                out.clear();
+                shared = Some((text, 1));
+            }
             Err(e) => {
                 out.extend_from_slice(b"ERR,");
                 out.extend_from_slice(e.0.as_bytes());
@@ -833,7 +842,8 @@ impl Server {
             truncate(&String::from_utf8_lossy(first), 120).to_string()
         };
         let outcome = self.shared.hook.as_ref().map(|_| match &shared {
-            Some((text, _)) => first_line(text),
+            Some((text, _)) if prefix.is_empty() => first_line(text),
+            Some((text, _)) => truncate(&(prefix.clone() + &first_line(text)), 120).to_string(),
             None => first_line(out),
         });
         match shared {
@@ -1157,6 +1167,8 @@ enum Answered {
     Inline,
     /// The text and, for `GET_AF`, how many users it lists.
     Shared(Arc<[u8]>, usize),
+    /// What is in the answer buffer, then this shared text.
+    Prefixed(Arc<[u8]>),
 }
 
 /// Run one parsed query against the directory, writing an inline answer's text (without
@@ -1191,7 +1203,14 @@ fn execute(
         }
         Query::GetUsers => return Ok(Answered::Shared(directory.usernames_text(), 1)),
         Query::GetPeer { username } => directory.write_peer(username, out)?,
-        Query::GetUserFiles { username } => directory.write_user_files(username, out)?,
+        Query::GetUserFiles { username } => {
+            let files = directory.user_files(username)?;
+            out.extend_from_slice(b"OK");
+            if !files.is_empty() {
+                out.push(b',');
+                return Ok(Answered::Prefixed(files));
+            }
+        }
         Query::GetAllFiles => {
             let (text, users) = directory.all_files_text();
             return Ok(Answered::Shared(text, users));
