@@ -30,8 +30,9 @@ use std::time::{Duration, SystemTime};
 /// Tunables of a [`Registry`]. `Default` gives the values in [`crate::limits`].
 #[derive(Debug, Clone)]
 pub struct RegistryConfig {
-    /// How long a legacy (one-shot) registration lives after the last legacy query from
-    /// its IP (any query: the original client never says it is still there).
+    /// How long a legacy (one-shot) registration lives after the last well-formed legacy
+    /// query from its IP (any verb: the original client never says it is still there;
+    /// junk that does not parse renews nothing).
     pub legacy_lease: Duration,
     /// How long an unterminated query may wait for more bytes before it counts as whole.
     pub legacy_grace: Duration,
@@ -40,23 +41,35 @@ pub struct RegistryConfig {
     /// How long a connection holding no registration may stay silent.
     pub idle_timeout: Duration,
     /// Most open connections; past it, new ones get `ERR,Server busy` and are closed.
+    /// Lowered at start to fit under the descriptor limit (see
+    /// [`Registry::connection_cap`]).
     pub max_connections: usize,
     /// Most registered users; past it, `INIT` gets `ERR,Registry full`.
     pub max_users: usize,
     /// Event-loop threads; 0 (the default) means one per core, at most 8.
     pub threads: usize,
-    /// Most bytes of registration data held; past it `INIT` gets `ERR,Registry full`.
+    /// Most bytes of registration data held (username + filenames + 96 bytes of
+    /// bookkeeping per user, close to what the process really spends); past it `INIT`
+    /// of a new name, or an update that would grow one, gets `ERR,Registry full`.
     pub memory_budget: usize,
-    /// Most unsent answer bytes one connection may hold before its queries wait.
+    /// Most unsent answer bytes one connection may hold before its queries wait (it is
+    /// not read until its output drains; a shared answer such as `GET_AF` counts whole
+    /// for each holder but is one copy in memory).
     pub max_unsent_per_conn: usize,
     /// A connection whose unsent output the socket takes none of for this long is
-    /// closed and its memory freed.
+    /// closed and its memory freed (reported as `RegistryEvent::Refused` with
+    /// outcome `closed`).
     pub slow_reader_deadline: Duration,
-    /// Most open connections from one address (one /64 for IPv6).
+    /// Most open connections from one address (one /64 for IPv6, see
+    /// [`address_key`]); past it, `ERR,Too many connections from your address` and
+    /// closed.
     pub max_conns_per_addr: usize,
-    /// Most registrations (session and legacy) held by one address.
+    /// Most registrations (session and legacy) held by one address (one /64 for IPv6);
+    /// past it `INIT` of a new name gets `ERR,Too many registrations from your address`.
     pub max_users_per_addr: usize,
-    /// Sustained queries per second from one address.
+    /// Sustained queries per second from one address (one /64 for IPv6), all its
+    /// connections together. Over it, its connections are not read until a token is
+    /// there again (TCP backpressure; no answer, no event). 0 means no limit.
     pub queries_per_sec_per_addr: u32,
     /// Queries one address may send at once above its sustained rate.
     pub query_burst_per_addr: u32,
