@@ -3,7 +3,7 @@
 //! fixed time. The same code drives the registry and the baseline server.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -125,6 +125,19 @@ pub fn closed_loop(
     users: usize,
     duration: Duration,
 ) -> Result<RunResult, String> {
+    closed_loop_from(addr, mode, threads, users, duration, None)
+}
+
+/// [`closed_loop`], with client `t` connecting from local address `from(t)` (a loopback
+/// address) when `from` is given.
+pub fn closed_loop_from(
+    addr: SocketAddr,
+    mode: Mode,
+    threads: usize,
+    users: usize,
+    duration: Duration,
+    from: Option<fn(usize) -> IpAddr>,
+) -> Result<RunResult, String> {
     // Clients connect (Session) before the gate opens, so connects are out of the timing
     // and every client starts together.
     let gate = Arc::new(Gate::default());
@@ -136,8 +149,9 @@ pub fn closed_loop(
             .name(format!("load-{t}"))
             .spawn(move || {
                 let mut rng = Rng(seed);
+                let source = from.map(|f| f(t));
                 match mode {
-                    Mode::Session => session_client(addr, users, &mut rng, &client_gate),
+                    Mode::Session => session_client(addr, source, users, &mut rng, &client_gate),
                     Mode::Legacy => legacy_client(addr, users, &mut rng, &client_gate),
                 }
             });
@@ -193,7 +207,29 @@ fn query(rng: &mut Rng, users: usize, terminated: bool, buf: &mut Vec<u8>) {
     }
 }
 
-fn session_client(addr: SocketAddr, users: usize, rng: &mut Rng, gate: &Gate) -> ClientResult {
+/// Connect to `to`, from local address `from` when given.
+pub fn connect(to: SocketAddr, from: Option<IpAddr>) -> std::io::Result<TcpStream> {
+    let Some(ip) = from else {
+        return TcpStream::connect_timeout(&to, IO_TIMEOUT);
+    };
+    let domain = if ip.is_ipv6() {
+        socket2::Domain::IPV6
+    } else {
+        socket2::Domain::IPV4
+    };
+    let sock = socket2::Socket::new(domain, socket2::Type::STREAM, None)?;
+    sock.bind(&SocketAddr::new(ip, 0).into())?;
+    sock.connect_timeout(&to.into(), IO_TIMEOUT)?;
+    Ok(sock.into())
+}
+
+fn session_client(
+    addr: SocketAddr,
+    from: Option<IpAddr>,
+    users: usize,
+    rng: &mut Rng,
+    gate: &Gate,
+) -> ClientResult {
     let mut r = ClientResult {
         ok: 0,
         errors: 0,
@@ -201,7 +237,7 @@ fn session_client(addr: SocketAddr, users: usize, rng: &mut Rng, gate: &Gate) ->
         finished: Instant::now(),
         first_error: None,
     };
-    let conn = TcpStream::connect_timeout(&addr, IO_TIMEOUT).and_then(|s| {
+    let conn = connect(addr, from).and_then(|s| {
         s.set_nodelay(true)?;
         s.set_read_timeout(Some(IO_TIMEOUT))?;
         s.set_write_timeout(Some(IO_TIMEOUT))?;

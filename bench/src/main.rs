@@ -4,8 +4,9 @@
 //!
 //! Scenarios: T1 (a download between two peers), T2 (registry lookups, sessions), T2b
 //! (legacy one-shot lookups), T3 (scale: 10,000 sessions, 100,000 users, `GET_AF`), T4
-//! (chat round trip and one-way rate), T5 (hashing a share, and the cached rescan). A new
-//! scenario is a module and a line in [`SCENARIOS`].
+//! (chat round trip and one-way rate), T5 (hashing a share, and the cached rescan), T6
+//! (registry lookups under attack). A new scenario is a module and a line in
+//! [`SCENARIOS`].
 
 mod baseline;
 mod load;
@@ -19,6 +20,7 @@ mod t2b;
 mod t3;
 mod t4;
 mod t5;
+mod t6;
 
 use report::Figure;
 use std::process::ExitCode;
@@ -84,6 +86,11 @@ const SCENARIOS: &[Scenario] = &[
         id: "T5",
         title: "share hashing: first scan and cached rescan",
         run: t5::run,
+    },
+    Scenario {
+        id: "T6",
+        title: "registry lookups under attack: slow GET_AF readers and a flooding address",
+        run: t6::run,
     },
 ];
 

@@ -2,7 +2,7 @@
 //! files of random-ish bytes, and a registry with peers on 127.0.0.1.
 
 use p2pcore::peer::{Peer, PeerBuilder};
-use p2pcore::registry::Registry;
+use p2pcore::registry::{Registry, RegistryConfig};
 use std::fs::File;
 use std::io::{self, Write};
 use std::net::{IpAddr, Ipv4Addr};
@@ -103,9 +103,26 @@ pub fn localhost() -> IpAddr {
     IpAddr::V4(Ipv4Addr::LOCALHOST)
 }
 
-/// A registry on 127.0.0.1 with an ephemeral port, and its address as `host:port`.
+/// The registry configuration of the scenarios whose whole load comes from one address
+/// (127.0.0.1): the defaults with the per-address bounds (connections, registrations,
+/// query rate) lifted, which would otherwise cap the load itself. T6 measures the
+/// registry with those bounds in force.
+pub fn one_address_config() -> RegistryConfig {
+    RegistryConfig {
+        max_conns_per_addr: usize::MAX,
+        max_users_per_addr: usize::MAX,
+        queries_per_sec_per_addr: 0,
+        ..RegistryConfig::default()
+    }
+}
+
+/// A registry on 127.0.0.1 with an ephemeral port (configured by
+/// [`one_address_config`]), and its address as `host:port`.
 pub fn registry() -> Result<(Registry, String), String> {
-    let registry = Registry::bind("127.0.0.1:0").map_err(|e| format!("registry bind: {e}"))?;
+    let registry = Registry::builder()
+        .config(one_address_config())
+        .bind("127.0.0.1:0")
+        .map_err(|e| format!("registry bind: {e}"))?;
     let addr = registry.local_addr().to_string();
     Ok((registry, addr))
 }

@@ -33,7 +33,10 @@ pub(crate) fn lookups(
     mode: Mode,
     style: Style,
 ) -> Result<Outcome, String> {
-    let registry = Registry::bind("127.0.0.1:0").map_err(|e| format!("registry bind: {e}"))?;
+    let registry = Registry::builder()
+        .config(crate::scratch::one_address_config())
+        .bind("127.0.0.1:0")
+        .map_err(|e| format!("registry bind: {e}"))?;
     let addr = registry.local_addr();
     let t = std::time::Instant::now();
     let sessions = crate::setup::open_sessions(addr, LOADERS, USERS / LOADERS, LOADERS, &|u| {

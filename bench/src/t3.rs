@@ -67,7 +67,10 @@ pub fn run(opts: &Options) -> Result<Outcome, String> {
 
     sys::trim_heap();
     let rss_before = sys::rss().ok_or("cannot read VmRSS from /proc/self/status")?;
-    let registry = Registry::bind("127.0.0.1:0").map_err(|e| format!("registry bind: {e}"))?;
+    let registry = Registry::builder()
+        .config(crate::scratch::one_address_config())
+        .bind("127.0.0.1:0")
+        .map_err(|e| format!("registry bind: {e}"))?;
     let addr = registry.local_addr();
     let t = Instant::now();
     let holder = Holder::spawn(addr, conns, per_conn)?;
