@@ -41,8 +41,10 @@ pub const MAX_CHAT_MESSAGE: usize = 64 * 1024;
 pub const MAX_PEER_LINE: usize = 1024;
 /// How long a chat request waits for the receiving person before it counts as declined.
 pub const CHAT_ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
-/// Socket write timeout between peers (a chat `send`, an answer line), and how long a
-/// transfer may go without the receiver taking a single byte.
+/// Socket read/write timeout between peers while a request or transfer is in progress
+/// (default of `PeerBuilder::io_timeout`); a serving peer also gives up a transfer whose
+/// receiver takes no byte for this long. The request line itself has its own deadline,
+/// [`REQUEST_LINE_TIMEOUT`].
 pub const PEER_IO_TIMEOUT: Duration = Duration::from_secs(15);
 /// Timeout for one registry round trip made by a peer.
 pub const REGISTRY_IO_TIMEOUT: Duration = Duration::from_secs(10);

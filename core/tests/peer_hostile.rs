@@ -139,7 +139,7 @@ fn is_busy_line(out: &[u8]) -> bool {
 // ---- finding 7: silent, trickling and slow-draining connections ----
 
 #[test]
-fn silent_connections_from_one_address_cannot_stop_an_honest_fetch() {
+fn silent_and_trickling_connections_cannot_stop_an_honest_fetch() {
     let _serial = SERIAL.lock();
     let limits = PeerLimits {
         request_line_timeout: Duration::from_secs(5),
@@ -148,32 +148,55 @@ fn silent_connections_from_one_address_cannot_stop_an_honest_fetch() {
     let s = server(limits.clone(), false, &[]);
     let addr = s.peer.listen_addr();
     let (threads_before, fds_before) = (threads(), fds());
-    // 64 connections from one address that never say anything (the issue's attack).
+    // 64 connections from one address that never say anything (the issue's attack)...
     let silent: Vec<TcpStream> = (0..64).map(|_| connect_from("127.0.0.2", addr)).collect();
-    assert!(wait_until(WAIT, || s.peer.serving() >= limits.max_serving_per_addr));
+    // ...and 16 from another that send one byte every 200 ms.
+    let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
+    let tricklers: Vec<TcpStream> = (0..16).map(|_| connect_from("127.0.0.3", addr)).collect();
+    let trickling = std::thread::spawn(move || {
+        let request = b"P2P/1 FILE 0 ok.txt\n";
+        for i in 0.. {
+            for mut t in &tricklers {
+                let _ = t.write_all(&request[i % (request.len() - 1)..][..1]);
+            }
+            if stop_rx.recv_timeout(Duration::from_millis(200)).is_ok() || i > 100 {
+                return;
+            }
+        }
+    });
+    let held = 2 * limits.max_serving_per_addr;
+    assert!(wait_until(WAIT, || s.peer.serving() >= held));
     std::thread::sleep(Duration::from_millis(200));
     let (threads_held, fds_held) = (threads(), fds());
     assert!(
-        s.peer.serving() <= limits.max_serving_per_addr,
-        "one address holds {} serving slots",
+        s.peer.serving() <= held,
+        "two addresses hold {} serving slots",
         s.peer.serving()
     );
-    let waited = honest_fetch(&s, "bob");
+    let waited: Vec<Duration> = (0..3)
+        .map(|i| honest_fetch(&s, &format!("bob{i}")))
+        .collect();
     eprintln!(
-        "64 silent connections: threads {threads_before} -> {threads_held}, fds {fds_before} -> \
-         {fds_held} (64 of them the attacker's own sockets), honest fetch took {waited:?}"
+        "64 silent + 16 trickling connections: threads {threads_before} -> {threads_held}, \
+         fds {fds_before} -> {fds_held} (80 of them the attackers' own sockets); honest \
+         fetches took {waited:?}"
     );
-    // One serving thread per admitted connection, nothing per refused one.
+    // One serving thread per admitted connection (+1: the trickling thread), nothing
+    // per refused one.
     assert!(
-        threads_held <= threads_before + limits.max_serving_per_addr + 2,
+        threads_held <= threads_before + held + 1 + 2,
         "threads {threads_before} -> {threads_held}"
     );
-    // The attacker's 64 sockets are in this process; the server holds at most one
-    // descriptor (plus a clone while serving) per connection.
+    // The attackers' 80 sockets are in this process. The server holds three
+    // descriptors per connection served (socket, reader, shutdown handle) and one per
+    // refused connection it still holds, at most MAX_REFUSING_PER_ADDR per address.
+    let refusing = 2 * p2pcore::limits::MAX_REFUSING_PER_ADDR;
     assert!(
-        fds_held <= fds_before + 64 + 2 * 64 + 8,
+        fds_held <= fds_before + 80 + 3 * held + refusing + 8,
         "fds {fds_before} -> {fds_held}"
     );
+    drop(stop_tx);
+    trickling.join().unwrap();
     drop(silent);
     assert!(wait_until(WAIT, || s.peer.serving() == 0));
 }
