@@ -41,7 +41,10 @@ pub const MAX_CHAT_MESSAGE: usize = 64 * 1024;
 pub const MAX_PEER_LINE: usize = 1024;
 /// How long a chat request waits for the receiving person before it counts as declined.
 pub const CHAT_ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
-/// Socket read/write timeout between peers while a request or transfer is in progress.
+/// Socket read/write timeout between peers while a request or transfer is in progress
+/// (default of `PeerBuilder::io_timeout`); a serving peer also gives up a transfer whose
+/// receiver takes no byte for this long. The request line itself has its own deadline,
+/// [`REQUEST_LINE_TIMEOUT`].
 pub const PEER_IO_TIMEOUT: Duration = Duration::from_secs(15);
 /// Timeout for one registry round trip made by a peer.
 pub const REGISTRY_IO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -79,10 +82,24 @@ pub const MIN_TRANSFER_RATE: u64 = 1024;
 pub const MIN_RATE_WINDOW: Duration = Duration::from_secs(30);
 /// Peer: most requests served at once for one address (one /64 for IPv6).
 pub const MAX_SERVING_PER_ADDR: usize = 8;
-/// Peer: most incoming chat requests waiting for an answer at once.
-pub const MAX_PENDING_CHAT_REQUESTS: usize = 8;
-/// Peer: most chats open at once (each holds a socket and a reader thread).
+/// Peer: most incoming chat requests waiting for an answer at once. Twice
+/// [`MAX_SERVING_PER_ADDR`] (a pending request holds a serving slot, so one address can
+/// hold at most that many), so one address alone cannot take every place.
+pub const MAX_PENDING_CHAT_REQUESTS: usize = 16;
+/// Peer: most chats open at once (each holds a socket and a reader thread). Incoming
+/// chats from one address (one /64 for IPv6) count at most [`MAX_SERVING_PER_ADDR`].
 pub const MAX_OPEN_CHATS: usize = 32;
+/// Peer: most refused connections held at once while their request is read and their
+/// `ERR` line delivered (past it a refused connection is closed at once).
+pub const MAX_REFUSING: usize = 256;
+/// Peer: most refused connections held at once for one address (one /64 for IPv6).
+pub const MAX_REFUSING_PER_ADDR: usize = 32;
+/// Peer: how long a refused connection may take to send its request (to tell a legacy
+/// request, which gets a bare close, from a `P2P/1` one, which gets the `ERR` line).
+pub const REFUSAL_READ_TIMEOUT: Duration = Duration::from_secs(2);
+/// Peer: how long a refused connection is drained after its answer, so that the
+/// close is a FIN the client reads after the answer, not a reset that destroys it.
+pub const REFUSAL_LINGER: Duration = Duration::from_secs(2);
 /// Peer: free space a download must leave in the download directory.
 pub const FREE_SPACE_MARGIN: u64 = 64 * 1024 * 1024;
 /// Peer: partial downloads untouched for longer than this are removed at start.

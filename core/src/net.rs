@@ -1,9 +1,9 @@
-//! Socket helpers std does not have: keepalive tuning, and writing with one deadline
-//! for a whole buffer.
+//! Socket helpers std does not have: keepalive tuning, writing with one deadline for a
+//! whole buffer, and the key per-address caps count a remote address under.
 
 use crate::error::{Error, Result};
 use std::io::{self, BufRead, Read, Write};
-use std::net::TcpStream;
+use std::net::{IpAddr, Ipv6Addr, TcpStream};
 use std::time::{Duration, Instant};
 
 /// Let the kernel notice a peer that vanished without a FIN or RST (cable pulled,
@@ -33,6 +33,23 @@ pub(crate) fn set_keepalive(socket: &impl std::os::fd::AsRawFd) {
     }
     #[cfg(not(target_os = "linux"))]
     let _ = socket;
+}
+
+/// The key under which per-address caps count a remote address: an IPv4 address
+/// itself, an IPv6 address's /64 prefix (one subscriber is usually given a whole /64, so
+/// caps per IPv6 address would hand one party 2^64 places). IPv4-mapped IPv6 addresses
+/// count as the IPv4 address they carry.
+pub(crate) fn address_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+                IpAddr::V6(Ipv6Addr::from(prefix))
+            }
+        },
+    }
 }
 
 /// Write all of `buf` within `timeout` in total. A plain `write_all` with a socket write
@@ -111,4 +128,31 @@ pub(crate) fn read_line(
     String::from_utf8(buf)
         .map(Some)
         .map_err(|_| Error::protocol(who, "line is not UTF-8"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::address_key;
+    use std::net::IpAddr;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn ipv6_addresses_count_per_64_and_mapped_ones_as_ipv4() {
+        assert_eq!(address_key(ip("127.0.0.2")), ip("127.0.0.2"));
+        assert_ne!(address_key(ip("127.0.0.2")), address_key(ip("127.0.0.3")));
+        assert_eq!(
+            address_key(ip("2001:db8:1:2:aaaa::1")),
+            address_key(ip("2001:db8:1:2:ffff:ffff:ffff:ffff"))
+        );
+        assert_eq!(address_key(ip("2001:db8:1:2::7")), ip("2001:db8:1:2::"));
+        assert_ne!(
+            address_key(ip("2001:db8:1:2::1")),
+            address_key(ip("2001:db8:1:3::1"))
+        );
+        assert_eq!(address_key(ip("::ffff:127.0.0.2")), ip("127.0.0.2"));
+        assert_eq!(address_key(ip("::1")), ip("::"));
+    }
 }

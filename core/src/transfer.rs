@@ -10,12 +10,14 @@
 use crate::error::{is_timeout, Error, Result};
 use crate::limits::MAX_FILENAME_LEN;
 use crate::protocol::{check_filename, truncate};
+use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 /// Buffer for copying file bytes (sending without sendfile, receiving, re-reading a
 /// partial file to resume its hash).
@@ -51,6 +53,10 @@ const PART_SUFFIX: &str = ".p2pchat-part";
 /// `TimedOut` (see [`crate::error::is_timeout`]). If the file ends before `offset + len`
 /// (it shrank), the error is of kind `UnexpectedEof`, since the receiver was promised
 /// `len` bytes.
+///
+/// A write timeout restarts whenever the receiver takes a few bytes, so a receiver
+/// reading a trickle holds the sender for as long as it likes; serving peers use
+/// [`send_file_min_rate`] instead.
 pub fn send_file(sock: &TcpStream, file: &File, offset: u64, len: u64) -> io::Result<u64> {
     let end = offset
         .checked_add(len)
@@ -64,6 +70,274 @@ pub fn send_file(sock: &TcpStream, file: &File, offset: u64, len: u64) -> io::Re
     }
     copy_range(sock, file, pos, end)?;
     Ok(len)
+}
+
+/// The minimum-rate rule for a sender: the receiver must take at least
+/// `bytes_per_sec` × `window` bytes in every `window` (judged every quarter window, from
+/// the first full window on), and may never go `stall` without taking a byte.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MinRate {
+    /// Least average rate, in bytes per second, over `window`.
+    pub bytes_per_sec: u64,
+    /// The window the rate is judged over.
+    pub window: Duration,
+    /// Longest time without the receiver taking a single byte.
+    pub stall: Duration,
+}
+
+/// Like [`send_file`], but a receiver breaking `rule` is given up with an error of kind
+/// `TimedOut` (which names the rule). The socket is switched to non-blocking for the
+/// call and back to blocking after, so the rule is judged on a clock, not on how long
+/// one write happens to block; bytes count when the kernel takes them.
+///
+/// Where `sendfile` is unavailable (not Linux, or `EINVAL`/`ENOSYS`), the copy fallback
+/// honors only the stall timeout, as a per-write timeout.
+pub fn send_file_min_rate(
+    sock: &TcpStream,
+    file: &File,
+    offset: u64,
+    len: u64,
+    rule: MinRate,
+) -> io::Result<u64> {
+    let end = offset
+        .checked_add(len)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "offset + len overflows"))?;
+    #[allow(unused_mut)]
+    let mut pos = offset;
+    #[cfg(target_os = "linux")]
+    {
+        sock.set_nonblocking(true)?;
+        let paced = sendfile_paced(sock, file, &mut pos, end, rule);
+        sock.set_nonblocking(false)?;
+        if paced? {
+            return Ok(len);
+        }
+    }
+    sock.set_write_timeout(Some(rule.stall.max(Duration::from_millis(1))))?;
+    copy_range(sock, file, pos, end)?;
+    Ok(len)
+}
+
+/// How many checks of [`MinRate`] one window holds.
+const RATE_TICKS: usize = 4;
+
+/// The clock side of [`MinRate`], pure: fed the position now and then, it says when the
+/// receiver has fallen under the rate. Keeps the position at each of the last
+/// [`RATE_TICKS`] + 1 ticks, so it always compares against one whole window ago.
+struct RateFloor {
+    need: u64,
+    tick: Duration,
+    next: Instant,
+    marks: VecDeque<u64>,
+}
+
+impl RateFloor {
+    fn new(rule: MinRate, now: Instant, pos: u64) -> RateFloor {
+        let need = u64::try_from(
+            u128::from(rule.bytes_per_sec).saturating_mul(rule.window.as_millis()) / 1000,
+        )
+        .unwrap_or(u64::MAX);
+        let tick = (rule.window / RATE_TICKS as u32).max(Duration::from_millis(1));
+        RateFloor {
+            need,
+            tick,
+            next: now + tick,
+            marks: VecDeque::from([pos]),
+        }
+    }
+
+    /// When the next check falls due.
+    fn next_check(&self) -> Instant {
+        self.next
+    }
+
+    /// Record `pos` at every tick passed by `now`; an error once the bytes taken over
+    /// the last whole window are under the rule.
+    fn check(&mut self, now: Instant, pos: u64) -> io::Result<()> {
+        while now >= self.next {
+            self.marks.push_back(pos);
+            if self.marks.len() > RATE_TICKS + 1 {
+                self.marks.pop_front();
+            }
+            self.next += self.tick;
+            let window_ago = self.marks[0];
+            if self.marks.len() == RATE_TICKS + 1 && pos.saturating_sub(window_ago) < self.need {
+                let window = self.tick * RATE_TICKS as u32;
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "the receiver took {} bytes in {window:?}, under the minimum of {}",
+                        pos.saturating_sub(window_ago),
+                        self.need
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod min_rate_tests {
+    use super::*;
+
+    const RULE: MinRate = MinRate {
+        bytes_per_sec: 1000,
+        window: Duration::from_secs(4),
+        stall: Duration::from_secs(60),
+    };
+
+    #[test]
+    fn a_fast_start_does_not_excuse_a_slow_window() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs(1);
+        let mut f = RateFloor::new(RULE, t0, 0);
+        // 1 MB at once, then nothing: the first whole window passes, the next fails.
+        f.check(t0 + s / 2, 1_000_000).unwrap();
+        f.check(t0 + 4 * s, 1_000_000).unwrap();
+        assert_eq!(
+            f.check(t0 + 5 * s, 1_000_000).unwrap_err().kind(),
+            io::ErrorKind::TimedOut
+        );
+    }
+
+    #[test]
+    fn a_steady_rate_at_the_floor_passes_and_under_it_fails() {
+        let t0 = Instant::now();
+        let mut ok = RateFloor::new(RULE, t0, 0);
+        let mut slow = RateFloor::new(RULE, t0, 0);
+        let mut failed_at = None;
+        for sec in 1..=20u64 {
+            let now = t0 + Duration::from_secs(sec);
+            ok.check(now, sec * 1000).unwrap();
+            if failed_at.is_none() && slow.check(now, sec * 900).is_err() {
+                failed_at = Some(sec);
+            }
+        }
+        assert_eq!(failed_at, Some(4));
+    }
+
+    #[test]
+    fn a_slow_reader_is_given_up_and_the_socket_is_blocking_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big");
+        let len = 64 * 1024 * 1024;
+        File::create(&path).unwrap().set_len(len).unwrap();
+        let file = File::open(&path).unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let rx = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (tx, _) = listener.accept().unwrap();
+        let rule = MinRate {
+            bytes_per_sec: 64 * 1024 * 1024,
+            window: Duration::from_millis(400),
+            stall: Duration::from_secs(60),
+        };
+        // The receiver never reads: after the buffers fill, nothing moves.
+        let started = Instant::now();
+        let e = send_file_min_rate(&tx, &file, 0, len, rule).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut, "{e}");
+        assert!(started.elapsed() < Duration::from_secs(10));
+        let mut probe = [0u8; 1];
+        tx.set_read_timeout(Some(Duration::from_millis(10)))
+            .unwrap();
+        // Blocking again: a read times out instead of failing at once with EAGAIN
+        // (both map to WouldBlock, so check the flag itself).
+        let _ = (&tx).read(&mut probe);
+        // SAFETY: F_GETFL on a descriptor the test owns.
+        let flags = unsafe { libc::fcntl(tx.as_raw_fd(), libc::F_GETFL) };
+        assert_eq!(flags & libc::O_NONBLOCK, 0);
+        drop(rx);
+    }
+
+    #[test]
+    fn a_reader_keeping_up_gets_every_byte() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let content: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        fs::write(&path, &content).unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut rx = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (tx, _) = listener.accept().unwrap();
+        let len = content.len() as u64;
+        let sender = std::thread::spawn(move || {
+            let n = send_file_min_rate(&tx, &File::open(&path).unwrap(), 7, len - 7, RULE);
+            drop(tx);
+            n.unwrap()
+        });
+        let mut got = Vec::new();
+        rx.read_to_end(&mut got).unwrap();
+        assert_eq!(sender.join().unwrap(), len - 7);
+        assert!(got == content[7..]);
+    }
+}
+
+/// [`send_file_min_rate`]'s loop on a non-blocking socket: `sendfile` what the socket
+/// takes, then `poll` until it takes more, the next rate check, or the stall deadline.
+/// Returns `false` if the kernel cannot sendfile between these descriptors.
+#[cfg(target_os = "linux")]
+fn sendfile_paced(
+    sock: &TcpStream,
+    file: &File,
+    pos: &mut u64,
+    end: u64,
+    rule: MinRate,
+) -> io::Result<bool> {
+    const MAX_CHUNK: u64 = 0x7fff_f000;
+    let start = Instant::now();
+    let mut floor = RateFloor::new(rule, start, *pos);
+    let mut last_progress = start;
+    while *pos < end {
+        let mut off = libc::off_t::try_from(*pos)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "offset too large"))?;
+        let count = (end - *pos).min(MAX_CHUNK) as usize;
+        // SAFETY: both descriptors are borrowed and so stay open for the call; `off` is a
+        // valid, exclusive pointer. sendfile does not touch the file's own offset.
+        let n = unsafe { libc::sendfile(sock.as_raw_fd(), file.as_raw_fd(), &mut off, count) };
+        let now = Instant::now();
+        if n > 0 {
+            *pos += n as u64;
+            last_progress = now;
+            floor.check(now, *pos)?;
+            continue;
+        }
+        if n == 0 {
+            return Err(file_ended());
+        }
+        let err = io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::EINVAL | libc::ENOSYS) => return Ok(false),
+            Some(libc::EAGAIN) => {}
+            _ => return Err(err),
+        }
+        floor.check(now, *pos)?;
+        let stall_at = last_progress + rule.stall;
+        if now >= stall_at {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("the receiver took no byte for {:?}", rule.stall),
+            ));
+        }
+        let wake = floor.next_check().min(stall_at);
+        let wait_ms = wake
+            .saturating_duration_since(now)
+            .as_millis()
+            .clamp(1, i32::MAX as u128) as i32;
+        let mut pfd = libc::pollfd {
+            fd: sock.as_raw_fd(),
+            events: libc::POLLOUT,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, count 1.
+        if unsafe { libc::poll(&mut pfd, 1, wait_ms) } < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+        // Errors and hang-ups show up on the next sendfile.
+    }
+    Ok(true)
 }
 
 /// Sends `[*pos, end)` with `sendfile`, advancing `*pos`. Returns `false` if the kernel

@@ -570,15 +570,17 @@ fn a_chat_partner_that_never_reads_makes_send_fail_not_hang() {
 fn past_the_serving_bound_a_request_gets_a_clear_busy_answer() {
     let s = sharing();
     let addr = s.peer.listen_addr();
-    // Fill every serving slot with a connection that never says anything.
-    let silent: Vec<TcpStream> = (0..p2pcore::limits::MAX_SERVING)
+    // Fill every serving slot this address may hold with a connection that never says
+    // anything (the total bound and the busy line's delivery: tests/peer_hostile.rs).
+    let bound = p2pcore::limits::MAX_SERVING_PER_ADDR;
+    let silent: Vec<TcpStream> = (0..bound)
         .map(|_| TcpStream::connect(addr).unwrap())
         .collect();
     let end = Instant::now() + WAIT;
-    while s.peer.serving() < p2pcore::limits::MAX_SERVING && Instant::now() < end {
+    while s.peer.serving() < bound && Instant::now() < end {
         std::thread::sleep(Duration::from_millis(10));
     }
-    assert_eq!(s.peer.serving(), p2pcore::limits::MAX_SERVING);
+    assert_eq!(s.peer.serving(), bound);
     let out = String::from_utf8_lossy(&peer_answer(addr, b"P2P/1 FILE 0 ok.txt\n")).into_owned();
     assert!(out.starts_with("ERR busy "), "{out:?}");
     // The slots free up as the silent connections go; service resumes.

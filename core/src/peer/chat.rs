@@ -4,7 +4,23 @@
 //! every incoming message to the `on_chat_message` hook; sending happens on the
 //! caller's thread under a short per-chat write lock with a write timeout, so a peer
 //! that never reads makes `send` fail, never hang or queue without bound.
+//!
+//! **Backpressure.** The reader calls the hook synchronously and reads the next frame
+//! only when it returns; nothing in p2pcore queues messages. A slow hook (an
+//! application whose output is stalled) therefore stops the reading, the kernel's
+//! receive buffer fills, TCP's window closes, and the sender's writes block and then
+//! time out: one chat costs at most one message buffer (`MAX_CHAT_MESSAGE`) plus the
+//! socket buffers, however fast the other side sends. An application that queues
+//! messages from the hook must bound that queue itself.
+//!
+//! **Caps.** Incoming chat requests waiting for an answer are bounded by
+//! `PeerLimits::max_pending_chat_requests`, open chats (incoming and outgoing, each a
+//! socket and a reader thread) by `PeerLimits::max_open_chats`, and one address (one
+//! /64 for IPv6) holds at most `max_serving_per_addr` of either. A request past a cap
+//! gets `ERR busy <text>` (a legacy request: a bare close) and a
+//! [`PeerEvent::RequestRefused`].
 
+use super::slots::{Full, Slot};
 use super::{Hooks, Inner, PeerEvent};
 use crate::error::{is_timeout, Error, Result};
 use crate::limits::{MAX_CHAT_MESSAGE, MAX_PEER_LINE};
@@ -17,7 +33,7 @@ use crate::thread::call_hook;
 use crossbeam_channel::{select, Receiver, Sender};
 use parking_lot::Mutex;
 use std::io::{BufReader, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -191,6 +207,34 @@ impl ChatRequest {
         };
         let _ = self.pending.decided.try_send(());
         let inner = self.pending.inner.upgrade().ok_or(Error::Shutdown)?;
+        let limits = &inner.limits;
+        let slot = match inner.open_chats.try_acquire(
+            Some(self.pending.addr.ip()),
+            limits.max_open_chats,
+            limits.max_serving_per_addr,
+        ) {
+            Ok(slot) => slot,
+            Err(full) => {
+                let text = open_chats_text(full);
+                if !self.pending.legacy {
+                    let answer = PeerAnswer::Err {
+                        code: "busy".into(),
+                        text: text.into(),
+                    };
+                    let _ = (&writer).write_all(answer.to_line().as_bytes());
+                }
+                let _ = writer.shutdown(Shutdown::Both);
+                inner.emit(PeerEvent::RequestRefused {
+                    from: self.pending.addr,
+                    request: format!("CHAT {}", self.pending.from),
+                    reason: text.into(),
+                });
+                return Err(Error::Busy(format!(
+                    "this peer ({} chats open, the most allowed)",
+                    limits.max_open_chats
+                )));
+            }
+        };
         if !self.pending.legacy {
             (&writer).write_all(PeerAnswer::ChatAccepted.to_line().as_bytes())?;
         }
@@ -200,6 +244,7 @@ impl ChatRequest {
             writer,
             &self.pending.from,
             self.pending.legacy,
+            slot,
         )
     }
 
@@ -238,14 +283,57 @@ impl std::fmt::Debug for ChatRequest {
     }
 }
 
+/// The `ERR busy` text for a chat past the open-chats cap.
+fn open_chats_text(full: Full) -> &'static str {
+    match full {
+        Full::Total => "too many open chats, try again later",
+        Full::Address => "too many open chats with your address, try again later",
+    }
+}
+
+/// Whether an incoming chat request from `ip` may wait for an answer: a place among
+/// the pending requests (held until [`offer`] returns), or the `ERR` code and text to
+/// refuse it with.
+pub(super) fn admit(
+    inner: &Inner,
+    ip: IpAddr,
+) -> std::result::Result<Slot, (&'static str, String)> {
+    if inner.hooks.chat_request.is_none() {
+        return Err(("declined", "this peer does not take chats".into()));
+    }
+    let limits = &inner.limits;
+    let per_addr = limits.max_serving_per_addr;
+    // Refuse now what could not be accepted anyway, rather than ask the person.
+    if let Err(full) = inner
+        .open_chats
+        .check(Some(ip), limits.max_open_chats, per_addr)
+    {
+        return Err(("busy", open_chats_text(full).into()));
+    }
+    inner
+        .pending_chats
+        .try_acquire(Some(ip), limits.max_pending_chat_requests, per_addr)
+        .map_err(|full| {
+            let text = match full {
+                Full::Total => "too many chat requests waiting for an answer, try again later",
+                Full::Address => {
+                    "too many chat requests from your address waiting for an answer, try again later"
+                }
+            };
+            ("busy", text.into())
+        })
+}
+
 /// Serve an incoming chat request: hand it to the hook and wait (on this serving
-/// thread) until it is answered, expires, or the peer stops.
+/// thread) until it is answered, expires, or the peer stops. `_pending` is its place
+/// among the pending requests, given back when this returns.
 pub(super) fn offer(
     inner: &Arc<Inner>,
     reader: BufReader<TcpStream>,
     writer: TcpStream,
     from: String,
     legacy: bool,
+    _pending: Slot,
 ) {
     let addr = match writer.peer_addr() {
         Ok(a) => a,
@@ -290,6 +378,11 @@ pub(super) fn request(inner: &Arc<Inner>, name: &str) -> Result<Chat> {
     if inner.stopping() {
         return Err(Error::Shutdown);
     }
+    let max = inner.limits.max_open_chats;
+    let slot = inner
+        .open_chats
+        .try_acquire(None, max, usize::MAX)
+        .map_err(|_| Error::Busy(format!("this peer ({max} chats open, the most allowed)")))?;
     let addr = inner.peer_addr(name)?;
     let stream = TcpStream::connect_timeout(&addr, inner.io_timeout)?;
     stream.set_nodelay(true)?;
@@ -331,19 +424,21 @@ pub(super) fn request(inner: &Arc<Inner>, name: &str) -> Result<Chat> {
             }
         }
         stream.set_read_timeout(None)?;
-        start(inner, reader, stream.try_clone()?, name, false)
+        start(inner, reader, stream.try_clone()?, name, false, slot)
     })();
     inner.forget_socket(key);
     result
 }
 
-/// Open the chat: register its socket and start its reader thread.
+/// Open the chat: register its socket and start its reader thread, which holds `slot`
+/// (its place among the open chats) until it ends.
 fn start(
     inner: &Arc<Inner>,
     reader: BufReader<TcpStream>,
     writer: TcpStream,
     peer: &str,
     legacy: bool,
+    slot: Slot,
 ) -> Result<Chat> {
     writer.set_write_timeout(Some(inner.io_timeout))?;
     // Chats may idle for hours: no read timeout, but keepalive ends a dead one.
@@ -364,7 +459,8 @@ fn start(
     inner
         .threads
         .spawn(&format!("p2p-chat-{}", shared.id), move || {
-            read_loop(reading, reader)
+            read_loop(reading, reader);
+            drop(slot);
         })?;
     Ok(Chat { shared })
 }

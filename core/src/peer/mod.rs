@@ -13,8 +13,10 @@
 
 mod chat;
 mod fetch;
+mod refuser;
 mod registry_link;
 mod serve;
+mod slots;
 
 pub use chat::{Chat, ChatClosedBy, ChatId, ChatRequest};
 pub use fetch::{Transfer, TransferId};
@@ -26,9 +28,11 @@ use crate::share::{ScanReport, Share};
 use crate::thread::Threads;
 use crossbeam_channel::{Receiver, Sender};
 use parking_lot::Mutex;
+use refuser::Refuser;
 use registry_link::RegistryLink;
+use slots::Gauge;
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -92,19 +96,24 @@ pub(crate) struct Hooks {
 /// [`crate::limits`]; set with [`PeerBuilder::limits`].
 #[derive(Debug, Clone)]
 pub struct PeerLimits {
-    /// How long a whole request line may take to arrive (not per byte).
+    /// How long a whole request line may take to arrive (not per byte): past it the
+    /// connection gets `ERR bad-request request timed out`.
     pub request_line_timeout: Duration,
     /// Transfers slower than this (bytes/s) over `min_rate_window` are ended.
     pub min_transfer_rate: u64,
     /// The window over which `min_transfer_rate` is judged.
     pub min_rate_window: Duration,
-    /// Most requests served at once (chat requests waiting for an answer included).
+    /// Most requests served at once (chat requests waiting for an answer included);
+    /// past it `ERR busy`.
     pub max_serving: usize,
-    /// Most requests served at once for one address (one /64 for IPv6).
+    /// Most requests served at once for one address (one /64 for IPv6); also the most
+    /// pending chat requests and the most open incoming chats one address may hold.
     pub max_serving_per_addr: usize,
-    /// Most incoming chat requests waiting for an answer at once.
+    /// Most incoming chat requests waiting for an answer at once; past it `ERR busy`.
     pub max_pending_chat_requests: usize,
-    /// Most chats open at once, incoming and outgoing.
+    /// Most chats open at once, incoming and outgoing (each holds a socket and a
+    /// reader thread); past it an incoming request gets `ERR busy` and
+    /// [`Peer::chat`] fails with [`Error::Busy`].
     pub max_open_chats: usize,
     /// Largest file a download accepts (`None`: no limit but the free space).
     pub max_download_size: Option<u64>,
@@ -139,7 +148,7 @@ pub struct PeerBuilder {
     shared_dir: PathBuf,
     download_dir: Option<PathBuf>,
     port: u16,
-    listen_ip: IpAddr,
+    listen_ip: Option<IpAddr>,
     chat_answer_timeout: Duration,
     io_timeout: Duration,
     limits: PeerLimits,
@@ -159,9 +168,12 @@ impl PeerBuilder {
         self
     }
 
-    /// Listen on this address (default `0.0.0.0`, every interface).
+    /// Listen on this address (`0.0.0.0` or `::` for every interface). By default a
+    /// peer listens on the local address of its registry connection: the address the
+    /// registry records and hands out for it, so a loopback registry means a
+    /// loopback-only listener and an IPv6 registry an IPv6 listener.
     pub fn listen_ip(mut self, ip: IpAddr) -> Self {
-        self.listen_ip = ip;
+        self.listen_ip = Some(ip);
         self
     }
 
@@ -246,7 +258,8 @@ impl PeerBuilder {
         self
     }
 
-    /// Validate, scan the share, start listening and register.
+    /// Validate, scan the share, connect to the registry, start listening and
+    /// register.
     ///
     /// Errors, each distinct: [`Error::InvalidUsername`], [`Error::NotADirectory`],
     /// [`Error::PortUnavailable`], [`Error::UsernameTaken`], or an I/O error reaching
@@ -260,13 +273,21 @@ impl PeerBuilder {
             Some(d) => return Err(Error::NotADirectory(d.clone())),
             None => share.dir().to_path_buf(),
         };
-        let listener = TcpListener::bind((self.listen_ip, self.port)).map_err(|source| {
-            Error::PortUnavailable {
+        let registry = RegistryLink::new(&self.registry);
+        let listen_ip = match self.listen_ip {
+            Some(ip) => ip,
+            None => {
+                registry.connect()?;
+                registry.local_ip().ok_or(Error::Closed)?
+            }
+        };
+        let listener =
+            TcpListener::bind((listen_ip, self.port)).map_err(|source| Error::PortUnavailable {
                 port: self.port,
                 source,
-            }
-        })?;
+            })?;
         let listen_addr = listener.local_addr()?;
+        let (refuser, refuser_loop) = Refuser::new()?;
         let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
         let inner = Arc::new(Inner {
             username: self.username,
@@ -277,18 +298,25 @@ impl PeerBuilder {
             io_timeout: self.io_timeout,
             limits: self.limits,
             hooks: self.hooks,
-            registry: RegistryLink::new(&self.registry),
+            registry,
             threads: Threads::default(),
             sockets: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             stopping: AtomicBool::new(false),
             stop_rx,
             stop_tx: Mutex::new(Some(stop_tx)),
-            serving: AtomicU64::new(0),
+            serving: Arc::default(),
+            pending_chats: Arc::default(),
+            open_chats: Arc::default(),
+            refuser,
         });
         inner.scan_share()?;
         inner.register()?;
         let peer = Peer { inner };
+        let refuser_inner = peer.inner.clone();
+        peer.inner.threads.spawn("p2p-refuser", move || {
+            refuser::run(refuser_inner, refuser_loop)
+        })?;
         let serve_inner = peer.inner.clone();
         peer.inner.threads.spawn("p2p-listener", move || {
             serve::accept_loop(serve_inner, listener)
@@ -320,7 +348,20 @@ pub(crate) struct Inner {
     /// Disconnected (never sent on) when the peer stops: wakes every waiter at once.
     pub stop_rx: Receiver<()>,
     stop_tx: Mutex<Option<Sender<()>>>,
-    pub serving: AtomicU64,
+    /// Requests being served (one thread each), in total and per address.
+    pub serving: Arc<Gauge>,
+    /// Incoming chat requests waiting for their answer.
+    pub pending_chats: Arc<Gauge>,
+    /// Open chats, incoming (counted per address) and outgoing.
+    pub open_chats: Arc<Gauge>,
+    /// Where connections refused past a bound go to get their answer and a clean close.
+    pub refuser: Refuser,
+}
+
+/// Whether a request's first bytes are a legacy (original client) request, which is
+/// unterminated and is never answered with an `ERR` line.
+pub(crate) fn is_legacy_start(buf: &[u8]) -> bool {
+    buf.starts_with(b"CHAT,") || buf.starts_with(b"FILE,")
 }
 
 impl Inner {
@@ -415,9 +456,11 @@ impl Inner {
             .to_string(),
         );
         self.registry.disconnect();
+        self.refuser.wake();
         // Wake the blocking accept() with a connection to ourselves.
         let wake_ip = match self.listen_addr.ip() {
-            ip if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
             ip => ip,
         };
         let _ = TcpStream::connect_timeout(
@@ -500,7 +543,7 @@ impl Peer {
             shared_dir: shared_dir.as_ref().to_path_buf(),
             download_dir: None,
             port: 0,
-            listen_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            listen_ip: None,
             chat_answer_timeout: CHAT_ANSWER_TIMEOUT,
             io_timeout: PEER_IO_TIMEOUT,
             limits: PeerLimits::default(),
@@ -536,7 +579,7 @@ impl Peer {
     /// How many requests from other peers are being served right now (chat requests
     /// waiting for an answer included).
     pub fn serving(&self) -> usize {
-        self.inner.serving.load(Ordering::SeqCst) as usize
+        self.inner.serving.total()
     }
 
     /// Usernames online, sorted.

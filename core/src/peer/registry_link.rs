@@ -10,7 +10,7 @@ use crate::net::read_line;
 use crate::protocol::{parse_answer, parse_files_line, parse_port, reason, Answer};
 use parking_lot::Mutex;
 use std::io::{BufReader, ErrorKind, Write};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs};
 
 /// A session connection to the registry (may be down; queries then reconnect once).
 pub(crate) struct RegistryLink {
@@ -39,6 +39,15 @@ impl RegistryLink {
     pub fn connect(&self) -> Result<()> {
         *self.conn.lock() = Some(open(&self.addr)?);
         Ok(())
+    }
+
+    /// The local address of the connection (the one the registry records for this
+    /// peer), if connected.
+    pub fn local_ip(&self) -> Option<IpAddr> {
+        let guard = self.conn.lock();
+        let ip = guard.as_ref()?.writer.local_addr().ok()?.ip();
+        // A dual-stack registry sees an IPv4 client as ::ffff:a.b.c.d; listen on a.b.c.d.
+        Some(ip.to_canonical())
     }
 
     /// Whether the connection is up: a non-blocking peek sees no end-of-stream.
@@ -91,9 +100,11 @@ impl RegistryLink {
         let [ip, port] = fields.as_slice() else {
             return Err(bad());
         };
-        let ip = ip.parse().map_err(|_| bad())?;
+        // The registry writes IPv6 addresses bare (`::1`); accept `[::1]` too.
+        let ip = ip.trim_start_matches('[').trim_end_matches(']');
+        let ip: IpAddr = ip.parse().map_err(|_| bad())?;
         let port = parse_port(port).ok_or_else(bad)?;
-        Ok(SocketAddr::new(ip, port))
+        Ok(SocketAddr::new(ip.to_canonical(), port))
     }
 
     /// `GET_AF`: every user's files.
