@@ -57,6 +57,8 @@ pub const LEGACY_ANSWER_MAX: usize = 1000;
 
 /// Registry: most bytes of registration data (names, addresses, filenames, accounted
 /// at their stored size) the registry holds; past it `INIT` gets `ERR,Registry full`.
+/// Entries cost about their wire size plus 96 bytes, so this holds the full
+/// `MAX_USERS` with ~2.5 KB of filenames each, in well under 1 GB of RSS.
 pub const REGISTRY_MEMORY_BUDGET: usize = 512 * 1024 * 1024;
 /// Registry: most unsent answer bytes one connection may hold (answers shared between
 /// connections, such as one `GET_AF` text, count once for each holder).
@@ -64,11 +66,16 @@ pub const MAX_UNSENT_PER_CONN: usize = 4 * 1024 * 1024;
 /// Registry: how long a connection may hold unsent output without the socket taking
 /// any of it before it is closed and its memory freed.
 pub const SLOW_READER_DEADLINE: Duration = Duration::from_secs(30);
-/// Registry: most open connections from one address (one /64 for IPv6).
+/// Registry: most open connections from one address (one /64 for IPv6). Room for a
+/// busy NAT (an office, a campus) of peers with one session each, yet one address can
+/// take only ~1% of `MAX_CONNECTIONS`.
 pub const MAX_CONNS_PER_ADDR: usize = 256;
 /// Registry: most registrations (session and legacy together) held by one address.
 pub const MAX_USERS_PER_ADDR: usize = 256;
-/// Registry: sustained queries per second from one address (a token bucket).
+/// Registry: sustained queries per second from one address (a token bucket). A peer
+/// sends a few queries per user action; 2,000/s leaves a NAT of hundreds of them room
+/// while one address gets a small share of what the registry serves (~50,000/s on
+/// 2 cores).
 pub const QUERIES_PER_SEC_PER_ADDR: u32 = 2_000;
 /// Registry: how many queries one address may send at once above its rate.
 pub const QUERY_BURST_PER_ADDR: u32 = 4_000;

@@ -41,6 +41,8 @@ const SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// Queries one connection may have answered in one turn before the loop serves the
 /// others (a pipelining client cannot hold its loop).
 const BATCH: usize = 64;
+/// A connection over its address's query rate waits until this many tokens are there.
+const RESUME_TOKENS: f64 = 16.0;
 /// Shared answers smaller than this are copied into the connection's own buffer (one
 /// chunk fewer to write; the copy is cheaper than the bookkeeping).
 const SHARE_MIN: usize = 4096;
@@ -195,15 +197,18 @@ impl Bucket {
         self.at = now;
     }
 
-    /// Take one token, or say how long until one is there.
+    /// Take one token, or say how long to wait. The wait is for [`RESUME_TOKENS`]
+    /// (at most the burst), not one: a flooding connection is then woken, read and
+    /// answered a handful of queries at a time rather than once per token.
     fn take(&mut self, now: Instant, rate: u32, burst: u32) -> Result<(), Duration> {
         self.refill(now, rate, burst);
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
             Ok(())
         } else {
+            let want = RESUME_TOKENS.min(f64::from(burst.max(1)));
             Err(Duration::from_secs_f64(
-                (1.0 - self.tokens) / f64::from(rate),
+                (want - self.tokens) / f64::from(rate),
             ))
         }
     }
