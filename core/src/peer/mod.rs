@@ -260,6 +260,7 @@ impl PeerBuilder {
             Some(d) => return Err(Error::NotADirectory(d.clone())),
             None => share.dir().to_path_buf(),
         };
+        fetch::remove_stale_partials(&download_dir, &self.limits);
         let listener = TcpListener::bind((self.listen_ip, self.port)).map_err(|source| {
             Error::PortUnavailable {
                 port: self.port,
