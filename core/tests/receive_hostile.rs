@@ -468,3 +468,47 @@ fn a_partial_without_an_origin_record_is_never_deleted_on_bad_offset() {
     assert!(std::fs::read(&part).unwrap() == old);
     assert_eq!(listing(dir.path()).len(), 1, "no record written either");
 }
+
+#[test]
+fn an_answer_line_that_trickles_in_is_given_up_at_the_io_timeout() {
+    let registry = Registry::bind("127.0.0.1:0").unwrap();
+    let dir = TempDir::new().unwrap();
+    let content = pattern(1000, 15);
+    let answer = format!("OK {} {}\n", content.len(), hex(&content));
+    // One byte of the answer line every 200 ms: ~15 s for the line, each read quick.
+    let _mallory = fake_peer(registry.local_addr(), "mallory", move |mut c| {
+        for b in answer.bytes() {
+            std::thread::sleep(Duration::from_millis(200));
+            if c.stopping() || c.stream.write_all(&[b]).is_err() {
+                return;
+            }
+        }
+        let _ = c.stream.write_all(&content);
+    });
+    let share = TempDir::new().unwrap();
+    let io_timeout = Duration::from_secs(2);
+    let bob = Peer::builder(&registry.local_addr().to_string(), "bob", share.path())
+        .listen_ip("127.0.0.1".parse().unwrap())
+        .download_dir(dir.path())
+        .io_timeout(io_timeout)
+        .connect()
+        .unwrap();
+    let started = Instant::now();
+    let t = bob.fetch("mallory", "x.bin").unwrap();
+    let Some(outcome) = t.wait_timeout(io_timeout + Duration::from_secs(8)) else {
+        t.cancel();
+        panic!("a trickled answer line held the download past the timeout + 8 s");
+    };
+    let err = outcome.unwrap_err();
+    eprintln!(
+        "trickled answer line given up after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(err.code(), ErrorCode::Timeout, "{err}");
+    assert!(
+        err.to_string()
+            .contains("mallory did not answer the file request within 2.0 s"),
+        "{err}"
+    );
+    assert_eq!(listing(dir.path()), vec![]);
+}

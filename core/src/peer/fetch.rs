@@ -6,18 +6,19 @@
 //! writing, verify, then move into place without overwriting.
 
 use super::{Inner, PeerEvent};
-use crate::error::{Error, Result};
+use crate::error::{is_timeout, Error, Result};
 use crate::limits::MAX_PEER_LINE;
 use crate::protocol::{parse_peer_answer, PeerAnswer, PeerRequest};
 use crate::thread::call_hook;
 use crate::transfer::{Pace, Receiver, Resume, SpaceReservation};
 use crossbeam_channel::Sender;
 use parking_lot::Mutex;
-use std::io::{BufReader, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// Identifies one download within a peer.
 pub type TransferId = u64;
@@ -389,8 +390,7 @@ fn ask(
         };
         (&stream).write_all(request.to_line().as_bytes())?;
         let mut reader = BufReader::with_capacity(256 * 1024, stream.try_clone()?);
-        let line =
-            crate::net::read_line(&mut reader, MAX_PEER_LINE, "peer")?.ok_or(Error::Closed)?;
+        let line = read_answer_line(&mut reader, inner.io_timeout, addr, &t.from)?;
         let answer = parse_peer_answer(&line).map_err(|d| Error::protocol(addr, d))?;
         Ok((reader, answer))
     })();
@@ -401,4 +401,57 @@ fn ask(
             Err(e)
         }
     }
+}
+
+/// Reads the answer line (at most `MAX_PEER_LINE` bytes) within `timeout` in total,
+/// however it trickles in: a socket read timeout alone restarts with every byte, so a
+/// peer sending one byte now and then could hold a download for hours before its first
+/// body byte.
+fn read_answer_line(
+    reader: &mut BufReader<TcpStream>,
+    timeout: Duration,
+    addr: SocketAddr,
+    peer: &str,
+) -> Result<String> {
+    let deadline = Instant::now() + timeout;
+    let too_slow = || {
+        Error::Timeout(format!(
+            "{peer} did not answer the file request within {:.1} s",
+            timeout.as_secs_f64()
+        ))
+    };
+    let mut line = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(too_slow());
+        }
+        reader.get_ref().set_read_timeout(Some(left))?;
+        let buf = match reader.fill_buf() {
+            Ok(buf) => buf,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) if is_timeout(&e) => return Err(too_slow()),
+            Err(e) => return Err(e.into()),
+        };
+        if buf.is_empty() {
+            return Err(Error::Closed);
+        }
+        let (take, done) = match buf.iter().position(|&b| b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (buf.len(), false),
+        };
+        if line.len() + take > MAX_PEER_LINE + 1 {
+            return Err(Error::protocol(addr, "answer line too long"));
+        }
+        line.extend_from_slice(&buf[..take]);
+        reader.consume(take);
+        if done {
+            break;
+        }
+    }
+    line.pop();
+    if line.last() == Some(&b'\r') {
+        line.pop();
+    }
+    String::from_utf8(line).map_err(|_| Error::protocol(addr, "answer line is not UTF-8"))
 }
