@@ -220,14 +220,21 @@ pub struct Origin {
     pub size: u64,
     /// BLAKE3 hash (lowercase hex) of the whole file, as that peer announced it.
     pub hash: String,
+    /// Where bytes from other peers begin, if any have been appended (another peer that
+    /// announced the same file resumed it): everything before is the origin's own.
+    pub others_from: Option<u64>,
 }
 
 impl Origin {
     fn to_record(&self) -> String {
-        format!(
+        let mut r = format!(
             "{ORIGIN_MAGIC}\npeer {}\nsize {}\nblake3 {}\n",
             self.peer, self.size, self.hash
-        )
+        );
+        if let Some(at) = self.others_from {
+            r.push_str(&format!("others-from {at}\n"));
+        }
+        r
     }
 
     /// Parses a record; `None` for anything that is not exactly what `to_record` writes.
@@ -239,6 +246,10 @@ impl Origin {
         let peer = lines.next()?.strip_prefix("peer ")?;
         let size = lines.next()?.strip_prefix("size ")?.parse().ok()?;
         let hash = lines.next()?.strip_prefix("blake3 ")?;
+        let others_from = match lines.next() {
+            None => None,
+            Some(l) => Some(l.strip_prefix("others-from ")?.parse().ok()?),
+        };
         if lines.next().is_some()
             || peer.is_empty()
             || peer.chars().any(char::is_control)
@@ -250,6 +261,7 @@ impl Origin {
             peer: peer.to_string(),
             size,
             hash: hash.to_ascii_lowercase(),
+            others_from,
         })
     }
 }
@@ -449,6 +461,7 @@ pub fn remove_stale_partials(dir: &Path, age: Duration) -> io::Result<usize> {
                     removed += 1;
                     log::info!("removed stale partial download {}", path.display());
                     let _ = fs::remove_file(sibling(&path, ORIGIN_SUFFIX));
+                    let _ = fs::remove_file(sibling(&path, ORIGIN_TMP_SUFFIX));
                 }
                 Ok(false) => {}
                 Err(e) => log::warn!("cannot remove stale {}: {e}", path.display()),
@@ -603,24 +616,33 @@ impl Receiver {
 
     /// `peer` is about to send the file it announced as `size` bytes with `hash`: record
     /// it as the partial's origin unless the partial already belongs to that same file
-    /// (then its first origin stays). Call after [`judge`](Self::judge) said
-    /// [`Resume::Continue`] (or after [`restart`](Self::restart)) and before
-    /// [`receive`](Self::receive). The record is written atomically (temporary file,
-    /// fsync, rename).
+    /// (then its first origin stays, and where another peer's bytes begin is noted).
+    /// Call after [`judge`](Self::judge) said [`Resume::Continue`] (or after
+    /// [`restart`](Self::restart)) and before [`receive`](Self::receive).
     pub fn begin(&mut self, peer: &str, size: u64, hash: &str) -> Result<()> {
         self.sender = Some(peer.to_string());
-        let same_file = self
-            .origin
-            .as_ref()
-            .is_some_and(|o| o.size == size && o.hash.eq_ignore_ascii_case(hash));
-        if same_file && self.offset > 0 {
-            return Ok(());
-        }
-        let origin = Origin {
-            peer: peer.to_string(),
-            size,
-            hash: hash.to_ascii_lowercase(),
+        let origin = match self.origin.clone() {
+            Some(o) if self.offset > 0 && o.size == size && o.hash.eq_ignore_ascii_case(hash) => {
+                if o.peer == peer || o.others_from.is_some() {
+                    return Ok(());
+                }
+                Origin {
+                    others_from: Some(self.offset),
+                    ..o
+                }
+            }
+            _ => Origin {
+                peer: peer.to_string(),
+                size,
+                hash: hash.to_ascii_lowercase(),
+                others_from: None,
+            },
         };
+        self.write_origin(origin)
+    }
+
+    /// Replaces the origin record, atomically: temporary file, fsync, rename.
+    fn write_origin(&mut self, origin: Origin) -> Result<()> {
         let tmp = sibling(&self.part_path, ORIGIN_TMP_SUFFIX);
         match fs::remove_file(&tmp) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(Error::Io(e)),
@@ -728,16 +750,25 @@ impl Receiver {
         Ok(self.final_path)
     }
 
-    /// After a failed hash check: which bytes are wrong is unknown. When this session
-    /// resumed a partial that came from another peer (same announced hash, so allowed),
-    /// only this session's bytes go: the origin's stay for it to finish, and a peer
-    /// other than the origin never destroys the origin's bytes. Otherwise the whole
-    /// partial file and its record go.
-    fn drop_mismatched(self) {
-        let resumed_from_other = self.offset > 0
-            && matches!((&self.origin, &self.sender), (Some(o), Some(s)) if o.peer != *s);
-        if resumed_from_other && self.part.set_len(self.offset).is_ok() {
-            return;
+    /// After a failed hash check: which bytes are wrong is unknown. When peers other
+    /// than the origin appended to the partial (they announced the same file, so they
+    /// could), only their bytes go, so a peer other than the origin can never get the
+    /// origin's bytes thrown away; the next mismatch, with only the origin's bytes
+    /// left, deletes them. Otherwise the whole partial file and its record go.
+    fn drop_mismatched(mut self) {
+        if let Some(o) = self.origin.clone() {
+            if let Some(at) = o.others_from {
+                if self.part.set_len(at).is_ok() {
+                    let mine = Origin {
+                        others_from: None,
+                        ..o
+                    };
+                    if let Err(e) = self.write_origin(mine) {
+                        log::warn!("cannot update {}: {e}", self.part_path.display());
+                    }
+                    return;
+                }
+            }
         }
         drop(self.part);
         if let Err(e) = fs::remove_file(&self.part_path) {
@@ -1320,11 +1351,14 @@ mod tests {
 
     #[test]
     fn origin_records_round_trip_and_junk_is_no_origin() {
-        let o = Origin {
+        let mut o = Origin {
             peer: "alice".into(),
             size: 12345,
             hash: blake3::hash(b"x").to_hex().to_string(),
+            others_from: Some(77),
         };
+        assert_eq!(Origin::from_record(&o.to_record()), Some(o.clone()));
+        o.others_from = None;
         assert_eq!(Origin::from_record(&o.to_record()), Some(o.clone()));
         let rec = o.to_record();
         for junk in [
@@ -1332,6 +1366,8 @@ mod tests {
             "p2pchat-partial 2\npeer a\nsize 1\nblake3 00\n",
             &rec[..rec.len() - 1],
             &format!("{rec}extra\n"),
+            &format!("{rec}others-from 1\nothers-from 2\n"),
+            &format!("{rec}others-from x\n"),
             &rec.replace("12345", "-1"),
             &rec.replace("peer alice", "peer "),
             &rec.replace(&o.hash, "abc"),
@@ -1348,6 +1384,7 @@ mod tests {
             peer: "alice".into(),
             size: 100,
             hash: h1.clone(),
+            others_from: None,
         };
         let a = Some(&alice);
         // Nothing to lose, or no record: as before.
@@ -1440,7 +1477,11 @@ mod tests {
         assert_eq!(r.judge("bob", 10_000, &hash), Resume::Continue);
         let mut r = r;
         r.begin("bob", 10_000, &hash).unwrap();
-        assert_eq!(r.origin(), Some(&origin), "the first origin stays");
+        let noted = Origin {
+            others_from: Some(4000),
+            ..origin.clone()
+        };
+        assert_eq!(r.origin(), Some(&noted), "the first origin stays");
         r.receive(&mut &content[4000..], 10_000, &hash, &mut always)
             .unwrap();
         assert!(!record.exists());

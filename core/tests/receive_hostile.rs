@@ -413,32 +413,49 @@ fn bad_offset_from_the_origin_itself_restarts_from_zero() {
 }
 
 #[test]
-fn a_wrong_resume_from_another_peer_with_the_same_hash_gives_back_only_its_own_bytes() {
+fn bytes_from_another_peer_with_the_same_hash_never_cost_the_origins_bytes() {
     let registry = Registry::bind("127.0.0.1:0").unwrap();
     let dir = TempDir::new().unwrap();
     let content = pattern(200_000, 10);
     let half = 100_000;
-    let (_alice, _) = breaks_off_once(
+    let (_alice, offsets) = breaks_off_once(
         registry.local_addr(),
         "alice",
         Arc::new(Mutex::new(content.clone())),
         half,
     );
-    // Mallory announces alice's file (same size and hash) and sends garbage.
+    // Mallory announces alice's file (same size and hash) and sends garbage: all of it
+    // the first time, then 20,000 bytes of it before closing.
     let announced = content.clone();
     let _mallory = fake_peer(registry.local_addr(), "mallory", move |mut c| {
         let _ = writeln!(c.stream, "OK {} {}", announced.len(), hex(&announced));
-        let _ = c
-            .stream
-            .write_all(&vec![0xEE; announced.len() - c.offset() as usize]);
+        let rest = announced.len() - c.offset() as usize;
+        let n = if c.n == 0 { rest } else { 20_000 };
+        let _ = c.stream.write_all(&vec![0xEE; n]);
     });
     let (bob, _share) = bob(registry.local_addr(), dir.path(), PeerLimits::default());
 
     fetch(&bob, "alice", "x.bin").unwrap_err();
-    let (part, _) = partial_and_record(dir.path(), "x.bin");
+    let (part, record) = partial_and_record(dir.path(), "x.bin");
     let before = std::fs::read(&part).unwrap();
+    let record_before = std::fs::read_to_string(&record).unwrap();
 
+    // The hash check fails on mallory's bytes: only they go.
     let err = fetch(&bob, "mallory", "x.bin").unwrap_err();
+    assert_eq!(err.code(), ErrorCode::HashMismatch, "{err}");
+    assert!(
+        std::fs::read(&part).unwrap() == before,
+        "alice's bytes kept"
+    );
+    assert_eq!(std::fs::read_to_string(&record).unwrap(), record_before);
+
+    // Mallory appends garbage and stops; the failure shows only when alice finishes
+    // the file: then too only the bytes from mallory on go, not alice's.
+    let err = fetch(&bob, "mallory", "x.bin").unwrap_err();
+    assert_eq!(err.code(), ErrorCode::Closed, "{err}");
+    let noted = std::fs::read_to_string(&record).unwrap();
+    assert!(noted.ends_with(&format!("others-from {half}\n")), "{noted}");
+    let err = fetch(&bob, "alice", "x.bin").unwrap_err();
     assert_eq!(err.code(), ErrorCode::HashMismatch, "{err}");
     assert!(
         std::fs::read(&part).unwrap() == before,
@@ -447,6 +464,12 @@ fn a_wrong_resume_from_another_peer_with_the_same_hash_gives_back_only_its_own_b
 
     let path = fetch(&bob, "alice", "x.bin").unwrap();
     assert!(std::fs::read(path).unwrap() == content);
+    let resumed = half as u64;
+    assert_eq!(
+        *offsets.lock(),
+        [0, resumed + 20_000, resumed],
+        "alice resumed twice, never restarted"
+    );
 }
 
 #[test]

@@ -309,6 +309,17 @@ fn receive(
     let start = if restart { 0 } else { receiver.offset() };
     // Everything refused here is refused before the first byte is written.
     let checked = (|| {
+        if start > size {
+            // Answered `OK` for a file shorter than the partial, where `bad-offset` was
+            // due: nothing to record, nothing to receive.
+            return Err(Error::protocol(
+                t.from.as_str(),
+                format!(
+                    "offers {size} bytes of {:?} after a resume from {start}",
+                    t.file
+                ),
+            ));
+        }
         if let Some(limit) = limits.max_download_size.filter(|&l| size > l) {
             return Err(Error::DownloadTooLarge {
                 peer: t.from.clone(),
