@@ -108,7 +108,7 @@ pub enum Error {
     },
     /// A partial download of that name from another peer, of another file, is kept:
     /// this peer's file would need it thrown away. Code [`ErrorCode::AlreadyExists`].
-    #[error("{peer} offers a different {file:?} than the partial download from {origin} kept in {}; finish it from {origin}, or remove that file to download from {peer}", .partial.display())]
+    #[error("{peer} offers a different {file:?} than the partial download from {origin} kept in {}; it stays: finish it from its origin, or remove it to download from {peer}", .partial.display())]
     PartialConflict {
         peer: String,
         file: String,

@@ -1,10 +1,12 @@
 //! Moving file bytes between peers: sending a range of a shared file to a socket, and
 //! receiving a download into a partial file that is verified and then moved into place.
 //!
-//! This module owns the on-disk life of a download (`.NAME.p2pchat-part`, resume from
-//! its length, hash check, final placement). It must never overwrite an existing file,
-//! never leave unverified bytes under the final name, and never write outside the
-//! destination directory. It knows nothing of the request/answer protocol around the
+//! This module owns the on-disk life of a download (`.NAME.p2pchat-part` and its origin
+//! record `.NAME.p2pchat-orig`, the rules for resuming it, the free space it may take,
+//! the pace its sender must keep, hash check, final placement, removal when stale). It
+//! must never overwrite an existing file, never leave unverified bytes under the final
+//! name, never write outside the destination directory, and never touch a partial file
+//! another download holds. It knows nothing of the request/answer protocol around the
 //! bytes.
 
 use crate::error::{is_timeout, Error, Result};
@@ -191,8 +193,8 @@ pub fn partial_path(dest_dir: &Path, name: &str) -> PathBuf {
     dest_dir.join(format!(".{}~{tag}{PART_SUFFIX}", truncate(name, room)))
 }
 
-/// The origin record of the partial file at `part_path`: same directory, same name with
-/// [`ORIGIN_SUFFIX`] in place of [`PART_SUFFIX`] (so it is hidden and fits too).
+/// The file next to the partial file at `part_path` named like it with `suffix` in place
+/// of [`PART_SUFFIX`] (suffixes of the same length, so it is hidden and fits too).
 fn sibling(part_path: &Path, suffix: &str) -> PathBuf {
     let name = part_path
         .file_name()

@@ -276,10 +276,8 @@ fn download(
         receiver.discard_if_empty();
         return refused;
     }
-    Err(Error::protocol(
-        addr,
-        "refused the offset of a fresh download",
-    ))
+    // Not reached: a second round asks from 0, where every answer ends the loop.
+    Err(Error::protocol(addr, "no usable answer to a resume"))
 }
 
 fn conflict(t: &TransferShared, receiver: &Receiver, origin: &str) -> Error {
