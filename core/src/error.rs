@@ -85,6 +85,36 @@ pub enum Error {
     },
     #[error("{peer} refused: {reason}")]
     Refused { peer: String, reason: String },
+    /// A download refused before its first byte: it does not fit the download
+    /// directory's free space minus the margin (and other running downloads). Code
+    /// [`ErrorCode::TooLarge`].
+    #[error("{peer} offers {file:?} needing {needed} more bytes, but the download directory has {free} bytes free, {reserved} promised to running downloads and {margin} to keep free; nothing was written")]
+    NoSpace {
+        peer: String,
+        file: String,
+        needed: u64,
+        free: u64,
+        margin: u64,
+        reserved: u64,
+    },
+    /// A download refused before its first byte: larger than
+    /// `PeerLimits::max_download_size`. Code [`ErrorCode::TooLarge`].
+    #[error("{peer} offers {file:?} of {size} bytes, over the maximum download size of {limit}; nothing was written")]
+    DownloadTooLarge {
+        peer: String,
+        file: String,
+        size: u64,
+        limit: u64,
+    },
+    /// A partial download of that name from another peer, of another file, is kept:
+    /// this peer's file would need it thrown away. Code [`ErrorCode::AlreadyExists`].
+    #[error("{peer} offers a different {file:?} than the partial download from {origin} kept in {}; it stays: finish it from its origin, or remove it to download from {peer}", .partial.display())]
+    PartialConflict {
+        peer: String,
+        file: String,
+        origin: String,
+        partial: PathBuf,
+    },
 }
 
 impl Clone for Error {
@@ -136,6 +166,43 @@ impl Clone for Error {
                 peer: peer.clone(),
                 reason: reason.clone(),
             },
+            Error::NoSpace {
+                peer,
+                file,
+                needed,
+                free,
+                margin,
+                reserved,
+            } => Error::NoSpace {
+                peer: peer.clone(),
+                file: file.clone(),
+                needed: *needed,
+                free: *free,
+                margin: *margin,
+                reserved: *reserved,
+            },
+            Error::DownloadTooLarge {
+                peer,
+                file,
+                size,
+                limit,
+            } => Error::DownloadTooLarge {
+                peer: peer.clone(),
+                file: file.clone(),
+                size: *size,
+                limit: *limit,
+            },
+            Error::PartialConflict {
+                peer,
+                file,
+                origin,
+                partial,
+            } => Error::PartialConflict {
+                peer: peer.clone(),
+                file: file.clone(),
+                origin: origin.clone(),
+                partial: partial.clone(),
+            },
         }
     }
 }
@@ -165,6 +232,9 @@ impl Error {
             Error::Shutdown => ErrorCode::Shutdown,
             Error::TooLarge { .. } => ErrorCode::TooLarge,
             Error::Refused { .. } => ErrorCode::Refused,
+            // Existing codes, so the C API's status enum needs no new values.
+            Error::NoSpace { .. } | Error::DownloadTooLarge { .. } => ErrorCode::TooLarge,
+            Error::PartialConflict { .. } => ErrorCode::AlreadyExists,
         }
     }
 

@@ -1,23 +1,26 @@
 //! Moving file bytes between peers: sending a range of a shared file to a socket, and
 //! receiving a download into a partial file that is verified and then moved into place.
 //!
-//! This module owns the on-disk life of a download (`.NAME.p2pchat-part`, resume from
-//! its length, hash check, final placement). It must never overwrite an existing file,
-//! never leave unverified bytes under the final name, and never write outside the
-//! destination directory. It knows nothing of the request/answer protocol around the
+//! This module owns the on-disk life of a download (`.NAME.p2pchat-part` and its origin
+//! record `.NAME.p2pchat-orig`, the rules for resuming it, the free space it may take,
+//! the pace its sender must keep, hash check, final placement, removal when stale). It
+//! must never overwrite an existing file, never leave unverified bytes under the final
+//! name, never write outside the destination directory, and never touch a partial file
+//! another download holds. It knows nothing of the request/answer protocol around the
 //! bytes.
 
 use crate::error::{is_timeout, Error, Result};
 use crate::limits::MAX_FILENAME_LEN;
 use crate::protocol::{check_filename, truncate};
-use std::collections::VecDeque;
+use parking_lot::Mutex;
+use std::collections::{HashMap, VecDeque};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 /// Buffer for copying file bytes (sending without sendfile, receiving, re-reading a
 /// partial file to resume its hash).
@@ -43,6 +46,15 @@ fn start_writeback(file: &File, offset: u64, len: u64) {
 /// Suffix of a partial download's name (after a leading '.', so it is hidden and never
 /// shared).
 const PART_SUFFIX: &str = ".p2pchat-part";
+/// Suffix of the origin record kept next to a partial download (see [`Origin`]). As long
+/// as [`PART_SUFFIX`], so the record's name fits wherever the partial's does.
+const ORIGIN_SUFFIX: &str = ".p2pchat-orig";
+/// Suffix of an origin record being written, before it is renamed over the real one.
+const ORIGIN_TMP_SUFFIX: &str = ".p2pchat-otmp";
+/// Largest origin record read back; a bigger file there is not ours.
+const MAX_ORIGIN_RECORD: u64 = 1024;
+/// First line of an origin record (its format version).
+const ORIGIN_MAGIC: &str = "p2pchat-partial 1";
 
 /// Sends `len` bytes of `file` starting at `offset` to `sock`, and returns the number of
 /// bytes sent (always `len` on success).
@@ -453,11 +465,322 @@ pub fn partial_path(dest_dir: &Path, name: &str) -> PathBuf {
     dest_dir.join(format!(".{}~{tag}{PART_SUFFIX}", truncate(name, room)))
 }
 
+/// The file next to the partial file at `part_path` named like it with `suffix` in place
+/// of [`PART_SUFFIX`] (suffixes of the same length, so it is hidden and fits too).
+fn sibling(part_path: &Path, suffix: &str) -> PathBuf {
+    let name = part_path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_suffix(PART_SUFFIX))
+        .unwrap_or("");
+    part_path.with_file_name(format!("{name}{suffix}"))
+}
+
+/// Where a partial download came from, recorded next to it in `.NAME.p2pchat-orig` when
+/// its first byte is about to be written: the peer it was started from, and the size and
+/// BLAKE3 hash that peer announced. The hash says which file the partial's bytes belong
+/// to, so a later answer for a different file under the same name is recognised before
+/// it can append to (or destroy) them.
+///
+/// A small sidecar file rather than an extended attribute: user xattrs are missing on
+/// some file systems downloads land on (tmpfs before Linux 6.6, FAT, several network
+/// file systems), and a sidecar is written atomically (temporary file, fsync, rename)
+/// everywhere.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    /// Username of the peer the download was started from.
+    pub peer: String,
+    /// Size of the whole file, as that peer announced it.
+    pub size: u64,
+    /// BLAKE3 hash (lowercase hex) of the whole file, as that peer announced it.
+    pub hash: String,
+    /// Where bytes from other peers begin, if any have been appended (another peer that
+    /// announced the same file resumed it): everything before is the origin's own.
+    pub others_from: Option<u64>,
+}
+
+impl Origin {
+    fn to_record(&self) -> String {
+        let mut r = format!(
+            "{ORIGIN_MAGIC}\npeer {}\nsize {}\nblake3 {}\n",
+            self.peer, self.size, self.hash
+        );
+        if let Some(at) = self.others_from {
+            r.push_str(&format!("others-from {at}\n"));
+        }
+        r
+    }
+
+    /// Parses a record; `None` for anything that is not exactly what `to_record` writes.
+    fn from_record(text: &str) -> Option<Origin> {
+        let mut lines = text.strip_suffix('\n')?.split('\n');
+        if lines.next()? != ORIGIN_MAGIC {
+            return None;
+        }
+        let peer = lines.next()?.strip_prefix("peer ")?;
+        let size = lines.next()?.strip_prefix("size ")?.parse().ok()?;
+        let hash = lines.next()?.strip_prefix("blake3 ")?;
+        let others_from = match lines.next() {
+            None => None,
+            Some(l) => Some(l.strip_prefix("others-from ")?.parse().ok()?),
+        };
+        if lines.next().is_some()
+            || peer.is_empty()
+            || peer.chars().any(char::is_control)
+            || blake3::Hash::from_hex(hash).is_err()
+        {
+            return None;
+        }
+        Some(Origin {
+            peer: peer.to_string(),
+            size,
+            hash: hash.to_ascii_lowercase(),
+            others_from,
+        })
+    }
+}
+
+/// Reads the origin record at `path`; `None` if there is none or it is not one of ours
+/// (unreadable, too big, malformed, not a regular file).
+fn read_origin(path: &Path) -> Option<Origin> {
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .ok()?;
+    if !file.metadata().ok()?.is_file() {
+        return None;
+    }
+    let mut text = String::new();
+    file.take(MAX_ORIGIN_RECORD)
+        .read_to_string(&mut text)
+        .ok()?;
+    let origin = Origin::from_record(&text);
+    if origin.is_none() {
+        log::warn!("ignoring malformed origin record {}", path.display());
+    }
+    origin
+}
+
+/// What to do with a partial download when a peer announces the file's size and hash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resume {
+    /// Append to the partial file (or start it, when it is empty).
+    Continue,
+    /// The partial's own origin now offers a different file under that name: its bytes
+    /// belong to a file that no longer exists there, so start over from 0.
+    Restart,
+    /// Another peer offers a different file under that name: keep the partial (it is
+    /// another file's progress) and refuse this download.
+    Conflict,
+}
+
+/// The rule for resuming `offset` bytes recorded as coming from `origin` when `peer`
+/// announces a file of `size` bytes with `hash`. Pure; see [`Resume`].
+///
+/// An empty partial has nothing to lose: always `Continue`. A partial with no origin
+/// record (left by an older p2pchat, or whose record is unreadable) is resumed by
+/// whoever offers the file, as before: the hash check at the end tells whether its
+/// bytes belonged to it.
+pub fn judge_resume(
+    origin: Option<&Origin>,
+    offset: u64,
+    peer: &str,
+    size: u64,
+    hash: &str,
+) -> Resume {
+    match origin {
+        _ if offset == 0 => Resume::Continue,
+        None => Resume::Continue,
+        Some(o) if o.size == size && o.hash.eq_ignore_ascii_case(hash) => Resume::Continue,
+        Some(o) if o.peer == peer => Resume::Restart,
+        Some(_) => Resume::Conflict,
+    }
+}
+
+/// The pace a sender must keep while a download runs, instead of only a timeout per
+/// read (which one byte now and then resets forever).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pace {
+    /// Fewest bytes per second, judged over each `window` (0: no rate rule).
+    pub min_rate: u64,
+    /// How long the rate is judged over.
+    pub window: Duration,
+    /// Longest time without any byte at all.
+    pub idle: Duration,
+}
+
+impl Pace {
+    /// How often the receiver must get control back to judge the pace: the read timeout
+    /// to set on the socket being read (between 10 ms and 1 s).
+    pub fn tick(&self) -> Duration {
+        let mut t = self.idle;
+        if self.min_rate > 0 {
+            t = t.min(self.window / 4);
+        }
+        t.clamp(Duration::from_millis(10), Duration::from_secs(1))
+    }
+}
+
+/// Free bytes for an unprivileged user in the file system holding `dir` (`statvfs`).
+pub fn free_space(dir: &Path) -> io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in path"))?;
+    // SAFETY: `c` is a valid NUL-terminated path; `st` is written by the call only.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    #[allow(clippy::unnecessary_cast)] // the field types differ between platforms
+    Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+}
+
+/// Bytes promised to downloads running in this process, per file system (`st_dev`), so
+/// that two downloads started at once cannot each count the same free space.
+static RESERVED: Mutex<Option<HashMap<u64, u64>>> = Mutex::new(None);
+
+/// Space promised to one running download; given back as its bytes land on disk (they
+/// then show in the free space itself) and in full on drop.
+#[derive(Debug)]
+pub struct SpaceReservation {
+    dev: u64,
+    held: u64,
+}
+
+impl SpaceReservation {
+    /// Reserves `needed` bytes in the file system of `dir`, keeping `margin` bytes free
+    /// beyond every running download's reservation.
+    ///
+    /// Errors with [`Error::NoSpace`] (the `file` and `peer` are for its message) when
+    /// that does not fit, or an I/O error if the free space cannot be read.
+    pub fn reserve(
+        dir: &Path,
+        needed: u64,
+        margin: u64,
+        file: &str,
+        peer: &str,
+    ) -> Result<SpaceReservation> {
+        let dev = fs::metadata(dir)?.dev();
+        let free = free_space(dir)?;
+        let mut all = RESERVED.lock();
+        let reserved = all.as_ref().and_then(|m| m.get(&dev)).copied().unwrap_or(0);
+        let available = free.saturating_sub(reserved).saturating_sub(margin);
+        if needed > available {
+            return Err(Error::NoSpace {
+                peer: peer.to_string(),
+                file: truncate(file, MAX_FILENAME_LEN).to_string(),
+                needed,
+                free,
+                margin,
+                reserved,
+            });
+        }
+        *all.get_or_insert_with(HashMap::new).entry(dev).or_insert(0) += needed;
+        Ok(SpaceReservation { dev, held: needed })
+    }
+
+    /// Only `remaining` bytes are still to be written: give the rest back.
+    pub fn shrink_to(&mut self, remaining: u64) {
+        if remaining >= self.held {
+            return;
+        }
+        let mut all = RESERVED.lock();
+        if let Some(r) = all.as_mut().and_then(|m| m.get_mut(&self.dev)) {
+            *r = r.saturating_sub(self.held - remaining);
+        }
+        self.held = remaining;
+    }
+}
+
+impl Drop for SpaceReservation {
+    fn drop(&mut self) {
+        self.shrink_to(0);
+    }
+}
+
+/// Removes partial downloads (and their origin records) in `dir` that nobody touched for
+/// longer than `age`, and returns how many partial files went.
+///
+/// A partial file in use by a running download (its `flock` is held, in this process or
+/// another) is never removed; neither is anything that is not a regular file named like
+/// a partial download or an origin record. Errors on single entries are logged and
+/// skipped.
+pub fn remove_stale_partials(dir: &Path, age: Duration) -> io::Result<usize> {
+    let now = SystemTime::now();
+    let stale = |meta: &fs::Metadata| {
+        meta.modified()
+            .ok()
+            .and_then(|m| now.duration_since(m).ok())
+            .is_some_and(|d| d > age)
+    };
+    let mut removed = 0;
+    for entry in fs::read_dir(dir)? {
+        let Ok(entry) = entry else { continue };
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if !name.starts_with('.') {
+            continue;
+        }
+        let path = entry.path();
+        let Ok(meta) = fs::symlink_metadata(&path) else {
+            continue;
+        };
+        if !meta.is_file() || !stale(&meta) {
+            continue;
+        }
+        if name.ends_with(PART_SUFFIX) {
+            match remove_unless_locked(&path, &stale) {
+                Ok(true) => {
+                    removed += 1;
+                    log::info!("removed stale partial download {}", path.display());
+                    let _ = fs::remove_file(sibling(&path, ORIGIN_SUFFIX));
+                    let _ = fs::remove_file(sibling(&path, ORIGIN_TMP_SUFFIX));
+                }
+                Ok(false) => {}
+                Err(e) => log::warn!("cannot remove stale {}: {e}", path.display()),
+            }
+        } else if let Some(stem) = name
+            .strip_suffix(ORIGIN_SUFFIX)
+            .or_else(|| name.strip_suffix(ORIGIN_TMP_SUFFIX))
+        {
+            // A record whose partial is gone (or stale itself and handled above).
+            let part = dir.join(format!("{stem}{PART_SUFFIX}"));
+            if fs::symlink_metadata(&part).is_err() {
+                let _ = fs::remove_file(&path);
+            }
+        }
+    }
+    Ok(removed)
+}
+
+/// Removes the partial file at `path` if no download holds its lock and it is still
+/// stale once locked; whether it was removed.
+fn remove_unless_locked(path: &Path, stale: &dyn Fn(&fs::Metadata) -> bool) -> io::Result<bool> {
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)?;
+    // SAFETY: flock on the descriptor `file` owns.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Ok(false); // a download is using it
+    }
+    // It may have been written between the scan and the lock.
+    if !stale(&file.metadata()?) {
+        return Ok(false);
+    }
+    // Unlinked while locked: a download starting now either waited for nothing (it
+    // fails as busy) or creates a fresh file.
+    fs::remove_file(path)?;
+    Ok(true)
+}
+
 /// Receives one file into a destination directory, resuming a previous partial
 /// download when there is one.
 ///
 /// Usage: `let r = Receiver::prepare(dest_dir, name)?;` → request the file from
-/// [`Receiver::offset`] → learn its size and hash → [`Receiver::receive`].
+/// [`Receiver::offset`] → learn its size and hash → decide with [`Receiver::judge`]
+/// → [`Receiver::begin`] → [`Receiver::receive`].
 #[derive(Debug)]
 pub struct Receiver {
     name: String,
@@ -466,6 +789,11 @@ pub struct Receiver {
     part_path: PathBuf,
     part: File,
     offset: u64,
+    /// What the partial's origin record says (`None`: no record, or unreadable).
+    origin: Option<Origin>,
+    /// The peer sending this time (set by `begin`).
+    sender: Option<String>,
+    pace: Option<Pace>,
 }
 
 impl Receiver {
@@ -510,6 +838,8 @@ impl Receiver {
                 part_path.display()
             ))));
         }
+        // Read only once the lock is ours: nobody else writes it meanwhile.
+        let origin = read_origin(&sibling(&part_path, ORIGIN_SUFFIX));
         Ok(Receiver {
             name: name.to_string(),
             dest_dir: dest_dir.to_path_buf(),
@@ -517,16 +847,94 @@ impl Receiver {
             part_path,
             part,
             offset: meta.len(),
+            origin,
+            sender: None,
+            pace: None,
         })
     }
 
-    /// Remove the partial file if nothing was ever written to it (the other side refused
-    /// or was unreachable), so a failed attempt leaves no trace; one with bytes stays
-    /// for a resume.
+    /// Remove the partial file (and its origin record) if nothing was ever written to it
+    /// (the other side refused or was unreachable, or the download was refused before
+    /// it started), so a failed attempt leaves no trace; one with bytes stays for a
+    /// resume.
     pub fn discard_if_empty(&self) {
         if self.part.metadata().is_ok_and(|m| m.len() == 0) {
             let _ = fs::remove_file(&self.part_path);
+            let _ = fs::remove_file(sibling(&self.part_path, ORIGIN_SUFFIX));
         }
+    }
+
+    /// Where the partial file's bytes came from, as recorded next to it; `None` when
+    /// there is no record (a new download, or a partial left by an older p2pchat).
+    pub fn origin(&self) -> Option<&Origin> {
+        self.origin.as_ref()
+    }
+
+    /// The path of the partial file.
+    pub fn partial_path(&self) -> &Path {
+        &self.part_path
+    }
+
+    /// What to do when `peer` announces the file as `size` bytes with `hash`: see
+    /// [`judge_resume`].
+    pub fn judge(&self, peer: &str, size: u64, hash: &str) -> Resume {
+        judge_resume(self.origin.as_ref(), self.offset, peer, size, hash)
+    }
+
+    /// Judge the sender's pace while receiving (see [`Pace`]): a read timeout from the
+    /// source then only means "check the pace now", so the caller sets the socket's read
+    /// timeout to [`Pace::tick`]. Without a pace, any read timeout ends the download.
+    pub fn set_pace(&mut self, pace: Pace) {
+        self.pace = Some(pace);
+    }
+
+    /// `peer` is about to send the file it announced as `size` bytes with `hash`: record
+    /// it as the partial's origin unless the partial already belongs to that same file
+    /// (then its first origin stays, and where another peer's bytes begin is noted).
+    /// Call after [`judge`](Self::judge) said [`Resume::Continue`] (or after
+    /// [`restart`](Self::restart)) and before [`receive`](Self::receive).
+    pub fn begin(&mut self, peer: &str, size: u64, hash: &str) -> Result<()> {
+        self.sender = Some(peer.to_string());
+        let origin = match self.origin.clone() {
+            Some(o) if self.offset > 0 && o.size == size && o.hash.eq_ignore_ascii_case(hash) => {
+                if o.peer == peer || o.others_from.is_some() {
+                    return Ok(());
+                }
+                Origin {
+                    others_from: Some(self.offset),
+                    ..o
+                }
+            }
+            _ => Origin {
+                peer: peer.to_string(),
+                size,
+                hash: hash.to_ascii_lowercase(),
+                others_from: None,
+            },
+        };
+        self.write_origin(origin)
+    }
+
+    /// Replaces the origin record, atomically: temporary file, fsync, rename.
+    fn write_origin(&mut self, origin: Origin) -> Result<()> {
+        let tmp = sibling(&self.part_path, ORIGIN_TMP_SUFFIX);
+        match fs::remove_file(&tmp) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(Error::Io(e)),
+            _ => {}
+        }
+        // create_new + O_NOFOLLOW: whatever is planted at the temporary name is neither
+        // followed nor reused.
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&tmp)?;
+        f.write_all(origin.to_record().as_bytes())?;
+        f.sync_data()?;
+        drop(f);
+        fs::rename(&tmp, sibling(&self.part_path, ORIGIN_SUFFIX))?;
+        self.origin = Some(origin);
+        Ok(())
     }
 
     /// How many bytes are already here: the offset to request the file from.
@@ -539,8 +947,9 @@ impl Receiver {
         &self.final_path
     }
 
-    /// Discards the partial file's content and starts again from 0 (when the sender says
-    /// the offset is past the end: the file changed since the partial download).
+    /// Discards the partial file's content and starts again from 0 (when the partial's
+    /// own origin now offers a different file: see [`Resume::Restart`]). The origin
+    /// record is replaced by the next [`begin`](Self::begin).
     pub fn restart(&mut self) -> Result<()> {
         self.part.set_len(0)?;
         self.offset = 0;
@@ -558,8 +967,11 @@ impl Receiver {
     /// - [`Error::Protocol`] if the offset is past `size` or `expected_hash` is not a
     ///   hash (kept; [`Receiver::restart`] before asking again);
     /// - [`Error::Cancelled`], [`Error::Closed`] (early end of data), [`Error::Timeout`]
-    ///   (kept, to resume later);
-    /// - [`Error::HashMismatch`] (deleted: its content is wrong somewhere);
+    ///   (no byte for the idle time, or under the [`Pace`]'s minimum rate) (kept, to
+    ///   resume later, unless it is still empty);
+    /// - [`Error::HashMismatch`] (deleted with its origin record: its content is wrong
+    ///   somewhere; but when this session resumed another peer's partial, only this
+    ///   session's bytes are cut off);
     /// - [`Error::AlreadyExists`] if the final name appeared meanwhile (kept).
     pub fn receive(
         self,
@@ -586,17 +998,22 @@ impl Receiver {
 
         let mut buf = vec![0u8; COPY_BUF];
         let hasher = self.hash_partial(&mut buf)?;
-        let hasher = self.pipe(src, size, hasher, buf, progress)?;
+        let hasher = match self.pipe(src, size, hasher, buf, progress) {
+            Ok(h) => h,
+            Err(e) => {
+                // Kept for a resume, unless not one byte ever arrived.
+                self.discard_if_empty();
+                return Err(e);
+            }
+        };
 
         let actual = hasher.finalize();
         // blake3::Hash compares in constant time; not needed here, but free.
         if actual != expected {
-            drop(self.part);
-            if let Err(e) = fs::remove_file(&self.part_path) {
-                log::warn!("cannot remove {}: {e}", self.part_path.display());
-            }
+            let file = self.name.clone();
+            self.drop_mismatched();
             return Err(Error::HashMismatch {
-                file: self.name,
+                file,
                 expected: expected.to_hex().to_string(),
                 actual: actual.to_hex().to_string(),
             });
@@ -605,6 +1022,33 @@ impl Receiver {
         self.part.sync_data()?;
         self.place()?;
         Ok(self.final_path)
+    }
+
+    /// After a failed hash check: which bytes are wrong is unknown. When peers other
+    /// than the origin appended to the partial (they announced the same file, so they
+    /// could), only their bytes go, so a peer other than the origin can never get the
+    /// origin's bytes thrown away; the next mismatch, with only the origin's bytes
+    /// left, deletes them. Otherwise the whole partial file and its record go.
+    fn drop_mismatched(mut self) {
+        if let Some(o) = self.origin.clone() {
+            if let Some(at) = o.others_from {
+                if self.part.set_len(at).is_ok() {
+                    let mine = Origin {
+                        others_from: None,
+                        ..o
+                    };
+                    if let Err(e) = self.write_origin(mine) {
+                        log::warn!("cannot update {}: {e}", self.part_path.display());
+                    }
+                    return;
+                }
+            }
+        }
+        drop(self.part);
+        if let Err(e) = fs::remove_file(&self.part_path) {
+            log::warn!("cannot remove {}: {e}", self.part_path.display());
+        }
+        let _ = fs::remove_file(sibling(&self.part_path, ORIGIN_SUFFIX));
     }
 
     /// Move bytes `offset..size` from `src` into the partial file, hashing them.
@@ -655,6 +1099,9 @@ impl Receiver {
                 })?;
             let read = (|| -> Result<()> {
                 let mut received = start;
+                let mut pace = self
+                    .pace
+                    .map(|p| PaceCheck::new(p, Instant::now(), received));
                 while received < size {
                     // No buffer back means the worker stopped on a write error.
                     let Ok(mut buf) = empty_rx.recv() else {
@@ -664,10 +1111,9 @@ impl Receiver {
                     let n = match src.read(&mut buf[..want]) {
                         Ok(0) => return Err(Error::Closed),
                         Ok(n) => n,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {
-                            let _ = full_tx.send((buf, 0));
-                            continue;
-                        }
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => 0,
+                        // With a pace, a read timeout is only the tick that judges it.
+                        Err(e) if is_timeout(&e) && pace.is_some() => 0,
                         Err(e) if is_timeout(&e) => {
                             return Err(Error::Timeout(format!(
                                 "no data from the sender of {:?}",
@@ -680,7 +1126,17 @@ impl Receiver {
                         return Ok(()); // worker stopped: its error follows
                     }
                     received += n as u64;
-                    if !progress(received) {
+                    if let Some(p) = &mut pace {
+                        p.check(Instant::now(), received).map_err(|why| {
+                            Error::Timeout(format!(
+                                "download of {:?} from {} abandoned: {why}; the partial file \
+                                 is kept for a resume",
+                                self.name,
+                                self.sender.as_deref().unwrap_or("its sender"),
+                            ))
+                        })?;
+                    }
+                    if n > 0 && !progress(received) {
                         return Err(Error::Cancelled);
                     }
                 }
@@ -729,7 +1185,7 @@ impl Receiver {
             Ok(()) => {
                 if let Err(e) = fs::remove_file(&self.part_path) {
                     // The download is complete under its final name; a leftover partial
-                    // only costs space.
+                    // only costs space (and goes as stale later).
                     log::warn!("cannot remove {}: {e}", self.part_path.display());
                 }
             }
@@ -748,10 +1204,67 @@ impl Receiver {
                 fs::rename(&self.part_path, &self.final_path)?;
             }
         }
+        let _ = fs::remove_file(sibling(&self.part_path, ORIGIN_SUFFIX));
         // Make the new name durable too; best effort, the data already is.
         if let Ok(dir) = File::open(&self.dest_dir) {
             let _ = dir.sync_all();
         }
+        Ok(())
+    }
+}
+
+/// Judges a sender's pace while a download runs (see [`Pace`]); pure, given the time.
+#[derive(Debug)]
+struct PaceCheck {
+    pace: Pace,
+    last_byte: Instant,
+    window_start: Instant,
+    window_first: u64,
+    received: u64,
+}
+
+impl PaceCheck {
+    fn new(pace: Pace, now: Instant, received: u64) -> PaceCheck {
+        PaceCheck {
+            pace,
+            last_byte: now,
+            window_start: now,
+            window_first: received,
+            received,
+        }
+    }
+
+    /// Called after every read (also one that got nothing) with the total received so
+    /// far; `Err` says why the sender is too slow.
+    fn check(&mut self, now: Instant, received: u64) -> std::result::Result<(), String> {
+        if received > self.received {
+            self.received = received;
+            self.last_byte = now;
+        }
+        let silent = now.saturating_duration_since(self.last_byte);
+        if silent >= self.pace.idle {
+            return Err(format!(
+                "no byte for {:.1} s (limit {:.1} s)",
+                silent.as_secs_f64(),
+                self.pace.idle.as_secs_f64()
+            ));
+        }
+        let span = now.saturating_duration_since(self.window_start);
+        if self.pace.min_rate == 0 || span < self.pace.window {
+            return Ok(());
+        }
+        // Tumbling windows: each one judged on its own, over its real length.
+        let got = received - self.window_first;
+        let owed = (self.pace.min_rate as f64 * span.as_secs_f64()) as u64;
+        if got < owed {
+            return Err(format!(
+                "{got} bytes in {:.1} s, under the minimum rate of {} bytes/s",
+                span.as_secs_f64(),
+                self.pace.min_rate
+            ));
+        }
+        self.window_start = now;
+        self.window_first = received;
         Ok(())
     }
 }
@@ -1108,6 +1621,151 @@ mod tests {
         assert_eq!(r.offset(), 0);
         let path = r.receive(&mut &b"abc"[..], 3, &hash, &mut always).unwrap();
         assert_eq!(fs::read(path).unwrap(), b"abc");
+    }
+
+    #[test]
+    fn origin_records_round_trip_and_junk_is_no_origin() {
+        let mut o = Origin {
+            peer: "alice".into(),
+            size: 12345,
+            hash: blake3::hash(b"x").to_hex().to_string(),
+            others_from: Some(77),
+        };
+        assert_eq!(Origin::from_record(&o.to_record()), Some(o.clone()));
+        o.others_from = None;
+        assert_eq!(Origin::from_record(&o.to_record()), Some(o.clone()));
+        let rec = o.to_record();
+        for junk in [
+            "",
+            "p2pchat-partial 2\npeer a\nsize 1\nblake3 00\n",
+            &rec[..rec.len() - 1],
+            &format!("{rec}extra\n"),
+            &format!("{rec}others-from 1\nothers-from 2\n"),
+            &format!("{rec}others-from x\n"),
+            &rec.replace("12345", "-1"),
+            &rec.replace("peer alice", "peer "),
+            &rec.replace(&o.hash, "abc"),
+        ] {
+            assert_eq!(Origin::from_record(junk), None, "{junk:?}");
+        }
+    }
+
+    #[test]
+    fn the_resume_rule() {
+        let h1 = blake3::hash(b"1").to_hex().to_string();
+        let h2 = blake3::hash(b"2").to_hex().to_string();
+        let alice = Origin {
+            peer: "alice".into(),
+            size: 100,
+            hash: h1.clone(),
+            others_from: None,
+        };
+        let a = Some(&alice);
+        // Nothing to lose, or no record: as before.
+        assert_eq!(judge_resume(a, 0, "bob", 7, &h2), Resume::Continue);
+        assert_eq!(judge_resume(None, 50, "bob", 7, &h2), Resume::Continue);
+        // The same file, from anyone.
+        assert_eq!(judge_resume(a, 50, "alice", 100, &h1), Resume::Continue);
+        assert_eq!(
+            judge_resume(a, 50, "bob", 100, &h1.to_uppercase()),
+            Resume::Continue
+        );
+        // Another file: the origin restarts it, anyone else is refused.
+        assert_eq!(judge_resume(a, 50, "alice", 100, &h2), Resume::Restart);
+        assert_eq!(judge_resume(a, 50, "alice", 101, &h1), Resume::Restart);
+        assert_eq!(judge_resume(a, 50, "bob", 100, &h2), Resume::Conflict);
+    }
+
+    #[test]
+    fn the_pace_rule() {
+        let pace = Pace {
+            min_rate: 1000,
+            window: Duration::from_secs(10),
+            idle: Duration::from_secs(15),
+        };
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut p = PaceCheck::new(pace, t0, 500);
+        // Within a window nothing is judged; 10,000 bytes in 10 s is just enough.
+        assert!(p.check(at(9), 500).is_ok());
+        assert!(p.check(at(10), 10_500).is_ok());
+        // The next window starts afresh: 9,999 bytes in it is too few.
+        assert!(p.check(at(15), 15_000).is_ok());
+        let e = p.check(at(20), 20_499).unwrap_err();
+        assert!(e.contains("9999 bytes in 10.0 s"), "{e}");
+        // One byte now and then keeps nothing alive past the window.
+        let mut p = PaceCheck::new(pace, t0, 0);
+        for s in 1..10 {
+            assert!(p.check(at(s), s).is_ok());
+        }
+        assert!(p.check(at(10), 10).is_err());
+        // Silence ends it at the idle time even without a rate rule.
+        let mut p = PaceCheck::new(
+            Pace {
+                min_rate: 0,
+                ..pace
+            },
+            t0,
+            0,
+        );
+        assert!(p.check(at(100), 0).is_err());
+        let mut p = PaceCheck::new(
+            Pace {
+                min_rate: 0,
+                ..pace
+            },
+            t0,
+            0,
+        );
+        assert!(p.check(at(14), 1).is_ok());
+        assert!(p.check(at(28), 1).is_ok());
+        assert!(p.check(at(29), 1).is_err());
+        assert_eq!(pace.tick(), Duration::from_secs(1));
+        let fast = Pace {
+            window: Duration::from_millis(200),
+            ..pace
+        };
+        assert_eq!(fast.tick(), Duration::from_millis(50));
+    }
+
+    #[test]
+    fn the_origin_record_lives_and_goes_with_the_partial() {
+        let dir = tempfile::tempdir().unwrap();
+        let content = pattern(10_000);
+        let hash = blake3::hash(&content).to_hex().to_string();
+        let record = sibling(&partial_path(dir.path(), "f"), ORIGIN_SUFFIX);
+        assert_eq!(
+            record.file_name().unwrap().len(),
+            partial_path(dir.path(), "f").file_name().unwrap().len()
+        );
+        let mut r = Receiver::prepare(dir.path(), "f").unwrap();
+        assert_eq!(r.origin(), None);
+        r.begin("alice", 10_000, &hash).unwrap();
+        let e = r
+            .receive(&mut &content[..4000], 10_000, &hash, &mut always)
+            .unwrap_err();
+        assert!(matches!(e, Error::Closed), "{e:?}");
+        let r = Receiver::prepare(dir.path(), "f").unwrap();
+        let origin = r.origin().unwrap().clone();
+        assert_eq!((origin.peer.as_str(), origin.size), ("alice", 10_000));
+        assert_eq!(r.judge("bob", 10_000, &hash), Resume::Continue);
+        let mut r = r;
+        r.begin("bob", 10_000, &hash).unwrap();
+        let noted = Origin {
+            others_from: Some(4000),
+            ..origin.clone()
+        };
+        assert_eq!(r.origin(), Some(&noted), "the first origin stays");
+        r.receive(&mut &content[4000..], 10_000, &hash, &mut always)
+            .unwrap();
+        assert!(!record.exists());
+        assert!(!partial_path(dir.path(), "f").exists());
+
+        // Refused or unreachable before any byte: neither file stays.
+        let mut r = Receiver::prepare(dir.path(), "g").unwrap();
+        r.begin("alice", 10, &hash).unwrap();
+        r.discard_if_empty();
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1, "only f");
     }
 
     #[test]

@@ -4,8 +4,8 @@
 
 mod common;
 
-use common::{pattern, wait_until};
-use p2pcore::peer::Peer;
+use common::{fake_peer, pattern, wait_until};
+use p2pcore::peer::{Peer, PeerLimits};
 use p2pcore::registry::Registry;
 use p2pcore::ErrorCode;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -220,17 +220,45 @@ fn a_full_disk_fails_clearly_and_keeps_the_partial_file_for_resume() {
         .connect()
         .unwrap();
     let bob = Peer::builder(&r.local_addr().to_string(), "bob", disk.path())
+        .limits(PeerLimits {
+            free_space_margin: 0,
+            ..PeerLimits::default()
+        })
         .connect()
         .unwrap();
+    // Larger than the disk: refused before the first byte is written.
     let err = bob.fetch("server", "big.bin").unwrap().wait().unwrap_err();
-    assert_eq!(err.code(), ErrorCode::Io, "{err}");
-    assert!(err.to_string().contains("No space left"), "{err}");
+    assert_eq!(err.code(), ErrorCode::TooLarge, "{err}");
+    assert!(err.to_string().contains("nothing was written"), "{err}");
     assert!(!disk.path().join("big.bin").exists());
+    assert!(!p2pcore::transfer::partial_path(disk.path(), "big.bin").exists());
     assert!(
         std::fs::read(share.path().join("big.bin")).unwrap() == content,
         "source untouched"
     );
-    // The partial file stays for a resume once there is room.
-    let partial = p2pcore::transfer::partial_path(disk.path(), "big.bin");
-    assert!(partial.exists());
+
+    // Fits when it starts, but another program fills the disk meanwhile: the write
+    // error ends the download clearly, and the partial file stays for a resume.
+    let small = pattern(512 * 1024, 1);
+    let first = 64 * 1024;
+    let (go, wait_go) = crossbeam_channel::bounded::<()>(1);
+    let _filler = fake_peer(r.local_addr(), "filler", move |mut c| {
+        let hash = blake3::hash(&small).to_hex();
+        let _ = writeln!(c.stream, "OK {} {hash}", small.len());
+        let _ = c.stream.write_all(&small[..first]);
+        let _ = wait_go.recv_timeout(WAIT);
+        let _ = c.stream.write_all(&small[first..]);
+    });
+    let t = bob.fetch("filler", "x.bin").unwrap();
+    let partial = p2pcore::transfer::partial_path(disk.path(), "x.bin");
+    let len = || std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);
+    assert!(wait_until(WAIT, || len() >= first as u64), "{}", len());
+    let mut hog = std::fs::File::create(disk.path().join("hog")).unwrap();
+    while hog.write_all(&[0u8; 4096]).is_ok() {}
+    go.send(()).unwrap();
+    let err = t.wait().unwrap_err();
+    assert_eq!(err.code(), ErrorCode::Io, "{err}");
+    assert!(err.to_string().contains("No space left"), "{err}");
+    assert!(!disk.path().join("x.bin").exists());
+    assert!(len() >= first as u64, "the partial file stays for a resume");
 }

@@ -6,18 +6,19 @@
 //! writing, verify, then move into place without overwriting.
 
 use super::{Inner, PeerEvent};
-use crate::error::{Error, Result};
+use crate::error::{is_timeout, Error, Result};
 use crate::limits::MAX_PEER_LINE;
 use crate::protocol::{parse_peer_answer, PeerAnswer, PeerRequest};
 use crate::thread::call_hook;
-use crate::transfer::Receiver;
+use crate::transfer::{Pace, Receiver, Resume, SpaceReservation};
 use crossbeam_channel::Sender;
 use parking_lot::Mutex;
-use std::io::{BufReader, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// Identifies one download within a peer.
 pub type TransferId = u64;
@@ -112,6 +113,26 @@ impl std::fmt::Debug for Transfer {
     }
 }
 
+/// At the peer's start: remove partial downloads in `dir` untouched for longer than
+/// `limits.stale_partial_age` (never one a running download holds). Failures are only
+/// logged: a peer starts anyway.
+pub(super) fn remove_stale_partials(dir: &std::path::Path, limits: &super::PeerLimits) {
+    let Some(age) = limits.stale_partial_age else {
+        return;
+    };
+    match crate::transfer::remove_stale_partials(dir, age) {
+        Ok(0) => {}
+        Ok(n) => log::info!(
+            "removed {n} stale partial download(s) from {}",
+            dir.display()
+        ),
+        Err(e) => log::warn!(
+            "cannot look for stale partial downloads in {}: {e}",
+            dir.display()
+        ),
+    }
+}
+
 /// Check what can be checked at once (name, existing file, user online), then download
 /// in the background.
 pub(super) fn start(inner: &Arc<Inner>, from: &str, file: &str) -> Result<Transfer> {
@@ -186,40 +207,58 @@ fn download(
     mut receiver: Receiver,
     addr: SocketAddr,
 ) -> Result<PathBuf> {
-    // A second round only when the other side says our partial file is longer than
-    // the file (it changed since): start over from 0.
-    for attempt in 0..2 {
-        let (key, mut reader, answer) = match ask(inner, t, addr, receiver.offset()) {
+    // The offset asked for. It differs from the partial's length only on the second
+    // round after `ERR bad-offset`: that answer does not say which file the peer has,
+    // so the file is asked for again from 0 to learn its size and hash before anything
+    // happens to the partial (see `Resume`).
+    let mut from = receiver.offset();
+    for _round in 0..2 {
+        let (key, mut reader, answer) = match ask(inner, t, addr, from) {
             Ok(asked) => asked,
             Err(e) => {
                 receiver.discard_if_empty();
                 return Err(e);
             }
         };
-        let result = match answer {
-            PeerAnswer::File { size, hash } => {
-                t.total.store(size, Ordering::Relaxed);
-                inner.emit(PeerEvent::TransferStarted {
-                    id: t.id,
-                    from: t.from.clone(),
-                    file: t.file.clone(),
-                    size,
-                    offset: receiver.offset(),
-                });
-                let mut progress = |got: u64| {
-                    t.received.store(got, Ordering::Relaxed);
-                    if let Some(h) = &inner.hooks.progress {
-                        call_hook(|| h(t.id, got, size));
-                    }
-                    !t.cancelled.load(Ordering::SeqCst)
-                };
-                let r = receiver.receive(&mut reader, size, &hash, &mut progress);
+        let probing = from != receiver.offset();
+        let refused = match answer {
+            PeerAnswer::File { size, hash } => match receiver.judge(&t.from, size, &hash) {
+                Resume::Continue if !probing => {
+                    return receive(inner, t, receiver, key, &mut reader, size, &hash, false)
+                }
+                Resume::Restart if probing => {
+                    return receive(inner, t, receiver, key, &mut reader, size, &hash, true)
+                }
+                Resume::Restart => {
+                    // The partial's origin replaced its file: ask for the new one from 0.
+                    inner.forget_socket(key);
+                    receiver.restart()?;
+                    t.received.store(0, Ordering::Relaxed);
+                    from = 0;
+                    continue;
+                }
+                Resume::Continue => match receiver.origin() {
+                    // "Your offset is past the end" and then the very same file: a lie.
+                    Some(o) => Err(Error::protocol(
+                        addr,
+                        format!(
+                            "refused offset {} of {:?} but announces the same {}-byte file",
+                            receiver.offset(),
+                            t.file,
+                            o.size
+                        ),
+                    )),
+                    // A partial of unknown origin is never thrown away on a peer's word.
+                    None => Err(conflict(t, &receiver, "an unrecorded peer")),
+                },
+                Resume::Conflict => {
+                    let origin = receiver.origin().map(|o| o.peer.clone());
+                    Err(conflict(t, &receiver, origin.as_deref().unwrap_or("?")))
+                }
+            },
+            PeerAnswer::Err { code, .. } if code == "bad-offset" && !probing && from > 0 => {
                 inner.forget_socket(key);
-                return r;
-            }
-            PeerAnswer::Err { code, .. } if code == "bad-offset" && attempt == 0 => {
-                receiver.restart()?;
-                t.received.store(0, Ordering::Relaxed);
+                from = 0;
                 continue;
             }
             PeerAnswer::Err { code, .. } if code == "not-found" => Err(Error::FileNotFound {
@@ -235,12 +274,106 @@ fn download(
         };
         inner.forget_socket(key);
         receiver.discard_if_empty();
-        return result;
+        return refused;
     }
-    Err(Error::protocol(
-        addr,
-        "refused the offset of a fresh download",
-    ))
+    // Not reached: a second round asks from 0, where every answer ends the loop.
+    Err(Error::protocol(addr, "no usable answer to a resume"))
+}
+
+fn conflict(t: &TransferShared, receiver: &Receiver, origin: &str) -> Error {
+    Error::PartialConflict {
+        peer: t.from.clone(),
+        file: t.file.clone(),
+        origin: origin.to_string(),
+        partial: receiver.partial_path().to_path_buf(),
+    }
+}
+
+/// The peer announced `size` bytes with `hash` and the bytes follow on `reader` (from 0
+/// when `restart`, else from the partial's length): check the bounds, record the
+/// origin, then receive with the minimum-rate rule.
+#[allow(clippy::too_many_arguments)]
+fn receive(
+    inner: &Inner,
+    t: &TransferShared,
+    mut receiver: Receiver,
+    key: Option<u64>,
+    reader: &mut BufReader<TcpStream>,
+    size: u64,
+    hash: &str,
+    restart: bool,
+) -> Result<PathBuf> {
+    let limits = &inner.limits;
+    let start = if restart { 0 } else { receiver.offset() };
+    // Everything refused here is refused before the first byte is written.
+    let checked = (|| {
+        if start > size {
+            // Answered `OK` for a file shorter than the partial, where `bad-offset` was
+            // due: nothing to record, nothing to receive.
+            return Err(Error::protocol(
+                t.from.as_str(),
+                format!(
+                    "offers {size} bytes of {:?} after a resume from {start}",
+                    t.file
+                ),
+            ));
+        }
+        if let Some(limit) = limits.max_download_size.filter(|&l| size > l) {
+            return Err(Error::DownloadTooLarge {
+                peer: t.from.clone(),
+                file: t.file.clone(),
+                size,
+                limit,
+            });
+        }
+        let space = SpaceReservation::reserve(
+            &inner.download_dir,
+            size.saturating_sub(start),
+            limits.free_space_margin,
+            &t.file,
+            &t.from,
+        )?;
+        if restart {
+            receiver.restart()?;
+            t.received.store(0, Ordering::Relaxed);
+        }
+        receiver.begin(&t.from, size, hash)?;
+        let pace = Pace {
+            min_rate: limits.min_transfer_rate,
+            window: limits.min_rate_window,
+            idle: inner.io_timeout,
+        };
+        reader.get_ref().set_read_timeout(Some(pace.tick()))?;
+        receiver.set_pace(pace);
+        Ok(space)
+    })();
+    let mut space = match checked {
+        Ok(space) => space,
+        Err(e) => {
+            inner.forget_socket(key);
+            receiver.discard_if_empty();
+            return Err(e);
+        }
+    };
+    t.total.store(size, Ordering::Relaxed);
+    inner.emit(PeerEvent::TransferStarted {
+        id: t.id,
+        from: t.from.clone(),
+        file: t.file.clone(),
+        size,
+        offset: receiver.offset(),
+    });
+    let mut progress = |got: u64| {
+        t.received.store(got, Ordering::Relaxed);
+        space.shrink_to(size.saturating_sub(got));
+        if let Some(h) = &inner.hooks.progress {
+            call_hook(|| h(t.id, got, size));
+        }
+        !t.cancelled.load(Ordering::SeqCst)
+    };
+    let r = receiver.receive(reader, size, hash, &mut progress);
+    inner.forget_socket(key);
+    r
 }
 
 /// Connect, send the file request from `offset`, read the answer line.
@@ -266,8 +399,7 @@ fn ask(
         };
         (&stream).write_all(request.to_line().as_bytes())?;
         let mut reader = BufReader::with_capacity(256 * 1024, stream.try_clone()?);
-        let line =
-            crate::net::read_line(&mut reader, MAX_PEER_LINE, "peer")?.ok_or(Error::Closed)?;
+        let line = read_answer_line(&mut reader, inner.io_timeout, addr, &t.from)?;
         let answer = parse_peer_answer(&line).map_err(|d| Error::protocol(addr, d))?;
         Ok((reader, answer))
     })();
@@ -278,4 +410,57 @@ fn ask(
             Err(e)
         }
     }
+}
+
+/// Reads the answer line (at most `MAX_PEER_LINE` bytes) within `timeout` in total,
+/// however it trickles in: a socket read timeout alone restarts with every byte, so a
+/// peer sending one byte now and then could hold a download for hours before its first
+/// body byte.
+fn read_answer_line(
+    reader: &mut BufReader<TcpStream>,
+    timeout: Duration,
+    addr: SocketAddr,
+    peer: &str,
+) -> Result<String> {
+    let deadline = Instant::now() + timeout;
+    let too_slow = || {
+        Error::Timeout(format!(
+            "{peer} did not answer the file request within {:.1} s",
+            timeout.as_secs_f64()
+        ))
+    };
+    let mut line = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(too_slow());
+        }
+        reader.get_ref().set_read_timeout(Some(left))?;
+        let buf = match reader.fill_buf() {
+            Ok(buf) => buf,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) if is_timeout(&e) => return Err(too_slow()),
+            Err(e) => return Err(e.into()),
+        };
+        if buf.is_empty() {
+            return Err(Error::Closed);
+        }
+        let (take, done) = match buf.iter().position(|&b| b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (buf.len(), false),
+        };
+        if line.len() + take > MAX_PEER_LINE + 1 {
+            return Err(Error::protocol(addr, "answer line too long"));
+        }
+        line.extend_from_slice(&buf[..take]);
+        reader.consume(take);
+        if done {
+            break;
+        }
+    }
+    line.pop();
+    if line.last() == Some(&b'\r') {
+        line.pop();
+    }
+    String::from_utf8(line).map_err(|_| Error::protocol(addr, "answer line is not UTF-8"))
 }

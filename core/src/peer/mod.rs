@@ -273,6 +273,7 @@ impl PeerBuilder {
             Some(d) => return Err(Error::NotADirectory(d.clone())),
             None => share.dir().to_path_buf(),
         };
+        fetch::remove_stale_partials(&download_dir, &self.limits);
         let registry = RegistryLink::new(&self.registry);
         let listen_ip = match self.listen_ip {
             Some(ip) => ip,

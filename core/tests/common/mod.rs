@@ -61,3 +61,114 @@ pub fn fake_server(
     });
     (session, handle)
 }
+
+/// One connection to a [`FakePeer`]: which one it is (from 0), the request line it sent
+/// (terminator removed) and its socket.
+pub struct FakeConn<'a> {
+    pub n: usize,
+    pub line: String,
+    pub stream: TcpStream,
+    /// Set when the fake peer is dropped: long-running answers (a trickle) stop on it.
+    pub stop: &'a std::sync::atomic::AtomicBool,
+}
+
+impl FakeConn<'_> {
+    /// The offset of a `P2P/1 FILE <offset> <name>` request (0 if it is not one).
+    pub fn offset(&self) -> u64 {
+        self.line
+            .split(' ')
+            .nth(2)
+            .and_then(|o| o.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Whether the fake peer is being dropped.
+    pub fn stopping(&self) -> bool {
+        self.stop.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// A fake serving peer registered in the registry under `name`, handing every
+/// connection (each on a thread of its own) to `serve` until dropped. Dropping it stops
+/// accepting, sets [`FakeConn::stop`] and joins every thread.
+pub struct FakePeer {
+    _session: TcpStream,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    accept: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Starts a [`FakePeer`].
+pub fn fake_peer(
+    registry: SocketAddr,
+    name: &str,
+    serve: impl Fn(FakeConn<'_>) + Send + Sync + 'static,
+) -> FakePeer {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let mut session = TcpStream::connect(registry).unwrap();
+    session
+        .write_all(format!("INIT,{name},{port},x.bin\n").as_bytes())
+        .unwrap();
+    let mut ok = String::new();
+    BufReader::new(session.try_clone().unwrap())
+        .read_line(&mut ok)
+        .unwrap();
+    assert_eq!(ok, "OK\n");
+    let stop = Arc::new(AtomicBool::new(false));
+    let serve = Arc::new(serve);
+    let flag = stop.clone();
+    let accept = std::thread::spawn(move || {
+        let mut conns = Vec::new();
+        let mut n = 0;
+        while !flag.load(Ordering::SeqCst) {
+            let stream = match listener.accept() {
+                Ok((s, _)) => s,
+                Err(_) => {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                }
+            };
+            let (serve, flag) = (serve.clone(), flag.clone());
+            let this = n;
+            n += 1;
+            conns.push(std::thread::spawn(move || {
+                stream.set_nonblocking(false).unwrap();
+                stream
+                    .set_read_timeout(Some(Duration::from_secs(10)))
+                    .unwrap();
+                let mut line = String::new();
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                if reader.read_line(&mut line).is_err() {
+                    return;
+                }
+                let line = line.trim_end().to_string();
+                serve(FakeConn {
+                    n: this,
+                    line,
+                    stream,
+                    stop: &flag,
+                });
+            }));
+        }
+        for c in conns {
+            let _ = c.join();
+        }
+    });
+    FakePeer {
+        _session: session,
+        stop,
+        accept: Some(accept),
+    }
+}
+
+impl Drop for FakePeer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(a) = self.accept.take() {
+            let _ = a.join();
+        }
+    }
+}
