@@ -39,7 +39,7 @@ pub(crate) fn set_keepalive(socket: &impl std::os::fd::AsRawFd) {
 /// itself, an IPv6 address's /64 prefix (one subscriber is usually given a whole /64, so
 /// caps per IPv6 address would hand one party 2^64 places). IPv4-mapped IPv6 addresses
 /// count as the IPv4 address they carry.
-pub(crate) fn address_key(ip: IpAddr) -> IpAddr {
+pub fn address_key(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V4(v4) => IpAddr::V4(v4),
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {

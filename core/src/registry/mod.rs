@@ -21,7 +21,7 @@ use crate::thread::spawn_named;
 use directory::{Bounds, Directory};
 use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv6Addr, SocketAddr, TcpListener, ToSocketAddrs};
+use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -299,10 +299,7 @@ impl Registry {
 /// embedding process opens.
 pub(crate) const FD_HEADROOM: usize = 64 + server::MAX_LINGERING;
 
-/// The key per-address bounds are counted under: an IPv4 address as it is (an
-/// IPv4-mapped IPv6 address as its IPv4 address), an IPv6 address as its /64 network
-/// (one subscriber usually gets a whole /64, so counting single IPv6 addresses would
-/// give one client 2^64 quotas).
+/// The key per-address bounds are counted under (the peer's caps use the same one).
 ///
 /// ```
 /// use p2pcore::registry::address_key;
@@ -311,18 +308,7 @@ pub(crate) const FD_HEADROOM: usize = 64 + server::MAX_LINGERING;
 /// assert_ne!(a, address_key("2001:db8:1:3::1".parse().unwrap()));
 /// assert_eq!(address_key("::ffff:127.0.0.2".parse().unwrap()), "127.0.0.2".parse::<std::net::IpAddr>().unwrap());
 /// ```
-pub fn address_key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => {
-                let s = v6.segments();
-                IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
-            }
-        },
-    }
-}
+pub use crate::net::address_key;
 
 /// Raise the soft `RLIMIT_NOFILE` to the hard limit; returns the soft limit now in
 /// force (`None` if it could not be read).
@@ -377,18 +363,6 @@ impl std::fmt::Debug for Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ipv6_addresses_count_per_64() {
-        let k = |s: &str| address_key(s.parse().unwrap());
-        assert_eq!(k("2001:db8::1"), k("2001:db8::ffff:1"));
-        assert_eq!(k("2001:db8::1"), k("2001:db8:0:0:1:2:3:4"));
-        assert_ne!(k("2001:db8::1"), k("2001:db8:0:1::1"));
-        assert_eq!(k("2001:db8:aa:bb:1::"), k("2001:db8:aa:bb::"));
-        assert_eq!(k("::1"), k("::2"));
-        assert_eq!(k("127.0.0.2"), k("::ffff:127.0.0.2"));
-        assert_ne!(k("127.0.0.2"), k("127.0.0.3"));
-    }
 
     #[test]
     fn cap_stays_under_the_descriptor_limit() {
