@@ -417,6 +417,16 @@ fn unanswered_chat_requests_beyond_the_cap_are_refused_with_bounded_threads() {
         "{:?}",
         String::from_utf8_lossy(&refused[0])
     );
+    let reported = |what: &str| {
+        s.refused
+            .lock()
+            .iter()
+            .filter(
+                |e| matches!(e, PeerEvent::RequestRefused { reason, .. } if reason.contains(what)),
+            )
+            .count()
+    };
+    assert!(wait_until(WAIT, || reported("chat requests") == 36));
     // A serving thread per pending request; the test's 4 client sockets and the
     // server's ends (a socket and a clone each) for the pending ones.
     assert!(threads_after <= threads_before + 4 + 2);
@@ -457,6 +467,18 @@ fn open_chats_beyond_the_cap_are_refused_with_bounded_threads() {
         String::from_utf8_lossy(&refused[0]).contains("open chats"),
         "{:?}",
         String::from_utf8_lossy(&refused[0])
+    );
+    let reported = || {
+        s.refused
+            .lock()
+            .iter()
+            .filter(|e| matches!(e, PeerEvent::RequestRefused { reason, .. } if reason.contains("open chats")))
+            .count()
+    };
+    assert!(
+        wait_until(WAIT, || reported() == 36),
+        "{} reported",
+        reported()
     );
     // One reader thread per open chat.
     assert!(threads_after <= threads_before + 4 + 2);
@@ -531,6 +553,10 @@ fn a_loopback_registry_gives_a_loopback_listener() {
 #[test]
 fn ipv6_loopback_works_end_to_end() {
     let _serial = SERIAL.lock();
+    if std::net::TcpListener::bind("[::1]:0").is_err() {
+        eprintln!("SKIPPED: this machine has no IPv6 loopback (::1)");
+        return;
+    }
     let registry = Registry::bind("[::1]:0").unwrap();
     let reg = registry.local_addr().to_string();
     let content = pattern(300_000, 6);
