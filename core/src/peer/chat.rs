@@ -229,10 +229,17 @@ impl ChatRequest {
                     request: format!("CHAT {}", self.pending.from),
                     reason: text.into(),
                 });
-                return Err(Error::Busy(format!(
-                    "this peer ({} chats open, the most allowed)",
-                    limits.max_open_chats
-                )));
+                return Err(Error::Busy(match full {
+                    Full::Total => format!(
+                        "this peer ({} chats open, the most allowed)",
+                        limits.max_open_chats
+                    ),
+                    Full::Address => format!(
+                        "this peer ({} chats open with {}, the most allowed)",
+                        limits.max_serving_per_addr,
+                        self.pending.addr.ip()
+                    ),
+                }));
             }
         };
         if !self.pending.legacy {
