@@ -42,7 +42,10 @@ pub fn run(args: &ServerArgs) -> Result<(), String> {
         if quiet && per_query(e) {
             return;
         }
-        if let Err(TrySendError::Full(_)) = tx.try_send(e.clone()) {
+        // Under a flood the queue is full: count without copying the event.
+        if tx.is_full() {
+            counter.fetch_add(1, Ordering::Relaxed);
+        } else if let Err(TrySendError::Full(_)) = tx.try_send(e.clone()) {
             counter.fetch_add(1, Ordering::Relaxed);
         }
     };

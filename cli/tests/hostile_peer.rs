@@ -69,9 +69,8 @@ const SHOWN: &[&str] = &[
 fn assert_inert(out: &str) {
     for (i, line) in out.split('\n').enumerate() {
         assert!(
-            !line
-                .chars()
-                .any(|c| c.is_control() || ('\u{200b}'..='\u{206f}').contains(&c)),
+            !line.chars().any(|c| c.is_control()
+                || matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')),
             "line {i} reaches the terminal raw: {line:?}\n--- output ---\n{out}"
         );
     }
@@ -165,6 +164,24 @@ fn flood(m: FakePeer, pid: i32) -> (u64, u64, u64, std::thread::JoinHandle<()>) 
     (before, peak, sent.load(Ordering::SeqCst), writer)
 }
 
+/// While the flood holds its output, `from` still serves an honest download.
+fn honest_fetch(registry: &str, from: &str) {
+    let into = tempfile::tempdir().unwrap();
+    let o = p2pchat(&[
+        "fetch",
+        "--registry",
+        registry,
+        "--user",
+        "honest",
+        "--dir",
+        into.path().to_str().unwrap(),
+        from,
+        "shared.bin",
+    ]);
+    assert!(o.status.success(), "honest fetch from {from}: {o:?}");
+    assert!(std::fs::read(into.path().join("shared.bin")).unwrap() == pattern(100_000));
+}
+
 fn assert_bounded(who: &str, before: u64, peak: u64, sent: u64) {
     eprintln!(
         "{who}: VmRSS before {before} KiB, peak {peak} KiB; the chat got {} KiB through \
@@ -188,6 +205,7 @@ fn assert_bounded(who: &str, before: u64, peak: u64, sent: u64) {
 fn fast_chat_with_client_stdout_stalled_keeps_memory_bounded() {
     let (registry, addr) = registry();
     let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("shared.bin"), pattern(100_000)).unwrap();
     let mut a = client_at_menu(&addr, "alice", dir.path(), &[]);
     let mut m = FakePeer::ask_chat(peer_addr(&registry, "alice"), "flood");
     a.expect("Accept chat with flood? [y/n]: ");
@@ -197,6 +215,7 @@ fn fast_chat_with_client_stdout_stalled_keeps_memory_bounded() {
     a.pause_stdout();
     let (before, peak, sent, writer) = flood(m, a.pid());
     assert_bounded("client", before, peak, sent);
+    honest_fetch(&addr, "alice");
     // Interrupted while its chat reader waits for room: it still leaves cleanly.
     a.signal(libc::SIGINT);
     a.resume_stdout();
@@ -209,13 +228,14 @@ fn fast_chat_with_client_stdout_stalled_keeps_memory_bounded() {
 fn fast_chat_with_share_stdout_stalled_keeps_memory_bounded() {
     let (registry, addr) = registry();
     let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("shared.bin"), pattern(100_000)).unwrap();
     let (mut bob, _) = share(&addr, "bob", dir.path(), true);
     let mut m = FakePeer::ask_chat(peer_addr(&registry, "bob"), "flood");
     assert_eq!(m.answer(), "OK");
     bob.pause_stdout();
     let (before, peak, sent, writer) = flood(m, bob.pid());
     assert_bounded("share", before, peak, sent);
-    // An honest fetch is still served meanwhile? share serves files on other threads.
+    honest_fetch(&addr, "bob");
     bob.signal(libc::SIGTERM);
     bob.resume_stdout();
     assert!(bob.wait_exit(WAIT).success());

@@ -229,3 +229,22 @@ fn quiet_log_keeps_only_startup_and_shutdown() {
     assert!(out.ends_with("registry stopped\n"), "{out}");
     assert_eq!(out.lines().count(), 2, "no per-query lines: {out:?}");
 }
+
+#[test]
+fn sigint_stops_the_server_while_nobody_reads_its_log() {
+    let (mut server, addr) = server(&[]);
+    server.pause_stdout();
+    let stop = Arc::new(AtomicBool::new(false));
+    let f = flood(addr, stop.clone(), 200_000);
+    // Until the pipe is full and printing is stuck.
+    std::thread::sleep(Duration::from_secs(1));
+    stop.store(true, Ordering::SeqCst);
+    f.join().unwrap();
+    server.signal(libc::SIGINT);
+    // The printer gets 2 s to write what is left; then the process ends regardless.
+    let status = server.exits_within(Duration::from_secs(10));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "a stalled log must not keep the server from stopping: {status:?}"
+    );
+}
