@@ -135,7 +135,7 @@ pub struct ClientArgs {
     #[arg(long, value_name = "SECS", default_value_t = 30)]
     pub answer_timeout: u64,
     /// Seconds during which a further chat request from someone who just asked is
-    /// declined without asking you (0: ask every time).
+    /// declined without asking you (0: no wait; a second request while one is waiting is always declined).
     #[arg(long, value_name = "SECS", default_value_t = 10)]
     pub repeat_window: u64,
     /// Listen for other peers on this IP only. Without it the library chooses (the
