@@ -55,24 +55,21 @@ pub fn run(args: &ServerArgs) -> Result<(), String> {
         .bind(&args.addr)
         .map_err(|e| format!("cannot listen on {}: {e}", args.addr))?;
     let addr = registry.local_addr();
-    let printer = {
-        let log = log.clone();
-        std::thread::Builder::new()
-            .name("log".into())
-            .spawn(move || print_loop(&log, addr, &queue, &stop, &dropped))
-            .map_err(|e| format!("cannot start the log printer: {e}"))?
-    };
+    let (done_tx, done) = crossbeam_channel::bounded::<()>(1);
+    let printer = std::thread::Builder::new()
+        .name("log".into())
+        .spawn(move || {
+            print_loop(&log, addr, &queue, &stop, &dropped);
+            let _ = done_tx.send(());
+        })
+        .map_err(|e| format!("cannot start the log printer: {e}"))?;
     let _ = signals.recv();
     // Joins the event loops: no event comes after this.
     registry.shutdown();
     drop(stop_tx);
-    // A stalled stdout must not keep the process alive: give the printer a moment, and
-    // otherwise leave it to the process exit.
-    let deadline = Instant::now() + FINAL_FLUSH;
-    while !printer.is_finished() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    if printer.is_finished() {
+    // A stalled stdout must not keep the process alive: give the printer a moment to
+    // write what is left, and otherwise leave it to the process exit.
+    if done.recv_timeout(FINAL_FLUSH).is_ok() {
         let _ = printer.join();
     }
     Ok(())
@@ -166,7 +163,6 @@ fn print_loop(
 }
 
 /// How log lines look.
-#[derive(Clone)]
 struct Log {
     style: Style,
     format: LogFormat,

@@ -245,7 +245,10 @@ fn sigint_stops_the_server_while_nobody_reads_its_log() {
     let signalled = Instant::now();
     // The printer gets 2 s to write what is left; then the process ends regardless.
     let status = server.exits_within(Duration::from_secs(15));
-    eprintln!("exited {:.1} s after SIGINT", signalled.elapsed().as_secs_f64());
+    eprintln!(
+        "exited {:.1} s after SIGINT",
+        signalled.elapsed().as_secs_f64()
+    );
     if status.is_none() {
         server.resume_stdout();
         let status = server.exits_within(Duration::from_secs(5));
