@@ -333,6 +333,47 @@ fn chat_requests_every_second_never_take_menu_input() {
     assert!(a.wait_exit(WAIT).success());
 }
 
+#[test]
+fn chat_requests_under_ever_new_names_neither_flood_the_screen_nor_take_input() {
+    let (registry, addr) = registry();
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = client_at_menu(&addr, "alice", dir.path(), &[]);
+    let alice = peer_addr(&registry, "alice");
+    let mut fakes: Vec<FakePeer> = (0..30)
+        .map(|i| FakePeer::ask_chat(alice, &format!("n{i}")))
+        .collect();
+    // All but the (at most 8) waiting ones are declined at once, by the client or, past
+    // its own bounds, by the library.
+    for f in &fakes {
+        f.stream
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+    }
+    let mut answered = vec![false; fakes.len()];
+    let deadline = Instant::now() + WAIT;
+    while answered.iter().filter(|a| **a).count() < fakes.len() - 8 {
+        assert!(Instant::now() < deadline, "requests answered: {answered:?}");
+        for (i, f) in fakes.iter_mut().enumerate() {
+            if !answered[i] {
+                let answer = f.answer();
+                if !answer.is_empty() {
+                    assert!(answer.starts_with("ERR "), "{answer:?}");
+                    answered[i] = true;
+                }
+            }
+        }
+    }
+    // Input still goes where it was typed.
+    a.send_line("1");
+    a.expect("Online users (1):");
+    a.expect("? [y/n]: ");
+    let out = a.all_stdout();
+    let notes = out.lines().filter(|l| l.contains("declined")).count();
+    assert!(notes <= 4, "{notes} lines about declined requests:\n{out}");
+    a.send_line("0");
+    assert!(a.wait_exit(WAIT).success());
+}
+
 /// Whether something listens on `ip:port`.
 fn listening(ip: [u8; 4], port: u16) -> bool {
     TcpStream::connect_timeout(&SocketAddr::from((ip, port)), Duration::from_secs(5)).is_ok()

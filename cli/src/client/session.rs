@@ -9,7 +9,8 @@
 //! other line is the menu choice it was typed as (the request is asked again at the
 //! next menu prompt). A second request from someone already waiting, or one within
 //! `repeat_window` of their last queued one (unless that one was accepted), is declined
-//! without asking, with one note per person per window.
+//! without asking, with a note: one per person per window, and at most one line per
+//! [`NOTE_EVERY`] in all, so requests under ever new names cannot flood the screen.
 //!
 //! Everything another party supplied (names, messages, error texts) is printed through
 //! [`crate::visible`].
@@ -31,6 +32,8 @@ use std::time::{Duration, Instant};
 pub const MAX_WAITING_REQUESTS: usize = 8;
 /// Most requesters remembered for the repeat rule; the oldest is forgotten first.
 const MAX_REMEMBERED: usize = 1024;
+/// At most one line about requests declined without asking per this long.
+const NOTE_EVERY: Duration = Duration::from_secs(3);
 
 /// A chat request waiting for the person.
 struct Waiting {
@@ -58,6 +61,10 @@ pub struct Session {
     repeat_window: Duration,
     waiting: VecDeque<Waiting>,
     recent: HashMap<String, Recent>,
+    /// When the last line about a request declined without asking was shown, and how
+    /// many were declined since without a line.
+    last_note: Option<Instant>,
+    held_notes: u64,
     /// The prompt on screen without its newline, if any: the next line must start
     /// afresh, and the same prompt need not be shown again.
     open_prompt: Option<String>,
@@ -83,6 +90,8 @@ impl Session {
             repeat_window,
             waiting: VecDeque::new(),
             recent: HashMap::new(),
+            last_note: None,
+            held_notes: 0,
             open_prompt: None,
         }
     }
@@ -290,7 +299,9 @@ impl Session {
         );
     }
 
-    /// Show an automatic refusal of `from`, at most once per person per repeat window.
+    /// Show an automatic refusal of `from`: at most once per person per repeat window,
+    /// and at most one such line per [`NOTE_EVERY`] in all (requests under ever new
+    /// names must not flood the screen); the ones held back are counted in the next.
     fn note_refusal(&mut self, from: &str, text: String) {
         let now = Instant::now();
         let fresh = match self.recent.get_mut(from) {
@@ -307,10 +318,24 @@ impl Session {
                 true
             }
         };
-        if fresh {
-            let line = self.style.yellow(&text);
-            self.say(line);
+        if !fresh {
+            return;
         }
+        if self
+            .last_note
+            .is_some_and(|at| now.duration_since(at) < NOTE_EVERY)
+        {
+            self.held_notes += 1;
+            return;
+        }
+        let text = match std::mem::take(&mut self.held_notes) {
+            0 => text,
+            1 => format!("{text} (and 1 more declined without asking)"),
+            n => format!("{text} (and {n} more declined without asking)"),
+        };
+        self.last_note = Some(now);
+        let line = self.style.yellow(&text);
+        self.say(line);
     }
 
     /// Remove requests that can no longer be answered, saying so.
