@@ -122,7 +122,8 @@ pub fn share(args: &ShareArgs) -> Result<(), Failure> {
                 }
                 match h {
                     Ok(Heard::Message { from, text }) => {
-                        let _ = writeln!(out, "{}", message(&format!("{}: ", visible(&from)), &text));
+                        let prefix = format!("{}: ", visible(&from));
+                        let _ = writeln!(out, "{}", message(&prefix, &text));
                     }
                     Ok(Heard::Request { from, accepted }) => eprintln!(
                         "chat request from {}: {}",
