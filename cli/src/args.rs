@@ -1,6 +1,7 @@
 //! The command line: subcommands and their flags (clap derive).
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::net::IpAddr;
 use std::path::PathBuf;
 
 /// Default registry address (the original listened on port 80; that needs privileges).
@@ -17,6 +18,10 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the registry in the foreground, printing every query as it arrives.
+    ///
+    /// The log never holds up the registry: lines that cannot be printed in time (a
+    /// slow terminal, a pipe nobody reads) are dropped, and a line
+    /// "... N log lines dropped" says how many once printing catches up.
     Server(ServerArgs),
     /// The interactive client: register, then use the menu.
     Client(ClientArgs),
@@ -47,6 +52,70 @@ pub struct ServerArgs {
     /// Address to listen on (port 0 picks a free port; `127.0.0.1:80` is the original's).
     #[arg(long, value_name = "HOST:PORT", default_value = DEFAULT_REGISTRY)]
     pub addr: String,
+    /// No line per connection and query: only startup, shutdown, refusals (a client
+    /// stopped by a bound), lease expiries and dropped-line counts.
+    #[arg(long)]
+    pub quiet: bool,
+    /// `text` for people; `json` for log shippers: one JSON object per line with the
+    /// fields `time` (RFC 3339, UTC), `event` (`listening`, `connected`, `query`,
+    /// `disconnected`, `lease_expired`, `refused`, `dropped`, `stopped`) and, by event,
+    /// `addr`, `source`, `query`, `outcome`, `legacy`, `released`, `usernames`, `count`.
+    #[arg(long, value_name = "FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// Most open connections in all.
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// Most open connections from one address (one /64 for IPv6).
+    #[arg(long, value_name = "N")]
+    pub max_conns_per_addr: Option<usize>,
+    /// Most registered users in all.
+    #[arg(long, value_name = "N")]
+    pub max_users: Option<usize>,
+    /// Most registrations held by one address (one /64 for IPv6).
+    #[arg(long, value_name = "N")]
+    pub max_users_per_addr: Option<usize>,
+    /// Sustained queries per second from one address.
+    #[arg(long, value_name = "N")]
+    pub queries_per_sec: Option<u32>,
+    /// Queries one address may send at once above its sustained rate.
+    #[arg(long, value_name = "N")]
+    pub query_burst: Option<u32>,
+    /// Most memory for registration data, in bytes or with a K, M or G suffix
+    /// (binary: 512M is 512 MiB); past it new registrations get `ERR,Registry full`.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub memory_budget: Option<usize>,
+}
+
+/// How `p2pchat server` writes its log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// One line per event for people: time, source, what happened.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// A byte count with an optional binary suffix: `4096`, `64K`, `512M`, `2G` (`KiB`,
+/// `MiB`, `GiB` and lower case also accepted).
+pub fn parse_size(text: &str) -> Result<usize, String> {
+    let t = text.trim();
+    let lower = t.to_ascii_lowercase();
+    let digits_end = lower
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(lower.len());
+    let (digits, unit) = lower.split_at(digits_end);
+    let shift = match unit.trim() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        _ => return Err(format!("{t:?} is not a size (e.g. 4096, 64K, 512M, 2G)")),
+    };
+    let n: usize = digits
+        .parse()
+        .map_err(|_| format!("{t:?} is not a size (e.g. 4096, 64K, 512M, 2G)"))?;
+    n.checked_mul(1usize << shift)
+        .ok_or_else(|| format!("{t:?} is too large"))
 }
 
 #[derive(Debug, Args)]
@@ -65,6 +134,15 @@ pub struct ClientArgs {
     /// Seconds an incoming chat request waits for an answer before it is declined.
     #[arg(long, value_name = "SECS", default_value_t = 30)]
     pub answer_timeout: u64,
+    /// Seconds during which a further chat request from someone who just asked is
+    /// declined without asking you (0: no wait; a second request while one is waiting is always declined).
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    pub repeat_window: u64,
+    /// Listen for other peers on this IP only. Without it the library chooses (the
+    /// local address of the registry connection: a loopback registry means a
+    /// loopback-only peer). `0.0.0.0` or `::` listen on every interface.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<IpAddr>,
 }
 
 #[derive(Debug, Args)]
@@ -94,6 +172,11 @@ pub struct Identity {
     /// Port to listen on for other peers (0 = any free port).
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub port: u16,
+    /// Listen for other peers on this IP only. Without it the library chooses (the
+    /// local address of the registry connection: a loopback registry means a
+    /// loopback-only peer). `0.0.0.0` or `::` listen on every interface.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<IpAddr>,
 }
 
 #[derive(Debug, Args)]
@@ -142,4 +225,21 @@ pub struct SendArgs {
     /// The messages, each sent as one chat message.
     #[arg(value_name = "MESSAGE", required = true)]
     pub messages: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes_take_binary_suffixes() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("64K"), Ok(64 << 10));
+        assert_eq!(parse_size("512M"), Ok(512 << 20));
+        assert_eq!(parse_size("2gib"), Ok(2 << 30));
+        assert_eq!(parse_size(" 3 MiB "), Ok(3 << 20));
+        for bad in ["", "M", "12Q", "-1", "1.5G", "99999999999999999999G"] {
+            assert!(parse_size(bad).is_err(), "{bad:?}");
+        }
+    }
 }

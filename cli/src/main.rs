@@ -9,6 +9,7 @@ mod scripted;
 mod server;
 mod signals;
 mod style;
+mod visible;
 
 use args::{Cli, Command};
 use clap::Parser;
@@ -16,7 +17,7 @@ use clap::Parser;
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Server(a) => server::run(&a.addr).map_err(failure::Failure::from),
+        Command::Server(a) => server::run(&a).map_err(failure::Failure::from),
         Command::Client(a) => client::run(a),
         Command::Users(a) => scripted::users(&a),
         Command::Files(a) => scripted::files(&a),
@@ -26,7 +27,8 @@ fn main() {
         Command::Send(a) => scripted::send(&a),
     };
     if let Err(f) = result {
-        eprintln!("p2pchat: {}", f.message);
+        // Error texts carry what peers and the registry said: never raw.
+        eprintln!("p2pchat: {}", visible::visible(&f.message));
         std::process::exit(f.code);
     }
 }

@@ -19,7 +19,7 @@ pub fn watch(transfer: &Transfer, signals: &Receiver<()>) -> p2pcore::Result<Pat
         .unwrap_or_else(|_| ProgressStyle::default_bar())
         .progress_chars("=> ");
         bar.set_style(style);
-        bar.set_message(transfer.file().to_string());
+        bar.set_message(crate::visible::visible(transfer.file()).into_owned());
         Some(bar)
     } else {
         None

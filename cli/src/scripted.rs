@@ -1,10 +1,18 @@
 //! The non-interactive commands: `users`, `files`, `whois`, `share`, `fetch`, `send`.
-//! Each prints its result on stdout and fails with a one-line error.
+//! Each prints its result on stdout and fails with a one-line error. Names, filenames
+//! and chat text from others are printed through [`crate::visible`] (names and
+//! filenames cannot hold control characters, but may hold format characters such as
+//! bidi overrides).
 
 use crate::args::{FetchArgs, FilesArgs, Identity, RegistryArg, SendArgs, ShareArgs, WhoisArgs};
 use crate::failure::Failure;
+use crate::visible::{message, visible};
+use crossbeam_channel::{select, TrySendError};
 use p2pcore::peer::{ChatClosedBy, Peer, PeerBuilder, RegistryClient};
+use std::io::Write;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 fn registry(addr: &str) -> Result<RegistryClient, Failure> {
     RegistryClient::connect(addr)
@@ -14,7 +22,7 @@ fn registry(addr: &str) -> Result<RegistryClient, Failure> {
 /// `p2pchat users`
 pub fn users(args: &RegistryArg) -> Result<(), Failure> {
     for user in registry(&args.registry)?.users()? {
-        println!("{user}");
+        println!("{}", visible(&user));
     }
     Ok(())
 }
@@ -25,13 +33,13 @@ pub fn files(args: &FilesArgs) -> Result<(), Failure> {
     match &args.user {
         Some(user) => {
             for file in client.files_of(user)? {
-                println!("{file}");
+                println!("{}", visible(&file));
             }
         }
         None => {
             for (user, files) in client.all_files()? {
                 for file in files {
-                    println!("{user}: {file}");
+                    println!("{}: {}", visible(&user), visible(&file));
                 }
             }
         }
@@ -47,8 +55,17 @@ pub fn whois(args: &WhoisArgs) -> Result<(), Failure> {
 }
 
 fn builder(registry: &str, id: &Identity, dir: &Path) -> PeerBuilder {
-    Peer::builder(registry, &id.user, dir).port(id.port)
+    let b = Peer::builder(registry, &id.user, dir).port(id.port);
+    match id.listen {
+        Some(ip) => b.listen_ip(ip),
+        None => b,
+    }
 }
+
+/// Most things `share` has heard and not printed yet. Messages and chat ends wait for
+/// room (on the chat's reader thread: TCP then slows the sender), so a stalled stdout
+/// holds at most this many messages of at most 64 KiB each.
+const SHARE_QUEUE: usize = 32;
 
 /// What `share` hears from its hooks, printed on the main thread.
 enum Heard {
@@ -60,44 +77,69 @@ enum Heard {
 /// `p2pchat share`: online until SIGINT/SIGTERM.
 pub fn share(args: &ShareArgs) -> Result<(), Failure> {
     let signals = crate::signals::channel();
-    let (tx, heard) = crossbeam_channel::unbounded();
+    let (tx, heard) = crossbeam_channel::bounded(SHARE_QUEUE);
+    // Dropping `stop` releases every hook waiting for room (before `Peer::exit`).
+    let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
+    let dropped = Arc::new(AtomicU64::new(0));
     let accept = args.accept_chats;
     let (t1, t2, t3) = (tx.clone(), tx.clone(), tx);
+    let (s2, s3) = (stopped.clone(), stopped);
+    let counter = dropped.clone();
     let peer = builder(&args.registry.registry, &args.id, &args.dir)
         .on_chat_request(move |request| {
             let from = request.from().to_string();
             let accepted = accept && request.accept().is_ok();
-            let _ = t1.send(Heard::Request { from, accepted });
+            // On a serving thread: never wait; a full queue loses only this line.
+            if let Err(TrySendError::Full(_)) = t1.try_send(Heard::Request { from, accepted }) {
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
         })
         .on_chat_message(move |_, from, text| {
-            let _ = t2.send(Heard::Message {
+            let h = Heard::Message {
                 from: from.to_string(),
                 text: text.to_string(),
-            });
+            };
+            select! { send(t2, h) -> _ => {}, recv(s2) -> _ => {} }
         })
         .on_chat_closed(move |_, who, by| {
-            let _ = t3.send(Heard::Closed(who.to_string(), by));
+            let h = Heard::Closed(who.to_string(), by);
+            select! { send(t3, h) -> _ => {}, recv(s3) -> _ => {} }
         })
         .connect()?;
     println!(
         "sharing as {} on {}",
-        peer.username(),
+        visible(peer.username()),
         peer.listen_addr().port()
     );
+    // Write errors (a reader that went away) are ignored: sharing goes on.
+    let mut out = std::io::stdout();
     loop {
-        crossbeam_channel::select! {
-            recv(heard) -> h => match h {
-                Ok(Heard::Message { from, text }) => println!("{from}: {text}"),
-                Ok(Heard::Request { from, accepted }) => eprintln!(
-                    "chat request from {from}: {}",
-                    if accepted { "accepted" } else { "declined" }
-                ),
-                Ok(Heard::Closed(who, by)) => eprintln!("the chat with {who} ended ({by:?})"),
-                Err(_) => break,
+        select! {
+            recv(heard) -> h => {
+                let n = dropped.swap(0, Ordering::Relaxed);
+                if n > 0 {
+                    eprintln!("... {n} chat-request lines dropped (output too slow)");
+                }
+                match h {
+                    Ok(Heard::Message { from, text }) => {
+                        let prefix = format!("{}: ", visible(&from));
+                        let _ = writeln!(out, "{}", message(&prefix, &text));
+                    }
+                    Ok(Heard::Request { from, accepted }) => eprintln!(
+                        "chat request from {}: {}",
+                        visible(&from),
+                        if accepted { "accepted" } else { "declined" }
+                    ),
+                    Ok(Heard::Closed(who, by)) => {
+                        eprintln!("the chat with {} ended ({by:?})", visible(&who))
+                    }
+                    Err(_) => break,
+                }
             },
             recv(signals) -> _ => break,
         }
     }
+    drop(stop);
     peer.exit();
     Ok(())
 }
@@ -111,7 +153,7 @@ pub fn fetch(args: &FetchArgs) -> Result<(), Failure> {
         .and_then(|t| crate::progress::watch(&t, &signals));
     peer.exit();
     let path = result?;
-    println!("{}", path.display());
+    println!("{}", visible(&path.display().to_string()));
     Ok(())
 }
 

@@ -1,41 +1,216 @@
-//! `p2pchat server`: the registry in the foreground, one line per event.
+//! `p2pchat server`: the registry in the foreground, one log line per event.
+//!
+//! The log must never hold the registry up nor grow without bound. The registry's
+//! hook only offers each event to a bounded queue ([`LOG_QUEUE`]) and counts what did
+//! not fit; a printer thread writes the lines and, once it has caught up (or at least
+//! every [`DROP_NOTE_EVERY`] while it is behind), says how many were dropped. The main
+//! thread only waits for a signal, so Ctrl-C works even when stdout is stalled.
 
+use crate::args::{LogFormat, ServerArgs};
 use crate::style::{clock, Style};
-use p2pcore::registry::{Registry, RegistryEvent};
-use std::time::SystemTime;
+use crate::visible::{json_string, visible};
+use crossbeam_channel::{Receiver, TrySendError};
+use p2pcore::registry::{Registry, RegistryConfig, RegistryEvent};
+use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-/// Run the registry on `addr` until SIGINT/SIGTERM.
-pub fn run(addr: &str) -> Result<(), String> {
+/// Most events waiting to be printed. Each is at most a few hundred bytes (the registry
+/// cuts queries to 200 and outcomes to 120 bytes), so the queue stays near 1-2 MB.
+pub const LOG_QUEUE: usize = 4096;
+/// While the printer is behind, how often it reports the dropped count anyway.
+pub const DROP_NOTE_EVERY: Duration = Duration::from_secs(1);
+/// How long the shutdown waits for the printer to write what is left.
+const FINAL_FLUSH: Duration = Duration::from_secs(2);
+
+/// Run the registry until SIGINT/SIGTERM.
+pub fn run(args: &ServerArgs) -> Result<(), String> {
     let signals = crate::signals::channel();
-    let style = Style::stdout();
-    // The hook runs on the registry's thread: hand events over, print them here.
-    let (tx, events) = crossbeam_channel::unbounded::<RegistryEvent>();
-    let registry = Registry::builder()
-        .on_event(move |e| {
-            let _ = tx.send(e.clone());
-        })
-        .bind(addr)
-        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
-    println!("registry listening on {}", registry.local_addr());
-    loop {
-        crossbeam_channel::select! {
-            recv(events) -> e => match e {
-                Ok(e) => println!("{}", line(&style, &e)),
-                Err(_) => break,
-            },
-            recv(signals) -> _ => break,
+    let log = Log {
+        style: Style::stdout(),
+        format: args.log_format,
+    };
+    let quiet = args.quiet;
+    let (tx, queue) = crossbeam_channel::bounded::<RegistryEvent>(LOG_QUEUE);
+    // Dropping `stop_tx` tells the printer to write what is queued and end.
+    let (stop_tx, stop) = crossbeam_channel::bounded::<()>(0);
+    let dropped = Arc::new(AtomicU64::new(0));
+    let counter = dropped.clone();
+    // Runs on the registry's event-loop threads: never blocks.
+    let hook = move |e: &RegistryEvent| {
+        if quiet && per_query(e) {
+            return;
         }
-    }
+        // Under a flood the queue is full: count without copying the event.
+        if tx.is_full() {
+            counter.fetch_add(1, Ordering::Relaxed);
+        } else if let Err(TrySendError::Full(_)) = tx.try_send(e.clone()) {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+    };
+    let registry = Registry::builder()
+        .config(config(args))
+        .on_event(hook)
+        .bind(&args.addr)
+        .map_err(|e| format!("cannot listen on {}: {e}", args.addr))?;
+    let addr = registry.local_addr();
+    let (done_tx, done) = crossbeam_channel::bounded::<()>(1);
+    let printer = std::thread::Builder::new()
+        .name("log".into())
+        .spawn(move || {
+            print_loop(&log, addr, &queue, &stop, &dropped);
+            let _ = done_tx.send(());
+        })
+        .map_err(|e| format!("cannot start the log printer: {e}"))?;
+    let _ = signals.recv();
+    // Joins the event loops: no event comes after this.
     registry.shutdown();
-    for e in events.try_iter() {
-        println!("{}", line(&style, &e));
+    drop(stop_tx);
+    // A stalled stdout must not keep the process alive: give the printer a moment to
+    // write what is left, and otherwise leave it to the process exit.
+    if done.recv_timeout(FINAL_FLUSH).is_ok() {
+        let _ = printer.join();
     }
-    println!("registry stopped");
     Ok(())
 }
 
-/// One log line for an event.
-fn line(style: &Style, e: &RegistryEvent) -> String {
+/// The registry's bounds: the defaults, with what was given on the command line.
+fn config(args: &ServerArgs) -> RegistryConfig {
+    let mut c = RegistryConfig::default();
+    if let Some(n) = args.max_connections {
+        c.max_connections = n;
+    }
+    if let Some(n) = args.max_conns_per_addr {
+        c.max_conns_per_addr = n;
+    }
+    if let Some(n) = args.max_users {
+        c.max_users = n;
+    }
+    if let Some(n) = args.max_users_per_addr {
+        c.max_users_per_addr = n;
+    }
+    if let Some(n) = args.queries_per_sec {
+        c.queries_per_sec_per_addr = n;
+    }
+    if let Some(n) = args.query_burst {
+        c.query_burst_per_addr = n;
+    }
+    if let Some(n) = args.memory_budget {
+        c.memory_budget = n;
+    }
+    c
+}
+
+/// Events that `--quiet` leaves out: one per connection or query.
+fn per_query(e: &RegistryEvent) -> bool {
+    matches!(
+        e,
+        RegistryEvent::Connected { .. }
+            | RegistryEvent::Query { .. }
+            | RegistryEvent::Disconnected { .. }
+    )
+}
+
+/// Print until told to stop: every queued event, and the dropped count whenever the
+/// queue has emptied or [`DROP_NOTE_EVERY`] has passed. Write errors (a reader that
+/// went away) are ignored: the registry goes on without its log.
+fn print_loop(
+    log: &Log,
+    addr: std::net::SocketAddr,
+    queue: &Receiver<RegistryEvent>,
+    stop: &Receiver<()>,
+    dropped: &AtomicU64,
+) {
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::with_capacity(64 * 1024, stdout.lock());
+    let _ = writeln!(out, "{}", log.listening(addr));
+    let _ = out.flush();
+    let note = |out: &mut dyn Write| {
+        let n = dropped.swap(0, Ordering::Relaxed);
+        if n > 0 {
+            let _ = writeln!(out, "{}", log.dropped(n));
+        }
+    };
+    let mut last_note = Instant::now();
+    loop {
+        crossbeam_channel::select! {
+            recv(queue) -> e => match e {
+                Ok(e) => {
+                    let _ = writeln!(out, "{}", log.event(&e));
+                }
+                Err(_) => break,
+            },
+            recv(stop) -> _ => break,
+            default(DROP_NOTE_EVERY) => {}
+        }
+        let caught_up = queue.is_empty();
+        if caught_up || last_note.elapsed() >= DROP_NOTE_EVERY {
+            note(&mut out);
+            last_note = Instant::now();
+        }
+        if caught_up {
+            let _ = out.flush();
+        }
+    }
+    // What the registry said before it stopped.
+    for e in queue.try_iter() {
+        let _ = writeln!(out, "{}", log.event(&e));
+    }
+    note(&mut out);
+    let _ = writeln!(out, "{}", log.stopped());
+    let _ = out.flush();
+}
+
+/// How log lines look.
+struct Log {
+    style: Style,
+    format: LogFormat,
+}
+
+impl Log {
+    fn listening(&self, addr: std::net::SocketAddr) -> String {
+        match self.format {
+            LogFormat::Text => format!("registry listening on {addr}"),
+            LogFormat::Json => json_line(
+                SystemTime::now(),
+                "listening",
+                &[("addr", Json::Str(&addr.to_string()))],
+            ),
+        }
+    }
+
+    fn stopped(&self) -> String {
+        match self.format {
+            LogFormat::Text => "registry stopped".to_string(),
+            LogFormat::Json => json_line(SystemTime::now(), "stopped", &[]),
+        }
+    }
+
+    fn dropped(&self, n: u64) -> String {
+        match self.format {
+            LogFormat::Text => {
+                let now = self.style.dim(&clock(SystemTime::now()));
+                let text = self.style.yellow(&format!(
+                    "... {n} log line{} dropped (output too slow)",
+                    if n == 1 { "" } else { "s" }
+                ));
+                format!("{now} {text}")
+            }
+            LogFormat::Json => json_line(SystemTime::now(), "dropped", &[("count", Json::Num(n))]),
+        }
+    }
+
+    fn event(&self, e: &RegistryEvent) -> String {
+        match self.format {
+            LogFormat::Text => text_line(&self.style, e),
+            LogFormat::Json => json_event(e),
+        }
+    }
+}
+
+/// One text line for an event; everything a client sent is made [`visible`].
+fn text_line(style: &Style, e: &RegistryEvent) -> String {
     let now = || style.dim(&clock(SystemTime::now()));
     match e {
         RegistryEvent::Connected { source } => {
@@ -49,22 +224,22 @@ fn line(style: &Style, e: &RegistryEvent) -> String {
             legacy,
         } => {
             let outcome = if outcome.starts_with("ERR") {
-                style.red(&printable(outcome))
+                style.red(&visible(outcome))
             } else {
-                printable(outcome)
+                visible(outcome).into_owned()
             };
             let legacy = if *legacy { " (legacy)" } else { "" };
             format!(
                 "{} {source} {}{legacy} -> {outcome}",
                 style.dim(&clock(*at)),
-                printable(query)
+                visible(query)
             )
         }
         RegistryEvent::Disconnected { source, released } => {
             let released = if released.is_empty() {
                 String::new()
             } else {
-                format!(" (released {})", released.join(", "))
+                format!(" (released {})", list(released))
             };
             format!(
                 "{} {source} {}",
@@ -75,27 +250,213 @@ fn line(style: &Style, e: &RegistryEvent) -> String {
         RegistryEvent::LeaseExpired { usernames } => format!(
             "{} {}",
             now(),
-            style.red(&format!("lease expired: {}", usernames.join(", ")))
+            style.red(&format!("lease expired: {}", list(usernames)))
         ),
         RegistryEvent::Refused { source, outcome } => format!(
             "{} {source} {}",
             now(),
-            style.red(&format!("refused: {}", printable(outcome)))
+            style.red(&format!("refused: {}", visible(outcome)))
         ),
     }
 }
 
-/// Text from the network with control characters escaped, so a client cannot move the
-/// cursor or recolour the log.
-fn printable(text: &str) -> String {
-    text.chars()
-        .flat_map(|c| {
-            let escaped: Vec<char> = if c.is_control() {
-                c.escape_default().collect()
-            } else {
-                vec![c]
-            };
-            escaped
-        })
-        .collect()
+fn list(names: &[String]) -> String {
+    names
+        .iter()
+        .map(|n| visible(n))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A JSON value in a log line.
+enum Json<'a> {
+    Str(&'a str),
+    Num(u64),
+    Bool(bool),
+    List(&'a [String]),
+}
+
+/// `{"time":"…","event":"…",…}` with `fields` in order.
+fn json_line(at: SystemTime, event: &str, fields: &[(&str, Json)]) -> String {
+    let mut out = format!(
+        "{{\"time\":{},\"event\":{}",
+        json_string(&rfc3339(at)),
+        json_string(event)
+    );
+    for (name, value) in fields {
+        out.push(',');
+        out.push_str(&json_string(name));
+        out.push(':');
+        match value {
+            Json::Str(s) => out.push_str(&json_string(s)),
+            Json::Num(n) => out.push_str(&n.to_string()),
+            Json::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+            Json::List(items) => {
+                out.push('[');
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    out.push_str(&json_string(item));
+                }
+                out.push(']');
+            }
+        }
+    }
+    out.push('}');
+    out
+}
+
+fn json_event(e: &RegistryEvent) -> String {
+    let now = SystemTime::now();
+    match e {
+        RegistryEvent::Connected { source } => json_line(
+            now,
+            "connected",
+            &[("source", Json::Str(&source.to_string()))],
+        ),
+        RegistryEvent::Query {
+            at,
+            source,
+            query,
+            outcome,
+            legacy,
+        } => json_line(
+            *at,
+            "query",
+            &[
+                ("source", Json::Str(&source.to_string())),
+                ("query", Json::Str(query)),
+                ("outcome", Json::Str(outcome)),
+                ("legacy", Json::Bool(*legacy)),
+            ],
+        ),
+        RegistryEvent::Disconnected { source, released } => json_line(
+            now,
+            "disconnected",
+            &[
+                ("source", Json::Str(&source.to_string())),
+                ("released", Json::List(released)),
+            ],
+        ),
+        RegistryEvent::LeaseExpired { usernames } => json_line(
+            now,
+            "lease_expired",
+            &[("usernames", Json::List(usernames))],
+        ),
+        RegistryEvent::Refused { source, outcome } => json_line(
+            now,
+            "refused",
+            &[
+                ("source", Json::Str(&source.to_string())),
+                ("outcome", Json::Str(outcome)),
+            ],
+        ),
+    }
+}
+
+/// `at` as RFC 3339 in UTC with milliseconds, e.g. `2026-11-27T04:50:13.123Z`.
+fn rfc3339(at: SystemTime) -> String {
+    let d = at.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs();
+    let (y, m, day) = civil_from_days((secs / 86_400) as i64);
+    let s = secs % 86_400;
+    format!(
+        "{y:04}-{m:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        s / 3600,
+        s / 60 % 60,
+        s % 60,
+        d.subsec_millis()
+    )
+}
+
+/// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian calendar
+/// (Howard Hinnant's `civil_from_days`).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::SocketAddr;
+
+    #[test]
+    fn rfc3339_times() {
+        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+        let t = UNIX_EPOCH + Duration::from_millis(951_782_400_123); // leap day 2000
+        assert_eq!(rfc3339(t), "2000-02-29T00:00:00.123Z");
+        let t = UNIX_EPOCH + Duration::from_secs(1_795_754_413);
+        assert_eq!(rfc3339(t), "2026-11-27T04:40:13.000Z");
+        let t = UNIX_EPOCH + Duration::from_secs(4_107_542_399);
+        assert_eq!(rfc3339(t), "2100-02-28T23:59:59.000Z");
+    }
+
+    #[test]
+    fn text_lines_show_client_text_escaped() {
+        let style = Style::plain();
+        let source: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let line = text_line(
+            &style,
+            &RegistryEvent::Query {
+                at: SystemTime::now(),
+                source,
+                query: "GET_P,\x1b[2J".into(),
+                outcome: "ERR,bad\u{202e}".into(),
+                legacy: true,
+            },
+        );
+        assert!(
+            line.ends_with("127.0.0.1:5000 GET_P,\\e[2J (legacy) -> ERR,bad\\u{202e}"),
+            "{line}"
+        );
+        let line = text_line(
+            &style,
+            &RegistryEvent::Refused {
+                source,
+                outcome: "ERR,Too many connections from your address".into(),
+            },
+        );
+        assert!(
+            line.ends_with(" refused: ERR,Too many connections from your address"),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn json_lines_are_single_line_objects() {
+        let source: SocketAddr = "[::1]:5000".parse().unwrap();
+        let line = json_event(&RegistryEvent::Disconnected {
+            source,
+            released: vec!["bob".into(), "a\"b".into()],
+        });
+        assert!(line.starts_with("{\"time\":\""), "{line}");
+        assert!(
+            line.ends_with(
+                "\"event\":\"disconnected\",\"source\":\"[::1]:5000\",\"released\":[\"bob\",\"a\\\"b\"]}"
+            ),
+            "{line}"
+        );
+        let line = json_event(&RegistryEvent::Query {
+            at: UNIX_EPOCH,
+            source,
+            query: "x\ny".into(),
+            outcome: "OK".into(),
+            legacy: false,
+        });
+        assert_eq!(
+            line,
+            "{\"time\":\"1970-01-01T00:00:00.000Z\",\"event\":\"query\",\"source\":\"[::1]:5000\",\
+             \"query\":\"x\\ny\",\"outcome\":\"OK\",\"legacy\":false}"
+        );
+    }
 }

@@ -1,20 +1,30 @@
-//! What the peer's hooks report to the client loop. Hooks run on library threads and
-//! must return at once, so each one only sends an [`Event`] down a channel.
+//! What the peer's hooks report to the client loop, over two bounded queues.
+//!
+//! Chat messages go to their own queue ([`CHAT_QUEUE`] deep) with a *blocking* send:
+//! the message hook runs on that chat's reader thread, so while the client is behind
+//! (stdout stalled, a person scrolling back) the reader waits, stops reading the
+//! socket, and TCP slows the sender; memory stays bounded. Nothing else waits on a
+//! chat's reader thread, and the send gives up at once when the client stops (the
+//! `stop` channel closes), so shutdown cannot deadlock on it.
+//!
+//! Every other hook may run on the client's own thread (closing a chat reports its end
+//! from there), so those only `try_send` to the event queue ([`EVENT_QUEUE`] deep): if it
+//! is full, the event is dropped; a dropped chat request is thereby declined.
 
-use crossbeam_channel::Sender;
+use super::session::MAX_WAITING_REQUESTS;
+use crossbeam_channel::{select, Receiver, Sender};
 use p2pcore::peer::{ChatClosedBy, ChatId, ChatRequest, PeerBuilder, PeerEvent};
 use std::time::Instant;
+
+/// Most chat messages waiting to be shown (at most 64 KiB each, so at most 2 MiB).
+pub const CHAT_QUEUE: usize = 32;
+/// Most other events waiting for the client loop.
+pub const EVENT_QUEUE: usize = 64 + MAX_WAITING_REQUESTS;
 
 /// Something that happened in the background.
 pub enum Event {
     /// Someone asks to chat; `at` is when the request arrived (its timeout runs from then).
     ChatRequest { request: ChatRequest, at: Instant },
-    /// A chat message.
-    ChatMessage {
-        chat: ChatId,
-        from: String,
-        text: String,
-    },
     /// A chat ended.
     ChatClosed { chat: ChatId, by: ChatClosedBy },
     /// A chat request got no answer in time and was declined by the library.
@@ -23,43 +33,88 @@ pub enum Event {
     Notice(String),
 }
 
-/// Install hooks on `builder` that send every event to `tx`.
-pub fn wire(builder: PeerBuilder, tx: &Sender<Event>) -> PeerBuilder {
-    let (t1, t2, t3, t4) = (tx.clone(), tx.clone(), tx.clone(), tx.clone());
-    builder
-        .on_chat_request(move |request| {
-            let _ = t1.send(Event::ChatRequest {
-                request,
-                at: Instant::now(),
-            });
-        })
-        .on_chat_message(move |chat, from, text| {
-            let _ = t2.send(Event::ChatMessage {
-                chat,
-                from: from.to_string(),
-                text: text.to_string(),
-            });
-        })
-        .on_chat_closed(move |chat, _, by| {
-            let _ = t3.send(Event::ChatClosed { chat, by });
-        })
-        .on_event(move |e| {
-            let event = match e {
-                PeerEvent::ChatRequestExpired { from } => {
-                    Event::RequestExpired { from: from.clone() }
+/// A chat message.
+pub struct ChatLine {
+    pub from: String,
+    pub text: String,
+}
+
+/// The client loop's ends of the queues, and the switch that releases blocked hooks.
+pub struct Queues {
+    pub events: Receiver<Event>,
+    pub messages: Receiver<ChatLine>,
+    /// Dropping it makes every hook return at once (before `Peer::exit`).
+    pub stop: Sender<()>,
+    event_tx: Sender<Event>,
+    message_tx: Sender<ChatLine>,
+    stopped: Receiver<()>,
+}
+
+impl Queues {
+    pub fn new() -> Queues {
+        let (event_tx, events) = crossbeam_channel::bounded(EVENT_QUEUE);
+        let (message_tx, messages) = crossbeam_channel::bounded(CHAT_QUEUE);
+        let (stop, stopped) = crossbeam_channel::bounded(0);
+        Queues {
+            events,
+            messages,
+            stop,
+            event_tx,
+            message_tx,
+            stopped,
+        }
+    }
+
+    /// Install hooks on `builder` that feed these queues.
+    pub fn wire(&self, builder: PeerBuilder) -> PeerBuilder {
+        let (t1, t3, t4) = (
+            self.event_tx.clone(),
+            self.event_tx.clone(),
+            self.event_tx.clone(),
+        );
+        let (messages, stopped) = (self.message_tx.clone(), self.stopped.clone());
+        builder
+            .on_chat_request(move |request| {
+                // Full: the request is dropped here, which declines it.
+                let _ = t1.try_send(Event::ChatRequest {
+                    request,
+                    at: Instant::now(),
+                });
+            })
+            .on_chat_message(move |_, from, text| {
+                let line = ChatLine {
+                    from: from.to_string(),
+                    text: text.to_string(),
+                };
+                // Blocks this chat's reader thread while the queue is full.
+                select! {
+                    send(messages, line) -> _ => {},
+                    recv(stopped) -> _ => {},
                 }
-                PeerEvent::RegistryLost { detail } => {
-                    Event::Notice(format!("lost the registry ({detail}); reconnecting..."))
-                }
-                PeerEvent::RegistryRestored => Event::Notice("registry connection restored".into()),
-                PeerEvent::RegistrationRefused { reason } => {
-                    Event::Notice(format!("the registry refused to register again: {reason}"))
-                }
-                PeerEvent::ShareSkipped { name, reason } => {
-                    Event::Notice(format!("not shared: {name:?} ({reason})"))
-                }
-                _ => return,
-            };
-            let _ = t4.send(event);
-        })
+            })
+            .on_chat_closed(move |chat, _, by| {
+                let _ = t3.try_send(Event::ChatClosed { chat, by });
+            })
+            .on_event(move |e| {
+                let event = match e {
+                    PeerEvent::ChatRequestExpired { from } => {
+                        Event::RequestExpired { from: from.clone() }
+                    }
+                    PeerEvent::RegistryLost { detail } => {
+                        Event::Notice(format!("lost the registry ({detail}); reconnecting..."))
+                    }
+                    PeerEvent::RegistryRestored => {
+                        Event::Notice("registry connection restored".into())
+                    }
+                    PeerEvent::RegistrationRefused { reason } => {
+                        Event::Notice(format!("the registry refused to register again: {reason}"))
+                    }
+                    PeerEvent::ShareSkipped { name, reason } => {
+                        Event::Notice(format!("not shared: {name:?} ({reason})"))
+                    }
+                    _ => return,
+                };
+                let _ = t4.try_send(event);
+            })
+    }
 }

@@ -1,8 +1,13 @@
 //! The documented menu: main (View Users, Select User, View All Files, Exit) and, for
 //! a selected user, View IP/Port, View Filenames, Chat, Fetch File, Back.
 
+//!
+//! Every name, filename and error text shown here came from the registry or another
+//! peer, so each goes through [`visible`] (or [`Session::name`]).
+
 use super::session::Session;
 use super::Quit;
+use crate::visible::visible;
 use p2pcore::Error;
 
 /// The main menu, until Exit (Ok), end of input or a signal (Err).
@@ -24,14 +29,15 @@ pub fn main_menu(s: &mut Session) -> Result<(), Quit> {
 }
 
 fn invalid(s: &mut Session, input: &str, range: &str) {
-    let line = s
-        .style
-        .red(&format!("invalid choice {input:?}: enter {range}"));
+    let line = s.style.red(&format!(
+        "invalid choice \"{}\": enter {range}",
+        visible(input)
+    ));
     s.say(line);
 }
 
 fn error(s: &mut Session, text: String) {
-    let line = s.style.red(&text);
+    let line = s.style.red(&visible(&text));
     s.say(line);
 }
 
@@ -42,7 +48,7 @@ fn view_users(s: &mut Session) {
             let me = s.peer.username().to_string();
             for user in users {
                 let mark = if user == me { " (you)" } else { "" };
-                let name = s.style.cyan(&user);
+                let name = s.name(&user);
                 s.say(format!("  {name}{mark}"));
             }
         }
@@ -58,9 +64,9 @@ fn view_all_files(s: &mut Session) {
                 let list = if files.is_empty() {
                     "(no files)".to_string()
                 } else {
-                    files.join(", ")
+                    visible(&files.join(", ")).into_owned()
                 };
-                let name = s.style.cyan(&user);
+                let name = s.name(&user);
                 s.say(format!("  {name}: {list}"));
             }
         }
@@ -96,7 +102,7 @@ enum Next {
 
 fn user_menu(s: &mut Session, name: &str) -> Result<(), Quit> {
     loop {
-        let heading = s.style.bold(&format!("Selected user: {name}"));
+        let heading = s.style.bold(&format!("Selected user: {}", visible(name)));
         let menu = format!(
             "\n{heading}\n1. View IP/Port\n2. View Filenames\n3. Chat\n4. Fetch File\n0. Back"
         );
@@ -137,7 +143,8 @@ fn view_address(s: &mut Session, name: &str) -> Next {
     match s.peer.peer_addr(name) {
         Ok(addr) => {
             s.say(format!(
-                "{name} is at IP {} port {}",
+                "{} is at IP {} port {}",
+                visible(name),
                 addr.ip(),
                 addr.port()
             ));
@@ -150,13 +157,17 @@ fn view_address(s: &mut Session, name: &str) -> Next {
 fn view_files(s: &mut Session, name: &str) -> Next {
     match s.peer.files_of(name) {
         Ok(files) if files.is_empty() => {
-            s.say(format!("{name} shares no files"));
+            s.say(format!("{} shares no files", visible(name)));
             Next::Stay
         }
         Ok(files) => {
-            s.say(format!("Files shared by {name} ({}):", files.len()));
+            s.say(format!(
+                "Files shared by {} ({}):",
+                visible(name),
+                files.len()
+            ));
             for f in files {
-                s.say(format!("  {f}"));
+                s.say(format!("  {}", visible(&f)));
             }
             Next::Stay
         }
@@ -169,16 +180,21 @@ fn fetch(s: &mut Session, name: &str) -> Result<Next, Quit> {
     if file.is_empty() {
         return Ok(Next::Stay);
     }
-    s.say(format!("fetching {file} from {name}..."));
+    s.say(format!(
+        "fetching {} from {}...",
+        visible(&file),
+        visible(name)
+    ));
     let result = s
         .peer
         .fetch(name, &file)
         .and_then(|t| crate::progress::watch(&t, &s.signals));
     Ok(match result {
         Ok(path) => {
-            let line = s
-                .style
-                .green(&format!("saved {} (hash verified)", path.display()));
+            let line = s.style.green(&format!(
+                "saved {} (hash verified)",
+                visible(&path.display().to_string())
+            ));
             s.say(line);
             Next::Stay
         }

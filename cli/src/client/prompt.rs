@@ -5,11 +5,12 @@
 use super::input::{Input, Line};
 use super::Quit;
 use crate::style::Style;
+use crate::visible::visible;
 use crossbeam_channel::Receiver;
 use p2pcore::peer::{username_available, Peer, PeerBuilder};
 use p2pcore::Error;
 use std::io::{IsTerminal, Write};
-use std::net::{Ipv4Addr, TcpListener};
+use std::net::{IpAddr, Ipv4Addr, TcpListener};
 use std::path::PathBuf;
 
 /// Print `prompt` and wait for one line (trimmed), end of input, or a signal. When
@@ -48,6 +49,8 @@ pub struct Registration {
     pub user: Option<String>,
     pub dir: Option<PathBuf>,
     pub port: Option<u16>,
+    /// The IP to listen on (`--listen`); `None` leaves it to the library.
+    pub listen: Option<IpAddr>,
 }
 
 /// Prompt for what is missing and connect; on a field's error, ask for it again.
@@ -60,7 +63,8 @@ pub fn register(
     style: &Style,
     hooks: &dyn Fn(PeerBuilder) -> PeerBuilder,
 ) -> Result<Result<Peer, String>, Quit> {
-    let complain = |text: String| println!("{}", style.red(&text));
+    // Texts may quote the registry's answers: never raw.
+    let complain = |text: String| println!("{}", style.red(&visible(&text)));
     loop {
         let user = match reg.user.take() {
             Some(u) => u,
@@ -118,12 +122,16 @@ pub fn register(
                     }
                 }
             };
-            match port_free(port) {
+            match port_free(reg.listen, port) {
                 Ok(()) => break port,
                 Err(e) => complain(format!("port {port} is not available: {e}")),
             }
         };
-        let builder = hooks(Peer::builder(&reg.registry, &user, &dir).port(port));
+        let mut builder = Peer::builder(&reg.registry, &user, &dir).port(port);
+        if let Some(ip) = reg.listen {
+            builder = builder.listen_ip(ip);
+        }
+        let builder = hooks(builder);
         match builder.connect() {
             Ok(peer) => return Ok(Ok(peer)),
             Err(e @ (Error::UsernameTaken(_) | Error::InvalidUsername(_))) => {
@@ -143,10 +151,11 @@ pub fn register(
     }
 }
 
-/// Whether `port` can be listened on now (0 always can).
-fn port_free(port: u16) -> std::io::Result<()> {
+/// Whether `port` can be listened on now on `ip` (every interface when not given; 0
+/// always can).
+fn port_free(ip: Option<IpAddr>, port: u16) -> std::io::Result<()> {
     if port != 0 {
-        TcpListener::bind((Ipv4Addr::UNSPECIFIED, port))?;
+        TcpListener::bind((ip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)), port))?;
     }
     Ok(())
 }

@@ -1,16 +1,54 @@
-//! The running client: waits on typed lines, signals and peer events at once, so an
-//! incoming chat request can interrupt whatever prompt is showing; answers chat
-//! requests and runs chats (during which the menu is disabled).
+//! The running client: waits on typed lines, signals and peer events at once; queues
+//! incoming chat requests and asks about them one at a time; runs chats (during which
+//! the menu is disabled).
+//!
+//! A chat request never takes a line meant for another prompt. Requests wait in a
+//! queue (at most [`MAX_WAITING_REQUESTS`]) and are asked about only at a menu prompt,
+//! never while the person is typing a username or a filename. At a menu, the prompt
+//! becomes `Accept chat with NAME? [y/n]: `; only `y`/`yes`/`n`/`no` answer it, and any
+//! other line is the menu choice it was typed as (the request is asked again at the
+//! next menu prompt). A second request from someone already waiting, or one within
+//! `repeat_window` of their last queued one (unless that one was accepted), is declined
+//! without asking, with a note: one per person per window, and at most one line per
+//! [`NOTE_EVERY`] in all, so requests under ever new names cannot flood the screen.
+//!
+//! Everything another party supplied (names, messages, error texts) is printed through
+//! [`crate::visible`].
 
-use super::events::Event;
+use super::events::{ChatLine, Event, Queues};
 use super::input::{Input, Line};
 use super::prompt::echo;
 use super::Quit;
 use crate::style::Style;
-use crossbeam_channel::{select, Receiver};
+use crate::visible::{message, visible};
+use crossbeam_channel::{never, select, Receiver};
 use p2pcore::peer::{Chat, ChatClosedBy, ChatRequest, Peer};
+use std::collections::{HashMap, VecDeque};
 use std::io::Write;
 use std::time::{Duration, Instant};
+
+/// Most chat requests waiting to be asked about (the library holds as many pending by
+/// default, `limits::MAX_PENDING_CHAT_REQUESTS`); more are declined.
+pub const MAX_WAITING_REQUESTS: usize = 8;
+/// Most requesters remembered for the repeat rule; the oldest is forgotten first.
+const MAX_REMEMBERED: usize = 1024;
+/// At most one line about requests declined without asking per this long.
+const NOTE_EVERY: Duration = Duration::from_secs(3);
+
+/// A chat request waiting for the person.
+struct Waiting {
+    request: ChatRequest,
+    from: String,
+    deadline: Instant,
+    /// Its "wants to chat" line has been shown.
+    announced: bool,
+}
+
+/// When someone last had a request queued, and whether a refusal was noted since.
+struct Recent {
+    asked: Instant,
+    noted: bool,
+}
 
 /// The client once registered.
 pub struct Session {
@@ -18,10 +56,18 @@ pub struct Session {
     pub style: Style,
     pub signals: Receiver<()>,
     input: Input,
-    events: Receiver<Event>,
+    queues: Queues,
     answer_timeout: Duration,
-    /// A prompt is on screen without its newline: the next line must start afresh.
-    prompt_open: bool,
+    repeat_window: Duration,
+    waiting: VecDeque<Waiting>,
+    recent: HashMap<String, Recent>,
+    /// When the last line about a request declined without asking was shown, and how
+    /// many were declined since without a line.
+    last_note: Option<Instant>,
+    held_notes: u64,
+    /// The prompt on screen without its newline, if any: the next line must start
+    /// afresh, and the same prompt need not be shown again.
+    open_prompt: Option<String>,
 }
 
 impl Session {
@@ -30,50 +76,80 @@ impl Session {
         style: Style,
         input: Input,
         signals: Receiver<()>,
-        events: Receiver<Event>,
+        queues: Queues,
         answer_timeout: Duration,
+        repeat_window: Duration,
     ) -> Session {
         Session {
             peer,
             style,
             signals,
             input,
-            events,
+            queues,
             answer_timeout,
-            prompt_open: false,
+            repeat_window,
+            waiting: VecDeque::new(),
+            recent: HashMap::new(),
+            last_note: None,
+            held_notes: 0,
+            open_prompt: None,
         }
+    }
+
+    /// Give up the peer after releasing every hook that may be waiting on the client
+    /// (a chat reader blocked on a full message queue), so `Peer::exit` cannot wait on
+    /// a thread that waits on us.
+    pub fn into_peer(self) -> Peer {
+        let Session {
+            peer,
+            queues,
+            waiting,
+            ..
+        } = self;
+        drop(queues.stop);
+        drop(waiting);
+        peer
     }
 
     /// Print one line, after closing an open prompt line.
     pub fn say(&mut self, text: impl AsRef<str>) {
-        if self.prompt_open {
+        if self.open_prompt.take().is_some() {
             println!();
-            self.prompt_open = false;
         }
         println!("{}", text.as_ref());
     }
 
+    /// A name someone else chose, coloured and made visible.
+    pub fn name(&self, name: &str) -> String {
+        self.style.cyan(&visible(name))
+    }
+
     fn show_prompt(&mut self, prompt: &str) {
+        if self.open_prompt.as_deref() == Some(prompt) {
+            return;
+        }
+        if self.open_prompt.is_some() {
+            println!();
+        }
         print!("{prompt}");
         let _ = std::io::stdout().flush();
-        self.prompt_open = true;
+        self.open_prompt = Some(prompt.to_string());
     }
 
     /// A line that was typed (echoed when stdin is a pipe).
     fn got_line(&mut self, text: &str) {
         echo(text);
-        self.prompt_open = false;
+        self.open_prompt = None;
     }
 
-    /// Show `prompt` and return the next typed line, trimmed. Events that arrive
-    /// meanwhile are handled (a chat request is asked about at once), then the prompt
-    /// is shown again.
+    /// Show `prompt` and return the next typed line, trimmed. Chat requests arriving
+    /// meanwhile wait for the next menu; other events are shown, then the prompt again.
     pub fn read(&mut self, prompt: &str) -> Result<String, Quit> {
         self.read_after(None, prompt)
     }
 
-    /// Show `menu` and `prompt`, and return the choice typed. A chat request that
-    /// interrupts (and perhaps a whole chat) is followed by the menu again, so the
+    /// Show `menu` and `prompt`, and return the choice typed. Waiting chat requests
+    /// are asked about here, one at a time; after a chat the menu is shown again, so the
     /// person sees where they are.
     pub fn choose(&mut self, menu: &str, prompt: &str) -> Result<String, Quit> {
         self.say(menu);
@@ -81,200 +157,321 @@ impl Session {
     }
 
     fn read_after(&mut self, menu: Option<&str>, prompt: &str) -> Result<String, Quit> {
-        self.show_prompt(prompt);
         loop {
-            select! {
-                recv(self.input.lines()) -> line => match line {
-                    Ok(Line::Text(text)) => {
-                        self.got_line(&text);
-                        return Ok(text.trim().to_string());
-                    }
-                    _ => return Err(Quit::Eof),
-                },
-                recv(self.signals) -> _ => return Err(Quit::Signal),
-                recv(self.events) -> event => {
-                    if let Ok(event) = event {
-                        let was_request = matches!(event, Event::ChatRequest { .. });
-                        if self.handle(event)? {
-                            if let (true, Some(menu)) = (was_request, menu) {
-                                self.say(menu);
-                            }
-                            self.show_prompt(prompt);
-                        }
-                    }
-                }
+            self.drop_expired();
+            let asking = menu.is_some() && !self.waiting.is_empty();
+            if asking {
+                let question = self.announce_head();
+                self.show_prompt(&question);
+            } else {
+                self.show_prompt(prompt);
             }
-        }
-    }
-
-    /// Handle an event outside a chat; whether anything was printed.
-    fn handle(&mut self, event: Event) -> Result<bool, Quit> {
-        match event {
-            Event::ChatRequest { request, at } => {
-                self.answer(request, at)?;
-                Ok(true)
-            }
-            Event::ChatMessage { from, text, .. } => {
-                let line = format!("{}: {text}", self.style.cyan(&from));
-                self.say(line);
-                Ok(true)
-            }
-            Event::Notice(text) => {
-                let line = self.style.yellow(&text);
-                self.say(line);
-                Ok(true)
-            }
-            // A chat that is over, or an expiry already reported by `answer`.
-            Event::ChatClosed { .. } | Event::RequestExpired { .. } => Ok(false),
-        }
-    }
-
-    /// Ask the person whether to accept `request`; run the chat if they do.
-    fn answer(&mut self, request: ChatRequest, at: Instant) -> Result<(), Quit> {
-        let from = request.from().to_string();
-        let deadline = at + self.answer_timeout;
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            let line = self.style.yellow(&format!(
-                "a chat request from {from} expired while you were busy"
-            ));
-            self.say(line);
-            return Ok(());
-        }
-        let line = self.style.yellow(&format!(
-            "*** {from} wants to chat with you (answer within {} s) ***",
-            left.as_secs().max(1)
-        ));
-        self.say(line);
-        let prompt = format!("Accept chat with {from}? [y/n]: ");
-        self.show_prompt(&prompt);
-        // The library declines at the deadline and reports it; the timer is a backstop.
-        let backstop = crossbeam_channel::after(left + Duration::from_secs(2));
-        loop {
+            let backstop = match self.waiting.iter().map(|w| w.deadline).min() {
+                // The library declines at the deadline and reports it; this is a backstop.
+                Some(d) => crossbeam_channel::at(d + Duration::from_secs(1)),
+                None => never(),
+            };
             select! {
                 recv(self.input.lines()) -> line => {
                     let text = match line {
                         Ok(Line::Text(text)) => text,
-                        _ => {
-                            request.decline();
-                            return Err(Quit::Eof);
-                        }
+                        _ => return Err(Quit::Eof),
                     };
                     self.got_line(&text);
-                    match text.trim().to_ascii_lowercase().as_str() {
-                        "y" | "yes" => {
-                            return match request.accept() {
-                                Ok(chat) => self.run_chat(chat),
-                                Err(_) => {
-                                    self.expired(&from);
-                                    Ok(())
+                    let choice = text.trim().to_string();
+                    if !asking {
+                        return Ok(choice);
+                    }
+                    match yes_or_no(&choice) {
+                        Some(true) => {
+                            if self.accept_head()? {
+                                if let Some(menu) = menu {
+                                    self.say(menu);
                                 }
-                            };
+                            }
                         }
-                        "n" | "no" => {
-                            request.decline();
-                            self.say(format!("declined the chat request from {from}"));
-                            return Ok(());
-                        }
-                        _ => {
-                            self.say("please answer y or n");
-                            self.show_prompt(&prompt);
-                        }
+                        Some(false) => self.decline_head(),
+                        // Typed for the menu: the request waits for the next prompt.
+                        None => return Ok(choice),
                     }
                 },
-                recv(self.signals) -> _ => {
-                    request.decline();
-                    return Err(Quit::Signal);
-                }
-                recv(self.events) -> event => match event {
-                    Ok(Event::RequestExpired { from: f }) if f == from => {
-                        self.expired(&from);
-                        return Ok(());
+                recv(self.signals) -> _ => return Err(Quit::Signal),
+                recv(self.queues.events) -> event => {
+                    if let Ok(event) = event {
+                        self.on_event(event);
                     }
-                    Ok(event) => {
-                        if self.side_event(event) {
-                            self.show_prompt(&prompt);
-                        }
-                    }
-                    Err(_) => {}
-                },
-                recv(backstop) -> _ => {
-                    self.expired(&from);
-                    return Ok(());
                 }
+                recv(self.queues.messages) -> m => {
+                    if let Ok(m) = m {
+                        self.show_message(&m);
+                    }
+                }
+                recv(backstop) -> _ => {}
             }
         }
     }
 
-    fn expired(&mut self, from: &str) {
-        let line = self.style.yellow(&format!(
-            "the chat request from {from} expired: no answer in time, so it was declined"
-        ));
+    /// Handle an event outside a chat.
+    fn on_event(&mut self, event: Event) {
+        match event {
+            Event::ChatRequest { request, at } => self.queue_request(request, at),
+            Event::RequestExpired { from } => {
+                // Only what is still queued; the rest was reported when it left.
+                if self.waiting.iter().any(|w| w.from == from) {
+                    self.drop_expired();
+                }
+            }
+            Event::Notice(text) => {
+                let line = self.style.yellow(&visible(&text));
+                self.say(line);
+            }
+            // A chat that is over.
+            Event::ChatClosed { .. } => {}
+        }
+    }
+
+    fn show_message(&mut self, m: &ChatLine) {
+        let prefix = format!("{}: ", self.name(&m.from));
+        let text = message(&prefix, &m.text);
+        self.say(text);
+    }
+
+    /// Queue `request`, or decline it: a repeat, or too many waiting.
+    fn queue_request(&mut self, request: ChatRequest, at: Instant) {
+        let from = request.from().to_string();
+        let now = Instant::now();
+        let repeat = self.waiting.iter().any(|w| w.from == from)
+            || self
+                .recent
+                .get(&from)
+                .is_some_and(|r| now.duration_since(r.asked) < self.repeat_window);
+        if repeat {
+            request.decline();
+            let secs = self.repeat_window.as_secs();
+            let text = format!(
+                "declined a repeated chat request from {} (one request per {secs} s per person is asked about)",
+                visible(&from)
+            );
+            self.note_refusal(&from, text);
+            return;
+        }
+        self.remember(&from, now);
+        if self.waiting.len() >= MAX_WAITING_REQUESTS {
+            request.decline();
+            let text = format!(
+                "declined a chat request from {}: {MAX_WAITING_REQUESTS} requests are already waiting",
+                visible(&from)
+            );
+            self.note_refusal(&from, text);
+            return;
+        }
+        self.waiting.push_back(Waiting {
+            request,
+            from,
+            deadline: at + self.answer_timeout,
+            announced: false,
+        });
+    }
+
+    /// Record that `from` had a request queued now (bounded: the oldest is forgotten).
+    fn remember(&mut self, from: &str, now: Instant) {
+        if self.recent.len() >= MAX_REMEMBERED {
+            let window = self.repeat_window;
+            self.recent
+                .retain(|_, r| now.duration_since(r.asked) < window);
+            if self.recent.len() >= MAX_REMEMBERED {
+                if let Some(oldest) = self
+                    .recent
+                    .iter()
+                    .min_by_key(|(_, r)| r.asked)
+                    .map(|(k, _)| k.clone())
+                {
+                    self.recent.remove(&oldest);
+                }
+            }
+        }
+        self.recent.insert(
+            from.to_string(),
+            Recent {
+                asked: now,
+                noted: false,
+            },
+        );
+    }
+
+    /// Show an automatic refusal of `from`: at most once per person per repeat window,
+    /// and at most one such line per [`NOTE_EVERY`] in all (requests under ever new
+    /// names must not flood the screen); the ones held back are counted in the next.
+    fn note_refusal(&mut self, from: &str, text: String) {
+        let now = Instant::now();
+        let fresh = match self.recent.get_mut(from) {
+            Some(r) if r.noted => false,
+            Some(r) => {
+                r.noted = true;
+                true
+            }
+            None => {
+                self.remember(from, now);
+                if let Some(r) = self.recent.get_mut(from) {
+                    r.noted = true;
+                }
+                true
+            }
+        };
+        if !fresh {
+            return;
+        }
+        if self
+            .last_note
+            .is_some_and(|at| now.duration_since(at) < NOTE_EVERY)
+        {
+            self.held_notes += 1;
+            return;
+        }
+        let text = match std::mem::take(&mut self.held_notes) {
+            0 => text,
+            1 => format!("{text} (and 1 more declined without asking)"),
+            n => format!("{text} (and {n} more declined without asking)"),
+        };
+        self.last_note = Some(now);
+        let line = self.style.yellow(&text);
         self.say(line);
     }
 
-    /// An event while busy with a request or a chat: another request is declined,
-    /// everything else shown. Whether anything was printed.
-    fn side_event(&mut self, event: Event) -> bool {
-        match event {
-            Event::ChatRequest { request, .. } => {
-                let from = request.from().to_string();
-                request.decline();
-                let line = self.style.yellow(&format!(
-                    "declined a chat request from {from}: you are busy"
-                ));
-                self.say(line);
-                true
+    /// Remove requests that can no longer be answered, saying so.
+    fn drop_expired(&mut self) {
+        let now = Instant::now();
+        let mut i = 0;
+        while i < self.waiting.len() {
+            let w = &self.waiting[i];
+            if w.request.is_pending() && w.deadline > now {
+                i += 1;
+                continue;
             }
-            Event::ChatMessage { from, text, .. } => {
-                let line = format!("{}: {text}", self.style.cyan(&from));
-                self.say(line);
-                true
-            }
-            Event::Notice(text) => {
+            if let Some(w) = self.waiting.remove(i) {
+                let text = if w.announced {
+                    format!(
+                        "the chat request from {} expired: no answer in time, so it was declined",
+                        visible(&w.from)
+                    )
+                } else {
+                    format!(
+                        "a chat request from {} expired while you were busy",
+                        visible(&w.from)
+                    )
+                };
                 let line = self.style.yellow(&text);
                 self.say(line);
-                true
             }
-            Event::ChatClosed { .. } | Event::RequestExpired { .. } => false,
+        }
+    }
+
+    /// Show the first waiting request's line once; return its question.
+    fn announce_head(&mut self) -> String {
+        let Some(head) = self.waiting.front() else {
+            return String::new();
+        };
+        let from = visible(&head.from).into_owned();
+        if !head.announced {
+            let left = head.deadline.saturating_duration_since(Instant::now());
+            let line = self.style.yellow(&format!(
+                "*** {from} wants to chat with you (answer within {} s; menu choices still work) ***",
+                left.as_secs().max(1)
+            ));
+            self.say(line);
+            if let Some(head) = self.waiting.front_mut() {
+                head.announced = true;
+            }
+        }
+        format!("Accept chat with {from}? [y/n]: ")
+    }
+
+    /// Accept the first waiting request and run the chat; whether a chat ran.
+    fn accept_head(&mut self) -> Result<bool, Quit> {
+        let Some(w) = self.waiting.pop_front() else {
+            return Ok(false);
+        };
+        match w.request.accept() {
+            Ok(chat) => {
+                // Someone the person chose to talk to may ask again at once.
+                self.recent.remove(&w.from);
+                self.run_chat(chat)?;
+                Ok(true)
+            }
+            Err(_) => {
+                let line = self.style.yellow(&format!(
+                    "the chat request from {} expired: no answer in time, so it was declined",
+                    visible(&w.from)
+                ));
+                self.say(line);
+                Ok(false)
+            }
+        }
+    }
+
+    fn decline_head(&mut self) {
+        if let Some(w) = self.waiting.pop_front() {
+            w.request.decline();
+            let text = format!("declined the chat request from {}", visible(&w.from));
+            self.say(text);
         }
     }
 
     /// Ask `name` for a chat and run it if they accept.
     pub fn request_chat(&mut self, name: &str) -> Result<(), Quit> {
+        let shown = visible(name).into_owned();
         if name == self.peer.username() {
             self.say("you cannot chat with yourself");
             return Ok(());
         }
         self.say(format!(
-            "asking {name} for a chat; waiting for their answer..."
+            "asking {shown} for a chat; waiting for their answer..."
         ));
         match self.peer.chat(name) {
             Ok(chat) => {
-                let line = self.style.green(&format!("{name} accepted the chat"));
+                let line = self.style.green(&format!("{shown} accepted the chat"));
                 self.say(line);
                 self.run_chat(chat)
             }
             Err(p2pcore::Error::Declined(_)) => {
-                let line = self.style.red(&format!("{name} declined the chat request"));
+                let line = self
+                    .style
+                    .red(&format!("{shown} declined the chat request"));
                 self.say(line);
                 Ok(())
             }
             Err(e) => {
-                let line = self.style.red(&format!("cannot chat with {name}: {e}"));
+                let line = self.style.red(&format!(
+                    "cannot chat with {shown}: {}",
+                    visible(&e.to_string())
+                ));
                 self.say(line);
                 Ok(())
             }
         }
     }
 
+    /// Show the messages still queued when a chat ends: its reader queued them
+    /// before reporting the end, so they belong before the end line.
+    fn drain_messages(&mut self) {
+        let queued: Vec<ChatLine> = self.queues.messages.try_iter().collect();
+        for m in &queued {
+            self.show_message(m);
+        }
+    }
+
     /// A chat: typed lines are sent, incoming ones shown; `/exit` or Ctrl-D ends it.
+    /// Other chat requests meanwhile are declined (noted once per person per window).
     fn run_chat(&mut self, chat: Chat) -> Result<(), Quit> {
-        let who = chat.peer().to_string();
+        let who = visible(chat.peer()).into_owned();
         let line = self.style.green(&format!(
             "--- chatting with {who}: type a message and press Enter; /exit or Ctrl-D ends the chat ---"
         ));
         self.say(line);
+        // Its end is reported by an event; should that event have been dropped (a full
+        // queue), the chat's own flag says so on the next tick but one.
+        let tick = crossbeam_channel::tick(Duration::from_millis(500));
+        let mut closed_ticks = 0;
         loop {
             select! {
                 recv(self.input.lines()) -> line => match line {
@@ -282,6 +479,7 @@ impl Session {
                         self.got_line(&text);
                         if text.trim() == "/exit" {
                             chat.close();
+                            self.drain_messages();
                             self.say(format!("--- chat with {who} ended ---"));
                             return Ok(());
                         }
@@ -289,12 +487,15 @@ impl Session {
                             continue;
                         }
                         if let Err(e) = chat.send(&text) {
-                            let line = self.style.red(&format!("message not sent: {e}"));
+                            let line = self
+                                .style
+                                .red(&format!("message not sent: {}", visible(&e.to_string())));
                             self.say(line);
                         }
                     }
                     _ => {
                         chat.close();
+                        self.drain_messages();
                         self.say(format!("--- chat with {who} ended ---"));
                         self.input.resume();
                         return Ok(());
@@ -304,12 +505,14 @@ impl Session {
                     chat.close();
                     return Err(Quit::Signal);
                 }
-                recv(self.events) -> event => match event {
-                    Ok(Event::ChatMessage { chat: id, from, text }) if id == chat.id() => {
-                        let line = format!("{}: {text}", self.style.cyan(&from));
-                        self.say(line);
+                recv(self.queues.messages) -> m => {
+                    if let Ok(m) = m {
+                        self.show_message(&m);
                     }
+                }
+                recv(self.queues.events) -> event => match event {
                     Ok(Event::ChatClosed { chat: id, by }) if id == chat.id() => {
+                        self.drain_messages();
                         let line = match by {
                             ChatClosedBy::Remote => format!("--- {who} ended the chat ---"),
                             ChatClosedBy::Lost => format!("--- the connection to {who} was lost ---"),
@@ -319,12 +522,57 @@ impl Session {
                         self.say(line);
                         return Ok(());
                     }
-                    Ok(event) => {
-                        self.side_event(event);
+                    Ok(Event::ChatRequest { request, .. }) => {
+                        let from = request.from().to_string();
+                        request.decline();
+                        let text = format!(
+                            "declined a chat request from {}: you are busy",
+                            visible(&from)
+                        );
+                        self.note_refusal(&from, text);
                     }
+                    Ok(event) => self.on_event(event),
                     Err(_) => {}
                 },
+                recv(tick) -> _ => {
+                    if chat.is_closed() {
+                        closed_ticks += 1;
+                        if closed_ticks >= 2 {
+                            self.drain_messages();
+                            let line = self.style.red(&format!("--- chat with {who} ended ---"));
+                            self.say(line);
+                            return Ok(());
+                        }
+                    }
+                }
             }
+        }
+    }
+}
+
+/// `Some(true)` for yes, `Some(false)` for no, `None` for anything else.
+fn yes_or_no(answer: &str) -> Option<bool> {
+    match answer.to_ascii_lowercase().as_str() {
+        "y" | "yes" => Some(true),
+        "n" | "no" => Some(false),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::yes_or_no;
+
+    #[test]
+    fn only_yes_and_no_answer_a_chat_request() {
+        for y in ["y", "Y", "yes", "YES"] {
+            assert_eq!(yes_or_no(y), Some(true));
+        }
+        for n in ["n", "No"] {
+            assert_eq!(yes_or_no(n), Some(false));
+        }
+        for other in ["", "1", "0", "bob", "yy", "report.bin"] {
+            assert_eq!(yes_or_no(other), None, "{other:?}");
         }
     }
 }

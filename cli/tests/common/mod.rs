@@ -5,9 +5,12 @@
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use p2pcore::registry::Registry;
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The binary under test.
@@ -61,6 +64,8 @@ pub struct Proc {
     stdin: Option<ChildStdin>,
     out: Receiver<Vec<u8>>,
     err: Receiver<Vec<u8>>,
+    /// While set, nobody reads the child's stdout (its pipe fills, its writes block).
+    stdout_paused: Arc<AtomicBool>,
     /// stdout not yet consumed by [`Proc::expect`].
     pending: String,
     /// Everything seen on stdout, for failure messages.
@@ -68,11 +73,15 @@ pub struct Proc {
     stderr: String,
 }
 
-fn pump(mut from: impl Read + Send + 'static) -> Receiver<Vec<u8>> {
+fn pump(mut from: impl Read + Send + 'static, paused: Arc<AtomicBool>) -> Receiver<Vec<u8>> {
     let (tx, rx) = crossbeam_channel::unbounded();
     std::thread::spawn(move || {
         let mut buf = [0u8; 8192];
-        while let Ok(n) = from.read(&mut buf) {
+        loop {
+            while paused.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let Ok(n) = from.read(&mut buf) else { break };
             if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
                 break;
             }
@@ -89,14 +98,19 @@ impl Proc {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn p2pchat");
-        let out = pump(child.stdout.take().unwrap());
-        let err = pump(child.stderr.take().unwrap());
+        let stdout_paused = Arc::new(AtomicBool::new(false));
+        let out = pump(child.stdout.take().unwrap(), stdout_paused.clone());
+        let err = pump(
+            child.stderr.take().unwrap(),
+            Arc::new(AtomicBool::new(false)),
+        );
         let stdin = child.stdin.take();
         Proc {
             child,
             stdin,
             out,
             err,
+            stdout_paused,
             pending: String::new(),
             transcript: String::new(),
             stderr: String::new(),
@@ -110,6 +124,22 @@ impl Proc {
 
     pub fn pid(&self) -> i32 {
         self.child.id() as i32
+    }
+
+    /// Stop reading the child's stdout: once the pipe is full, its writes block, as
+    /// with a terminal that is scrolled back or a pipe nobody reads.
+    pub fn pause_stdout(&self) {
+        self.stdout_paused.store(true, Ordering::SeqCst);
+    }
+
+    /// Read the child's stdout again.
+    pub fn resume_stdout(&self) {
+        self.stdout_paused.store(false, Ordering::SeqCst);
+    }
+
+    /// The child's resident memory (VmRSS), in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        vm_rss_kib(self.pid())
     }
 
     fn take_stdout(&mut self, chunk: Vec<u8>) {
@@ -185,6 +215,20 @@ impl Proc {
         // SAFETY: kill(2) on our own child's pid.
         unsafe {
             libc::kill(self.pid(), sig);
+        }
+    }
+
+    /// Whether the process exits within `timeout` (its output is left unread).
+    pub fn exits_within(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
@@ -289,4 +333,54 @@ pub fn assert_one_line_error(o: &Output) {
     let lines: Vec<&str> = o.stderr.lines().collect();
     assert_eq!(lines.len(), 1, "one line on stderr: {o:?}");
     assert!(lines[0].starts_with("p2pchat: "), "{o:?}");
+}
+
+/// A process's resident memory (VmRSS from `/proc/<pid>/status`), in KiB.
+pub fn vm_rss_kib(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/<pid>/status")
+}
+
+/// A peer speaking the wire protocol by hand, as a hostile one would: it asks `to` (a
+/// peer's listening address) for a chat as `from` (any name it likes).
+pub struct FakePeer {
+    pub stream: TcpStream,
+    reader: BufReader<TcpStream>,
+}
+
+impl FakePeer {
+    /// Connect and send the chat request line.
+    pub fn ask_chat(to: SocketAddr, from: &str) -> FakePeer {
+        let stream = TcpStream::connect_timeout(&to, WAIT).expect("connect to the peer");
+        stream.set_read_timeout(Some(WAIT)).unwrap();
+        stream.set_write_timeout(Some(WAIT)).unwrap();
+        (&stream)
+            .write_all(format!("P2P/1 CHAT {from}\n").as_bytes())
+            .expect("send the chat request");
+        let reader = BufReader::new(stream.try_clone().unwrap());
+        FakePeer { stream, reader }
+    }
+
+    /// The answer line (`OK`, `ERR declined ...`), or "" if the connection closed.
+    pub fn answer(&mut self) -> String {
+        let mut line = String::new();
+        let _ = self.reader.read_line(&mut line);
+        line.trim_end().to_string()
+    }
+
+    /// Send one chat message frame.
+    pub fn say(&self, text: &str) -> std::io::Result<()> {
+        let mut frame = format!("MSG {}\n", text.len()).into_bytes();
+        frame.extend_from_slice(text.as_bytes());
+        (&self.stream).write_all(&frame)
+    }
+
+    /// End the chat politely.
+    pub fn bye(&self) {
+        let _ = (&self.stream).write_all(b"BYE\n");
+    }
 }
