@@ -24,6 +24,11 @@ pub enum Command {
     /// "... N log lines dropped" says how many once printing catches up.
     Server(ServerArgs),
     /// The interactive client: register, then use the menu.
+    ///
+    /// Exit status: 0 after Exit or end of input; 1 when registration cannot succeed;
+    /// 130 after SIGINT/SIGTERM; 141 when stdout is closed (a pipe whose reader went
+    /// away), with a line on stderr. Once registered, the client leaves the registry
+    /// (EXIT) in every case.
     Client(ClientArgs),
     /// List the users online, one per line.
     Users(RegistryArg),

@@ -4,6 +4,7 @@
 mod args;
 mod client;
 mod failure;
+mod output;
 mod progress;
 mod scripted;
 mod server;
@@ -28,7 +29,7 @@ fn main() {
     };
     if let Err(f) = result {
         // Error texts carry what peers and the registry said: never raw.
-        eprintln!("p2pchat: {}", visible::visible(&f.message));
+        output::err_line(&format!("p2pchat: {}", visible::visible(&f.message)));
         std::process::exit(f.code);
     }
 }

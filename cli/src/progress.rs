@@ -8,6 +8,9 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// How often the bar is redrawn and a signal looked for.
+const TICK: Duration = Duration::from_millis(100);
+
 /// Wait for `transfer` to end, drawing a bar on stderr when it is a terminal. A message
 /// on `signals` cancels the download (the partial file is kept for a resume).
 pub fn watch(transfer: &Transfer, signals: &Receiver<()>) -> p2pcore::Result<PathBuf> {
@@ -24,19 +27,17 @@ pub fn watch(transfer: &Transfer, signals: &Receiver<()>) -> p2pcore::Result<Pat
     } else {
         None
     };
-    // `wait` blocks; a helper thread turns its end into a message (it ends when the
-    // download does, which cancel and the peer's exit both guarantee).
-    let (done_tx, done_rx) = crossbeam_channel::bounded(1);
-    let waiting = transfer.clone();
-    std::thread::spawn(move || {
-        let _ = done_tx.send(waiting.wait());
-    });
+    // No helper thread to wait on the download (one would need an owner joining it on
+    // every path): the loop waits on the download itself, one tick at a time, and
+    // looks for a signal between ticks. It returns only once the download has ended
+    // (cancel and the peer's exit both end it).
     let mut last_total = 0;
     let result = loop {
-        crossbeam_channel::select! {
-            recv(done_rx) -> r => break r.unwrap_or(Err(p2pcore::Error::Shutdown)),
-            recv(signals) -> _ => transfer.cancel(),
-            default(Duration::from_millis(100)) => {}
+        if let Some(r) = transfer.wait_timeout(TICK) {
+            break r;
+        }
+        if signals.try_recv().is_ok() {
+            transfer.cancel();
         }
         if let Some(bar) = &bar {
             let (got, total) = transfer.progress();

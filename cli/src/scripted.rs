@@ -1,18 +1,20 @@
 //! The non-interactive commands: `users`, `files`, `whois`, `share`, `fetch`, `send`.
-//! Each prints its result on stdout and fails with a one-line error. Names, filenames
+//! Each prints its result on stdout and fails with a one-line error (exit code
+//! [`output::EXIT_OUTPUT_CLOSED`] when stdout itself fails). Names, filenames
 //! and chat text from others are printed through [`crate::visible`] (names and
 //! filenames cannot hold control characters, but may hold format characters such as
 //! bidi overrides).
 
 use crate::args::{FetchArgs, FilesArgs, Identity, RegistryArg, SendArgs, ShareArgs, WhoisArgs};
 use crate::failure::Failure;
+use crate::output;
 use crate::visible::{message, visible};
-use crossbeam_channel::{select, TrySendError};
+use crossbeam_channel::{select, Receiver, TrySendError};
 use p2pcore::peer::{ChatClosedBy, Peer, PeerBuilder, RegistryClient};
-use std::io::Write;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 fn registry(addr: &str) -> Result<RegistryClient, Failure> {
     RegistryClient::connect(addr)
@@ -22,7 +24,7 @@ fn registry(addr: &str) -> Result<RegistryClient, Failure> {
 /// `p2pchat users`
 pub fn users(args: &RegistryArg) -> Result<(), Failure> {
     for user in registry(&args.registry)?.users()? {
-        println!("{}", visible(&user));
+        output::print(&visible(&user))?;
     }
     Ok(())
 }
@@ -33,13 +35,13 @@ pub fn files(args: &FilesArgs) -> Result<(), Failure> {
     match &args.user {
         Some(user) => {
             for file in client.files_of(user)? {
-                println!("{}", visible(&file));
+                output::print(&visible(&file))?;
             }
         }
         None => {
             for (user, files) in client.all_files()? {
                 for file in files {
-                    println!("{}: {}", visible(&user), visible(&file));
+                    output::print(&format!("{}: {}", visible(&user), visible(&file)))?;
                 }
             }
         }
@@ -50,7 +52,7 @@ pub fn files(args: &FilesArgs) -> Result<(), Failure> {
 /// `p2pchat whois USER`
 pub fn whois(args: &WhoisArgs) -> Result<(), Failure> {
     let addr = registry(&args.registry.registry)?.peer_addr(&args.user)?;
-    println!("{addr}");
+    output::print(&addr.to_string())?;
     Ok(())
 }
 
@@ -66,8 +68,12 @@ fn builder(registry: &str, id: &Identity, dir: &Path) -> PeerBuilder {
 /// room (on the chat's reader thread: TCP then slows the sender), so a stalled stdout
 /// holds at most this many messages of at most 64 KiB each.
 const SHARE_QUEUE: usize = 32;
+/// Once `share` has stopped, how long it waits for its printer to write what is left.
+/// A stalled stdout must not keep the process alive after SIGINT/SIGTERM: past this the
+/// printer (blocked in a write) is left to the process exit.
+const FINAL_FLUSH: Duration = Duration::from_secs(1);
 
-/// What `share` hears from its hooks, printed on the main thread.
+/// What `share` hears from its hooks, printed by its printer thread.
 enum Heard {
     Request { from: String, accepted: bool },
     Message { from: String, text: String },
@@ -75,6 +81,10 @@ enum Heard {
 }
 
 /// `p2pchat share`: online until SIGINT/SIGTERM.
+///
+/// Hooks hand what they hear to a bounded queue; a printer thread writes it; the main
+/// thread only waits for a signal, so a stalled stdout (a terminal scrolled back, a
+/// pipe nobody reads) neither grows the process nor keeps a signal from stopping it.
 pub fn share(args: &ShareArgs) -> Result<(), Failure> {
     let signals = crate::signals::channel();
     let (tx, heard) = crossbeam_channel::bounded(SHARE_QUEUE);
@@ -106,42 +116,83 @@ pub fn share(args: &ShareArgs) -> Result<(), Failure> {
             select! { send(t3, h) -> _ => {}, recv(s3) -> _ => {} }
         })
         .connect()?;
-    println!(
+    let banner = format!(
         "sharing as {} on {}",
         visible(peer.username()),
         peer.listen_addr().port()
     );
-    // Write errors (a reader that went away) are ignored: sharing goes on.
-    let mut out = std::io::stdout();
-    loop {
-        select! {
-            recv(heard) -> h => {
-                let n = dropped.swap(0, Ordering::Relaxed);
-                if n > 0 {
-                    eprintln!("... {n} chat-request lines dropped (output too slow)");
-                }
-                match h {
-                    Ok(Heard::Message { from, text }) => {
-                        let prefix = format!("{}: ", visible(&from));
-                        let _ = writeln!(out, "{}", message(&prefix, &text));
-                    }
-                    Ok(Heard::Request { from, accepted }) => eprintln!(
-                        "chat request from {}: {}",
-                        visible(&from),
-                        if accepted { "accepted" } else { "declined" }
-                    ),
-                    Ok(Heard::Closed(who, by)) => {
-                        eprintln!("the chat with {} ended ({by:?})", visible(&who))
-                    }
-                    Err(_) => break,
-                }
-            },
-            recv(signals) -> _ => break,
+    // Dropping `quit` tells the printer to write what is queued and end; it says on
+    // `done` that it has.
+    let (quit, quitting) = crossbeam_channel::bounded::<()>(0);
+    let (done_tx, done) = crossbeam_channel::bounded::<()>(1);
+    let spawned = std::thread::Builder::new()
+        .name("print".into())
+        .spawn(move || {
+            print_loop(&banner, &heard, &quitting, &dropped);
+            let _ = done_tx.send(());
+        });
+    let printer = match spawned {
+        Ok(printer) => printer,
+        Err(e) => {
+            drop(stop);
+            peer.exit();
+            return Err(Failure::new(format!("cannot start the printer: {e}")));
         }
-    }
+    };
+    let _ = signals.recv();
     drop(stop);
     peer.exit();
+    drop(quit);
+    // The printer's owner: joined once it has written what is left; if stdout is
+    // stalled it stays blocked in a write, and the process exit ends it.
+    if done.recv_timeout(FINAL_FLUSH).is_ok() {
+        let _ = printer.join();
+    }
     Ok(())
+}
+
+/// `share`'s printer: the banner, then what the hooks heard until told to stop, then
+/// what is still queued. Write errors (a reader that went away) are ignored: sharing
+/// goes on.
+fn print_loop(banner: &str, heard: &Receiver<Heard>, quitting: &Receiver<()>, dropped: &AtomicU64) {
+    let _ = output::line(banner);
+    loop {
+        select! {
+            recv(heard) -> h => match h {
+                Ok(h) => show(h, dropped),
+                Err(_) => break,
+            },
+            recv(quitting) -> _ => break,
+        }
+    }
+    for h in heard.try_iter() {
+        show(h, dropped);
+    }
+}
+
+/// Print one thing `share` heard: chat text on stdout, the rest on stderr; first the
+/// count of request lines that did not fit in the queue, if any.
+fn show(h: Heard, dropped: &AtomicU64) {
+    let n = dropped.swap(0, Ordering::Relaxed);
+    if n > 0 {
+        output::err_line(&format!(
+            "... {n} chat-request lines dropped (output too slow)"
+        ));
+    }
+    match h {
+        Heard::Message { from, text } => {
+            let prefix = format!("{}: ", visible(&from));
+            let _ = output::line(&message(&prefix, &text));
+        }
+        Heard::Request { from, accepted } => output::err_line(&format!(
+            "chat request from {}: {}",
+            visible(&from),
+            if accepted { "accepted" } else { "declined" }
+        )),
+        Heard::Closed(who, by) => {
+            output::err_line(&format!("the chat with {} ended ({by:?})", visible(&who)))
+        }
+    }
 }
 
 /// `p2pchat fetch`
@@ -153,7 +204,7 @@ pub fn fetch(args: &FetchArgs) -> Result<(), Failure> {
         .and_then(|t| crate::progress::watch(&t, &signals));
     peer.exit();
     let path = result?;
-    println!("{}", visible(&path.display().to_string()));
+    output::print(&visible(&path.display().to_string()))?;
     Ok(())
 }
 

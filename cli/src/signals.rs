@@ -9,7 +9,7 @@ pub fn channel() -> Receiver<()> {
     if let Err(e) = ctrlc::set_handler(move || {
         let _ = tx.send(());
     }) {
-        eprintln!("warning: cannot catch Ctrl-C: {e}");
+        crate::output::err_line(&format!("warning: cannot catch Ctrl-C: {e}"));
     }
     rx
 }

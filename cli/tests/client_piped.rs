@@ -1,10 +1,15 @@
 //! The interactive client with piped stdin/stdout: prompts asked again on bad input,
-//! chat-request expiry, clean exits (EXIT sent) at end of input and on SIGINT.
+//! chat-request expiry, clean exits (EXIT sent) at end of input, on SIGINT and when
+//! stdout is closed.
 
 mod common;
 
 use common::*;
+use p2pcore::registry::{Registry, RegistryEvent};
+use std::io::{Read, Write};
 use std::net::TcpListener;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
 
 fn client(args: &[&str]) -> Proc {
     let mut all = vec!["client"];
@@ -147,4 +152,101 @@ fn unreachable_registry_is_a_one_line_error() {
     let err = a.all_stderr();
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains("cannot reach the registry"), "{err}");
+}
+
+#[test]
+fn closed_stdout_ends_the_client_without_a_panic_and_leaves_the_registry() {
+    // The registry reports every EXIT query, so the test sees the client's own EXIT
+    // (a dying client's closed connection would release the name as well).
+    let (exit_tx, exits) = crossbeam_channel::unbounded();
+    let registry = Registry::builder()
+        .on_event(move |e| {
+            if let RegistryEvent::Query { query, outcome, .. } = e {
+                if query.starts_with("EXIT") {
+                    let _ = exit_tx.send((query.clone(), outcome.clone()));
+                }
+            }
+        })
+        .bind("127.0.0.1:0")
+        .expect("bind registry");
+    let addr = registry.local_addr().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let mut child = command(&[
+        "client",
+        "--registry",
+        &addr,
+        "--user",
+        "alice",
+        "--dir",
+        d,
+        "--port",
+        "0",
+    ])
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .expect("spawn p2pchat");
+    // Killed and reaped whatever happens below.
+    struct Reap(std::process::Child);
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let mut child = Reap(child);
+    let stderr_reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        text
+    });
+    // Read stdout up to the menu prompt (on a thread: a read has no timeout), then
+    // close its read end.
+    let (seen_tx, seen) = crossbeam_channel::bounded(1);
+    let reader = std::thread::spawn(move || {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&got).contains("Enter choice: ") {
+            match stdout.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+        let _ = seen_tx.send(String::from_utf8_lossy(&got).into_owned());
+        stdout
+    });
+    let before = seen
+        .recv_timeout(WAIT)
+        .expect("the menu within the deadline");
+    assert!(before.contains("Enter choice: "), "{before}");
+    drop(reader.join().unwrap());
+    assert!(registry.user("alice").is_some());
+
+    // A menu command: its echo and its answer meet a closed pipe (EPIPE).
+    stdin.write_all(b"1\n").unwrap();
+    stdin.flush().unwrap();
+    let deadline = Instant::now() + WAIT;
+    let status = loop {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the client did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let err = stderr_reader.join().unwrap();
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(status.code(), Some(141), "documented exit code: {err}");
+    assert!(err.contains("cannot write to stdout"), "{err}");
+    assert_eq!(err.lines().count(), 1, "one line on stderr: {err}");
+    assert_eq!(
+        exits.recv_timeout(WAIT),
+        Ok(("EXIT,alice".to_string(), "OK".to_string())),
+        "the client sent EXIT"
+    );
+    assert!(registry.user("alice").is_none());
 }

@@ -1,12 +1,13 @@
 //! The CLI against a hostile peer speaking the wire protocol by hand: terminal control
 //! sequences in chat text and names, a chat that sends as fast as it can while stdout
-//! is stalled, chat requests every second while a person uses the menu, and where
-//! peers listen (`--listen`).
+//! is stalled, chat requests every second while a person uses the menu, a download
+//! that never sends a byte, and where peers listen (`--listen`).
 
 mod common;
 
 use common::*;
-use std::net::{SocketAddr, TcpStream};
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -236,12 +237,33 @@ fn fast_chat_with_share_stdout_stalled_keeps_memory_bounded() {
     let (before, peak, sent, writer) = flood(m, bob.pid());
     assert_bounded("share", before, peak, sent);
     honest_fetch(&addr, "bob");
+    // Stopped while its printer is blocked on the stalled stdout, which nobody reads
+    // until it has exited: the main thread only waits for the signal, so it leaves the
+    // registry and exits anyway (after at most 1 s of grace for the printer).
+    let signalled = Instant::now();
     bob.signal(libc::SIGTERM);
+    let status = bob.exits_within(SHARE_STOP_DEADLINE);
+    eprintln!(
+        "share: exited {:?} after SIGTERM with stdout stalled",
+        signalled.elapsed()
+    );
     bob.resume_stdout();
-    assert!(bob.wait_exit(WAIT).success());
+    let status = status.unwrap_or_else(|| {
+        panic!(
+            "share did not exit within {SHARE_STOP_DEADLINE:?} of SIGTERM with stdout \
+             stalled; stderr:\n{}",
+            bob.all_stderr()
+        )
+    });
+    assert!(status.success(), "{status:?}");
     assert!(registry.user("bob").is_none(), "EXIT was sent");
+    assert!(!bob.all_stderr().contains("panicked"));
     writer.join().unwrap();
 }
+
+/// How long `share` may take to exit after SIGTERM with its stdout stalled: its
+/// printer's grace is 1 s; the rest is slack for a loaded machine.
+const SHARE_STOP_DEADLINE: Duration = Duration::from_secs(15);
 
 #[test]
 fn chat_requests_every_second_never_take_menu_input() {
@@ -427,4 +449,73 @@ fn listen_chooses_the_address_peers_listen_on() {
     }
     let o = p2pchat(&["share", "--user", "x", "--dir", d, "--listen", "nowhere"]);
     assert_eq!(o.status.code(), Some(2), "not an IP: usage error: {o:?}");
+}
+
+/// How many threads process `pid` has now.
+fn threads(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("read /proc/<pid>/task")
+        .count()
+}
+
+#[test]
+fn a_download_cancelled_by_sigint_leaves_no_thread_behind() {
+    let (registry, addr) = registry();
+    // A peer that registers a file, takes the request for it and never answers.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let mut session = TcpStream::connect(&addr).unwrap();
+    session
+        .write_all(format!("INIT,stall,{port},x.bin\n").as_bytes())
+        .unwrap();
+    let mut ok = String::new();
+    BufReader::new(session.try_clone().unwrap())
+        .read_line(&mut ok)
+        .unwrap();
+    assert_eq!(ok, "OK\n");
+    listener.set_nonblocking(true).unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = client_at_menu(&addr, "alice", dir.path(), &[]);
+    let baseline = threads(a.pid());
+    for round in 0..2 {
+        a.send_line("2");
+        a.expect("Enter username (empty to go back): ");
+        a.send_line("stall");
+        a.expect("Selected user: stall");
+        a.expect("Enter choice: ");
+        a.send_line("4");
+        a.expect("Enter filename (empty to go back): ");
+        a.send_line("x.bin");
+        a.expect("fetching x.bin from stall...");
+        // The download is under way once the request reached the silent peer.
+        let mut held = None;
+        eventually("the download connects", || match listener.accept() {
+            Ok((s, _)) => {
+                held = Some(s);
+                true
+            }
+            Err(_) => false,
+        });
+        let mut held = BufReader::new(held.unwrap());
+        held.get_ref().set_nonblocking(false).unwrap();
+        held.get_ref().set_read_timeout(Some(WAIT)).unwrap();
+        let mut request = String::new();
+        held.read_line(&mut request).unwrap();
+        assert!(request.contains("x.bin"), "{request:?}");
+        assert!(threads(a.pid()) > baseline, "a thread runs the download");
+        a.signal(libc::SIGINT);
+        a.expect("download cancelled; fetching it again resumes it");
+        a.expect("Enter choice: ");
+        eventually(
+            &format!("round {round}: back to {baseline} threads"),
+            || threads(a.pid()) == baseline,
+        );
+        a.send_line("0");
+        a.expect("Enter choice: ");
+    }
+    a.send_line("0");
+    assert!(a.wait_exit(WAIT).success());
+    assert!(registry.user("alice").is_none());
+    drop(session);
 }

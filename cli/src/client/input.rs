@@ -33,7 +33,7 @@ impl Input {
             .name("stdin".into())
             .spawn(move || read_lines(tx, resumed));
         if let Err(e) = spawned {
-            eprintln!("cannot start the input reader: {e}");
+            crate::output::err_line(&format!("cannot start the input reader: {e}"));
         }
         Input { lines, resume }
     }

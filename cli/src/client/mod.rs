@@ -12,6 +12,7 @@ mod session;
 
 use crate::args::ClientArgs;
 use crate::failure::Failure;
+use crate::output::EXIT_OUTPUT_CLOSED;
 use crate::style::Style;
 use crate::visible::visible;
 use std::time::Duration;
@@ -23,12 +24,26 @@ pub enum Quit {
     Eof,
     /// SIGINT or SIGTERM.
     Signal,
+    /// stdout failed (its reader went away: EPIPE); the error text. The client leaves
+    /// the registry and exits with [`EXIT_OUTPUT_CLOSED`].
+    Output(String),
+}
+
+impl From<std::io::Error> for Quit {
+    fn from(e: std::io::Error) -> Quit {
+        Quit::Output(e.to_string())
+    }
 }
 
 /// Exit code after SIGINT/SIGTERM.
 const EXIT_SIGNAL: i32 = 130;
 
 /// Run the interactive client.
+///
+/// Exit codes: 0 after Exit or end of input, 1 when registration cannot succeed,
+/// [`EXIT_SIGNAL`] after SIGINT/SIGTERM, [`EXIT_OUTPUT_CLOSED`] when stdout was closed
+/// (a pipe whose reader went away). Once registered, the client sends EXIT to the
+/// registry on every one of these paths.
 pub fn run(args: ClientArgs) -> Result<(), Failure> {
     let style = Style::stdout();
     let signals = crate::signals::channel();
@@ -54,20 +69,23 @@ pub fn run(args: ClientArgs) -> Result<(), Failure> {
                 message: "interrupted".into(),
             })
         }
+        Err(Quit::Output(e)) => {
+            return Err(Failure {
+                code: EXIT_OUTPUT_CLOSED,
+                message: format!("cannot write to stdout ({e}) before registration"),
+            })
+        }
     };
-    println!(
-        "{}",
-        style.green(&format!(
-            "registered as {} (listening on port {}, sharing {}: {})",
-            visible(peer.username()),
-            peer.listen_addr().port(),
-            visible(&peer.shared_dir().display().to_string()),
-            match peer.shared_files().len() {
-                1 => "1 file".to_string(),
-                n => format!("{n} files"),
-            }
-        ))
-    );
+    let registered = style.green(&format!(
+        "registered as {} (listening on port {}, sharing {}: {})",
+        visible(peer.username()),
+        peer.listen_addr().port(),
+        visible(&peer.shared_dir().display().to_string()),
+        match peer.shared_files().len() {
+            1 => "1 file".to_string(),
+            n => format!("{n} files"),
+        }
+    ));
     let mut session = session::Session::new(
         peer,
         style,
@@ -77,16 +95,24 @@ pub fn run(args: ClientArgs) -> Result<(), Failure> {
         answer_timeout,
         repeat_window,
     );
+    // A failed write is noticed at the menu prompt that follows it.
+    session.say(registered);
     let outcome = menu::main_menu(&mut session);
-    let why = match outcome {
+    let why = match &outcome {
         Ok(()) => "bye",
         Err(Quit::Eof) => "end of input; bye",
         Err(Quit::Signal) => "interrupted; bye",
+        // Not shown: stdout is gone (`say` writes nothing more).
+        Err(Quit::Output(_)) => "stdout closed",
     };
     session.say(format!("leaving the registry ({why})"));
     session.into_peer().exit();
     match outcome {
         Err(Quit::Signal) => std::process::exit(EXIT_SIGNAL),
+        Err(Quit::Output(e)) => Err(Failure {
+            code: EXIT_OUTPUT_CLOSED,
+            message: format!("cannot write to stdout ({e}); left the registry"),
+        }),
         _ => Ok(()),
     }
 }

@@ -4,43 +4,45 @@
 
 use super::input::{Input, Line};
 use super::Quit;
+use crate::output;
 use crate::style::Style;
 use crate::visible::visible;
 use crossbeam_channel::Receiver;
 use p2pcore::peer::{username_available, Peer, PeerBuilder};
 use p2pcore::Error;
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::net::{IpAddr, Ipv4Addr, TcpListener};
 use std::path::PathBuf;
 
 /// Print `prompt` and wait for one line (trimmed), end of input, or a signal. When
 /// stdin is not a terminal the line is echoed, so a transcript reads like a session.
+/// A failed write to stdout ends the prompt with [`Quit::Output`].
 pub fn ask(input: &Input, signals: &Receiver<()>, prompt: &str) -> Result<String, Quit> {
-    print!("{prompt}");
-    let _ = std::io::stdout().flush();
+    output::partial(prompt)?;
     crossbeam_channel::select! {
         recv(input.lines()) -> line => match line {
             Ok(Line::Text(text)) => {
-                echo(&text);
+                echo(&text)?;
                 Ok(text.trim().to_string())
             }
             _ => {
-                println!();
+                output::line("")?;
                 Err(Quit::Eof)
             }
         },
         recv(signals) -> _ => {
-            println!();
+            output::line("")?;
             Err(Quit::Signal)
         }
     }
 }
 
 /// Show a line read from a pipe (a terminal already echoed it).
-pub fn echo(text: &str) {
-    if !std::io::stdin().is_terminal() {
-        println!("{text}");
+pub fn echo(text: &str) -> std::io::Result<()> {
+    if std::io::stdin().is_terminal() {
+        return Ok(());
     }
+    output::line(text)
 }
 
 /// What registration needs; `None` fields are prompted for.
@@ -64,7 +66,7 @@ pub fn register(
     hooks: &dyn Fn(PeerBuilder) -> PeerBuilder,
 ) -> Result<Result<Peer, String>, Quit> {
     // Texts may quote the registry's answers: never raw.
-    let complain = |text: String| println!("{}", style.red(&visible(&text)));
+    let complain = |text: String| output::line(&style.red(&visible(&text)));
     loop {
         let user = match reg.user.take() {
             Some(u) => u,
@@ -73,11 +75,11 @@ pub fn register(
         match username_available(&reg.registry, &user) {
             Ok(true) => {}
             Ok(false) => {
-                complain(format!("username {user:?} is taken; choose another"));
+                complain(format!("username {user:?} is taken; choose another"))?;
                 continue;
             }
             Err(e @ Error::InvalidUsername(_)) => {
-                complain(e.to_string());
+                complain(e.to_string())?;
                 continue;
             }
             Err(e) => {
@@ -93,11 +95,11 @@ pub fn register(
                 None => PathBuf::from(ask(input, signals, "Enter shared directory: ")?),
             };
             if dir.as_os_str().is_empty() {
-                complain("please enter a directory".into());
+                complain("please enter a directory".into())?;
             } else if dir.is_dir() {
                 break dir;
             } else {
-                complain(format!("{} is not a directory", dir.display()));
+                complain(format!("{} is not a directory", dir.display()))?;
             }
         };
         let port = loop {
@@ -115,7 +117,7 @@ pub fn register(
                         match text.parse::<u16>() {
                             Ok(p) => p,
                             Err(_) => {
-                                complain(format!("{text:?} is not a port number (0-65535)"));
+                                complain(format!("{text:?} is not a port number (0-65535)"))?;
                                 continue;
                             }
                         }
@@ -124,7 +126,7 @@ pub fn register(
             };
             match port_free(reg.listen, port) {
                 Ok(()) => break port,
-                Err(e) => complain(format!("port {port} is not available: {e}")),
+                Err(e) => complain(format!("port {port} is not available: {e}"))?,
             }
         };
         let mut builder = Peer::builder(&reg.registry, &user, &dir).port(port);
@@ -135,15 +137,15 @@ pub fn register(
         match builder.connect() {
             Ok(peer) => return Ok(Ok(peer)),
             Err(e @ (Error::UsernameTaken(_) | Error::InvalidUsername(_))) => {
-                complain(e.to_string());
+                complain(e.to_string())?;
                 (reg.dir, reg.port) = (Some(dir), Some(port));
             }
             Err(e @ Error::NotADirectory(_)) => {
-                complain(e.to_string());
+                complain(e.to_string())?;
                 (reg.user, reg.port) = (Some(user), Some(port));
             }
             Err(e @ Error::PortUnavailable { .. }) => {
-                complain(e.to_string());
+                complain(e.to_string())?;
                 (reg.user, reg.dir) = (Some(user), Some(dir));
             }
             Err(e) => return Ok(Err(e.to_string())),

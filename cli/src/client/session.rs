@@ -14,17 +14,21 @@
 //!
 //! Everything another party supplied (names, messages, error texts) is printed through
 //! [`crate::visible`].
+//!
+//! Output never panics: a failed write to stdout (its reader went away) is remembered,
+//! nothing more is written, and the next prompt or chat step ends the session with
+//! [`Quit::Output`], so the client still leaves the registry.
 
 use super::events::{ChatLine, Event, Queues};
 use super::input::{Input, Line};
 use super::prompt::echo;
 use super::Quit;
+use crate::output;
 use crate::style::Style;
 use crate::visible::{message, visible};
 use crossbeam_channel::{never, select, Receiver};
 use p2pcore::peer::{Chat, ChatClosedBy, ChatRequest, Peer};
 use std::collections::{HashMap, VecDeque};
-use std::io::Write;
 use std::time::{Duration, Instant};
 
 /// Most chat requests waiting to be asked about (the library holds as many pending by
@@ -68,6 +72,9 @@ pub struct Session {
     /// The prompt on screen without its newline, if any: the next line must start
     /// afresh, and the same prompt need not be shown again.
     open_prompt: Option<String>,
+    /// Why writing to stdout failed, once it has: nothing more is written, and the
+    /// session ends at the next prompt or chat step.
+    output_failed: Option<String>,
 }
 
 impl Session {
@@ -93,6 +100,7 @@ impl Session {
             last_note: None,
             held_notes: 0,
             open_prompt: None,
+            output_failed: None,
         }
     }
 
@@ -111,12 +119,30 @@ impl Session {
         peer
     }
 
-    /// Print one line, after closing an open prompt line.
+    /// Print one line, after closing an open prompt line. A failed write is remembered
+    /// (see [`Session::output_ok`]); after one, nothing is written.
     pub fn say(&mut self, text: impl AsRef<str>) {
         if self.open_prompt.take().is_some() {
-            println!();
+            self.write(|| output::line(""));
         }
-        println!("{}", text.as_ref());
+        self.write(|| output::line(text.as_ref()));
+    }
+
+    /// Run one write unless an earlier one failed; remember its failure.
+    fn write(&mut self, write: impl FnOnce() -> std::io::Result<()>) {
+        if self.output_failed.is_none() {
+            if let Err(e) = write() {
+                self.output_failed = Some(e.to_string());
+            }
+        }
+    }
+
+    /// `Err(Quit::Output)` once a write to stdout has failed.
+    pub fn output_ok(&self) -> Result<(), Quit> {
+        match &self.output_failed {
+            Some(e) => Err(Quit::Output(e.clone())),
+            None => Ok(()),
+        }
     }
 
     /// A name someone else chose, coloured and made visible.
@@ -129,16 +155,15 @@ impl Session {
             return;
         }
         if self.open_prompt.is_some() {
-            println!();
+            self.write(|| output::line(""));
         }
-        print!("{prompt}");
-        let _ = std::io::stdout().flush();
+        self.write(|| output::partial(prompt));
         self.open_prompt = Some(prompt.to_string());
     }
 
     /// A line that was typed (echoed when stdin is a pipe).
     fn got_line(&mut self, text: &str) {
-        echo(text);
+        self.write(|| echo(text));
         self.open_prompt = None;
     }
 
@@ -158,6 +183,7 @@ impl Session {
 
     fn read_after(&mut self, menu: Option<&str>, prompt: &str) -> Result<String, Quit> {
         loop {
+            self.output_ok()?;
             self.drop_expired();
             let asking = menu.is_some() && !self.waiting.is_empty();
             if asking {
@@ -473,6 +499,10 @@ impl Session {
         let tick = crossbeam_channel::tick(Duration::from_millis(500));
         let mut closed_ticks = 0;
         loop {
+            if let Err(quit) = self.output_ok() {
+                chat.close();
+                return Err(quit);
+            }
             select! {
                 recv(self.input.lines()) -> line => match line {
                     Ok(Line::Text(text)) => {
