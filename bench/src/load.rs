@@ -15,6 +15,10 @@ pub enum Mode {
     /// A new connection per query, as the original C++ client does: `GET_P,user` with no
     /// terminator, one `read` of at most 1000 bytes, close.
     Legacy,
+    /// The same lookup against `redis-server` (the natural baseline for a lookup
+    /// server): one persistent connection per thread, `GET user…\r\n`, the bulk reply
+    /// read whole.
+    Redis,
 }
 
 /// A socket operation that takes longer than this counts as an error (and ends that
@@ -151,7 +155,9 @@ pub fn closed_loop_from(
                 let mut rng = Rng(seed);
                 let source = from.map(|f| f(t));
                 match mode {
-                    Mode::Session => session_client(addr, source, users, &mut rng, &client_gate),
+                    Mode::Session | Mode::Redis => {
+                        session_client(addr, source, mode, users, &mut rng, &client_gate)
+                    }
                     Mode::Legacy => legacy_client(addr, users, &mut rng, &client_gate),
                 }
             });
@@ -207,6 +213,34 @@ fn query(rng: &mut Rng, users: usize, terminated: bool, buf: &mut Vec<u8>) {
     }
 }
 
+/// `GET user{u:05}\r\n`: redis's inline form of the same lookup.
+fn redis_query(rng: &mut Rng, users: usize, buf: &mut Vec<u8>) {
+    buf.clear();
+    let u = rng.next() % users as u64;
+    // Writing into a Vec cannot fail.
+    let _ = write!(buf, "GET user{u:05}\r\n");
+}
+
+/// Read one RESP bulk reply (`$<len>\r\n<bytes>\r\n`, or `$-1\r\n` for none) into
+/// `out`, header included.
+fn read_bulk(reader: &mut impl BufRead, out: &mut Vec<u8>) -> std::io::Result<usize> {
+    let n = reader.read_until(b'\n', out)?;
+    if n == 0 || !out.starts_with(b"$") {
+        return Ok(n);
+    }
+    let len: i64 = std::str::from_utf8(&out[1..n])
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or(-1);
+    if len < 0 {
+        return Ok(n);
+    }
+    let mut body = vec![0; len as usize + 2];
+    reader.read_exact(&mut body)?;
+    out.extend_from_slice(&body);
+    Ok(n + body.len())
+}
+
 /// Connect to `to`, from local address `from` when given.
 pub fn connect(to: SocketAddr, from: Option<IpAddr>) -> std::io::Result<TcpStream> {
     let Some(ip) = from else {
@@ -226,6 +260,7 @@ pub fn connect(to: SocketAddr, from: Option<IpAddr>) -> std::io::Result<TcpStrea
 fn session_client(
     addr: SocketAddr,
     from: Option<IpAddr>,
+    mode: Mode,
     users: usize,
     rng: &mut Rng,
     gate: &Gate,
@@ -262,14 +297,23 @@ fn session_client(
         if t0 >= end {
             break;
         }
-        query(rng, users, true, &mut q);
+        if mode == Mode::Redis {
+            redis_query(rng, users, &mut q);
+        } else {
+            query(rng, users, true, &mut q);
+        }
         if let Err(e) = writer.write_all(&q) {
             r.errors += 1;
             r.first_error.get_or_insert(format!("write: {e}"));
             break;
         }
         answer.clear();
-        match reader.read_until(b'\n', &mut answer) {
+        let read = if mode == Mode::Redis {
+            read_bulk(&mut reader, &mut answer)
+        } else {
+            reader.read_until(b'\n', &mut answer)
+        };
+        match read {
             Ok(0) => {
                 r.errors += 1;
                 r.first_error
@@ -284,7 +328,11 @@ fn session_client(
             Ok(_) => {}
         }
         let dt = t0.elapsed();
-        if answer.starts_with(b"OK,") && answer.ends_with(b"\n") {
+        let good = match mode {
+            Mode::Redis => answer.starts_with(b"$") && !answer.starts_with(b"$-1"),
+            _ => answer.starts_with(b"OK,") && answer.ends_with(b"\n"),
+        };
+        if good {
             r.ok += 1;
             r.latencies.push(dt.as_nanos() as u64);
         } else {

@@ -10,6 +10,7 @@
 
 mod baseline;
 mod load;
+mod redis;
 mod report;
 mod scratch;
 mod setup;

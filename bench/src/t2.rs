@@ -93,6 +93,7 @@ pub(crate) fn lookups(
     let load = match mode {
         Mode::Session => "persistent connections",
         Mode::Legacy => "one connection per query",
+        Mode::Redis => "redis GET, persistent connections",
     };
     let mut context = format!(
         "{THREADS} threads, {load}, {USERS} users, {} x {} s; errors p2pchat {} / baseline {}",

@@ -118,6 +118,27 @@ pub fn run(opts: &Options) -> Result<Outcome, String> {
     drop(sessions);
     registry.shutdown();
 
+    // The reference: redis-server answering the same lookups from the same 50 addresses.
+    let mut redis_runs: Vec<RunResult> = Vec::new();
+    match crate::redis::RedisServer::start()? {
+        None => notes.push("T6: redis-server is not installed; no redis reference".into()),
+        Some(redis) => {
+            redis.fill(USERS)?;
+            for run in 1..=opts.runs {
+                let r = closed_loop_from(
+                    redis.addr(),
+                    Mode::Redis,
+                    HONEST,
+                    USERS,
+                    opts.duration,
+                    Some(honest_ip),
+                )?;
+                report_run("T6", run, opts.runs, "redis-server GET", &r);
+                redis_runs.push(r);
+            }
+        }
+    }
+
     let stats = |runs: &[RunResult], f: &dyn Fn(&RunResult) -> f64| {
         Stats::of(&runs.iter().map(f).collect::<Vec<_>>())
     };
@@ -143,7 +164,7 @@ pub fn run(opts: &Options) -> Result<Outcome, String> {
         "T6: the flooding address held {FLOOD_HELD} connections; {refused_total} were refused \
          with ERR,Too many connections from your address (cap 256, its 4 flood sessions count)"
     ));
-    let figures = vec![
+    let mut figures = vec![
         Figure::compared(
             "T6 GET_P throughput under attack",
             "q/s",
@@ -177,6 +198,35 @@ pub fn run(opts: &Options) -> Result<Outcome, String> {
         )
         .extra("bench process (registry + every client), peak during the attacked run"),
     ];
+    if !redis_runs.is_empty() {
+        let redis_note = "baseline = redis-server GET of the same 10,000 keys, same 50 \
+                          clients and addresses, no attack";
+        figures.push(
+            Figure::compared(
+                "T6 GET_P throughput vs redis (no attack)",
+                "q/s",
+                stats(&quiet, per_s),
+                stats(&redis_runs, per_s),
+            )
+            .goal(Goal::RatioAtLeast(1.0))
+            .extra(redis_note),
+        );
+        figures.push(
+            Figure::compared(
+                "T6 GET_P throughput under attack vs redis",
+                "q/s",
+                stats(&attacked, per_s),
+                stats(&redis_runs, per_s),
+            )
+            .goal(Goal::RatioAtLeast(GOAL_RATIO)),
+        );
+        figures.push(Figure::compared(
+            "T6 GET_P latency p99 vs redis (no attack)",
+            "us",
+            stats(&quiet, p99),
+            stats(&redis_runs, p99),
+        ));
+    }
     Ok(Outcome { figures, notes })
 }
 
