@@ -129,17 +129,24 @@ fn run(inner: &Inner, watcher: Option<notify::RecommendedWatcher>, rx: &Receiver
             break;
         }
         last_scan = Some(Instant::now());
-        match inner.scan_share(false) {
+        let report = match inner.scan_share() {
             Ok(report) => {
                 must_register |= !(report.added.is_empty() && report.removed.is_empty());
+                Some(report)
             }
-            Err(e) => log::warn!("rescanning {}: {e}", inner.share.dir().display()),
-        }
+            Err(e) => {
+                log::warn!("rescanning {}: {e}", inner.share.dir().display());
+                None
+            }
+        };
         if must_register {
             match inner.register() {
                 Ok(()) => must_register = false,
                 Err(e) => log::warn!("updating the registry after a share change: {e}"),
             }
+        }
+        if let Some(report) = report {
+            inner.announce(&report);
         }
     }
     if let Some(w) = watcher {

@@ -337,7 +337,7 @@ impl PeerBuilder {
             open_chats: Arc::default(),
             refuser,
         });
-        inner.scan_share(true)?;
+        inner.scan_share()?;
         inner.register()?;
         let peer = Peer { inner };
         let refuser_inner = peer.inner.clone();
@@ -426,9 +426,8 @@ impl Inner {
         }
     }
 
-    /// Scan the share; report names newly skipped, and (after the first scan) what
-    /// changed.
-    fn scan_share(&self, first: bool) -> Result<ScanReport> {
+    /// Scan the share; report names newly skipped.
+    fn scan_share(&self) -> Result<ScanReport> {
         let report = self.share.scan()?;
         for (name, reason) in &report.newly_skipped {
             self.emit(PeerEvent::ShareSkipped {
@@ -436,7 +435,12 @@ impl Inner {
                 reason: reason.clone(),
             });
         }
-        if !first && report.changed_anything() {
+        Ok(report)
+    }
+
+    /// Report what a rescan changed, once the registry has been told (or tried).
+    fn announce(&self, report: &ScanReport) {
+        if report.changed_anything() {
             self.emit(PeerEvent::ShareUpdated {
                 files: report.files,
                 added: report.added.clone(),
@@ -444,7 +448,6 @@ impl Inner {
                 changed: report.changed.clone(),
             });
         }
-        Ok(report)
     }
 
     fn init_query(&self) -> String {
@@ -478,9 +481,10 @@ impl Inner {
     }
 
     pub fn rescan(&self) -> Result<ScanReport> {
-        let report = self.scan_share(false)?;
-        self.register()?;
-        Ok(report)
+        let report = self.scan_share()?;
+        let registered = self.register();
+        self.announce(&report);
+        registered.map(|()| report)
     }
 
     fn stop(&self) {
