@@ -57,6 +57,10 @@ const HASH_BUF: usize = 1024 * 1024;
 /// it is ignored rather than read into memory.
 const MAX_CACHE_FILE: u64 = 16 * 1024 * 1024;
 
+/// A file that [`Share::scan_settled`] found still changing for this long is shared as
+/// it is: it is being appended to (a log), not copied in.
+pub const MAX_UNSETTLED: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// How often a file that keeps changing while it is hashed is re-read before giving up.
 const HASH_ATTEMPTS: usize = 3;
 
@@ -94,6 +98,10 @@ pub struct ScanReport {
     pub removed: Vec<String>,
     /// Names shared before and now whose size, mtime or hash changed.
     pub changed: Vec<String>,
+    /// Names left as they were (not yet shared if new, the previous entry if not)
+    /// because they were modified less than the settle time ago ([`Share::scan_settled`]
+    /// only): a file still being copied in is not announced half-written.
+    pub unsettled: Vec<String>,
 }
 
 impl ScanReport {
@@ -123,6 +131,9 @@ pub struct Share {
     cache: Mutex<CacheState>,
     /// What the last scan skipped, to tell which skips are new.
     skipped: Mutex<BTreeSet<(String, String)>>,
+    /// Files found still being written by `scan_settled`, and since when: one that
+    /// keeps changing for [`MAX_UNSETTLED`] is taken as it is.
+    young: Mutex<std::collections::HashMap<String, std::time::Instant>>,
     /// Held for a whole scan: scans from a file watcher and from `rescan` at once would
     /// otherwise race to replace the list, an older view possibly last. Only scans wait
     /// on it; serving reads `files`.
@@ -195,6 +206,7 @@ impl Share {
             persisted: Mutex::new(persisted.unwrap_or_default()),
             cache: Mutex::new(cache),
             skipped: Mutex::new(BTreeSet::new()),
+            young: Mutex::default(),
             scanning: Mutex::new(()),
         })
     }
@@ -212,6 +224,18 @@ impl Share {
     /// (Re)reads the directory listing, hashing new and changed files, and replaces the
     /// shared list with the result. Persists the hash cache when it changed.
     pub fn scan(&self) -> Result<ScanReport> {
+        self.scan_inner(None)
+    }
+
+    /// Like [`Share::scan`], but a file modified less than `settle` ago is left as it
+    /// was (see [`ScanReport::unsettled`]): for rescans driven by file events, which
+    /// come while a file is still being written. A file that keeps changing for longer
+    /// than [`MAX_UNSETTLED`] (a growing log) is taken as it is.
+    pub fn scan_settled(&self, settle: std::time::Duration) -> Result<ScanReport> {
+        self.scan_inner(Some(settle))
+    }
+
+    fn scan_inner(&self, settle: Option<std::time::Duration>) -> Result<ScanReport> {
         let _scanning = self.scanning.lock();
         let listing = fs::read_dir(&self.dir).map_err(|e| match e.kind() {
             io::ErrorKind::NotFound => Error::NotADirectory(self.dir.clone()),
@@ -266,6 +290,9 @@ impl Share {
         }
 
         let mut shared = BTreeMap::new();
+        if let Some(settle) = settle {
+            self.hold_unsettled(settle, &mut found, &mut shared, &mut report);
+        }
         for (name, outcome) in self.hash_all(found.into_iter().collect(), &known) {
             match outcome {
                 Ok((entry, read)) => {
@@ -301,6 +328,41 @@ impl Share {
         }
         self.persist();
         Ok(report)
+    }
+
+    /// Takes the files modified less than `settle` ago out of `found`, keeping their
+    /// previous entry (if any) in `shared` and their names in `report.unsettled`.
+    fn hold_unsettled(
+        &self,
+        settle: std::time::Duration,
+        found: &mut BTreeSet<String>,
+        shared: &mut BTreeMap<String, Entry>,
+        report: &mut ScanReport,
+    ) {
+        let (now, clock) = (SystemTime::now(), std::time::Instant::now());
+        let previous = self.files.read();
+        let mut young = self.young.lock();
+        let mut still = std::collections::HashMap::new();
+        found.retain(|name| {
+            let modified = fs::metadata(self.dir.join(name)).and_then(|m| m.modified());
+            let fresh = modified.is_ok_and(|m| match now.duration_since(m) {
+                Ok(age) => age < settle,
+                // Slightly in the future: just written (coarse clocks). Far in the
+                // future: a skewed clock, which waiting would not fix.
+                Err(e) => e.duration() < std::time::Duration::from_secs(1),
+            });
+            let since = young.get(name).copied().unwrap_or(clock);
+            if !fresh || clock.duration_since(since) >= MAX_UNSETTLED {
+                return true;
+            }
+            still.insert(name.clone(), since);
+            report.unsettled.push(name.clone());
+            if let Some(e) = previous.get(name) {
+                shared.insert(name.clone(), e.clone());
+            }
+            false
+        });
+        *young = still;
     }
 
     /// Stat (and, where the cache has no hash for it, hash) every file, spread over one
@@ -1240,6 +1302,27 @@ mod tests {
             .unwrap();
         Share::open_with_cache_dir(keep.path(), Some(cache.path().into())).unwrap();
         assert!(!stale.exists());
+    }
+
+    #[test]
+    fn settled_scan_holds_files_still_being_written() {
+        let (d, share) = share_with(&[("old", b"old")]);
+        share.scan().unwrap();
+        let hour = std::time::Duration::from_secs(3600);
+        fs::write(d.path().join("old"), b"old, being rewritten").unwrap();
+        fs::write(d.path().join("new"), b"half of it").unwrap();
+        let r = share.scan_settled(hour).unwrap();
+        assert_eq!(r.unsettled, ["new", "old"]);
+        assert!(!r.changed_anything(), "{r:?}");
+        assert_eq!(share.names(), ["old"]);
+        assert_eq!(share.get("old").unwrap().hash, blake3::hash(b"old"));
+        // Settled (or a plain scan): taken as they are.
+        let r = share.scan_settled(std::time::Duration::ZERO).unwrap();
+        assert!(r.unsettled.is_empty());
+        assert_eq!(
+            (r.added, r.changed),
+            (vec!["new".into()], vec!["old".into()])
+        );
     }
 
     #[test]

@@ -183,6 +183,46 @@ fn added_removed_renamed_and_changed_files_reach_other_peers() {
 }
 
 #[test]
+fn a_file_still_being_written_is_announced_only_when_complete() {
+    let r = Registry::bind("127.0.0.1:0").unwrap();
+    let alice = live(r.local_addr(), "alice", &[]);
+    let (bob, _bd) = plain(r.local_addr(), "bob");
+    let chunk = common::pattern(64 * 1024, 7);
+    let mut f = std::fs::File::create(alice.dir.path().join("big.bin")).unwrap();
+    let (mut seen_early, mut max_gap) = (false, Duration::ZERO);
+    let mut last = Instant::now();
+    // Appended every 50 ms for about 1.5 s: the directory never settles (200 ms).
+    for _ in 0..30 {
+        f.write_all(&chunk).unwrap();
+        f.flush().unwrap();
+        max_gap = max_gap.max(last.elapsed());
+        last = Instant::now();
+        seen_early |= !bob.files_of("alice").unwrap().is_empty();
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(f);
+    let want: Vec<u8> = chunk.repeat(30);
+    listed_within(&bob, "alice", "a file written for 1.5 s", |l| {
+        l == ["big.bin"]
+    });
+    let (line, body) = fetch_raw(alice.peer.listen_addr(), "big.bin");
+    assert_eq!(
+        line,
+        format!("OK {} {}", want.len(), blake3::hash(&want).to_hex())
+    );
+    assert!(body == want);
+    // Only meaningful if the writer was never paused longer than the settle time (a
+    // loaded machine may stall it).
+    if max_gap < Duration::from_millis(150) {
+        assert!(!seen_early, "listed while still being written");
+    } else {
+        println!("writer stalled {max_gap:?}: early listing not judged");
+    }
+    alice.peer.exit();
+    bob.exit();
+}
+
+#[test]
 fn a_flood_of_changes_costs_few_registrations_and_ends_right() {
     const FILES: usize = 2_000;
     let inits = Arc::new(AtomicUsize::new(0));

@@ -9,7 +9,9 @@
 //! ignored. The watcher thread, owned by the peer's `Threads`, waits for the flag,
 //! lets the directory settle ([`SHARE_SETTLE`], at most [`SHARE_MAX_DELAY`]), keeps
 //! rescans [`SHARE_MIN_RESCAN_INTERVAL`] apart, rescans (the hash cache keeps unchanged
-//! files unread) and sends `INIT` only when names were added or removed. If the system
+//! files unread; a file modified within the settle time is held back, so a file still
+//! being copied in is not announced half-written) and sends `INIT` only when names
+//! were added or removed. If the system
 //! cannot watch the directory, the thread rescans every [`SHARE_POLL_INTERVAL`]
 //! instead.
 
@@ -97,9 +99,13 @@ fn run(inner: &Inner, watcher: Option<notify::RecommendedWatcher>, rx: &Receiver
     };
     let mut last_scan: Option<Instant> = None;
     let mut must_register = false;
+    // Files were still being written at the last scan: look again once they settle.
+    let mut recheck = false;
     loop {
         // Wait for a change (or poll, or retry a failed INIT).
-        let wait = if polling {
+        let wait = if recheck {
+            SHARE_MIN_RESCAN_INTERVAL
+        } else if polling {
             SHARE_POLL_INTERVAL
         } else if must_register {
             REGISTER_RETRY
@@ -120,7 +126,7 @@ fn run(inner: &Inner, watcher: Option<notify::RecommendedWatcher>, rx: &Receiver
                 }
             }
             default(wait) => {
-                if !polling && !must_register {
+                if !(polling || must_register || recheck) {
                     continue;
                 }
             }
@@ -129,9 +135,10 @@ fn run(inner: &Inner, watcher: Option<notify::RecommendedWatcher>, rx: &Receiver
             break;
         }
         last_scan = Some(Instant::now());
-        let report = match inner.scan_share() {
+        let report = match inner.scan_share(Some(SHARE_SETTLE)) {
             Ok(report) => {
                 must_register |= !(report.added.is_empty() && report.removed.is_empty());
+                recheck = !report.unsettled.is_empty();
                 Some(report)
             }
             Err(e) => {

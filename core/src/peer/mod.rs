@@ -337,7 +337,7 @@ impl PeerBuilder {
             open_chats: Arc::default(),
             refuser,
         });
-        inner.scan_share()?;
+        inner.scan_share(None)?;
         inner.register()?;
         let peer = Peer { inner };
         let refuser_inner = peer.inner.clone();
@@ -426,9 +426,13 @@ impl Inner {
         }
     }
 
-    /// Scan the share; report names newly skipped.
-    fn scan_share(&self) -> Result<ScanReport> {
-        let report = self.share.scan()?;
+    /// Scan the share (files modified less than `settle` ago held back); report names
+    /// newly skipped.
+    fn scan_share(&self, settle: Option<Duration>) -> Result<ScanReport> {
+        let report = match settle {
+            Some(settle) => self.share.scan_settled(settle)?,
+            None => self.share.scan()?,
+        };
         for (name, reason) in &report.newly_skipped {
             self.emit(PeerEvent::ShareSkipped {
                 name: name.clone(),
@@ -481,7 +485,7 @@ impl Inner {
     }
 
     pub fn rescan(&self) -> Result<ScanReport> {
-        let report = self.scan_share()?;
+        let report = self.scan_share(None)?;
         let registered = self.register();
         self.announce(&report);
         registered.map(|()| report)
