@@ -19,15 +19,16 @@ pub fn updated(files: usize, added: &[String], removed: &[String], changed: &[St
         if names.is_empty() {
             continue;
         }
-        let mut list: Vec<String> = names
+        let list: Vec<String> = names
             .iter()
             .take(NAMES_SHOWN)
             .map(|n| visible(n).into_owned())
             .collect();
+        let mut part = format!("{what} {}", list.join(", "));
         if names.len() > NAMES_SHOWN {
-            list.push(format!("and {} more", names.len() - NAMES_SHOWN));
+            part.push_str(&format!(" and {} more", names.len() - NAMES_SHOWN));
         }
-        parts.push(format!("{what} {}", list.join(", ")));
+        parts.push(part);
     }
     let count = if files == 1 {
         "1 file".to_string()
