@@ -18,7 +18,8 @@
 //! A `.p2pchat-hashes` left in the shared directory by an earlier version is read once
 //! to seed the cache and removed after the new cache file is written; it is never
 //! shared (its name starts with a dot). A cache file whose shared directory no longer
-//! exists is removed, by any later `Share::open`, once it is [`STALE_CACHE_AGE`] old.
+//! exists is removed by a later `Share::open`: at once if that directory was in the
+//! system's temporary directory, otherwise once it is [`STALE_CACHE_AGE`] old.
 
 use crate::error::{Error, Result};
 use crate::limits::{MAX_FILENAME_LEN, MAX_FILES_PER_USER};
@@ -750,9 +751,13 @@ fn unhex_path(hex: &str) -> Option<PathBuf> {
     Some(PathBuf::from(std::ffi::OsString::from_vec(bytes?)))
 }
 
-/// Removes a few cache files next to `ours` whose shared directory no longer exists and
-/// that nobody wrote for [`STALE_CACHE_AGE`] (temporary shares, deleted folders), so the
-/// cache directory does not grow without bound. Failures are ignored.
+/// Removes cache files next to `ours` whose shared directory no longer exists: at once
+/// when that directory was in the system's temporary directory (it is not coming
+/// back), otherwise once nobody wrote the cache for [`STALE_CACHE_AGE`] (a folder on a
+/// drive that is only unmounted keeps its hashes). At most
+/// [`STALE_CHECKS_PER_OPEN`] files are looked at per open, from a varying start, so the
+/// cache directory does not grow without bound and opening stays cheap. Failures are
+/// ignored.
 fn prune_stale_caches(ours: &Path) {
     let Some(dir) = ours.parent() else {
         return;
@@ -760,27 +765,43 @@ fn prune_stale_caches(ours: &Path) {
     let Ok(listing) = fs::read_dir(dir) else {
         return;
     };
+    let caches: Vec<PathBuf> = listing
+        .flatten()
+        .take(100_000)
+        .filter(|e| e.file_name().as_bytes().starts_with(b"hashes-"))
+        .map(|e| e.path())
+        .filter(|p| p != ours)
+        .collect();
+    if caches.is_empty() {
+        return;
+    }
     let now = SystemTime::now();
-    for item in listing.flatten().take(STALE_CHECKS_PER_OPEN) {
-        let path = item.path();
-        let is_cache = item.file_name().as_bytes().starts_with(b"hashes-");
-        if !is_cache || path == ours {
-            continue;
-        }
-        let Ok(meta) = fs::symlink_metadata(&path) else {
+    let start = now
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos() as usize)
+        % caches.len();
+    let temp = std::env::temp_dir();
+    let temp_canon = fs::canonicalize(&temp).unwrap_or_else(|_| temp.clone());
+    let checks = caches.len().min(STALE_CHECKS_PER_OPEN);
+    for path in caches.iter().cycle().skip(start).take(checks) {
+        let Ok(meta) = fs::symlink_metadata(path) else {
             continue;
         };
+        // Only files in our own format (the header names the share) are ours to remove.
+        let Some(share) = meta.is_file().then(|| read_header(path)).flatten() else {
+            continue;
+        };
+        if fs::symlink_metadata(&share).is_ok() {
+            continue;
+        }
+        let temporary = share.starts_with(&temp) || share.starts_with(&temp_canon);
         let old = meta
             .modified()
             .ok()
             .and_then(|m| now.duration_since(m).ok())
             .is_some_and(|age| age > STALE_CACHE_AGE);
-        if !meta.is_file() || !old {
-            continue;
-        }
-        let gone = read_header(&path).is_some_and(|share| fs::symlink_metadata(share).is_err());
-        if gone {
-            let _ = fs::remove_file(&path);
+        if temporary || old {
+            let _ = fs::remove_file(path);
         }
     }
 }
@@ -1282,26 +1303,42 @@ mod tests {
     #[test]
     fn stale_cache_of_a_vanished_share_is_pruned() {
         let cache = tempfile::tempdir().unwrap();
+        // A temporary share: its cache goes as soon as the share is gone.
         let gone = tempfile::tempdir().unwrap();
         fs::write(gone.path().join("f"), b"f").unwrap();
         let s = Share::open_with_cache_dir(gone.path(), Some(cache.path().into())).unwrap();
         s.scan().unwrap();
-        let stale = s.cache_file().unwrap();
-        drop(s);
-        drop(gone);
+        let temporary = s.cache_file().unwrap();
+        drop((s, gone));
+        // A share elsewhere (a drive that may only be unmounted): kept until old.
+        let elsewhere = cache.path().join("hashes-0123456789abcdef0123456789abcdef");
+        let missing = Path::new("/nonexistent-p2pchat-test/music");
+        fs::write(
+            &elsewhere,
+            format!("{CACHE_MAGIC} 1 {}\n", hex_path(missing)),
+        )
+        .unwrap();
+        // Not in our format: never removed.
+        let foreign = cache.path().join("hashes-foreign");
+        fs::write(&foreign, b"something else\n").unwrap();
+
         let keep = tempfile::tempdir().unwrap();
-        // Young: kept (the folder may only be unmounted for a while).
-        Share::open_with_cache_dir(keep.path(), Some(cache.path().into())).unwrap();
-        assert!(stale.exists());
+        let open = || Share::open_with_cache_dir(keep.path(), Some(cache.path().into())).unwrap();
+        open();
+        assert!(!temporary.exists());
+        assert!(elsewhere.exists());
         let old = SystemTime::now() - STALE_CACHE_AGE - std::time::Duration::from_secs(60);
-        File::options()
-            .write(true)
-            .open(&stale)
-            .unwrap()
-            .set_modified(old)
-            .unwrap();
-        Share::open_with_cache_dir(keep.path(), Some(cache.path().into())).unwrap();
-        assert!(!stale.exists());
+        for f in [&elsewhere, &foreign] {
+            File::options()
+                .write(true)
+                .open(f)
+                .unwrap()
+                .set_modified(old)
+                .unwrap();
+        }
+        open();
+        assert!(!elsewhere.exists());
+        assert!(foreign.exists());
     }
 
     #[test]
