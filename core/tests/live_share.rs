@@ -336,16 +336,22 @@ fn hash_cache_lives_in_the_cache_dir() {
     assert!(wait_until(LISTED_DEADLINE, || peer.shared_files()
         == ["a.txt", "b.txt"]));
     let canon = std::fs::canonicalize(dir.path()).unwrap();
-    let in_cache: Vec<_> = std::fs::read_dir(cache.join("p2pchat"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    assert_eq!(in_cache.len(), 1, "{in_cache:?}");
-    let text = std::fs::read_to_string(&in_cache[0]).unwrap();
-    assert!(
-        text.contains(" a.txt\n") && text.contains(" b.txt\n"),
-        "{text}"
-    );
+    // The list is replaced before the cache is written (through a temporary file that
+    // is renamed): wait for the written cache.
+    let caches = || -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(cache.join("p2pchat"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| !p.file_name().unwrap().to_str().unwrap().starts_with('.'))
+            .collect()
+    };
+    assert!(wait_until(LISTED_DEADLINE, || {
+        let in_cache = caches();
+        in_cache.len() == 1
+            && std::fs::read_to_string(&in_cache[0])
+                .is_ok_and(|t| t.contains(" a.txt\n") && t.contains(" b.txt\n"))
+    }));
+    let in_cache = caches();
     assert_eq!(
         Some(in_cache[0].clone()),
         p2pcore::share::cache_file_for(&canon)
