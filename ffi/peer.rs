@@ -97,6 +97,8 @@ pub enum p2p_peer_event_kind {
     P2P_EVENT_CHAT_REQUEST_EXPIRED = 6,
     /// A download started (possibly resuming a partial file).
     P2P_EVENT_TRANSFER_STARTED = 7,
+    /// A rescan found files added, removed or changed in the share.
+    P2P_EVENT_SHARE_UPDATED = 8,
 }
 
 /// Something else happened in the background; `detail` is a one-line description for
@@ -476,6 +478,20 @@ fn describe(event: &PeerEvent) -> (p2p_peer_event_kind, String) {
             P2P_EVENT_TRANSFER_STARTED,
             format!(
                 "download {id} of {file:?} ({size} bytes) from {from} started at offset {offset}"
+            ),
+        ),
+        PeerEvent::ShareUpdated {
+            files,
+            added,
+            removed,
+            changed,
+        } => (
+            P2P_EVENT_SHARE_UPDATED,
+            format!(
+                "sharing {files} files: {} added, {} removed, {} changed",
+                added.len(),
+                removed.len(),
+                changed.len()
             ),
         ),
     }

@@ -272,6 +272,10 @@ enum p2p_peer_event_kind
      * A download started (possibly resuming a partial file).
      */
     P2P_EVENT_TRANSFER_STARTED = 7,
+    /**
+     * A rescan found files added, removed or changed in the share.
+     */
+    P2P_EVENT_SHARE_UPDATED = 8,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L

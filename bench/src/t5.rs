@@ -1,7 +1,8 @@
 //! T5 — hashing a share.
 //!
 //! A scratch share of `--size-mib` MiB in [`FILES`] files of random-ish bytes. Timed:
-//! `Share::open` + `scan()` with no hash cache (`.p2pchat-hashes` deleted first), which
+//! `Share::open` + `scan()` with no hash cache (its cache directory, `.cache` inside the
+//! scratch share, deleted first), which
 //! reads and hashes every file; then `scan()` on a fresh `Share::open`, which must find
 //! every hash in the cache and read no file's content (`ScanReport.hashed == 0`).
 //! Baseline: reading the same files sequentially with a 1 MiB buffer, discarding the
@@ -10,7 +11,7 @@
 use crate::report::{Figure, Goal, Stats};
 use crate::scratch::{self, mb_per_s, TempDir, MIB};
 use crate::{progress, Options, Outcome};
-use p2pcore::share::{Share, CACHE_FILE};
+use p2pcore::share::Share;
 use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -104,18 +105,20 @@ pub fn run(opts: &Options) -> Result<Outcome, String> {
 /// `Share::open` + `scan()` of `dir`, after deleting the hash cache when `cold`.
 /// Seconds, and how many files the scan read (`ScanReport.hashed`).
 fn timed_scan(dir: &Path, cold: bool) -> Result<(f64, usize), String> {
-    let cache = dir.join(CACHE_FILE);
+    // A hidden directory in the scratch share (never shared), not the user's cache.
+    let cache = dir.join(".cache");
     if cold {
-        match std::fs::remove_file(&cache) {
+        match std::fs::remove_dir_all(&cache) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(format!("removing {}: {e}", cache.display())),
         }
     } else if !cache.exists() {
-        return Err(format!("the first scan left no {CACHE_FILE}"));
+        return Err(format!("the first scan left no {}", cache.display()));
     }
     let t = Instant::now();
-    let share = Share::open(dir).map_err(|e| format!("Share::open: {e}"))?;
+    let share =
+        Share::open_with_cache_dir(dir, Some(cache)).map_err(|e| format!("Share::open: {e}"))?;
     let report = share.scan().map_err(|e| format!("scan: {e}"))?;
     let secs = t.elapsed().as_secs_f64();
     if !report.skipped.is_empty() {

@@ -4,6 +4,7 @@
 mod args;
 mod client;
 mod failure;
+mod notice;
 mod output;
 mod progress;
 mod scripted;

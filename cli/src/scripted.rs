@@ -10,7 +10,7 @@ use crate::failure::Failure;
 use crate::output;
 use crate::visible::{message, visible};
 use crossbeam_channel::{select, Receiver, TrySendError};
-use p2pcore::peer::{ChatClosedBy, Peer, PeerBuilder, RegistryClient};
+use p2pcore::peer::{ChatClosedBy, Peer, PeerBuilder, PeerEvent, RegistryClient};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -68,6 +68,9 @@ fn builder(registry: &str, id: &Identity, dir: &Path) -> PeerBuilder {
 /// room (on the chat's reader thread: TCP then slows the sender), so a stalled stdout
 /// holds at most this many messages of at most 64 KiB each.
 const SHARE_QUEUE: usize = 32;
+/// Most share notices (files not shared, share updates) waiting for the printer; past
+/// it they are counted, and the count is printed (at most ~90 KiB held).
+const SHARE_NOTICES: usize = 256;
 /// Once `share` has stopped, how long it waits for its printer to write what is left.
 /// A stalled stdout must not keep the process alive after SIGINT/SIGTERM: past this the
 /// printer (blocked in a write) is left to the process exit.
@@ -95,7 +98,26 @@ pub fn share(args: &ShareArgs) -> Result<(), Failure> {
     let (t1, t2, t3) = (tx.clone(), tx.clone(), tx);
     let (s2, s3) = (stopped.clone(), stopped);
     let counter = dropped.clone();
+    let (notice_tx, notices) = crossbeam_channel::bounded::<String>(SHARE_NOTICES);
+    let unshown = Arc::new(AtomicU64::new(0));
+    let unshown_hook = unshown.clone();
     let peer = builder(&args.registry.registry, &args.id, &args.dir)
+        .live_share(true)
+        .on_event(move |e| {
+            let text = match e {
+                PeerEvent::ShareSkipped { name, reason } => crate::notice::skipped(name, reason),
+                PeerEvent::ShareUpdated {
+                    files,
+                    added,
+                    removed,
+                    changed,
+                } => crate::notice::updated(*files, added, removed, changed),
+                _ => return,
+            };
+            if notice_tx.try_send(text).is_err() {
+                unshown_hook.fetch_add(1, Ordering::Relaxed);
+            }
+        })
         .on_chat_request(move |request| {
             let from = request.from().to_string();
             let accepted = accept && request.accept().is_ok();
@@ -116,10 +138,17 @@ pub fn share(args: &ShareArgs) -> Result<(), Failure> {
             select! { send(t3, h) -> _ => {}, recv(s3) -> _ => {} }
         })
         .connect()?;
+    let files = peer.shared_files().len();
     let banner = format!(
         "sharing as {} on {}",
         visible(peer.username()),
-        peer.listen_addr().port()
+        peer.listen_addr().port(),
+    );
+    // On stderr with the other status lines: stdout stays the banner and chat text.
+    let folder = format!(
+        "shared folder: {} ({files} file{})",
+        visible(&peer.shared_dir().display().to_string()),
+        if files == 1 { "" } else { "s" }
     );
     // Dropping `quit` tells the printer to write what is queued and end; it says on
     // `done` that it has.
@@ -128,7 +157,8 @@ pub fn share(args: &ShareArgs) -> Result<(), Failure> {
     let spawned = std::thread::Builder::new()
         .name("print".into())
         .spawn(move || {
-            print_loop(&banner, &heard, &quitting, &dropped);
+            let banner = [banner.as_str(), folder.as_str()];
+            print_loop(banner, &heard, &quitting, &dropped, (&notices, &unshown));
             let _ = done_tx.send(());
         });
     let printer = match spawned {
@@ -154,13 +184,32 @@ pub fn share(args: &ShareArgs) -> Result<(), Failure> {
 /// `share`'s printer: the banner, then what the hooks heard until told to stop, then
 /// what is still queued. Write errors (a reader that went away) are ignored: sharing
 /// goes on.
-fn print_loop(banner: &str, heard: &Receiver<Heard>, quitting: &Receiver<()>, dropped: &AtomicU64) {
+fn print_loop(
+    [banner, folder]: [&str; 2],
+    heard: &Receiver<Heard>,
+    quitting: &Receiver<()>,
+    dropped: &AtomicU64,
+    (notices, unshown): (&Receiver<String>, &AtomicU64),
+) {
     let _ = output::line(banner);
+    output::err_line(folder);
+    let mut notices = notices.clone();
     loop {
         select! {
             recv(heard) -> h => match h {
                 Ok(h) => show(h, dropped),
                 Err(_) => break,
+            },
+            recv(notices) -> n => match n {
+                Ok(n) => {
+                    output::err_line(&n);
+                    let more = unshown.swap(0, Ordering::Relaxed);
+                    if more > 0 {
+                        output::err_line(&format!("... {more} more share notices not shown"));
+                    }
+                }
+                // The peer (and its hook) is gone.
+                Err(_) => notices = crossbeam_channel::never(),
             },
             recv(quitting) -> _ => break,
         }

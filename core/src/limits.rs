@@ -111,3 +111,20 @@ pub const REFUSAL_LINGER: Duration = Duration::from_secs(2);
 pub const FREE_SPACE_MARGIN: u64 = 64 * 1024 * 1024;
 /// Peer: partial downloads untouched for longer than this are removed at start.
 pub const STALE_PARTIAL_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
+
+// ---- Live share (`PeerBuilder::live_share`) ----
+
+/// Live share: a change in the shared directory is rescanned once no further change
+/// came for this long (a copy or an editor's save is many events; one rescan covers
+/// them).
+pub const SHARE_SETTLE: Duration = Duration::from_millis(200);
+/// Live share: however busy the directory, a change waits at most this long for quiet
+/// before its rescan, so a new file reaches the registry within 2 s (this, the scan and
+/// one `INIT` round trip).
+pub const SHARE_MAX_DELAY: Duration = Duration::from_secs(1);
+/// Live share: rescans start at most this often, so a flood of file events costs at most
+/// a couple of rescans (and re-registrations) per second.
+pub const SHARE_MIN_RESCAN_INTERVAL: Duration = Duration::from_millis(500);
+/// Live share: how often the shared directory is rescanned when the system cannot watch
+/// it (inotify instances or watches used up).
+pub const SHARE_POLL_INTERVAL: Duration = Duration::from_secs(1);

@@ -2,10 +2,24 @@
 //! opening one of them to serve it.
 //!
 //! This module owns the list of shared files (the top level of one directory, regular
-//! files only), the BLAKE3 content hashes and their on-disk cache (`.p2pchat-hashes` in
-//! the shared directory). It must never hand out a file that is not in the scanned list,
-//! never follow a path or symlink that leads outside the shared directory, and never
-//! return a hash that does not match the content of the file it returns.
+//! files only), the BLAKE3 content hashes and their on-disk cache. It must never hand out
+//! a file that is not in the scanned list, never follow a path or symlink that leads
+//! outside the shared directory, and never return a hash that does not match the content
+//! of the file it returns.
+//!
+//! # The hash cache
+//!
+//! Hashes are cached by size and mtime in the user's cache directory, never in the
+//! shared directory: `$XDG_CACHE_HOME/p2pchat/` (when that variable holds an absolute
+//! path) or `~/.cache/p2pchat/`, one file per shared directory named
+//! `hashes-<first 32 hex digits of the BLAKE3 hash of its canonical path>` (see
+//! [`cache_file_for`]). If neither variable is usable, or the directory cannot be
+//! written, the cache lives in memory only: the next start hashes everything again.
+//! A `.p2pchat-hashes` left in the shared directory by an earlier version is read once
+//! to seed the cache and removed after the new cache file is written; it is never
+//! shared (its name starts with a dot). A cache file whose shared directory no longer
+//! exists is removed by a later `Share::open`: at once if that directory was in the
+//! system's temporary directory, otherwise once it is [`STALE_CACHE_AGE`] old.
 
 use crate::error::{Error, Result};
 use crate::limits::{MAX_FILENAME_LEN, MAX_FILES_PER_USER};
@@ -14,14 +28,27 @@ use parking_lot::{Mutex, RwLock};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File, Metadata, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// Name of the hash cache file inside the shared directory. It starts with a dot, so it
-/// is never shared itself.
+/// Name of the hash cache file that earlier versions kept inside the shared directory.
+/// It is read once to migrate its hashes, then removed; it starts with a dot, so it is
+/// never shared.
 pub const CACHE_FILE: &str = ".p2pchat-hashes";
+
+/// First word of the header line of a cache file in the cache directory (followed by
+/// the format version and the shared directory's path in hex).
+const CACHE_MAGIC: &str = "p2pchat-hashes";
+
+/// A cache file whose shared directory is gone is removed once it is this old: a
+/// directory that is only unmounted for a while keeps its hashes.
+pub const STALE_CACHE_AGE: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
+
+/// How many other cache files one `Share::open` looks at for staleness (bounds the
+/// work done at start however many caches have piled up).
+const STALE_CHECKS_PER_OPEN: usize = 64;
 
 /// Read buffer for hashing: large enough that BLAKE3 can use its widest SIMD path and
 /// that a big file costs few system calls.
@@ -30,6 +57,10 @@ const HASH_BUF: usize = 1024 * 1024;
 /// A cache file larger than this cannot be ours (4096 lines of at most ~360 bytes), so
 /// it is ignored rather than read into memory.
 const MAX_CACHE_FILE: u64 = 16 * 1024 * 1024;
+
+/// A file that [`Share::scan_settled`] found still changing for this long is shared as
+/// it is: it is being appended to (a log), not copied in.
+pub const MAX_UNSETTLED: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// How often a file that keeps changing while it is hashed is re-read before giving up.
 const HASH_ATTEMPTS: usize = 3;
@@ -58,6 +89,27 @@ pub struct ScanReport {
     /// Names starting with '.' are left out silently: they are hidden on purpose, and
     /// include p2pchat's own cache and partial-download files.
     pub skipped: Vec<(String, String)>,
+    /// The entries of `skipped` that the previous scan of this `Share` did not skip
+    /// (for the same reason): all of them on the first scan. Lets an application warn
+    /// once per name instead of at every rescan.
+    pub newly_skipped: Vec<(String, String)>,
+    /// Names shared now that the previous scan did not share (all on the first scan).
+    pub added: Vec<String>,
+    /// Names the previous scan shared that are no longer shared.
+    pub removed: Vec<String>,
+    /// Names shared before and now whose size, mtime or hash changed.
+    pub changed: Vec<String>,
+    /// Names left as they were (not yet shared if new, the previous entry if not)
+    /// because they were modified less than the settle time ago ([`Share::scan_settled`]
+    /// only): a file still being copied in is not announced half-written.
+    pub unsettled: Vec<String>,
+}
+
+impl ScanReport {
+    /// Whether the shared list or a shared file's content changed with this scan.
+    pub fn changed_anything(&self) -> bool {
+        !(self.added.is_empty() && self.removed.is_empty() && self.changed.is_empty())
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -77,6 +129,28 @@ pub struct Share {
     /// The hashes as last written to (or read from) the cache file, so a scan writes the
     /// file only when something changed.
     persisted: Mutex<BTreeMap<String, CacheLine>>,
+    cache: Mutex<CacheState>,
+    /// What the last scan skipped, to tell which skips are new.
+    skipped: Mutex<BTreeSet<(String, String)>>,
+    /// Files found still being written by `scan_settled`, and since when: one that
+    /// keeps changing for [`MAX_UNSETTLED`] is taken as it is.
+    young: Mutex<std::collections::HashMap<String, std::time::Instant>>,
+    /// Held for a whole scan: scans from a file watcher and from `rescan` at once would
+    /// otherwise race to replace the list, an older view possibly last. Only scans wait
+    /// on it; serving reads `files`.
+    scanning: Mutex<()>,
+}
+
+#[derive(Debug)]
+struct CacheState {
+    /// The cache file, `None` when there is no usable cache directory.
+    path: Option<PathBuf>,
+    /// The cache file does not hold `persisted` yet (seeded from a legacy file).
+    must_write: bool,
+    /// A legacy `.p2pchat-hashes` in the shared directory, removed once `path` is written.
+    legacy: Option<PathBuf>,
+    /// A write failure has been logged (logged once, not at every scan).
+    warned: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,17 +166,55 @@ impl Share {
     ///
     /// Errors with [`Error::NotADirectory`] when `dir` is missing or not a directory.
     pub fn open(dir: &Path) -> Result<Share> {
+        Share::open_with_cache_dir(dir, default_cache_dir())
+    }
+
+    /// Like [`Share::open`], with the hash cache kept in `cache_dir` (created if
+    /// missing) instead of the default; `None` keeps hashes in memory only.
+    pub fn open_with_cache_dir(dir: &Path, cache_dir: Option<PathBuf>) -> Result<Share> {
         let not_dir = || Error::NotADirectory(dir.to_path_buf());
         let canon = fs::canonicalize(dir).map_err(|_| not_dir())?;
         if !fs::metadata(&canon).map_err(|_| not_dir())?.is_dir() {
             return Err(not_dir());
         }
-        let persisted = load_cache(&canon.join(CACHE_FILE));
+        let path = cache_dir.map(|d| d.join(cache_file_name(&canon)));
+        if let Some(path) = &path {
+            prune_stale_caches(path);
+        }
+        let mut cache = CacheState {
+            path,
+            must_write: false,
+            legacy: None,
+            warned: false,
+        };
+        let legacy_path = canon.join(CACHE_FILE);
+        let mut persisted = cache
+            .path
+            .as_deref()
+            .and_then(|p| load_cache(p, Some(&canon)));
+        let legacy = load_cache(&legacy_path, None);
+        // Only a regular file of that name is ours to remove, valid or not.
+        if legacy_path.symlink_metadata().is_ok_and(|m| m.is_file()) {
+            cache.legacy = Some(legacy_path);
+            cache.must_write = true;
+        }
+        if persisted.is_none() {
+            persisted = legacy;
+        }
         Ok(Share {
             dir: canon,
             files: RwLock::new(BTreeMap::new()),
-            persisted: Mutex::new(persisted),
+            persisted: Mutex::new(persisted.unwrap_or_default()),
+            cache: Mutex::new(cache),
+            skipped: Mutex::new(BTreeSet::new()),
+            young: Mutex::default(),
+            scanning: Mutex::new(()),
         })
+    }
+
+    /// The file this share's hash cache is kept in (`None`: in memory only).
+    pub fn cache_file(&self) -> Option<PathBuf> {
+        self.cache.lock().path.clone()
     }
 
     /// The canonical path of the shared directory.
@@ -113,6 +225,19 @@ impl Share {
     /// (Re)reads the directory listing, hashing new and changed files, and replaces the
     /// shared list with the result. Persists the hash cache when it changed.
     pub fn scan(&self) -> Result<ScanReport> {
+        self.scan_inner(None)
+    }
+
+    /// Like [`Share::scan`], but a file modified less than `settle` ago is left as it
+    /// was (see [`ScanReport::unsettled`]): for rescans driven by file events, which
+    /// come while a file is still being written. A file that keeps changing for longer
+    /// than [`MAX_UNSETTLED`] (a growing log) is taken as it is.
+    pub fn scan_settled(&self, settle: std::time::Duration) -> Result<ScanReport> {
+        self.scan_inner(Some(settle))
+    }
+
+    fn scan_inner(&self, settle: Option<std::time::Duration>) -> Result<ScanReport> {
+        let _scanning = self.scanning.lock();
         let listing = fs::read_dir(&self.dir).map_err(|e| match e.kind() {
             io::ErrorKind::NotFound => Error::NotADirectory(self.dir.clone()),
             _ => Error::Io(e),
@@ -166,6 +291,9 @@ impl Share {
         }
 
         let mut shared = BTreeMap::new();
+        if let Some(settle) = settle {
+            self.hold_unsettled(settle, &mut found, &mut shared, &mut report);
+        }
         for (name, outcome) in self.hash_all(found.into_iter().collect(), &known) {
             match outcome {
                 Ok((entry, read)) => {
@@ -177,9 +305,65 @@ impl Share {
         }
         report.files = shared.len();
         report.skipped.sort();
-        *self.files.write() = shared;
+        {
+            let mut before = self.skipped.lock();
+            let now: BTreeSet<(String, String)> = report.skipped.iter().cloned().collect();
+            report.newly_skipped = now.difference(&before).cloned().collect();
+            *before = now;
+        }
+        {
+            let mut files = self.files.write();
+            for (name, e) in &shared {
+                match files.get(name) {
+                    None => report.added.push(name.clone()),
+                    Some(old) if old.file != e.file => report.changed.push(name.clone()),
+                    Some(_) => {}
+                }
+            }
+            report.removed = files
+                .keys()
+                .filter(|n| !shared.contains_key(*n))
+                .cloned()
+                .collect();
+            *files = shared;
+        }
         self.persist();
         Ok(report)
+    }
+
+    /// Takes the files modified less than `settle` ago out of `found`, keeping their
+    /// previous entry (if any) in `shared` and their names in `report.unsettled`.
+    fn hold_unsettled(
+        &self,
+        settle: std::time::Duration,
+        found: &mut BTreeSet<String>,
+        shared: &mut BTreeMap<String, Entry>,
+        report: &mut ScanReport,
+    ) {
+        let (now, clock) = (SystemTime::now(), std::time::Instant::now());
+        let previous = self.files.read();
+        let mut young = self.young.lock();
+        let mut still = std::collections::HashMap::new();
+        found.retain(|name| {
+            let modified = fs::metadata(self.dir.join(name)).and_then(|m| m.modified());
+            let fresh = modified.is_ok_and(|m| match now.duration_since(m) {
+                Ok(age) => age < settle,
+                // Slightly in the future: just written (coarse clocks). Far in the
+                // future: a skewed clock, which waiting would not fix.
+                Err(e) => e.duration() < std::time::Duration::from_secs(1),
+            });
+            let since = young.get(name).copied().unwrap_or(clock);
+            if !fresh || clock.duration_since(since) >= MAX_UNSETTLED {
+                return true;
+            }
+            still.insert(name.clone(), since);
+            report.unsettled.push(name.clone());
+            if let Some(e) = previous.get(name) {
+                shared.insert(name.clone(), e.clone());
+            }
+            false
+        });
+        *young = still;
     }
 
     /// Stat (and, where the cache has no hash for it, hash) every file, spread over one
@@ -396,12 +580,37 @@ impl Share {
             .map(|(n, e)| (n.clone(), cache_line(&e.file)))
             .collect();
         let mut persisted = self.persisted.lock();
-        if *persisted == current {
+        let mut cache = self.cache.lock();
+        if *persisted == current && !cache.must_write {
             return;
         }
-        match write_cache(&self.dir, &current) {
-            Ok(()) => *persisted = current,
-            Err(e) => log::warn!("cannot write the hash cache in {}: {e}", self.dir.display()),
+        let Some(path) = cache.path.clone() else {
+            *persisted = current;
+            return;
+        };
+        match write_cache(&path, &self.dir, &current) {
+            Ok(()) => {
+                *persisted = current;
+                cache.must_write = false;
+                if let Some(legacy) = cache.legacy.take() {
+                    // The hashes now live in the cache directory; the old file would
+                    // only be a stale copy in the user's folder.
+                    if let Err(e) = fs::remove_file(&legacy) {
+                        log::warn!("cannot remove the old {}: {e}", legacy.display());
+                    }
+                }
+            }
+            Err(e) => {
+                // The cache only saves time: carry on with hashes in memory.
+                if !cache.warned {
+                    cache.warned = true;
+                    log::warn!(
+                        "cannot write the hash cache {}: {e}; hashes are kept in memory only",
+                        path.display()
+                    );
+                }
+                *persisted = current;
+            }
         }
     }
 }
@@ -493,9 +702,131 @@ fn mtime_nanos(t: SystemTime) -> i128 {
     }
 }
 
-/// Reads the cache file; anything wrong with it (missing, unreadable, too big, one bad
-/// line) means an empty cache, since the worst outcome is re-hashing.
-fn load_cache(path: &Path) -> BTreeMap<String, CacheLine> {
+/// The default directory for hash caches: `$XDG_CACHE_HOME/p2pchat` when that is an
+/// absolute path, else `$HOME/.cache/p2pchat`; `None` when neither is set.
+pub fn default_cache_dir() -> Option<PathBuf> {
+    let xdg = std::env::var_os("XDG_CACHE_HOME").map(PathBuf::from);
+    let home = std::env::var_os("HOME").map(PathBuf::from);
+    cache_dir_from(xdg, home)
+}
+
+/// [`default_cache_dir`] from given values of `XDG_CACHE_HOME` and `HOME` (the XDG
+/// spec says a relative path there is to be ignored).
+fn cache_dir_from(xdg: Option<PathBuf>, home: Option<PathBuf>) -> Option<PathBuf> {
+    match (xdg, home) {
+        (Some(x), _) if x.is_absolute() => Some(x.join("p2pchat")),
+        (_, Some(h)) if h.is_absolute() => Some(h.join(".cache").join("p2pchat")),
+        _ => None,
+    }
+}
+
+/// Where the hash cache of the shared directory `dir` is kept by default (`dir` is
+/// canonicalized first; `None` when there is no cache directory or `dir` is missing).
+pub fn cache_file_for(dir: &Path) -> Option<PathBuf> {
+    let canon = fs::canonicalize(dir).ok()?;
+    Some(default_cache_dir()?.join(cache_file_name(&canon)))
+}
+
+fn cache_file_name(canon: &Path) -> String {
+    let hex = blake3::hash(canon.as_os_str().as_bytes()).to_hex();
+    format!("hashes-{}", &hex[..32])
+}
+
+fn hex_path(p: &Path) -> String {
+    p.as_os_str()
+        .as_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn unhex_path(hex: &str) -> Option<PathBuf> {
+    if hex.len() % 2 != 0 || hex.len() > 2 * 4096 {
+        return None;
+    }
+    let bytes: Option<Vec<u8>> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+        .collect();
+    Some(PathBuf::from(std::ffi::OsString::from_vec(bytes?)))
+}
+
+/// Removes cache files next to `ours` whose shared directory no longer exists: at once
+/// when that directory was in the system's temporary directory (it is not coming
+/// back), otherwise once nobody wrote the cache for [`STALE_CACHE_AGE`] (a folder on a
+/// drive that is only unmounted keeps its hashes). At most
+/// [`STALE_CHECKS_PER_OPEN`] files are looked at per open, from a varying start, so the
+/// cache directory does not grow without bound and opening stays cheap. Failures are
+/// ignored.
+fn prune_stale_caches(ours: &Path) {
+    let Some(dir) = ours.parent() else {
+        return;
+    };
+    let Ok(listing) = fs::read_dir(dir) else {
+        return;
+    };
+    let caches: Vec<PathBuf> = listing
+        .flatten()
+        .take(100_000)
+        .filter(|e| e.file_name().as_bytes().starts_with(b"hashes-"))
+        .map(|e| e.path())
+        .filter(|p| p != ours)
+        .collect();
+    if caches.is_empty() {
+        return;
+    }
+    let now = SystemTime::now();
+    let start = now
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos() as usize)
+        % caches.len();
+    let temp = std::env::temp_dir();
+    let temp_canon = fs::canonicalize(&temp).unwrap_or_else(|_| temp.clone());
+    let checks = caches.len().min(STALE_CHECKS_PER_OPEN);
+    for path in caches.iter().cycle().skip(start).take(checks) {
+        let Ok(meta) = fs::symlink_metadata(path) else {
+            continue;
+        };
+        // Only files in our own format (the header names the share) are ours to remove.
+        let Some(share) = meta.is_file().then(|| read_header(path)).flatten() else {
+            continue;
+        };
+        if fs::symlink_metadata(&share).is_ok() {
+            continue;
+        }
+        let temporary = share.starts_with(&temp) || share.starts_with(&temp_canon);
+        let old = meta
+            .modified()
+            .ok()
+            .and_then(|m| now.duration_since(m).ok())
+            .is_some_and(|age| age > STALE_CACHE_AGE);
+        if temporary || old {
+            let _ = fs::remove_file(path);
+        }
+    }
+}
+
+/// The shared directory named in a cache file's header line.
+fn read_header(path: &Path) -> Option<PathBuf> {
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .ok()?;
+    let mut first = String::new();
+    io::BufRead::read_line(&mut io::BufReader::new(file.take(9000)), &mut first).ok()?;
+    let mut parts = first.trim_end().splitn(3, ' ');
+    if parts.next()? != CACHE_MAGIC || parts.next()? != "1" {
+        return None;
+    }
+    unhex_path(parts.next()?)
+}
+
+/// Reads a cache file; anything wrong with it (missing, unreadable, too big, one bad
+/// line, a header for another directory) means no cache, since the worst outcome is
+/// re-hashing. `share` is the directory the header must name (`None`: the legacy
+/// format, which has no header).
+fn load_cache(path: &Path, share: Option<&Path>) -> Option<BTreeMap<String, CacheLine>> {
     let read = || -> Option<BTreeMap<String, CacheLine>> {
         let file = OpenOptions::new()
             .read(true)
@@ -508,8 +839,18 @@ fn load_cache(path: &Path) -> BTreeMap<String, CacheLine> {
         }
         let mut text = String::new();
         file.take(MAX_CACHE_FILE).read_to_string(&mut text).ok()?;
+        let mut lines = text.lines();
+        if let Some(share) = share {
+            let mut header = lines.next()?.splitn(3, ' ');
+            if header.next()? != CACHE_MAGIC || header.next()? != "1" {
+                return None;
+            }
+            if unhex_path(header.next()?)? != share {
+                return None;
+            }
+        }
         let mut map = BTreeMap::new();
-        for line in text.lines() {
+        for line in lines {
             let mut parts = line.splitn(4, ' ');
             let hash = blake3::Hash::from_hex(parts.next()?).ok()?;
             let size = parts.next()?.parse().ok()?;
@@ -522,13 +863,21 @@ fn load_cache(path: &Path) -> BTreeMap<String, CacheLine> {
         }
         Some(map)
     };
-    read().unwrap_or_default()
+    read()
 }
 
-/// Writes the cache atomically: a temporary file (per process, so two processes sharing
-/// a directory don't interleave) renamed over the old one.
-fn write_cache(dir: &Path, map: &BTreeMap<String, CacheLine>) -> io::Result<()> {
-    let mut text = String::new();
+/// Writes the cache file `path` for the shared directory `share` atomically: a temporary
+/// file (per process, so two processes sharing a directory don't interleave) renamed
+/// over the old one. Creates the cache directory (mode 0700) if needed.
+fn write_cache(path: &Path, share: &Path, map: &BTreeMap<String, CacheLine>) -> io::Result<()> {
+    let dir = path
+        .parent()
+        .ok_or_else(|| io::Error::other("cache path has no directory"))?;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let mut text = format!("{CACHE_MAGIC} 1 {}\n", hex_path(share));
     for (name, l) in map {
         text.push_str(&format!(
             "{} {} {} {name}\n",
@@ -537,7 +886,8 @@ fn write_cache(dir: &Path, map: &BTreeMap<String, CacheLine>) -> io::Result<()> 
             l.mtime
         ));
     }
-    let tmp = dir.join(format!("{CACHE_FILE}.{}.tmp", std::process::id()));
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
     let result = (|| {
         let mut f = OpenOptions::new()
             .write(true)
@@ -549,7 +899,7 @@ fn write_cache(dir: &Path, map: &BTreeMap<String, CacheLine>) -> io::Result<()> 
         // Without this a crash could leave the renamed file empty or torn; a torn line
         // could pair a name with the wrong hash.
         f.sync_all()?;
-        fs::rename(&tmp, dir.join(CACHE_FILE))
+        fs::rename(&tmp, path)
     })();
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
@@ -563,12 +913,18 @@ mod tests {
     use std::ffi::OsStr;
     use std::os::unix::fs::symlink;
 
+    /// Opens `dir` with its hash cache in `dir/.cache` (hidden, so never shared), not in
+    /// the user's cache directory.
+    fn open(dir: &Path) -> Share {
+        Share::open_with_cache_dir(dir, Some(dir.join(".cache"))).unwrap()
+    }
+
     fn share_with(files: &[(&str, &[u8])]) -> (tempfile::TempDir, Share) {
         let dir = tempfile::tempdir().unwrap();
         for (name, content) in files {
             fs::write(dir.path().join(name), content).unwrap();
         }
-        let share = Share::open(dir.path()).unwrap();
+        let share = open(dir.path());
         (dir, share)
     }
 
@@ -749,11 +1105,12 @@ mod tests {
     fn rescan_of_unchanged_share_reads_nothing_even_after_restart() {
         let (d, share) = share_with(&[("a", b"aaa"), ("b", b"bbbb")]);
         assert_eq!(share.scan().unwrap().hashed, 2);
-        assert!(d.path().join(CACHE_FILE).exists());
+        assert!(share.cache_file().unwrap().exists());
+        assert!(!d.path().join(CACHE_FILE).exists());
         let r = share.scan().unwrap();
         assert_eq!((r.files, r.hashed), (2, 0));
 
-        let again = Share::open(d.path()).unwrap();
+        let again = open(d.path());
         let r = again.scan().unwrap();
         assert_eq!((r.files, r.hashed), (2, 0));
         assert_eq!(again.get("b").unwrap().hash, blake3::hash(b"bbbb"));
@@ -763,7 +1120,7 @@ mod tests {
     fn names_with_spaces_survive_the_cache() {
         let (d, share) = share_with(&[(" lead and trail ", b"x"), ("a  b", b"y")]);
         share.scan().unwrap();
-        let again = Share::open(d.path()).unwrap();
+        let again = open(d.path());
         let r = again.scan().unwrap();
         assert_eq!((r.files, r.hashed), (2, 0));
         assert_eq!(
@@ -777,15 +1134,15 @@ mod tests {
         let (d, share) = share_with(&[("a", b"aaa")]);
         share.scan().unwrap();
         fs::write(
-            d.path().join(CACHE_FILE),
+            share.cache_file().unwrap(),
             b"\xff\xfe garbage\nnot a cache line\n",
         )
         .unwrap();
-        let again = Share::open(d.path()).unwrap();
+        let again = open(d.path());
         let r = again.scan().unwrap();
         assert_eq!((r.files, r.hashed), (1, 1));
         // And the cache was rewritten.
-        let r = Share::open(d.path()).unwrap().scan().unwrap();
+        let r = open(d.path()).scan().unwrap();
         assert_eq!(r.hashed, 0);
     }
 
@@ -793,9 +1150,13 @@ mod tests {
     fn wrong_hash_line_for_other_size_is_not_trusted() {
         let (d, share) = share_with(&[("a", b"aaa")]);
         share.scan().unwrap();
-        let line = format!("{} 99 0 a\n", blake3::hash(b"zzz").to_hex());
-        fs::write(d.path().join(CACHE_FILE), line).unwrap();
-        let again = Share::open(d.path()).unwrap();
+        let line = format!(
+            "{CACHE_MAGIC} 1 {}\n{} 99 0 a\n",
+            hex_path(share.dir()),
+            blake3::hash(b"zzz").to_hex()
+        );
+        fs::write(share.cache_file().unwrap(), line).unwrap();
+        let again = open(d.path());
         assert_eq!(again.scan().unwrap().hashed, 1);
         assert_eq!(again.get("a").unwrap().hash, blake3::hash(b"aaa"));
     }
@@ -810,7 +1171,7 @@ mod tests {
         let a = share.get("a").unwrap();
         assert_eq!((a.size, a.hash), (6, blake3::hash(b"abcdef")));
         // The cache file was updated too.
-        assert_eq!(Share::open(d.path()).unwrap().scan().unwrap().hashed, 0);
+        assert_eq!(open(d.path()).scan().unwrap().hashed, 0);
     }
 
     #[test]
@@ -825,7 +1186,7 @@ mod tests {
         assert_eq!(sf.size, content.len() as u64);
         assert_eq!(sf.hash, blake3::hash(&content));
         assert_eq!(share.get("a").unwrap(), sf);
-        assert_eq!(Share::open(d.path()).unwrap().scan().unwrap().hashed, 0);
+        assert_eq!(open(d.path()).scan().unwrap().hashed, 0);
     }
 
     #[test]
@@ -862,5 +1223,168 @@ mod tests {
         let r = share.scan().unwrap();
         assert_eq!(r.files, 0);
         assert!(skipped_reason(&r, "fifo").unwrap().contains("regular"));
+    }
+
+    #[test]
+    fn cache_dir_follows_xdg_then_home() {
+        let p = |s: &str| Some(PathBuf::from(s));
+        assert_eq!(cache_dir_from(p("/x/c"), p("/h")), p("/x/c/p2pchat"));
+        // A relative XDG_CACHE_HOME is ignored, as the XDG spec says.
+        assert_eq!(cache_dir_from(p("rel"), p("/h")), p("/h/.cache/p2pchat"));
+        assert_eq!(cache_dir_from(None, p("/h")), p("/h/.cache/p2pchat"));
+        assert_eq!(cache_dir_from(None, None), None);
+        assert_eq!(cache_dir_from(None, p("")), None);
+    }
+
+    #[test]
+    fn cache_is_one_file_per_share_outside_it() {
+        let cache = tempfile::tempdir().unwrap();
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        for d in [&a, &b] {
+            fs::write(d.path().join("f"), d.path().as_os_str().as_bytes()).unwrap();
+        }
+        let sa = Share::open_with_cache_dir(a.path(), Some(cache.path().into())).unwrap();
+        let sb = Share::open_with_cache_dir(b.path(), Some(cache.path().into())).unwrap();
+        sa.scan().unwrap();
+        sb.scan().unwrap();
+        let (fa, fb) = (sa.cache_file().unwrap(), sb.cache_file().unwrap());
+        assert_ne!(fa, fb);
+        assert!(fa.starts_with(cache.path()) && fa.exists() && fb.exists());
+        assert_eq!(read_header(&fa).unwrap(), sa.dir());
+        for d in [&a, &b] {
+            let names: Vec<_> = fs::read_dir(d.path()).unwrap().flatten().collect();
+            assert_eq!(names.len(), 1, "only the shared file is in the share");
+        }
+        // A's cache copied over B's name is refused: the header names another directory.
+        fs::copy(&fa, &fb).unwrap();
+        let again = Share::open_with_cache_dir(b.path(), Some(cache.path().into())).unwrap();
+        assert_eq!(again.scan().unwrap().hashed, 1);
+    }
+
+    #[test]
+    fn legacy_cache_in_the_share_is_migrated_and_removed() {
+        let (d, share) = share_with(&[("a", b"aaa")]);
+        share.scan().unwrap();
+        let hash = share.get("a").unwrap();
+        let line = format!(
+            "{} {} {} a\n",
+            hash.hash.to_hex(),
+            hash.size,
+            mtime_nanos(hash.mtime)
+        );
+        fs::write(d.path().join(CACHE_FILE), line).unwrap();
+        // A fresh cache directory: only the legacy file knows the hash.
+        let cache = tempfile::tempdir().unwrap();
+        let again = Share::open_with_cache_dir(d.path(), Some(cache.path().into())).unwrap();
+        let r = again.scan().unwrap();
+        assert_eq!((r.files, r.hashed), (1, 0), "the legacy hashes were used");
+        assert!(r.skipped.is_empty(), "{:?}", r.skipped);
+        assert!(
+            !d.path().join(CACHE_FILE).exists(),
+            "the legacy file was removed"
+        );
+        assert!(again.cache_file().unwrap().exists());
+        assert_not_found(&again, CACHE_FILE);
+    }
+
+    #[test]
+    fn unwritable_cache_dir_falls_back_to_memory() {
+        let (d, _) = share_with(&[("a", b"aaa")]);
+        let blocker = d.path().join(".not-a-dir");
+        fs::write(&blocker, b"x").unwrap();
+        let share = Share::open_with_cache_dir(d.path(), Some(blocker.join("p2pchat"))).unwrap();
+        assert_eq!(share.scan().unwrap().files, 1);
+        assert_eq!(share.scan().unwrap().hashed, 0, "hashes kept in memory");
+        let none = Share::open_with_cache_dir(d.path(), None).unwrap();
+        assert_eq!(none.scan().unwrap().files, 1);
+        assert!(none.cache_file().is_none());
+    }
+
+    #[test]
+    fn stale_cache_of_a_vanished_share_is_pruned() {
+        let cache = tempfile::tempdir().unwrap();
+        // A temporary share: its cache goes as soon as the share is gone.
+        let gone = tempfile::tempdir().unwrap();
+        fs::write(gone.path().join("f"), b"f").unwrap();
+        let s = Share::open_with_cache_dir(gone.path(), Some(cache.path().into())).unwrap();
+        s.scan().unwrap();
+        let temporary = s.cache_file().unwrap();
+        drop((s, gone));
+        // A share elsewhere (a drive that may only be unmounted): kept until old.
+        let elsewhere = cache.path().join("hashes-0123456789abcdef0123456789abcdef");
+        let missing = Path::new("/nonexistent-p2pchat-test/music");
+        fs::write(
+            &elsewhere,
+            format!("{CACHE_MAGIC} 1 {}\n", hex_path(missing)),
+        )
+        .unwrap();
+        // Not in our format: never removed.
+        let foreign = cache.path().join("hashes-foreign");
+        fs::write(&foreign, b"something else\n").unwrap();
+
+        let keep = tempfile::tempdir().unwrap();
+        let open = || Share::open_with_cache_dir(keep.path(), Some(cache.path().into())).unwrap();
+        open();
+        assert!(!temporary.exists());
+        assert!(elsewhere.exists());
+        let old = SystemTime::now() - STALE_CACHE_AGE - std::time::Duration::from_secs(60);
+        for f in [&elsewhere, &foreign] {
+            File::options()
+                .write(true)
+                .open(f)
+                .unwrap()
+                .set_modified(old)
+                .unwrap();
+        }
+        open();
+        assert!(!elsewhere.exists());
+        assert!(foreign.exists());
+    }
+
+    #[test]
+    fn settled_scan_holds_files_still_being_written() {
+        let (d, share) = share_with(&[("old", b"old")]);
+        share.scan().unwrap();
+        let hour = std::time::Duration::from_secs(3600);
+        fs::write(d.path().join("old"), b"old, being rewritten").unwrap();
+        fs::write(d.path().join("new"), b"half of it").unwrap();
+        let r = share.scan_settled(hour).unwrap();
+        assert_eq!(r.unsettled, ["new", "old"]);
+        assert!(!r.changed_anything(), "{r:?}");
+        assert_eq!(share.names(), ["old"]);
+        assert_eq!(share.get("old").unwrap().hash, blake3::hash(b"old"));
+        // Settled (or a plain scan): taken as they are.
+        let r = share.scan_settled(std::time::Duration::ZERO).unwrap();
+        assert!(r.unsettled.is_empty());
+        assert_eq!(
+            (r.added, r.changed),
+            (vec!["new".into()], vec!["old".into()])
+        );
+    }
+
+    #[test]
+    fn scan_reports_what_changed_and_new_skips_once() {
+        let (d, share) = share_with(&[("a", b"a"), ("b", b"b"), ("x,y", b"c")]);
+        let r = share.scan().unwrap();
+        assert_eq!(r.added, ["a", "b"]);
+        assert_eq!(r.newly_skipped.len(), 1);
+        let r = share.scan().unwrap();
+        assert!(!r.changed_anything() && r.newly_skipped.is_empty(), "{r:?}");
+        assert_eq!(r.skipped.len(), 1);
+        fs::write(d.path().join("b"), b"bigger").unwrap();
+        fs::remove_file(d.path().join("a")).unwrap();
+        fs::write(d.path().join("c"), b"c").unwrap();
+        fs::create_dir(d.path().join("sub")).unwrap();
+        let r = share.scan().unwrap();
+        assert_eq!(
+            (r.added, r.removed, r.changed),
+            (
+                vec!["c".to_string()],
+                vec!["a".to_string()],
+                vec!["b".to_string()]
+            )
+        );
+        assert_eq!(r.newly_skipped.len(), 1);
+        assert_eq!(r.newly_skipped[0].0, "sub");
     }
 }

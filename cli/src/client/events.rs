@@ -110,8 +110,14 @@ impl Queues {
                         Event::Notice(format!("the registry refused to register again: {reason}"))
                     }
                     PeerEvent::ShareSkipped { name, reason } => {
-                        Event::Notice(format!("not shared: {name:?} ({reason})"))
+                        Event::Notice(crate::notice::skipped(name, reason))
                     }
+                    PeerEvent::ShareUpdated {
+                        files,
+                        added,
+                        removed,
+                        changed,
+                    } => Event::Notice(crate::notice::updated(*files, added, removed, changed)),
                     _ => return,
                 };
                 let _ = t4.try_send(event);

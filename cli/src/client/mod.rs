@@ -58,7 +58,10 @@ pub fn run(args: ClientArgs) -> Result<(), Failure> {
         port: args.port,
         listen: args.listen,
     };
-    let hooks = |b: p2pcore::peer::PeerBuilder| queues.wire(b.chat_answer_timeout(answer_timeout));
+    // Live share: files added to the folder while online are announced (issue 16).
+    let hooks = |b: p2pcore::peer::PeerBuilder| {
+        queues.wire(b.chat_answer_timeout(answer_timeout).live_share(true))
+    };
     let peer = match prompt::register(registration, &input, &signals, &style, &hooks) {
         Ok(Ok(peer)) => peer,
         Ok(Err(message)) => return Err(Failure::new(message)),

@@ -13,6 +13,7 @@
 
 mod chat;
 mod fetch;
+mod live;
 mod refuser;
 mod registry_link;
 mod serve;
@@ -42,7 +43,19 @@ use std::time::Duration;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PeerEvent {
     /// A file in the share was left out (its name cannot be carried, or it leads out).
+    /// Reported once while it stays left out for the same reason: at connect, then by
+    /// each rescan only for names it newly leaves out.
     ShareSkipped { name: String, reason: String },
+    /// A rescan (live, [`Peer::rescan`], or after a download into the share) found the
+    /// share changed; `files` is how many files are shared now. Names in `added` or
+    /// `removed` (a rename is both) have been sent to the registry, or will be as soon
+    /// as it answers; `changed` files are served with their new content and hash.
+    ShareUpdated {
+        files: usize,
+        added: Vec<String>,
+        removed: Vec<String>,
+        changed: Vec<String>,
+    },
     /// The registry connection dropped; the peer is re-connecting.
     RegistryLost { detail: String },
     /// The registry connection is back and this peer is registered again.
@@ -153,9 +166,21 @@ pub struct PeerBuilder {
     io_timeout: Duration,
     limits: PeerLimits,
     hooks: Hooks,
+    live_share: bool,
 }
 
 impl PeerBuilder {
+    /// Watch the shared directory and follow its changes: files added, removed,
+    /// renamed or changed reach the registry within 2 s, each reported as
+    /// [`PeerEvent::ShareUpdated`] (and new skips as [`PeerEvent::ShareSkipped`]).
+    /// Costs one watcher thread (two: notify runs its own) and an inotify instance.
+    /// Off by default, so an embedding application decides when its share changes
+    /// ([`Peer::rescan`]).
+    pub fn live_share(mut self, on: bool) -> Self {
+        self.live_share = on;
+        self
+    }
+
     /// Use these bounds instead of the defaults.
     pub fn limits(mut self, limits: PeerLimits) -> Self {
         self.limits = limits;
@@ -267,6 +292,7 @@ impl PeerBuilder {
     pub fn connect(self) -> Result<Peer> {
         check_username(&self.username)
             .map_err(|_| Error::InvalidUsername(self.username.clone()))?;
+        let live_share = self.live_share;
         let share = Share::open(&self.shared_dir)?;
         let download_dir = match &self.download_dir {
             Some(d) if d.is_dir() => d.clone(),
@@ -311,7 +337,7 @@ impl PeerBuilder {
             open_chats: Arc::default(),
             refuser,
         });
-        inner.scan_share()?;
+        inner.scan_share(None)?;
         inner.register()?;
         let peer = Peer { inner };
         let refuser_inner = peer.inner.clone();
@@ -326,6 +352,9 @@ impl PeerBuilder {
         peer.inner
             .threads
             .spawn("p2p-registry-keeper", move || keep_registered(keeper))?;
+        if live_share {
+            live::start(&peer.inner)?;
+        }
         Ok(peer)
     }
 }
@@ -397,15 +426,32 @@ impl Inner {
         }
     }
 
-    fn scan_share(&self) -> Result<ScanReport> {
-        let report = self.share.scan()?;
-        for (name, reason) in &report.skipped {
+    /// Scan the share (files modified less than `settle` ago held back); report names
+    /// newly skipped.
+    fn scan_share(&self, settle: Option<Duration>) -> Result<ScanReport> {
+        let report = match settle {
+            Some(settle) => self.share.scan_settled(settle)?,
+            None => self.share.scan()?,
+        };
+        for (name, reason) in &report.newly_skipped {
             self.emit(PeerEvent::ShareSkipped {
                 name: name.clone(),
                 reason: reason.clone(),
             });
         }
         Ok(report)
+    }
+
+    /// Report what a rescan changed, once the registry has been told (or tried).
+    fn announce(&self, report: &ScanReport) {
+        if report.changed_anything() {
+            self.emit(PeerEvent::ShareUpdated {
+                files: report.files,
+                added: report.added.clone(),
+                removed: report.removed.clone(),
+                changed: report.changed.clone(),
+            });
+        }
     }
 
     fn init_query(&self) -> String {
@@ -439,9 +485,10 @@ impl Inner {
     }
 
     pub fn rescan(&self) -> Result<ScanReport> {
-        let report = self.scan_share()?;
-        self.register()?;
-        Ok(report)
+        let report = self.scan_share(None)?;
+        let registered = self.register();
+        self.announce(&report);
+        registered.map(|()| report)
     }
 
     fn stop(&self) {
@@ -549,6 +596,7 @@ impl Peer {
             io_timeout: PEER_IO_TIMEOUT,
             limits: PeerLimits::default(),
             hooks: Hooks::default(),
+            live_share: false,
         }
     }
 
