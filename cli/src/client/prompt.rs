@@ -92,7 +92,7 @@ pub fn register(
         let dir = loop {
             let dir = match reg.dir.take() {
                 Some(d) => d,
-                None => PathBuf::from(ask(input, signals, "Enter shared directory: ")?),
+                None => crate::args::expand_home(&ask(input, signals, "Enter shared directory: ")?),
             };
             if dir.as_os_str().is_empty() {
                 complain("please enter a directory".into())?;
