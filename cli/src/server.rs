@@ -243,16 +243,13 @@ fn text_line(style: &Style, e: &RegistryEvent) -> String {
             } else {
                 format!(" (released {})", list(released))
             };
-            format!(
-                "{} {source} {}",
-                now(),
-                style.red(&format!("disconnected{released}"))
-            )
+            // An ordinary end of a connection: not an error, so not red.
+            format!("{} {source} disconnected{released}", now())
         }
         RegistryEvent::LeaseExpired { usernames } => format!(
             "{} {}",
             now(),
-            style.red(&format!("lease expired: {}", list(usernames)))
+            style.yellow(&format!("lease expired: {}", list(usernames)))
         ),
         RegistryEvent::Refused { source, outcome } => format!(
             "{} {source} {}",
@@ -432,6 +429,40 @@ mod tests {
             line.ends_with(" refused: ERR,Too many connections from your address"),
             "{line}"
         );
+    }
+
+    #[test]
+    fn only_errors_and_refusals_are_red() {
+        let style = Style::colored();
+        let source: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let red = "\x1b[31m";
+        let line = text_line(
+            &style,
+            &RegistryEvent::Disconnected {
+                source,
+                released: vec!["bob".into()],
+            },
+        );
+        assert!(!line.contains(red), "{line:?}");
+        assert!(
+            line.ends_with("127.0.0.1:5000 disconnected (released bob)"),
+            "{line:?}"
+        );
+        let line = text_line(
+            &style,
+            &RegistryEvent::LeaseExpired {
+                usernames: vec!["old".into()],
+            },
+        );
+        assert!(!line.contains(red), "{line:?}");
+        let line = text_line(
+            &style,
+            &RegistryEvent::Refused {
+                source,
+                outcome: "ERR,Registry full".into(),
+            },
+        );
+        assert!(line.contains(red), "{line:?}");
     }
 
     #[test]
