@@ -299,3 +299,95 @@ fn ctrl_d_ends_only_the_chat_in_a_terminal() {
     assert_eq!(bob.wait_exit(), 0);
     assert!(registry.users().is_empty());
 }
+
+/// Issue 10 (glued lines), 5 (the request's full answer time), 16 (a filename with
+/// spaces around it typed at the menu): what arrives while alice is typing starts on a
+/// fresh line (`\r` + erase line) and the prompt comes back; what she had typed is
+/// still sent whole.
+#[test]
+fn lines_arriving_while_typing_start_on_a_fresh_line() {
+    use p2pcore::peer::Peer;
+    let (_registry, addr) = registry();
+    let alice_dir = tempfile::tempdir().unwrap();
+    let bob_dir = tempfile::tempdir().unwrap();
+    std::fs::write(bob_dir.path().join(" spaced name "), "spaces kept").unwrap();
+    let (chats_tx, chats) = crossbeam_channel::unbounded();
+    let (heard_tx, heard) = crossbeam_channel::unbounded();
+    let bob = Peer::builder(&addr, "bob", bob_dir.path())
+        .on_chat_request(move |r| {
+            let _ = chats_tx.send(r.accept());
+        })
+        .on_chat_message(move |_, _, text| {
+            let _ = heard_tx.send(text.to_string());
+        })
+        .connect()
+        .unwrap();
+    let d = alice_dir.path().to_str().unwrap();
+    let mut alice = Pty::spawn(
+        "alice",
+        &[
+            "--registry",
+            &addr,
+            "--user",
+            "alice",
+            "--dir",
+            d,
+            "--port",
+            "0",
+        ],
+        false,
+    );
+    // As a person's terminal: what is typed is echoed at once (before Enter).
+    alice
+        .session
+        .set_echo(true, Some(Duration::from_secs(5)))
+        .expect("echo on");
+    alice.expect("Enter choice: ");
+
+    // At the menu prompt: "1" typed, not yet sent, when a chat request comes in.
+    alice.session.send("1").unwrap();
+    alice.expect("1");
+    let listen = bob.peer_addr("alice").unwrap();
+    let _carol = common::FakePeer::ask_chat(listen, "carol");
+    alice.expect("\r\x1b[K*** carol wants to chat with you (answer within 30 s;");
+    alice.expect("Accept chat with carol? [y/n]: ");
+    // Enter sends the "1" typed before: a menu choice, not an answer.
+    alice.send_line("");
+    alice.expect("Online users (2):");
+
+    // In a chat: "hel" typed when bob's message arrives.
+    alice.expect("Accept chat with carol? [y/n]: ");
+    alice.send_line("n");
+    alice.expect("Enter choice: ");
+    alice.send_line("2");
+    alice.expect("Enter username (empty to go back): ");
+    alice.send_line("bob");
+    alice.expect("Enter choice: ");
+    alice.send_line("3");
+    let chat = chats.recv_timeout(WAIT).unwrap().unwrap();
+    alice.expect("chatting with bob");
+    alice.session.send("hel").unwrap();
+    alice.expect("hel");
+    chat.send("hi alice").unwrap();
+    alice.expect("\r\x1b[Kbob: hi alice\r\n");
+    alice.send_line("lo");
+    assert_eq!(heard.recv_timeout(WAIT).unwrap(), "hello", "sent whole");
+    alice.send_line("/exit");
+    alice.expect("Enter choice: ");
+
+    // A filename typed with its spaces is fetched as typed.
+    alice.send_line("4");
+    alice.expect("Enter filename (empty to go back): ");
+    alice.send_line(" spaced name ");
+    alice.expect("(hash verified)");
+    assert_eq!(
+        std::fs::read_to_string(alice_dir.path().join(" spaced name ")).unwrap(),
+        "spaces kept"
+    );
+    alice.expect("Enter choice: ");
+    alice.send_line("0");
+    alice.expect("Enter choice: ");
+    alice.send_line("0");
+    assert_eq!(alice.wait_exit(), 0);
+    bob.exit();
+}
