@@ -226,7 +226,8 @@ pub struct WhoisArgs {
 #[derive(Debug, Args)]
 pub struct Identity {
     /// Username to register as. When it is online in another process (your `client`
-    /// or `share`), `fetch` and `send` register as NAME~2 (or ~3, … ~9) for the run.
+    /// or `share`), `fetch` and `send` register as NAME~2 (or ~3, … ~9) for the run;
+    /// `share` fails.
     #[arg(long, value_name = "NAME", env = "P2PCHAT_USER")]
     pub user: String,
     /// Port to listen on for other peers (0 = any free port).

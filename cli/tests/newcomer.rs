@@ -443,3 +443,111 @@ fn the_server_log_shows_a_whole_file_list() {
     assert_eq!(server.wait_exit(WAIT).code(), Some(130));
     let _ = Duration::ZERO;
 }
+
+/// The indented blocks of the README's session (after alice's registration, before
+/// "Scripting"), with trailing spaces removed from each line.
+fn readme_session_blocks(alice_share: &str) -> Vec<String> {
+    let readme = readme();
+    let start = readme
+        .find("In a second terminal alice")
+        .expect("the session in the README");
+    let end = readme[start..].find("### Scripting").unwrap() + start;
+    let mut blocks = Vec::new();
+    let mut block: Vec<String> = Vec::new();
+    for line in readme[start..end].lines() {
+        if let Some(code) = line.strip_prefix("    ") {
+            block.push(
+                code.trim_end()
+                    .replace("/home/alice/alice-share", alice_share),
+            );
+        } else if line.is_empty() && !block.is_empty() {
+            block.push(String::new());
+        } else if !block.is_empty() {
+            while block.last().is_some_and(|l| l.is_empty()) {
+                block.pop();
+            }
+            blocks.push(block.join("\n"));
+            block.clear();
+        }
+    }
+    blocks
+}
+
+fn trimmed(transcript: &str) -> String {
+    transcript
+        .lines()
+        .map(str::trim_end)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Issue 5: what the README shows of a session is what the client prints, line for line.
+#[test]
+fn the_readme_session_is_real_output() {
+    let (_registry, addr) = registry();
+    let alice_dir = tempfile::tempdir().unwrap();
+    let bob_dir = tempfile::tempdir().unwrap();
+    std::fs::write(bob_dir.path().join("notes.txt"), "notes").unwrap();
+    std::fs::write(bob_dir.path().join("report.bin"), pattern(100_000)).unwrap();
+    let b = bob_dir.path().to_str().unwrap();
+    let mut bob = Proc::spawn(
+        clean(&[
+            "client",
+            "--registry",
+            &addr,
+            "--user",
+            "bob",
+            "--dir",
+            b,
+            "--port",
+            "0",
+        ])
+        .stdin(Stdio::piped()),
+    );
+    bob.expect("Enter choice: ");
+    let mut alice = Proc::spawn(clean(&["client", "--registry", &addr]).stdin(Stdio::piped()));
+    alice.expect("Enter username: ");
+    alice.send_line("alice");
+    alice.expect("Enter shared directory: ");
+    alice.send_line(alice_dir.path().to_str().unwrap());
+    alice.expect("Enter port (empty or 0 for any free port): ");
+    alice.send_line("");
+    for choice in ["1", "3", "2"] {
+        alice.expect("Enter choice: ");
+        alice.send_line(choice);
+    }
+    alice.expect("Enter username (empty to go back): ");
+    alice.send_line("bob");
+    for choice in ["1", "2", "3"] {
+        alice.expect("Enter choice: ");
+        alice.send_line(choice);
+    }
+    bob.expect("Accept chat with alice? [y/n]: ");
+    bob.send_line("y");
+    alice.expect("--- chatting with bob");
+    alice.send_line("/exit");
+    alice.expect("Enter choice: ");
+    alice.send_line("4");
+    alice.expect("Enter filename (empty to go back): ");
+    alice.send_line("report.bin");
+    alice.expect("(hash verified)");
+    alice.expect("Enter choice: ");
+    alice.send_line("0");
+    alice.expect("Enter choice: ");
+    alice.send_line("0");
+    assert!(alice.wait_exit(WAIT).success());
+    bob.expect("Enter choice: ");
+    bob.send_line("0");
+    assert!(bob.wait_exit(WAIT).success());
+
+    let seen = trimmed(&(alice.all_stdout() + "\n" + &bob.all_stdout()));
+    let share = alice_dir.path().canonicalize().unwrap();
+    let blocks = readme_session_blocks(&share.display().to_string());
+    assert!(blocks.len() >= 8, "{blocks:#?}");
+    for block in blocks.iter().filter(|b| !b.starts_with("$ ")) {
+        assert!(
+            seen.contains(block.as_str()),
+            "README block not in the real output:\n{block}\n--- output ---\n{seen}"
+        );
+    }
+}
