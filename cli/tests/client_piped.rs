@@ -155,6 +155,7 @@ fn unreachable_registry_is_a_one_line_error() {
     assert_eq!(status.code(), Some(1));
     let err = a.all_stderr();
     assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("is `p2pchat server` running there?"), "{err}");
     assert!(err.contains("cannot reach the registry"), "{err}");
 }
 
