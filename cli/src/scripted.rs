@@ -348,13 +348,35 @@ pub fn send(args: &SendArgs) -> Result<(), Failure> {
             temp.path()
         }
     };
+    let signals = crate::signals::channel();
     let peer = connect_as(&args.registry.registry, &args.id, dir, true, |b| b)?;
-    let result = peer.chat(&args.to).and_then(|chat| {
-        let sent = args.messages.iter().try_for_each(|m| chat.send(m));
-        chat.close();
-        sent
+    // The chat request blocks until answered: a watcher shuts the peer down on
+    // SIGINT/SIGTERM, which ends the wait, and the command reports the interruption.
+    let (done_tx, done) = crossbeam_channel::bounded::<()>(0);
+    let (result, interrupted) = std::thread::scope(|scope| {
+        let watcher = scope.spawn(|| {
+            select! {
+                recv(signals) -> _ => {
+                    peer.shutdown();
+                    true
+                }
+                recv(done) -> _ => false,
+            }
+        });
+        let result = peer.chat(&args.to).and_then(|chat| {
+            let sent = args.messages.iter().try_for_each(|m| chat.send(m));
+            chat.close();
+            sent
+        });
+        drop(done_tx);
+        (result, watcher.join().unwrap_or(false))
     });
     peer.exit();
+    if interrupted {
+        return Err(Failure::interrupted(
+            "interrupted; the chat was not completed",
+        ));
+    }
     result?;
     Ok(())
 }

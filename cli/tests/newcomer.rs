@@ -551,3 +551,50 @@ fn the_readme_session_is_real_output() {
         );
     }
 }
+
+/// Issue 14: Ctrl-C ends `send` waiting for an answer with 130 too (client, fetch,
+/// share and server are covered by their own tests), and the run leaves the registry.
+#[test]
+fn an_interrupted_send_exits_130_and_leaves() {
+    let (registry, addr) = registry();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let mut alice = Proc::spawn(
+        clean(&[
+            "client",
+            "--registry",
+            &addr,
+            "--user",
+            "alice",
+            "--dir",
+            d,
+            "--port",
+            "0",
+        ])
+        .stdin(Stdio::piped()),
+    );
+    alice.expect("Enter choice: ");
+    let mut send = Proc::spawn(
+        clean(&[
+            "send",
+            "--registry",
+            &addr,
+            "--user",
+            "carol",
+            "alice",
+            "hi",
+        ])
+        .stdin(Stdio::null()),
+    );
+    alice.expect("Accept chat with carol? [y/n]: ");
+    assert!(registry.user("carol").is_some());
+    send.signal(libc::SIGINT);
+    assert_eq!(send.wait_exit(WAIT).code(), Some(130));
+    assert_eq!(
+        send.all_stderr(),
+        "p2pchat: interrupted; the chat was not completed\n"
+    );
+    assert!(registry.user("carol").is_none(), "EXIT was sent");
+    alice.send_line("0");
+    assert!(alice.wait_exit(WAIT).success());
+}
