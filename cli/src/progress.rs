@@ -1,13 +1,15 @@
-//! Watching a download: a progress bar (bytes, rate, ETA) on a terminal, silence
+//! Watching a download: a progress bar (bytes, this run's rate, ETA) on a terminal, silence
 //! otherwise; Ctrl-C cancels it. A download that resumes a partial file says so, and
 //! its rate counts only the bytes this run received.
 
 use crossbeam_channel::Receiver;
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{HumanBytes, ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 use p2pcore::peer::{PeerEvent, Transfer, TransferId};
 use std::collections::HashMap;
+use std::fmt;
 use std::io::IsTerminal;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -41,6 +43,20 @@ impl Starts {
     }
 }
 
+/// Shortest time over which a rate is shown: over less, a burst of a few packets (or a
+/// burst of a resumed file's length) says nothing about the download's speed.
+const MIN_RATE_TIME: Duration = Duration::from_millis(500);
+
+/// This run's average rate in bytes per second, once it has run [`MIN_RATE_TIME`].
+fn rate(state: &ProgressState, base: &AtomicU64) -> Option<f64> {
+    let secs = state.elapsed();
+    if secs < MIN_RATE_TIME {
+        return None;
+    }
+    let got = state.pos().saturating_sub(base.load(Ordering::Relaxed));
+    Some(got as f64 / secs.as_secs_f64())
+}
+
 /// `n` bytes for people: `512 B`, `1.5 KiB`, `2.0 MiB`, `1.25 GiB`.
 pub fn bytes(n: u64) -> String {
     const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
@@ -65,12 +81,35 @@ pub fn watch(
     starts: &Starts,
     note: &mut dyn FnMut(&str),
 ) -> p2pcore::Result<PathBuf> {
+    // Where this run's bytes start (a resumed download's partial length): the rate is
+    // this run's bytes over this run's time, so a resume never shows as a burst.
+    let base = Arc::new(AtomicU64::new(0));
     let bar = if std::io::stderr().is_terminal() {
         let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
+        let (rate_base, eta_base) = (base.clone(), base.clone());
         let style = ProgressStyle::with_template(
-            "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
+            "{msg} [{bar:30}] {bytes}/{total_bytes} {rate} ETA {left}",
         )
         .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .with_key(
+            "rate",
+            move |state: &ProgressState, w: &mut dyn fmt::Write| {
+                let _ = match rate(state, &rate_base) {
+                    Some(r) => write!(w, "{}/s", HumanBytes(r as u64)),
+                    None => write!(w, "-"),
+                };
+            },
+        )
+        .with_key(
+            "left",
+            move |state: &ProgressState, w: &mut dyn fmt::Write| {
+                let left = state.len().unwrap_or(0).saturating_sub(state.pos());
+                let _ = match rate(state, &eta_base).filter(|r| *r > 0.0) {
+                    Some(r) => write!(w, "{}s", (left as f64 / r).ceil() as u64),
+                    None => write!(w, "-"),
+                };
+            },
+        )
         .progress_chars("=> ");
         bar.set_style(style);
         bar.set_message(crate::visible::visible(transfer.file()).into_owned());
@@ -103,10 +142,10 @@ pub fn watch(
                 }
                 if let Some(bar) = &bar {
                     // The rate and ETA count from here: the resumed bytes came earlier.
+                    base.store(offset, Ordering::Relaxed);
                     bar.set_length(size);
                     last_total = size;
                     bar.set_position(offset);
-                    bar.reset_eta();
                     bar.reset_elapsed();
                 }
             }

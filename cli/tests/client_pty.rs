@@ -7,7 +7,7 @@ use common::{pattern, registry, BIN, WAIT};
 use expectrl::process::unix::{PtyStream, UnixProcess};
 use expectrl::stream::log::LoggedStream;
 use expectrl::{ControlCode, WaitStatus};
-use std::io::Write;
+use std::io::{Read, Write};
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -390,4 +390,171 @@ fn lines_arriving_while_typing_start_on_a_fresh_line() {
     alice.send_line("0");
     assert_eq!(alice.wait_exit(), 0);
     bob.exit();
+}
+
+/// Registers as `bob` sharing `name`, then serves one request for it: answers with
+/// its size and hash and sends the bytes from the asked offset, `chunk` bytes every
+/// `every`, stopping after `limit` bytes (then holding the connection until dropped).
+fn serve_slowly(
+    registry: &str,
+    name: &str,
+    data: Vec<u8>,
+    hash: String,
+    chunk: usize,
+    every: Duration,
+    limit: usize,
+) -> (std::net::TcpStream, std::thread::JoinHandle<()>) {
+    use std::io::{BufRead, BufReader};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let mut session = std::net::TcpStream::connect(registry).unwrap();
+    session
+        .write_all(format!("INIT,bob,{port},{name}\n").as_bytes())
+        .unwrap();
+    let mut ok = String::new();
+    BufReader::new(session.try_clone().unwrap())
+        .read_line(&mut ok)
+        .unwrap();
+    assert_eq!(ok, "OK\n");
+    let server = std::thread::spawn(move || {
+        listener.set_nonblocking(false).unwrap();
+        let Ok((mut s, _)) = listener.accept() else {
+            return;
+        };
+        s.set_read_timeout(Some(WAIT)).unwrap();
+        let mut request = String::new();
+        let _ = BufReader::new(s.try_clone().unwrap()).read_line(&mut request);
+        // "P2P/1 FILE <offset> <name>"
+        let offset: usize = request
+            .split(' ')
+            .nth(2)
+            .and_then(|o| o.parse().ok())
+            .unwrap_or(0);
+        let _ = s.write_all(format!("OK {} {hash}\n", data.len()).as_bytes());
+        let end = data.len().min(offset.saturating_add(limit));
+        for piece in data[offset..end].chunks(chunk) {
+            if s.write_all(piece).is_err() {
+                return;
+            }
+            std::thread::sleep(every);
+        }
+        // Hold the connection until the fetch is done with it.
+        let _ = s.read(&mut [0u8; 1]);
+    });
+    (session, server)
+}
+
+/// The fastest rate a progress bar in `log` showed, in bytes per second.
+fn fastest_rate(log: &str) -> f64 {
+    let mut best = 0.0f64;
+    for (i, _) in log.match_indices("/s") {
+        let head = &log[..i];
+        let mut words = head.rsplit(' ');
+        let (Some(unit), Some(number)) = (words.next(), words.next()) else {
+            continue;
+        };
+        let scale = match unit {
+            "B" => 1.0,
+            "KiB" => 1024.0,
+            "MiB" => 1024.0 * 1024.0,
+            "GiB" => 1024.0 * 1024.0 * 1024.0,
+            _ => continue,
+        };
+        if let Ok(n) = number.parse::<f64>() {
+            best = best.max(n * scale);
+        }
+    }
+    best
+}
+
+/// Issue 7: a resumed download says so, and its progress bar's rate counts only the
+/// bytes this run received (the 1 MiB already there would show as a burst of many
+/// MiB/s in the first tick; a sender trickling 32 KiB per 50 ms, at most ~640 KiB/s,
+/// can never show more than that).
+#[test]
+fn a_resumed_download_says_so_and_its_rate_counts_only_new_bytes() {
+    let (registry, addr) = registry();
+    let src = tempfile::tempdir().unwrap();
+    let data = pattern(2 * 1024 * 1024);
+    let path = src.path().join("report.bin");
+    std::fs::write(&path, &data).unwrap();
+    let hash = p2pcore::share::hash_file(&path)
+        .unwrap()
+        .to_hex()
+        .to_string();
+    let dl = tempfile::tempdir().unwrap();
+    let d = dl.path().to_str().unwrap().to_string();
+    let fetch = |addr: &str| {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["fetch", "--registry", addr, "--user", "alice", "--dir", &d])
+            .args(["bob", "report.bin"])
+            .env("NO_COLOR", "1")
+            .env_remove("P2PCHAT_USER");
+        cmd
+    };
+    let partial = p2pcore::transfer::partial_path(dl.path(), "report.bin");
+
+    // First run: 1 MiB arrives at once, then nothing; Ctrl-C keeps it.
+    let half = data.len() / 2;
+    let (session, server) = serve_slowly(
+        &addr,
+        "report.bin",
+        data.clone(),
+        hash.clone(),
+        half,
+        Duration::ZERO,
+        half,
+    );
+    let mut first = fetch(&addr)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + WAIT;
+    while std::fs::metadata(&partial).map_or(0, |m| m.len()) < half as u64 {
+        assert!(Instant::now() < deadline, "the first half never landed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SAFETY: kill(2) on our own child.
+    unsafe {
+        libc::kill(first.id() as i32, libc::SIGINT);
+    }
+    assert_eq!(first.wait().unwrap().code(), Some(130));
+    drop(session);
+    server.join().unwrap();
+    let deadline = Instant::now() + WAIT;
+    while registry.user("bob").is_some() {
+        assert!(Instant::now() < deadline, "bob never left");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // Second run, in a terminal (so the bar is drawn): the rest trickles in.
+    let (session, server) = serve_slowly(
+        &addr,
+        "report.bin",
+        data.clone(),
+        hash,
+        32 * 1024,
+        Duration::from_millis(50),
+        usize::MAX,
+    );
+    let log = Log::default();
+    let mut run = expectrl::Session::spawn(fetch(&addr))
+        .expect("spawn in a pty")
+        .with_log(log.clone())
+        .expect("log");
+    run.set_expect_timeout(Some(WAIT));
+    run.expect("resuming report.bin: 1.0 MiB of 2.0 MiB already here from an earlier download")
+        .expect("the resume is announced");
+    run.expect(expectrl::Eof).expect("fetch ends");
+    drop(session);
+    server.join().unwrap();
+    assert_eq!(std::fs::read(dl.path().join("report.bin")).unwrap(), data);
+    let shown = String::from_utf8_lossy(&log.0.lock().unwrap()).into_owned();
+    let fastest = fastest_rate(&shown);
+    assert!(fastest > 0.0, "a rate was shown:\n{shown}");
+    assert!(
+        fastest < 1.5 * 1024.0 * 1024.0,
+        "the rate counts resumed bytes: {fastest} B/s\n{shown}"
+    );
 }
