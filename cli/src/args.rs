@@ -27,7 +27,8 @@ pub enum Command {
     ///
     /// The log never holds up the registry: lines that cannot be printed in time (a
     /// slow terminal, a pipe nobody reads) are dropped, and a line
-    /// "... N log lines dropped" says how many once printing catches up.
+    /// "... N log lines dropped" says how many once printing catches up. Ctrl-C or
+    /// SIGTERM stops it (exit status 130).
     Server(ServerArgs),
     /// The interactive client: register, then use the menu.
     ///
@@ -43,6 +44,9 @@ pub enum Command {
     /// Print where a user listens (IP:PORT).
     Whois(WhoisArgs),
     /// Stay online sharing a directory until interrupted; print incoming chat messages.
+    ///
+    /// Chat messages go to stdout; chat requests, chat ends and the registry dropping
+    /// or coming back to stderr. Ctrl-C or SIGTERM leaves the registry (exit status 130).
     Share(ShareArgs),
     /// Download a file from another user into DIR and print the saved path.
     Fetch(FetchArgs),
