@@ -107,12 +107,32 @@ fn connect_as(
                     id.user, id.user, id.user
                 )))
             }
-            Err(e @ Error::Io(_)) | Err(e @ Error::Timeout(_)) => {
+            // The registry connection is the first thing `connect` opens after reading
+            // the share: network failures are about it, and get its hint.
+            Err(e @ Error::Io(_)) if is_network(&e) => {
                 return Err(registry_failure(registry, &e))
             }
+            Err(e @ Error::Timeout(_)) => return Err(registry_failure(registry, &e)),
             Err(e) => return Err(e.into()),
         }
     }
+}
+
+/// Whether `e` is a failure to reach another host (not, say, an unreadable share).
+fn is_network(e: &Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(e, Error::Io(io) if matches!(
+        io.kind(),
+        ConnectionRefused
+            | ConnectionReset
+            | ConnectionAborted
+            | NotConnected
+            | HostUnreachable
+            | NetworkUnreachable
+            | AddrNotAvailable
+            | TimedOut
+            | WouldBlock
+    ))
 }
 
 /// Most things `share` has heard and not printed yet. Messages and chat ends wait for
