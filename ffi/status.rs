@@ -34,7 +34,7 @@ pub enum p2p_status {
     P2P_PROTOCOL = 8,
     /// The user is not online.
     P2P_USER_NOT_FOUND = 9,
-    /// The other side declined the chat (or did not answer in time).
+    /// The other side declined the chat.
     P2P_DECLINED = 10,
     /// The chat or connection is closed.
     P2P_CLOSED = 11,
@@ -48,7 +48,8 @@ pub enum p2p_status {
     P2P_HASH_MISMATCH = 15,
     /// The operation was cancelled.
     P2P_CANCELLED = 16,
-    /// The operation timed out (also: a chat request answered after it expired).
+    /// The operation timed out (also: a chat request nobody answered in time, and one
+    /// answered after it expired).
     P2P_TIMEOUT = 17,
     /// The peer or registry has been stopped (`p2p_peer_exit`, `p2p_registry_stop`).
     P2P_SHUTDOWN = 18,

@@ -101,7 +101,7 @@ enum p2p_status
      */
     P2P_USER_NOT_FOUND = 9,
     /**
-     * The other side declined the chat (or did not answer in time).
+     * The other side declined the chat.
      */
     P2P_DECLINED = 10,
     /**
@@ -129,7 +129,8 @@ enum p2p_status
      */
     P2P_CANCELLED = 16,
     /**
-     * The operation timed out (also: a chat request answered after it expired).
+     * The operation timed out (also: a chat request nobody answered in time, and one
+     * answered after it expired).
      */
     P2P_TIMEOUT = 17,
     /**
@@ -898,7 +899,7 @@ p2p_status p2p_username_available(const char *registry, const char *username, bo
  * the peer's `p2p_chat_message_cb`.
  *
  * Errors: `P2P_NULL_ARGUMENT`, `P2P_INVALID_UTF8`, `P2P_INVALID_USERNAME`,
- * `P2P_USER_NOT_FOUND`, `P2P_DECLINED` (declined or no answer in time), `P2P_BUSY`,
+ * `P2P_USER_NOT_FOUND`, `P2P_DECLINED`, `P2P_TIMEOUT` (no answer in time), `P2P_BUSY`,
  * `P2P_REFUSED`, `P2P_SHUTDOWN`, `P2P_IO`, `P2P_PROTOCOL`.
  */
 p2p_status p2p_peer_chat(const struct p2p_peer *peer, const char *user, struct p2p_chat **out);

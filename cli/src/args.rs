@@ -9,7 +9,13 @@ pub const DEFAULT_REGISTRY: &str = "127.0.0.1:8080";
 
 /// Peer-to-peer chat and file sharing around a small registry.
 #[derive(Debug, Parser)]
-#[command(name = "p2pchat", version, about, propagate_version = true)]
+#[command(
+    name = "p2pchat",
+    version,
+    about,
+    propagate_version = true,
+    after_help = crate::failure::EXIT_CODES
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -21,7 +27,8 @@ pub enum Command {
     ///
     /// The log never holds up the registry: lines that cannot be printed in time (a
     /// slow terminal, a pipe nobody reads) are dropped, and a line
-    /// "... N log lines dropped" says how many once printing catches up.
+    /// "... N log lines dropped" says how many once printing catches up. Ctrl-C or
+    /// SIGTERM stops it (exit status 130).
     Server(ServerArgs),
     /// The interactive client: register, then use the menu.
     ///
@@ -37,6 +44,9 @@ pub enum Command {
     /// Print where a user listens (IP:PORT).
     Whois(WhoisArgs),
     /// Stay online sharing a directory until interrupted; print incoming chat messages.
+    ///
+    /// Chat messages go to stdout; chat requests, chat ends and the registry dropping
+    /// or coming back to stderr. Ctrl-C or SIGTERM leaves the registry (exit status 130).
     Share(ShareArgs),
     /// Download a file from another user into DIR and print the saved path.
     Fetch(FetchArgs),
@@ -48,14 +58,16 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct RegistryArg {
     /// Registry address.
-    #[arg(long, value_name = "HOST:PORT", env = "P2PCHAT_REGISTRY", default_value = DEFAULT_REGISTRY)]
+    #[arg(long, value_name = "HOST:PORT", env = "P2PCHAT_REGISTRY", default_value = DEFAULT_REGISTRY, value_parser = parse_addr)]
     pub registry: String,
 }
 
 #[derive(Debug, Args)]
 pub struct ServerArgs {
     /// Address to listen on (port 0 picks a free port; `127.0.0.1:80` is the original's).
-    #[arg(long, value_name = "HOST:PORT", default_value = DEFAULT_REGISTRY)]
+    /// Defaults to `P2PCHAT_REGISTRY`, so one variable points the server and its
+    /// clients at the same address.
+    #[arg(long, value_name = "HOST:PORT", env = "P2PCHAT_REGISTRY", default_value = DEFAULT_REGISTRY, value_parser = parse_addr)]
     pub addr: String,
     /// No line per connection and query: only startup, shutdown, refusals (a client
     /// stopped by a bound), lease expiries and dropped-line counts.
@@ -100,6 +112,52 @@ pub enum LogFormat {
     Json,
 }
 
+/// A `HOST:PORT` address as typed (a name, an IPv4 address or a bracketed IPv6 one, then
+/// a port): checked here so a malformed one is a usage error, not "cannot reach".
+pub fn parse_addr(text: &str) -> Result<String, String> {
+    let bad = || format!("{text:?} is not HOST:PORT (e.g. 127.0.0.1:8080 or [::1]:8080)");
+    let (host, port) = text.rsplit_once(':').ok_or_else(bad)?;
+    let bare = host.strip_prefix('[').and_then(|h| h.strip_suffix(']'));
+    let host_ok = match bare {
+        Some(v6) => v6.parse::<std::net::Ipv6Addr>().is_ok(),
+        None => {
+            !host.is_empty()
+                && !host.contains(':')
+                && host
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == '_')
+        }
+    };
+    if !host_ok || port.parse::<u16>().is_err() {
+        return Err(bad());
+    }
+    Ok(text.to_string())
+}
+
+/// A directory as typed, with a leading `~` or `~/` meaning the home directory (`$HOME`),
+/// as a shell would expand it: the prompt and a quoted `--dir "~/share"` get no shell.
+pub fn expand_home(text: &str) -> PathBuf {
+    let home = || {
+        std::env::var_os("HOME")
+            .filter(|h| !h.is_empty())
+            .map(PathBuf::from)
+    };
+    if text == "~" {
+        if let Some(h) = home() {
+            return h;
+        }
+    } else if let Some(rest) = text.strip_prefix("~/") {
+        if let Some(h) = home() {
+            return h.join(rest);
+        }
+    }
+    PathBuf::from(text)
+}
+
+fn parse_dir(text: &str) -> Result<PathBuf, String> {
+    Ok(expand_home(text))
+}
+
 /// A byte count with an optional binary suffix: `4096`, `64K`, `512M`, `2G` (`KiB`,
 /// `MiB`, `GiB` and lower case also accepted).
 pub fn parse_size(text: &str) -> Result<usize, String> {
@@ -128,10 +186,10 @@ pub struct ClientArgs {
     #[command(flatten)]
     pub registry: RegistryArg,
     /// Username to register as (prompted for when missing).
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", env = "P2PCHAT_USER")]
     pub user: Option<String>,
     /// Directory to share (prompted for when missing).
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", value_parser = parse_dir)]
     pub dir: Option<PathBuf>,
     /// Port to listen on for other peers; 0 picks a free one (prompted for when missing).
     #[arg(long, value_name = "N")]
@@ -171,8 +229,10 @@ pub struct WhoisArgs {
 /// Who this peer is: name, share and port.
 #[derive(Debug, Args)]
 pub struct Identity {
-    /// Username to register as.
-    #[arg(long, value_name = "NAME")]
+    /// Username to register as. When it is online in another process (your `client`
+    /// or `share`), `fetch` and `send` register as NAME~2 (or ~3, … ~9) for the run;
+    /// `share` fails.
+    #[arg(long, value_name = "NAME", env = "P2PCHAT_USER")]
     pub user: String,
     /// Port to listen on for other peers (0 = any free port).
     #[arg(long, value_name = "N", default_value_t = 0)]
@@ -191,7 +251,7 @@ pub struct ShareArgs {
     #[command(flatten)]
     pub id: Identity,
     /// Directory to share.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", value_parser = parse_dir)]
     pub dir: PathBuf,
     /// Accept every chat request (otherwise each is declined).
     #[arg(long)]
@@ -205,7 +265,7 @@ pub struct FetchArgs {
     #[command(flatten)]
     pub id: Identity,
     /// Directory to share while connected; the file is saved here.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", value_parser = parse_dir)]
     pub dir: PathBuf,
     /// The user to download from.
     #[arg(value_name = "FROM_USER")]
@@ -222,7 +282,7 @@ pub struct SendArgs {
     #[command(flatten)]
     pub id: Identity,
     /// Directory to share while connected (default: an empty temporary one).
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", value_parser = parse_dir)]
     pub dir: Option<PathBuf>,
     /// The user to chat with.
     #[arg(value_name = "TO_USER")]
@@ -245,6 +305,31 @@ mod tests {
         assert_eq!(parse_size(" 3 MiB "), Ok(3 << 20));
         for bad in ["", "M", "12Q", "-1", "1.5G", "99999999999999999999G"] {
             assert!(parse_size(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn registry_addresses_are_host_and_port() {
+        for good in [
+            "127.0.0.1:8080",
+            "localhost:80",
+            "[::1]:8080",
+            "reg.example-1.org:0",
+        ] {
+            assert_eq!(super::parse_addr(good).as_deref(), Ok(good));
+        }
+        for bad in [
+            "",
+            "8080",
+            "localhost",
+            ":8080",
+            "host:",
+            "host:99999",
+            "::1:80",
+            "a b:80",
+            "[x]:80",
+        ] {
+            assert!(super::parse_addr(bad).is_err(), "{bad:?}");
         }
     }
 }

@@ -1,9 +1,30 @@
 //! How a command fails: a one-line message for stderr and the process exit code.
+//!
+//! Every command uses the same exit codes (listed in `p2pchat --help` and the README):
+//! 0 success, [`EXIT_ERROR`], [`EXIT_USAGE`] (clap's own), [`EXIT_DECLINED`],
+//! [`EXIT_INTERRUPTED`] and [`crate::output::EXIT_OUTPUT_CLOSED`].
 
 use p2pcore::Error;
 
+/// Exit code for any failure without a code of its own.
+pub const EXIT_ERROR: i32 = 1;
+/// Exit code for a command line that cannot be used (clap exits with it by itself).
+#[allow(dead_code)] // documented here; clap produces it
+pub const EXIT_USAGE: i32 = 2;
 /// Exit code for a chat the other side declined (`p2pchat send`).
 pub const EXIT_DECLINED: i32 = 3;
+/// Exit code after SIGINT (Ctrl-C) or SIGTERM: 128 + SIGINT, as shells report it.
+pub const EXIT_INTERRUPTED: i32 = 130;
+
+/// The exit-code table shown by `p2pchat --help` (and in the README).
+pub const EXIT_CODES: &str = "\
+Exit status (every command):
+  0    success
+  1    error (a one-line message on stderr)
+  2    usage error (bad flags or arguments)
+  3    declined: the other side declined the chat (send)
+  130  interrupted by Ctrl-C (SIGINT) or SIGTERM
+  141  stdout was closed (a pipe whose reader went away)";
 
 /// A failed command.
 #[derive(Debug)]
@@ -16,7 +37,15 @@ impl Failure {
     /// A generic failure (exit code 1).
     pub fn new(message: impl Into<String>) -> Failure {
         Failure {
-            code: 1,
+            code: EXIT_ERROR,
+            message: message.into(),
+        }
+    }
+
+    /// Stopped by SIGINT/SIGTERM, with what the user should know.
+    pub fn interrupted(message: impl Into<String>) -> Failure {
+        Failure {
+            code: EXIT_INTERRUPTED,
             message: message.into(),
         }
     }
@@ -26,7 +55,7 @@ impl From<Error> for Failure {
     fn from(e: Error) -> Failure {
         let code = match e {
             Error::Declined(_) => EXIT_DECLINED,
-            _ => 1,
+            _ => EXIT_ERROR,
         };
         Failure {
             code,
@@ -39,4 +68,16 @@ impl From<String> for Failure {
     fn from(message: String) -> Failure {
         Failure::new(message)
     }
+}
+
+/// The message for a registry that cannot be used: what went wrong and, where the
+/// cause is likely, what to do about it.
+pub fn registry_failure(addr: &str, e: &Error) -> Failure {
+    let hint = match e {
+        Error::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => {
+            "; is `p2pchat server` running there? (--registry or P2PCHAT_REGISTRY says where)"
+        }
+        _ => "",
+    };
+    Failure::new(format!("cannot reach the registry at {addr}: {e}{hint}"))
 }

@@ -19,7 +19,7 @@ use clap::Parser;
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Server(a) => server::run(&a).map_err(failure::Failure::from),
+        Command::Server(a) => server::run(&a),
         Command::Client(a) => client::run(a),
         Command::Users(a) => scripted::users(&a),
         Command::Files(a) => scripted::files(&a),
@@ -29,8 +29,11 @@ fn main() {
         Command::Send(a) => scripted::send(&a),
     };
     if let Err(f) = result {
-        // Error texts carry what peers and the registry said: never raw.
-        output::err_line(&format!("p2pchat: {}", visible::visible(&f.message)));
+        // Error texts carry what peers and the registry said: never raw. An empty one
+        // is a failure already explained (an interrupted `share` or `server`).
+        if !f.message.is_empty() {
+            output::err_line(&format!("p2pchat: {}", visible::visible(&f.message)));
+        }
         std::process::exit(f.code);
     }
 }

@@ -6,19 +6,19 @@
 //! bidi overrides).
 
 use crate::args::{FetchArgs, FilesArgs, Identity, RegistryArg, SendArgs, ShareArgs, WhoisArgs};
-use crate::failure::Failure;
+use crate::failure::{registry_failure, Failure};
 use crate::output;
 use crate::visible::{message, visible};
 use crossbeam_channel::{select, Receiver, TrySendError};
 use p2pcore::peer::{ChatClosedBy, Peer, PeerBuilder, PeerEvent, RegistryClient};
+use p2pcore::Error;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 fn registry(addr: &str) -> Result<RegistryClient, Failure> {
-    RegistryClient::connect(addr)
-        .map_err(|e| Failure::new(format!("cannot reach the registry at {addr}: {e}")))
+    RegistryClient::connect(addr).map_err(|e| registry_failure(addr, &e))
 }
 
 /// `p2pchat users`
@@ -56,12 +56,83 @@ pub fn whois(args: &WhoisArgs) -> Result<(), Failure> {
     Ok(())
 }
 
-fn builder(registry: &str, id: &Identity, dir: &Path) -> PeerBuilder {
-    let b = Peer::builder(registry, &id.user, dir).port(id.port);
+fn builder(registry: &str, user: &str, id: &Identity, dir: &Path) -> PeerBuilder {
+    let b = Peer::builder(registry, user, dir).port(id.port);
     match id.listen {
         Some(ip) => b.listen_ip(ip),
         None => b,
     }
+}
+
+/// Most other names `fetch` and `send` try (`NAME~2` to `NAME~9`).
+const MAX_ALTERNATE: u32 = 9;
+
+/// Register as `id.user` and connect. An unreachable registry gets its hint.
+///
+/// `fetch` and `send` only need a name for the length of one run, and their user is
+/// often online at the same time in a `client` or `share` of theirs. So for them
+/// (`alternate`), a taken name is retried as `NAME~2`, `NAME~3`, … `NAME~9` (the first
+/// free one), with a line on stderr saying so; the other user sees that name on a chat
+/// request from `send`. Everything else about the run is unchanged. `share` stays
+/// strict: it is someone's presence, and a second one under a made-up name would
+/// mislead.
+fn connect_as(
+    registry: &str,
+    id: &Identity,
+    dir: &Path,
+    alternate: bool,
+    hooks: impl Fn(PeerBuilder) -> PeerBuilder,
+) -> Result<Peer, Failure> {
+    let mut name = id.user.clone();
+    let mut n = 1;
+    loop {
+        match hooks(builder(registry, &name, id, dir)).connect() {
+            Ok(peer) => {
+                if n > 1 {
+                    output::err_line(&format!(
+                        "{} is online elsewhere; this run is registered as {}",
+                        visible(&id.user),
+                        visible(&name)
+                    ));
+                }
+                return Ok(peer);
+            }
+            Err(Error::UsernameTaken(_)) if alternate && n < MAX_ALTERNATE => {
+                n += 1;
+                name = format!("{}~{n}", id.user);
+            }
+            Err(Error::UsernameTaken(_)) if alternate => {
+                return Err(Failure::new(format!(
+                    "{} and {}~2 to {}~{MAX_ALTERNATE} are all online; stop one or choose another --user",
+                    id.user, id.user, id.user
+                )))
+            }
+            // The registry connection is the first thing `connect` opens after reading
+            // the share: network failures are about it, and get its hint.
+            Err(e @ Error::Io(_)) if is_network(&e) => {
+                return Err(registry_failure(registry, &e))
+            }
+            Err(e @ Error::Timeout(_)) => return Err(registry_failure(registry, &e)),
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Whether `e` is a failure to reach another host (not, say, an unreadable share).
+fn is_network(e: &Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(e, Error::Io(io) if matches!(
+        io.kind(),
+        ConnectionRefused
+            | ConnectionReset
+            | ConnectionAborted
+            | NotConnected
+            | HostUnreachable
+            | NetworkUnreachable
+            | AddrNotAvailable
+            | TimedOut
+            | WouldBlock
+    ))
 }
 
 /// Most things `share` has heard and not printed yet. Messages and chat ends wait for
@@ -78,9 +149,17 @@ const FINAL_FLUSH: Duration = Duration::from_secs(1);
 
 /// What `share` hears from its hooks, printed by its printer thread.
 enum Heard {
-    Request { from: String, accepted: bool },
-    Message { from: String, text: String },
+    Request {
+        from: String,
+        accepted: bool,
+    },
+    Message {
+        from: String,
+        text: String,
+    },
     Closed(String, ChatClosedBy),
+    /// The registry connection dropped, came back, or refused this peer again.
+    Notice(String),
 }
 
 /// `p2pchat share`: online until SIGINT/SIGTERM.
@@ -95,49 +174,80 @@ pub fn share(args: &ShareArgs) -> Result<(), Failure> {
     let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
     let dropped = Arc::new(AtomicU64::new(0));
     let accept = args.accept_chats;
-    let (t1, t2, t3) = (tx.clone(), tx.clone(), tx);
+    let (t1, t2, t3, t4) = (tx.clone(), tx.clone(), tx.clone(), tx);
+    let registry_down = Arc::new(AtomicBool::new(false));
+    let down = registry_down.clone();
     let (s2, s3) = (stopped.clone(), stopped);
     let counter = dropped.clone();
     let (notice_tx, notices) = crossbeam_channel::bounded::<String>(SHARE_NOTICES);
     let unshown = Arc::new(AtomicU64::new(0));
-    let unshown_hook = unshown.clone();
-    let peer = builder(&args.registry.registry, &args.id, &args.dir)
-        .live_share(true)
-        .on_event(move |e| {
-            let text = match e {
-                PeerEvent::ShareSkipped { name, reason } => crate::notice::skipped(name, reason),
-                PeerEvent::ShareUpdated {
-                    files,
-                    added,
-                    removed,
-                    changed,
-                } => crate::notice::updated(*files, added, removed, changed),
-                _ => return,
-            };
-            if notice_tx.try_send(text).is_err() {
-                unshown_hook.fetch_add(1, Ordering::Relaxed);
-            }
-        })
-        .on_chat_request(move |request| {
-            let from = request.from().to_string();
-            let accepted = accept && request.accept().is_ok();
-            // On a serving thread: never wait; a full queue loses only this line.
-            if let Err(TrySendError::Full(_)) = t1.try_send(Heard::Request { from, accepted }) {
-                counter.fetch_add(1, Ordering::Relaxed);
-            }
-        })
-        .on_chat_message(move |_, from, text| {
-            let h = Heard::Message {
-                from: from.to_string(),
-                text: text.to_string(),
-            };
-            select! { send(t2, h) -> _ => {}, recv(s2) -> _ => {} }
-        })
-        .on_chat_closed(move |_, who, by| {
-            let h = Heard::Closed(who.to_string(), by);
-            select! { send(t3, h) -> _ => {}, recv(s3) -> _ => {} }
-        })
-        .connect()?;
+    let hooks = |b: PeerBuilder| {
+        let (t1, t2, t3, t4) = (t1.clone(), t2.clone(), t3.clone(), t4.clone());
+        let (s2, s3) = (s2.clone(), s3.clone());
+        let counter = counter.clone();
+        let down = down.clone();
+        let notice_tx = notice_tx.clone();
+        let unshown_hook = unshown.clone();
+        b.live_share(true)
+            .on_chat_request(move |request| {
+                let from = request.from().to_string();
+                let accepted = accept && request.accept().is_ok();
+                // On a serving thread: never wait; a full queue loses only this line.
+                if let Err(TrySendError::Full(_)) = t1.try_send(Heard::Request { from, accepted }) {
+                    counter.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+            .on_chat_message(move |_, from, text| {
+                let h = Heard::Message {
+                    from: from.to_string(),
+                    text: text.to_string(),
+                };
+                select! { send(t2, h) -> _ => {}, recv(s2) -> _ => {} }
+            })
+            .on_chat_closed(move |_, who, by| {
+                let h = Heard::Closed(who.to_string(), by);
+                select! { send(t3, h) -> _ => {}, recv(s3) -> _ => {} }
+            })
+            .on_event(move |e| {
+                let text = match e {
+                    PeerEvent::RegistryLost { detail } => {
+                        down.store(true, Ordering::SeqCst);
+                        format!("lost the registry ({detail}); reconnecting...")
+                    }
+                    PeerEvent::RegistryRestored => {
+                        down.store(false, Ordering::SeqCst);
+                        "registry connection restored; registered again".to_string()
+                    }
+                    PeerEvent::RegistrationRefused { reason } => {
+                        format!("the registry refused to register again: {reason}")
+                    }
+                    PeerEvent::ShareSkipped { .. } | PeerEvent::ShareUpdated { .. } => {
+                        let text = match e {
+                            PeerEvent::ShareSkipped { name, reason } => {
+                                crate::notice::skipped(name, reason)
+                            }
+                            PeerEvent::ShareUpdated {
+                                files,
+                                added,
+                                removed,
+                                changed,
+                            } => crate::notice::updated(*files, added, removed, changed),
+                            _ => return,
+                        };
+                        // On the share watcher's thread: never wait; count what is lost.
+                        if notice_tx.try_send(text).is_err() {
+                            unshown_hook.fetch_add(1, Ordering::Relaxed);
+                        }
+                        return;
+                    }
+                    _ => return,
+                };
+                // On the registry keeper's thread: never wait.
+                let _ = t4.try_send(Heard::Notice(text));
+            })
+    };
+    let peer = connect_as(&args.registry.registry, &args.id, &args.dir, false, hooks)?;
+    drop(notice_tx);
     let files = peer.shared_files().len();
     let banner = format!(
         "sharing as {} on {}",
@@ -171,6 +281,11 @@ pub fn share(args: &ShareArgs) -> Result<(), Failure> {
     };
     let _ = signals.recv();
     drop(stop);
+    let leaving = if registry_down.load(Ordering::SeqCst) {
+        "interrupted; stopped sharing (the registry is unreachable)"
+    } else {
+        "interrupted; leaving the registry"
+    };
     peer.exit();
     drop(quit);
     // The printer's owner: joined once it has written what is left; if stdout is
@@ -178,7 +293,9 @@ pub fn share(args: &ShareArgs) -> Result<(), Failure> {
     if done.recv_timeout(FINAL_FLUSH).is_ok() {
         let _ = printer.join();
     }
-    Ok(())
+    output::err_line(leaving);
+    // Stopped by a signal, like every command: 130, with the line above as its word.
+    Err(Failure::interrupted(""))
 }
 
 /// `share`'s printer: the banner, then what the hooks heard until told to stop, then
@@ -239,26 +356,62 @@ fn show(h: Heard, dropped: &AtomicU64) {
             if accepted { "accepted" } else { "declined" }
         )),
         Heard::Closed(who, by) => {
-            output::err_line(&format!("the chat with {} ended ({by:?})", visible(&who)))
+            let who = visible(&who);
+            let how = match by {
+                ChatClosedBy::Remote => format!("{who} closed it"),
+                ChatClosedBy::Lost => "the connection was lost".to_string(),
+                ChatClosedBy::Local => "closed here".to_string(),
+            };
+            output::err_line(&format!("the chat with {who} ended ({how})"))
         }
+        Heard::Notice(text) => output::err_line(&visible(&text)),
     }
 }
 
-/// `p2pchat fetch`
+/// `p2pchat fetch`: the saved path on stdout; a resumed download says so on stderr.
+/// Ctrl-C keeps the partial file (exit 130) and says how to resume it.
 pub fn fetch(args: &FetchArgs) -> Result<(), Failure> {
     let signals = crate::signals::channel();
-    let peer = builder(&args.registry.registry, &args.id, &args.dir).connect()?;
-    let result = peer
-        .fetch(&args.from, &args.file)
-        .and_then(|t| crate::progress::watch(&t, &signals));
+    let starts = crate::progress::Starts::default();
+    let hook_starts = starts.clone();
+    let hooks = |b: PeerBuilder| {
+        let starts = hook_starts.clone();
+        b.on_event(move |e| starts.record(e))
+    };
+    let peer = connect_as(&args.registry.registry, &args.id, &args.dir, true, hooks)?;
+    let partial = p2pcore::transfer::partial_path(peer.download_dir(), &args.file);
+    let result = peer.fetch(&args.from, &args.file).and_then(|t| {
+        crate::progress::watch(&t, &signals, &starts, &mut |line| output::err_line(line))
+    });
     peer.exit();
-    let path = result?;
+    let path = match result {
+        Ok(path) => path,
+        Err(Error::Cancelled) => {
+            let kept = std::fs::metadata(&partial).map_or(0, |m| m.len());
+            return Err(Failure::interrupted(if kept > 0 {
+                format!(
+                    "interrupted; the partial download ({}) is kept in {}: run the same command again to resume it",
+                    crate::progress::bytes(kept),
+                    partial.display()
+                )
+            } else {
+                "interrupted before any of the file arrived; nothing was kept".to_string()
+            }));
+        }
+        Err(e) => return Err(e.into()),
+    };
     output::print(&visible(&path.display().to_string()))?;
     Ok(())
 }
 
 /// `p2pchat send`
 pub fn send(args: &SendArgs) -> Result<(), Failure> {
+    if args.to == args.id.user {
+        return Err(Failure::new(format!(
+            "cannot send to {}: that is you (--user)",
+            visible(&args.to)
+        )));
+    }
     let temp;
     let dir = match &args.dir {
         Some(d) => d.as_path(),
@@ -270,13 +423,35 @@ pub fn send(args: &SendArgs) -> Result<(), Failure> {
             temp.path()
         }
     };
-    let peer = builder(&args.registry.registry, &args.id, dir).connect()?;
-    let result = peer.chat(&args.to).and_then(|chat| {
-        let sent = args.messages.iter().try_for_each(|m| chat.send(m));
-        chat.close();
-        sent
+    let signals = crate::signals::channel();
+    let peer = connect_as(&args.registry.registry, &args.id, dir, true, |b| b)?;
+    // The chat request blocks until answered: a watcher shuts the peer down on
+    // SIGINT/SIGTERM, which ends the wait, and the command reports the interruption.
+    let (done_tx, done) = crossbeam_channel::bounded::<()>(0);
+    let (result, interrupted) = std::thread::scope(|scope| {
+        let watcher = scope.spawn(|| {
+            select! {
+                recv(signals) -> _ => {
+                    peer.shutdown();
+                    true
+                }
+                recv(done) -> _ => false,
+            }
+        });
+        let result = peer.chat(&args.to).and_then(|chat| {
+            let sent = args.messages.iter().try_for_each(|m| chat.send(m));
+            chat.close();
+            sent
+        });
+        drop(done_tx);
+        (result, watcher.join().unwrap_or(false))
     });
     peer.exit();
+    if interrupted {
+        return Err(Failure::interrupted(
+            "interrupted; the chat was not completed",
+        ));
+    }
     result?;
     Ok(())
 }

@@ -7,6 +7,7 @@
 //! thread only waits for a signal, so Ctrl-C works even when stdout is stalled.
 
 use crate::args::{LogFormat, ServerArgs};
+use crate::failure::Failure;
 use crate::style::{clock, Style};
 use crate::visible::{json_string, visible};
 use crossbeam_channel::{Receiver, TrySendError};
@@ -24,8 +25,9 @@ pub const DROP_NOTE_EVERY: Duration = Duration::from_secs(1);
 /// How long the shutdown waits for the printer to write what is left.
 const FINAL_FLUSH: Duration = Duration::from_secs(2);
 
-/// Run the registry until SIGINT/SIGTERM.
-pub fn run(args: &ServerArgs) -> Result<(), String> {
+/// Run the registry until SIGINT/SIGTERM; then exit status 130, like every command a
+/// signal stops (the log's "registry stopped" line says it stopped).
+pub fn run(args: &ServerArgs) -> Result<(), Failure> {
     let signals = crate::signals::channel();
     let log = Log {
         style: Style::stdout(),
@@ -53,7 +55,7 @@ pub fn run(args: &ServerArgs) -> Result<(), String> {
         .config(config(args))
         .on_event(hook)
         .bind(&args.addr)
-        .map_err(|e| format!("cannot listen on {}: {e}", args.addr))?;
+        .map_err(|e| Failure::new(format!("cannot listen on {}: {e}", args.addr)))?;
     let addr = registry.local_addr();
     let (done_tx, done) = crossbeam_channel::bounded::<()>(1);
     let printer = std::thread::Builder::new()
@@ -62,7 +64,7 @@ pub fn run(args: &ServerArgs) -> Result<(), String> {
             print_loop(&log, addr, &queue, &stop, &dropped);
             let _ = done_tx.send(());
         })
-        .map_err(|e| format!("cannot start the log printer: {e}"))?;
+        .map_err(|e| Failure::new(format!("cannot start the log printer: {e}")))?;
     let _ = signals.recv();
     // Joins the event loops: no event comes after this.
     registry.shutdown();
@@ -72,7 +74,7 @@ pub fn run(args: &ServerArgs) -> Result<(), String> {
     if done.recv_timeout(FINAL_FLUSH).is_ok() {
         let _ = printer.join();
     }
-    Ok(())
+    Err(Failure::interrupted(""))
 }
 
 /// The registry's bounds: the defaults, with what was given on the command line.
@@ -241,16 +243,13 @@ fn text_line(style: &Style, e: &RegistryEvent) -> String {
             } else {
                 format!(" (released {})", list(released))
             };
-            format!(
-                "{} {source} {}",
-                now(),
-                style.red(&format!("disconnected{released}"))
-            )
+            // An ordinary end of a connection: not an error, so not red.
+            format!("{} {source} disconnected{released}", now())
         }
         RegistryEvent::LeaseExpired { usernames } => format!(
             "{} {}",
             now(),
-            style.red(&format!("lease expired: {}", list(usernames)))
+            style.yellow(&format!("lease expired: {}", list(usernames)))
         ),
         RegistryEvent::Refused { source, outcome } => format!(
             "{} {source} {}",
@@ -430,6 +429,40 @@ mod tests {
             line.ends_with(" refused: ERR,Too many connections from your address"),
             "{line}"
         );
+    }
+
+    #[test]
+    fn only_errors_and_refusals_are_red() {
+        let style = Style::colored();
+        let source: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let red = "\x1b[31m";
+        let line = text_line(
+            &style,
+            &RegistryEvent::Disconnected {
+                source,
+                released: vec!["bob".into()],
+            },
+        );
+        assert!(!line.contains(red), "{line:?}");
+        assert!(
+            line.ends_with("127.0.0.1:5000 disconnected (released bob)"),
+            "{line:?}"
+        );
+        let line = text_line(
+            &style,
+            &RegistryEvent::LeaseExpired {
+                usernames: vec!["old".into()],
+            },
+        );
+        assert!(!line.contains(red), "{line:?}");
+        let line = text_line(
+            &style,
+            &RegistryEvent::Refused {
+                source,
+                outcome: "ERR,Registry full".into(),
+            },
+        );
+        assert!(line.contains(red), "{line:?}");
     }
 
     #[test]

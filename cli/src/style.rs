@@ -24,6 +24,12 @@ impl Style {
         Style { enabled: false }
     }
 
+    /// Colours whatever the output (for tests).
+    #[cfg(test)]
+    pub fn colored() -> Style {
+        Style { enabled: true }
+    }
+
     fn paint(&self, code: &str, text: &str) -> String {
         if self.enabled {
             format!("\x1b[{code}m{text}\x1b[0m")
@@ -37,7 +43,7 @@ impl Style {
         self.paint("32", text)
     }
 
-    /// Disconnections, errors.
+    /// Errors and refusals.
     pub fn red(&self, text: &str) -> String {
         self.paint("31", text)
     }

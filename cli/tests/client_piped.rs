@@ -111,8 +111,12 @@ fn unanswered_chat_request_expires() {
     a.expect("Accept chat with carol? [y/n]: ");
     a.expect("the chat request from carol expired");
     let status = carol.wait_exit(WAIT);
-    assert_eq!(status.code(), Some(3), "carol is told: declined");
-    assert!(carol.all_stderr().contains("alice declined the chat"));
+    // Not "declined" (exit 3): nobody answered, and carol is told so (exit 1).
+    assert_eq!(status.code(), Some(1), "carol is told: no answer");
+    assert_eq!(
+        carol.all_stderr(),
+        "p2pchat: timed out: alice did not answer the chat request in time\n"
+    );
     // Back at the menu.
     a.expect("Enter choice: ");
     a.send_line("0");
@@ -151,6 +155,7 @@ fn unreachable_registry_is_a_one_line_error() {
     assert_eq!(status.code(), Some(1));
     let err = a.all_stderr();
     assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("is `p2pchat server` running there?"), "{err}");
     assert!(err.contains("cannot reach the registry"), "{err}");
 }
 

@@ -255,7 +255,7 @@ fn fast_chat_with_share_stdout_stalled_keeps_memory_bounded() {
             bob.all_stderr()
         )
     });
-    assert!(status.success(), "{status:?}");
+    assert_eq!(status.code(), Some(130), "{status:?}");
     assert!(registry.user("bob").is_none(), "EXIT was sent");
     assert!(!bob.all_stderr().contains("panicked"));
     writer.join().unwrap();
@@ -505,7 +505,7 @@ fn a_download_cancelled_by_sigint_leaves_no_thread_behind() {
         assert!(request.contains("x.bin"), "{request:?}");
         assert!(threads(a.pid()) > baseline, "a thread runs the download");
         a.signal(libc::SIGINT);
-        a.expect("download cancelled; fetching it again resumes it");
+        a.expect("download cancelled before any of the file arrived");
         a.expect("Enter choice: ");
         eventually(
             &format!("round {round}: back to {baseline} threads"),

@@ -60,7 +60,7 @@ fn server_logs_queries_and_stops_on_sigint() {
 
     server.signal(libc::SIGINT);
     let status = server.wait_exit(WAIT);
-    assert!(status.success(), "clean stop: {status:?}");
+    assert_eq!(status.code(), Some(130), "stopped by SIGINT: {status:?}");
     assert!(server.all_stdout().ends_with("registry stopped\n"));
 }
 
@@ -76,7 +76,7 @@ fn server_shows_released_names_when_a_peer_disappears() {
     bob.wait_exit(WAIT);
     server.expect("disconnected (released bob)");
     server.signal(libc::SIGTERM);
-    assert!(server.wait_exit(WAIT).success());
+    assert_eq!(server.wait_exit(WAIT).code(), Some(130));
 }
 
 #[test]
@@ -235,7 +235,13 @@ fn share_refuses_a_taken_name_and_leaves_on_sigterm() {
     assert!(registry.user("bob").is_some());
     bob.signal(libc::SIGTERM);
     let status = bob.wait_exit(Duration::from_secs(10));
-    assert!(status.success(), "{status:?}");
+    assert_eq!(status.code(), Some(130), "{status:?}");
+    assert!(
+        bob.all_stderr()
+            .ends_with("interrupted; leaving the registry\n"),
+        "{}",
+        bob.all_stderr()
+    );
     assert!(
         registry.user("bob").is_none(),
         "EXIT was sent before exiting"

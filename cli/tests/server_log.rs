@@ -154,7 +154,7 @@ fn log_nobody_reads_stays_bounded_and_reports_dropped_lines() {
     // And it still logs.
     assert!(honest_users(addr).starts_with("OK"));
     server.signal(libc::SIGINT);
-    assert!(server.wait_exit(WAIT).success());
+    assert_eq!(server.wait_exit(WAIT).code(), Some(130), "interrupted");
     assert!(server.all_stdout().ends_with("registry stopped\n"));
 }
 
@@ -173,7 +173,7 @@ fn json_log_is_one_object_per_line_with_controls_escaped() {
     assert!(honest_users(addr).starts_with("OK"));
     server.expect("\"GET_U\"");
     server.signal(libc::SIGTERM);
-    assert!(server.wait_exit(WAIT).success());
+    assert_eq!(server.wait_exit(WAIT).code(), Some(130), "interrupted");
     let out = server.all_stdout();
     let mut events = Vec::new();
     for line in out.lines() {
@@ -223,7 +223,7 @@ fn quiet_log_keeps_only_startup_and_shutdown() {
         assert!(honest_users(addr).starts_with("OK"));
     }
     server.signal(libc::SIGINT);
-    assert!(server.wait_exit(WAIT).success());
+    assert_eq!(server.wait_exit(WAIT).code(), Some(130), "interrupted");
     let out = server.all_stdout();
     assert!(out.starts_with("registry listening on "), "{out}");
     assert!(out.ends_with("registry stopped\n"), "{out}");
@@ -260,5 +260,5 @@ fn sigint_stops_the_server_while_nobody_reads_its_log() {
             server.all_stderr()
         );
     }
-    assert!(status.is_some_and(|s| s.success()), "{status:?}");
+    assert!(status.is_some_and(|s| s.code() == Some(130)), "{status:?}");
 }

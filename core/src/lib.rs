@@ -12,6 +12,17 @@
 //! - [`transfer`]: moving file bytes: zero-copy sending, verified receiving.
 //! - [`peer`]: the client: registry session, listener, chats and downloads.
 //! - [`error`]: the one error type and its stable codes.
+//!
+//! ## Example
+//!
+//! A registry, two peers, a chat and a verified download, in one process (the README
+//! shows the same program; `cargo run -p p2pcore --example quickstart` runs it). To use
+//! the crate from another project, depend on it by path or git, e.g.
+//! `p2pcore = { path = "../p2pchat/core" }` in `[dependencies]`.
+//!
+#![doc = "```rust"]
+#![doc = include_str!("../examples/quickstart.rs")]
+#![doc = "```"]
 
 pub mod error;
 pub mod limits;

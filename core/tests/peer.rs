@@ -240,7 +240,7 @@ fn chat_accepted_is_duplex_and_either_side_can_close() {
 }
 
 #[test]
-fn declined_and_unanswered_chat_requests_fail_with_declined() {
+fn declined_chat_requests_fail_with_declined_and_unanswered_ones_with_timeout() {
     let r = Registry::bind("127.0.0.1:0").unwrap();
     let alice = join(r.local_addr(), "alice", &[]);
     let dir = TempDir::new().unwrap();
@@ -256,10 +256,14 @@ fn declined_and_unanswered_chat_requests_fail_with_declined() {
             ErrorCode::Declined
         );
     });
-    // Nobody answers: the request expires and counts as declined.
+    // Nobody answers: the request expires, reported as a timeout (not a refusal).
     let started = Instant::now();
     let err = alice.peer.chat("bob").unwrap_err();
-    assert_eq!(err.code(), ErrorCode::Declined, "{err}");
+    assert_eq!(err.code(), ErrorCode::Timeout, "{err}");
+    assert_eq!(
+        err.to_string(),
+        "timed out: bob did not answer the chat request in time"
+    );
     let late = requests.recv_timeout(WAIT).unwrap();
     assert_eq!(late.accept().unwrap_err().code(), ErrorCode::Timeout);
     assert!(started.elapsed() < WAIT);

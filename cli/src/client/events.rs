@@ -14,6 +14,8 @@
 use super::session::MAX_WAITING_REQUESTS;
 use crossbeam_channel::{select, Receiver, Sender};
 use p2pcore::peer::{ChatClosedBy, ChatId, ChatRequest, PeerBuilder, PeerEvent};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 /// Most chat messages waiting to be shown (at most 64 KiB each, so at most 2 MiB).
@@ -45,6 +47,11 @@ pub struct Queues {
     pub messages: Receiver<ChatLine>,
     /// Dropping it makes every hook return at once (before `Peer::exit`).
     pub stop: Sender<()>,
+    /// Where downloads started (for "resuming …" and the rate).
+    pub starts: crate::progress::Starts,
+    /// Set while the registry connection is lost (set and cleared by the event hook
+    /// itself, so it is right even when the event queue was full).
+    pub registry_down: Arc<AtomicBool>,
     event_tx: Sender<Event>,
     message_tx: Sender<ChatLine>,
     stopped: Receiver<()>,
@@ -59,6 +66,8 @@ impl Queues {
             events,
             messages,
             stop,
+            starts: crate::progress::Starts::default(),
+            registry_down: Arc::default(),
             event_tx,
             message_tx,
             stopped,
@@ -73,6 +82,7 @@ impl Queues {
             self.event_tx.clone(),
         );
         let (messages, stopped) = (self.message_tx.clone(), self.stopped.clone());
+        let (starts, down) = (self.starts.clone(), self.registry_down.clone());
         builder
             .on_chat_request(move |request| {
                 // Full: the request is dropped here, which declines it.
@@ -96,6 +106,12 @@ impl Queues {
                 let _ = t3.try_send(Event::ChatClosed { chat, by });
             })
             .on_event(move |e| {
+                starts.record(e);
+                match e {
+                    PeerEvent::RegistryLost { .. } => down.store(true, Ordering::SeqCst),
+                    PeerEvent::RegistryRestored => down.store(false, Ordering::SeqCst),
+                    _ => {}
+                }
                 let event = match e {
                     PeerEvent::ChatRequestExpired { from } => {
                         Event::RequestExpired { from: from.clone() }

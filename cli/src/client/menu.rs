@@ -176,7 +176,9 @@ fn view_files(s: &mut Session, name: &str) -> Next {
 }
 
 fn fetch(s: &mut Session, name: &str) -> Result<Next, Quit> {
-    let file = s.read("Enter filename (empty to go back): ")?;
+    // Filenames are taken as typed (only the line ending is removed): a shared name may
+    // start or end with spaces.
+    let file = s.read_raw("Enter filename (empty to go back): ")?;
     if file.is_empty() {
         return Ok(Next::Stay);
     }
@@ -185,10 +187,14 @@ fn fetch(s: &mut Session, name: &str) -> Result<Next, Quit> {
         visible(&file),
         visible(name)
     ));
-    let result = s
-        .peer
-        .fetch(name, &file)
-        .and_then(|t| crate::progress::watch(&t, &s.signals));
+    let starts = s.starts();
+    let result = s.peer.fetch(name, &file).and_then(|t| {
+        // No prompt is open here (the "fetching" line ended it): a plain line. A failed
+        // write shows at the next prompt.
+        crate::progress::watch(&t, &s.signals, &starts, &mut |line| {
+            let _ = crate::output::line(line);
+        })
+    });
     Ok(match result {
         Ok(path) => {
             let line = s.style.green(&format!(
@@ -199,7 +205,22 @@ fn fetch(s: &mut Session, name: &str) -> Result<Next, Quit> {
             Next::Stay
         }
         Err(Error::Cancelled) => {
-            error(s, "download cancelled; fetching it again resumes it".into());
+            let partial = p2pcore::transfer::partial_path(s.peer.download_dir(), &file);
+            let kept = std::fs::metadata(&partial).map_or(0, |m| m.len());
+            if kept > 0 {
+                error(
+                    s,
+                    format!(
+                        "download cancelled; the partial file ({}) is kept: fetching it again resumes it",
+                        crate::progress::bytes(kept)
+                    ),
+                );
+            } else {
+                error(
+                    s,
+                    "download cancelled before any of the file arrived".into(),
+                );
+            }
             Next::Stay
         }
         Err(e) => failed(s, name, "fetch failed", e),

@@ -108,7 +108,12 @@ pub fn run(args: ClientArgs) -> Result<(), Failure> {
         // Not shown: stdout is gone (`say` writes nothing more).
         Err(Quit::Output(_)) => "stdout closed",
     };
-    session.say(format!("leaving the registry ({why})"));
+    if session.registry_down() {
+        // Nobody to say goodbye to: the peer stops serving and ends.
+        session.say(format!("stopping; the registry is unreachable ({why})"));
+    } else {
+        session.say(format!("leaving the registry ({why})"));
+    }
     session.into_peer().exit();
     match outcome {
         Err(Quit::Signal) => std::process::exit(EXIT_SIGNAL),

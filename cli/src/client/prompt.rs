@@ -4,6 +4,7 @@
 
 use super::input::{Input, Line};
 use super::Quit;
+use crate::failure::registry_failure;
 use crate::output;
 use crate::style::Style;
 use crate::visible::visible;
@@ -82,17 +83,12 @@ pub fn register(
                 complain(e.to_string())?;
                 continue;
             }
-            Err(e) => {
-                return Ok(Err(format!(
-                    "cannot reach the registry at {}: {e}",
-                    reg.registry
-                )))
-            }
+            Err(e) => return Ok(Err(registry_failure(&reg.registry, &e).message)),
         }
         let dir = loop {
             let dir = match reg.dir.take() {
                 Some(d) => d,
-                None => PathBuf::from(ask(input, signals, "Enter shared directory: ")?),
+                None => crate::args::expand_home(&ask(input, signals, "Enter shared directory: ")?),
             };
             if dir.as_os_str().is_empty() {
                 complain("please enter a directory".into())?;

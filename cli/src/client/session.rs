@@ -29,6 +29,7 @@ use crate::visible::{message, visible};
 use crossbeam_channel::{never, select, Receiver};
 use p2pcore::peer::{Chat, ChatClosedBy, ChatRequest, Peer};
 use std::collections::{HashMap, VecDeque};
+use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
 /// Most chat requests waiting to be asked about (the library holds as many pending by
@@ -75,6 +76,8 @@ pub struct Session {
     /// Why writing to stdout failed, once it has: nothing more is written, and the
     /// session ends at the next prompt or chat step.
     output_failed: Option<String>,
+    /// stdout is a terminal: each line starts by clearing the line the cursor is on.
+    terminal: bool,
 }
 
 impl Session {
@@ -101,7 +104,20 @@ impl Session {
             held_notes: 0,
             open_prompt: None,
             output_failed: None,
+            terminal: std::io::stdout().is_terminal(),
         }
+    }
+
+    /// Where downloads started (see [`crate::progress::watch`]).
+    pub fn starts(&self) -> crate::progress::Starts {
+        self.queues.starts.clone()
+    }
+
+    /// Whether the registry connection is lost right now.
+    pub fn registry_down(&self) -> bool {
+        self.queues
+            .registry_down
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Give up the peer after releasing every hook that may be waiting on the client
@@ -119,10 +135,21 @@ impl Session {
         peer
     }
 
-    /// Print one line, after closing an open prompt line. A failed write is remembered
-    /// (see [`Session::output_ok`]); after one, nothing is written.
+    /// Print one line on a line of its own. A failed write is remembered (see
+    /// [`Session::output_ok`]); after one, nothing is written.
+    ///
+    /// Lines often arrive while the person is typing (a chat message, a request, a
+    /// notice): the cursor then sits after a prompt, or after half a line the terminal
+    /// echoed, which a line-buffered stdin cannot show us. On a terminal the line is
+    /// therefore cleared first (`\r`, erase line) and the waiting loop shows its prompt
+    /// again below; what was typed is still in the terminal's line buffer (Enter sends
+    /// it whole; Ctrl-R shows it again). Through a pipe an open prompt is just ended
+    /// with a line break.
     pub fn say(&mut self, text: impl AsRef<str>) {
-        if self.open_prompt.take().is_some() {
+        let prompt_open = self.open_prompt.take().is_some();
+        if self.terminal {
+            self.write(|| output::partial("\r\x1b[K"));
+        } else if prompt_open {
             self.write(|| output::line(""));
         }
         self.write(|| output::line(text.as_ref()));
@@ -170,7 +197,13 @@ impl Session {
     /// Show `prompt` and return the next typed line, trimmed. Chat requests arriving
     /// meanwhile wait for the next menu; other events are shown, then the prompt again.
     pub fn read(&mut self, prompt: &str) -> Result<String, Quit> {
-        self.read_after(None, prompt)
+        self.read_after(None, prompt, true)
+    }
+
+    /// Like [`Session::read`], but the line exactly as typed (only its line ending
+    /// removed): for filenames, which may start or end with spaces.
+    pub fn read_raw(&mut self, prompt: &str) -> Result<String, Quit> {
+        self.read_after(None, prompt, false)
     }
 
     /// Show `menu` and `prompt`, and return the choice typed. Waiting chat requests
@@ -178,10 +211,10 @@ impl Session {
     /// person sees where they are.
     pub fn choose(&mut self, menu: &str, prompt: &str) -> Result<String, Quit> {
         self.say(menu);
-        self.read_after(Some(menu), prompt)
+        self.read_after(Some(menu), prompt, true)
     }
 
-    fn read_after(&mut self, menu: Option<&str>, prompt: &str) -> Result<String, Quit> {
+    fn read_after(&mut self, menu: Option<&str>, prompt: &str, trim: bool) -> Result<String, Quit> {
         loop {
             self.output_ok()?;
             self.drop_expired();
@@ -204,10 +237,10 @@ impl Session {
                         _ => return Err(Quit::Eof),
                     };
                     self.got_line(&text);
-                    let choice = text.trim().to_string();
                     if !asking {
-                        return Ok(choice);
+                        return Ok(if trim { text.trim().to_string() } else { text });
                     }
+                    let choice = text.trim().to_string();
                     match yes_or_no(&choice) {
                         Some(true) => {
                             if self.accept_head()? {
@@ -400,9 +433,10 @@ impl Session {
         let from = visible(&head.from).into_owned();
         if !head.announced {
             let left = head.deadline.saturating_duration_since(Instant::now());
+            // Rounded up: a request shown the moment it arrived has the whole timeout.
+            let secs = left.as_millis().div_ceil(1000).max(1);
             let line = self.style.yellow(&format!(
-                "*** {from} wants to chat with you (answer within {} s; menu choices still work) ***",
-                left.as_secs().max(1)
+                "*** {from} wants to chat with you (answer within {secs} s; menu choices still work) ***"
             ));
             self.say(line);
             if let Some(head) = self.waiting.front_mut() {

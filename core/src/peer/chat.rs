@@ -38,6 +38,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+/// The text of the `ERR declined` answer to a chat request nobody answered in time;
+/// the requesting peer reports it as a timeout rather than a refusal.
+const NO_ANSWER_TEXT: &str = "no answer in time";
+
 /// Identifies one chat within a peer (unique for the peer's lifetime).
 pub type ChatId = u64;
 
@@ -373,7 +377,7 @@ pub(super) fn offer(
         recv(inner.stop_rx) -> _ => ChatRequest::refuse(&pending, "the peer is shutting down"),
         recv(timeout) -> _ => {
             if pending.conn.lock().is_some() {
-                ChatRequest::refuse(&pending, "no answer in time");
+                ChatRequest::refuse(&pending, NO_ANSWER_TEXT);
                 inner.emit(PeerEvent::ChatRequestExpired { from });
             }
         }
@@ -404,16 +408,27 @@ pub(super) fn request(inner: &Arc<Inner>, name: &str) -> Result<Chat> {
         };
         (&stream).write_all(request.to_line().as_bytes())?;
         let mut reader = BufReader::new(stream.try_clone()?);
+        let waited = inner.chat_answer_timeout + Duration::from_secs(5);
         let line = match read_line(&mut reader, MAX_PEER_LINE, "peer") {
             Ok(Some(l)) => l,
             Ok(None) => return Err(Error::Declined(name.to_string())),
+            // Not a refusal: nobody answered. Said as what it is, with how long.
             Err(e) if e.code() == crate::ErrorCode::Timeout => {
-                return Err(Error::Declined(name.to_string()))
+                return Err(Error::Timeout(format!(
+                    "{name} did not answer the chat request within {} s",
+                    waited.as_secs()
+                )))
             }
             Err(e) => return Err(e),
         };
         match parse_peer_answer(&line).map_err(|d| Error::protocol(addr, d))? {
             PeerAnswer::ChatAccepted => {}
+            // The other peer's own deadline passed (`NO_ANSWER_TEXT`): a timeout too.
+            PeerAnswer::Err { code, text } if code == "declined" && text == NO_ANSWER_TEXT => {
+                return Err(Error::Timeout(format!(
+                    "{name} did not answer the chat request in time"
+                )))
+            }
             PeerAnswer::Err { code, .. } if code == "declined" => {
                 return Err(Error::Declined(name.to_string()))
             }

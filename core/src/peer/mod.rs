@@ -660,7 +660,7 @@ impl Peer {
     }
 
     /// Ask `name` for a chat; blocks until they accept ([`Chat`]) or decline
-    /// ([`Error::Declined`], also when they do not answer in time).
+    /// ([`Error::Declined`]); [`Error::Timeout`] when they do not answer in time.
     pub fn chat(&self, name: &str) -> Result<Chat> {
         chat::request(&self.inner, name)
     }

@@ -4,7 +4,7 @@
 //! answer, with a timeout). It never decides policy: reconnecting and re-registering
 //! is the keeper's job in `peer::mod`.
 
-use crate::error::{Error, Result};
+use crate::error::{is_timeout, Error, Result};
 use crate::limits::{MAX_LINE_LEN, REGISTRY_IO_TIMEOUT};
 use crate::net::read_line;
 use crate::protocol::{parse_answer, parse_files_line, parse_port, reason, Answer};
@@ -136,7 +136,14 @@ impl RegistryLink {
         if result.is_err() {
             *guard = None;
         }
-        result
+        result.map_err(|e| match e {
+            Error::Io(io) if is_timeout(&io) => Error::Timeout(format!(
+                "the registry at {} did not answer within {} s",
+                self.addr,
+                REGISTRY_IO_TIMEOUT.as_secs()
+            )),
+            e => e,
+        })
     }
 }
 
@@ -161,10 +168,14 @@ fn open(addr: &str) -> Result<Conn> {
             Err(e) => last = Some(e),
         }
     }
-    Err(last.map_or_else(
-        || Error::InvalidArgument(format!("registry address {addr:?} resolves to nothing")),
-        Error::Io,
-    ))
+    Err(match last {
+        None => Error::InvalidArgument(format!("registry address {addr:?} resolves to nothing")),
+        Some(e) if is_timeout(&e) => Error::Timeout(format!(
+            "connecting to the registry at {addr} took over {} s",
+            REGISTRY_IO_TIMEOUT.as_secs()
+        )),
+        Some(e) => Error::Io(e),
+    })
 }
 
 fn exchange(conn: &mut Conn, query: &str, multi_line: bool) -> Result<Vec<String>> {

@@ -107,7 +107,9 @@ pub enum RegistryEvent {
         source: SocketAddr,
         /// The query as received (cut to 200 bytes, invalid UTF-8 replaced).
         query: String,
-        /// The first line of the answer (cut to 120 bytes), e.g. `OK`, `ERR,User not found!`.
+        /// A summary of the answer: its lines joined with ` | ` (a `GET_AF` answer
+        /// starts `OK (N users): `), cut at 160 bytes with `… (N bytes)`; e.g. `OK`,
+        /// `ERR,User not found!`, `OK (2 users): alice: notes.txt | bob: `.
         outcome: String,
         /// Whether it came in the legacy unterminated framing.
         legacy: bool,

@@ -841,15 +841,10 @@ impl Server {
                 }
             }
         }
-        let first_line = |text: &[u8]| {
-            let head = &text[..text.len().min(240)];
-            let first = head.split(|&b| b == b'\n').next().unwrap_or_default();
-            truncate(&String::from_utf8_lossy(first), 120).to_string()
-        };
         let outcome = self.shared.hook.as_ref().map(|_| match &shared {
-            Some((text, _)) if prefix.is_empty() => first_line(text),
-            Some((text, _)) => truncate(&(prefix.clone() + &first_line(text)), 120).to_string(),
-            None => first_line(out),
+            Some((text, users)) if is_get_af => answer_summary(b"", text, Some(*users)),
+            Some((text, _)) => answer_summary(prefix.as_bytes(), text, None),
+            None => answer_summary(b"", out, None),
         });
         match shared {
             Some((text, users)) => {
@@ -1238,4 +1233,79 @@ fn release_free_memory() {
 
 fn memchr(needle: u8, hay: &[u8]) -> Option<usize> {
     hay.iter().position(|&b| b == needle)
+}
+
+/// Longest answer summary in the log, in bytes (before the "…" and the size note).
+const SUMMARY_MAX: usize = 160;
+
+/// What the log shows of an answer (`prefix` then `text`): its lines joined with
+/// ` | `, cut at [`SUMMARY_MAX`] bytes with `…` and the answer's whole size; for a
+/// `GET_AF` answer (`users` given) the user count first, so a long list never looks
+/// like one user's. Only the head of the text is looked at: the summary costs the same
+/// for a 10 MB answer as for a short one.
+fn answer_summary(prefix: &[u8], text: &[u8], users: Option<usize>) -> String {
+    let total = prefix.len() + text.len();
+    let mut head = Vec::with_capacity(SUMMARY_MAX * 2);
+    head.extend_from_slice(&prefix[..prefix.len().min(SUMMARY_MAX * 2)]);
+    let room = (SUMMARY_MAX * 2).saturating_sub(head.len());
+    head.extend_from_slice(&text[..text.len().min(room)]);
+    let head = String::from_utf8_lossy(&head);
+    let mut lines = head.split('\n').filter(|l| !l.is_empty());
+    let mut out = String::new();
+    if let Some(users) = users {
+        // `OK,` then the first user's line on the same line.
+        let first = lines.next().unwrap_or_default();
+        let rest = first.strip_prefix("OK,").unwrap_or(first);
+        out.push_str(&format!(
+            "OK ({users} user{})",
+            if users == 1 { "" } else { "s" }
+        ));
+        if !rest.is_empty() {
+            out.push_str(": ");
+            out.push_str(rest);
+        }
+    } else if let Some(first) = lines.next() {
+        out.push_str(first);
+    }
+    for line in lines {
+        out.push_str(" | ");
+        out.push_str(line);
+    }
+    let shown_all = total <= SUMMARY_MAX * 2 && out.len() <= SUMMARY_MAX;
+    if shown_all {
+        return out;
+    }
+    let cut = truncate(&out, SUMMARY_MAX).to_string();
+    format!("{cut}… ({total} bytes)")
+}
+
+#[cfg(test)]
+mod summary_tests {
+    #[test]
+    fn answer_summaries_show_every_line_or_say_where_they_are_cut() {
+        use super::answer_summary;
+        let all = b"OK,alice: notes.txt,song.mp3\nbob: \n";
+        assert_eq!(
+            answer_summary(b"", all, Some(2)),
+            "OK (2 users): alice: notes.txt,song.mp3 | bob: "
+        );
+        assert_eq!(answer_summary(b"", b"OK,", Some(0)), "OK (0 users)");
+        assert_eq!(
+            answer_summary(b"OK,", b"a.txt,b.txt", None),
+            "OK,a.txt,b.txt"
+        );
+        assert_eq!(
+            answer_summary(b"", b"ERR,User not found!", None),
+            "ERR,User not found!"
+        );
+        let long: Vec<u8> = (0..1000)
+            .flat_map(|i| format!("u{i}: f\n").into_bytes())
+            .collect();
+        let mut text = b"OK,".to_vec();
+        text.extend_from_slice(&long);
+        let s = answer_summary(b"", &text, Some(1000));
+        assert!(s.starts_with("OK (1000 users): u0: f | u1: f"), "{s}");
+        assert!(s.ends_with(&format!("… ({} bytes)", text.len())), "{s}");
+        assert!(s.len() < 200, "{s}");
+    }
 }
