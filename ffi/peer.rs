@@ -57,18 +57,23 @@ pub type p2p_chat_closed_cb = Option<
     ),
 >;
 
-/// Download progress: `received` of `total` bytes. Called on the download's thread.
+/// Download progress: `received` of `total` bytes. Called on the download's thread;
+/// `p2p_transfer_wait()` on this download from inside it returns `P2P_WOULD_DEADLOCK`.
 pub type p2p_transfer_progress_cb = Option<
     unsafe extern "C" fn(user_data: *mut c_void, transfer_id: u64, received: u64, total: u64),
 >;
 
 /// A download finished and was verified; `path` (valid only during the call) is where
-/// the file is. Called on the download's thread, before `p2p_transfer_wait()` returns.
+/// the file is. Called on the download's thread, before `p2p_transfer_wait()` returns
+/// (so `p2p_transfer_wait()` on this download from inside it returns
+/// `P2P_WOULD_DEADLOCK`: the outcome is this call).
 pub type p2p_transfer_done_cb =
     Option<unsafe extern "C" fn(user_data: *mut c_void, transfer_id: u64, path: *const c_char)>;
 
 /// A download failed (`P2P_CANCELLED` when cancelled); `message` is valid only during
-/// the call. Called on the download's thread, before `p2p_transfer_wait()` returns.
+/// the call. Called on the download's thread, before `p2p_transfer_wait()` returns
+/// (so `p2p_transfer_wait()` on this download from inside it returns
+/// `P2P_WOULD_DEADLOCK`).
 pub type p2p_transfer_failed_cb = Option<
     unsafe extern "C" fn(
         user_data: *mut c_void,
@@ -101,7 +106,11 @@ pub enum p2p_peer_event_kind {
 }
 
 /// Something else happened in the background; `detail` is a one-line description for
-/// people (valid only during the call). Called on various library threads.
+/// people (valid only during the call). Called on various library threads: a
+/// download's own thread for `P2P_EVENT_TRANSFER_STARTED` (and for
+/// `P2P_EVENT_SHARE_SKIPPED` from the rescan after a download into the shared
+/// directory), where `p2p_transfer_wait()` on that download returns
+/// `P2P_WOULD_DEADLOCK`.
 pub type p2p_peer_event_cb = Option<
     unsafe extern "C" fn(user_data: *mut c_void, kind: p2p_peer_event_kind, detail: *const c_char),
 >;
@@ -335,7 +344,8 @@ pub unsafe extern "C" fn p2p_peer_config_set_chat_answer_timeout_ms(
 
 /// The pointer every callback of the peer receives as its first argument. The
 /// library never dereferences it; it must stay valid (and usable from library
-/// threads) until `p2p_peer_exit()` or `p2p_peer_free()` returns.
+/// threads) until `p2p_peer_exit()` or `p2p_peer_free()` returns: no callback of the
+/// peer runs after that.
 ///
 /// Errors: `P2P_NULL_ARGUMENT` (config; `user_data` may be NULL).
 #[no_mangle]
@@ -672,7 +682,8 @@ pub unsafe extern "C" fn p2p_peer_exit(peer: *mut p2p_peer) -> p2p_status {
 ///
 /// Called from inside one of this peer's own callbacks it is refused: nothing is
 /// stopped or freed, the handle stays valid, and `p2p_last_error_message()` on that
-/// thread says why (the one free function that sets it); free it from another thread.
+/// thread says why (it and `p2p_registry_free()` are the only free functions that set
+/// it); free it from another thread.
 #[no_mangle]
 pub unsafe extern "C" fn p2p_peer_free(peer: *mut p2p_peer) {
     panic::void_or_refuse(|| {

@@ -480,7 +480,8 @@ typedef void (*p2p_chat_closed_cb)(void *user_data,
                                    p2p_chat_closed_by by);
 
 /**
- * Download progress: `received` of `total` bytes. Called on the download's thread.
+ * Download progress: `received` of `total` bytes. Called on the download's thread;
+ * `p2p_transfer_wait()` on this download from inside it returns `P2P_WOULD_DEADLOCK`.
  */
 typedef void (*p2p_transfer_progress_cb)(void *user_data,
                                          uint64_t transfer_id,
@@ -489,13 +490,17 @@ typedef void (*p2p_transfer_progress_cb)(void *user_data,
 
 /**
  * A download finished and was verified; `path` (valid only during the call) is where
- * the file is. Called on the download's thread, before `p2p_transfer_wait()` returns.
+ * the file is. Called on the download's thread, before `p2p_transfer_wait()` returns
+ * (so `p2p_transfer_wait()` on this download from inside it returns
+ * `P2P_WOULD_DEADLOCK`: the outcome is this call).
  */
 typedef void (*p2p_transfer_done_cb)(void *user_data, uint64_t transfer_id, const char *path);
 
 /**
  * A download failed (`P2P_CANCELLED` when cancelled); `message` is valid only during
- * the call. Called on the download's thread, before `p2p_transfer_wait()` returns.
+ * the call. Called on the download's thread, before `p2p_transfer_wait()` returns
+ * (so `p2p_transfer_wait()` on this download from inside it returns
+ * `P2P_WOULD_DEADLOCK`).
  */
 typedef void (*p2p_transfer_failed_cb)(void *user_data,
                                        uint64_t transfer_id,
@@ -504,7 +509,11 @@ typedef void (*p2p_transfer_failed_cb)(void *user_data,
 
 /**
  * Something else happened in the background; `detail` is a one-line description for
- * people (valid only during the call). Called on various library threads.
+ * people (valid only during the call). Called on various library threads: a
+ * download's own thread for `P2P_EVENT_TRANSFER_STARTED` (and for
+ * `P2P_EVENT_SHARE_SKIPPED` from the rescan after a download into the shared
+ * directory), where `p2p_transfer_wait()` on that download returns
+ * `P2P_WOULD_DEADLOCK`.
  */
 typedef void (*p2p_peer_event_cb)(void *user_data, p2p_peer_event_kind kind, const char *detail);
 
@@ -713,7 +722,8 @@ p2p_status p2p_peer_config_set_chat_answer_timeout_ms(struct p2p_peer_config *co
 /**
  * The pointer every callback of the peer receives as its first argument. The
  * library never dereferences it; it must stay valid (and usable from library
- * threads) until `p2p_peer_exit()` or `p2p_peer_free()` returns.
+ * threads) until `p2p_peer_exit()` or `p2p_peer_free()` returns: no callback of the
+ * peer runs after that.
  *
  * Errors: `P2P_NULL_ARGUMENT` (config; `user_data` may be NULL).
  */
@@ -818,7 +828,8 @@ p2p_status p2p_peer_exit(struct p2p_peer *peer);
  *
  * Called from inside one of this peer's own callbacks it is refused: nothing is
  * stopped or freed, the handle stays valid, and `p2p_last_error_message()` on that
- * thread says why (the one free function that sets it); free it from another thread.
+ * thread says why (it and `p2p_registry_free()` are the only free functions that set
+ * it); free it from another thread.
  */
 void p2p_peer_free(struct p2p_peer *peer);
 
