@@ -27,7 +27,7 @@ use p2pchat::transfer::*;
 use std::ffi::{c_char, c_void, CStr, CString};
 use std::path::Path;
 use std::ptr::null_mut;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -86,6 +86,10 @@ struct Side {
     freed: AtomicBool,
     /// Callbacks that ran after the free returned (a broken promise of the API).
     late: Mutex<Vec<&'static str>>,
+    /// The side's own peer, once connected: callbacks try to exit it (refused).
+    peer: AtomicPtr<p2p_peer>,
+    /// Self-exits from callbacks that were not refused with `P2P_WOULD_DEADLOCK`.
+    not_refused: Mutex<Vec<String>>,
 }
 
 impl Side {
@@ -93,6 +97,17 @@ impl Side {
     fn enter(&self, what: &'static str) -> Entered<'_> {
         if self.freed.load(Ordering::SeqCst) {
             self.late.lock().unwrap().push(what);
+        }
+        // Exiting the peer from its own callback must be refused, also while another
+        // thread is freeing it (the handle stays valid until that free returns).
+        let own = self.peer.load(Ordering::SeqCst);
+        if !own.is_null() {
+            // SAFETY: a live peer handle (see above).
+            let status = unsafe { p2p_peer_exit(own) };
+            if status != P2P_WOULD_DEADLOCK {
+                let e = format!("{what}: p2p_peer_exit gave {status:?}: {}", last_error());
+                self.not_refused.lock().unwrap().push(e);
+            }
         }
         self.in_callback.fetch_add(1, Ordering::SeqCst);
         self.callbacks.fetch_add(1, Ordering::SeqCst);
@@ -352,6 +367,8 @@ fn iteration(
     step("connect");
     let alice = connect(registry, &format!("alice{n}"), alice_dir.path(), alice_side);
     let bob = connect(registry, &format!("bob{n}"), bob_dir, bob_side);
+    alice_side.peer.store(alice, Ordering::SeqCst);
+    bob_side.peer.store(bob, Ordering::SeqCst);
     let bob_name = c(&format!("bob{n}"));
 
     // SAFETY: every handle below is live until freed once, at the end.
@@ -402,9 +419,21 @@ fn iteration(
 
         step(&format!("free ({mode:?})"));
         let freeing = Instant::now();
-        let free = |peer: SendPtr<p2p_peer>, side: &Side| {
-            p2p_peer_free(peer.0);
-            side.freed.store(true, Ordering::SeqCst);
+        // Either exit first (callbacks running meanwhile try to exit their own peer,
+        // which must be refused) and then free, or free at once (the handle is hidden
+        // from the callbacks first: it is gone once the free returns).
+        let exit_first = rng.below(2) == 0;
+        let free = move |peer: SendPtr<p2p_peer>, side: &Side| {
+            if exit_first {
+                assert_eq!(p2p_peer_exit(peer.0), P2P_OK, "{}", last_error());
+                side.freed.store(true, Ordering::SeqCst);
+                side.peer.store(null_mut(), Ordering::SeqCst);
+                p2p_peer_free(peer.0);
+            } else {
+                side.peer.store(null_mut(), Ordering::SeqCst);
+                p2p_peer_free(peer.0);
+                side.freed.store(true, Ordering::SeqCst);
+            }
         };
         let (a, b) = (SendPtr(alice), SendPtr(bob));
         match mode {
@@ -417,11 +446,7 @@ fn iteration(
                 free(a, alice_side);
             }
             Free::BothAtOnce => {
-                let other = std::thread::spawn(move || {
-                    let b = b;
-                    p2p_peer_free(b.0);
-                    bob_side.freed.store(true, Ordering::SeqCst);
-                });
+                let other = std::thread::spawn(move || free(b, bob_side));
                 free(a, alice_side);
                 other.join().unwrap();
             }
@@ -477,6 +502,11 @@ fn iteration(
         }
         for (who, side) in [("alice", alice_side), ("bob", bob_side)] {
             assert_eq!(side.in_callback.load(Ordering::SeqCst), 0, "{who}");
+            let not_refused = side.not_refused.lock().unwrap();
+            assert!(
+                not_refused.is_empty(),
+                "iteration {n} (seed {seed}, {mode:?}): {who}: {not_refused:?}"
+            );
             let late = side.late.lock().unwrap();
             assert!(
                 late.is_empty(),
@@ -536,7 +566,7 @@ fn run(iterations: u64, first_seed: u64) -> u64 {
 
 #[test]
 fn peers_freed_during_downloads_chats_and_callbacks() {
-    run(24, 0x5eed);
+    run(40, 0x5eed);
 }
 
 /// The long run: `P2P_STRESS_ITERATIONS` (default 5000) iterations, best in release.
