@@ -19,8 +19,9 @@ use std::ptr::null_mut;
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-/// Chats opened and ended. Before chats released their socket when they ended, each
-/// ended chat kept one descriptor on each side until freed: 2 × CHATS here.
+/// Chats opened and ended (`P2P_CLOSED_CHATS` overrides it). Before chats released
+/// their socket when they ended, each ended chat kept one descriptor on each side until
+/// freed: 2 × CHATS here.
 const CHATS: usize = 400;
 /// Descriptors the process may hold above its baseline once every chat has ended
 /// (connections in the middle of closing, the registry's own bookkeeping).
@@ -176,8 +177,12 @@ fn ended_chats_release_their_descriptors_before_they_are_freed() {
     let fds_before = steady(|| count("/proc/self/fd"));
     let threads_before = steady(|| count("/proc/self/task"));
 
+    let chats: usize = std::env::var("P2P_CLOSED_CHATS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(CHATS);
     let started = Instant::now();
-    for n in 1..=CHATS {
+    for n in 1..=chats {
         let (mine, bobs) = open(n);
         // SAFETY: live handles.
         unsafe {
@@ -207,13 +212,13 @@ fn ended_chats_release_their_descriptors_before_they_are_freed() {
     let fds_after = settle(fds_before, || count("/proc/self/fd"));
     let threads_after = settle(threads_before, || count("/proc/self/task"));
     println!(
-        "{CHATS} ended, unfreed chats ({} handles) in {took:.1?}: descriptors {fds_before} -> \
+        "{chats} ended, unfreed chats ({} handles) in {took:.1?}: descriptors {fds_before} -> \
          {fds_after}, threads {threads_before} -> {threads_after}",
         handles.len()
     );
     assert!(
         fds_after <= fds_before + SLACK,
-        "{CHATS} ended but unfreed chats still hold descriptors: {fds_before} before, \
+        "{chats} ended but unfreed chats still hold descriptors: {fds_before} before, \
          {fds_after} after"
     );
     assert!(

@@ -2,11 +2,12 @@
 //! (`tests/c/reentrant_calls.c`, compiled with the system compiler against the shared
 //! library) makes each of them from the callback it is refused in, checks that it
 //! returns `P2P_WOULD_DEADLOCK` (or, for a free, does nothing and says why) within its
-//! `alarm()` guard, and then finishes everything normally.
+//! `alarm()` guard, and then finishes everything normally; then again under valgrind
+//! (when installed): a refused free must neither leak nor touch freed memory.
 
 mod common;
 
-use common::{build, root, Link};
+use common::{build, root, valgrind, Link};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -47,4 +48,10 @@ fn calls_that_would_wait_for_their_own_callback_thread_are_refused_from_c() {
         status.success() && stdout.lines().last() == Some("ALL OK"),
         "reentrant_calls failed with {status}\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
     );
+    if let Some(summary) = valgrind(&exe) {
+        println!("valgrind reentrant_calls:");
+        for line in summary {
+            println!("  {line}");
+        }
+    }
 }
