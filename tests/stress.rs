@@ -86,6 +86,8 @@ struct Side {
     freed: AtomicBool,
     /// Callbacks that ran after the free returned (a broken promise of the API).
     late: Mutex<Vec<&'static str>>,
+    /// Chat requests that reached this side's request callback.
+    requests: AtomicU64,
     /// The side's own peer, once connected: callbacks try to exit it (refused).
     peer: AtomicPtr<p2p_peer>,
     /// Self-exits from callbacks that were not refused with `P2P_WOULD_DEADLOCK`.
@@ -133,6 +135,7 @@ unsafe fn side<'a>(ud: *mut c_void) -> &'a Side {
 
 unsafe extern "C" fn on_request(ud: *mut c_void, request: *mut p2p_chat_request) {
     let s = side(ud);
+    s.requests.fetch_add(1, Ordering::SeqCst);
     let _in = s.enter("on_request");
     let mut chat = null_mut();
     if p2p_chat_request_accept(request, &mut chat) == P2P_OK {
@@ -391,10 +394,14 @@ fn iteration(
                 let st = p2p_peer_chat(a.0, name.as_ptr(), &mut chat);
                 (st, SendPtr(chat))
             }));
+            // Alice may be freed only once her call is under way (the API forbids
+            // freeing a handle another thread may still start a call on): once the
+            // request has reached bob's callback, which lingers in it.
             step("wait for the chat request to reach bob");
-            wait_until(Duration::from_secs(10), || {
-                bob_side.in_callback.load(Ordering::SeqCst) > 0
+            let reached = wait_until(Duration::from_secs(10), || {
+                bob_side.requests.load(Ordering::SeqCst) > 0
             });
+            assert!(reached, "iteration {n}: the chat request never reached bob");
         } else if rng.below(3) != 0 {
             step("chat");
             let st = p2p_peer_chat(alice, bob_name.as_ptr(), &mut chat);
