@@ -306,6 +306,69 @@ fn dump_threads() {
     }
 }
 
+/// Every descriptor the process may open, taken: the soft limit is lowered to a little
+/// above what is open, the rest opened, and a thread takes any descriptor released
+/// until the hog is dropped (which gives everything back and restores the limit).
+struct Hog {
+    files: Vec<std::fs::File>,
+    limit: libc::rlimit,
+    taking: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<Vec<std::fs::File>>>,
+}
+
+impl Hog {
+    fn take_all() -> Hog {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        let open = std::fs::read_dir("/proc/self/fd").unwrap().count() as u64;
+        // SAFETY: plain getrlimit/setrlimit on valid structs.
+        unsafe {
+            assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
+            let lower = libc::rlimit {
+                rlim_cur: (open + 32).min(limit.rlim_cur),
+                rlim_max: limit.rlim_max,
+            };
+            assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lower), 0);
+        }
+        let mut files = Vec::new();
+        while let Ok(f) = std::fs::File::open("/dev/null") {
+            files.push(f);
+        }
+        let taking = Arc::new(AtomicBool::new(true));
+        let still = taking.clone();
+        let thread = std::thread::spawn(move || {
+            let mut more = Vec::new();
+            while still.load(Ordering::SeqCst) {
+                if let Ok(f) = std::fs::File::open("/dev/null") {
+                    more.push(f);
+                }
+                std::thread::yield_now();
+            }
+            more
+        });
+        Hog {
+            files,
+            limit,
+            taking,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Hog {
+    fn drop(&mut self) {
+        self.taking.store(false, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            drop(t.join());
+        }
+        self.files.clear();
+        // SAFETY: restores what getrlimit returned.
+        unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &self.limit) };
+    }
+}
+
 /// How an iteration frees its peers.
 #[derive(Debug, Clone, Copy)]
 enum Free {
@@ -321,15 +384,19 @@ enum Free {
     BobInCallback,
     /// Alice while her chat request to bob waits for his answer.
     AliceDuringChatRequest,
+    /// Alice while the process has no descriptor left (every one taken, and any
+    /// released taken again at once by a hog thread).
+    AliceOutOfDescriptors,
 }
 
-const FREES: [Free; 6] = [
+const FREES: [Free; 7] = [
     Free::AliceThenBob,
     Free::BobThenAlice,
     Free::BothAtOnce,
     Free::AliceInCallback,
     Free::BobInCallback,
     Free::AliceDuringChatRequest,
+    Free::AliceOutOfDescriptors,
 ];
 
 /// Wait (bounded) until `cond` holds; false if it did not within `limit`.
@@ -470,6 +537,12 @@ fn iteration(
                 });
                 free(b, bob_side);
                 free(a, alice_side);
+            }
+            Free::AliceOutOfDescriptors => {
+                let hog = Hog::take_all();
+                free(a, alice_side);
+                drop(hog);
+                free(b, bob_side);
             }
         }
 
