@@ -257,6 +257,8 @@ impl Watchdog {
                 }
                 if at.elapsed() > STALL {
                     eprintln!("HANG: no progress for {STALL:?} after step {what:?}");
+                    RELEASE_HOGS.store(true, Ordering::SeqCst);
+                    std::thread::sleep(Duration::from_millis(500));
                     dump_threads();
                     std::process::abort();
                 }
@@ -306,51 +308,56 @@ fn dump_threads() {
     }
 }
 
+/// Set by the watchdog before it prints the threads' stacks: a hog gives every
+/// descriptor back (gdb and /proc need some).
+static RELEASE_HOGS: AtomicBool = AtomicBool::new(false);
+
 /// Every descriptor the process may open, taken: the soft limit is lowered to a little
-/// above what is open, the rest opened, and a thread takes any descriptor released
-/// until the hog is dropped (which gives everything back and restores the limit).
+/// above what is open, the rest opened, and any descriptor released is taken again at
+/// once, until the hog is dropped (which gives everything back and restores the
+/// limit). One thread does it all.
 struct Hog {
-    files: Vec<std::fs::File>,
-    limit: libc::rlimit,
     taking: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<Vec<std::fs::File>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Hog {
     fn take_all() -> Hog {
-        let mut limit = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        let open = std::fs::read_dir("/proc/self/fd").unwrap().count() as u64;
-        // SAFETY: plain getrlimit/setrlimit on valid structs.
-        unsafe {
-            assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
-            let lower = libc::rlimit {
-                rlim_cur: (open + 32).min(limit.rlim_cur),
-                rlim_max: limit.rlim_max,
-            };
-            assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lower), 0);
-        }
-        let mut files = Vec::new();
-        while let Ok(f) = std::fs::File::open("/dev/null") {
-            files.push(f);
-        }
         let taking = Arc::new(AtomicBool::new(true));
         let still = taking.clone();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let thread = std::thread::spawn(move || {
-            let mut more = Vec::new();
-            while still.load(Ordering::SeqCst) {
+            let mut limit = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            let open = std::fs::read_dir("/proc/self/fd").unwrap().count() as u64;
+            // SAFETY: plain getrlimit/setrlimit on valid structs.
+            unsafe {
+                assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
+                let lower = libc::rlimit {
+                    rlim_cur: (open + 32).min(limit.rlim_cur),
+                    rlim_max: limit.rlim_max,
+                };
+                assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lower), 0);
+            }
+            let mut files = Vec::new();
+            while let Ok(f) = std::fs::File::open("/dev/null") {
+                files.push(f);
+            }
+            let _ = ready_tx.send(());
+            while still.load(Ordering::SeqCst) && !RELEASE_HOGS.load(Ordering::SeqCst) {
                 if let Ok(f) = std::fs::File::open("/dev/null") {
-                    more.push(f);
+                    files.push(f);
                 }
                 std::thread::yield_now();
             }
-            more
+            drop(files);
+            // SAFETY: restores what getrlimit returned.
+            unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) };
         });
+        let _ = ready_rx.recv();
         Hog {
-            files,
-            limit,
             taking,
             thread: Some(thread),
         }
@@ -361,11 +368,8 @@ impl Drop for Hog {
     fn drop(&mut self) {
         self.taking.store(false, Ordering::SeqCst);
         if let Some(t) = self.thread.take() {
-            drop(t.join());
+            let _ = t.join();
         }
-        self.files.clear();
-        // SAFETY: restores what getrlimit returned.
-        unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &self.limit) };
     }
 }
 
