@@ -563,8 +563,13 @@ fn iteration(
                     | P2P_PROTOCOL
                     | P2P_USER_NOT_FOUND
                     | P2P_TIMEOUT
+            ) || (
+                // Out of descriptors, bob cannot open the file he serves (he then
+                // answers that it is not shared) or take the request at all.
+                matches!(mode, Free::AliceOutOfDescriptors)
+                    && matches!(st, P2P_FILE_NOT_FOUND | P2P_BUSY | P2P_REFUSED)
             ),
-            "wait: {st:?} {}",
+            "iteration {n} (seed {seed}, {mode:?}): wait: {st:?} {}",
             last_error()
         );
         p2p_transfer_free(transfer);
