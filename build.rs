@@ -78,10 +78,19 @@ const PREAMBLE: &str = r#"/*
  * - Threads: every function may be called from any thread. Callbacks run on the
  *   library's threads (each callback type says which); they must return quickly and
  *   must not throw C++ exceptions. Strings passed to callbacks are valid only during
- *   the call. Inside a callback any function may be called except p2p_peer_exit /
- *   p2p_peer_free on the peer the callback belongs to, and p2p_registry_free on the
- *   registry it belongs to (p2p_registry_stop there returns P2P_INVALID_ARGUMENT);
- *   blocking calls (p2p_peer_chat, p2p_transfer_wait) hold up the thread that
- *   delivers that peer's other events.
+ *   the call.
+ * - Calls from inside a callback: a call that would wait for the thread it is made
+ *   on is refused, never left to hang: it returns P2P_WOULD_DEADLOCK at once, does
+ *   nothing, and p2p_last_error_message() says why. These are: p2p_peer_exit inside
+ *   any callback of that peer; p2p_registry_stop inside that registry's event
+ *   callback; p2p_transfer_wait on the download's own thread (its progress, done and
+ *   failed callbacks and the events it emits) and inside any registry callback.
+ *   p2p_peer_free and p2p_registry_free refused there (same cases as exit / stop)
+ *   free nothing: the handle stays valid, and the last-error message is set; free
+ *   it later from another thread. Every other function may be called; blocking
+ *   calls (p2p_peer_chat, p2p_transfer_wait) hold up the thread that delivers the
+ *   callback's peer's other events meanwhile.
+ * - Chats: a chat's connection is closed the moment the chat ends, whoever ended it;
+ *   its handle stays valid (P2P_CLOSED for sending) until p2p_chat_free.
  * - No panic crosses the boundary: an internal bug yields P2P_PANIC.
  */"#;

@@ -5,9 +5,11 @@ use crate::panic;
 use crate::peer::p2p_peer;
 use crate::status::{p2p_status, FfiError};
 use crate::strings::{arg_out, arg_ref, arg_str, owned, put};
-use p2pcore::peer::{Chat, ChatRequest};
+use p2pcore::peer::{Chat, ChatId, ChatRequest};
 use parking_lot::Mutex;
+use std::collections::HashMap;
 use std::ffi::c_char;
+use std::sync::{Arc, Weak};
 
 /// Who ended a chat (passed to `p2p_chat_closed_cb`).
 #[repr(i32)]
@@ -24,8 +26,52 @@ pub enum p2p_chat_closed_by {
 /// An open (or ended) chat. Opaque; made by `p2p_peer_chat()` or
 /// `p2p_chat_request_accept()`, freed by `p2p_chat_free()`. It may be used from any
 /// thread, also after its peer was freed (sending then fails with `P2P_CLOSED`).
+///
+/// Once the chat has ended, whoever ended it, the handle no longer holds the
+/// connection: its socket is closed at once, and the handle keeps only the chat's id
+/// and the other side's name until it is freed.
 pub struct p2p_chat {
-    chat: Chat,
+    id: ChatId,
+    peer: String,
+    slot: Arc<ChatSlot>,
+}
+
+/// The live chat behind a handle; emptied when the chat ends, which drops the handle's
+/// share of the connection.
+struct ChatSlot {
+    chat: Mutex<Option<Chat>>,
+}
+
+impl ChatSlot {
+    /// The chat while it is open (a clone: calls on it keep it alive for their
+    /// duration, even if the handle is freed from a callback they run).
+    fn get(&self) -> Option<Chat> {
+        self.chat.lock().clone()
+    }
+
+    fn release(&self) {
+        // Dropped outside the lock.
+        let chat = self.chat.lock().take();
+        drop(chat);
+    }
+}
+
+/// The chats of one peer that C holds handles for, by id, so the peer's chat-closed
+/// hook can release each one's connection the moment the chat ends (by either side,
+/// a failure, or the peer exiting), not when C gets round to freeing the handle.
+#[derive(Default)]
+pub(crate) struct ChatTable {
+    live: Mutex<HashMap<ChatId, Weak<ChatSlot>>>,
+}
+
+impl ChatTable {
+    /// Chat `id` has ended: release its handle's connection, if a handle has it.
+    pub(crate) fn ended(&self, id: ChatId) {
+        let slot = self.live.lock().remove(&id).and_then(|w| w.upgrade());
+        if let Some(slot) = slot {
+            slot.release();
+        }
+    }
 }
 
 /// An incoming chat request, handed to the `p2p_chat_request_cb` callback. Opaque;
@@ -34,14 +80,17 @@ pub struct p2p_chat_request {
     from: String,
     addr: String,
     request: Mutex<Option<ChatRequest>>,
+    /// The receiving peer's chats, where an accepted chat is entered.
+    chats: Arc<ChatTable>,
 }
 
 impl p2p_chat_request {
-    pub(crate) fn new(request: ChatRequest) -> p2p_chat_request {
+    pub(crate) fn new(request: ChatRequest, chats: Arc<ChatTable>) -> p2p_chat_request {
         p2p_chat_request {
             from: request.from().to_string(),
             addr: request.addr().to_string(),
             request: Mutex::new(Some(request)),
+            chats,
         }
     }
 
@@ -55,8 +104,32 @@ impl p2p_chat_request {
     }
 }
 
-fn new_chat(chat: Chat) -> *mut p2p_chat {
-    Box::into_raw(Box::new(p2p_chat { chat }))
+/// A handle for a newly opened chat of the peer whose chats `table` lists.
+fn new_chat(table: &ChatTable, chat: Chat) -> *mut p2p_chat {
+    let id = chat.id();
+    let slot = Arc::new(ChatSlot {
+        chat: Mutex::new(Some(chat.clone())),
+    });
+    table.live.lock().insert(id, Arc::downgrade(&slot));
+    // It may have ended before it was listed (the other side left at once): its
+    // closed hook found nothing to release then, so release it now.
+    if chat.is_closed() {
+        table.ended(id);
+    }
+    Box::into_raw(Box::new(p2p_chat {
+        id,
+        peer: chat.peer().to_string(),
+        slot,
+    }))
+}
+
+impl p2p_chat {
+    /// The open chat, or `P2P_CLOSED` once it has ended.
+    fn open(&self) -> Result<Chat, FfiError> {
+        self.slot
+            .get()
+            .ok_or_else(|| FfiError::from(p2pcore::Error::Closed))
+    }
 }
 
 /// Ask `user` for a chat. Blocks until they accept, decline, or do not answer within
@@ -78,7 +151,7 @@ pub unsafe extern "C" fn p2p_peer_chat(
         let user = arg_str(user, "user")?;
         let out = arg_out(out, "out")?;
         let chat = peer.get()?.chat(user)?;
-        put(out, new_chat(chat));
+        put(out, new_chat(&peer.chats, chat));
         Ok(())
     })
 }
@@ -94,7 +167,7 @@ pub unsafe extern "C" fn p2p_chat_send(chat: *const p2p_chat, text: *const c_cha
     panic::status(|| {
         let chat = arg_ref(chat, "chat")?;
         let text = arg_str(text, "text")?;
-        chat.chat.send(text)?;
+        chat.open()?.send(text)?;
         Ok(())
     })
 }
@@ -124,7 +197,7 @@ pub unsafe extern "C" fn p2p_chat_send_len(
                 format!("text is not valid UTF-8: {e}"),
             )
         })?;
-        chat.chat.send(text)?;
+        chat.open()?.send(text)?;
         Ok(())
     })
 }
@@ -136,7 +209,7 @@ pub unsafe extern "C" fn p2p_chat_send_len(
 pub unsafe extern "C" fn p2p_chat_id(chat: *const p2p_chat, out: *mut u64) -> p2p_status {
     panic::status(|| {
         let chat = arg_ref(chat, "chat")?;
-        put(arg_out(out, "out")?, chat.chat.id());
+        put(arg_out(out, "out")?, chat.id);
         Ok(())
     })
 }
@@ -152,7 +225,7 @@ pub unsafe extern "C" fn p2p_chat_peer_name(
 ) -> p2p_status {
     panic::status(|| {
         let chat = arg_ref(chat, "chat")?;
-        put(arg_out(out, "out")?, owned(chat.chat.peer()));
+        put(arg_out(out, "out")?, owned(&chat.peer));
         Ok(())
     })
 }
@@ -164,7 +237,8 @@ pub unsafe extern "C" fn p2p_chat_peer_name(
 pub unsafe extern "C" fn p2p_chat_is_closed(chat: *const p2p_chat, out: *mut bool) -> p2p_status {
     panic::status(|| {
         let chat = arg_ref(chat, "chat")?;
-        put(arg_out(out, "out")?, chat.chat.is_closed());
+        let closed = chat.slot.get().is_none_or(|c| c.is_closed());
+        put(arg_out(out, "out")?, closed);
         Ok(())
     })
 }
@@ -176,7 +250,9 @@ pub unsafe extern "C" fn p2p_chat_is_closed(chat: *const p2p_chat, out: *mut boo
 #[no_mangle]
 pub unsafe extern "C" fn p2p_chat_close(chat: *const p2p_chat) -> p2p_status {
     panic::status(|| {
-        arg_ref(chat, "chat")?.chat.close();
+        if let Some(open) = arg_ref(chat, "chat")?.slot.get() {
+            open.close();
+        }
         Ok(())
     })
 }
@@ -188,7 +264,9 @@ pub unsafe extern "C" fn p2p_chat_free(chat: *mut p2p_chat) {
     panic::void(|| {
         if !chat.is_null() {
             let chat = Box::from_raw(chat);
-            chat.chat.close();
+            if let Some(open) = chat.slot.get() {
+                open.close();
+            }
         }
     })
 }
@@ -245,7 +323,7 @@ pub unsafe extern "C" fn p2p_chat_request_accept(
         let request = arg_ref(request, "request")?;
         let out = arg_out(out, "out")?;
         let chat = request.take()?.accept()?;
-        put(out, new_chat(chat));
+        put(out, new_chat(&request.chats, chat));
         Ok(())
     })
 }

@@ -33,6 +33,8 @@ pub mod chat;
 
 pub mod transfer;
 
+mod callback;
+
 mod userdata;
 
 use std::ffi::c_char;

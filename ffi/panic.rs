@@ -53,13 +53,23 @@ pub fn void(f: impl FnOnce()) {
     let _ = catch_unwind(AssertUnwindSafe(f));
 }
 
+/// Run a free function that may refuse (freeing a peer or registry from inside its own
+/// callback): a refusal's text goes to the last-error message, success leaves the
+/// message alone (as every free does), and a panic is swallowed.
+pub fn void_or_refuse(f: impl FnOnce() -> Result<(), FfiError>) {
+    if let Ok(Err(e)) = catch_unwind(AssertUnwindSafe(f)) {
+        set_last_error(&e.message);
+    }
+}
+
 /// The text of the last failed call on the calling thread, or `""` if the last
 /// fallible call on this thread succeeded (or none was made).
 ///
 /// Never NULL. The string belongs to the library: do not free it. It stays valid until
 /// the next fallible p2pchat call on the same thread (copy it if you need it longer).
 /// Free functions, `p2p_version()`, `p2p_status_name()` and this function do not change
-/// it.
+/// it, except a refused `p2p_peer_free()` or `p2p_registry_free()` (called from inside
+/// that peer's or registry's own callback), which sets it to say why.
 #[no_mangle]
 pub extern "C" fn p2p_last_error_message() -> *const c_char {
     static EMPTY: &[u8] = b"\0";

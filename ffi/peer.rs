@@ -2,7 +2,8 @@
 //! C, and the peer's callbacks. Chats and downloads live in `chat.rs` and
 //! `transfer.rs`.
 
-use crate::chat::{p2p_chat_closed_by, p2p_chat_request};
+use crate::callback::{self, Owner, Scope};
+use crate::chat::{p2p_chat_closed_by, p2p_chat_request, ChatTable};
 use crate::panic;
 use crate::status::{p2p_status, FfiError};
 use crate::strings::{
@@ -56,18 +57,23 @@ pub type p2p_chat_closed_cb = Option<
     ),
 >;
 
-/// Download progress: `received` of `total` bytes. Called on the download's thread.
+/// Download progress: `received` of `total` bytes. Called on the download's thread;
+/// `p2p_transfer_wait()` on this download from inside it returns `P2P_WOULD_DEADLOCK`.
 pub type p2p_transfer_progress_cb = Option<
     unsafe extern "C" fn(user_data: *mut c_void, transfer_id: u64, received: u64, total: u64),
 >;
 
 /// A download finished and was verified; `path` (valid only during the call) is where
-/// the file is. Called on the download's thread, before `p2p_transfer_wait()` returns.
+/// the file is. Called on the download's thread, before `p2p_transfer_wait()` returns
+/// (so `p2p_transfer_wait()` on this download from inside it returns
+/// `P2P_WOULD_DEADLOCK`: the outcome is this call).
 pub type p2p_transfer_done_cb =
     Option<unsafe extern "C" fn(user_data: *mut c_void, transfer_id: u64, path: *const c_char)>;
 
 /// A download failed (`P2P_CANCELLED` when cancelled); `message` is valid only during
-/// the call. Called on the download's thread, before `p2p_transfer_wait()` returns.
+/// the call. Called on the download's thread, before `p2p_transfer_wait()` returns
+/// (so `p2p_transfer_wait()` on this download from inside it returns
+/// `P2P_WOULD_DEADLOCK`).
 pub type p2p_transfer_failed_cb = Option<
     unsafe extern "C" fn(
         user_data: *mut c_void,
@@ -102,7 +108,11 @@ pub enum p2p_peer_event_kind {
 }
 
 /// Something else happened in the background; `detail` is a one-line description for
-/// people (valid only during the call). Called on various library threads.
+/// people (valid only during the call). Called on various library threads: a
+/// download's own thread for `P2P_EVENT_TRANSFER_STARTED` (and for
+/// `P2P_EVENT_SHARE_SKIPPED` from the rescan after a download into the shared
+/// directory), where `p2p_transfer_wait()` on that download returns
+/// `P2P_WOULD_DEADLOCK`.
 pub type p2p_peer_event_cb = Option<
     unsafe extern "C" fn(user_data: *mut c_void, kind: p2p_peer_event_kind, detail: *const c_char),
 >;
@@ -140,6 +150,10 @@ pub struct p2p_peer {
     /// `None` once exited. Calls clone the `Arc` and release the lock at once, so a
     /// long call (a chat request) never blocks another thread's call.
     peer: Mutex<Option<Arc<Peer>>>,
+    /// This peer's process-unique id: its callbacks run inside `Owner::Peer(id)`.
+    pub(crate) id: u64,
+    /// The chats C holds handles for, released when they end.
+    pub(crate) chats: Arc<ChatTable>,
 }
 
 impl p2p_peer {
@@ -148,6 +162,19 @@ impl p2p_peer {
             .lock()
             .clone()
             .ok_or_else(|| FfiError::shutdown("peer"))
+    }
+
+    /// Refuse `what` (exiting or freeing) from inside one of this peer's own
+    /// callbacks: it would join the very thread it runs on.
+    fn refuse_in_own_callback(&self, what: &str) -> Result<(), FfiError> {
+        if callback::inside(Owner::Peer(self.id)) {
+            return Err(FfiError::would_deadlock(format!(
+                "{what} was called from inside one of this peer's own callbacks; it waits \
+                 for every thread of the peer, this one included, so nothing was done: \
+                 call it from another thread"
+            )));
+        }
+        Ok(())
     }
 
     /// Take the peer out of the handle and stop it; false if it had already exited.
@@ -319,7 +346,8 @@ pub unsafe extern "C" fn p2p_peer_config_set_chat_answer_timeout_ms(
 
 /// The pointer every callback of the peer receives as its first argument. The
 /// library never dereferences it; it must stay valid (and usable from library
-/// threads) until `p2p_peer_exit()` or `p2p_peer_free()` returns.
+/// threads) until `p2p_peer_exit()` or `p2p_peer_free()` returns: no callback of the
+/// peer runs after that.
 ///
 /// Errors: `P2P_NULL_ARGUMENT` (config; `user_data` may be NULL).
 #[no_mangle]
@@ -498,7 +526,9 @@ fn describe(event: &PeerEvent) -> (p2p_peer_event_kind, String) {
 }
 
 impl p2p_peer_config {
-    fn connect(&self) -> Result<Peer, FfiError> {
+    /// Connect, with every C callback run inside a [`Scope`] of peer `id`, and the
+    /// chat-closed hook always set so `chats` releases each chat's socket as it ends.
+    fn connect(&self, id: u64, chats: &Arc<ChatTable>) -> Result<Peer, FfiError> {
         let mut b = Peer::builder(&self.registry, &self.username, &self.shared_dir).port(self.port);
         if let Some(ip) = self.listen_ip {
             b = b.listen_ip(ip);
@@ -512,23 +542,26 @@ impl p2p_peer_config {
         let cbs = self.callbacks;
         let ud = cbs.user_data;
         if let Some(cb) = cbs.chat_request {
+            let chats = chats.clone();
             b = b.on_chat_request(move |req| {
-                let handle = Box::into_raw(Box::new(p2p_chat_request::new(req)));
+                let handle = Box::into_raw(Box::new(p2p_chat_request::new(req, chats.clone())));
+                let _scope = Scope::enter(Owner::Peer(id));
                 // SAFETY: the caller's callback, called as documented; it owns `handle`.
                 unsafe { cb(ud.ptr(), handle) };
             });
         }
         if let Some(cb) = cbs.chat_message {
-            b = b.on_chat_message(move |id, from, text| {
+            b = b.on_chat_message(move |chat_id, from, text| {
                 let from = c_string(from);
                 let mut bytes = Vec::with_capacity(text.len() + 1);
                 bytes.extend_from_slice(text.as_bytes());
                 bytes.push(0);
+                let _scope = Scope::enter(Owner::Peer(id));
                 // SAFETY: as documented for `p2p_chat_message_cb`.
                 unsafe {
                     cb(
                         ud.ptr(),
-                        id,
+                        chat_id,
                         from.as_ptr(),
                         bytes.as_ptr().cast(),
                         text.len(),
@@ -536,43 +569,59 @@ impl p2p_peer_config {
                 }
             });
         }
-        if let Some(cb) = cbs.chat_closed {
-            b = b.on_chat_closed(move |id, peer, by| {
-                let by = match by {
-                    ChatClosedBy::Local => p2p_chat_closed_by::P2P_CHAT_CLOSED_LOCAL,
-                    ChatClosedBy::Remote => p2p_chat_closed_by::P2P_CHAT_CLOSED_REMOTE,
-                    ChatClosedBy::Lost => p2p_chat_closed_by::P2P_CHAT_CLOSED_LOST,
-                };
-                let peer = c_string(peer);
-                // SAFETY: as documented for `p2p_chat_closed_cb`.
-                unsafe { cb(ud.ptr(), id, peer.as_ptr(), by) }
-            });
-        }
+        let closed_cb = cbs.chat_closed;
+        let table = chats.clone();
+        b = b.on_chat_closed(move |chat_id, peer, by| {
+            // The chat's socket closes now, not when C frees its handle.
+            table.ended(chat_id);
+            let Some(cb) = closed_cb else {
+                return;
+            };
+            let by = match by {
+                ChatClosedBy::Local => p2p_chat_closed_by::P2P_CHAT_CLOSED_LOCAL,
+                ChatClosedBy::Remote => p2p_chat_closed_by::P2P_CHAT_CLOSED_REMOTE,
+                ChatClosedBy::Lost => p2p_chat_closed_by::P2P_CHAT_CLOSED_LOST,
+            };
+            let peer = c_string(peer);
+            let _scope = Scope::enter(Owner::Peer(id));
+            // SAFETY: as documented for `p2p_chat_closed_cb`.
+            unsafe { cb(ud.ptr(), chat_id, peer.as_ptr(), by) }
+        });
         if let Some(cb) = cbs.progress {
-            b = b.on_transfer_progress(move |id, got, total| {
+            b = b.on_transfer_progress(move |transfer, got, total| {
+                let _scope = Scope::enter_download(id, transfer);
                 // SAFETY: as documented for `p2p_transfer_progress_cb`.
-                unsafe { cb(ud.ptr(), id, got, total) }
+                unsafe { cb(ud.ptr(), transfer, got, total) }
             });
         }
         if let Some(cb) = cbs.done {
-            b = b.on_transfer_done(move |id, path| {
+            b = b.on_transfer_done(move |transfer, path| {
                 let path = c_path(path);
+                let _scope = Scope::enter_download(id, transfer);
                 // SAFETY: as documented for `p2p_transfer_done_cb`.
-                unsafe { cb(ud.ptr(), id, path.as_ptr()) }
+                unsafe { cb(ud.ptr(), transfer, path.as_ptr()) }
             });
         }
         if let Some(cb) = cbs.failed {
-            b = b.on_transfer_failed(move |id, err| {
+            b = b.on_transfer_failed(move |transfer, err| {
                 let e = FfiError::from(err);
                 let message = c_string(&e.message);
+                let _scope = Scope::enter_download(id, transfer);
                 // SAFETY: as documented for `p2p_transfer_failed_cb`.
-                unsafe { cb(ud.ptr(), id, e.status, message.as_ptr()) }
+                unsafe { cb(ud.ptr(), transfer, e.status, message.as_ptr()) }
             });
         }
         if let Some(cb) = cbs.event {
             b = b.on_event(move |event| {
                 let (kind, detail) = describe(event);
                 let detail = c_string(&detail);
+                let _scope = match event {
+                    // Emitted on the download's own thread.
+                    PeerEvent::TransferStarted { id: transfer, .. } => {
+                        Scope::enter_download(id, *transfer)
+                    }
+                    _ => Scope::enter(Owner::Peer(id)),
+                };
                 // SAFETY: as documented for `p2p_peer_event_cb`.
                 unsafe { cb(ud.ptr(), kind, detail.as_ptr()) }
             });
@@ -600,9 +649,13 @@ pub unsafe extern "C" fn p2p_peer_connect(
     panic::status(|| {
         let config = arg_ref(config, "config")?;
         let out = arg_out(out, "out")?;
-        let peer = config.connect()?;
+        let id = callback::new_id();
+        let chats = Arc::new(ChatTable::default());
+        let peer = config.connect(id, &chats)?;
         let handle = Box::new(p2p_peer {
             peer: Mutex::new(Some(Arc::new(peer))),
+            id,
+            chats,
         });
         put(out, Box::into_raw(handle));
         Ok(())
@@ -619,13 +672,17 @@ pub unsafe extern "C" fn p2p_peer_connect(
 /// stay valid: sending then fails with `P2P_CLOSED`, waiting returns the download's
 /// outcome.
 ///
-/// Must not be called from inside one of this peer's callbacks.
+/// From inside one of this peer's own callbacks (which this call would have to wait
+/// for) it is refused with `P2P_WOULD_DEADLOCK` and does nothing: exit from another
+/// thread.
 ///
-/// Errors: `P2P_NULL_ARGUMENT`, `P2P_SHUTDOWN` (already exited).
+/// Errors: `P2P_NULL_ARGUMENT`, `P2P_SHUTDOWN` (already exited), `P2P_WOULD_DEADLOCK`.
 #[no_mangle]
 pub unsafe extern "C" fn p2p_peer_exit(peer: *mut p2p_peer) -> p2p_status {
     panic::status(|| {
-        if arg_ref(peer, "peer")?.exit() {
+        let peer = arg_ref(peer, "peer")?;
+        peer.refuse_in_own_callback("p2p_peer_exit")?;
+        if peer.exit() {
             Ok(())
         } else {
             Err(FfiError::shutdown("peer"))
@@ -636,16 +693,22 @@ pub unsafe extern "C" fn p2p_peer_exit(peer: *mut p2p_peer) -> p2p_status {
 /// Exit the peer (as `p2p_peer_exit()`) if it has not exited, and free the handle.
 ///
 /// NULL is a no-op. Freeing twice is undefined behaviour (the caller's bug). Must not
-/// be called from inside one of this peer's callbacks, nor while another thread may
-/// still start a call on the same handle (calls already in progress end promptly, as
-/// with `p2p_peer_exit()`).
+/// be called while another thread may still start a call on the same handle (calls
+/// already in progress end promptly, as with `p2p_peer_exit()`).
+///
+/// Called from inside one of this peer's own callbacks it is refused: nothing is
+/// stopped or freed, the handle stays valid, and `p2p_last_error_message()` on that
+/// thread says why (it and `p2p_registry_free()` are the only free functions that set
+/// it); free it from another thread.
 #[no_mangle]
 pub unsafe extern "C" fn p2p_peer_free(peer: *mut p2p_peer) {
-    panic::void(|| {
-        if !peer.is_null() {
+    panic::void_or_refuse(|| {
+        if let Some(handle) = peer.as_ref() {
+            handle.refuse_in_own_callback("p2p_peer_free")?;
             let peer = Box::from_raw(peer);
             peer.exit();
         }
+        Ok(())
     })
 }
 

@@ -1,6 +1,7 @@
 //! `p2p_registry`: starting and stopping a registry server from C, and its event
 //! callback. Owns only the handle; the server itself is [`p2pcore::registry`].
 
+use crate::callback::{self, Owner, Scope};
 use crate::panic;
 use crate::status::{p2p_status, FfiError};
 use crate::strings::{arg_out, arg_ref, arg_str, c_string, owned, p2p_string_list, put};
@@ -9,8 +10,6 @@ use p2pcore::registry::{Registry, RegistryEvent};
 use parking_lot::Mutex;
 use std::ffi::{c_char, c_void, CString};
 use std::net::SocketAddr;
-use std::sync::{Arc, OnceLock};
-use std::thread::ThreadId;
 use std::time::UNIX_EPOCH;
 
 /// A running (or stopped) registry server. Opaque; made by `p2p_registry_start()`,
@@ -18,9 +17,10 @@ use std::time::UNIX_EPOCH;
 pub struct p2p_registry {
     server: Mutex<Option<Registry>>,
     local_addr: SocketAddr,
-    /// The server thread, learnt at its first callback, so stopping from inside a
-    /// callback (which would join the thread from itself) is refused, not attempted.
-    callback_thread: Arc<OnceLock<ThreadId>>,
+    /// This registry's process-unique id: its event callback runs inside
+    /// `Owner::Registry(id)`, so stopping or freeing it from there (which would join
+    /// the event-loop thread from itself) is refused, not attempted.
+    id: u64,
 }
 
 /// What kind of thing a `p2p_registry_event` reports.
@@ -65,12 +65,17 @@ pub struct p2p_registry_event {
     pub usernames_len: usize,
 }
 
-/// Called for every registry event, on the registry's own thread (one thread for
-/// the whole server). It must return quickly: every client waits while it runs.
+/// Called for every registry event, on one of the registry's event-loop threads (a few
+/// for the whole server, each serving many clients). It must return quickly: the
+/// clients of that thread wait while it runs.
 ///
-/// `event` and every string in it are valid only during the call. Do not call
-/// `p2p_registry_free()` on this registry from inside it (`p2p_registry_stop()` there
-/// returns `P2P_INVALID_ARGUMENT`); every other function may be called.
+/// `event` and every string in it are valid only during the call. Stopping or freeing
+/// this registry from inside it is refused (`p2p_registry_stop()` returns
+/// `P2P_WOULD_DEADLOCK`, `p2p_registry_free()` does nothing), as is
+/// `p2p_transfer_wait()`. Any other function may be called, but a peer call that asks
+/// this same registry something (`p2p_peer_users()`, `p2p_peer_chat()`,
+/// `p2p_peer_exit()`...) may wait for an answer this thread would have to give: it then
+/// fails (or, for exit, goes on without it) after the registry timeout of 10 s.
 pub type p2p_registry_event_cb =
     Option<unsafe extern "C" fn(user_data: *mut c_void, event: *const p2p_registry_event)>;
 
@@ -187,12 +192,11 @@ pub unsafe extern "C" fn p2p_registry_start(
         let addr = arg_str(addr, "addr")?;
         let out = arg_out(out, "out")?;
         let mut builder = Registry::builder();
-        let callback_thread = Arc::new(OnceLock::new());
+        let id = callback::new_id();
         if let Some(cb) = on_event {
             let ud = UserData(user_data);
-            let own = callback_thread.clone();
             builder = builder.on_event(move |ev| {
-                own.get_or_init(|| std::thread::current().id());
+                let _scope = Scope::enter(Owner::Registry(id));
                 deliver(cb, ud, ev)
             });
         }
@@ -200,7 +204,7 @@ pub unsafe extern "C" fn p2p_registry_start(
         let handle = Box::new(p2p_registry {
             local_addr: server.local_addr(),
             server: Mutex::new(Some(server)),
-            callback_thread,
+            id,
         });
         put(out, Box::into_raw(handle));
         Ok(())
@@ -277,23 +281,33 @@ pub unsafe extern "C" fn p2p_registry_user_count(
     })
 }
 
-/// Stop serving: close every connection and join the server thread. When it returns,
-/// the event callback is never called again. The handle stays valid (and must still be
-/// freed); other calls on it then return `P2P_SHUTDOWN`.
+impl p2p_registry {
+    /// Refuse `what` (stopping or freeing) from inside this registry's own event
+    /// callback: it would join the very thread it runs on.
+    fn refuse_in_own_callback(&self, what: &str) -> Result<(), FfiError> {
+        if callback::inside(Owner::Registry(self.id)) {
+            return Err(FfiError::would_deadlock(format!(
+                "{what} was called from inside this registry's own event callback; it \
+                 waits for every registry thread, this one included, so nothing was \
+                 done: call it from another thread"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Stop serving: close every connection and join the server's threads. When it
+/// returns, the event callback is never called again. The handle stays valid (and must
+/// still be freed); other calls on it then return `P2P_SHUTDOWN`.
 ///
 /// Errors: `P2P_NULL_ARGUMENT`, `P2P_SHUTDOWN` (already stopped),
-/// `P2P_INVALID_ARGUMENT` (called from the registry's own event callback, which would
-/// wait for itself: stop it from another thread).
+/// `P2P_WOULD_DEADLOCK` (called from the registry's own event callback, which it
+/// would have to wait for: nothing was done; stop it from another thread).
 #[no_mangle]
 pub unsafe extern "C" fn p2p_registry_stop(registry: *mut p2p_registry) -> p2p_status {
     panic::status(|| {
         let registry = arg_ref(registry, "registry")?;
-        if registry.callback_thread.get() == Some(&std::thread::current().id()) {
-            return Err(FfiError::new(
-                p2p_status::P2P_INVALID_ARGUMENT,
-                "p2p_registry_stop cannot be called from the registry's own event callback",
-            ));
-        }
+        registry.refuse_in_own_callback("p2p_registry_stop")?;
         let server = registry.server.lock().take();
         match server {
             Some(s) => {
@@ -307,13 +321,19 @@ pub unsafe extern "C" fn p2p_registry_stop(registry: *mut p2p_registry) -> p2p_s
 
 /// Stop the registry (as `p2p_registry_stop()`) if it still runs, and free the handle.
 ///
-/// NULL is a no-op. Freeing twice is undefined behaviour (the caller's bug). Must not
-/// be called from the registry's own event callback.
+/// NULL is a no-op. Freeing twice is undefined behaviour (the caller's bug).
+///
+/// Called from inside the registry's own event callback it is refused: the registry
+/// keeps running, the handle stays valid, and `p2p_last_error_message()` on that thread
+/// says why (the one free function besides `p2p_peer_free()` that sets it); free it
+/// from another thread.
 #[no_mangle]
 pub unsafe extern "C" fn p2p_registry_free(registry: *mut p2p_registry) {
-    panic::void(|| {
-        if !registry.is_null() {
+    panic::void_or_refuse(|| {
+        if let Some(handle) = registry.as_ref() {
+            handle.refuse_in_own_callback("p2p_registry_free")?;
             drop(Box::from_raw(registry));
         }
+        Ok(())
     })
 }

@@ -63,6 +63,12 @@ pub enum p2p_status {
     P2P_INVALID_UTF8 = 101,
     /// The library panicked (a bug in p2pchat); the call had no effect or a partial one.
     P2P_PANIC = 102,
+    /// The call was refused because it would wait for the calling thread itself: it was
+    /// made from inside a library callback whose return it would have to wait for
+    /// (waiting on a download from that download's own callbacks, stopping or freeing
+    /// a registry or peer from one of its own callbacks). Nothing was done; make the
+    /// call from another thread.
+    P2P_WOULD_DEADLOCK = 103,
 }
 
 impl p2p_status {
@@ -121,11 +127,12 @@ impl p2p_status {
             P2P_NULL_ARGUMENT => "P2P_NULL_ARGUMENT\0",
             P2P_INVALID_UTF8 => "P2P_INVALID_UTF8\0",
             P2P_PANIC => "P2P_PANIC\0",
+            P2P_WOULD_DEADLOCK => "P2P_WOULD_DEADLOCK\0",
         }
     }
 
     /// Every status, for tests and for mapping raw numbers back.
-    pub const ALL: [p2p_status; 24] = {
+    pub const ALL: [p2p_status; 25] = {
         use p2p_status::*;
         [
             P2P_OK,
@@ -152,6 +159,7 @@ impl p2p_status {
             P2P_NULL_ARGUMENT,
             P2P_INVALID_UTF8,
             P2P_PANIC,
+            P2P_WOULD_DEADLOCK,
         ]
     };
 }
@@ -174,6 +182,12 @@ impl FfiError {
 
     pub fn null(what: &str) -> FfiError {
         FfiError::new(p2p_status::P2P_NULL_ARGUMENT, format!("{what} is NULL"))
+    }
+
+    /// A call refused because it would wait for its own thread (see
+    /// `P2P_WOULD_DEADLOCK`); `message` says which call, from where, and what to do.
+    pub fn would_deadlock(message: impl Into<String>) -> FfiError {
+        FfiError::new(p2p_status::P2P_WOULD_DEADLOCK, message)
     }
 
     pub fn shutdown(what: &str) -> FfiError {

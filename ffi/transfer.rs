@@ -1,8 +1,9 @@
 //! `p2p_transfer`: downloads started from C, their progress, waiting and cancelling.
 
+use crate::callback;
 use crate::panic;
 use crate::peer::p2p_peer;
-use crate::status::p2p_status;
+use crate::status::{p2p_status, FfiError};
 use crate::strings::{arg_out, arg_ref, arg_str, owned_path, put};
 use p2pcore::peer::Transfer;
 use std::ffi::c_char;
@@ -12,6 +13,8 @@ use std::ffi::c_char;
 /// (the download then ends with `P2P_CANCELLED`).
 pub struct p2p_transfer {
     transfer: Transfer,
+    /// The id of the peer that started it (download threads are marked with it).
+    peer: u64,
 }
 
 /// Start downloading `file` from `user` in the background, into the peer's download
@@ -38,7 +41,11 @@ pub unsafe extern "C" fn p2p_peer_fetch(
         let file = arg_str(file, "file")?;
         let out = arg_out(out, "out")?;
         let transfer = peer.get()?.fetch(user, file)?;
-        put(out, Box::into_raw(Box::new(p2p_transfer { transfer })));
+        let handle = p2p_transfer {
+            transfer,
+            peer: peer.id,
+        };
+        put(out, Box::into_raw(Box::new(handle)));
         Ok(())
     })
 }
@@ -100,11 +107,22 @@ pub unsafe extern "C" fn p2p_transfer_is_finished(
 /// Block until the download ends and return its outcome: `P2P_OK` when the file was
 /// received and verified, else why it failed. On success, if `path_out` is not NULL,
 /// `*path_out` is a new string with the file's path (free it with `p2p_string_free()`).
-/// May be called any number of times, from any thread.
+/// May be called any number of times, from any thread but two kinds:
 ///
-/// Errors: `P2P_NULL_ARGUMENT` (transfer), `P2P_CANCELLED` (cancelled, or the peer
-/// exited), `P2P_FILE_NOT_FOUND`, `P2P_HASH_MISMATCH`, `P2P_BUSY`, `P2P_REFUSED`,
-/// `P2P_ALREADY_EXISTS`, `P2P_TIMEOUT`, `P2P_IO`, `P2P_PROTOCOL`.
+/// - the download's own thread, i.e. inside its progress, done or failed callback or
+///   an event callback it runs (`P2P_EVENT_TRANSFER_STARTED`, a rescan's
+///   `P2P_EVENT_SHARE_SKIPPED`): the download ends only after that callback returns;
+/// - a registry's event callback: the download may need that registry to answer (it
+///   re-registers the share after saving into it) before it ends.
+///
+/// There it returns `P2P_WOULD_DEADLOCK` at once (the done and failed callbacks
+/// already carry the outcome; `p2p_transfer_is_finished()` never blocks). Inside any
+/// other callback it blocks that callback's thread until the download ends.
+///
+/// Errors: `P2P_NULL_ARGUMENT` (transfer), `P2P_WOULD_DEADLOCK`, `P2P_CANCELLED`
+/// (cancelled, or the peer exited), `P2P_FILE_NOT_FOUND`, `P2P_HASH_MISMATCH`,
+/// `P2P_BUSY`, `P2P_REFUSED`, `P2P_ALREADY_EXISTS`, `P2P_TIMEOUT`, `P2P_IO`,
+/// `P2P_PROTOCOL`.
 #[no_mangle]
 pub unsafe extern "C" fn p2p_transfer_wait(
     transfer: *const p2p_transfer,
@@ -112,6 +130,22 @@ pub unsafe extern "C" fn p2p_transfer_wait(
 ) -> p2p_status {
     panic::status(|| {
         let transfer = arg_ref(transfer, "transfer")?;
+        let id = transfer.transfer.id();
+        if callback::is_download_thread(transfer.peer, id) {
+            return Err(FfiError::would_deadlock(format!(
+                "p2p_transfer_wait was called on the thread of transfer {id} itself (from \
+                 its progress, done or failed callback or an event it emitted); the \
+                 download ends only after that callback returns: take the outcome from \
+                 the done/failed callback, or wait from another thread"
+            )));
+        }
+        if callback::inside_any_registry() {
+            return Err(FfiError::would_deadlock(format!(
+                "p2p_transfer_wait (transfer {id}) was called from a registry event \
+                 callback; the download may need that registry thread to answer before \
+                 it ends: wait from another thread"
+            )));
+        }
         let path = transfer.transfer.wait()?;
         if let Some(out) = path_out.as_mut() {
             put(out, owned_path(&path));

@@ -39,11 +39,20 @@
  * - Threads: every function may be called from any thread. Callbacks run on the
  *   library's threads (each callback type says which); they must return quickly and
  *   must not throw C++ exceptions. Strings passed to callbacks are valid only during
- *   the call. Inside a callback any function may be called except p2p_peer_exit /
- *   p2p_peer_free on the peer the callback belongs to, and p2p_registry_free on the
- *   registry it belongs to (p2p_registry_stop there returns P2P_INVALID_ARGUMENT);
- *   blocking calls (p2p_peer_chat, p2p_transfer_wait) hold up the thread that
- *   delivers that peer's other events.
+ *   the call.
+ * - Calls from inside a callback: a call that would wait for the thread it is made
+ *   on is refused, never left to hang: it returns P2P_WOULD_DEADLOCK at once, does
+ *   nothing, and p2p_last_error_message() says why. These are: p2p_peer_exit inside
+ *   any callback of that peer; p2p_registry_stop inside that registry's event
+ *   callback; p2p_transfer_wait on the download's own thread (its progress, done and
+ *   failed callbacks and the events it emits) and inside any registry callback.
+ *   p2p_peer_free and p2p_registry_free refused there (same cases as exit / stop)
+ *   free nothing: the handle stays valid, and the last-error message is set; free
+ *   it later from another thread. Every other function may be called; blocking
+ *   calls (p2p_peer_chat, p2p_transfer_wait) hold up the thread that delivers the
+ *   callback's peer's other events meanwhile.
+ * - Chats: a chat's connection is closed the moment the chat ends, whoever ended it;
+ *   its handle stays valid (P2P_CLOSED for sending) until p2p_chat_free.
  * - No panic crosses the boundary: an internal bug yields P2P_PANIC.
  */
 
@@ -157,6 +166,14 @@ enum p2p_status
      * The library panicked (a bug in p2pchat); the call had no effect or a partial one.
      */
     P2P_PANIC = 102,
+    /**
+     * The call was refused because it would wait for the calling thread itself: it was
+     * made from inside a library callback whose return it would have to wait for
+     * (waiting on a download from that download's own callbacks, stopping or freeing
+     * a registry or peer from one of its own callbacks). Nothing was done; make the
+     * call from another thread.
+     */
+    P2P_WOULD_DEADLOCK = 103,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
@@ -290,6 +307,10 @@ typedef int32_t p2p_peer_event_kind;
  * An open (or ended) chat. Opaque; made by `p2p_peer_chat()` or
  * `p2p_chat_request_accept()`, freed by `p2p_chat_free()`. It may be used from any
  * thread, also after its peer was freed (sending then fails with `P2P_CLOSED`).
+ *
+ * Once the chat has ended, whoever ended it, the handle no longer holds the
+ * connection: its socket is closed at once, and the handle keeps only the chat's id
+ * and the other side's name until it is freed.
  */
 typedef struct p2p_chat p2p_chat;
 
@@ -414,12 +435,17 @@ typedef struct p2p_registry_event {
 } p2p_registry_event;
 
 /**
- * Called for every registry event, on the registry's own thread (one thread for
- * the whole server). It must return quickly: every client waits while it runs.
+ * Called for every registry event, on one of the registry's event-loop threads (a few
+ * for the whole server, each serving many clients). It must return quickly: the
+ * clients of that thread wait while it runs.
  *
- * `event` and every string in it are valid only during the call. Do not call
- * `p2p_registry_free()` on this registry from inside it (`p2p_registry_stop()` there
- * returns `P2P_INVALID_ARGUMENT`); every other function may be called.
+ * `event` and every string in it are valid only during the call. Stopping or freeing
+ * this registry from inside it is refused (`p2p_registry_stop()` returns
+ * `P2P_WOULD_DEADLOCK`, `p2p_registry_free()` does nothing), as is
+ * `p2p_transfer_wait()`. Any other function may be called, but a peer call that asks
+ * this same registry something (`p2p_peer_users()`, `p2p_peer_chat()`,
+ * `p2p_peer_exit()`...) may wait for an answer this thread would have to give: it then
+ * fails (or, for exit, goes on without it) after the registry timeout of 10 s.
  */
 typedef void (*p2p_registry_event_cb)(void *user_data, const struct p2p_registry_event *event);
 
@@ -459,7 +485,8 @@ typedef void (*p2p_chat_closed_cb)(void *user_data,
                                    p2p_chat_closed_by by);
 
 /**
- * Download progress: `received` of `total` bytes. Called on the download's thread.
+ * Download progress: `received` of `total` bytes. Called on the download's thread;
+ * `p2p_transfer_wait()` on this download from inside it returns `P2P_WOULD_DEADLOCK`.
  */
 typedef void (*p2p_transfer_progress_cb)(void *user_data,
                                          uint64_t transfer_id,
@@ -468,13 +495,17 @@ typedef void (*p2p_transfer_progress_cb)(void *user_data,
 
 /**
  * A download finished and was verified; `path` (valid only during the call) is where
- * the file is. Called on the download's thread, before `p2p_transfer_wait()` returns.
+ * the file is. Called on the download's thread, before `p2p_transfer_wait()` returns
+ * (so `p2p_transfer_wait()` on this download from inside it returns
+ * `P2P_WOULD_DEADLOCK`: the outcome is this call).
  */
 typedef void (*p2p_transfer_done_cb)(void *user_data, uint64_t transfer_id, const char *path);
 
 /**
  * A download failed (`P2P_CANCELLED` when cancelled); `message` is valid only during
- * the call. Called on the download's thread, before `p2p_transfer_wait()` returns.
+ * the call. Called on the download's thread, before `p2p_transfer_wait()` returns
+ * (so `p2p_transfer_wait()` on this download from inside it returns
+ * `P2P_WOULD_DEADLOCK`).
  */
 typedef void (*p2p_transfer_failed_cb)(void *user_data,
                                        uint64_t transfer_id,
@@ -483,7 +514,11 @@ typedef void (*p2p_transfer_failed_cb)(void *user_data,
 
 /**
  * Something else happened in the background; `detail` is a one-line description for
- * people (valid only during the call). Called on various library threads.
+ * people (valid only during the call). Called on various library threads: a
+ * download's own thread for `P2P_EVENT_TRANSFER_STARTED` (and for
+ * `P2P_EVENT_SHARE_SKIPPED` from the rescan after a download into the shared
+ * directory), where `p2p_transfer_wait()` on that download returns
+ * `P2P_WOULD_DEADLOCK`.
  */
 typedef void (*p2p_peer_event_cb)(void *user_data, p2p_peer_event_kind kind, const char *detail);
 
@@ -526,7 +561,8 @@ const char *p2p_status_name(int32_t status);
  * Never NULL. The string belongs to the library: do not free it. It stays valid until
  * the next fallible p2pchat call on the same thread (copy it if you need it longer).
  * Free functions, `p2p_version()`, `p2p_status_name()` and this function do not change
- * it.
+ * it, except a refused `p2p_peer_free()` or `p2p_registry_free()` (called from inside
+ * that peer's or registry's own callback), which sets it to say why.
  */
 const char *p2p_last_error_message(void);
 
@@ -605,21 +641,25 @@ p2p_status p2p_registry_users(const struct p2p_registry *registry, struct p2p_st
 p2p_status p2p_registry_user_count(const struct p2p_registry *registry, size_t *out);
 
 /**
- * Stop serving: close every connection and join the server thread. When it returns,
- * the event callback is never called again. The handle stays valid (and must still be
- * freed); other calls on it then return `P2P_SHUTDOWN`.
+ * Stop serving: close every connection and join the server's threads. When it
+ * returns, the event callback is never called again. The handle stays valid (and must
+ * still be freed); other calls on it then return `P2P_SHUTDOWN`.
  *
  * Errors: `P2P_NULL_ARGUMENT`, `P2P_SHUTDOWN` (already stopped),
- * `P2P_INVALID_ARGUMENT` (called from the registry's own event callback, which would
- * wait for itself: stop it from another thread).
+ * `P2P_WOULD_DEADLOCK` (called from the registry's own event callback, which it
+ * would have to wait for: nothing was done; stop it from another thread).
  */
 p2p_status p2p_registry_stop(struct p2p_registry *registry);
 
 /**
  * Stop the registry (as `p2p_registry_stop()`) if it still runs, and free the handle.
  *
- * NULL is a no-op. Freeing twice is undefined behaviour (the caller's bug). Must not
- * be called from the registry's own event callback.
+ * NULL is a no-op. Freeing twice is undefined behaviour (the caller's bug).
+ *
+ * Called from inside the registry's own event callback it is refused: the registry
+ * keeps running, the handle stays valid, and `p2p_last_error_message()` on that thread
+ * says why (the one free function besides `p2p_peer_free()` that sets it); free it
+ * from another thread.
  */
 void p2p_registry_free(struct p2p_registry *registry);
 
@@ -687,7 +727,8 @@ p2p_status p2p_peer_config_set_chat_answer_timeout_ms(struct p2p_peer_config *co
 /**
  * The pointer every callback of the peer receives as its first argument. The
  * library never dereferences it; it must stay valid (and usable from library
- * threads) until `p2p_peer_exit()` or `p2p_peer_free()` returns.
+ * threads) until `p2p_peer_exit()` or `p2p_peer_free()` returns: no callback of the
+ * peer runs after that.
  *
  * Errors: `P2P_NULL_ARGUMENT` (config; `user_data` may be NULL).
  */
@@ -775,9 +816,11 @@ p2p_status p2p_peer_connect(const struct p2p_peer_config *config, struct p2p_pee
  * stay valid: sending then fails with `P2P_CLOSED`, waiting returns the download's
  * outcome.
  *
- * Must not be called from inside one of this peer's callbacks.
+ * From inside one of this peer's own callbacks (which this call would have to wait
+ * for) it is refused with `P2P_WOULD_DEADLOCK` and does nothing: exit from another
+ * thread.
  *
- * Errors: `P2P_NULL_ARGUMENT`, `P2P_SHUTDOWN` (already exited).
+ * Errors: `P2P_NULL_ARGUMENT`, `P2P_SHUTDOWN` (already exited), `P2P_WOULD_DEADLOCK`.
  */
 p2p_status p2p_peer_exit(struct p2p_peer *peer);
 
@@ -785,9 +828,13 @@ p2p_status p2p_peer_exit(struct p2p_peer *peer);
  * Exit the peer (as `p2p_peer_exit()`) if it has not exited, and free the handle.
  *
  * NULL is a no-op. Freeing twice is undefined behaviour (the caller's bug). Must not
- * be called from inside one of this peer's callbacks, nor while another thread may
- * still start a call on the same handle (calls already in progress end promptly, as
- * with `p2p_peer_exit()`).
+ * be called while another thread may still start a call on the same handle (calls
+ * already in progress end promptly, as with `p2p_peer_exit()`).
+ *
+ * Called from inside one of this peer's own callbacks it is refused: nothing is
+ * stopped or freed, the handle stays valid, and `p2p_last_error_message()` on that
+ * thread says why (it and `p2p_registry_free()` are the only free functions that set
+ * it); free it from another thread.
  */
 void p2p_peer_free(struct p2p_peer *peer);
 
@@ -1050,11 +1097,22 @@ p2p_status p2p_transfer_is_finished(const struct p2p_transfer *transfer, bool *o
  * Block until the download ends and return its outcome: `P2P_OK` when the file was
  * received and verified, else why it failed. On success, if `path_out` is not NULL,
  * `*path_out` is a new string with the file's path (free it with `p2p_string_free()`).
- * May be called any number of times, from any thread.
+ * May be called any number of times, from any thread but two kinds:
  *
- * Errors: `P2P_NULL_ARGUMENT` (transfer), `P2P_CANCELLED` (cancelled, or the peer
- * exited), `P2P_FILE_NOT_FOUND`, `P2P_HASH_MISMATCH`, `P2P_BUSY`, `P2P_REFUSED`,
- * `P2P_ALREADY_EXISTS`, `P2P_TIMEOUT`, `P2P_IO`, `P2P_PROTOCOL`.
+ * - the download's own thread, i.e. inside its progress, done or failed callback or
+ *   an event callback it runs (`P2P_EVENT_TRANSFER_STARTED`, a rescan's
+ *   `P2P_EVENT_SHARE_SKIPPED`): the download ends only after that callback returns;
+ * - a registry's event callback: the download may need that registry to answer (it
+ *   re-registers the share after saving into it) before it ends.
+ *
+ * There it returns `P2P_WOULD_DEADLOCK` at once (the done and failed callbacks
+ * already carry the outcome; `p2p_transfer_is_finished()` never blocks). Inside any
+ * other callback it blocks that callback's thread until the download ends.
+ *
+ * Errors: `P2P_NULL_ARGUMENT` (transfer), `P2P_WOULD_DEADLOCK`, `P2P_CANCELLED`
+ * (cancelled, or the peer exited), `P2P_FILE_NOT_FOUND`, `P2P_HASH_MISMATCH`,
+ * `P2P_BUSY`, `P2P_REFUSED`, `P2P_ALREADY_EXISTS`, `P2P_TIMEOUT`, `P2P_IO`,
+ * `P2P_PROTOCOL`.
  */
 p2p_status p2p_transfer_wait(const struct p2p_transfer *transfer, char **path_out);
 

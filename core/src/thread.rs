@@ -46,30 +46,55 @@ pub fn call_hook(f: impl FnOnce()) {
 
 /// The threads one component started and must join: finished ones are reaped as new
 /// ones start, and [`Threads::join_all`] waits for the rest on shutdown.
+///
+/// Once `join_all` has run, the set is closed: a later [`Threads::spawn`] fails instead
+/// of starting a thread nobody would join (a call that was already in progress on an
+/// application thread when the component stopped, such as a chat being opened, would
+/// otherwise leave a reader thread, and its hook calls, running after shutdown
+/// returned).
 #[derive(Default)]
 pub struct Threads {
-    handles: parking_lot::Mutex<Vec<JoinHandle<()>>>,
+    state: parking_lot::Mutex<Tracked>,
+}
+
+#[derive(Default)]
+struct Tracked {
+    handles: Vec<JoinHandle<()>>,
+    closed: bool,
 }
 
 impl Threads {
-    /// Spawn a tracked thread (see [`spawn_named`]).
+    /// Spawn a tracked thread (see [`spawn_named`]). Fails once [`Threads::join_all`]
+    /// has closed the set.
     pub fn spawn(&self, name: &str, f: impl FnOnce() + Send + 'static) -> io::Result<()> {
+        // The lock is held across the spawn so join_all never misses a thread that is
+        // started but not yet recorded.
+        let mut state = self.state.lock();
+        if state.closed {
+            return Err(io::Error::other(
+                "shutting down: no new threads are started",
+            ));
+        }
         let handle = spawn_named(name, f)?;
-        let mut handles = self.handles.lock();
-        handles.retain(|h| !h.is_finished());
-        handles.push(handle);
+        state.handles.retain(|h| !h.is_finished());
+        state.handles.push(handle);
         Ok(())
     }
 
-    /// Join every tracked thread, also those started while joining. A thread never
-    /// joins itself (a hook that ends the component from a library thread).
+    /// Join every tracked thread, also those started while joining, then close the set.
+    /// A thread never joins itself (a hook that ends the component from a library
+    /// thread).
     pub fn join_all(&self) {
         let me = std::thread::current().id();
         loop {
-            let batch: Vec<JoinHandle<()>> = std::mem::take(&mut *self.handles.lock());
-            if batch.is_empty() {
-                return;
-            }
+            let batch: Vec<JoinHandle<()>> = {
+                let mut state = self.state.lock();
+                if state.handles.is_empty() {
+                    state.closed = true;
+                    return;
+                }
+                std::mem::take(&mut state.handles)
+            };
             for h in batch {
                 if h.thread().id() != me {
                     let _ = h.join();

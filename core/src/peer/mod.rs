@@ -336,6 +336,7 @@ impl PeerBuilder {
             pending_chats: Arc::default(),
             open_chats: Arc::default(),
             refuser,
+            listener_dup: listener.try_clone()?,
         });
         inner.scan_share(None)?;
         inner.register()?;
@@ -386,6 +387,11 @@ pub(crate) struct Inner {
     pub open_chats: Arc<Gauge>,
     /// Where connections refused past a bound go to get their answer and a clean close.
     pub refuser: Refuser,
+    /// The listening socket (a duplicate, made at connect): `stop` shuts it down to
+    /// wake the listener's `accept()` without needing a new descriptor. Waking it only
+    /// by connecting to it failed in a process out of descriptors, and the peer's exit
+    /// then waited for the listener forever.
+    listener_dup: TcpListener,
 }
 
 /// Whether a request's first bytes are a legacy (original client) request, which is
@@ -411,7 +417,13 @@ impl Inner {
 
     /// Track a socket until [`Inner::forget_socket`]; returns its key.
     pub fn track_socket(&self, s: &TcpStream) -> Option<u64> {
-        let clone = s.try_clone().ok()?;
+        let Ok(clone) = s.try_clone() else {
+            // Out of descriptors: a socket stop() could not reach might block its
+            // reader (a chat has no read timeout) and with it the peer's exit, so it
+            // is ended now instead.
+            let _ = s.shutdown(Shutdown::Both);
+            return None;
+        };
         let key = self.next_id();
         self.sockets.lock().insert(key, clone);
         if self.stopping() {
@@ -505,16 +517,28 @@ impl Inner {
         );
         self.registry.disconnect();
         self.refuser.wake();
-        // Wake the blocking accept() with a connection to ourselves.
-        let wake_ip = match self.listen_addr.ip() {
-            IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
-            IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
-            ip => ip,
+        // Wake the blocking accept(): on Linux, shutting a listening socket down makes
+        // accept() fail at once, with no new descriptor needed. Elsewhere (or should
+        // that fail) connect to ourselves.
+        #[cfg(target_os = "linux")]
+        // SAFETY: shutdown on a descriptor `listener_dup` owns and keeps open.
+        let woken = unsafe {
+            use std::os::fd::AsRawFd;
+            libc::shutdown(self.listener_dup.as_raw_fd(), libc::SHUT_RDWR) == 0
         };
-        let _ = TcpStream::connect_timeout(
-            &SocketAddr::new(wake_ip, self.listen_addr.port()),
-            Duration::from_secs(1),
-        );
+        #[cfg(not(target_os = "linux"))]
+        let woken = false;
+        if !woken {
+            let wake_ip = match self.listen_addr.ip() {
+                IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+                IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+                ip => ip,
+            };
+            let _ = TcpStream::connect_timeout(
+                &SocketAddr::new(wake_ip, self.listen_addr.port()),
+                Duration::from_secs(1),
+            );
+        }
         for s in self.sockets.lock().values() {
             let _ = s.shutdown(Shutdown::Both);
         }
