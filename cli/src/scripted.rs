@@ -14,14 +14,15 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-fn registry(addr: &str) -> Result<RegistryClient, Failure> {
-    RegistryClient::connect(addr)
+fn registry(args: &RegistryArg) -> Result<RegistryClient, Failure> {
+    let addr = &args.registry;
+    RegistryClient::connect_with(addr, args.mode())
         .map_err(|e| Failure::new(format!("cannot reach the registry at {addr}: {e}")))
 }
 
 /// `p2pchat users`
 pub fn users(args: &RegistryArg) -> Result<(), Failure> {
-    for user in registry(&args.registry)?.users()? {
+    for user in registry(args)?.users()? {
         println!("{}", visible(&user));
     }
     Ok(())
@@ -29,7 +30,7 @@ pub fn users(args: &RegistryArg) -> Result<(), Failure> {
 
 /// `p2pchat files [USER]`
 pub fn files(args: &FilesArgs) -> Result<(), Failure> {
-    let client = registry(&args.registry.registry)?;
+    let client = registry(&args.registry)?;
     match &args.user {
         Some(user) => {
             for file in client.files_of(user)? {
@@ -49,13 +50,24 @@ pub fn files(args: &FilesArgs) -> Result<(), Failure> {
 
 /// `p2pchat whois USER`
 pub fn whois(args: &WhoisArgs) -> Result<(), Failure> {
-    let addr = registry(&args.registry.registry)?.peer_addr(&args.user)?;
-    println!("{addr}");
+    let client = registry(&args.registry)?;
+    let info = client.peer_info(&args.user)?;
+    println!("{}", info.addr);
+    if client.is_legacy() {
+        eprintln!("note: the registry is an original one; it cannot tell original clients from p2pchat peers, so p2pchat talks to everyone in the original's protocol");
+    } else if info.legacy {
+        eprintln!(
+            "note: {} is an original client (unframed chat, downloads without a hash)",
+            visible(&args.user)
+        );
+    }
     Ok(())
 }
 
-fn builder(registry: &str, id: &Identity, dir: &Path) -> PeerBuilder {
-    let b = Peer::builder(registry, &id.user, dir).port(id.port);
+fn builder(registry: &RegistryArg, id: &Identity, dir: &Path) -> PeerBuilder {
+    let b = Peer::builder(&registry.registry, &id.user, dir)
+        .port(id.port)
+        .registry_mode(registry.mode());
     match id.listen {
         Some(ip) => b.listen_ip(ip),
         None => b,
@@ -85,7 +97,7 @@ pub fn share(args: &ShareArgs) -> Result<(), Failure> {
     let (t1, t2, t3) = (tx.clone(), tx.clone(), tx);
     let (s2, s3) = (stopped.clone(), stopped);
     let counter = dropped.clone();
-    let peer = builder(&args.registry.registry, &args.id, &args.dir)
+    let peer = builder(&args.registry, &args.id, &args.dir)
         .on_chat_request(move |request| {
             let from = request.from().to_string();
             let accepted = accept && request.accept().is_ok();
@@ -147,13 +159,17 @@ pub fn share(args: &ShareArgs) -> Result<(), Failure> {
 /// `p2pchat fetch`
 pub fn fetch(args: &FetchArgs) -> Result<(), Failure> {
     let signals = crate::signals::channel();
-    let peer = builder(&args.registry.registry, &args.id, &args.dir).connect()?;
+    let peer = builder(&args.registry, &args.id, &args.dir).connect()?;
     let result = peer
         .fetch(&args.from, &args.file)
-        .and_then(|t| crate::progress::watch(&t, &signals));
+        .and_then(|t| crate::progress::watch(&t, &signals).map(|path| (path, t.is_verified())));
     peer.exit();
-    let path = result?;
-    println!("{}", visible(&path.display().to_string()));
+    let (path, verified) = result?;
+    let shown = visible(&path.display().to_string()).into_owned();
+    println!("{shown}");
+    if !verified {
+        eprintln!("saved {shown} (unverified: original client, no hash)");
+    }
     Ok(())
 }
 
@@ -170,7 +186,7 @@ pub fn send(args: &SendArgs) -> Result<(), Failure> {
             temp.path()
         }
     };
-    let peer = builder(&args.registry.registry, &args.id, dir).connect()?;
+    let peer = builder(&args.registry, &args.id, dir).connect()?;
     let result = peer.chat(&args.to).and_then(|chat| {
         let sent = args.messages.iter().try_for_each(|m| chat.send(m));
         chat.close();

@@ -1048,7 +1048,13 @@ impl Receiver {
         let buf = vec![0u8; COPY_BUF];
         // `pipe` wants a size: one byte more than allowed, so reaching it means too large
         // and the sender closing (`Closed`) is the normal end.
-        let outcome = self.pipe(src, limit.saturating_add(1), blake3::Hasher::new(), buf, progress);
+        let outcome = self.pipe(
+            src,
+            limit.saturating_add(1),
+            blake3::Hasher::new(),
+            buf,
+            progress,
+        );
         let failed = match outcome {
             Ok(_) => Some(Error::DownloadTooLarge {
                 peer: peer.to_string(),

@@ -75,7 +75,10 @@ fn legacy_answers_are_the_original_servers_bytes() {
     // The original client makes one recv: an empty GET_AF must not leave it hanging.
     let start = Instant::now();
     assert_eq!(original_client_query(r, "GET_AF", WAIT), None);
-    assert!(start.elapsed() < Duration::from_secs(5), "the registry closed at once");
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "the registry closed at once"
+    );
     // Session answers keep their documented form; GET_P marks the legacy user.
     original_client_query(r, "INIT,orig1,/d,7001,a.txt", WAIT);
     let mut s = TcpStream::connect(r).unwrap();
@@ -137,16 +140,25 @@ fn peer_works_through_an_original_server_without_crashing_it() {
     assert!(mine.len() < 9, "the INIT was cut to fit: {mine:?}");
     let all = bob.all_files().unwrap();
     assert_eq!(all.len(), 3);
-    assert_eq!(all[2], ("orig1".to_string(), vec!["o1_file.txt".to_string()]));
+    assert_eq!(
+        all[2],
+        ("orig1".to_string(), vec!["o1_file.txt".to_string()])
+    );
     assert!(matches!(
         alice.files_of("nobody"),
         Err(Error::UserNotFound(n)) if n == "nobody"
     ));
     let skipped = events
         .try_iter()
-        .filter(|e| matches!(e, PeerEvent::ShareSkipped { reason, .. } if reason.contains("999 bytes")))
+        .filter(
+            |e| matches!(e, PeerEvent::ShareSkipped { reason, .. } if reason.contains("999 bytes")),
+        )
         .count();
-    assert_eq!(skipped, 9 - mine.len(), "each file left out is reported once");
+    assert_eq!(
+        skipped,
+        9 - mine.len(),
+        "each file left out is reported once"
+    );
 
     // A browsing client finds out too.
     let c = RegistryClient::connect(&reg.to_string()).unwrap();
@@ -161,7 +173,10 @@ fn peer_works_through_an_original_server_without_crashing_it() {
         assert!(q.len() < 1000, "{q:?}");
         if q.starts_with("INIT") && !q.starts_with("INIT,orig1,") {
             let t = original::tokens(&q);
-            assert!(t.len() >= 4 && t[2] == "." && original::stoi(&t[3]).is_some(), "{q:?}");
+            assert!(
+                t.len() >= 4 && t[2] == "." && original::stoi(&t[3]).is_some(),
+                "{q:?}"
+            );
         }
     }
     // The only terminated line it ever saw is the probe.
@@ -226,8 +241,14 @@ fn chats_with_an_original_client_keep_message_boundaries_both_ways() {
     let chat = alice.chat("orig1").unwrap();
     assert!(chat.is_legacy());
     let long = "L".repeat(1500);
-    let sent = ["burst one", "burst two", "burst three", long.as_str(), "é".repeat(600).as_str()]
-        .map(str::to_string);
+    let sent = [
+        "burst one",
+        "burst two",
+        "burst three",
+        long.as_str(),
+        "é".repeat(600).as_str(),
+    ]
+    .map(str::to_string);
     for m in &sent {
         chat.send(m).unwrap();
     }
@@ -241,7 +262,8 @@ fn chats_with_an_original_client_keep_message_boundaries_both_ways() {
         "é".repeat(101).into_bytes(),
     ];
     assert!(
-        eventually(WAIT, || orig.log.lock().unwrap().chat_reads.len() >= expected.len()),
+        eventually(WAIT, || orig.log.lock().unwrap().chat_reads.len()
+            >= expected.len()),
         "reads: {:?}",
         orig.log.lock().unwrap().chat_reads.len()
     );
@@ -285,7 +307,11 @@ fn chats_with_an_original_client_keep_message_boundaries_both_ways() {
         back.send(m).unwrap();
     }
     back.close();
-    assert_eq!(reads.join().unwrap(), vec!["one", "two", "three"], "each message one recv");
+    assert_eq!(
+        reads.join().unwrap(),
+        vec!["one", "two", "three"],
+        "each message one recv"
+    );
     alice.exit();
 }
 
@@ -298,13 +324,19 @@ fn an_original_that_does_not_answer_is_reported_as_such() {
     let orig = OriginalPeer::start(orig_dir.path().to_path_buf(), Answer::Ignore);
     orig.register(r.local_addr(), "orig1", &[]);
     let dir = TempDir::new().unwrap();
-    let alice = builder(r.local_addr(), "alice", dir.path()).connect().unwrap();
+    let alice = builder(r.local_addr(), "alice", dir.path())
+        .connect()
+        .unwrap();
     let start = Instant::now();
     let err = alice.chat("orig1").unwrap_err();
     assert!(matches!(&err, Error::NoAnswer(n) if n == "orig1"), "{err}");
     assert_eq!(err.code(), ErrorCode::Timeout);
     assert!(err.to_string().contains("original client"), "{err}");
-    assert!(start.elapsed() < Duration::from_secs(8), "{:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        start.elapsed()
+    );
     assert_eq!(orig.log.lock().unwrap().chat_requests, vec!["alice"]);
     // Nothing listens any more: connection refused, said as such.
     drop(orig);
@@ -326,7 +358,9 @@ fn downloads_from_an_original_client_are_identical_and_unverified() {
     let orig = OriginalPeer::start(orig_dir.path().to_path_buf(), Answer::Accept);
     orig.register(r.local_addr(), "orig1", &["big.bin", "empty.txt"]);
     let dir = TempDir::new().unwrap();
-    let alice = builder(r.local_addr(), "alice", dir.path()).connect().unwrap();
+    let alice = builder(r.local_addr(), "alice", dir.path())
+        .connect()
+        .unwrap();
 
     let t = alice.fetch("orig1", "big.bin").unwrap();
     assert!(!t.is_verified());
@@ -337,7 +371,11 @@ fn downloads_from_an_original_client_are_identical_and_unverified() {
     let again = alice.fetch("orig1", "big.bin").unwrap_err();
     assert_eq!(again.code(), ErrorCode::AlreadyExists);
     // A name it does not have: it sends nothing and closes.
-    let err = alice.fetch("orig1", "nope.txt").unwrap().wait().unwrap_err();
+    let err = alice
+        .fetch("orig1", "nope.txt")
+        .unwrap()
+        .wait()
+        .unwrap_err();
     assert!(matches!(err, Error::FileNotFound { .. }), "{err}");
     assert!(!dir.path().join("nope.txt").exists());
     assert!(!dir.path().join(".nope.txt.p2pchat-part").exists());
@@ -384,6 +422,9 @@ fn measure_legacy_chat_pacing() {
         }
         drop(s);
         let reads = reader.join().unwrap();
-        println!("gap {gap_ms:>2} ms: {n} sends -> {reads} reads ({} merged)", n - reads);
+        println!(
+            "gap {gap_ms:>2} ms: {n} sends -> {reads} reads ({} merged)",
+            n - reads
+        );
     }
 }

@@ -375,7 +375,9 @@ fn missing_file_and_unknown_user_fail_clearly() {
     // The parent of bob's share is shared with other programs (the system temp dir):
     // check that nothing named `x` appears or changes there, not that none exists.
     let outside = bob.dir.path().parent().unwrap().join("x");
-    let before = std::fs::symlink_metadata(&outside).ok().map(|m| m.modified().ok());
+    let before = std::fs::symlink_metadata(&outside)
+        .ok()
+        .map(|m| m.modified().ok());
     for bad in ["../x", "/etc/passwd", ".hidden", "a/b", ""] {
         assert_eq!(
             bob.peer.fetch("alice", bad).unwrap_err().code(),
@@ -383,7 +385,9 @@ fn missing_file_and_unknown_user_fail_clearly() {
             "{bad:?}"
         );
     }
-    let after = std::fs::symlink_metadata(&outside).ok().map(|m| m.modified().ok());
+    let after = std::fs::symlink_metadata(&outside)
+        .ok()
+        .map(|m| m.modified().ok());
     assert_eq!(before, after, "{} was touched", outside.display());
 }
 

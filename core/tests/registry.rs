@@ -187,7 +187,11 @@ fn unterminated_query_split_across_writes_is_joined_within_the_grace_period() {
     s.write_all(b"U").unwrap();
     let mut buf = [0u8; 100];
     let n = s.read(&mut buf).unwrap();
-    assert_eq!(&buf[..n], b"OK,", "the original's answer with nobody online");
+    assert_eq!(
+        &buf[..n],
+        b"OK,",
+        "the original's answer with nobody online"
+    );
 }
 
 #[test]

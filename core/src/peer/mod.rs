@@ -563,7 +563,10 @@ fn keep_registered(inner: Arc<Inner>) {
                         lost = true;
                         backoff = Duration::from_millis(100);
                         inner.emit(PeerEvent::RegistryLost {
-                            detail: format!("registering again with {} failed: {e}", inner.registry.addr()),
+                            detail: format!(
+                                "registering again with {} failed: {e}",
+                                inner.registry.addr()
+                            ),
                         });
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(2));

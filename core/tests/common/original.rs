@@ -179,7 +179,10 @@ fn serve(
     stop: Arc<AtomicBool>,
     conns: Arc<Mutex<Vec<TcpStream>>>,
 ) {
-    let ip = conn.peer_addr().map(|a| a.ip().to_string()).unwrap_or_default();
+    let ip = conn
+        .peer_addr()
+        .map(|a| a.ip().to_string())
+        .unwrap_or_default();
     let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
     loop {
         let mut buf = [0u8; 1000];
