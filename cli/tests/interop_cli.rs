@@ -92,6 +92,32 @@ fn scripted_commands_work_through_an_original_server() {
         "each message one recv on the original"
     );
     assert!(orig.log.lock().unwrap().ignored.is_empty());
+
+    // The other way: `share` registers through the original server (form B); an
+    // original client finds it there, chats with it and downloads from it.
+    let alice_dir = TempDir::new().unwrap();
+    std::fs::write(alice_dir.path().join("notes.txt"), b"alice's notes").unwrap();
+    let (mut alice, port) = share(&reg, "alice", alice_dir.path(), true);
+    let found = original::original_client_query(server.addr(), "GET_P,alice", WAIT).unwrap();
+    assert_eq!(found, format!("OK,127.0.0.1,{port}").into_bytes());
+    let files = original::original_client_query(server.addr(), "GET_UF,alice", WAIT).unwrap();
+    assert_eq!(files, b"notes.txt,");
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    std::io::Write::write_all(&mut c, b"CHAT,orig1").unwrap();
+    for line in ["hello alice", "second line"] {
+        std::thread::sleep(Duration::from_millis(100));
+        std::io::Write::write_all(&mut c, line.as_bytes()).unwrap();
+        alice.expect(&format!("orig1: {line}"));
+    }
+    drop(c);
+    let mut f = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    std::io::Write::write_all(&mut f, b"FILE,notes.txt").unwrap();
+    let mut got = Vec::new();
+    std::io::Read::read_to_end(&mut f, &mut got).unwrap();
+    assert_eq!(got, b"alice's notes");
+    alice.signal(libc::SIGINT);
+    alice.wait_exit(WAIT);
+
     assert_eq!(server.crash(), None, "{:#?}", server.queries());
     assert!(eventually(Duration::from_secs(10), || server.users() == vec!["orig1"]));
 }

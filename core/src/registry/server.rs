@@ -860,6 +860,9 @@ impl Server {
             truncate(&String::from_utf8_lossy(first), 120).to_string()
         };
         let outcome = self.shared.hook.as_ref().map(|_| match &shared {
+            Some((text, _)) if prefix.is_empty() && !suffix_bytes.is_empty() => {
+                first_line(text) + &String::from_utf8_lossy(suffix_bytes)
+            }
             Some((text, _)) if prefix.is_empty() => first_line(text),
             Some((text, _)) => truncate(&(prefix.clone() + &first_line(text)), 120).to_string(),
             None => first_line(out),
