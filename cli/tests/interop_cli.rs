@@ -151,3 +151,69 @@ fn an_original_client_through_p2pchats_registry_is_shown_as_one() {
         b"la la la"
     );
 }
+
+#[test]
+fn the_interactive_client_through_an_original_server() {
+    let server = OriginalServer::start();
+    let reg = server.addr().to_string();
+    let orig_dir = TempDir::new().unwrap();
+    std::fs::write(orig_dir.path().join("o1_file.txt"), b"from the original").unwrap();
+    let orig = OriginalPeer::start(orig_dir.path().to_path_buf(), Answer::Accept);
+    orig.register(server.addr(), "orig1", &["o1_file.txt"]);
+    let dir = TempDir::new().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let mut a = Proc::start(&[
+        "client",
+        "--registry",
+        &reg,
+        "--legacy-registry",
+        "--user",
+        "alice",
+        "--dir",
+        d,
+        "--port",
+        "0",
+    ]);
+    a.expect("registered as alice");
+    a.expect("Enter choice: ");
+    a.send_line("1");
+    a.expect("orig1");
+    a.expect("Enter choice: ");
+    a.send_line("2");
+    a.expect("Enter username (empty to go back): ");
+    a.send_line("orig1");
+    a.expect("Enter choice: ");
+    a.send_line("4");
+    a.expect("Enter filename (empty to go back): ");
+    a.send_line("o1_file.txt");
+    a.expect("(unverified: original client, no hash)");
+    assert_eq!(
+        std::fs::read(dir.path().join("o1_file.txt")).unwrap(),
+        b"from the original"
+    );
+    a.expect("Enter choice: ");
+    a.send_line("3");
+    a.expect("chat open with orig1 (an original client");
+    a.send_line("hello orig");
+    assert!(eventually(Duration::from_secs(10), || !orig
+        .log
+        .lock()
+        .unwrap()
+        .chat_reads
+        .is_empty()));
+    assert_eq!(
+        orig.log.lock().unwrap().chat_reads,
+        vec![b"hello orig".to_vec()]
+    );
+    orig.say.send("hello alice".into()).unwrap();
+    a.expect("hello alice");
+    a.send_line("/exit");
+    a.expect("Enter choice: ");
+    a.send_line("0");
+    a.expect("Enter choice: ");
+    a.send_line("0");
+    a.expect("leaving the registry (bye)");
+    assert!(a.wait_exit(WAIT).success());
+    assert!(eventually(Duration::from_secs(10), || server.users() == vec!["orig1"]));
+    assert_eq!(server.crash(), None, "{:#?}", server.queries());
+}
