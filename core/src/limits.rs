@@ -139,3 +139,7 @@ pub const LEGACY_CHAT_GAP: Duration = Duration::from_millis(50);
 /// the original gives its person 5 s and then closes the connection; it sends nothing
 /// when its person accepts.
 pub const LEGACY_CHAT_ANSWER_WAIT: Duration = Duration::from_secs(6);
+/// Longest answer line a peer reads from a registry: a `GET_U` answer for
+/// [`MAX_USERS`] names of up to 64 bytes, or one user's 4,096 filenames of 255 bytes,
+/// is far longer than a query may be ([`MAX_LINE_LEN`]).
+pub const MAX_ANSWER_LEN: usize = 16 * 1024 * 1024;

@@ -428,3 +428,42 @@ fn measure_legacy_chat_pacing() {
         );
     }
 }
+
+/// The probe that tells the registries apart reads a p2pchat registry's `GET_U` answer
+/// to its end without keeping it: with 20,000 users online it is ~360 KB, over the
+/// line limit, and the peer must still find a session registry and keep working.
+#[test]
+fn the_probe_copes_with_a_registry_full_of_users() {
+    use p2pcore::registry::RegistryConfig;
+    let r = Registry::builder()
+        .config(RegistryConfig {
+            max_conns_per_addr: usize::MAX,
+            max_users_per_addr: usize::MAX,
+            queries_per_sec_per_addr: 0,
+            ..RegistryConfig::default()
+        })
+        .bind("127.0.0.1:0")
+        .unwrap();
+    let mut s = TcpStream::connect(r.local_addr()).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    let n = 20_000;
+    let mut queries = String::new();
+    for i in 0..n {
+        queries.push_str(&format!("INIT,user-with-a-long-name-{i:06},7000\n"));
+    }
+    let mut reader = std::io::BufReader::new(s.try_clone().unwrap());
+    let w = std::thread::spawn(move || s.write_all(queries.as_bytes()).map(|_| s));
+    for _ in 0..n {
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut reader, &mut line).unwrap();
+        assert_eq!(line, "OK\n");
+    }
+    let _keep = w.join().unwrap().unwrap();
+    let dir = TempDir::new().unwrap();
+    let alice = builder(r.local_addr(), "alice", dir.path())
+        .connect()
+        .unwrap();
+    assert!(!alice.registry_is_legacy());
+    assert_eq!(alice.users().unwrap().len(), n + 1);
+    alice.exit();
+}

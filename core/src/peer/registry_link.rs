@@ -16,7 +16,7 @@
 //! on non-numeric ports).
 
 use crate::error::{Error, Result};
-use crate::limits::{LEGACY_QUERY_MAX, LEGACY_READ_MAX, MAX_LINE_LEN, REGISTRY_IO_TIMEOUT};
+use crate::limits::{LEGACY_QUERY_MAX, LEGACY_READ_MAX, MAX_ANSWER_LEN, REGISTRY_IO_TIMEOUT};
 use crate::net::read_line;
 use crate::protocol::{parse_answer, parse_files_line, parse_port, reason, Answer};
 use parking_lot::Mutex;
@@ -363,35 +363,43 @@ fn err_answer(r: String, user: Option<&str>) -> Error {
 
 /// Send `GET_U\n` on a fresh connection and tell the registries apart: `true` for the
 /// original server (`ERR,Invalid Request!`, no terminator), `false` for a p2pchat
-/// registry (a `\n`-terminated line, read whole and dropped).
+/// registry (a `\n`-terminated line, read to its end and dropped without keeping it:
+/// a `GET_U` answer for a full registry is megabytes).
 fn probe(conn: &mut Conn) -> Result<bool> {
     conn.writer.write_all(b"GET_U\n")?;
     let deadline = Instant::now() + REGISTRY_IO_TIMEOUT;
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
+    // The answer's first bytes, as many as it takes to recognise the original's.
+    let mut head = Vec::with_capacity(ORIGINAL_INVALID.len());
+    let mut buf = [0u8; 8192];
     let stream = conn.reader.get_mut();
     loop {
-        if got.contains(&b'\n') {
-            // Only one query was sent, so nothing follows its answer line.
-            return Ok(false);
-        }
-        if got.starts_with(ORIGINAL_INVALID) {
-            return Ok(true);
-        }
-        if got.len() > MAX_LINE_LEN {
-            return Err(Error::protocol("registry", "answer line too long"));
-        }
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return Err(Error::Timeout("the registry did not answer".into()));
         }
         stream.set_read_timeout(Some(left))?;
-        match stream.read(&mut buf) {
+        let n = match stream.read(&mut buf) {
             Ok(0) => return Err(Error::Closed),
-            Ok(n) => got.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) if crate::error::is_timeout(&e) => {}
+            Ok(n) => n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) if crate::error::is_timeout(&e) => continue,
             Err(e) => return Err(e.into()),
+        };
+        let chunk = &buf[..n];
+        let room = ORIGINAL_INVALID.len() - head.len();
+        head.extend_from_slice(&chunk[..n.min(room)]);
+        if let Some(i) = chunk.iter().position(|&b| b == b'\n') {
+            // Only one query was sent, so nothing follows its answer line.
+            if i + 1 != n {
+                return Err(Error::protocol(
+                    "registry",
+                    "more than one answer to one query",
+                ));
+            }
+            return Ok(false);
+        }
+        if head == ORIGINAL_INVALID {
+            return Ok(true);
         }
     }
 }
@@ -423,12 +431,13 @@ fn open_stream(addr: &str) -> Result<TcpStream> {
 fn exchange(conn: &mut Conn, query: &str, multi_line: bool) -> Result<Vec<String>> {
     conn.writer.write_all(format!("{query}\n").as_bytes())?;
     let mut lines =
-        vec![read_line(&mut conn.reader, MAX_LINE_LEN, "registry")?.ok_or(Error::Closed)?];
+        vec![read_line(&mut conn.reader, MAX_ANSWER_LEN, "registry")?.ok_or(Error::Closed)?];
     if multi_line && lines[0].starts_with("OK,") {
         // The first line may itself be the empty-share marker `OK,` followed by the
         // terminating empty line; otherwise read user lines until the empty one.
         loop {
-            let l = read_line(&mut conn.reader, MAX_LINE_LEN, "registry")?.ok_or(Error::Closed)?;
+            let l =
+                read_line(&mut conn.reader, MAX_ANSWER_LEN, "registry")?.ok_or(Error::Closed)?;
             if l.is_empty() {
                 break;
             }
