@@ -107,7 +107,8 @@ pub enum RegistryEvent {
         source: SocketAddr,
         /// The query as received (cut to 200 bytes, invalid UTF-8 replaced).
         query: String,
-        /// The first line of the answer (cut to 120 bytes), e.g. `OK`, `ERR,User not found!`.
+        /// The first line of the answer (cut to 120 bytes), e.g. `OK`, `ERR,User not found!`;
+        /// `(nothing sent)` for a legacy answer that is nothing, as the original's was.
         outcome: String,
         /// Whether it came in the legacy unterminated framing.
         legacy: bool,

@@ -865,6 +865,8 @@ impl Server {
             }
             Some((text, _)) if prefix.is_empty() => first_line(text),
             Some((text, _)) => truncate(&(prefix.clone() + &first_line(text)), 120).to_string(),
+            // A legacy answer that is nothing, as the original server's was.
+            None if out.is_empty() => String::from("(nothing sent)"),
             None => first_line(out),
         });
         match shared {
