@@ -317,55 +317,13 @@ fn download_legacy(
             origin.as_deref().unwrap_or("an unrecorded peer"),
         ));
     }
-    let limits = &inner.limits;
-    let free = crate::transfer::free_space(&inner.download_dir)?;
-    let mut limit = free.saturating_sub(limits.free_space_margin);
-    if let Some(max) = limits.max_download_size {
-        limit = limit.min(max);
+    // Until the receiver takes over (it removes its partial on failure), an early
+    // failure leaves no empty partial behind.
+    let mut pending = Some(receiver);
+    let result = legacy_transfer(inner, t, &mut pending, addr);
+    if let Some(r) = pending {
+        r.discard_if_empty();
     }
-    let stream = match TcpStream::connect_timeout(&addr, inner.io_timeout) {
-        Ok(s) => s,
-        Err(e) => {
-            receiver.discard_if_empty();
-            return Err(e.into());
-        }
-    };
-    stream.set_write_timeout(Some(inner.io_timeout))?;
-    *t.socket.lock() = Some(stream.try_clone()?);
-    let key = inner.track_socket(&stream);
-    let result = (|| {
-        if t.cancelled.load(Ordering::SeqCst) {
-            return Err(Error::Cancelled);
-        }
-        (&stream).write_all(format!("FILE,{}", t.file).as_bytes())?;
-        // Nothing more to say: a p2pchat peer then takes the request as whole at once.
-        let _ = stream.shutdown(Shutdown::Write);
-        let mut receiver = receiver;
-        let pace = Pace {
-            min_rate: limits.min_transfer_rate,
-            window: limits.min_rate_window,
-            idle: inner.io_timeout,
-        };
-        stream.set_read_timeout(Some(pace.tick()))?;
-        receiver.set_pace(pace);
-        inner.emit(PeerEvent::TransferStarted {
-            id: t.id,
-            from: t.from.clone(),
-            file: t.file.clone(),
-            size: 0,
-            offset: 0,
-        });
-        let mut progress = |got: u64| {
-            t.received.store(got, Ordering::Relaxed);
-            if let Some(h) = &inner.hooks.progress {
-                call_hook(|| h(t.id, got, 0));
-            }
-            !t.cancelled.load(Ordering::SeqCst)
-        };
-        let mut reader = BufReader::with_capacity(256 * 1024, stream.try_clone()?);
-        receiver.receive_unverified(&mut reader, &t.from, limit, &mut progress)
-    })();
-    inner.forget_socket(key);
     let (path, len) = result?;
     if len == 0 {
         let listed = inner
@@ -381,6 +339,62 @@ fn download_legacy(
         }
     }
     Ok(path)
+}
+
+/// Connect, ask, receive (see [`download_legacy`]); takes the receiver out of `pending`
+/// when it starts receiving.
+fn legacy_transfer(
+    inner: &Inner,
+    t: &TransferShared,
+    pending: &mut Option<Receiver>,
+    addr: SocketAddr,
+) -> Result<(PathBuf, u64)> {
+    let limits = &inner.limits;
+    let free = crate::transfer::free_space(&inner.download_dir)?;
+    let mut limit = free.saturating_sub(limits.free_space_margin);
+    if let Some(max) = limits.max_download_size {
+        limit = limit.min(max);
+    }
+    let stream = TcpStream::connect_timeout(&addr, inner.io_timeout)?;
+    stream.set_write_timeout(Some(inner.io_timeout))?;
+    *t.socket.lock() = Some(stream.try_clone()?);
+    let key = inner.track_socket(&stream);
+    let result = (|| {
+        if t.cancelled.load(Ordering::SeqCst) {
+            return Err(Error::Cancelled);
+        }
+        (&stream).write_all(format!("FILE,{}", t.file).as_bytes())?;
+        // Nothing more to say: a p2pchat peer then takes the request as whole at once.
+        let _ = stream.shutdown(Shutdown::Write);
+        let pace = Pace {
+            min_rate: limits.min_transfer_rate,
+            window: limits.min_rate_window,
+            idle: inner.io_timeout,
+        };
+        stream.set_read_timeout(Some(pace.tick()))?;
+        let mut reader = BufReader::with_capacity(256 * 1024, stream.try_clone()?);
+        let Some(mut receiver) = pending.take() else {
+            return Err(Error::Closed);
+        };
+        receiver.set_pace(pace);
+        inner.emit(PeerEvent::TransferStarted {
+            id: t.id,
+            from: t.from.clone(),
+            file: t.file.clone(),
+            size: 0,
+            offset: 0,
+        });
+        let mut progress = |got: u64| {
+            t.received.store(got, Ordering::Relaxed);
+            if let Some(h) = &inner.hooks.progress {
+                call_hook(|| h(t.id, got, 0));
+            }
+            !t.cancelled.load(Ordering::SeqCst)
+        };
+        receiver.receive_unverified(&mut reader, &t.from, limit, &mut progress)
+    })();
+    inner.forget_socket(key);
+    result
 }
 
 fn conflict(t: &TransferShared, receiver: &Receiver, origin: &str) -> Error {
