@@ -388,7 +388,11 @@ fn downloads_from_an_original_client_are_identical_and_unverified() {
     assert!(orig.log.lock().unwrap().ignored.is_empty());
     // Gone (still listed): connection refused, and no partial file left.
     drop(orig);
-    let err = alice.fetch("orig1", "later.bin").unwrap().wait().unwrap_err();
+    let err = alice
+        .fetch("orig1", "later.bin")
+        .unwrap()
+        .wait()
+        .unwrap_err();
     assert!(err.to_string().to_lowercase().contains("refused"), "{err}");
     assert!(!dir.path().join(".later.bin.p2pchat-part").exists());
     alice.exit();
