@@ -60,6 +60,21 @@ pub struct RegistryArg {
     /// Registry address.
     #[arg(long, value_name = "HOST:PORT", env = "P2PCHAT_REGISTRY", default_value = DEFAULT_REGISTRY, value_parser = parse_addr)]
     pub registry: String,
+    /// Talk to the registry as the original C++ client did (one query per connection,
+    /// form-B INIT re-sent every 60 s). Without it p2pchat finds out by itself.
+    #[arg(long)]
+    pub legacy_registry: bool,
+}
+
+impl RegistryArg {
+    /// The library's registry mode for these flags.
+    pub fn mode(&self) -> p2pcore::peer::RegistryMode {
+        if self.legacy_registry {
+            p2pcore::peer::RegistryMode::Legacy
+        } else {
+            p2pcore::peer::RegistryMode::Auto
+        }
+    }
 }
 
 #[derive(Debug, Args)]

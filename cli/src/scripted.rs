@@ -17,13 +17,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-fn registry(addr: &str) -> Result<RegistryClient, Failure> {
-    RegistryClient::connect(addr).map_err(|e| registry_failure(addr, &e))
+fn registry(args: &RegistryArg) -> Result<RegistryClient, Failure> {
+    let addr = &args.registry;
+    RegistryClient::connect_with(addr, args.mode()).map_err(|e| registry_failure(addr, &e))
 }
 
 /// `p2pchat users`
 pub fn users(args: &RegistryArg) -> Result<(), Failure> {
-    for user in registry(&args.registry)?.users()? {
+    for user in registry(args)?.users()? {
         output::print(&visible(&user))?;
     }
     Ok(())
@@ -31,7 +32,7 @@ pub fn users(args: &RegistryArg) -> Result<(), Failure> {
 
 /// `p2pchat files [USER]`
 pub fn files(args: &FilesArgs) -> Result<(), Failure> {
-    let client = registry(&args.registry.registry)?;
+    let client = registry(&args.registry)?;
     match &args.user {
         Some(user) => {
             for file in client.files_of(user)? {
@@ -51,13 +52,27 @@ pub fn files(args: &FilesArgs) -> Result<(), Failure> {
 
 /// `p2pchat whois USER`
 pub fn whois(args: &WhoisArgs) -> Result<(), Failure> {
-    let addr = registry(&args.registry.registry)?.peer_addr(&args.user)?;
-    output::print(&addr.to_string())?;
+    let client = registry(&args.registry)?;
+    let info = client.peer_info(&args.user)?;
+    output::print(&info.addr.to_string())?;
+    if client.is_legacy() {
+        output::err_line(
+            "note: the registry is an original one; it cannot tell original clients from \
+             p2pchat peers, so p2pchat talks to everyone in the original's protocol",
+        );
+    } else if info.legacy {
+        output::err_line(&format!(
+            "note: {} is an original client (unframed chat, downloads without a hash)",
+            visible(&args.user)
+        ));
+    }
     Ok(())
 }
 
-fn builder(registry: &str, user: &str, id: &Identity, dir: &Path) -> PeerBuilder {
-    let b = Peer::builder(registry, user, dir).port(id.port);
+fn builder(registry: &RegistryArg, user: &str, id: &Identity, dir: &Path) -> PeerBuilder {
+    let b = Peer::builder(&registry.registry, user, dir)
+        .port(id.port)
+        .registry_mode(registry.mode());
     match id.listen {
         Some(ip) => b.listen_ip(ip),
         None => b,
@@ -77,7 +92,7 @@ const MAX_ALTERNATE: u32 = 9;
 /// strict: it is someone's presence, and a second one under a made-up name would
 /// mislead.
 fn connect_as(
-    registry: &str,
+    registry: &RegistryArg,
     id: &Identity,
     dir: &Path,
     alternate: bool,
@@ -110,9 +125,9 @@ fn connect_as(
             // The registry connection is the first thing `connect` opens after reading
             // the share: network failures are about it, and get its hint.
             Err(e @ Error::Io(_)) if is_network(&e) => {
-                return Err(registry_failure(registry, &e))
+                return Err(registry_failure(&registry.registry, &e))
             }
-            Err(e @ Error::Timeout(_)) => return Err(registry_failure(registry, &e)),
+            Err(e @ Error::Timeout(_)) => return Err(registry_failure(&registry.registry, &e)),
             Err(e) => return Err(e.into()),
         }
     }
@@ -246,7 +261,7 @@ pub fn share(args: &ShareArgs) -> Result<(), Failure> {
                 let _ = t4.try_send(Heard::Notice(text));
             })
     };
-    let peer = connect_as(&args.registry.registry, &args.id, &args.dir, false, hooks)?;
+    let peer = connect_as(&args.registry, &args.id, &args.dir, false, hooks)?;
     drop(notice_tx);
     let files = peer.shared_files().len();
     let banner = format!(
@@ -378,14 +393,15 @@ pub fn fetch(args: &FetchArgs) -> Result<(), Failure> {
         let starts = hook_starts.clone();
         b.on_event(move |e| starts.record(e))
     };
-    let peer = connect_as(&args.registry.registry, &args.id, &args.dir, true, hooks)?;
+    let peer = connect_as(&args.registry, &args.id, &args.dir, true, hooks)?;
     let partial = p2pcore::transfer::partial_path(peer.download_dir(), &args.file);
     let result = peer.fetch(&args.from, &args.file).and_then(|t| {
         crate::progress::watch(&t, &signals, &starts, &mut |line| output::err_line(line))
+            .map(|path| (path, t.is_verified()))
     });
     peer.exit();
-    let path = match result {
-        Ok(path) => path,
+    let (path, verified) = match result {
+        Ok(done) => done,
         Err(Error::Cancelled) => {
             let kept = std::fs::metadata(&partial).map_or(0, |m| m.len());
             return Err(Failure::interrupted(if kept > 0 {
@@ -400,7 +416,13 @@ pub fn fetch(args: &FetchArgs) -> Result<(), Failure> {
         }
         Err(e) => return Err(e.into()),
     };
-    output::print(&visible(&path.display().to_string()))?;
+    let shown = visible(&path.display().to_string()).into_owned();
+    output::print(&shown)?;
+    if !verified {
+        output::err_line(&format!(
+            "saved {shown} (unverified: original client, no hash)"
+        ));
+    }
     Ok(())
 }
 
@@ -424,7 +446,7 @@ pub fn send(args: &SendArgs) -> Result<(), Failure> {
         }
     };
     let signals = crate::signals::channel();
-    let peer = connect_as(&args.registry.registry, &args.id, dir, true, |b| b)?;
+    let peer = connect_as(&args.registry, &args.id, dir, true, |b| b)?;
     // The chat request blocks until answered: a watcher shuts the peer down on
     // SIGINT/SIGTERM, which ends the wait, and the command reports the interruption.
     let (done_tx, done) = crossbeam_channel::bounded::<()>(0);

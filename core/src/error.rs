@@ -219,6 +219,11 @@ pub enum Error {
         /// Where the partial download is.
         partial: PathBuf,
     },
+    /// A chat request to an original C++ client that it did not take: it closed the
+    /// connection. The original says nothing either way; it gives its person 5 s to
+    /// accept and then closes. Not a decline anyone chose. Code [`ErrorCode::Timeout`].
+    #[error("{0} is an original client; it did not answer the chat request (it closes a request its user does not accept within 5 s)")]
+    NoAnswer(String),
 }
 
 impl Clone for Error {
@@ -242,6 +247,7 @@ impl Clone for Error {
             },
             Error::UserNotFound(s) => Error::UserNotFound(s.clone()),
             Error::Declined(s) => Error::Declined(s.clone()),
+            Error::NoAnswer(s) => Error::NoAnswer(s.clone()),
             Error::Closed => Error::Closed,
             Error::FileNotFound { user, file } => Error::FileNotFound {
                 user: user.clone(),
@@ -326,6 +332,7 @@ impl Error {
             Error::Protocol { .. } => ErrorCode::Protocol,
             Error::UserNotFound(_) => ErrorCode::UserNotFound,
             Error::Declined(_) => ErrorCode::Declined,
+            Error::NoAnswer(_) => ErrorCode::Timeout,
             Error::Closed => ErrorCode::Closed,
             Error::FileNotFound { .. } => ErrorCode::FileNotFound,
             Error::Busy(_) => ErrorCode::Busy,

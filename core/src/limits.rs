@@ -128,3 +128,35 @@ pub const SHARE_MIN_RESCAN_INTERVAL: Duration = Duration::from_millis(500);
 /// Live share: how often the shared directory is rescanned when the system cannot watch
 /// it (inotify instances or watches used up).
 pub const SHARE_POLL_INTERVAL: Duration = Duration::from_secs(1);
+
+// ---- Talking to the original C++ programs (legacy registry mode, legacy peers) ----
+
+/// Longest query p2pchat sends to a registry in legacy mode, in bytes: the original
+/// server reads a query with one `recv` into a 1000-byte buffer and treats it as a C
+/// string, so a query must leave room for its terminating zero. An `INIT` that would be
+/// longer leaves the last files out (each reported as `PeerEvent::ShareSkipped`).
+pub const LEGACY_QUERY_MAX: usize = LEGACY_ANSWER_MAX - 1;
+/// Most bytes of one answer read from a registry in legacy mode (read until the
+/// registry closes). The original client read only 1000; p2pchat reads whole lists.
+pub const LEGACY_READ_MAX: usize = 4 * 1024 * 1024;
+/// How often a peer in legacy registry mode sends its `INIT` again. The original
+/// server has no sessions: this renews a p2pchat registry's legacy lease
+/// ([`LEGACY_LEASE`], 1 h) many times over, and registers the peer again within a
+/// minute after an original server restarted (it forgets everyone).
+pub const LEGACY_REREGISTER: Duration = Duration::from_secs(60);
+/// Largest piece of a chat message sent to an original client in one `send`: it reads
+/// with one `recv` of 1000 bytes into a 1000-byte buffer and prints it as a C string,
+/// so a full 1000-byte read would print a stray byte after it.
+pub const LEGACY_CHAT_PIECE: usize = LEGACY_ANSWER_MAX - 1;
+/// Pause between two sends to an original client, so each arrives as its own `recv`
+/// (one printed line) rather than merged with the next: see `docs/PROTOCOL.md` §2.4
+/// for the measurement behind it.
+pub const LEGACY_CHAT_GAP: Duration = Duration::from_millis(50);
+/// How long a chat request to an original client waits to see whether it is taken:
+/// the original gives its person 5 s and then closes the connection; it sends nothing
+/// when its person accepts.
+pub const LEGACY_CHAT_ANSWER_WAIT: Duration = Duration::from_secs(6);
+/// Longest answer line a peer reads from a registry: a `GET_U` answer for
+/// [`MAX_USERS`] names of up to 64 bytes, or one user's 4,096 filenames of 255 bytes,
+/// is far longer than a query may be ([`MAX_LINE_LEN`]).
+pub const MAX_ANSWER_LEN: usize = 16 * 1024 * 1024;

@@ -277,7 +277,7 @@ pub enum Answer {
 /// ```
 pub fn parse_answer(line: &str) -> Result<Answer, String> {
     let line = line.strip_suffix('\r').unwrap_or(line);
-    if line.len() > MAX_LINE_LEN {
+    if line.len() > crate::limits::MAX_ANSWER_LEN {
         return Err("answer too long".into());
     }
     if line == "UP" {

@@ -1024,6 +1024,67 @@ impl Receiver {
         Ok(self.final_path)
     }
 
+    /// Receives a file that comes with no size and no hash (from an original C++ client,
+    /// which sends the raw bytes and closes): everything until the sender closes, at
+    /// most `limit` bytes, then moves it into place without overwriting. Nothing can
+    /// verify it. Always from offset 0 (the original cannot resume): the partial file is
+    /// emptied first, and removed on any failure (there is nothing to resume from).
+    /// Returns the final path and the number of bytes.
+    ///
+    /// Errors: [`Error::DownloadTooLarge`] past `limit` (with `size` = `limit` + 1),
+    /// [`Error::Timeout`] (no byte for the idle time, or under the [`Pace`]),
+    /// [`Error::Cancelled`], [`Error::AlreadyExists`], I/O errors.
+    pub fn receive_unverified(
+        mut self,
+        src: &mut impl Read,
+        peer: &str,
+        limit: u64,
+        progress: &mut dyn FnMut(u64) -> bool,
+    ) -> Result<(PathBuf, u64)> {
+        self.restart()?;
+        let _ = fs::remove_file(sibling(&self.part_path, ORIGIN_SUFFIX));
+        self.origin = None;
+        self.sender = Some(peer.to_string());
+        let buf = vec![0u8; COPY_BUF];
+        // `pipe` wants a size: one byte more than allowed, so reaching it means too large
+        // and the sender closing (`Closed`) is the normal end.
+        let outcome = self.pipe(
+            src,
+            limit.saturating_add(1),
+            blake3::Hasher::new(),
+            buf,
+            progress,
+        );
+        let failed = match outcome {
+            Ok(_) => Some(Error::DownloadTooLarge {
+                peer: peer.to_string(),
+                file: self.name.clone(),
+                size: limit.saturating_add(1),
+                limit,
+            }),
+            Err(Error::Closed) => None,
+            Err(e) => Some(e),
+        };
+        if let Some(e) = failed {
+            self.discard();
+            return Err(e);
+        }
+        let len = self.part.metadata()?.len();
+        self.part.sync_data()?;
+        if let Err(e) = self.place() {
+            self.discard();
+            return Err(e);
+        }
+        Ok((self.final_path, len))
+    }
+
+    /// Remove the partial file and its origin record.
+    fn discard(self) {
+        drop(self.part);
+        let _ = fs::remove_file(&self.part_path);
+        let _ = fs::remove_file(sibling(&self.part_path, ORIGIN_SUFFIX));
+    }
+
     /// After a failed hash check: which bytes are wrong is unknown. When peers other
     /// than the origin appended to the partial (they announced the same file, so they
     /// could), only their bytes go, so a peer other than the origin can never get the

@@ -21,6 +21,18 @@ fn legacy(addr: SocketAddr, query: &str) -> String {
     String::from_utf8_lossy(&buf[..n]).into_owned()
 }
 
+/// A legacy query whose answer is nothing (the original server's `EXIT`): sent with
+/// the sending side shut, so the registry answers (nothing) and closes.
+fn legacy_silent(addr: SocketAddr, query: &str) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(query.as_bytes()).unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
 /// A session client: `\n`-terminated queries on one kept connection.
 struct Session {
     reader: BufReader<TcpStream>,
@@ -117,15 +129,17 @@ fn legacy_client_registers_with_form_b_and_trailing_comma() {
     assert_eq!(legacy(a, "INIT,user2,/home/u2/share,5002,"), "OK");
     assert_eq!(legacy(a, "GET_U"), "OK,user1,user2");
     assert_eq!(legacy(a, "GET_P,user1"), "OK,127.0.0.1,5001");
-    assert_eq!(legacy(a, "GET_UF,user1"), "OK,a.txt,b.txt");
-    assert_eq!(legacy(a, "GET_UF,user2"), "OK");
-    assert_eq!(legacy(a, "GET_AF"), "OK,user1: a.txt,b.txt\nuser2: \n");
+    // The original server's bytes: no `OK,`, a comma after each file, nothing for an
+    // empty share (and the registry closes, so the client does not wait for ever).
+    assert_eq!(legacy(a, "GET_UF,user1"), "a.txt,b.txt,");
+    assert_eq!(legacy(a, "GET_UF,user2"), "");
+    assert_eq!(legacy(a, "GET_AF"), "user1: a.txt,b.txt,\nuser2: ");
     assert_eq!(legacy(a, "GET_P,nobody"), "ERR,User not found!");
     assert_eq!(legacy(a, "GET_UF,nobody"), "ERR,User not found!");
     // Re-registration by the same IP after a download refreshes the list.
     assert_eq!(legacy(a, "INIT,user2,/home/u2/share,5002,new.bin"), "UP");
-    assert_eq!(legacy(a, "GET_UF,user2"), "OK,new.bin");
-    assert_eq!(legacy(a, "EXIT,user1"), "OK");
+    assert_eq!(legacy(a, "GET_UF,user2"), "new.bin,");
+    assert_eq!(legacy_silent(a, "EXIT,user1"), "");
     assert_eq!(legacy(a, "GET_U"), "OK,user2");
 }
 
@@ -141,8 +155,8 @@ fn documented_form_a_is_accepted() {
 fn empty_registry_still_answers_every_query() {
     let r = start();
     let a = r.local_addr();
-    assert_eq!(legacy(a, "GET_U"), "OK");
-    assert_eq!(legacy(a, "GET_AF"), "OK,");
+    assert_eq!(legacy(a, "GET_U"), "OK,");
+    assert_eq!(legacy(a, "GET_AF"), "");
     let mut s = Session::connect(a);
     assert_eq!(s.ask("GET_U"), "OK");
     assert!(s.all_files().is_empty());
@@ -173,7 +187,11 @@ fn unterminated_query_split_across_writes_is_joined_within_the_grace_period() {
     s.write_all(b"U").unwrap();
     let mut buf = [0u8; 100];
     let n = s.read(&mut buf).unwrap();
-    assert_eq!(&buf[..n], b"OK");
+    assert_eq!(
+        &buf[..n],
+        b"OK,",
+        "the original's answer with nobody online"
+    );
 }
 
 #[test]
@@ -329,7 +347,7 @@ fn legacy_registration_is_owned_by_its_ip() {
     // The registry records the address it sees, not one from the message.
     assert_eq!(stranger.ask("INIT,frank,7600"), "OK");
     assert_eq!(stranger.ask("GET_P,frank"), "OK,127.0.0.2,7600");
-    assert_eq!(legacy(a, "EXIT,erin"), "OK");
+    assert_eq!(legacy_silent(a, "EXIT,erin"), "");
 }
 
 #[test]
@@ -374,7 +392,7 @@ fn bad_fields_get_clear_errors_and_the_server_keeps_serving() {
 fn nul_byte_from_a_legacy_client_gets_an_error() {
     let r = start();
     assert_eq!(legacy(r.local_addr(), "GET_P,\0"), "ERR,Invalid Request!");
-    assert_eq!(legacy(r.local_addr(), "GET_U"), "OK");
+    assert_eq!(legacy(r.local_addr(), "GET_U"), "OK,");
 }
 
 #[test]
@@ -410,7 +428,7 @@ fn an_overlong_line_is_refused_and_the_connection_closed() {
         .unwrap();
     assert_eq!(answer, "ERR,Query too long\n");
     writer.join().unwrap();
-    assert_eq!(legacy(r.local_addr(), "GET_U"), "OK");
+    assert_eq!(legacy(r.local_addr(), "GET_U"), "OK,");
 }
 
 #[test]
@@ -571,7 +589,7 @@ fn a_panicking_hook_does_not_stop_the_registry() {
         .bind("127.0.0.1:0")
         .unwrap();
     for _ in 0..3 {
-        assert_eq!(legacy(r.local_addr(), "GET_U"), "OK");
+        assert_eq!(legacy(r.local_addr(), "GET_U"), "OK,");
     }
     let mut s = Session::connect(r.local_addr());
     assert_eq!(s.ask("INIT,still,7000"), "OK");

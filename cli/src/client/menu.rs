@@ -140,13 +140,18 @@ fn failed(s: &mut Session, name: &str, what: &str, e: Error) -> Next {
 }
 
 fn view_address(s: &mut Session, name: &str) -> Next {
-    match s.peer.peer_addr(name) {
-        Ok(addr) => {
+    match s.peer.peer_info(name) {
+        Ok(info) => {
             s.say(format!(
-                "{} is at IP {} port {}",
+                "{} is at IP {} port {}{}",
                 visible(name),
-                addr.ip(),
-                addr.port()
+                info.addr.ip(),
+                info.addr.port(),
+                if info.legacy && !s.peer.registry_is_legacy() {
+                    " (an original client)"
+                } else {
+                    ""
+                }
             ));
             Next::Stay
         }
@@ -194,12 +199,18 @@ fn fetch(s: &mut Session, name: &str) -> Result<Next, Quit> {
         crate::progress::watch(&t, &s.signals, &starts, &mut |line| {
             let _ = crate::output::line(line);
         })
+        .map(|p| (p, t.is_verified()))
     });
     Ok(match result {
-        Ok(path) => {
+        Ok((path, verified)) => {
             let line = s.style.green(&format!(
-                "saved {} (hash verified)",
-                visible(&path.display().to_string())
+                "saved {} ({})",
+                visible(&path.display().to_string()),
+                if verified {
+                    "hash verified"
+                } else {
+                    "unverified: original client, no hash"
+                }
             ));
             s.say(line);
             Next::Stay

@@ -52,6 +52,7 @@ pub fn run(args: ClientArgs) -> Result<(), Failure> {
     let answer_timeout = Duration::from_secs(args.answer_timeout.max(1));
     let repeat_window = Duration::from_secs(args.repeat_window);
     let registration = prompt::Registration {
+        mode: args.registry.mode(),
         registry: args.registry.registry,
         user: args.user,
         dir: args.dir,

@@ -9,7 +9,7 @@ use crate::output;
 use crate::style::Style;
 use crate::visible::visible;
 use crossbeam_channel::Receiver;
-use p2pcore::peer::{username_available, Peer, PeerBuilder};
+use p2pcore::peer::{username_available_with, Peer, PeerBuilder};
 use p2pcore::Error;
 use std::io::IsTerminal;
 use std::net::{IpAddr, Ipv4Addr, TcpListener};
@@ -54,6 +54,8 @@ pub struct Registration {
     pub port: Option<u16>,
     /// The IP to listen on (`--listen`); `None` leaves it to the library.
     pub listen: Option<IpAddr>,
+    /// How to talk to the registry (`--legacy-registry`).
+    pub mode: p2pcore::peer::RegistryMode,
 }
 
 /// Prompt for what is missing and connect; on a field's error, ask for it again.
@@ -73,7 +75,7 @@ pub fn register(
             Some(u) => u,
             None => ask(input, signals, "Enter username: ")?,
         };
-        match username_available(&reg.registry, &user) {
+        match username_available_with(&reg.registry, &user, reg.mode) {
             Ok(true) => {}
             Ok(false) => {
                 complain(format!("username {user:?} is taken; choose another"))?;
@@ -125,7 +127,9 @@ pub fn register(
                 Err(e) => complain(format!("port {port} is not available: {e}"))?,
             }
         };
-        let mut builder = Peer::builder(&reg.registry, &user, &dir).port(port);
+        let mut builder = Peer::builder(&reg.registry, &user, &dir)
+            .port(port)
+            .registry_mode(reg.mode);
         if let Some(ip) = reg.listen {
             builder = builder.listen_ip(ip);
         }

@@ -489,7 +489,11 @@ impl Session {
         ));
         match self.peer.chat(name) {
             Ok(chat) => {
-                let line = self.style.green(&format!("{shown} accepted the chat"));
+                let line = self.style.green(&if chat.is_legacy() {
+                    format!("chat open with {shown} (an original client: it does not say whether it accepted; it closes the chat if not)")
+                } else {
+                    format!("{shown} accepted the chat")
+                });
                 self.say(line);
                 self.run_chat(chat)
             }

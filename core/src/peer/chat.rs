@@ -23,7 +23,9 @@
 use super::slots::{Full, Slot};
 use super::{Hooks, Inner, PeerEvent};
 use crate::error::{is_timeout, Error, Result};
-use crate::limits::{MAX_CHAT_MESSAGE, MAX_PEER_LINE};
+use crate::limits::{
+    LEGACY_CHAT_ANSWER_WAIT, LEGACY_CHAT_GAP, LEGACY_CHAT_PIECE, MAX_CHAT_MESSAGE, MAX_PEER_LINE,
+};
 use crate::net::{read_line, write_all_within};
 use crate::protocol::{
     chat_frame_header, chat_message_header, parse_chat_header, parse_peer_answer, ChatFrame,
@@ -36,7 +38,7 @@ use std::io::{BufReader, Read, Write};
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The text of the `ERR declined` answer to a chat request nobody answered in time;
 /// the requesting peer reports it as a timeout rather than a refusal.
@@ -62,6 +64,8 @@ struct ChatShared {
     legacy: bool,
     io_timeout: Duration,
     writer: Mutex<TcpStream>,
+    /// When the last piece went to a legacy (original) client; taken under `writer`.
+    last_legacy_send: Mutex<Option<Instant>>,
     closed: AtomicBool,
     socket_key: Option<u64>,
     hooks: Hooks,
@@ -107,6 +111,13 @@ impl Chat {
         &self.shared.peer
     }
 
+    /// Whether the other side is an original C++ client: its chat is unframed (each
+    /// `send` is shown as one line), it says nothing when it accepts, and messages to
+    /// it go in pieces of at most [`LEGACY_CHAT_PIECE`] bytes, [`LEGACY_CHAT_GAP`] apart.
+    pub fn is_legacy(&self) -> bool {
+        self.shared.legacy
+    }
+
     /// Whether the chat has ended.
     pub fn is_closed(&self) -> bool {
         self.shared.closed.load(Ordering::SeqCst)
@@ -127,12 +138,14 @@ impl Chat {
                 limit: MAX_CHAT_MESSAGE,
             });
         }
-        let mut frame = Vec::with_capacity(text.len() + 16);
-        if !self.shared.legacy {
+        let result = if self.shared.legacy {
+            self.send_legacy(text)
+        } else {
+            let mut frame = Vec::with_capacity(text.len() + 16);
             frame.extend_from_slice(chat_message_header(text.len()).as_bytes());
-        }
-        frame.extend_from_slice(text.as_bytes());
-        let result = write_all_within(&self.shared.writer.lock(), &frame, self.shared.io_timeout);
+            frame.extend_from_slice(text.as_bytes());
+            write_all_within(&self.shared.writer.lock(), &frame, self.shared.io_timeout)
+        };
         result.map_err(|e| {
             let err = if is_timeout(&e) {
                 Error::Timeout(format!("{} is not reading the chat", self.shared.peer))
@@ -142,6 +155,25 @@ impl Chat {
             self.shared.finish(ChatClosedBy::Lost);
             err
         })
+    }
+
+    /// To an original client: each piece (at most [`LEGACY_CHAT_PIECE`] bytes, cut at
+    /// character boundaries) in its own `send`, at least [`LEGACY_CHAT_GAP`] after the
+    /// previous one, so that its one `recv` of 1000 bytes per loop takes each alone.
+    fn send_legacy(&self, text: &str) -> std::io::Result<()> {
+        let writer = self.shared.writer.lock();
+        let mut last = self.shared.last_legacy_send.lock();
+        for piece in legacy_pieces(text, LEGACY_CHAT_PIECE) {
+            if let Some(at) = *last {
+                let since = at.elapsed();
+                if since < LEGACY_CHAT_GAP {
+                    std::thread::sleep(LEGACY_CHAT_GAP - since);
+                }
+            }
+            write_all_within(&writer, piece.as_bytes(), self.shared.io_timeout)?;
+            *last = Some(Instant::now());
+        }
+        Ok(())
     }
 
     /// End the chat; the other side is told. Idempotent.
@@ -394,7 +426,11 @@ pub(super) fn request(inner: &Arc<Inner>, name: &str) -> Result<Chat> {
         .open_chats
         .try_acquire(None, max, usize::MAX)
         .map_err(|_| Error::Busy(format!("this peer ({max} chats open, the most allowed)")))?;
-    let addr = inner.peer_addr(name)?;
+    let info = inner.peer_info(name)?;
+    if info.legacy {
+        return request_legacy(inner, name, info.addr, slot);
+    }
+    let addr = info.addr;
     let stream = TcpStream::connect_timeout(&addr, inner.io_timeout)?;
     stream.set_nodelay(true)?;
     stream.set_write_timeout(Some(inner.io_timeout))?;
@@ -452,6 +488,71 @@ pub(super) fn request(inner: &Arc<Inner>, name: &str) -> Result<Chat> {
     result
 }
 
+/// Ask an original client for a chat: `CHAT,<me>` in one `send`, no terminator. It
+/// answers nothing when its person accepts; it closes the connection when they do not
+/// within its 5 s. So: a close within [`LEGACY_CHAT_ANSWER_WAIT`] is
+/// [`Error::NoAnswer`]; bytes from it mean it accepted and already talks; neither means
+/// it accepted (or has not read the request yet: it serves one chat at a time) and the
+/// chat opens.
+fn request_legacy(inner: &Arc<Inner>, name: &str, addr: SocketAddr, slot: Slot) -> Result<Chat> {
+    let stream = TcpStream::connect_timeout(&addr, inner.io_timeout)?;
+    stream.set_nodelay(true)?;
+    stream.set_write_timeout(Some(inner.io_timeout))?;
+    let key = inner.track_socket(&stream);
+    let result = (|| {
+        (&stream).write_all(format!("CHAT,{}", inner.username).as_bytes())?;
+        let deadline = Instant::now() + LEGACY_CHAT_ANSWER_WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            stream.set_read_timeout(Some(left))?;
+            match stream.peek(&mut [0u8; 1]) {
+                Ok(0) if inner.stopping() => return Err(Error::Shutdown),
+                Ok(0) => return Err(Error::NoAnswer(name.to_string())),
+                Ok(_) => break,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) if is_timeout(&e) => break,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                    return Err(Error::NoAnswer(name.to_string()))
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if inner.stopping() {
+            return Err(Error::Shutdown);
+        }
+        start(
+            inner,
+            BufReader::new(stream.try_clone()?),
+            stream.try_clone()?,
+            name,
+            true,
+            slot,
+        )
+    })();
+    inner.forget_socket(key);
+    result
+}
+
+/// `text` cut into pieces of at most `max` bytes, each ending at a character boundary
+/// (no piece is empty; an empty text gives none).
+pub(crate) fn legacy_pieces(text: &str, max: usize) -> Vec<&str> {
+    let mut pieces = Vec::new();
+    let mut rest = text;
+    while !rest.is_empty() {
+        let mut end = rest.len().min(max.max(4));
+        while !rest.is_char_boundary(end) {
+            end -= 1;
+        }
+        let (piece, tail) = rest.split_at(end);
+        pieces.push(piece);
+        rest = tail;
+    }
+    pieces
+}
+
 /// Open the chat: register its socket and start its reader thread, which holds `slot`
 /// (its place among the open chats) until it ends.
 fn start(
@@ -473,6 +574,7 @@ fn start(
         io_timeout: inner.io_timeout,
         socket_key: inner.track_socket(&writer),
         writer: Mutex::new(writer),
+        last_legacy_send: Mutex::new(None),
         closed: AtomicBool::new(false),
         hooks: inner.hooks.clone(),
         inner: Arc::downgrade(inner),
@@ -548,5 +650,25 @@ fn read_legacy(chat: &ChatShared, reader: &mut BufReader<TcpStream>) -> ChatClos
             Err(_) => return ChatClosedBy::Lost,
         };
         deliver(chat, &String::from_utf8_lossy(&buf[..n]));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::legacy_pieces;
+
+    #[test]
+    fn legacy_pieces_fit_the_original_buffer_and_keep_characters_whole() {
+        assert!(legacy_pieces("", 999).is_empty());
+        assert_eq!(legacy_pieces("hello", 999), vec!["hello"]);
+        let long = "a".repeat(1500);
+        let p = legacy_pieces(&long, 999);
+        assert_eq!((p.len(), p[0].len(), p[1].len()), (2, 999, 501));
+        // 'é' is two bytes: a cut at 999 would split one.
+        let accents = "é".repeat(600);
+        let p = legacy_pieces(&accents, 999);
+        assert!(p.iter().all(|x| x.len() <= 999));
+        assert_eq!(p.concat(), accents);
+        assert_eq!(p[0].len(), 998);
     }
 }

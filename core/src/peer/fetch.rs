@@ -27,6 +27,8 @@ struct TransferShared {
     id: TransferId,
     from: String,
     file: String,
+    /// From an original client: no hash, so the file cannot be verified.
+    legacy: bool,
     received: AtomicU64,
     total: AtomicU64,
     cancelled: AtomicBool,
@@ -58,7 +60,15 @@ impl Transfer {
         &self.shared.file
     }
 
-    /// `(bytes received, total size)`; the total is 0 until the other peer answered.
+    /// Whether the file comes with a hash that is checked before it gets its name.
+    /// `false` for a download from an original C++ client (it sends raw bytes and
+    /// closes: the file is saved as received, **unverified**).
+    pub fn is_verified(&self) -> bool {
+        !self.shared.legacy
+    }
+
+    /// `(bytes received, total size)`; the total is 0 until the other peer answered
+    /// (and stays 0 for an original client, which never says).
     /// Received bytes include a resumed partial file.
     pub fn progress(&self) -> (u64, u64) {
         (
@@ -139,14 +149,16 @@ pub(super) fn start(inner: &Arc<Inner>, from: &str, file: &str) -> Result<Transf
     if inner.stopping() {
         return Err(Error::Shutdown);
     }
-    let addr = inner.peer_addr(from)?;
+    let info = inner.peer_info(from)?;
+    let addr = info.addr;
     let receiver = Receiver::prepare(&inner.download_dir, file)?;
     let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(0);
     let shared = Arc::new(TransferShared {
         id: inner.next_id(),
         from: from.to_string(),
         file: file.to_string(),
-        received: AtomicU64::new(receiver.offset()),
+        legacy: info.legacy,
+        received: AtomicU64::new(if info.legacy { 0 } else { receiver.offset() }),
         total: AtomicU64::new(0),
         cancelled: AtomicBool::new(false),
         socket: Mutex::new(None),
@@ -170,7 +182,12 @@ fn run(
     addr: SocketAddr,
     done: Sender<()>,
 ) {
-    let result = download(&inner, &t, receiver, addr).map_err(|e| {
+    let result = if t.legacy {
+        download_legacy(&inner, &t, receiver, addr)
+    } else {
+        download(&inner, &t, receiver, addr)
+    };
+    let result = result.map_err(|e| {
         if t.cancelled.load(Ordering::SeqCst) || inner.stopping() {
             Error::Cancelled
         } else {
@@ -278,6 +295,106 @@ fn download(
     }
     // Not reached: a second round asks from 0, where every answer ends the loop.
     Err(Error::protocol(addr, "no usable answer to a resume"))
+}
+
+/// From an original client: `FILE,<name>` in one `send`, then its raw bytes until it
+/// closes, saved unverified (there is no hash) through the same partial file and
+/// no-overwrite rename. The original cannot resume, so a partial file already there
+/// (from another peer) is left alone and the download refused. An original sends
+/// nothing at all for a file it cannot open, so zero bytes are an empty file only if
+/// the registry lists the name in its share.
+fn download_legacy(
+    inner: &Inner,
+    t: &TransferShared,
+    receiver: Receiver,
+    addr: SocketAddr,
+) -> Result<PathBuf> {
+    if receiver.offset() > 0 {
+        let origin = receiver.origin().map(|o| o.peer.clone());
+        return Err(conflict(
+            t,
+            &receiver,
+            origin.as_deref().unwrap_or("an unrecorded peer"),
+        ));
+    }
+    // Until the receiver takes over (it removes its partial on failure), an early
+    // failure leaves no empty partial behind.
+    let mut pending = Some(receiver);
+    let result = legacy_transfer(inner, t, &mut pending, addr);
+    if let Some(r) = pending {
+        r.discard_if_empty();
+    }
+    let (path, len) = result?;
+    if len == 0 {
+        let listed = inner
+            .registry
+            .files_of(&t.from)
+            .is_ok_and(|files| files.iter().any(|f| f == &t.file));
+        if !listed {
+            let _ = std::fs::remove_file(&path);
+            return Err(Error::FileNotFound {
+                user: t.from.clone(),
+                file: t.file.clone(),
+            });
+        }
+    }
+    Ok(path)
+}
+
+/// Connect, ask, receive (see [`download_legacy`]); takes the receiver out of `pending`
+/// when it starts receiving.
+fn legacy_transfer(
+    inner: &Inner,
+    t: &TransferShared,
+    pending: &mut Option<Receiver>,
+    addr: SocketAddr,
+) -> Result<(PathBuf, u64)> {
+    let limits = &inner.limits;
+    let free = crate::transfer::free_space(&inner.download_dir)?;
+    let mut limit = free.saturating_sub(limits.free_space_margin);
+    if let Some(max) = limits.max_download_size {
+        limit = limit.min(max);
+    }
+    let stream = TcpStream::connect_timeout(&addr, inner.io_timeout)?;
+    stream.set_write_timeout(Some(inner.io_timeout))?;
+    *t.socket.lock() = Some(stream.try_clone()?);
+    let key = inner.track_socket(&stream);
+    let result = (|| {
+        if t.cancelled.load(Ordering::SeqCst) {
+            return Err(Error::Cancelled);
+        }
+        (&stream).write_all(format!("FILE,{}", t.file).as_bytes())?;
+        // Nothing more to say: a p2pchat peer then takes the request as whole at once.
+        let _ = stream.shutdown(Shutdown::Write);
+        let pace = Pace {
+            min_rate: limits.min_transfer_rate,
+            window: limits.min_rate_window,
+            idle: inner.io_timeout,
+        };
+        stream.set_read_timeout(Some(pace.tick()))?;
+        let mut reader = BufReader::with_capacity(256 * 1024, stream.try_clone()?);
+        let Some(mut receiver) = pending.take() else {
+            return Err(Error::Closed);
+        };
+        receiver.set_pace(pace);
+        inner.emit(PeerEvent::TransferStarted {
+            id: t.id,
+            from: t.from.clone(),
+            file: t.file.clone(),
+            size: 0,
+            offset: 0,
+        });
+        let mut progress = |got: u64| {
+            t.received.store(got, Ordering::Relaxed);
+            if let Some(h) = &inner.hooks.progress {
+                call_hook(|| h(t.id, got, 0));
+            }
+            !t.cancelled.load(Ordering::SeqCst)
+        };
+        receiver.receive_unverified(&mut reader, &t.from, limit, &mut progress)
+    })();
+    inner.forget_socket(key);
+    result
 }
 
 fn conflict(t: &TransferShared, receiver: &Receiver, origin: &str) -> Error {

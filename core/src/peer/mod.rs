@@ -21,9 +21,10 @@ mod slots;
 
 pub use chat::{Chat, ChatClosedBy, ChatId, ChatRequest};
 pub use fetch::{Transfer, TransferId};
+pub use registry_link::{PeerInfo, RegistryMode};
 
 use crate::error::{Error, Result};
-use crate::limits::{self, CHAT_ANSWER_TIMEOUT, PEER_IO_TIMEOUT};
+use crate::limits::{self, CHAT_ANSWER_TIMEOUT, LEGACY_QUERY_MAX, PEER_IO_TIMEOUT};
 use crate::protocol::{check_username, Answer, Query};
 use crate::share::{ScanReport, Share};
 use crate::thread::Threads;
@@ -167,6 +168,7 @@ pub struct PeerBuilder {
     limits: PeerLimits,
     hooks: Hooks,
     live_share: bool,
+    registry_mode: RegistryMode,
 }
 
 impl PeerBuilder {
@@ -179,6 +181,25 @@ impl PeerBuilder {
     pub fn live_share(mut self, on: bool) -> Self {
         self.live_share = on;
         self
+    }
+
+    /// How to talk to the registry (default [`RegistryMode::Auto`]: probe at every
+    /// connection whether it is a p2pchat registry or the original server).
+    pub fn registry_mode(mut self, mode: RegistryMode) -> Self {
+        self.registry_mode = mode;
+        self
+    }
+
+    /// `true`: talk to the registry as the original client did
+    /// ([`RegistryMode::Legacy`]: one query per connection, form-B `INIT` re-sent every
+    /// [`LEGACY_REREGISTER`](crate::limits::LEGACY_REREGISTER)); `false`: the default,
+    /// [`RegistryMode::Auto`].
+    pub fn legacy_registry(self, legacy: bool) -> Self {
+        self.registry_mode(if legacy {
+            RegistryMode::Legacy
+        } else {
+            RegistryMode::Auto
+        })
     }
 
     /// Use these bounds instead of the defaults.
@@ -300,7 +321,7 @@ impl PeerBuilder {
             None => share.dir().to_path_buf(),
         };
         fetch::remove_stale_partials(&download_dir, &self.limits);
-        let registry = RegistryLink::new(&self.registry);
+        let registry = RegistryLink::new(&self.registry, self.registry_mode);
         let listen_ip = match self.listen_ip {
             Some(ip) => ip,
             None => {
@@ -337,6 +358,7 @@ impl PeerBuilder {
             open_chats: Arc::default(),
             refuser,
             listener_dup: listener.try_clone()?,
+            legacy_cut: Mutex::new(Vec::new()),
         });
         inner.scan_share(None)?;
         inner.register()?;
@@ -392,6 +414,9 @@ pub(crate) struct Inner {
     /// by connecting to it failed in a process out of descriptors, and the peer's exit
     /// then waited for the listener forever.
     listener_dup: TcpListener,
+    /// Files left out of a legacy-mode `INIT` (it must stay under 1000 bytes), already
+    /// reported, so the periodic re-registration does not report them again.
+    legacy_cut: Mutex<Vec<String>>,
 }
 
 /// Whether a request's first bytes are a legacy (original client) request, which is
@@ -468,17 +493,48 @@ impl Inner {
 
     fn init_query(&self) -> String {
         let names = self.share.names();
-        Query::Init {
-            username: &self.username,
-            dir: None,
-            port: self.listen_addr.port(),
-            files: names.iter().map(String::as_str).collect(),
+        if !self.registry.is_legacy() {
+            return Query::Init {
+                username: &self.username,
+                dir: None,
+                port: self.listen_addr.port(),
+                files: names.iter().map(String::as_str).collect(),
+            }
+            .to_string();
         }
-        .to_string()
+        // Form B, the only form the original server parses (form A crashes it). The
+        // directory field is `.`: nobody reads it, the real path would only tell the
+        // registry about this machine, and `.` is never mistaken for a port.
+        let mut query = format!("INIT,{},.,{}", self.username, self.listen_addr.port());
+        let mut cut = Vec::new();
+        for name in &names {
+            if cut.is_empty() && query.len() + 1 + name.len() <= LEGACY_QUERY_MAX {
+                query.push(',');
+                query.push_str(name);
+            } else {
+                cut.push(name.clone());
+            }
+        }
+        let mut reported = self.legacy_cut.lock();
+        for name in &cut {
+            if !reported.contains(name) {
+                self.emit(PeerEvent::ShareSkipped {
+                    name: name.clone(),
+                    reason: format!(
+                        "not announced: a registration with an original registry must fit in \
+                         {LEGACY_QUERY_MAX} bytes"
+                    ),
+                });
+            }
+        }
+        *reported = cut;
+        query
     }
 
-    /// Send `INIT` with the current share; `OK` and `UP` are both success.
+    /// Send `INIT` with the current share; `OK` and `UP` are both success. The form
+    /// depends on the registry's kind, so that is settled first.
     fn register(&self) -> Result<()> {
+        self.registry.ready()?;
         match self.registry.ask(&self.init_query())? {
             Answer::Ok(_) | Answer::Up => Ok(()),
             Answer::Err(r) if r == crate::protocol::reason::USERNAME_TAKEN => {
@@ -491,9 +547,9 @@ impl Inner {
         }
     }
 
-    pub fn peer_addr(&self, name: &str) -> Result<SocketAddr> {
+    pub fn peer_info(&self, name: &str) -> Result<PeerInfo> {
         check_username(name).map_err(|_| Error::InvalidUsername(name.to_string()))?;
-        self.registry.peer_addr(name)
+        self.registry.peer_info(name)
     }
 
     pub fn rescan(&self) -> Result<ScanReport> {
@@ -509,7 +565,7 @@ impl Inner {
         }
         // Disconnect the stop channel: every select on `stop_rx` wakes now.
         self.stop_tx.lock().take();
-        let _ = self.registry.ask(
+        self.registry.exit(
             &Query::Exit {
                 username: &self.username,
             }
@@ -546,10 +602,13 @@ impl Inner {
     }
 }
 
-/// Re-open the registry session when it drops, with backoff, and register again.
+/// Re-open the registry session when it drops, with backoff, and register again. In
+/// legacy mode (no session to watch) send `INIT` again every
+/// [`LEGACY_REREGISTER`](limits::LEGACY_REREGISTER) instead.
 fn keep_registered(inner: Arc<Inner>) {
     let mut backoff = Duration::from_millis(100);
     let mut lost = false;
+    let mut last_legacy_init = std::time::Instant::now();
     loop {
         let wait = if lost {
             backoff
@@ -558,6 +617,33 @@ fn keep_registered(inner: Arc<Inner>) {
         };
         if inner.stop_rx.recv_timeout(wait) != Err(crossbeam_channel::RecvTimeoutError::Timeout) {
             return; // stopping
+        }
+        if inner.registry.is_legacy() {
+            if !lost && last_legacy_init.elapsed() < limits::LEGACY_REREGISTER {
+                continue;
+            }
+            last_legacy_init = std::time::Instant::now();
+            match inner.register() {
+                Ok(()) if lost => {
+                    lost = false;
+                    inner.emit(PeerEvent::RegistryRestored);
+                }
+                Ok(()) => {}
+                Err(e) => {
+                    if !lost {
+                        lost = true;
+                        backoff = Duration::from_millis(100);
+                        inner.emit(PeerEvent::RegistryLost {
+                            detail: format!(
+                                "registering again with {} failed: {e}",
+                                inner.registry.addr()
+                            ),
+                        });
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+            }
+            continue;
         }
         if inner.registry.is_alive() {
             continue;
@@ -621,6 +707,7 @@ impl Peer {
             limits: PeerLimits::default(),
             hooks: Hooks::default(),
             live_share: false,
+            registry_mode: RegistryMode::default(),
         }
     }
 
@@ -657,12 +744,24 @@ impl Peer {
 
     /// Usernames online, sorted.
     pub fn users(&self) -> Result<Vec<String>> {
-        self.inner.registry.ask_ok("GET_U", None)
+        self.inner.registry.users()
     }
 
     /// Where another peer listens.
     pub fn peer_addr(&self, name: &str) -> Result<SocketAddr> {
-        self.inner.peer_addr(name)
+        Ok(self.inner.peer_info(name)?.addr)
+    }
+
+    /// Where another peer listens, and whether it is an original client (or the
+    /// registry is an original one, which cannot tell).
+    pub fn peer_info(&self, name: &str) -> Result<PeerInfo> {
+        self.inner.peer_info(name)
+    }
+
+    /// Whether this peer talks to its registry in the original's legacy way (forced
+    /// with [`PeerBuilder::legacy_registry`], or found by the probe).
+    pub fn registry_is_legacy(&self) -> bool {
+        self.inner.registry.is_legacy()
     }
 
     /// Every online user's shared files.
@@ -673,9 +772,7 @@ impl Peer {
     /// One user's shared files.
     pub fn files_of(&self, name: &str) -> Result<Vec<String>> {
         check_username(name).map_err(|_| Error::InvalidUsername(name.to_string()))?;
-        self.inner
-            .registry
-            .ask_ok(&format!("GET_UF,{name}"), Some(name))
+        self.inner.registry.files_of(name)
     }
 
     /// Re-read the shared directory and update the registry (`UP`).
@@ -725,8 +822,13 @@ impl std::fmt::Debug for Peer {
 /// Ask the registry at `registry` whether `username` is free (for prompting before
 /// [`PeerBuilder::connect`]). Opens and closes its own connection.
 pub fn username_available(registry: &str, username: &str) -> Result<bool> {
+    username_available_with(registry, username, RegistryMode::Auto)
+}
+
+/// [`username_available`] with a chosen [`RegistryMode`].
+pub fn username_available_with(registry: &str, username: &str, mode: RegistryMode) -> Result<bool> {
     check_username(username).map_err(|_| Error::InvalidUsername(username.to_string()))?;
-    let link = RegistryLink::new(registry);
+    let link = RegistryLink::new(registry, mode);
     let answer = link.ask(&format!("GET_P,{username}"))?;
     link.disconnect();
     Ok(matches!(answer, Answer::Err(r) if r == crate::protocol::reason::USER_NOT_FOUND))
@@ -739,21 +841,32 @@ pub struct RegistryClient {
 }
 
 impl RegistryClient {
-    /// Connect to the registry at `addr` (`host:port`).
+    /// Connect to the registry at `addr` (`host:port`), finding out which kind it is
+    /// ([`RegistryMode::Auto`]).
     pub fn connect(addr: &str) -> Result<RegistryClient> {
-        let link = RegistryLink::new(addr);
+        RegistryClient::connect_with(addr, RegistryMode::Auto)
+    }
+
+    /// Connect to the registry at `addr` in the given mode.
+    pub fn connect_with(addr: &str, mode: RegistryMode) -> Result<RegistryClient> {
+        let link = RegistryLink::new(addr, mode);
         link.connect()?;
         Ok(RegistryClient { link })
     }
 
+    /// Whether the registry is spoken to in the original's legacy way.
+    pub fn is_legacy(&self) -> bool {
+        self.link.is_legacy()
+    }
+
     /// Usernames online.
     pub fn users(&self) -> Result<Vec<String>> {
-        self.link.ask_ok("GET_U", None)
+        self.link.users()
     }
 
     /// One user's files.
     pub fn files_of(&self, name: &str) -> Result<Vec<String>> {
-        self.link.ask_ok(&format!("GET_UF,{name}"), Some(name))
+        self.link.files_of(name)
     }
 
     /// Every user's files.
@@ -763,6 +876,11 @@ impl RegistryClient {
 
     /// One user's address.
     pub fn peer_addr(&self, name: &str) -> Result<SocketAddr> {
-        self.link.peer_addr(name)
+        Ok(self.link.peer_info(name)?.addr)
+    }
+
+    /// One user's address, and whether they are an original client.
+    pub fn peer_info(&self, name: &str) -> Result<PeerInfo> {
+        self.link.peer_info(name)
     }
 }

@@ -163,6 +163,9 @@ pub(crate) struct Directory {
     legacy_seen: Mutex<HashMap<IpAddr, Instant>>,
     bounds: Bounds,
     all_files: Rendered,
+    /// The `GET_AF` text in the original server's legacy form (see
+    /// [`Directory::all_files_legacy_text`]).
+    all_files_legacy: Rendered,
     usernames: Rendered,
     /// Accounted bytes released since the server last asked (it hands memory back to
     /// the system after large releases).
@@ -182,6 +185,7 @@ impl Directory {
             legacy_seen: Mutex::new(HashMap::new()),
             bounds,
             all_files: Mutex::new(None),
+            all_files_legacy: Mutex::new(None),
             usernames: Mutex::new(None),
             released: AtomicUsize::new(0),
         }
@@ -318,7 +322,7 @@ impl Directory {
     pub fn drop_stale_renders(&self) -> usize {
         let generation = self.users.read().generation;
         let mut freed = 0;
-        for cache in [&self.all_files, &self.usernames] {
+        for cache in [&self.all_files, &self.all_files_legacy, &self.usernames] {
             let mut c = cache.lock();
             if matches!(&*c, Some((g, _, _)) if *g != generation) {
                 freed += c.take().map_or(0, |(_, text, _)| text.len());
@@ -361,8 +365,15 @@ impl Directory {
         .0
     }
 
-    /// `OK,ip,port` or `ERR,User not found!`.
-    pub fn write_peer(&self, username: &str, out: &mut Vec<u8>) -> Result<(), QueryError> {
+    /// `OK,ip,port` or `ERR,User not found!`. With `mark_legacy` (session answers), a
+    /// user registered by a legacy (original client) query gets a third field:
+    /// `OK,ip,port,legacy`, so p2pchat peers talk to it in its own protocol.
+    pub fn write_peer(
+        &self,
+        username: &str,
+        mark_legacy: bool,
+        out: &mut Vec<u8>,
+    ) -> Result<(), QueryError> {
         let users = self.users.read();
         let slot = users
             .map
@@ -370,6 +381,9 @@ impl Directory {
             .ok_or(QueryError(reason::USER_NOT_FOUND))?;
         // Writing into a Vec cannot fail.
         let _ = write!(out, "OK,{},{}", slot.ip, slot.port);
+        if mark_legacy && matches!(slot.owner, Owner::Legacy { .. }) {
+            out.extend_from_slice(b",legacy");
+        }
         Ok(())
     }
 
@@ -397,6 +411,26 @@ impl Directory {
                 out.extend_from_slice(b": ");
                 out.extend_from_slice(slot.files.as_bytes());
                 out.push(b'\n');
+            }
+        })
+    }
+
+    /// The legacy-framing `GET_AF` answer, byte for byte the original server's: no
+    /// `OK,`, one `user: f1,f2,` line per user (each file followed by a comma; `user: `
+    /// for an empty share), lines joined by `\n` with none after the last; empty when
+    /// nobody is online. Shared like [`all_files_text`](Self::all_files_text).
+    pub fn all_files_legacy_text(&self) -> (Arc<[u8]>, usize) {
+        self.rendered(&self.all_files_legacy, |table, out| {
+            for (i, (name, slot)) in table.map.iter().enumerate() {
+                if i > 0 {
+                    out.push(b'\n');
+                }
+                out.extend_from_slice(name.as_bytes());
+                out.extend_from_slice(b": ");
+                if !slot.files.is_empty() {
+                    out.extend_from_slice(slot.files.as_bytes());
+                    out.push(b',');
+                }
             }
         })
     }

@@ -109,7 +109,8 @@ pub enum RegistryEvent {
         query: String,
         /// A summary of the answer: its lines joined with ` | ` (a `GET_AF` answer
         /// starts `OK (N users): `), cut at 160 bytes with `… (N bytes)`; e.g. `OK`,
-        /// `ERR,User not found!`, `OK (2 users): alice: notes.txt | bob: `.
+        /// `ERR,User not found!`, `OK (2 users): alice: notes.txt | bob: `;
+        /// `(nothing sent)` for a legacy answer that is nothing, as the original's was.
         outcome: String,
         /// Whether it came in the legacy unterminated framing.
         legacy: bool,

@@ -820,10 +820,16 @@ impl Server {
         let result =
             parsed.and_then(|q| execute(&self.shared.directory, caller, q, out, &mut conn.owned));
         let mut shared = None;
+        let mut suffix_bytes: &[u8] = b"";
         let mut refused = None;
         let mut prefix = String::new();
         match result {
             Ok(Answered::Inline) => {}
+            Ok(Answered::Nothing) => conn.close_after_flush = true,
+            Ok(Answered::Suffixed(text, suffix)) => {
+                shared = Some((text, 1));
+                suffix_bytes = suffix;
+            }
             Ok(Answered::Shared(text, users)) => shared = Some((text, users)),
             Ok(Answered::Prefixed(text)) if text.len() < SHARE_MIN => out.extend_from_slice(&text),
             Ok(Answered::Prefixed(text)) => {
@@ -835,7 +841,14 @@ impl Server {
             }
             Err(e) => {
                 out.extend_from_slice(b"ERR,");
-                out.extend_from_slice(e.0.as_bytes());
+                // The original server answered a known verb with the wrong number of
+                // fields as it answered anything it did not know.
+                let why = if legacy && e.0 == reason::WRONG_FIELD_COUNT {
+                    reason::INVALID_REQUEST
+                } else {
+                    e.0
+                };
+                out.extend_from_slice(why.as_bytes());
                 if e.0 == reason::REGISTRY_FULL || e.0 == reason::TOO_MANY_USERS {
                     refused = Some(e.0);
                 }
@@ -844,11 +857,16 @@ impl Server {
         let outcome = self.shared.hook.as_ref().map(|_| match &shared {
             Some((text, users)) if is_get_af => answer_summary(b"", text, Some(*users)),
             Some((text, _)) => answer_summary(prefix.as_bytes(), text, None),
+            // A legacy answer that is nothing, as the original server's was.
+            None if out.is_empty() => String::from("(nothing sent)"),
             None => answer_summary(b"", out, None),
         });
         match shared {
             Some((text, users)) => {
                 conn.out.push_shared(text);
+                if !suffix_bytes.is_empty() {
+                    conn.out.push_bytes(suffix_bytes);
+                }
                 // Session framing: a `GET_AF` answer ends with an empty line (user lines
                 // are never empty): a non-empty text already ends with `\n`, so one more
                 // makes the empty line; an empty one needs both.
@@ -1169,6 +1187,13 @@ enum Answered {
     Shared(Arc<[u8]>, usize),
     /// What is in the answer buffer, then this shared text.
     Prefixed(Arc<[u8]>),
+    /// Legacy framing only: this shared text, then these bytes.
+    Suffixed(Arc<[u8]>, &'static [u8]),
+    /// Legacy framing only: an empty answer, where the original server sent nothing.
+    /// The registry sends nothing too, then ends the connection (a FIN): the original
+    /// client waits in `recv` for an answer, and without the close it would wait for
+    /// ever (the original server never closed first).
+    Nothing,
 }
 
 /// Run one parsed query against the directory, writing an inline answer's text (without
@@ -1199,17 +1224,46 @@ fn execute(
         Query::Exit { username } => {
             directory.exit(caller, username)?;
             owned.remove(username);
-            out.extend_from_slice(b"OK");
+            // The original server answered a (legacy) `EXIT` with nothing; its client
+            // does not read one. A refusal is still an `ERR` line.
+            if caller.session {
+                out.extend_from_slice(b"OK");
+            }
         }
-        Query::GetUsers => return Ok(Answered::Shared(directory.usernames_text(), 1)),
-        Query::GetPeer { username } => directory.write_peer(username, out)?,
+        Query::GetUsers => {
+            let text = directory.usernames_text();
+            // The original server answered `OK,` with nobody online; p2pchat's session
+            // answer is `OK`.
+            if !caller.session && &*text == b"OK" {
+                out.extend_from_slice(b"OK,");
+                return Ok(Answered::Inline);
+            }
+            return Ok(Answered::Shared(text, 1));
+        }
+        Query::GetPeer { username } => directory.write_peer(username, caller.session, out)?,
         Query::GetUserFiles { username } => {
             let files = directory.user_files(username)?;
+            if !caller.session {
+                // The original server's bytes: no `OK,`, each file followed by a comma.
+                return Ok(if files.is_empty() {
+                    Answered::Nothing
+                } else {
+                    Answered::Suffixed(files, b",")
+                });
+            }
             out.extend_from_slice(b"OK");
             if !files.is_empty() {
                 out.push(b',');
                 return Ok(Answered::Prefixed(files));
             }
+        }
+        Query::GetAllFiles if !caller.session => {
+            let (text, users) = directory.all_files_legacy_text();
+            return Ok(if users == 0 {
+                Answered::Nothing
+            } else {
+                Answered::Shared(text, users)
+            });
         }
         Query::GetAllFiles => {
             let (text, users) = directory.all_files_text();
