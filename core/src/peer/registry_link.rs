@@ -115,9 +115,16 @@ impl RegistryLink {
         };
         if self.mode == RegistryMode::Auto {
             let original = probe(&mut conn).map_err(|e| match e {
-                Error::Timeout(_) | Error::Closed => Error::protocol(
+                // Silence is a timeout, whatever is listening there.
+                Error::Timeout(_) => Error::Timeout(format!(
+                    "the registry at {} did not answer within {} s",
+                    self.addr,
+                    REGISTRY_IO_TIMEOUT.as_secs()
+                )),
+                Error::Closed => Error::protocol(
                     &self.addr,
-                    "no answer to GET_U: neither a p2pchat registry nor the original server",
+                    "closed without answering GET_U: neither a p2pchat registry nor the \
+                     original server",
                 ),
                 e => e,
             })?;
