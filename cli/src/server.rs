@@ -79,29 +79,17 @@ pub fn run(args: &ServerArgs) -> Result<(), Failure> {
 
 /// The registry's bounds: the defaults, with what was given on the command line.
 fn config(args: &ServerArgs) -> RegistryConfig {
-    let mut c = RegistryConfig::default();
-    if let Some(n) = args.max_connections {
-        c.max_connections = n;
+    let d = RegistryConfig::default();
+    RegistryConfig {
+        max_connections: args.max_connections.unwrap_or(d.max_connections),
+        max_conns_per_addr: args.max_conns_per_addr.unwrap_or(d.max_conns_per_addr),
+        max_users: args.max_users.unwrap_or(d.max_users),
+        max_users_per_addr: args.max_users_per_addr.unwrap_or(d.max_users_per_addr),
+        queries_per_sec_per_addr: args.queries_per_sec.unwrap_or(d.queries_per_sec_per_addr),
+        query_burst_per_addr: args.query_burst.unwrap_or(d.query_burst_per_addr),
+        memory_budget: args.memory_budget.unwrap_or(d.memory_budget),
+        ..d
     }
-    if let Some(n) = args.max_conns_per_addr {
-        c.max_conns_per_addr = n;
-    }
-    if let Some(n) = args.max_users {
-        c.max_users = n;
-    }
-    if let Some(n) = args.max_users_per_addr {
-        c.max_users_per_addr = n;
-    }
-    if let Some(n) = args.queries_per_sec {
-        c.queries_per_sec_per_addr = n;
-    }
-    if let Some(n) = args.query_burst {
-        c.query_burst_per_addr = n;
-    }
-    if let Some(n) = args.memory_budget {
-        c.memory_budget = n;
-    }
-    c
 }
 
 /// Events that `--quiet` leaves out: one per connection or query.

@@ -11,12 +11,6 @@ use std::net::TcpListener;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-fn client(args: &[&str]) -> Proc {
-    let mut all = vec!["client"];
-    all.extend_from_slice(args);
-    Proc::start(&all)
-}
-
 #[test]
 fn bad_input_is_asked_again_and_end_of_input_exits_cleanly() {
     let (registry, addr) = registry();

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{pattern, registry, BIN, WAIT};
+use common::{pattern, register_by_hand, registry, BIN, WAIT};
 use expectrl::process::unix::{PtyStream, UnixProcess};
 use expectrl::stream::log::LoggedStream;
 use expectrl::{ControlCode, WaitStatus};
@@ -37,6 +37,24 @@ struct Pty {
 }
 
 impl Pty {
+    /// `p2pchat client` as `user` sharing `dir` on any port, all given as flags.
+    fn client(user: &'static str, registry: &str, dir: &str, color: bool) -> Pty {
+        Pty::spawn(
+            user,
+            &[
+                "--registry",
+                registry,
+                "--user",
+                user,
+                "--dir",
+                dir,
+                "--port",
+                "0",
+            ],
+            color,
+        )
+    }
+
     fn spawn(name: &'static str, args: &[&str], color: bool) -> Pty {
         let mut cmd = Command::new(BIN);
         cmd.arg("client").args(args).env_remove("P2PCHAT_REGISTRY");
@@ -124,20 +142,7 @@ fn full_session_between_two_terminals() {
 
     // bob gives everything as flags; a terminal without NO_COLOR gets colours.
     let bob_path = bob_dir.path().to_str().unwrap();
-    let mut bob = Pty::spawn(
-        "bob",
-        &[
-            "--registry",
-            &addr,
-            "--user",
-            "bob",
-            "--dir",
-            bob_path,
-            "--port",
-            "0",
-        ],
-        true,
-    );
+    let mut bob = Pty::client("bob", &addr, bob_path, true);
     bob.expect("\x1b[32mregistered as bob");
     bob.expect("Enter choice: ");
 
@@ -240,35 +245,9 @@ fn ctrl_d_ends_only_the_chat_in_a_terminal() {
     let (registry, addr) = registry();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_str().unwrap();
-    let mut alice = Pty::spawn(
-        "alice",
-        &[
-            "--registry",
-            &addr,
-            "--user",
-            "alice",
-            "--dir",
-            d,
-            "--port",
-            "0",
-        ],
-        false,
-    );
+    let mut alice = Pty::client("alice", &addr, d, false);
     alice.expect("Enter choice: ");
-    let mut bob = Pty::spawn(
-        "bob",
-        &[
-            "--registry",
-            &addr,
-            "--user",
-            "bob",
-            "--dir",
-            d,
-            "--port",
-            "0",
-        ],
-        false,
-    );
+    let mut bob = Pty::client("bob", &addr, d, false);
     bob.expect("Enter choice: ");
     bob.send_line("2");
     bob.expect("Enter username");
@@ -323,20 +302,7 @@ fn lines_arriving_while_typing_start_on_a_fresh_line() {
         .connect()
         .unwrap();
     let d = alice_dir.path().to_str().unwrap();
-    let mut alice = Pty::spawn(
-        "alice",
-        &[
-            "--registry",
-            &addr,
-            "--user",
-            "alice",
-            "--dir",
-            d,
-            "--port",
-            "0",
-        ],
-        false,
-    );
+    let mut alice = Pty::client("alice", &addr, d, false);
     // As a person's terminal: what is typed is echoed at once (before Enter).
     alice
         .session
@@ -405,17 +371,7 @@ fn serve_slowly(
     limit: usize,
 ) -> (std::net::TcpStream, std::thread::JoinHandle<()>) {
     use std::io::{BufRead, BufReader};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let mut session = std::net::TcpStream::connect(registry).unwrap();
-    session
-        .write_all(format!("INIT,bob,{port},{name}\n").as_bytes())
-        .unwrap();
-    let mut ok = String::new();
-    BufReader::new(session.try_clone().unwrap())
-        .read_line(&mut ok)
-        .unwrap();
-    assert_eq!(ok, "OK\n");
+    let (listener, session) = register_by_hand(registry, "bob", name);
     let server = std::thread::spawn(move || {
         listener.set_nonblocking(false).unwrap();
         let Ok((mut s, _)) = listener.accept() else {

@@ -6,36 +6,11 @@
 mod common;
 
 use common::*;
-use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-fn client(args: &[&str]) -> Proc {
-    let mut all = vec!["client"];
-    all.extend_from_slice(args);
-    Proc::start(&all)
-}
-
-/// `p2pchat client` registered as `user` on `registry`, at its menu.
-fn client_at_menu(registry: &str, user: &str, dir: &std::path::Path, extra: &[&str]) -> Proc {
-    let d = dir.to_str().unwrap();
-    let mut args = vec![
-        "--registry",
-        registry,
-        "--user",
-        user,
-        "--dir",
-        d,
-        "--port",
-        "0",
-    ];
-    args.extend_from_slice(extra);
-    let mut c = client(&args);
-    c.expect("Enter choice: ");
-    c
-}
 
 fn peer_addr(registry: &p2pcore::registry::Registry, user: &str) -> SocketAddr {
     let port = registry.user(user).expect("registered").port;
@@ -462,17 +437,7 @@ fn threads(pid: i32) -> usize {
 fn a_download_cancelled_by_sigint_leaves_no_thread_behind() {
     let (registry, addr) = registry();
     // A peer that registers a file, takes the request for it and never answers.
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let mut session = TcpStream::connect(&addr).unwrap();
-    session
-        .write_all(format!("INIT,stall,{port},x.bin\n").as_bytes())
-        .unwrap();
-    let mut ok = String::new();
-    BufReader::new(session.try_clone().unwrap())
-        .read_line(&mut ok)
-        .unwrap();
-    assert_eq!(ok, "OK\n");
+    let (listener, session) = register_by_hand(&addr, "stall", "x.bin");
     listener.set_nonblocking(true).unwrap();
 
     let dir = tempfile::tempdir().unwrap();

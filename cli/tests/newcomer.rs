@@ -6,7 +6,8 @@
 mod common;
 
 use common::{
-    assert_one_line_error, command, eventually, pattern, registry, run, share, Proc, WAIT,
+    assert_one_line_error, client_at_menu, command, eventually, pattern, register_by_hand,
+    registry, run, share, Proc, WAIT,
 };
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
@@ -233,17 +234,7 @@ struct StallingBob {
 
 impl StallingBob {
     fn start(registry: &str, name: &str, data: &[u8], hash: String, sent: usize) -> StallingBob {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let mut session = TcpStream::connect(registry).unwrap();
-        session
-            .write_all(format!("INIT,bob,{port},{name}\n").as_bytes())
-            .unwrap();
-        let mut ok = String::new();
-        BufReader::new(session.try_clone().unwrap())
-            .read_line(&mut ok)
-            .unwrap();
-        assert_eq!(ok, "OK\n");
+        let (listener, session) = register_by_hand(registry, "bob", name);
         let (tx, held) = crossbeam_channel::bounded(1);
         let head = data[..sent].to_vec();
         let size = data.len();
@@ -366,22 +357,7 @@ fn share_says_when_chats_end_the_registry_drops_and_it_is_interrupted() {
 fn client_says_it_cannot_leave_a_registry_that_is_gone() {
     let (registry, addr) = registry();
     let dir = tempfile::tempdir().unwrap();
-    let d = dir.path().to_str().unwrap();
-    let mut a = Proc::spawn(
-        clean(&[
-            "client",
-            "--registry",
-            &addr,
-            "--user",
-            "alice",
-            "--dir",
-            d,
-            "--port",
-            "0",
-        ])
-        .stdin(Stdio::piped()),
-    );
-    a.expect("Enter choice: ");
+    let mut a = client_at_menu(&addr, "alice", dir.path(), &[]);
     registry.shutdown();
     a.expect("lost the registry (");
     a.expect("Enter choice: ");
@@ -558,22 +534,7 @@ fn the_readme_session_is_real_output() {
 fn an_interrupted_send_exits_130_and_leaves() {
     let (registry, addr) = registry();
     let dir = tempfile::tempdir().unwrap();
-    let d = dir.path().to_str().unwrap();
-    let mut alice = Proc::spawn(
-        clean(&[
-            "client",
-            "--registry",
-            &addr,
-            "--user",
-            "alice",
-            "--dir",
-            d,
-            "--port",
-            "0",
-        ])
-        .stdin(Stdio::piped()),
-    );
-    alice.expect("Enter choice: ");
+    let mut alice = client_at_menu(&addr, "alice", dir.path(), &[]);
     let mut send = Proc::spawn(
         clean(&[
             "send",

@@ -6,7 +6,7 @@
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use p2pcore::registry::Registry;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -40,6 +40,33 @@ pub struct Output {
     pub status: ExitStatus,
     pub stdout: String,
     pub stderr: String,
+}
+
+/// Spawn `p2pchat client ARGS` with a piped stdin.
+pub fn client(args: &[&str]) -> Proc {
+    let mut all = vec!["client"];
+    all.extend_from_slice(args);
+    Proc::start(&all)
+}
+
+/// `p2pchat client` online as `user` sharing `dir` on any port, with `extra` flags;
+/// returns once it shows its menu.
+pub fn client_at_menu(registry: &str, user: &str, dir: &Path, extra: &[&str]) -> Proc {
+    let d = dir.to_str().unwrap();
+    let mut args = vec![
+        "--registry",
+        registry,
+        "--user",
+        user,
+        "--dir",
+        d,
+        "--port",
+        "0",
+    ];
+    args.extend_from_slice(extra);
+    let mut c = client(&args);
+    c.expect("Enter choice: ");
+    c
 }
 
 /// Run a command to its end (killed after [`WAIT`]).
@@ -343,6 +370,24 @@ pub fn vm_rss_kib(pid: i32) -> u64 {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .expect("VmRSS in /proc/<pid>/status")
+}
+
+/// The start of a peer made by hand: a listener on a free loopback port, registered in
+/// `registry` as `user` sharing `file` (asserting the registry's `OK`). Returns the
+/// listener and the registry session, which keeps the registration while open.
+pub fn register_by_hand(registry: &str, user: &str, file: &str) -> (TcpListener, TcpStream) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let mut session = TcpStream::connect(registry).unwrap();
+    session
+        .write_all(format!("INIT,{user},{port},{file}\n").as_bytes())
+        .unwrap();
+    let mut ok = String::new();
+    BufReader::new(session.try_clone().unwrap())
+        .read_line(&mut ok)
+        .unwrap();
+    assert_eq!(ok, "OK\n");
+    (listener, session)
 }
 
 /// A peer speaking the wire protocol by hand, as a hostile one would: it asks `to` (a

@@ -31,16 +31,9 @@ pub fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     f()
 }
 
-/// A fake peer registered in the registry that answers a file request with `answer`
-/// and then `body`.
-pub fn fake_server(
-    registry: SocketAddr,
-    name: &str,
-    answer: String,
-    body: Vec<u8>,
-) -> (TcpStream, std::thread::JoinHandle<()>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
+/// Registers `name` on `port` sharing `x.bin` (asserting the registry's `OK`); the
+/// registration lasts while the returned session is open.
+fn register(registry: SocketAddr, name: &str, port: u16) -> TcpStream {
     let mut session = TcpStream::connect(registry).unwrap();
     session
         .write_all(format!("INIT,{name},{port},x.bin\n").as_bytes())
@@ -50,6 +43,19 @@ pub fn fake_server(
         .read_line(&mut ok)
         .unwrap();
     assert_eq!(ok, "OK\n");
+    session
+}
+
+/// A fake peer registered in the registry that answers a file request with `answer`
+/// and then `body`.
+pub fn fake_server(
+    registry: SocketAddr,
+    name: &str,
+    answer: String,
+    body: Vec<u8>,
+) -> (TcpStream, std::thread::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let session = register(registry, name, listener.local_addr().unwrap().port());
     let handle = std::thread::spawn(move || {
         let (mut s, _) = listener.accept().unwrap();
         let mut line = String::new();
@@ -107,16 +113,7 @@ pub fn fake_peer(
     use std::sync::Arc;
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let mut session = TcpStream::connect(registry).unwrap();
-    session
-        .write_all(format!("INIT,{name},{port},x.bin\n").as_bytes())
-        .unwrap();
-    let mut ok = String::new();
-    BufReader::new(session.try_clone().unwrap())
-        .read_line(&mut ok)
-        .unwrap();
-    assert_eq!(ok, "OK\n");
+    let session = register(registry, name, listener.local_addr().unwrap().port());
     let stop = Arc::new(AtomicBool::new(false));
     let serve = Arc::new(serve);
     let flag = stop.clone();

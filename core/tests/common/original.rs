@@ -151,16 +151,27 @@ impl OriginalServer {
     }
 }
 
+/// Ends an original program's accept loop listening on `addr`: sets `stop`, shuts its
+/// open connections, wakes the loop with a connection of our own and joins it.
+fn stop_listening(
+    stop: &AtomicBool,
+    conns: &Mutex<Vec<TcpStream>>,
+    addr: SocketAddr,
+    accept: Option<JoinHandle<()>>,
+) {
+    stop.store(true, Ordering::SeqCst);
+    for c in conns.lock().unwrap().drain(..) {
+        let _ = c.shutdown(Shutdown::Both);
+    }
+    let _ = TcpStream::connect_timeout(&addr, Duration::from_secs(1));
+    if let Some(a) = accept {
+        let _ = a.join();
+    }
+}
+
 impl Drop for OriginalServer {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        for c in self.conns.lock().unwrap().drain(..) {
-            let _ = c.shutdown(Shutdown::Both);
-        }
-        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
-        if let Some(a) = self.accept.take() {
-            let _ = a.join();
-        }
+        stop_listening(&self.stop, &self.conns, self.addr, self.accept.take());
     }
 }
 
@@ -412,14 +423,7 @@ impl OriginalPeer {
 
 impl Drop for OriginalPeer {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        for c in self.open.lock().unwrap().drain(..) {
-            let _ = c.shutdown(Shutdown::Both);
-        }
-        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
-        if let Some(a) = self.accept.take() {
-            let _ = a.join();
-        }
+        stop_listening(&self.stop, &self.open, self.addr, self.accept.take());
     }
 }
 
