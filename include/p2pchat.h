@@ -14,8 +14,28 @@
 
 /** The version of this header (p2p_version() gives the library's). */
 #define P2PCHAT_VERSION "0.1.0"
+/** This header's version as numbers (see p2p_version_number()). */
+#define P2PCHAT_VERSION_MAJOR 0
+#define P2PCHAT_VERSION_MINOR 1
+#define P2PCHAT_VERSION_PATCH 0
+/** major * 10000 + minor * 100 + patch, as p2p_version_number() returns. */
+#define P2PCHAT_VERSION_NUMBER 100
 
 /*
+ * Languages: this header is C99 or later (C11, C17, C23) and C++11 or later; it is
+ * compiled by the tests as C99, C11, C++11 and C++17 with -Wall -Wextra -pedantic
+ * -Werror. All declarations are extern "C" in C++.
+ *
+ * Versions: the macros above give the header's version, p2p_version_number() the
+ * library's. A program checks at start-up that the library it was loaded with is
+ * the same major version and at least the minor it was built against:
+ *
+ *     unsigned v = p2p_version_number();
+ *     if (v / 10000 != P2PCHAT_VERSION_MAJOR || v < P2PCHAT_VERSION_NUMBER) { fail }
+ *
+ * (While the major is 0, a new minor may change the ABI and comes with a new
+ * SONAME; libp2pchat.so.0 is this one.)
+ *
  * Conventions (they hold for every function below):
  *
  * - Status: every fallible function returns a p2p_status; P2P_OK (0) is success.
@@ -531,6 +551,14 @@ extern "C" {
  * The library version (e.g. `"0.1.0"`), a static string: never free it.
  */
 const char *p2p_version(void);
+
+/**
+ * The library's version as one number: major * 10000 + minor * 100 + patch (0.1.0 is
+ * 100), to compare with the header's `P2PCHAT_VERSION_NUMBER`: a program built
+ * against this header works with a library of the same major and a number at least
+ * `P2PCHAT_VERSION_NUMBER` (see the header's preamble).
+ */
+uint32_t p2p_version_number(void);
 
 /**
  * The largest chat message `p2p_chat_send()` accepts, in bytes of UTF-8.

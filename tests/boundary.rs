@@ -10,7 +10,7 @@ use p2pchat::registry::*;
 use p2pchat::status::{p2p_status, p2p_status_name, FfiError};
 use p2pchat::strings::*;
 use p2pchat::transfer::*;
-use p2pchat::{p2p_max_chat_message_length, p2p_version};
+use p2pchat::{p2p_max_chat_message_length, p2p_version, p2p_version_number};
 use p2pcore::ErrorCode;
 use std::ffi::{c_char, c_void, CStr, CString};
 use std::path::Path;
@@ -264,6 +264,13 @@ fn status_names_are_distinct_and_unknown_values_are_safe() {
 fn version_is_the_package_version() {
     let v = unsafe { CStr::from_ptr(p2p_version()) };
     assert_eq!(v.to_str().unwrap(), env!("CARGO_PKG_VERSION"));
+    let part = |s: &str| s.parse::<u32>().unwrap();
+    assert_eq!(
+        p2p_version_number(),
+        part(env!("CARGO_PKG_VERSION_MAJOR")) * 10000
+            + part(env!("CARGO_PKG_VERSION_MINOR")) * 100
+            + part(env!("CARGO_PKG_VERSION_PATCH"))
+    );
     assert_eq!(
         p2p_max_chat_message_length(),
         p2pcore::limits::MAX_CHAT_MESSAGE
