@@ -17,6 +17,15 @@ fn main() {
     println!("cargo:rerun-if-changed=ffi");
     println!("cargo:rerun-if-env-changed=CI");
 
+    // The shared library's SONAME: programs record `libp2pchat.so.0` as what they need,
+    // so an install can keep `libp2pchat.so.0` -> `libp2pchat.so.0.M.P` and replace the
+    // file under it (examples/Makefile `install` makes the symlinks). 0 is the ABI
+    // major: bumped, with the package's major, on any change that breaks a program
+    // built against an older header.
+    if env::var("CARGO_CFG_TARGET_OS").as_deref() == Ok("linux") {
+        println!("cargo:rustc-cdylib-link-arg=-Wl,-soname,libp2pchat.so.0");
+    }
+
     let mut config =
         cbindgen::Config::from_file(root.join("cbindgen.toml")).expect("reading cbindgen.toml");
     let version = env::var("CARGO_PKG_VERSION").expect("CARGO_PKG_VERSION");
@@ -26,9 +35,32 @@ fn main() {
          * source and run `cargo build`.\n */"
             .to_string(),
     );
+    let part = |name: &str| -> u32 {
+        env::var(name)
+            .expect(name)
+            .parse()
+            .expect("numeric version part")
+    };
+    let (major, minor, patch) = (
+        part("CARGO_PKG_VERSION_MAJOR"),
+        part("CARGO_PKG_VERSION_MINOR"),
+        part("CARGO_PKG_VERSION_PATCH"),
+    );
+    // Two decimal digits each for minor and patch in P2PCHAT_VERSION_NUMBER.
+    assert!(
+        minor < 100 && patch < 100,
+        "minor and patch must stay below 100"
+    );
+    let number = major * 10000 + minor * 100 + patch;
     config.after_includes = Some(format!(
         "\n/** The version of this header (p2p_version() gives the library's). */\
-         \n#define P2PCHAT_VERSION \"{version}\"\n\n{PREAMBLE}"
+         \n#define P2PCHAT_VERSION \"{version}\"\
+         \n/** This header's version as numbers (see p2p_version_number()). */\
+         \n#define P2PCHAT_VERSION_MAJOR {major}\
+         \n#define P2PCHAT_VERSION_MINOR {minor}\
+         \n#define P2PCHAT_VERSION_PATCH {patch}\
+         \n/** major * 10000 + minor * 100 + patch, as p2p_version_number() returns. */\
+         \n#define P2PCHAT_VERSION_NUMBER {number}\n\n{PREAMBLE}"
     ));
     let bindings = cbindgen::Builder::new()
         .with_config(config)
@@ -55,6 +87,20 @@ fn main() {
 
 /// The conventions of the whole API, at the top of the header.
 const PREAMBLE: &str = r#"/*
+ * Languages: this header is C99 or later (C11, C17, C23) and C++11 or later; it is
+ * compiled by the tests as C99, C11, C++11 and C++17 with -Wall -Wextra -pedantic
+ * -Werror. All declarations are extern "C" in C++.
+ *
+ * Versions: the macros above give the header's version, p2p_version_number() the
+ * library's. A program checks at start-up that the library it was loaded with is
+ * the same major version and at least the minor it was built against:
+ *
+ *     unsigned v = p2p_version_number();
+ *     if (v / 10000 != P2PCHAT_VERSION_MAJOR || v < P2PCHAT_VERSION_NUMBER) { fail }
+ *
+ * (While the major is 0, a new minor may change the ABI and comes with a new
+ * SONAME; libp2pchat.so.0 is this one.)
+ *
  * Conventions (they hold for every function below):
  *
  * - Status: every fallible function returns a p2p_status; P2P_OK (0) is success.

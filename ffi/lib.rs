@@ -45,6 +45,32 @@ pub extern "C" fn p2p_version() -> *const c_char {
     concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr().cast()
 }
 
+/// The library's version as one number: major * 10000 + minor * 100 + patch (0.1.0 is
+/// 100), to compare with the header's `P2PCHAT_VERSION_NUMBER`: a program built
+/// against this header works with a library of the same major and a number at least
+/// `P2PCHAT_VERSION_NUMBER` (see the header's preamble).
+#[no_mangle]
+pub extern "C" fn p2p_version_number() -> u32 {
+    VERSION_NUMBER
+}
+
+/// `p2p_version_number()`'s value, computed from the package version at compile time.
+const VERSION_NUMBER: u32 = {
+    const fn parse(s: &str) -> u32 {
+        let b = s.as_bytes();
+        let mut i = 0;
+        let mut n = 0;
+        while i < b.len() {
+            n = n * 10 + (b[i] - b'0') as u32;
+            i += 1;
+        }
+        n
+    }
+    parse(env!("CARGO_PKG_VERSION_MAJOR")) * 10000
+        + parse(env!("CARGO_PKG_VERSION_MINOR")) * 100
+        + parse(env!("CARGO_PKG_VERSION_PATCH"))
+};
+
 /// The largest chat message `p2p_chat_send()` accepts, in bytes of UTF-8.
 #[no_mangle]
 pub extern "C" fn p2p_max_chat_message_length() -> usize {

@@ -142,6 +142,10 @@ pub struct p2p_peer_config {
     listen_ip: Option<IpAddr>,
     download_dir: Option<PathBuf>,
     chat_answer_timeout: Option<Duration>,
+    /// Talk to the registry as the original client did (`p2p_peer_config_set_legacy_registry`).
+    legacy_registry: bool,
+    /// Watch the shared directory and announce changes (`p2p_peer_config_set_live_share`).
+    live_share: bool,
     callbacks: Callbacks,
 }
 
@@ -203,8 +207,11 @@ unsafe fn config_mut<'a>(
 /// colon or control characters) with the registry at `registry` (`"host:port"`),
 /// sharing the files of directory `shared_dir`.
 ///
-/// Defaults: any free port, every interface, downloads saved into `shared_dir`, a 30 s
-/// chat-answer timeout, no callbacks (so every chat request is declined).
+/// Defaults: any free port, listening on the local address of the registry connection
+/// (the address the registry records and hands out: a loopback registry means a
+/// loopback-only listener), downloads saved into `shared_dir`, a 30 s chat-answer
+/// timeout, the registry probed for its kind (p2pchat or original), no live share, no
+/// callbacks (so every chat request is declined).
 ///
 /// All strings are borrowed for the call; `shared_dir` is taken as bytes (need not be
 /// UTF-8). On success `*out` is a new config owned by the caller, to free with
@@ -232,6 +239,8 @@ pub unsafe extern "C" fn p2p_peer_config_new(
             listen_ip: None,
             download_dir: None,
             chat_answer_timeout: None,
+            legacy_registry: false,
+            live_share: false,
             callbacks: Callbacks {
                 user_data: UserData(std::ptr::null_mut()),
                 chat_request: None,
@@ -274,8 +283,9 @@ pub unsafe extern "C" fn p2p_peer_config_set_port(
     })
 }
 
-/// Listen on this IP address only (e.g. `"127.0.0.1"`); NULL restores the default,
-/// every interface (`0.0.0.0`).
+/// Listen on this IP address (e.g. `"127.0.0.1"`; `"0.0.0.0"` or `"::"` for every
+/// interface); NULL restores the default, the local address of the peer's registry
+/// connection (the address the registry records and hands out for it).
 ///
 /// Errors: `P2P_NULL_ARGUMENT` (config), `P2P_INVALID_UTF8`, `P2P_INVALID_ARGUMENT`
 /// (not an IP address).
@@ -318,6 +328,40 @@ pub unsafe extern "C" fn p2p_peer_config_set_download_dir(
         } else {
             Some(arg_path(dir, "dir")?)
         };
+        Ok(())
+    })
+}
+
+/// `true`: talk to the registry as the original C++ client did (one query per
+/// connection, the registration re-sent periodically), for an original server;
+/// `false` (the default): probe at every connection whether the registry is a
+/// p2pchat registry or an original one and talk accordingly.
+///
+/// Errors: `P2P_NULL_ARGUMENT`.
+#[no_mangle]
+pub unsafe extern "C" fn p2p_peer_config_set_legacy_registry(
+    config: *mut p2p_peer_config,
+    legacy: bool,
+) -> p2p_status {
+    panic::status(|| {
+        config_mut(config)?.legacy_registry = legacy;
+        Ok(())
+    })
+}
+
+/// `true`: watch the shared directory and tell the registry when files appear, change
+/// or go (a file still being written is held back until it has settled); `false`
+/// (the default): the share is read at connect and on `p2p_peer_rescan()` only. The
+/// changes are reported as `P2P_EVENT_SHARE_*` events.
+///
+/// Errors: `P2P_NULL_ARGUMENT`.
+#[no_mangle]
+pub unsafe extern "C" fn p2p_peer_config_set_live_share(
+    config: *mut p2p_peer_config,
+    on: bool,
+) -> p2p_status {
+    panic::status(|| {
+        config_mut(config)?.live_share = on;
         Ok(())
     })
 }
@@ -539,6 +583,9 @@ impl p2p_peer_config {
         if let Some(t) = self.chat_answer_timeout {
             b = b.chat_answer_timeout(t);
         }
+        b = b
+            .legacy_registry(self.legacy_registry)
+            .live_share(self.live_share);
         let cbs = self.callbacks;
         let ud = cbs.user_data;
         if let Some(cb) = cbs.chat_request {
@@ -851,6 +898,47 @@ pub unsafe extern "C" fn p2p_peer_all_files(
         let out = arg_out(out, "out")?;
         let all = peer.all_files()?;
         put(out, p2p_user_files_list::from_pairs(&all));
+        Ok(())
+    })
+}
+
+/// Whether `user` is an original (C++) client (asks the registry). Such a user gets
+/// chats and downloads in the original protocol: a chat request it does not take ends
+/// with `P2P_TIMEOUT` (it just closes), and downloads from it cannot be verified (see
+/// `p2p_transfer_is_verified()`). Behind an original registry, which cannot tell who
+/// is what, every user counts as one. On success `*out` is true for an original client.
+///
+/// Errors: `P2P_NULL_ARGUMENT`, `P2P_INVALID_UTF8`, `P2P_INVALID_USERNAME`,
+/// `P2P_USER_NOT_FOUND`, `P2P_SHUTDOWN`, `P2P_IO`, `P2P_TIMEOUT`, `P2P_PROTOCOL`.
+#[no_mangle]
+pub unsafe extern "C" fn p2p_peer_user_is_legacy(
+    peer: *const p2p_peer,
+    user: *const c_char,
+    out: *mut bool,
+) -> p2p_status {
+    panic::status(|| {
+        let peer = arg_ref(peer, "peer")?;
+        let user = arg_str(user, "user")?;
+        let out = arg_out(out, "out")?;
+        let info = peer.get()?.peer_info(user)?;
+        put(out, info.legacy);
+        Ok(())
+    })
+}
+
+/// Whether this peer talks to its registry in the original client's way: forced with
+/// `p2p_peer_config_set_legacy_registry()`, or because the probe found an original
+/// server.
+///
+/// Errors: `P2P_NULL_ARGUMENT`, `P2P_SHUTDOWN`.
+#[no_mangle]
+pub unsafe extern "C" fn p2p_peer_registry_is_legacy(
+    peer: *const p2p_peer,
+    out: *mut bool,
+) -> p2p_status {
+    panic::status(|| {
+        let peer = arg_ref(peer, "peer")?.get()?;
+        put(arg_out(out, "out")?, peer.registry_is_legacy());
         Ok(())
     })
 }

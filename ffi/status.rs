@@ -48,8 +48,9 @@ pub enum p2p_status {
     P2P_HASH_MISMATCH = 15,
     /// The operation was cancelled.
     P2P_CANCELLED = 16,
-    /// The operation timed out (also: a chat request nobody answered in time, and one
-    /// answered after it expired).
+    /// The operation timed out (also: a chat request nobody answered in time, one
+    /// answered after it expired, and one an original C++ client closed without taking
+    /// it, which is how the original says nothing).
     P2P_TIMEOUT = 17,
     /// The peer or registry has been stopped (`p2p_peer_exit`, `p2p_registry_stop`).
     P2P_SHUTDOWN = 18,

@@ -88,6 +88,24 @@ pub unsafe extern "C" fn p2p_transfer_progress(
     })
 }
 
+/// Whether the download is checked against the sender's content hash: true for a
+/// download from a p2pchat peer (a mismatch fails it with `P2P_HASH_MISMATCH`), false
+/// for one from an original (C++) client, which sends no hash (the file is saved as
+/// received). Known from the start; does not change.
+///
+/// Errors: `P2P_NULL_ARGUMENT`.
+#[no_mangle]
+pub unsafe extern "C" fn p2p_transfer_is_verified(
+    transfer: *const p2p_transfer,
+    out: *mut bool,
+) -> p2p_status {
+    panic::status(|| {
+        let transfer = arg_ref(transfer, "transfer")?;
+        put(arg_out(out, "out")?, transfer.transfer.is_verified());
+        Ok(())
+    })
+}
+
 /// Whether the download has ended, successfully or not (`p2p_transfer_wait()` then
 /// returns at once).
 ///
@@ -105,7 +123,8 @@ pub unsafe extern "C" fn p2p_transfer_is_finished(
 }
 
 /// Block until the download ends and return its outcome: `P2P_OK` when the file was
-/// received and verified, else why it failed. On success, if `path_out` is not NULL,
+/// received and verified (received only, for an unverified download: see
+/// `p2p_transfer_is_verified()`), else why it failed. On success, if `path_out` is not NULL,
 /// `*path_out` is a new string with the file's path (free it with `p2p_string_free()`).
 /// May be called any number of times, from any thread but two kinds:
 ///

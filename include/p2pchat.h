@@ -14,8 +14,28 @@
 
 /** The version of this header (p2p_version() gives the library's). */
 #define P2PCHAT_VERSION "0.1.0"
+/** This header's version as numbers (see p2p_version_number()). */
+#define P2PCHAT_VERSION_MAJOR 0
+#define P2PCHAT_VERSION_MINOR 1
+#define P2PCHAT_VERSION_PATCH 0
+/** major * 10000 + minor * 100 + patch, as p2p_version_number() returns. */
+#define P2PCHAT_VERSION_NUMBER 100
 
 /*
+ * Languages: this header is C99 or later (C11, C17, C23) and C++11 or later; it is
+ * compiled by the tests as C99, C11, C++11 and C++17 with -Wall -Wextra -pedantic
+ * -Werror. All declarations are extern "C" in C++.
+ *
+ * Versions: the macros above give the header's version, p2p_version_number() the
+ * library's. A program checks at start-up that the library it was loaded with is
+ * the same major version and at least the minor it was built against:
+ *
+ *     unsigned v = p2p_version_number();
+ *     if (v / 10000 != P2PCHAT_VERSION_MAJOR || v < P2PCHAT_VERSION_NUMBER) { fail }
+ *
+ * (While the major is 0, a new minor may change the ABI and comes with a new
+ * SONAME; libp2pchat.so.0 is this one.)
+ *
  * Conventions (they hold for every function below):
  *
  * - Status: every fallible function returns a p2p_status; P2P_OK (0) is success.
@@ -138,8 +158,9 @@ enum p2p_status
      */
     P2P_CANCELLED = 16,
     /**
-     * The operation timed out (also: a chat request nobody answered in time, and one
-     * answered after it expired).
+     * The operation timed out (also: a chat request nobody answered in time, one
+     * answered after it expired, and one an original C++ client closed without taking
+     * it, which is how the original says nothing).
      */
     P2P_TIMEOUT = 17,
     /**
@@ -532,6 +553,14 @@ extern "C" {
 const char *p2p_version(void);
 
 /**
+ * The library's version as one number: major * 10000 + minor * 100 + patch (0.1.0 is
+ * 100), to compare with the header's `P2PCHAT_VERSION_NUMBER`: a program built
+ * against this header works with a library of the same major and a number at least
+ * `P2PCHAT_VERSION_NUMBER` (see the header's preamble).
+ */
+uint32_t p2p_version_number(void);
+
+/**
  * The largest chat message `p2p_chat_send()` accepts, in bytes of UTF-8.
  */
 size_t p2p_max_chat_message_length(void);
@@ -668,8 +697,11 @@ void p2p_registry_free(struct p2p_registry *registry);
  * colon or control characters) with the registry at `registry` (`"host:port"`),
  * sharing the files of directory `shared_dir`.
  *
- * Defaults: any free port, every interface, downloads saved into `shared_dir`, a 30 s
- * chat-answer timeout, no callbacks (so every chat request is declined).
+ * Defaults: any free port, listening on the local address of the registry connection
+ * (the address the registry records and hands out: a loopback registry means a
+ * loopback-only listener), downloads saved into `shared_dir`, a 30 s chat-answer
+ * timeout, the registry probed for its kind (p2pchat or original), no live share, no
+ * callbacks (so every chat request is declined).
  *
  * All strings are borrowed for the call; `shared_dir` is taken as bytes (need not be
  * UTF-8). On success `*out` is a new config owned by the caller, to free with
@@ -698,8 +730,9 @@ void p2p_peer_config_free(struct p2p_peer_config *config);
 p2p_status p2p_peer_config_set_port(struct p2p_peer_config *config, uint16_t port);
 
 /**
- * Listen on this IP address only (e.g. `"127.0.0.1"`); NULL restores the default,
- * every interface (`0.0.0.0`).
+ * Listen on this IP address (e.g. `"127.0.0.1"`; `"0.0.0.0"` or `"::"` for every
+ * interface); NULL restores the default, the local address of the peer's registry
+ * connection (the address the registry records and hands out for it).
  *
  * Errors: `P2P_NULL_ARGUMENT` (config), `P2P_INVALID_UTF8`, `P2P_INVALID_ARGUMENT`
  * (not an IP address).
@@ -714,6 +747,26 @@ p2p_status p2p_peer_config_set_listen_ip(struct p2p_peer_config *config, const c
  * Errors: `P2P_NULL_ARGUMENT` (config).
  */
 p2p_status p2p_peer_config_set_download_dir(struct p2p_peer_config *config, const char *dir);
+
+/**
+ * `true`: talk to the registry as the original C++ client did (one query per
+ * connection, the registration re-sent periodically), for an original server;
+ * `false` (the default): probe at every connection whether the registry is a
+ * p2pchat registry or an original one and talk accordingly.
+ *
+ * Errors: `P2P_NULL_ARGUMENT`.
+ */
+p2p_status p2p_peer_config_set_legacy_registry(struct p2p_peer_config *config, bool legacy);
+
+/**
+ * `true`: watch the shared directory and tell the registry when files appear, change
+ * or go (a file still being written is held back until it has settled); `false`
+ * (the default): the share is read at connect and on `p2p_peer_rescan()` only. The
+ * changes are reported as `P2P_EVENT_SHARE_*` events.
+ *
+ * Errors: `P2P_NULL_ARGUMENT`.
+ */
+p2p_status p2p_peer_config_set_live_share(struct p2p_peer_config *config, bool on);
 
 /**
  * How long an incoming chat request waits for an answer before the library declines
@@ -910,6 +963,27 @@ p2p_status p2p_peer_address(const struct p2p_peer *peer,
 p2p_status p2p_peer_all_files(const struct p2p_peer *peer, struct p2p_user_files_list *out);
 
 /**
+ * Whether `user` is an original (C++) client (asks the registry). Such a user gets
+ * chats and downloads in the original protocol: a chat request it does not take ends
+ * with `P2P_TIMEOUT` (it just closes), and downloads from it cannot be verified (see
+ * `p2p_transfer_is_verified()`). Behind an original registry, which cannot tell who
+ * is what, every user counts as one. On success `*out` is true for an original client.
+ *
+ * Errors: `P2P_NULL_ARGUMENT`, `P2P_INVALID_UTF8`, `P2P_INVALID_USERNAME`,
+ * `P2P_USER_NOT_FOUND`, `P2P_SHUTDOWN`, `P2P_IO`, `P2P_TIMEOUT`, `P2P_PROTOCOL`.
+ */
+p2p_status p2p_peer_user_is_legacy(const struct p2p_peer *peer, const char *user, bool *out);
+
+/**
+ * Whether this peer talks to its registry in the original client's way: forced with
+ * `p2p_peer_config_set_legacy_registry()`, or because the probe found an original
+ * server.
+ *
+ * Errors: `P2P_NULL_ARGUMENT`, `P2P_SHUTDOWN`.
+ */
+p2p_status p2p_peer_registry_is_legacy(const struct p2p_peer *peer, bool *out);
+
+/**
  * The files `user` shares (asks the registry). On success `*out` is filled in; free
  * it with `p2p_string_list_free()`.
  *
@@ -946,8 +1020,9 @@ p2p_status p2p_username_available(const char *registry, const char *username, bo
  * the peer's `p2p_chat_message_cb`.
  *
  * Errors: `P2P_NULL_ARGUMENT`, `P2P_INVALID_UTF8`, `P2P_INVALID_USERNAME`,
- * `P2P_USER_NOT_FOUND`, `P2P_DECLINED`, `P2P_TIMEOUT` (no answer in time), `P2P_BUSY`,
- * `P2P_REFUSED`, `P2P_SHUTDOWN`, `P2P_IO`, `P2P_PROTOCOL`.
+ * `P2P_USER_NOT_FOUND`, `P2P_DECLINED`, `P2P_TIMEOUT` (no answer in time, or an
+ * original client closed the request untaken), `P2P_BUSY`, `P2P_REFUSED`,
+ * `P2P_SHUTDOWN`, `P2P_IO`, `P2P_PROTOCOL`.
  */
 p2p_status p2p_peer_chat(const struct p2p_peer *peer, const char *user, struct p2p_chat **out);
 
@@ -1086,6 +1161,16 @@ p2p_status p2p_transfer_progress(const struct p2p_transfer *transfer,
                                  uint64_t *total_out);
 
 /**
+ * Whether the download is checked against the sender's content hash: true for a
+ * download from a p2pchat peer (a mismatch fails it with `P2P_HASH_MISMATCH`), false
+ * for one from an original (C++) client, which sends no hash (the file is saved as
+ * received). Known from the start; does not change.
+ *
+ * Errors: `P2P_NULL_ARGUMENT`.
+ */
+p2p_status p2p_transfer_is_verified(const struct p2p_transfer *transfer, bool *out);
+
+/**
  * Whether the download has ended, successfully or not (`p2p_transfer_wait()` then
  * returns at once).
  *
@@ -1095,7 +1180,8 @@ p2p_status p2p_transfer_is_finished(const struct p2p_transfer *transfer, bool *o
 
 /**
  * Block until the download ends and return its outcome: `P2P_OK` when the file was
- * received and verified, else why it failed. On success, if `path_out` is not NULL,
+ * received and verified (received only, for an unverified download: see
+ * `p2p_transfer_is_verified()`), else why it failed. On success, if `path_out` is not NULL,
  * `*path_out` is a new string with the file's path (free it with `p2p_string_free()`).
  * May be called any number of times, from any thread but two kinds:
  *

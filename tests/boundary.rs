@@ -10,7 +10,7 @@ use p2pchat::registry::*;
 use p2pchat::status::{p2p_status, p2p_status_name, FfiError};
 use p2pchat::strings::*;
 use p2pchat::transfer::*;
-use p2pchat::{p2p_max_chat_message_length, p2p_version};
+use p2pchat::{p2p_max_chat_message_length, p2p_version, p2p_version_number};
 use p2pcore::ErrorCode;
 use std::ffi::{c_char, c_void, CStr, CString};
 use std::path::Path;
@@ -264,6 +264,13 @@ fn status_names_are_distinct_and_unknown_values_are_safe() {
 fn version_is_the_package_version() {
     let v = unsafe { CStr::from_ptr(p2p_version()) };
     assert_eq!(v.to_str().unwrap(), env!("CARGO_PKG_VERSION"));
+    let part = |s: &str| s.parse::<u32>().unwrap();
+    assert_eq!(
+        p2p_version_number(),
+        part(env!("CARGO_PKG_VERSION_MAJOR")) * 10000
+            + part(env!("CARGO_PKG_VERSION_MINOR")) * 100
+            + part(env!("CARGO_PKG_VERSION_PATCH"))
+    );
     assert_eq!(
         p2p_max_chat_message_length(),
         p2pcore::limits::MAX_CHAT_MESSAGE
@@ -350,6 +357,32 @@ fn null_arguments_give_a_status_and_leave_outputs_untouched() {
             p2p_username_available(null(), c("a").as_ptr(), &mut ok),
             P2P_NULL_ARGUMENT
         );
+
+        // The interop and live-share additions follow the same rules.
+        assert_eq!(
+            p2p_peer_config_set_legacy_registry(null_mut(), true),
+            P2P_NULL_ARGUMENT
+        );
+        assert!(last_error().contains("config"), "{}", last_error());
+        assert_eq!(
+            p2p_peer_config_set_live_share(null_mut(), true),
+            P2P_NULL_ARGUMENT
+        );
+        let mut flag = true;
+        assert_eq!(
+            p2p_transfer_is_verified(null(), &mut flag),
+            P2P_NULL_ARGUMENT
+        );
+        assert!(last_error().contains("transfer"), "{}", last_error());
+        assert_eq!(
+            p2p_peer_user_is_legacy(null(), c("bob").as_ptr(), &mut flag),
+            P2P_NULL_ARGUMENT
+        );
+        assert_eq!(
+            p2p_peer_registry_is_legacy(null(), &mut flag),
+            P2P_NULL_ARGUMENT
+        );
+        assert!(flag, "out-parameters keep what they held on failure");
     }
 }
 
@@ -580,6 +613,13 @@ fn peer_calls_after_exit_return_shutdown() {
             p2p_peer_fetch(peer, c("bob").as_ptr(), c("f").as_ptr(), &mut null_mut()),
             P2P_SHUTDOWN
         );
+        let mut flag = true;
+        assert_eq!(
+            p2p_peer_user_is_legacy(peer, c("bob").as_ptr(), &mut flag),
+            P2P_SHUTDOWN
+        );
+        assert_eq!(p2p_peer_registry_is_legacy(peer, &mut flag), P2P_SHUTDOWN);
+        assert!(flag);
         let mut users = p2p_string_list {
             items: null_mut(),
             len: 0,
@@ -659,10 +699,47 @@ fn transfer_handles_outlive_their_peer() {
             p2p_peer_fetch(a, c("bob").as_ptr(), c("data.bin").as_ptr(), &mut t),
             P2P_OK
         );
+        let mut verified = false;
+        assert_eq!(p2p_transfer_is_verified(t, &mut verified), P2P_OK);
+        assert!(verified, "a download from a p2pchat peer is hash-checked");
+        assert_eq!(p2p_transfer_is_verified(t, null_mut()), P2P_NULL_ARGUMENT);
         let mut path = null_mut();
         assert_eq!(p2p_transfer_wait(t, &mut path), P2P_OK, "{}", last_error());
         let path = take(path);
         assert_eq!(std::fs::read(&path).unwrap(), vec![7u8; 100_000]);
+        let mut legacy = true;
+        assert_eq!(
+            p2p_peer_user_is_legacy(a, c("bob").as_ptr(), &mut legacy),
+            P2P_OK,
+            "{}",
+            last_error()
+        );
+        assert!(!legacy, "bob is a p2pchat peer");
+        legacy = true;
+        assert_eq!(p2p_peer_registry_is_legacy(a, &mut legacy), P2P_OK);
+        assert!(!legacy, "the registry is a p2pchat registry");
+        assert_eq!(
+            p2p_peer_user_is_legacy(a, null(), &mut legacy),
+            P2P_NULL_ARGUMENT
+        );
+        assert_eq!(
+            p2p_peer_user_is_legacy(a, c("bob").as_ptr(), null_mut()),
+            P2P_NULL_ARGUMENT
+        );
+        legacy = true;
+        assert_eq!(
+            p2p_peer_user_is_legacy(a, c("nobody").as_ptr(), &mut legacy),
+            P2P_USER_NOT_FOUND
+        );
+        assert_eq!(
+            p2p_peer_user_is_legacy(a, c("bad,name").as_ptr(), &mut legacy),
+            P2P_INVALID_USERNAME
+        );
+        assert_eq!(
+            p2p_peer_user_is_legacy(a, c"b\xffd".as_ptr(), &mut legacy),
+            P2P_INVALID_UTF8
+        );
+        assert!(legacy, "untouched on failure");
         let mut id = 0;
         assert_eq!(p2p_transfer_id(t, &mut id), P2P_OK);
 
@@ -877,4 +954,84 @@ fn exit_ends_calls_in_progress_on_other_threads() {
         p2p_peer_free(b);
         p2p_registry_free(registry);
     }
+}
+
+/// An original (C++) client, reduced to what a download needs: it registers with the
+/// form-B `INIT` in one connection, and answers each `FILE,<name>` with the file's bytes
+/// and a close (no header, no hash). Serves `count` requests, then its thread ends.
+fn original_client(
+    registry: &str,
+    user: &str,
+    file: &str,
+    content: Vec<u8>,
+    count: usize,
+) -> std::thread::JoinHandle<()> {
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let mut init = TcpStream::connect(registry).unwrap();
+    init.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    init.write_all(format!("INIT,{user},/home/{user},{port},{file}").as_bytes())
+        .unwrap();
+    let mut answer = [0u8; 1000];
+    let n = init.read(&mut answer).unwrap();
+    assert!(n > 0, "the registry answered the original's INIT");
+    let file = file.to_string();
+    std::thread::spawn(move || {
+        for _ in 0..count {
+            let Ok((mut s, _)) = listener.accept() else {
+                return;
+            };
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let mut buf = [0u8; 1000];
+            let n = s.read(&mut buf).unwrap_or(0);
+            if buf[..n] == *format!("FILE,{file}").as_bytes() {
+                let _ = s.write_all(&content);
+            }
+        }
+    })
+}
+
+#[test]
+fn original_clients_are_reported_and_their_downloads_are_unverified() {
+    let (registry, addr) = registry();
+    let content: Vec<u8> = (0..50_000u32).map(|i| (i % 251) as u8).collect();
+    let orig = original_client(
+        addr.to_str().unwrap(),
+        "orig1",
+        "old.bin",
+        content.clone(),
+        1,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let a = connect(&addr, "alice", dir.path(), None);
+    unsafe {
+        let mut legacy = false;
+        assert_eq!(
+            p2p_peer_user_is_legacy(a, c("orig1").as_ptr(), &mut legacy),
+            P2P_OK,
+            "{}",
+            last_error()
+        );
+        assert!(legacy, "orig1 registered as an original client");
+        let mut t = null_mut();
+        assert_eq!(
+            p2p_peer_fetch(a, c("orig1").as_ptr(), c("old.bin").as_ptr(), &mut t),
+            P2P_OK,
+            "{}",
+            last_error()
+        );
+        let mut verified = true;
+        assert_eq!(p2p_transfer_is_verified(t, &mut verified), P2P_OK);
+        assert!(!verified, "an original client sends no hash");
+        let mut path = null_mut();
+        assert_eq!(p2p_transfer_wait(t, &mut path), P2P_OK, "{}", last_error());
+        assert_eq!(std::fs::read(take(path)).unwrap(), content);
+        p2p_transfer_free(t);
+        p2p_peer_free(a);
+        p2p_registry_free(registry);
+    }
+    orig.join().unwrap();
 }
