@@ -492,6 +492,38 @@ fn open_chats_beyond_the_cap_are_refused_with_bounded_threads() {
 }
 
 #[test]
+fn ended_chats_hold_no_descriptor_while_their_handles_live() {
+    let _serial = SERIAL.lock();
+    let s = server(PeerLimits::default(), true, &[]);
+    let dir = TempDir::new().unwrap();
+    let alice = Peer::builder(&s.registry.local_addr().to_string(), "alice", dir.path())
+        .connect()
+        .unwrap();
+    let fds_before = fds();
+    const CHATS: usize = 24;
+    let mut kept = Vec::with_capacity(CHATS);
+    for _ in 0..CHATS {
+        let chat = alice.chat("server").unwrap();
+        chat.send("hello").unwrap();
+        chat.close();
+        // A clone the application keeps after the chat ended.
+        kept.push(chat.clone());
+    }
+    let settled = wait_until(WAIT, || fds() <= fds_before + 4);
+    eprintln!(
+        "{CHATS} ended chats with live handles: fds {fds_before} -> {}",
+        fds()
+    );
+    assert!(settled, "fds {fds_before} -> {}", fds());
+    assert!(kept.iter().all(|c| c.is_closed()));
+    assert!(matches!(
+        kept[0].send("after the end"),
+        Err(p2pcore::Error::Closed)
+    ));
+    alice.exit();
+}
+
+#[test]
 fn a_slow_chat_hook_pushes_back_on_the_sender_instead_of_queueing() {
     let _serial = SERIAL.lock();
     let registry = Registry::bind("127.0.0.1:0").unwrap();

@@ -63,7 +63,9 @@ struct ChatShared {
     peer: String,
     legacy: bool,
     io_timeout: Duration,
-    writer: Mutex<TcpStream>,
+    /// The chat's socket; `None` once the chat ended, so an ended chat holds no
+    /// descriptor even while clones of its [`Chat`] live on.
+    writer: Mutex<Option<TcpStream>>,
     /// When the last piece went to a legacy (original) client; taken under `writer`.
     last_legacy_send: Mutex<Option<Instant>>,
     closed: AtomicBool,
@@ -78,12 +80,16 @@ impl ChatShared {
         if self.closed.swap(true, Ordering::SeqCst) {
             return;
         }
-        if let Some(w) = self.writer.try_lock_for(self.io_timeout) {
-            if by == ChatClosedBy::Local && !self.legacy {
-                let bye = chat_frame_header(&ChatFrame::Bye);
-                let _ = write_all_within(&w, bye.as_bytes(), self.io_timeout);
+        if let Some(mut guard) = self.writer.try_lock_for(self.io_timeout) {
+            if let Some(w) = guard.take() {
+                if by == ChatClosedBy::Local && !self.legacy {
+                    let bye = chat_frame_header(&ChatFrame::Bye);
+                    let _ = write_all_within(&w, bye.as_bytes(), self.io_timeout);
+                }
+                let _ = w.shutdown(Shutdown::Both);
+                // Dropping `w` closes the descriptor; the reader's clone closes when
+                // its thread sees the shutdown and ends.
             }
-            let _ = w.shutdown(Shutdown::Both);
         }
         if let Some(inner) = self.inner.upgrade() {
             inner.forget_socket(self.socket_key);
@@ -138,14 +144,20 @@ impl Chat {
                 limit: MAX_CHAT_MESSAGE,
             });
         }
+        let guard = self.shared.writer.lock();
+        let Some(writer) = guard.as_ref() else {
+            return Err(Error::Closed);
+        };
         let result = if self.shared.legacy {
-            self.send_legacy(text)
+            self.send_legacy(writer, text)
         } else {
             let mut frame = Vec::with_capacity(text.len() + 16);
             frame.extend_from_slice(chat_message_header(text.len()).as_bytes());
             frame.extend_from_slice(text.as_bytes());
-            write_all_within(&self.shared.writer.lock(), &frame, self.shared.io_timeout)
+            write_all_within(writer, &frame, self.shared.io_timeout)
         };
+        // `finish` takes the lock: release it first.
+        drop(guard);
         result.map_err(|e| {
             let err = if is_timeout(&e) {
                 Error::Timeout(format!("{} is not reading the chat", self.shared.peer))
@@ -160,8 +172,7 @@ impl Chat {
     /// To an original client: each piece (at most [`LEGACY_CHAT_PIECE`] bytes, cut at
     /// character boundaries) in its own `send`, at least [`LEGACY_CHAT_GAP`] after the
     /// previous one, so that its one `recv` of 1000 bytes per loop takes each alone.
-    fn send_legacy(&self, text: &str) -> std::io::Result<()> {
-        let writer = self.shared.writer.lock();
+    fn send_legacy(&self, writer: &TcpStream, text: &str) -> std::io::Result<()> {
         let mut last = self.shared.last_legacy_send.lock();
         for piece in legacy_pieces(text, LEGACY_CHAT_PIECE) {
             if let Some(at) = *last {
@@ -170,7 +181,7 @@ impl Chat {
                     std::thread::sleep(LEGACY_CHAT_GAP - since);
                 }
             }
-            write_all_within(&writer, piece.as_bytes(), self.shared.io_timeout)?;
+            write_all_within(writer, piece.as_bytes(), self.shared.io_timeout)?;
             *last = Some(Instant::now());
         }
         Ok(())
@@ -573,7 +584,7 @@ fn start(
         legacy,
         io_timeout: inner.io_timeout,
         socket_key: inner.track_socket(&writer),
-        writer: Mutex::new(writer),
+        writer: Mutex::new(Some(writer)),
         last_legacy_send: Mutex::new(None),
         closed: AtomicBool::new(false),
         hooks: inner.hooks.clone(),
