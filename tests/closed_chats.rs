@@ -7,13 +7,15 @@
 //! Only then are the handles freed. This file holds one test, so nothing else in the
 //! process opens descriptors meanwhile.
 
+mod common;
+
+use common::ffi::{connect_peer, last_error};
 use p2pchat::chat::*;
-use p2pchat::panic::p2p_last_error_message;
 use p2pchat::peer::*;
 use p2pchat::registry::*;
 use p2pchat::status::p2p_status::*;
 use p2pchat::strings::p2p_string_free;
-use std::ffi::{c_void, CStr, CString};
+use std::ffi::{c_void, CStr};
 use std::path::Path;
 use std::ptr::null_mut;
 use std::sync::{Condvar, Mutex};
@@ -26,17 +28,6 @@ const CHATS: usize = 400;
 /// Descriptors the process may hold above its baseline once every chat has ended
 /// (connections in the middle of closing, the registry's own bookkeeping).
 const SLACK: usize = 8;
-
-fn c(s: &str) -> CString {
-    CString::new(s).unwrap()
-}
-
-fn last_error() -> String {
-    // SAFETY: the library returns a valid NUL-terminated string.
-    unsafe { CStr::from_ptr(p2p_last_error_message()) }
-        .to_string_lossy()
-        .into_owned()
-}
 
 fn count(dir: &str) -> usize {
     std::fs::read_dir(dir).unwrap().count()
@@ -90,37 +81,19 @@ unsafe extern "C" fn accept(ud: *mut c_void, request: *mut p2p_chat_request) {
 }
 
 fn connect(registry: &CStr, name: &str, dir: &Path, inbox: Option<&Accepted>) -> *mut p2p_peer {
-    let mut config = null_mut();
-    let mut peer = null_mut();
-    let dir = c(dir.to_str().unwrap());
-    // SAFETY: valid arguments; `inbox` outlives the peer.
-    unsafe {
-        assert_eq!(
-            p2p_peer_config_new(
-                registry.as_ptr(),
-                c(name).as_ptr(),
-                dir.as_ptr(),
-                &mut config
-            ),
-            P2P_OK
-        );
-        assert_eq!(
-            p2p_peer_config_set_listen_ip(config, c"127.0.0.1".as_ptr()),
-            P2P_OK
-        );
+    connect_peer(registry, name, dir, |config| {
         if let Some(inbox) = inbox {
             let ud = inbox as *const Accepted as *mut c_void;
-            assert_eq!(p2p_peer_config_set_user_data(config, ud), P2P_OK);
-            assert_eq!(
-                p2p_peer_config_on_chat_request(config, Some(accept)),
-                P2P_OK
-            );
+            // SAFETY: a live config; `inbox` outlives the peer.
+            unsafe {
+                assert_eq!(p2p_peer_config_set_user_data(config, ud), P2P_OK);
+                assert_eq!(
+                    p2p_peer_config_on_chat_request(config, Some(accept)),
+                    P2P_OK
+                );
+            }
         }
-        let status = p2p_peer_connect(config, &mut peer);
-        p2p_peer_config_free(config);
-        assert_eq!(status, P2P_OK, "{}", last_error());
-    }
-    peer
+    })
 }
 
 fn is_closed(chat: *mut p2p_chat) -> bool {

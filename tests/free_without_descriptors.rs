@@ -11,13 +11,15 @@
 //! freed, which must return within a deadline. This file holds one test, because it
 //! lowers the process's descriptor limit.
 
-use p2pchat::panic::p2p_last_error_message;
+mod common;
+
+use common::ffi::{connect_peer, last_error};
 use p2pchat::peer::*;
 use p2pchat::registry::*;
 use p2pchat::status::p2p_status::*;
 use p2pchat::strings::p2p_string_free;
 use p2pchat::transfer::*;
-use std::ffi::{c_char, c_void, CStr, CString};
+use std::ffi::{c_char, c_void, CStr};
 use std::fs::File;
 use std::path::Path;
 use std::ptr::null_mut;
@@ -27,17 +29,6 @@ use std::time::{Duration, Instant};
 
 /// How long freeing alice may take (it takes milliseconds; this is for a loaded CI).
 const FREE_DEADLINE: Duration = Duration::from_secs(30);
-
-fn c(s: &str) -> CString {
-    CString::new(s).unwrap()
-}
-
-fn last_error() -> String {
-    // SAFETY: the library returns a valid NUL-terminated string.
-    unsafe { CStr::from_ptr(p2p_last_error_message()) }
-        .to_string_lossy()
-        .into_owned()
-}
 
 /// A pointer moved to another thread.
 struct SendPtr<T>(*mut T);
@@ -69,38 +60,20 @@ unsafe extern "C" fn on_progress(ud: *mut c_void, _id: u64, _got: u64, _total: u
 }
 
 fn connect(registry: &CStr, name: &str, dir: &Path, alice: Option<&Alice>) -> *mut p2p_peer {
-    let mut config = null_mut();
-    let mut peer = null_mut();
-    let dir = c(dir.to_str().unwrap());
-    // SAFETY: valid arguments; `alice` outlives the peer.
-    unsafe {
-        assert_eq!(
-            p2p_peer_config_new(
-                registry.as_ptr(),
-                c(name).as_ptr(),
-                dir.as_ptr(),
-                &mut config
-            ),
-            P2P_OK
-        );
-        assert_eq!(
-            p2p_peer_config_set_listen_ip(config, c"127.0.0.1".as_ptr()),
-            P2P_OK
-        );
+    connect_peer(registry, name, dir, |config| {
         if let Some(alice) = alice {
             let ud = alice as *const Alice as *mut c_void;
-            assert_eq!(p2p_peer_config_set_user_data(config, ud), P2P_OK);
-            assert_eq!(p2p_peer_config_on_event(config, Some(on_event)), P2P_OK);
-            assert_eq!(
-                p2p_peer_config_on_transfer_progress(config, Some(on_progress)),
-                P2P_OK
-            );
+            // SAFETY: a live config; `alice` outlives the peer.
+            unsafe {
+                assert_eq!(p2p_peer_config_set_user_data(config, ud), P2P_OK);
+                assert_eq!(p2p_peer_config_on_event(config, Some(on_event)), P2P_OK);
+                assert_eq!(
+                    p2p_peer_config_on_transfer_progress(config, Some(on_progress)),
+                    P2P_OK
+                );
+            }
         }
-        let status = p2p_peer_connect(config, &mut peer);
-        p2p_peer_config_free(config);
-        assert_eq!(status, P2P_OK, "{}", last_error());
-    }
-    peer
+    })
 }
 
 fn open_descriptors() -> u64 {

@@ -7,9 +7,8 @@
 
 mod common;
 
-use common::{build, root, Link};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use common::{build, root, run_to_all_ok, Link};
+use std::time::Duration;
 
 #[test]
 fn live_share_and_verified_download_from_c() {
@@ -20,31 +19,6 @@ fn live_share_and_verified_download_from_c() {
         &exe,
         Link::Shared,
     );
-    // The program guards itself with alarm(120); this deadline is the last resort.
-    let mut child = Command::new(&exe)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("running live_share_verified");
-    let deadline = Instant::now() + Duration::from_secs(180);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("live_share_verified hung past its own alarm() guard");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let out = child.wait_with_output().unwrap();
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-    );
-    assert!(
-        status.success() && stdout.lines().last() == Some("ALL OK"),
-        "live_share_verified failed with {status}\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
-    );
+    // The program guards itself with alarm(); this deadline is the last resort.
+    run_to_all_ok(&exe, Duration::from_secs(180));
 }

@@ -7,9 +7,8 @@
 
 mod common;
 
-use common::{build, root, valgrind, Link};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use common::{build, root, run_to_all_ok, valgrind, Link};
+use std::time::Duration;
 
 #[test]
 fn calls_that_would_wait_for_their_own_callback_thread_are_refused_from_c() {
@@ -22,32 +21,7 @@ fn calls_that_would_wait_for_their_own_callback_thread_are_refused_from_c() {
     );
 
     // The program guards itself with alarm(); this deadline is the last resort.
-    let mut child = Command::new(&exe)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("running reentrant_calls");
-    let deadline = Instant::now() + Duration::from_secs(240);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("reentrant_calls hung past its own alarm() guards");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let out = child.wait_with_output().unwrap();
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-    );
-    assert!(
-        status.success() && stdout.lines().last() == Some("ALL OK"),
-        "reentrant_calls failed with {status}\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
-    );
+    run_to_all_ok(&exe, Duration::from_secs(240));
     if let Some(summary) = valgrind(&exe) {
         println!("valgrind reentrant_calls:");
         for line in summary {

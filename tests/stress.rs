@@ -18,13 +18,15 @@
 //! `P2P_STRESS_ITERATIONS=5000 cargo test --release --test stress -- --ignored`.
 
 use p2pchat::chat::*;
-use p2pchat::panic::p2p_last_error_message;
+mod common;
+
+use common::ffi::{c, connect_peer, last_error};
 use p2pchat::peer::*;
 use p2pchat::registry::*;
 use p2pchat::status::p2p_status;
 use p2pchat::strings::p2p_string_free;
 use p2pchat::transfer::*;
-use std::ffi::{c_char, c_void, CStr, CString};
+use std::ffi::{c_char, c_void, CStr};
 use std::path::Path;
 use std::ptr::null_mut;
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
@@ -37,17 +39,6 @@ use p2p_status::*;
 /// 35 s, so a healthy iteration never gets near it; a loaded CI machine is slow, not
 /// this slow).
 const STALL: Duration = Duration::from_secs(90);
-
-fn c(s: &str) -> CString {
-    CString::new(s).unwrap()
-}
-
-fn last_error() -> String {
-    // SAFETY: the library returns a valid NUL-terminated string.
-    unsafe { CStr::from_ptr(p2p_last_error_message()) }
-        .to_string_lossy()
-        .into_owned()
-}
 
 /// A pointer moved to another thread.
 struct SendPtr<T>(*mut T);
@@ -192,38 +183,20 @@ unsafe extern "C" fn on_event(ud: *mut c_void, _kind: p2p_peer_event_kind, _deta
 
 /// Connect a peer with every callback set, `side` as its user data.
 fn connect(registry: &CStr, name: &str, shared: &Path, side: &Side) -> *mut p2p_peer {
-    let mut config = null_mut();
-    let mut peer = null_mut();
-    let dir = c(shared.to_str().unwrap());
-    // SAFETY: valid arguments; `side` outlives the peer (freed before it is dropped).
-    unsafe {
-        assert_eq!(
-            p2p_peer_config_new(
-                registry.as_ptr(),
-                c(name).as_ptr(),
-                dir.as_ptr(),
-                &mut config
-            ),
-            P2P_OK
-        );
-        assert_eq!(
-            p2p_peer_config_set_listen_ip(config, c"127.0.0.1".as_ptr()),
-            P2P_OK
-        );
+    connect_peer(registry, name, shared, |config| {
         let ud = side as *const Side as *mut c_void;
-        assert_eq!(p2p_peer_config_set_user_data(config, ud), P2P_OK);
-        p2p_peer_config_on_chat_request(config, Some(on_request));
-        p2p_peer_config_on_chat_message(config, Some(on_message));
-        p2p_peer_config_on_chat_closed(config, Some(on_closed));
-        p2p_peer_config_on_transfer_progress(config, Some(on_progress));
-        p2p_peer_config_on_transfer_done(config, Some(on_done));
-        p2p_peer_config_on_transfer_failed(config, Some(on_failed));
-        p2p_peer_config_on_event(config, Some(on_event));
-        let status = p2p_peer_connect(config, &mut peer);
-        p2p_peer_config_free(config);
-        assert_eq!(status, P2P_OK, "connecting {name}: {}", last_error());
-    }
-    peer
+        // SAFETY: a live config; `side` outlives the peer (freed before it is dropped).
+        unsafe {
+            assert_eq!(p2p_peer_config_set_user_data(config, ud), P2P_OK);
+            p2p_peer_config_on_chat_request(config, Some(on_request));
+            p2p_peer_config_on_chat_message(config, Some(on_message));
+            p2p_peer_config_on_chat_closed(config, Some(on_closed));
+            p2p_peer_config_on_transfer_progress(config, Some(on_progress));
+            p2p_peer_config_on_transfer_done(config, Some(on_done));
+            p2p_peer_config_on_transfer_failed(config, Some(on_failed));
+            p2p_peer_config_on_event(config, Some(on_event));
+        }
+    })
 }
 
 /// The watchdog: steps report progress; a step that does not finish within [`STALL`]

@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod ffi;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -208,4 +210,42 @@ pub fn valgrind(program: &Path) -> Option<Vec<String>> {
         program.display()
     );
     Some(summary)
+}
+
+/// Run a C test program that guards itself with `alarm()` and ends by printing
+/// `ALL OK`; `limit` is the last resort should its own guard fail (the child is then
+/// killed and the test fails, so a hang never stalls the suite).
+pub fn run_to_all_ok(exe: &Path, limit: std::time::Duration) {
+    use std::process::Stdio;
+    use std::time::Instant;
+    let name = exe.file_name().map_or_else(
+        || exe.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    );
+    let mut child = Command::new(exe)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("running {name}: {e}"));
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{name} hung past its own alarm() guard");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let out = child.wait_with_output().unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(
+        status.success() && stdout.lines().last() == Some("ALL OK"),
+        "{name} failed with {status}\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
+    );
 }

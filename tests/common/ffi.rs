@@ -1,0 +1,59 @@
+//! For the tests that call the C ABI from Rust: C strings, the thread's last error, and
+//! connecting a peer on 127.0.0.1 with the callbacks a test sets.
+
+use p2pchat::panic::p2p_last_error_message;
+use p2pchat::peer::{
+    p2p_peer, p2p_peer_config, p2p_peer_config_free, p2p_peer_config_new,
+    p2p_peer_config_set_listen_ip, p2p_peer_connect,
+};
+use p2pchat::status::p2p_status::P2P_OK;
+use std::ffi::{CStr, CString};
+use std::path::Path;
+use std::ptr::null_mut;
+
+pub fn c(s: &str) -> CString {
+    CString::new(s).unwrap()
+}
+
+/// `p2p_last_error_message()` of this thread.
+pub fn last_error() -> String {
+    // SAFETY: the library returns a valid NUL-terminated string.
+    unsafe { CStr::from_ptr(p2p_last_error_message()) }
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// Connect `name`, sharing `dir`, listening on 127.0.0.1; `configure` sets callbacks and
+/// user data on the config before it connects (whatever it points at must outlive the
+/// peer). Panics with the library's message when connecting fails.
+pub fn connect_peer(
+    registry: &CStr,
+    name: &str,
+    dir: &Path,
+    configure: impl FnOnce(*mut p2p_peer_config),
+) -> *mut p2p_peer {
+    let mut config = null_mut();
+    let mut peer = null_mut();
+    let dir = c(dir.to_str().unwrap());
+    // SAFETY: valid arguments; the config is freed once connected.
+    unsafe {
+        assert_eq!(
+            p2p_peer_config_new(
+                registry.as_ptr(),
+                c(name).as_ptr(),
+                dir.as_ptr(),
+                &mut config
+            ),
+            P2P_OK
+        );
+        assert_eq!(
+            p2p_peer_config_set_listen_ip(config, c"127.0.0.1".as_ptr()),
+            P2P_OK
+        );
+        configure(config);
+        let status = p2p_peer_connect(config, &mut peer);
+        p2p_peer_config_free(config);
+        assert_eq!(status, P2P_OK, "connecting {name}: {}", last_error());
+    }
+    peer
+}
