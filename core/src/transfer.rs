@@ -84,9 +84,11 @@ pub fn send_file(sock: &TcpStream, file: &File, offset: u64, len: u64) -> io::Re
     Ok(len)
 }
 
-/// The minimum-rate rule for a sender: the receiver must take at least
-/// `bytes_per_sec` × `window` bytes in every `window` (judged every quarter window, from
-/// the first full window on), and may never go `stall` without taking a byte.
+/// The minimum-rate rule of a transfer, the same for both ends: at least
+/// `bytes_per_sec` × `window` bytes in every `window`, and never `stall` without a byte.
+/// A sender judges its receiver by it ([`send_file_min_rate`]: every quarter window,
+/// from the first full window on); a [`Receiver`] judges its sender
+/// ([`Receiver::set_pace`]: each window on its own). `bytes_per_sec` 0: no rate rule.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MinRate {
     /// Least average rate, in bytes per second, over `window`.
@@ -95,6 +97,18 @@ pub struct MinRate {
     pub window: Duration,
     /// Longest time without the receiver taking a single byte.
     pub stall: Duration,
+}
+
+impl MinRate {
+    /// How often the rule must be looked at: the read timeout a receiver sets on the
+    /// socket it reads (between 10 ms and 1 s).
+    pub fn tick(&self) -> Duration {
+        let mut t = self.stall;
+        if self.bytes_per_sec > 0 {
+            t = t.min(self.window / 4);
+        }
+        t.clamp(Duration::from_millis(10), Duration::from_secs(1))
+    }
 }
 
 /// Like [`send_file`], but a receiver breaking `rule` is given up with an error of kind
@@ -598,30 +612,6 @@ pub fn judge_resume(
     }
 }
 
-/// The pace a sender must keep while a download runs, instead of only a timeout per
-/// read (which one byte now and then resets forever).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Pace {
-    /// Fewest bytes per second, judged over each `window` (0: no rate rule).
-    pub min_rate: u64,
-    /// How long the rate is judged over.
-    pub window: Duration,
-    /// Longest time without any byte at all.
-    pub idle: Duration,
-}
-
-impl Pace {
-    /// How often the receiver must get control back to judge the pace: the read timeout
-    /// to set on the socket being read (between 10 ms and 1 s).
-    pub fn tick(&self) -> Duration {
-        let mut t = self.idle;
-        if self.min_rate > 0 {
-            t = t.min(self.window / 4);
-        }
-        t.clamp(Duration::from_millis(10), Duration::from_secs(1))
-    }
-}
-
 /// Free bytes for an unprivileged user in the file system holding `dir` (`statvfs`).
 pub fn free_space(dir: &Path) -> io::Result<u64> {
     use std::os::unix::ffi::OsStrExt;
@@ -793,7 +783,7 @@ pub struct Receiver {
     origin: Option<Origin>,
     /// The peer sending this time (set by `begin`).
     sender: Option<String>,
-    pace: Option<Pace>,
+    pace: Option<MinRate>,
 }
 
 impl Receiver {
@@ -881,10 +871,10 @@ impl Receiver {
         judge_resume(self.origin.as_ref(), self.offset, peer, size, hash)
     }
 
-    /// Judge the sender's pace while receiving (see [`Pace`]): a read timeout from the
+    /// Judge the sender's pace while receiving (see [`MinRate`]): a read timeout from the
     /// source then only means "check the pace now", so the caller sets the socket's read
-    /// timeout to [`Pace::tick`]. Without a pace, any read timeout ends the download.
-    pub fn set_pace(&mut self, pace: Pace) {
+    /// timeout to [`MinRate::tick`]. Without a pace, any read timeout ends the download.
+    pub fn set_pace(&mut self, pace: MinRate) {
         self.pace = Some(pace);
     }
 
@@ -967,7 +957,7 @@ impl Receiver {
     /// - [`Error::Protocol`] if the offset is past `size` or `expected_hash` is not a
     ///   hash (kept; [`Receiver::restart`] before asking again);
     /// - [`Error::Cancelled`], [`Error::Closed`] (early end of data), [`Error::Timeout`]
-    ///   (no byte for the idle time, or under the [`Pace`]'s minimum rate) (kept, to
+    ///   (no byte for the stall time, or under the [`MinRate`]'s minimum rate) (kept, to
     ///   resume later, unless it is still empty);
     /// - [`Error::HashMismatch`] (deleted with its origin record: its content is wrong
     ///   somewhere; but when this session resumed another peer's partial, only this
@@ -1032,7 +1022,7 @@ impl Receiver {
     /// Returns the final path and the number of bytes.
     ///
     /// Errors: [`Error::DownloadTooLarge`] past `limit` (with `size` = `limit` + 1),
-    /// [`Error::Timeout`] (no byte for the idle time, or under the [`Pace`]),
+    /// [`Error::Timeout`] (no byte for the stall time, or under the [`MinRate`]),
     /// [`Error::Cancelled`], [`Error::AlreadyExists`], I/O errors.
     pub fn receive_unverified(
         mut self,
@@ -1274,10 +1264,10 @@ impl Receiver {
     }
 }
 
-/// Judges a sender's pace while a download runs (see [`Pace`]); pure, given the time.
+/// Judges a sender's pace while a download runs (see [`MinRate`]); pure, given the time.
 #[derive(Debug)]
 struct PaceCheck {
-    pace: Pace,
+    pace: MinRate,
     last_byte: Instant,
     window_start: Instant,
     window_first: u64,
@@ -1285,7 +1275,7 @@ struct PaceCheck {
 }
 
 impl PaceCheck {
-    fn new(pace: Pace, now: Instant, received: u64) -> PaceCheck {
+    fn new(pace: MinRate, now: Instant, received: u64) -> PaceCheck {
         PaceCheck {
             pace,
             last_byte: now,
@@ -1303,25 +1293,25 @@ impl PaceCheck {
             self.last_byte = now;
         }
         let silent = now.saturating_duration_since(self.last_byte);
-        if silent >= self.pace.idle {
+        if silent >= self.pace.stall {
             return Err(format!(
                 "no byte for {:.1} s (limit {:.1} s)",
                 silent.as_secs_f64(),
-                self.pace.idle.as_secs_f64()
+                self.pace.stall.as_secs_f64()
             ));
         }
         let span = now.saturating_duration_since(self.window_start);
-        if self.pace.min_rate == 0 || span < self.pace.window {
+        if self.pace.bytes_per_sec == 0 || span < self.pace.window {
             return Ok(());
         }
         // Tumbling windows: each one judged on its own, over its real length.
         let got = received - self.window_first;
-        let owed = (self.pace.min_rate as f64 * span.as_secs_f64()) as u64;
+        let owed = (self.pace.bytes_per_sec as f64 * span.as_secs_f64()) as u64;
         if got < owed {
             return Err(format!(
                 "{got} bytes in {:.1} s, under the minimum rate of {} bytes/s",
                 span.as_secs_f64(),
-                self.pace.min_rate
+                self.pace.bytes_per_sec
             ));
         }
         self.window_start = now;
@@ -1739,10 +1729,10 @@ mod tests {
 
     #[test]
     fn the_pace_rule() {
-        let pace = Pace {
-            min_rate: 1000,
+        let pace = MinRate {
+            bytes_per_sec: 1000,
             window: Duration::from_secs(10),
-            idle: Duration::from_secs(15),
+            stall: Duration::from_secs(15),
         };
         let t0 = Instant::now();
         let at = |s: u64| t0 + Duration::from_secs(s);
@@ -1762,8 +1752,8 @@ mod tests {
         assert!(p.check(at(10), 10).is_err());
         // Silence ends it at the idle time even without a rate rule.
         let mut p = PaceCheck::new(
-            Pace {
-                min_rate: 0,
+            MinRate {
+                bytes_per_sec: 0,
                 ..pace
             },
             t0,
@@ -1771,8 +1761,8 @@ mod tests {
         );
         assert!(p.check(at(100), 0).is_err());
         let mut p = PaceCheck::new(
-            Pace {
-                min_rate: 0,
+            MinRate {
+                bytes_per_sec: 0,
                 ..pace
             },
             t0,
@@ -1782,7 +1772,7 @@ mod tests {
         assert!(p.check(at(28), 1).is_ok());
         assert!(p.check(at(29), 1).is_err());
         assert_eq!(pace.tick(), Duration::from_secs(1));
-        let fast = Pace {
+        let fast = MinRate {
             window: Duration::from_millis(200),
             ..pace
         };

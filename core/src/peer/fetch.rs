@@ -10,7 +10,7 @@ use crate::error::{is_timeout, Error, Result};
 use crate::limits::MAX_PEER_LINE;
 use crate::protocol::{parse_peer_answer, PeerAnswer, PeerRequest};
 use crate::thread::call_hook;
-use crate::transfer::{Pace, Receiver, Resume, SpaceReservation};
+use crate::transfer::{Receiver, Resume, SpaceReservation};
 use crossbeam_channel::Sender;
 use parking_lot::Mutex;
 use std::io::{BufRead, BufReader, Write};
@@ -366,11 +366,7 @@ fn legacy_transfer(
         (&stream).write_all(format!("FILE,{}", t.file).as_bytes())?;
         // Nothing more to say: a p2pchat peer then takes the request as whole at once.
         let _ = stream.shutdown(Shutdown::Write);
-        let pace = Pace {
-            min_rate: limits.min_transfer_rate,
-            window: limits.min_rate_window,
-            idle: inner.io_timeout,
-        };
+        let pace = limits.min_rate(inner.io_timeout);
         stream.set_read_timeout(Some(pace.tick()))?;
         let mut reader = BufReader::with_capacity(256 * 1024, stream.try_clone()?);
         let Some(mut receiver) = pending.take() else {
@@ -455,11 +451,7 @@ fn receive(
             t.received.store(0, Ordering::Relaxed);
         }
         receiver.begin(&t.from, size, hash)?;
-        let pace = Pace {
-            min_rate: limits.min_transfer_rate,
-            window: limits.min_rate_window,
-            idle: inner.io_timeout,
-        };
+        let pace = limits.min_rate(inner.io_timeout);
         reader.get_ref().set_read_timeout(Some(pace.tick()))?;
         receiver.set_pace(pace);
         Ok(space)

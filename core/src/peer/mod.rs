@@ -138,6 +138,18 @@ pub struct PeerLimits {
     pub stale_partial_age: Option<Duration>,
 }
 
+impl PeerLimits {
+    /// The minimum-rate rule both ends of a transfer hold each other to, with `stall`
+    /// as the longest silence.
+    pub fn min_rate(&self, stall: Duration) -> crate::transfer::MinRate {
+        crate::transfer::MinRate {
+            bytes_per_sec: self.min_transfer_rate,
+            window: self.min_rate_window,
+            stall,
+        }
+    }
+}
+
 impl Default for PeerLimits {
     fn default() -> Self {
         PeerLimits {

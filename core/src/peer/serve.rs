@@ -15,7 +15,7 @@ use super::slots::Full;
 use super::{chat, is_legacy_start, Inner, PeerEvent};
 use crate::limits::{LEGACY_GRACE, MAX_PEER_LINE};
 use crate::protocol::{parse_peer_request, PeerAnswer, PeerRequest};
-use crate::transfer::{send_file_min_rate, MinRate};
+use crate::transfer::send_file_min_rate;
 use std::io::{BufRead, BufReader, ErrorKind, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
@@ -184,11 +184,7 @@ fn serve_file(
             return Ok(());
         }
     }
-    let rule = MinRate {
-        bytes_per_sec: inner.limits.min_transfer_rate,
-        window: inner.limits.min_rate_window,
-        stall: inner.io_timeout,
-    };
+    let rule = inner.limits.min_rate(inner.io_timeout);
     match send_file_min_rate(stream, &file, offset, info.size - offset, rule) {
         Ok(bytes) => {
             // The original client reads until the connection closes.
