@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::ffi::{connect_peer, last_error};
+use common::ffi::{connect_peer, last_error, start_registry};
 use p2pchat::chat::*;
 use p2pchat::peer::*;
 use p2pchat::registry::*;
@@ -105,19 +105,7 @@ fn is_closed(chat: *mut p2p_chat) -> bool {
 
 #[test]
 fn ended_chats_release_their_descriptors_before_they_are_freed() {
-    let mut registry = null_mut();
-    let mut addr = null_mut();
-    // SAFETY: valid arguments.
-    let addr = unsafe {
-        assert_eq!(
-            p2p_registry_start(c"127.0.0.1:0".as_ptr(), None, null_mut(), &mut registry),
-            P2P_OK
-        );
-        assert_eq!(p2p_registry_address(registry, &mut addr), P2P_OK);
-        let text = CStr::from_ptr(addr).to_owned();
-        p2p_string_free(addr);
-        text
-    };
+    let (registry, addr) = start_registry();
     let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let inbox = Accepted::default();
     let alice = connect(&addr, "alice", da.path(), None);

@@ -13,11 +13,10 @@
 
 mod common;
 
-use common::ffi::{connect_peer, last_error};
+use common::ffi::{connect_peer, last_error, start_registry};
 use p2pchat::peer::*;
 use p2pchat::registry::*;
 use p2pchat::status::p2p_status::*;
-use p2pchat::strings::p2p_string_free;
 use p2pchat::transfer::*;
 use std::ffi::{c_char, c_void, CStr};
 use std::fs::File;
@@ -111,19 +110,7 @@ impl Drop for Limit {
 
 #[test]
 fn freeing_a_downloading_peer_returns_with_no_descriptor_left() {
-    let mut registry = null_mut();
-    let mut addr = null_mut();
-    // SAFETY: valid arguments.
-    let addr = unsafe {
-        assert_eq!(
-            p2p_registry_start(c"127.0.0.1:0".as_ptr(), None, null_mut(), &mut registry),
-            P2P_OK
-        );
-        assert_eq!(p2p_registry_address(registry, &mut addr), P2P_OK);
-        let text = CStr::from_ptr(addr).to_owned();
-        p2p_string_free(addr);
-        text
-    };
+    let (registry, addr) = start_registry();
     let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     std::fs::write(db.path().join("big.bin"), vec![5u8; 16 << 20]).unwrap();
     let state = Alice::default();

@@ -20,11 +20,10 @@
 use p2pchat::chat::*;
 mod common;
 
-use common::ffi::{c, connect_peer, last_error};
+use common::ffi::{c, connect_peer, last_error, start_registry};
 use p2pchat::peer::*;
 use p2pchat::registry::*;
 use p2pchat::status::p2p_status;
-use p2pchat::strings::p2p_string_free;
 use p2pchat::transfer::*;
 use std::ffi::{c_char, c_void, CStr};
 use std::path::Path;
@@ -584,19 +583,7 @@ fn iteration(
 /// Run `iterations` iterations against one registry; returns how many ran.
 fn run(iterations: u64, first_seed: u64) -> u64 {
     let dog = Watchdog::start();
-    let mut registry = null_mut();
-    let mut addr = null_mut();
-    // SAFETY: valid arguments; the registry is freed at the end.
-    let addr = unsafe {
-        assert_eq!(
-            p2p_registry_start(c"127.0.0.1:0".as_ptr(), None, null_mut(), &mut registry),
-            P2P_OK
-        );
-        assert_eq!(p2p_registry_address(registry, &mut addr), P2P_OK);
-        let text = CStr::from_ptr(addr).to_owned();
-        p2p_string_free(addr);
-        text
-    };
+    let (registry, addr) = start_registry();
     let bob_dir = tempfile::tempdir().unwrap();
     // Big enough that a download is usually still running when its peer is freed.
     let content: Vec<u8> = (0..2 * 1024 * 1024u32)

@@ -6,7 +6,9 @@ use p2pchat::peer::{
     p2p_peer, p2p_peer_config, p2p_peer_config_free, p2p_peer_config_new,
     p2p_peer_config_set_listen_ip, p2p_peer_connect,
 };
+use p2pchat::registry::{p2p_registry, p2p_registry_address, p2p_registry_start};
 use p2pchat::status::p2p_status::P2P_OK;
+use p2pchat::strings::p2p_string_free;
 use std::ffi::{CStr, CString};
 use std::path::Path;
 use std::ptr::null_mut;
@@ -21,6 +23,24 @@ pub fn last_error() -> String {
     unsafe { CStr::from_ptr(p2p_last_error_message()) }
         .to_string_lossy()
         .into_owned()
+}
+
+/// Start a registry on a free loopback port; its handle (the caller frees it) and its
+/// `ip:port`.
+pub fn start_registry() -> (*mut p2p_registry, CString) {
+    let mut registry = null_mut();
+    let mut addr = null_mut();
+    // SAFETY: valid arguments; the address string is copied, then freed.
+    unsafe {
+        assert_eq!(
+            p2p_registry_start(c"127.0.0.1:0".as_ptr(), None, null_mut(), &mut registry),
+            P2P_OK
+        );
+        assert_eq!(p2p_registry_address(registry, &mut addr), P2P_OK);
+        let text = CStr::from_ptr(addr).to_owned();
+        p2p_string_free(addr);
+        (registry, text)
+    }
 }
 
 /// Connect `name`, sharing `dir`, listening on 127.0.0.1; `configure` sets callbacks and
