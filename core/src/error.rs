@@ -52,6 +52,10 @@ pub enum ErrorCode {
     TooLarge = 19,
     /// [`Error::Refused`].
     Refused = 20,
+    /// [`Error::KeyChanged`].
+    KeyChanged = 21,
+    /// [`Error::Denied`].
+    Denied = 22,
 }
 
 /// Everything that can go wrong in p2pchat, with what the user needs to act on it.
@@ -224,6 +228,31 @@ pub enum Error {
     /// accept and then closes. Not a decline anyone chose. Code [`ErrorCode::Timeout`].
     #[error("{0} is an original client; it did not answer the chat request (it closes a request its user does not accept within 5 s)")]
     NoAnswer(String),
+    /// The key offered for a name (or a registry) differs from the one pinned before
+    /// ([`known_keys`](crate::known_keys)): refused, because a compromised or
+    /// restarted registry, or someone on the path, may be posing as them. Accepting the
+    /// new key is the user's decision (after comparing fingerprints with the person).
+    /// Code [`ErrorCode::KeyChanged`].
+    #[error("the key of {subject} has changed: pinned {pinned}, now {offered}; refused. If {subject} really has a new key (compare the fingerprint with them), accept it; otherwise someone may be posing as them")]
+    KeyChanged {
+        /// Who: `bob` or `registry 127.0.0.1:8080`.
+        subject: String,
+        /// The fingerprint pinned before.
+        pinned: crate::identity::Fingerprint,
+        /// The fingerprint offered now.
+        offered: crate::identity::Fingerprint,
+    },
+    /// An identity check failed: the other side refused who this peer is (not
+    /// registered, not on its allow-list, a key that does not own the name), or this
+    /// peer refused the other side (a key that is not the one listed for the name, an
+    /// unverified partner where those are refused). Code [`ErrorCode::Denied`].
+    #[error("{peer}: {reason}")]
+    Denied {
+        /// Who was refused or refused us (a name or an address).
+        peer: String,
+        /// Why.
+        reason: String,
+    },
 }
 
 impl Clone for Error {
@@ -248,6 +277,19 @@ impl Clone for Error {
             Error::UserNotFound(s) => Error::UserNotFound(s.clone()),
             Error::Declined(s) => Error::Declined(s.clone()),
             Error::NoAnswer(s) => Error::NoAnswer(s.clone()),
+            Error::KeyChanged {
+                subject,
+                pinned,
+                offered,
+            } => Error::KeyChanged {
+                subject: subject.clone(),
+                pinned: *pinned,
+                offered: *offered,
+            },
+            Error::Denied { peer, reason } => Error::Denied {
+                peer: peer.clone(),
+                reason: reason.clone(),
+            },
             Error::Closed => Error::Closed,
             Error::FileNotFound { user, file } => Error::FileNotFound {
                 user: user.clone(),
@@ -346,6 +388,8 @@ impl Error {
             // Existing codes, so the C API's status enum needs no new values.
             Error::NoSpace { .. } | Error::DownloadTooLarge { .. } => ErrorCode::TooLarge,
             Error::PartialConflict { .. } => ErrorCode::AlreadyExists,
+            Error::KeyChanged { .. } => ErrorCode::KeyChanged,
+            Error::Denied { .. } => ErrorCode::Denied,
         }
     }
 

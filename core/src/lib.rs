@@ -12,6 +12,9 @@
 //! - [`transfer`]: moving file bytes: zero-copy sending, verified receiving.
 //! - [`peer`]: the client: registry session, listener, chats and downloads.
 //! - [`error`]: the one error type and its stable codes.
+//! - [`identity`]: a user's key pair and its fingerprint.
+//! - [`known_keys`]: keys seen before, pinned (like SSH's `known_hosts`).
+//! - [`secure`]: Noise handshakes and encrypted records, the same for every link.
 //!
 //! ## Example
 //!
@@ -25,11 +28,14 @@
 #![doc = "```"]
 
 pub mod error;
+pub mod identity;
+pub mod known_keys;
 pub mod limits;
 mod net;
 pub mod peer;
 pub mod protocol;
 pub mod registry;
+pub mod secure;
 pub mod share;
 pub mod thread;
 pub mod transfer;
