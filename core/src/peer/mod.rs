@@ -24,6 +24,8 @@ pub use fetch::{Transfer, TransferId};
 pub use registry_link::{PeerInfo, RegistryMode};
 
 use crate::error::{Error, Result};
+use crate::identity::{default_identity_file, Fingerprint, Identity, PublicKey};
+use crate::known_keys::{KnownKeys, Pin, Subject};
 use crate::limits::{self, CHAT_ANSWER_TIMEOUT, LEGACY_QUERY_MAX, PEER_IO_TIMEOUT};
 use crate::protocol::{check_username, Answer, Query};
 use crate::share::{ScanReport, Share};
@@ -78,6 +80,14 @@ pub enum PeerEvent {
     },
     /// A chat request got no answer in time and was declined.
     ChatRequestExpired { from: String },
+    /// A key offered for a name (a user's, or `registry <addr>`) differs from the one
+    /// pinned before: the chat, download or connection was refused. Accept the new key
+    /// with [`Peer::accept_key`] once the person confirms its fingerprint.
+    KeyChanged {
+        subject: String,
+        pinned: Fingerprint,
+        offered: Fingerprint,
+    },
     /// A download started: `offset` > 0 when it resumes a partial file.
     TransferStarted {
         id: TransferId,
@@ -181,9 +191,56 @@ pub struct PeerBuilder {
     hooks: Hooks,
     live_share: bool,
     registry_mode: RegistryMode,
+    identity: Option<Identity>,
+    identity_file: Option<PathBuf>,
+    known_keys_file: Option<PathBuf>,
+    refuse_unverified: bool,
+    serve_only: Option<Vec<String>>,
 }
 
 impl PeerBuilder {
+    /// Use this identity (key pair) instead of loading one from a file.
+    pub fn identity(mut self, identity: Identity) -> Self {
+        self.identity = Some(identity);
+        self
+    }
+
+    /// Load the identity from `path`, creating it (mode 0600) on first use. By default
+    /// it is [`default_identity_file`](crate::identity::default_identity_file) for the
+    /// username: `$XDG_CONFIG_HOME/p2pchat/<username>.key` (or under
+    /// `~/.config/p2pchat`). The key owns the username at the registry, so keep it:
+    /// another key cannot register the name while the claim lasts.
+    pub fn identity_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.identity_file = Some(path.into());
+        self
+    }
+
+    /// Keep pinned keys (the registry's, and other users') in this file, like SSH's
+    /// `known_hosts` ([`known_keys`](crate::known_keys)). Without it, pins live in
+    /// memory for the life of the peer (the CLI uses
+    /// [`KnownKeys::default_path`](crate::known_keys::KnownKeys::default_path)).
+    pub fn known_keys_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.known_keys_file = Some(path.into());
+        self
+    }
+
+    /// `true`: refuse partners that cannot prove who they are (original C++ clients,
+    /// peers registered without a key): their requests are answered `ERR denied`, and
+    /// chats and downloads to them fail with [`Error::Denied`]. Default `false`:
+    /// accepted and marked unverified.
+    pub fn refuse_unverified(mut self, on: bool) -> Self {
+        self.refuse_unverified = on;
+        self
+    }
+
+    /// Serve files only to these users (each a username, or `key:<64 hex digits>` for
+    /// a key whatever its name). By default any registered user whose key the
+    /// registry lists is served.
+    pub fn serve_only(mut self, allowed: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.serve_only = Some(allowed.into_iter().map(Into::into).collect());
+        self
+    }
+
     /// Watch the shared directory and follow its changes: files added, removed,
     /// renamed or changed reach the registry within 2 s, each reported as
     /// [`PeerEvent::ShareUpdated`] (and new skips as [`PeerEvent::ShareSkipped`]).
@@ -333,6 +390,15 @@ impl PeerBuilder {
             None => share.dir().to_path_buf(),
         };
         fetch::remove_stale_partials(&download_dir, &self.limits);
+        let identity = match (self.identity, &self.identity_file) {
+            (Some(id), _) => id,
+            (None, Some(path)) => Identity::load_or_create(path)?,
+            (None, None) => Identity::load_or_create(&default_identity_file(&self.username)?)?,
+        };
+        let known_keys = match &self.known_keys_file {
+            Some(path) => KnownKeys::open(path)?,
+            None => KnownKeys::memory(),
+        };
         let registry = RegistryLink::new(&self.registry, self.registry_mode);
         let listen_ip = match self.listen_ip {
             Some(ip) => ip,
@@ -371,6 +437,10 @@ impl PeerBuilder {
             refuser,
             listener_dup: listener.try_clone()?,
             legacy_cut: Mutex::new(Vec::new()),
+            identity,
+            known_keys,
+            refuse_unverified: self.refuse_unverified,
+            serve_only: self.serve_only,
         });
         inner.scan_share(None)?;
         inner.register()?;
@@ -429,6 +499,14 @@ pub(crate) struct Inner {
     /// Files left out of a legacy-mode `INIT` (it must stay under 1000 bytes), already
     /// reported, so the periodic re-registration does not report them again.
     legacy_cut: Mutex<Vec<String>>,
+    /// This peer's key pair: its identity on every secured link.
+    pub identity: Identity,
+    /// Keys seen before (the registry's and other users').
+    pub known_keys: KnownKeys,
+    /// Refuse partners that cannot prove who they are.
+    pub refuse_unverified: bool,
+    /// Serve files only to these names / `key:<hex>` entries (`None`: any verified user).
+    pub serve_only: Option<Vec<String>>,
 }
 
 /// Whether a request's first bytes are a legacy (original client) request, which is
@@ -562,6 +640,37 @@ impl Inner {
     pub fn peer_info(&self, name: &str) -> Result<PeerInfo> {
         check_username(name).map_err(|_| Error::InvalidUsername(name.to_string()))?;
         self.registry.peer_info(name)
+    }
+
+    /// The pin scope for users of this peer's registry: its address as configured.
+    pub fn registry_scope(&self) -> &str {
+        self.registry.addr()
+    }
+
+    /// Checks `key` for user `name` against the pins: a first sight pins it, the
+    /// pinned key passes, another key is refused with [`Error::KeyChanged`] (and
+    /// [`PeerEvent::KeyChanged`]) until the user accepts it ([`Peer::accept_key`]).
+    pub fn check_pin(&self, name: &str, key: &PublicKey) -> Result<()> {
+        let subject = Subject::Peer {
+            registry: self.registry_scope(),
+            name,
+        };
+        match self.known_keys.check(subject, key)? {
+            Pin::Matches => Ok(()),
+            Pin::New => self.known_keys.pin(subject, key),
+            Pin::Changed { pinned } => {
+                self.emit(PeerEvent::KeyChanged {
+                    subject: name.to_string(),
+                    pinned: pinned.fingerprint(),
+                    offered: key.fingerprint(),
+                });
+                Err(Error::KeyChanged {
+                    subject: name.to_string(),
+                    pinned: pinned.fingerprint(),
+                    offered: key.fingerprint(),
+                })
+            }
+        }
     }
 
     pub fn rescan(&self) -> Result<ScanReport> {
@@ -720,7 +829,32 @@ impl Peer {
             hooks: Hooks::default(),
             live_share: false,
             registry_mode: RegistryMode::default(),
+            identity: None,
+            identity_file: None,
+            known_keys_file: None,
+            refuse_unverified: false,
+            serve_only: None,
         }
+    }
+
+    /// This peer's public key: its identity.
+    pub fn public_key(&self) -> PublicKey {
+        self.inner.identity.public()
+    }
+
+    /// This peer's fingerprint, for people to compare.
+    pub fn fingerprint(&self) -> Fingerprint {
+        self.inner.identity.fingerprint()
+    }
+
+    /// Accepts `key` as `name`'s key from now on (after [`Error::KeyChanged`], once the
+    /// person confirmed the new fingerprint): replaces the pin.
+    pub fn accept_key(&self, name: &str, key: &PublicKey) -> Result<()> {
+        let subject = Subject::Peer {
+            registry: self.inner.registry_scope(),
+            name,
+        };
+        self.inner.known_keys.pin(subject, key)
     }
 
     /// This peer's username.

@@ -56,6 +56,10 @@ pub struct PeerInfo {
     /// registered as an original client (session `GET_P` answer `OK,ip,port,legacy`),
     /// or the registry itself is an original one, which cannot say who is what.
     pub legacy: bool,
+    /// Their public key as the registry lists it (session `GET_P` answer
+    /// `OK,ip,port,<64 hex digits>`); `None` for a user who registered without one (an
+    /// original client, an unencrypted session) or from an original registry.
+    pub key: Option<crate::identity::PublicKey>,
 }
 
 /// A connection to the registry (may be down; queries then reconnect once).
@@ -248,6 +252,9 @@ impl RegistryLink {
             // An original registry cannot tell who is what, and every p2pchat peer
             // also serves the original's requests: speak the original's protocol.
             legacy: self.is_legacy() || flags.iter().any(|f| f == "legacy"),
+            key: flags
+                .iter()
+                .find_map(|f| crate::identity::PublicKey::from_hex(f)),
         })
     }
 
