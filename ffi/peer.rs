@@ -105,6 +105,9 @@ pub enum p2p_peer_event_kind {
     P2P_EVENT_TRANSFER_STARTED = 7,
     /// A rescan found files added, removed or changed in the share.
     P2P_EVENT_SHARE_UPDATED = 8,
+    /// A key offered for a name differs from the pinned one; the chat, download or
+    /// connection was refused. The text names both fingerprints.
+    P2P_EVENT_KEY_CHANGED = 9,
 }
 
 /// Something else happened in the background; `detail` is a one-line description for
@@ -551,6 +554,14 @@ fn describe(event: &PeerEvent) -> (p2p_peer_event_kind, String) {
             format!(
                 "download {id} of {file:?} ({size} bytes) from {from} started at offset {offset}"
             ),
+        ),
+        PeerEvent::KeyChanged {
+            subject,
+            pinned,
+            offered,
+        } => (
+            P2P_EVENT_KEY_CHANGED,
+            format!("the key of {subject} changed: pinned {pinned}, now {offered}; refused"),
         ),
         PeerEvent::ShareUpdated {
             files,

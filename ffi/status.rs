@@ -58,6 +58,12 @@ pub enum p2p_status {
     P2P_TOO_LARGE = 19,
     /// The other peer refused the request.
     P2P_REFUSED = 20,
+    /// A key differs from the one pinned for that name (or registry) before; refused
+    /// until the new key is accepted (`p2p_peer_accept_key`).
+    P2P_KEY_CHANGED = 21,
+    /// An identity check failed: the other side is not who it claims, or refuses who
+    /// this peer is (not registered, not allowed), or an unverified partner was refused.
+    P2P_DENIED = 22,
     /// A required pointer argument was NULL.
     P2P_NULL_ARGUMENT = 100,
     /// A string argument was not valid UTF-8.
@@ -97,6 +103,8 @@ impl p2p_status {
             ErrorCode::Shutdown => P2P_SHUTDOWN,
             ErrorCode::TooLarge => P2P_TOO_LARGE,
             ErrorCode::Refused => P2P_REFUSED,
+            ErrorCode::KeyChanged => P2P_KEY_CHANGED,
+            ErrorCode::Denied => P2P_DENIED,
         }
     }
 
@@ -125,6 +133,8 @@ impl p2p_status {
             P2P_SHUTDOWN => "P2P_SHUTDOWN\0",
             P2P_TOO_LARGE => "P2P_TOO_LARGE\0",
             P2P_REFUSED => "P2P_REFUSED\0",
+            P2P_KEY_CHANGED => "P2P_KEY_CHANGED\0",
+            P2P_DENIED => "P2P_DENIED\0",
             P2P_NULL_ARGUMENT => "P2P_NULL_ARGUMENT\0",
             P2P_INVALID_UTF8 => "P2P_INVALID_UTF8\0",
             P2P_PANIC => "P2P_PANIC\0",

@@ -176,6 +176,16 @@ enum p2p_status
      */
     P2P_REFUSED = 20,
     /**
+     * A key differs from the one pinned for that name (or registry) before; refused
+     * until the new key is accepted (`p2p_peer_accept_key`).
+     */
+    P2P_KEY_CHANGED = 21,
+    /**
+     * An identity check failed: the other side is not who it claims, or refuses who
+     * this peer is (not registered, not allowed), or an unverified partner was refused.
+     */
+    P2P_DENIED = 22,
+    /**
      * A required pointer argument was NULL.
      */
     P2P_NULL_ARGUMENT = 100,
@@ -315,6 +325,11 @@ enum p2p_peer_event_kind
      * A rescan found files added, removed or changed in the share.
      */
     P2P_EVENT_SHARE_UPDATED = 8,
+    /**
+     * A key offered for a name differs from the pinned one; the chat, download or
+     * connection was refused. The text names both fingerprints.
+     */
+    P2P_EVENT_KEY_CHANGED = 9,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
