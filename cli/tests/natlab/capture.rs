@@ -266,6 +266,9 @@ fn tcp_segment(frame: &[u8]) -> Option<Segment<'_>> {
         return None;
     }
     let ihl = usize::from(ip[0] & 0x0f) * 4;
+    if ihl < 20 {
+        return None;
+    }
     let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
     // A length of 0 is a segmentation-offload frame larger than 64 KiB: all of it.
     let ip = if total >= ihl && total <= ip.len() && total != 0 {
@@ -291,6 +294,9 @@ fn tcp_segment(frame: &[u8]) -> Option<Segment<'_>> {
 
 /// One direction of a TCP connection: (source, destination).
 pub type Direction = (SocketAddrV4, SocketAddrV4);
+
+/// A direction's start, if its SYN was seen, and its segments (sequence, payload).
+type Parts<'a> = (Option<u32>, Vec<(u32, &'a [u8])>);
 
 /// One direction of one TCP connection, its payload put back in order.
 pub struct Stream {
@@ -320,7 +326,9 @@ impl Captured {
     /// sequence number (relative to the SYN, or to the first one seen when the
     /// connection began before the capture), overlaps and retransmissions once.
     pub fn streams(&self) -> Vec<Stream> {
-        let mut parts: BTreeMap<Direction, (Option<u32>, Vec<(u32, &[u8])>)> = BTreeMap::new();
+        // Per direction: where the stream starts (the SYN's sequence number + 1, if
+        // seen) and its segments as (sequence number, payload).
+        let mut parts: BTreeMap<Direction, Parts<'_>> = BTreeMap::new();
         for s in self.segments() {
             let (start, list) = parts.entry((s.src, s.dst)).or_default();
             if s.syn {
