@@ -187,10 +187,10 @@ fn flow_table(cap: &Captured) -> String {
 /// Scenario 1: both peers public. The download is direct: the file's bytes cross the
 /// public segment from bob's address to alice's and nowhere else.
 #[test]
-fn both_public_fetch_goes_direct() {
+fn scenario1_both_public_fetch_goes_direct() {
     let start = Instant::now();
     let Some(lab) = Lab::start(
-        "both_public_fetch_goes_direct",
+        "scenario1_both_public_fetch_goes_direct",
         &[("alice", At::Public), ("bob", At::Public)],
     ) else {
         return;
@@ -239,15 +239,15 @@ fn both_public_fetch_goes_direct() {
             );
         }
     }
-    report_time("both_public_fetch_goes_direct", start);
+    report_time("scenario1_both_public_fetch_goes_direct", start);
 }
 
 /// Scenario 2: bob behind NAT a, alice public. The registry sees bob at NAT a's
 /// public address (not his inside one) and lists him; alice's download fails today.
 #[test]
-fn callee_behind_nat_is_listed_at_the_nat_but_unreachable() {
+fn scenario2_callee_behind_nat_is_listed_at_the_nat_but_unreachable() {
     let start = Instant::now();
-    let scenario = "callee_behind_nat_is_listed_at_the_nat_but_unreachable";
+    let scenario = "scenario2_callee_behind_nat_is_listed_at_the_nat_but_unreachable";
     let Some(lab) = Lab::start(scenario, &[("alice", At::Public), ("bob", At::Behind("a"))]) else {
         return;
     };
@@ -304,9 +304,9 @@ fn callee_behind_nat_is_listed_at_the_nat_but_unreachable() {
 /// Scenario 3: alice behind NAT b, bob behind NAT a. Each is listed at their own
 /// NAT's public address; alice's download fails today.
 #[test]
-fn both_behind_nats_cannot_fetch_yet() {
+fn scenario3_both_behind_nats_cannot_fetch_yet() {
     let start = Instant::now();
-    let scenario = "both_behind_nats_cannot_fetch_yet";
+    let scenario = "scenario3_both_behind_nats_cannot_fetch_yet";
     let Some(lab) = Lab::start(
         scenario,
         &[("alice", At::Behind("b")), ("bob", At::Behind("a"))],
@@ -364,9 +364,9 @@ fn both_behind_nats_cannot_fetch_yet() {
 /// read by its first line: plaintext `P2P/1` (the file's marker is found, and the
 /// absence assertion fails on it), or secured `P2P/2` (the marker is absent).
 #[test]
-fn capture_sees_what_crosses_the_public_segment() {
+fn scenario4_capture_sees_what_crosses_the_public_segment() {
     let start = Instant::now();
-    let scenario = "capture_sees_what_crosses_the_public_segment";
+    let scenario = "scenario4_capture_sees_what_crosses_the_public_segment";
     let Some(lab) = Lab::start(scenario, &[("alice", At::Public), ("bob", At::Public)]) else {
         return;
     };
@@ -495,4 +495,96 @@ fn lab_cleans_up_after_a_panic_and_after_a_crash() {
         natlab::namespaces_tagged(&stale).is_empty(),
         "the stale namespace {stale} was swept"
     );
+}
+
+/// The capture's stream reassembly, on frames made by hand (needs no lab): segments
+/// out of order, retransmitted and overlapping make one stream; a string split across
+/// two segments is found in the stream and in no single frame; a hole makes the
+/// capture unable to prove absence.
+#[test]
+fn capture_reassembles_streams_from_segments() {
+    let a = SocketAddrV4::new(std::net::Ipv4Addr::new(203, 0, 113, 20), 40000);
+    let b = SocketAddrV4::new(std::net::Ipv4Addr::new(203, 0, 113, 21), 7000);
+    let isn = u32::MAX - 3; // the sequence numbers wrap inside the stream
+    let frames = [
+        frame(a, b, isn, true, b""),
+        frame(a, b, isn.wrapping_add(1 + 10), false, b"-marker-splits"),
+        frame(a, b, isn.wrapping_add(1), false, b"0123456789"),
+        frame(a, b, isn.wrapping_add(1 + 5), false, b"56789-mar"), // overlap
+        frame(a, b, isn.wrapping_add(1), false, b"0123456789"),    // retransmission
+        frame(b, a, 77, false, b"no SYN seen this way"),
+    ];
+    let cap = Captured {
+        frames: frames
+            .into_iter()
+            .map(|data| natlab::capture::Frame { data })
+            .collect(),
+        ..Captured::default()
+    };
+    let streams = cap.streams();
+    let ab = streams.iter().find(|s| s.src == a).expect("a -> b");
+    assert_eq!(ab.data, b"0123456789-marker-splits");
+    assert_eq!(ab.gaps, 0);
+    let ba = streams.iter().find(|s| s.src == b).expect("b -> a");
+    assert_eq!(ba.data, b"no SYN seen this way");
+    assert_eq!(
+        cap.find(b"9-marker-s"),
+        (vec![(a, b)], 0),
+        "found across segments only"
+    );
+    assert!(cap.check_absent(b"9-marker-s", "x").is_err());
+    cap.assert_absent(b"never sent", "a string nobody sent");
+    assert_eq!(cap.flows()[&(a, b)], 10 + 14 + 9 + 10);
+
+    let holed = Captured {
+        frames: vec![
+            natlab::capture::Frame {
+                data: frame(a, b, 1000, false, b"abc"),
+            },
+            natlab::capture::Frame {
+                data: frame(a, b, 1010, false, b"xyz"),
+            },
+        ],
+        ..Captured::default()
+    };
+    let why = holed.check_absent(b"never sent", "x").unwrap_err();
+    assert!(why.contains("incomplete"), "{why}");
+    let dropped = Captured { drops: 1, ..cap };
+    assert!(
+        dropped.check_absent(b"never sent", "x").is_err(),
+        "drops make it incomplete"
+    );
+}
+
+/// An Ethernet frame holding an IPv4 TCP segment from `src` to `dst`.
+fn frame(src: SocketAddrV4, dst: SocketAddrV4, seq: u32, syn: bool, payload: &[u8]) -> Vec<u8> {
+    let mut f = vec![0u8; 12];
+    f.extend_from_slice(&[0x08, 0x00]);
+    let total = (20 + 20 + payload.len()) as u16;
+    let mut ip = vec![0x45, 0, 0, 0, 0, 0, 0, 0, 64, 6, 0, 0];
+    ip[2..4].copy_from_slice(&total.to_be_bytes());
+    ip.extend_from_slice(&src.ip().octets());
+    ip.extend_from_slice(&dst.ip().octets());
+    f.extend_from_slice(&ip);
+    let mut tcp = Vec::new();
+    tcp.extend_from_slice(&src.port().to_be_bytes());
+    tcp.extend_from_slice(&dst.port().to_be_bytes());
+    tcp.extend_from_slice(&seq.to_be_bytes());
+    tcp.extend_from_slice(&[
+        0,
+        0,
+        0,
+        0,
+        0x50,
+        if syn { 0x02 } else { 0x18 },
+        0xff,
+        0xff,
+        0,
+        0,
+        0,
+        0,
+    ]);
+    f.extend_from_slice(&tcp);
+    f.extend_from_slice(payload);
+    f
 }

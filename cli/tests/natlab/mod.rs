@@ -215,6 +215,7 @@ impl Lab {
         iface: &str,
         addr: Ipv4Addr,
     ) -> Result<(), Unavailable> {
+        assert_documentation(addr);
         let port = format!("p{}", self.ports);
         self.ports += 1;
         let sw = self.switch.clone();
@@ -312,6 +313,7 @@ impl Lab {
         ip(&[
             "-n", &router.ns, "link", "set", &lan_port, "master", "lan", "up",
         ])?;
+        assert_documentation(addr);
         let cidr = format!("{addr}/{}", router.prefix);
         ip(&["-n", &ns, "addr", "add", &cidr, "dev", "eth0"])?;
         ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
@@ -499,6 +501,16 @@ table ip natlab {
   }
 }
 "#;
+
+/// The lab never uses an address outside the documentation ranges (RFC 5737), so it
+/// can never shadow or reach a real network.
+fn assert_documentation(addr: Ipv4Addr) {
+    let [a, b, c, _] = addr.octets();
+    assert!(
+        matches!((a, b, c), (192, 0, 2) | (198, 51, 100) | (203, 0, 113)),
+        "{addr} is not a documentation address"
+    );
+}
 
 /// Root, `ip` and `nft`: without them there is no lab.
 fn prerequisites() -> Result<(), Unavailable> {
