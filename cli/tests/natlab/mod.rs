@@ -478,8 +478,10 @@ impl Drop for Lab {
     }
 }
 
-/// The NAT router's rules: masquerade out of `wan`; on `wan`, only replies come in
-/// (to the router or through it), everything else is counted and dropped.
+/// The NAT router's rules: masquerade out of `wan`; from the inside anything goes
+/// (`lan*`: with bridge netfilter on, traffic between two hosts of one NAT also passes
+/// the forward chain); on `wan`, only replies come in (to the router or through it),
+/// everything else is counted and dropped.
 const NAT_RULES: &str = r#"
 table ip natlab {
   counter unsolicited {
@@ -491,7 +493,7 @@ table ip natlab {
   chain forward {
     type filter hook forward priority filter; policy drop;
     ct state established,related accept
-    iifname "lan" oifname "wan" accept
+    iifname "lan*" accept
     iifname "wan" counter name "unsolicited" drop
   }
   chain input {
