@@ -5,7 +5,8 @@
 //! Scenarios: T1 (a download between two peers), T2 (registry lookups, sessions), T2b
 //! (legacy one-shot lookups), T3 (scale: 10,000 sessions, 100,000 users, `GET_AF`), T4
 //! (chat round trip and one-way rate), T5 (hashing a share, and the cached rescan), T6
-//! (registry lookups under attack). A new scenario is a module and a line in
+//! (registry lookups under attack), T7 (the secure link by itself: AEAD speed, an
+//! encrypted copy, handshakes per second, an encrypted round trip). A new scenario is a module and a line in
 //! [`SCENARIOS`].
 
 mod baseline;
@@ -22,6 +23,7 @@ mod t3;
 mod t4;
 mod t5;
 mod t6;
+mod t7;
 
 use report::Figure;
 use std::process::ExitCode;
@@ -92,6 +94,11 @@ const SCENARIOS: &[Scenario] = &[
         id: "T6",
         title: "registry lookups under attack: slow GET_AF readers and a flooding address",
         run: t6::run,
+    },
+    Scenario {
+        id: "T7",
+        title: "secure link: AEAD speed, encrypted copy, handshakes, encrypted round trip",
+        run: t7::run,
     },
 ];
 
@@ -342,6 +349,10 @@ mod tests {
         let o = parse_args(&args(&["--only", "t1,t4,T5"])).unwrap().unwrap();
         assert_eq!(o.size_mib, DEFAULT_SIZE_MIB);
         assert!(o.selected("T1") && o.selected("T4") && o.selected("T5") && !o.selected("T2"));
+        let o = parse_args(&args(&["--only=t7", "--quick"]))
+            .unwrap()
+            .unwrap();
+        assert!(o.selected("T7") && !o.selected("T1"));
         assert!(parse_args(&args(&["--help"])).unwrap().is_none());
         assert!(parse_args(&args(&["--only", "T9"])).is_err());
         assert!(parse_args(&args(&["--size-mib", "x"])).is_err());
