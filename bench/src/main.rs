@@ -6,8 +6,8 @@
 //! (legacy one-shot lookups), T3 (scale: 10,000 sessions, 100,000 users, `GET_AF`), T4
 //! (chat round trip and one-way rate), T5 (hashing a share, and the cached rescan), T6
 //! (registry lookups under attack), T7 (the secure link by itself: AEAD speed, an
-//! encrypted copy, handshakes per second, an encrypted round trip). A new scenario is a module and a line in
-//! [`SCENARIOS`].
+//! encrypted copy, handshakes per second, an encrypted round trip). A new scenario is a
+//! module and a line in [`SCENARIOS`].
 
 mod baseline;
 mod load;
