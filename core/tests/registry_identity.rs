@@ -526,6 +526,25 @@ fn a_stalled_xx_handshake_after_the_reply_is_closed_at_the_deadline() {
     assert!(t.elapsed() < Duration::from_secs(8));
 }
 
+#[test]
+fn a_handshake_takes_a_query_token_of_its_address() {
+    let r = start(RegistryConfig {
+        queries_per_sec_per_addr: 1,
+        query_burst_per_addr: 1,
+        ..RegistryConfig::default()
+    });
+    let id = Identity::generate().unwrap();
+    // The handshake takes the one token: the first query then waits for the next.
+    let mut s = Enc::dial(r.local_addr(), &id, Some(r.public_key()));
+    let t = Instant::now();
+    assert_eq!(s.ask("GET_U"), "OK");
+    let waited = t.elapsed();
+    assert!(
+        waited >= Duration::from_millis(500),
+        "answered after {waited:?}"
+    );
+}
+
 // ---- memory: a registry in a child process ----
 
 /// The registry process for the memory test: configured by `P2P_IDENTITY_CHILD`

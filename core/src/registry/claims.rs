@@ -110,6 +110,15 @@ impl Claims {
         Claims::init(db, ttl)
     }
 
+    /// A store on any redb backend (tests: one that fails on demand).
+    #[cfg(test)]
+    pub fn with_backend(backend: impl redb::StorageBackend, ttl: Duration) -> Result<Claims> {
+        let db = Database::builder()
+            .create_with_backend(backend)
+            .map_err(store_err)?;
+        Claims::init(db, ttl)
+    }
+
     fn init(db: Database, ttl: Duration) -> Result<Claims> {
         // Create the table up front, so reads never meet a missing one.
         let tx = db.begin_write().map_err(store_err)?;

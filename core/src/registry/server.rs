@@ -1737,3 +1737,87 @@ mod summary_tests {
         assert!(s.len() < 200, "{s}");
     }
 }
+
+#[cfg(test)]
+mod claim_tests {
+    use super::*;
+    use redb::backends::InMemoryBackend;
+    use redb::StorageBackend;
+    use std::sync::atomic::AtomicBool;
+
+    /// redb's in-memory backend whose flushes fail once `fail` is set (a full or
+    /// broken disk).
+    #[derive(Debug)]
+    struct Failing {
+        inner: InMemoryBackend,
+        fail: Arc<AtomicBool>,
+    }
+
+    impl StorageBackend for Failing {
+        fn len(&self) -> io::Result<u64> {
+            self.inner.len()
+        }
+        fn read(&self, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+            self.inner.read(offset, len)
+        }
+        fn set_len(&self, len: u64) -> io::Result<()> {
+            self.inner.set_len(len)
+        }
+        fn sync_data(&self, eventual: bool) -> io::Result<()> {
+            if self.fail.load(Ordering::SeqCst) {
+                return Err(io::Error::other("disk full"));
+            }
+            self.inner.sync_data(eventual)
+        }
+        fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+            if self.fail.load(Ordering::SeqCst) {
+                return Err(io::Error::other("disk full"));
+            }
+            self.inner.write(offset, data)
+        }
+    }
+
+    #[test]
+    fn an_init_whose_claim_cannot_be_stored_is_refused_and_not_registered() {
+        let fail = Arc::new(AtomicBool::new(false));
+        let backend = Failing {
+            inner: InMemoryBackend::new(),
+            fail: fail.clone(),
+        };
+        let claims = Claims::with_backend(backend, Duration::from_secs(3600)).unwrap();
+        let directory = Directory::default();
+        let tables = Tables {
+            directory: &directory,
+            claims: &claims,
+        };
+        let key = crate::identity::Identity::generate().unwrap().public();
+        let caller = |conn, key| Caller {
+            conn,
+            ip: "127.0.0.1".parse().unwrap(),
+            session: true,
+            key,
+        };
+        assert_eq!(
+            init(tables, caller(1, Some(key)), "alice", 5000, &[]),
+            Ok(InitOutcome::Registered)
+        );
+        fail.store(true, Ordering::SeqCst);
+        assert_eq!(
+            init(tables, caller(2, Some(key)), "bob", 5000, &[]),
+            Err(QueryError(reason::REGISTRY_UNAVAILABLE))
+        );
+        assert!(
+            directory.get("bob").is_none(),
+            "registered without its claim"
+        );
+        // An update makes no new claim; a plaintext registration makes none at all.
+        assert_eq!(
+            init(tables, caller(1, Some(key)), "alice", 5001, &[]),
+            Ok(InitOutcome::Updated)
+        );
+        assert_eq!(
+            init(tables, caller(3, None), "carol", 5000, &[]),
+            Ok(InitOutcome::Registered)
+        );
+    }
+}
