@@ -398,6 +398,22 @@ fn a_claim_lapses_after_the_claim_ttl() {
 }
 
 #[test]
+fn a_name_registered_for_longer_than_the_claim_ttl_keeps_its_claim() {
+    let ttl = Duration::from_secs(4);
+    let r = start(RegistryConfig {
+        claim_ttl: ttl,
+        ..RegistryConfig::default()
+    });
+    let alice = Identity::generate().unwrap();
+    let mut a = Enc::dial(r.local_addr(), &alice, None);
+    assert_eq!(a.ask("INIT,alice,5000"), "OK");
+    // Registered is in use: the registry marks it so while the session lasts.
+    std::thread::sleep(ttl + Duration::from_secs(2));
+    assert_eq!(r.claim("alice").unwrap(), Some(alice.public()));
+    assert_eq!(a.ask("GET_U"), "OK,alice");
+}
+
+#[test]
 fn an_operator_releases_a_claim() {
     let dir = tempfile::tempdir().unwrap();
     let (alice, bob) = (Identity::generate().unwrap(), Identity::generate().unwrap());

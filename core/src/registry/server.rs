@@ -51,6 +51,9 @@ use std::time::{Duration, Instant, SystemTime};
 /// A sealed-output buffer larger than this is given back once written out (an idle
 /// encrypted connection keeps no record-sized buffer).
 const WIRE_KEEP: usize = 4096;
+/// Longest time between two refreshes of the claims of names registered now (a
+/// quarter of the claim TTL when that is shorter).
+const CLAIM_REFRESH_MAX: Duration = Duration::from_secs(3600);
 
 const LISTENER: Token = Token(usize::MAX - 1);
 const WAKER: Token = Token(usize::MAX);
@@ -345,6 +348,8 @@ pub(super) struct Server {
     answer_buf: Vec<u8>,
     /// Freed bytes counted towards the next `malloc_trim` (loop 0).
     trim_debt: usize,
+    /// Loop 0: when the claims of names registered now are next marked used.
+    next_claim_refresh: Instant,
 }
 
 impl Server {
@@ -368,6 +373,7 @@ impl Server {
             scratch: vec![0; READ_CHUNK],
             answer_buf: Vec::new(),
             trim_debt: 0,
+            next_claim_refresh: Instant::now(),
         };
         Ok((server, Handoff { tx, waker }))
     }
@@ -452,6 +458,19 @@ impl Server {
     /// Loop 0, once a second: expire leases, forget idle addresses, drop stale rendered
     /// answers, and give freed memory back to the system after large releases.
     fn sweep(&mut self, now: Instant) {
+        if now >= self.next_claim_refresh {
+            // A name registered now is in use: its claim must not lapse under a long
+            // session (a crash would skip the touch at the session's end).
+            let every = (self.shared.config.claim_ttl / 4).min(CLAIM_REFRESH_MAX);
+            self.next_claim_refresh = now + every;
+            let keyed = self.shared.directory.keyed_names();
+            if !keyed.is_empty() {
+                let pairs = keyed.iter().map(|(n, k)| (&**n, k));
+                if let Err(e) = self.shared.claims.touch_pairs(pairs, SystemTime::now()) {
+                    log::warn!("registry: could not record the claims' use: {e}");
+                }
+            }
+        }
         let lease = self.shared.config.legacy_lease;
         let expired = self.shared.directory.expire_leases(now, lease);
         if !expired.is_empty() {
