@@ -6,7 +6,7 @@ use crate::panic;
 use crate::status::{p2p_status, FfiError};
 use crate::strings::{arg_out, arg_ref, arg_str, c_string, owned, p2p_string_list, put};
 use crate::userdata::UserData;
-use p2pcore::registry::{Registry, RegistryEvent};
+use p2pcore::registry::{Registry, RegistryConfig, RegistryEvent};
 use parking_lot::Mutex;
 use std::ffi::{c_char, c_void, CString};
 use std::net::SocketAddr;
@@ -170,6 +170,133 @@ impl p2p_registry {
     }
 }
 
+/// How to start a registry. Opaque; made by `p2p_registry_config_new()`, adjusted with
+/// the `p2p_registry_config_*` functions, used by `p2p_registry_start_with_config()`
+/// (which copies it: the config may be freed or reused right after), freed by
+/// `p2p_registry_config_free()`.
+pub struct p2p_registry_config {
+    addr: String,
+    config: RegistryConfig,
+    on_event: p2p_registry_event_cb,
+    user_data: UserData,
+}
+
+/// # Safety
+/// `config` is NULL or a live config handle.
+unsafe fn config_mut<'a>(
+    config: *mut p2p_registry_config,
+) -> Result<&'a mut p2p_registry_config, FfiError> {
+    config.as_mut().ok_or_else(|| FfiError::null("config"))
+}
+
+/// Make a registry configuration: listen on `addr` (`"host:port"`, borrowed for the
+/// call; port 0 picks a free port). Defaults: the limits of `p2p_registry_start()`, no
+/// event callback, no data directory (name claims and the registry's key last only
+/// as long as the process). On success `*out` is a new config owned by the caller, to
+/// free with `p2p_registry_config_free()`. Nothing is bound before
+/// `p2p_registry_start_with_config()`.
+///
+/// Errors: `P2P_NULL_ARGUMENT`, `P2P_INVALID_UTF8`.
+#[no_mangle]
+pub unsafe extern "C" fn p2p_registry_config_new(
+    addr: *const c_char,
+    out: *mut *mut p2p_registry_config,
+) -> p2p_status {
+    panic::status(|| {
+        let addr = arg_str(addr, "addr")?;
+        let out = arg_out(out, "out")?;
+        let config = Box::new(p2p_registry_config {
+            addr: addr.to_string(),
+            config: RegistryConfig::default(),
+            on_event: None,
+            user_data: UserData(std::ptr::null_mut()),
+        });
+        put(out, Box::into_raw(config));
+        Ok(())
+    })
+}
+
+/// Free a registry configuration. NULL is a no-op; registries started with it are not
+/// affected.
+#[no_mangle]
+pub unsafe extern "C" fn p2p_registry_config_free(config: *mut p2p_registry_config) {
+    panic::void(|| {
+        if !config.is_null() {
+            drop(Box::from_raw(config));
+        }
+    })
+}
+
+/// Call `on_event` for every event (see `p2p_registry_event_cb`) with `user_data`,
+/// which must stay valid until `p2p_registry_stop()` or `p2p_registry_free()` returns.
+/// `on_event` NULL unsets it.
+///
+/// Errors: `P2P_NULL_ARGUMENT` (config; `user_data` may be NULL).
+#[no_mangle]
+pub unsafe extern "C" fn p2p_registry_config_on_event(
+    config: *mut p2p_registry_config,
+    on_event: p2p_registry_event_cb,
+    user_data: *mut c_void,
+) -> p2p_status {
+    panic::status(|| {
+        let config = config_mut(config)?;
+        config.on_event = on_event;
+        config.user_data = UserData(user_data);
+        Ok(())
+    })
+}
+
+/// Start a registry as `config` says (see `p2p_registry_start()`, which this extends).
+/// `config` is only read. On success `*out` receives the new handle, owned by the
+/// caller (free it with `p2p_registry_free()`); untouched on failure.
+///
+/// Errors: `P2P_NULL_ARGUMENT`, `P2P_IO` (cannot bind; the data directory cannot be
+/// created or read), `P2P_INVALID_ARGUMENT` (the data directory holds a damaged or
+/// foreign key or claims file).
+#[no_mangle]
+pub unsafe extern "C" fn p2p_registry_start_with_config(
+    config: *const p2p_registry_config,
+    out: *mut *mut p2p_registry,
+) -> p2p_status {
+    panic::status(|| {
+        let config = arg_ref(config, "config")?;
+        let out = arg_out(out, "out")?;
+        let handle = start(
+            &config.addr,
+            config.config.clone(),
+            config.on_event,
+            config.user_data,
+        )?;
+        put(out, handle);
+        Ok(())
+    })
+}
+
+/// Start a registry: the one body of `p2p_registry_start()` and
+/// `p2p_registry_start_with_config()`.
+fn start(
+    addr: &str,
+    config: RegistryConfig,
+    on_event: p2p_registry_event_cb,
+    ud: UserData,
+) -> Result<*mut p2p_registry, FfiError> {
+    let mut builder = Registry::builder().config(config);
+    let id = callback::new_id();
+    if let Some(cb) = on_event {
+        builder = builder.on_event(move |ev| {
+            let _scope = Scope::enter(Owner::Registry(id));
+            deliver(cb, ud, ev)
+        });
+    }
+    let server = builder.bind(addr)?;
+    let handle = Box::new(p2p_registry {
+        local_addr: server.local_addr(),
+        server: Mutex::new(Some(server)),
+        id,
+    });
+    Ok(Box::into_raw(handle))
+}
+
 /// Start a registry server listening on `addr` (`"host:port"`; port 0 picks a free
 /// port, see `p2p_registry_port()`).
 ///
@@ -191,22 +318,13 @@ pub unsafe extern "C" fn p2p_registry_start(
     panic::status(|| {
         let addr = arg_str(addr, "addr")?;
         let out = arg_out(out, "out")?;
-        let mut builder = Registry::builder();
-        let id = callback::new_id();
-        if let Some(cb) = on_event {
-            let ud = UserData(user_data);
-            builder = builder.on_event(move |ev| {
-                let _scope = Scope::enter(Owner::Registry(id));
-                deliver(cb, ud, ev)
-            });
-        }
-        let server = builder.bind(addr)?;
-        let handle = Box::new(p2p_registry {
-            local_addr: server.local_addr(),
-            server: Mutex::new(Some(server)),
-            id,
-        });
-        put(out, Box::into_raw(handle));
+        let handle = start(
+            addr,
+            RegistryConfig::default(),
+            on_event,
+            UserData(user_data),
+        )?;
+        put(out, handle);
         Ok(())
     })
 }

@@ -140,8 +140,11 @@ pub unsafe extern "C" fn p2p_transfer_is_finished(
 ///
 /// Errors: `P2P_NULL_ARGUMENT` (transfer), `P2P_WOULD_DEADLOCK`, `P2P_CANCELLED`
 /// (cancelled, or the peer exited), `P2P_FILE_NOT_FOUND`, `P2P_HASH_MISMATCH`,
-/// `P2P_BUSY`, `P2P_REFUSED`, `P2P_ALREADY_EXISTS`, `P2P_TIMEOUT`, `P2P_IO`,
-/// `P2P_PROTOCOL`.
+/// `P2P_BUSY`, `P2P_REFUSED`, `P2P_ALREADY_EXISTS`, `P2P_KEY_CHANGED` (the user's key
+/// differs from the one pinned: see `p2p_peer_accept_user_key()`), `P2P_DENIED` (the
+/// other side is not the key the registry lists, or does not serve this peer, or it
+/// is unverified and this peer refuses those), `P2P_TIMEOUT`, `P2P_IO` (also: a
+/// record of the encrypted link failed its check), `P2P_PROTOCOL`.
 #[no_mangle]
 pub unsafe extern "C" fn p2p_transfer_wait(
     transfer: *const p2p_transfer,

@@ -80,7 +80,7 @@
  * The result of every fallible p2pchat call. `P2P_OK` (0) is success; every other
  * value is a failure whose text `p2p_last_error_message()` gives.
  *
- * Values 1 to 20 are the engine's error codes; 100 and above are the C boundary's own.
+ * Values 1 to 22 are the engine's error codes; 100 and above are the C boundary's own.
  * Treat unknown values as failures: new ones may be added.
  */
 enum p2p_status
@@ -176,13 +176,18 @@ enum p2p_status
      */
     P2P_REFUSED = 20,
     /**
-     * A key differs from the one pinned for that name (or registry) before; refused
-     * until the new key is accepted (`p2p_peer_accept_key`).
+     * The key the registry lists for a user differs from the one this peer pinned for
+     * that name before (like SSH's changed host key): the chat or download was
+     * refused, and a `P2P_EVENT_KEY_CHANGED` event names both fingerprints. Refused
+     * until the person has compared the new fingerprint with its owner and accepted
+     * it (`p2p_peer_user_fingerprint()`, then `p2p_peer_accept_user_key()`).
      */
     P2P_KEY_CHANGED = 21,
     /**
      * An identity check failed: the other side is not who it claims, or refuses who
-     * this peer is (not registered, not allowed), or an unverified partner was refused.
+     * this peer is (not registered with its key, not on its serve-only list), an
+     * unverified partner was refused (`p2p_peer_config_set_refuse_unverified()`), or
+     * a fingerprint given to `p2p_peer_accept_user_key()` does not match.
      */
     P2P_DENIED = 22,
     /**
@@ -326,8 +331,12 @@ enum p2p_peer_event_kind
      */
     P2P_EVENT_SHARE_UPDATED = 8,
     /**
-     * A key offered for a name differs from the pinned one; the chat, download or
-     * connection was refused. The text names both fingerprints.
+     * The key of a user (or of the registry) differs from the one pinned for it
+     * before; the chat, download or connection was refused (with `P2P_KEY_CHANGED`).
+     * The text names the user (or `registry <address>`) and both fingerprints, pinned
+     * and new. For a user,
+     * `p2p_peer_accept_user_key()` with the new fingerprint, once its owner has
+     * confirmed it, lets the next attempt through.
      */
     P2P_EVENT_KEY_CHANGED = 9,
 };
@@ -374,6 +383,14 @@ typedef struct p2p_peer_config p2p_peer_config;
  * freed by `p2p_registry_free()`.
  */
 typedef struct p2p_registry p2p_registry;
+
+/**
+ * How to start a registry. Opaque; made by `p2p_registry_config_new()`, adjusted with
+ * the `p2p_registry_config_*` functions, used by `p2p_registry_start_with_config()`
+ * (which copies it: the config may be freed or reused right after), freed by
+ * `p2p_registry_config_free()`.
+ */
+typedef struct p2p_registry_config p2p_registry_config;
 
 /**
  * A download in progress or finished. Opaque; made by `p2p_peer_fetch()`, freed by
@@ -635,6 +652,47 @@ void p2p_string_list_free(struct p2p_string_list *list);
 void p2p_user_files_list_free(struct p2p_user_files_list *list);
 
 /**
+ * Make a registry configuration: listen on `addr` (`"host:port"`, borrowed for the
+ * call; port 0 picks a free port). Defaults: the limits of `p2p_registry_start()`, no
+ * event callback, no data directory (name claims and the registry's key last only
+ * as long as the process). On success `*out` is a new config owned by the caller, to
+ * free with `p2p_registry_config_free()`. Nothing is bound before
+ * `p2p_registry_start_with_config()`.
+ *
+ * Errors: `P2P_NULL_ARGUMENT`, `P2P_INVALID_UTF8`.
+ */
+p2p_status p2p_registry_config_new(const char *addr, struct p2p_registry_config **out);
+
+/**
+ * Free a registry configuration. NULL is a no-op; registries started with it are not
+ * affected.
+ */
+void p2p_registry_config_free(struct p2p_registry_config *config);
+
+/**
+ * Call `on_event` for every event (see `p2p_registry_event_cb`) with `user_data`,
+ * which must stay valid until `p2p_registry_stop()` or `p2p_registry_free()` returns.
+ * `on_event` NULL unsets it.
+ *
+ * Errors: `P2P_NULL_ARGUMENT` (config; `user_data` may be NULL).
+ */
+p2p_status p2p_registry_config_on_event(struct p2p_registry_config *config,
+                                        p2p_registry_event_cb on_event,
+                                        void *user_data);
+
+/**
+ * Start a registry as `config` says (see `p2p_registry_start()`, which this extends).
+ * `config` is only read. On success `*out` receives the new handle, owned by the
+ * caller (free it with `p2p_registry_free()`); untouched on failure.
+ *
+ * Errors: `P2P_NULL_ARGUMENT`, `P2P_IO` (cannot bind; the data directory cannot be
+ * created or read), `P2P_INVALID_ARGUMENT` (the data directory holds a damaged or
+ * foreign key or claims file).
+ */
+p2p_status p2p_registry_start_with_config(const struct p2p_registry_config *config,
+                                          struct p2p_registry **out);
+
+/**
  * Start a registry server listening on `addr` (`"host:port"`; port 0 picks a free
  * port, see `p2p_registry_port()`).
  *
@@ -716,7 +774,11 @@ void p2p_registry_free(struct p2p_registry *registry);
  * (the address the registry records and hands out: a loopback registry means a
  * loopback-only listener), downloads saved into `shared_dir`, a 30 s chat-answer
  * timeout, the registry probed for its kind (p2pchat or original), no live share, no
- * callbacks (so every chat request is declined).
+ * callbacks (so every chat request is declined); the identity (key pair) in the
+ * user's config directory, `$XDG_CONFIG_HOME/p2pchat/<username>.key` (else
+ * `$HOME/.config/p2pchat/<username>.key`), created with mode 0600 on first use; pinned
+ * keys kept in memory only; unverified partners accepted (and marked); files served
+ * to any registered user whose key the registry lists.
  *
  * All strings are borrowed for the call; `shared_dir` is taken as bytes (need not be
  * UTF-8). On success `*out` is a new config owned by the caller, to free with
@@ -782,6 +844,58 @@ p2p_status p2p_peer_config_set_legacy_registry(struct p2p_peer_config *config, b
  * Errors: `P2P_NULL_ARGUMENT`.
  */
 p2p_status p2p_peer_config_set_live_share(struct p2p_peer_config *config, bool on);
+
+/**
+ * Keep this peer's identity (its long-term key pair, which owns its username at the
+ * registry) in file `path` (bytes, borrowed for the call): loaded by
+ * `p2p_peer_connect()`, or created there (mode 0600, its directory 0700) when it does
+ * not exist. NULL restores the default, `<username>.key` under the user's config
+ * directory (see `p2p_peer_config_new()`). Keep the file: another key cannot register
+ * the name while the registry's claim for it lasts. `p2p_peer_connect()` refuses a
+ * file others may read or write, or one that is not an identity file
+ * (`P2P_INVALID_ARGUMENT`).
+ *
+ * Errors: `P2P_NULL_ARGUMENT` (config).
+ */
+p2p_status p2p_peer_config_set_identity_file(struct p2p_peer_config *config, const char *path);
+
+/**
+ * Keep the keys this peer pins (the key first seen for each user of its registry,
+ * like SSH's `known_hosts`) in file `path` (bytes, borrowed for the call), created on
+ * the first pin, so a changed key is noticed across runs. NULL restores the default:
+ * pins kept in memory, forgotten when the peer is freed.
+ *
+ * Errors: `P2P_NULL_ARGUMENT` (config).
+ */
+p2p_status p2p_peer_config_set_known_keys_file(struct p2p_peer_config *config, const char *path);
+
+/**
+ * `true`: refuse partners that cannot prove who they are (original C++ clients and
+ * peers registered without a key): their requests are refused (`P2P_EVENT_REQUEST_REFUSED`),
+ * and chats and downloads to them fail with `P2P_DENIED`. `false` (the default):
+ * accept them, marked unverified (`p2p_chat_request_is_verified()`,
+ * `p2p_peer_user_fingerprint()` gives `""`).
+ *
+ * Errors: `P2P_NULL_ARGUMENT`.
+ */
+p2p_status p2p_peer_config_set_refuse_unverified(struct p2p_peer_config *config, bool on);
+
+/**
+ * Serve files only to the `len` users of `names`: each entry a username, or
+ * `"key:"` followed by 64 hex digits for a key whatever name it registers under (a
+ * username cannot contain `:`). Anyone else asking for a file is refused
+ * (`P2P_EVENT_REQUEST_REFUSED`; the asker gets `P2P_DENIED`). Chats are not affected.
+ *
+ * `names` NULL restores the default (any registered user whose key the registry
+ * lists); `names` not NULL with `len` 0 serves no one. The strings are copied: they
+ * are borrowed for the call only. On failure the config is unchanged.
+ *
+ * Errors: `P2P_NULL_ARGUMENT` (config, or an entry of `names`), `P2P_INVALID_UTF8`,
+ * `P2P_INVALID_ARGUMENT` (an entry neither a valid username nor `key:<64 hex>`).
+ */
+p2p_status p2p_peer_config_set_serve_only(struct p2p_peer_config *config,
+                                          const char *const *names,
+                                          size_t len);
 
 /**
  * How long an incoming chat request waits for an answer before the library declines
@@ -868,8 +982,11 @@ p2p_status p2p_peer_config_on_event(struct p2p_peer_config *config, p2p_peer_eve
  * library threads from now until `p2p_peer_exit()` / `p2p_peer_free()` returns.
  *
  * Errors: `P2P_NULL_ARGUMENT`, `P2P_INVALID_USERNAME`, `P2P_NOT_A_DIRECTORY`,
- * `P2P_PORT_UNAVAILABLE`, `P2P_USERNAME_TAKEN`, `P2P_IO` (registry unreachable),
- * `P2P_TIMEOUT`, `P2P_REGISTRY`.
+ * `P2P_INVALID_ARGUMENT` (the identity file is not one, or others may read it; no
+ * identity file set and neither `XDG_CONFIG_HOME` nor `HOME` set), `P2P_IO` (registry
+ * unreachable; the identity or known-keys file cannot be read or created),
+ * `P2P_PORT_UNAVAILABLE`, `P2P_USERNAME_TAKEN` (also: the name is claimed by another
+ * key), `P2P_TIMEOUT`, `P2P_REGISTRY`.
  */
 p2p_status p2p_peer_connect(const struct p2p_peer_config *config, struct p2p_peer **out);
 
@@ -990,6 +1107,54 @@ p2p_status p2p_peer_all_files(const struct p2p_peer *peer, struct p2p_user_files
 p2p_status p2p_peer_user_is_legacy(const struct p2p_peer *peer, const char *user, bool *out);
 
 /**
+ * This peer's own fingerprint: the short digest of its public key that other people
+ * compare (eight groups of four characters, `"K7QH-2MXA-..."`), e.g. read out to a
+ * friend who checks it against `p2p_peer_user_fingerprint()` on their side. On
+ * success `*out` is a new string; free it with `p2p_string_free()`.
+ *
+ * Errors: `P2P_NULL_ARGUMENT`, `P2P_SHUTDOWN`.
+ */
+p2p_status p2p_peer_fingerprint(const struct p2p_peer *peer, char **out);
+
+/**
+ * The fingerprint of the key the registry lists for `user` now (asks the registry),
+ * to compare with the one `user` reads out from their own `p2p_peer_fingerprint()`.
+ * On success `*out` is a new string (free it with `p2p_string_free()`): the
+ * fingerprint, or `""` when the registry lists no key for `user` (an original
+ * client, a peer registered without a key, or an original registry): such a user
+ * is unverified.
+ *
+ * This only reports; it pins nothing (chats and downloads pin a user's key the first
+ * time they reach it).
+ *
+ * Errors: `P2P_NULL_ARGUMENT`, `P2P_INVALID_UTF8`, `P2P_INVALID_USERNAME`,
+ * `P2P_USER_NOT_FOUND`, `P2P_SHUTDOWN`, `P2P_IO`, `P2P_TIMEOUT`, `P2P_PROTOCOL`.
+ */
+p2p_status p2p_peer_user_fingerprint(const struct p2p_peer *peer, const char *user, char **out);
+
+/**
+ * Accept the key the registry lists now for `user` as theirs from now on, replacing
+ * the key pinned for that name before: what to do after a chat or download failed
+ * with `P2P_KEY_CHANGED` and the person has confirmed the new key with its owner.
+ *
+ * `fingerprint` is the fingerprint the person compared (as `p2p_peer_user_fingerprint()`
+ * and `p2p_peer_fingerprint()` write it; case, dashes and spaces do not matter). The
+ * key is pinned only if the registry lists, at the time of this call, a key with
+ * exactly that fingerprint, so a key swapped in after the comparison is not
+ * accepted by mistake. Pinned in the known-keys file when the peer has one
+ * (`p2p_peer_config_set_known_keys_file()`), else in memory.
+ *
+ * Errors: `P2P_NULL_ARGUMENT`, `P2P_INVALID_UTF8`, `P2P_INVALID_USERNAME`,
+ * `P2P_INVALID_ARGUMENT` (`fingerprint` is not a fingerprint), `P2P_DENIED` (the
+ * registry lists another key for `user` now, or none: nothing was pinned),
+ * `P2P_USER_NOT_FOUND`, `P2P_SHUTDOWN`, `P2P_IO` (also: the known-keys file could not
+ * be written), `P2P_TIMEOUT`, `P2P_PROTOCOL`.
+ */
+p2p_status p2p_peer_accept_user_key(const struct p2p_peer *peer,
+                                    const char *user,
+                                    const char *fingerprint);
+
+/**
  * Whether this peer talks to its registry in the original client's way: forced with
  * `p2p_peer_config_set_legacy_registry()`, or because the probe found an original
  * server.
@@ -1037,7 +1202,10 @@ p2p_status p2p_username_available(const char *registry, const char *username, bo
  * Errors: `P2P_NULL_ARGUMENT`, `P2P_INVALID_UTF8`, `P2P_INVALID_USERNAME`,
  * `P2P_USER_NOT_FOUND`, `P2P_DECLINED`, `P2P_TIMEOUT` (no answer in time, or an
  * original client closed the request untaken), `P2P_BUSY`, `P2P_REFUSED`,
- * `P2P_SHUTDOWN`, `P2P_IO`, `P2P_PROTOCOL`.
+ * `P2P_KEY_CHANGED` (`user`'s key differs from the one pinned for that name: see
+ * `p2p_peer_accept_user_key()`), `P2P_DENIED` (the other side is not the key the
+ * registry lists for `user`, or refuses this peer, or `user` is unverified and this
+ * peer refuses those), `P2P_SHUTDOWN`, `P2P_IO`, `P2P_PROTOCOL`.
  */
 p2p_status p2p_peer_chat(const struct p2p_peer *peer, const char *user, struct p2p_chat **out);
 
@@ -1212,8 +1380,11 @@ p2p_status p2p_transfer_is_finished(const struct p2p_transfer *transfer, bool *o
  *
  * Errors: `P2P_NULL_ARGUMENT` (transfer), `P2P_WOULD_DEADLOCK`, `P2P_CANCELLED`
  * (cancelled, or the peer exited), `P2P_FILE_NOT_FOUND`, `P2P_HASH_MISMATCH`,
- * `P2P_BUSY`, `P2P_REFUSED`, `P2P_ALREADY_EXISTS`, `P2P_TIMEOUT`, `P2P_IO`,
- * `P2P_PROTOCOL`.
+ * `P2P_BUSY`, `P2P_REFUSED`, `P2P_ALREADY_EXISTS`, `P2P_KEY_CHANGED` (the user's key
+ * differs from the one pinned: see `p2p_peer_accept_user_key()`), `P2P_DENIED` (the
+ * other side is not the key the registry lists, or does not serve this peer, or it
+ * is unverified and this peer refuses those), `P2P_TIMEOUT`, `P2P_IO` (also: a
+ * record of the encrypted link failed its check), `P2P_PROTOCOL`.
  */
 p2p_status p2p_transfer_wait(const struct p2p_transfer *transfer, char **path_out);
 

@@ -163,9 +163,18 @@ fn registry() -> (*mut p2p_registry, CString) {
     (registry, c(&take(addr)))
 }
 
-fn config(addr: &CStr, name: &str, dir: &Path, inbox: Option<&Inbox>) -> *mut p2p_peer_config {
+/// A config for `name` sharing `dir`, and the temporary directory holding its identity
+/// key (keep it until the peer has connected; never the real user's config).
+fn config(
+    addr: &CStr,
+    name: &str,
+    dir: &Path,
+    inbox: Option<&Inbox>,
+) -> (*mut p2p_peer_config, tempfile::TempDir) {
     let mut config = null_mut();
     let dir = c(dir.to_str().unwrap());
+    let keys = tempfile::tempdir().unwrap();
+    let key_file = c(keys.path().join("id.key").to_str().unwrap());
     // SAFETY: valid arguments; `inbox` outlives the peer in every test.
     unsafe {
         assert_eq!(
@@ -174,6 +183,10 @@ fn config(addr: &CStr, name: &str, dir: &Path, inbox: Option<&Inbox>) -> *mut p2
         );
         assert_eq!(
             p2p_peer_config_set_listen_ip(config, c("127.0.0.1").as_ptr()),
+            P2P_OK
+        );
+        assert_eq!(
+            p2p_peer_config_set_identity_file(config, key_file.as_ptr()),
             P2P_OK
         );
         if let Some(inbox) = inbox {
@@ -193,11 +206,11 @@ fn config(addr: &CStr, name: &str, dir: &Path, inbox: Option<&Inbox>) -> *mut p2
             );
         }
     }
-    config
+    (config, keys)
 }
 
 fn connect(addr: &CStr, name: &str, dir: &Path, inbox: Option<&Inbox>) -> *mut p2p_peer {
-    let config = config(addr, name, dir, inbox);
+    let (config, _keys) = config(addr, name, dir, inbox);
     let mut peer = null_mut();
     // SAFETY: valid arguments.
     unsafe {
@@ -235,6 +248,8 @@ fn status_values_are_the_engine_error_codes() {
         ErrorCode::Shutdown,
         ErrorCode::TooLarge,
         ErrorCode::Refused,
+        ErrorCode::KeyChanged,
+        ErrorCode::Denied,
     ];
     for code in codes {
         assert_eq!(p2p_status::from_code(code) as i32, code as i32, "{code:?}");
@@ -253,6 +268,8 @@ fn status_names_are_distinct_and_unknown_values_are_safe() {
     let mut names: Vec<&str> = p2p_status::ALL.iter().map(|s| name(*s as i32)).collect();
     assert_eq!(names[0], "P2P_OK");
     assert_eq!(name(P2P_USER_NOT_FOUND as i32), "P2P_USER_NOT_FOUND");
+    assert_eq!(name(21), "P2P_KEY_CHANGED");
+    assert_eq!(name(22), "P2P_DENIED");
     names.sort();
     names.dedup();
     assert_eq!(names.len(), p2p_status::ALL.len());
@@ -499,7 +516,7 @@ fn connect_failures_have_distinct_statuses() {
     let dir = tempfile::tempdir().unwrap();
     let alice = connect(&addr, "alice", dir.path(), None);
     let attempt = |name: &str, shared: &Path| {
-        let cfg = config(&addr, name, shared, None);
+        let (cfg, _keys) = config(&addr, name, shared, None);
         let mut peer = null_mut();
         let status = unsafe { p2p_peer_connect(cfg, &mut peer) };
         unsafe { p2p_peer_config_free(cfg) };
@@ -513,7 +530,7 @@ fn connect_failures_have_distinct_statuses() {
         P2P_NOT_A_DIRECTORY
     );
     unsafe {
-        let cfg = config(&addr, "bob", dir.path(), None);
+        let (cfg, _keys) = config(&addr, "bob", dir.path(), None);
         assert_eq!(
             p2p_peer_config_set_listen_ip(cfg, c("localhost!").as_ptr()),
             P2P_INVALID_ARGUMENT
@@ -837,7 +854,7 @@ fn chat_request_answered_after_it_expired_times_out() {
     let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let ib = Inbox::default();
     let a = connect(&addr, "alice", da.path(), None);
-    let cfg = config(&addr, "bob", db.path(), Some(&ib));
+    let (cfg, _keys) = config(&addr, "bob", db.path(), Some(&ib));
     let mut b = null_mut();
     unsafe {
         assert_eq!(p2p_peer_config_set_chat_answer_timeout_ms(cfg, 200), P2P_OK);
