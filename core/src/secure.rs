@@ -736,6 +736,11 @@ impl SecureReader {
         self.inner.get_ref()
     }
 
+    /// Whether bytes arrived that were not read yet (decrypted or still in a record).
+    pub fn has_buffered(&self) -> bool {
+        self.pos < self.plain.len() || !self.frame.is_empty() || !self.inner.buffer().is_empty()
+    }
+
     /// Reads and decrypts the next record into the plaintext buffer. `Ok(false)`: the
     /// other side closed cleanly between records.
     fn next_record(&mut self) -> io::Result<bool> {

@@ -395,11 +395,16 @@ impl PeerBuilder {
             (None, Some(path)) => Identity::load_or_create(path)?,
             (None, None) => Identity::load_or_create(&default_identity_file(&self.username)?)?,
         };
-        let known_keys = match &self.known_keys_file {
+        let known_keys = Arc::new(match &self.known_keys_file {
             Some(path) => KnownKeys::open(path)?,
             None => KnownKeys::memory(),
-        };
-        let registry = RegistryLink::new(&self.registry, self.registry_mode);
+        });
+        let registry = RegistryLink::new(
+            &self.registry,
+            self.registry_mode,
+            Some(identity.clone()),
+            known_keys.clone(),
+        )?;
         let listen_ip = match self.listen_ip {
             Some(ip) => ip,
             None => {
@@ -501,8 +506,8 @@ pub(crate) struct Inner {
     legacy_cut: Mutex<Vec<String>>,
     /// This peer's key pair: its identity on every secured link.
     pub identity: Identity,
-    /// Keys seen before (the registry's and other users').
-    pub known_keys: KnownKeys,
+    /// Keys seen before (the registry's and other users'), shared with the registry link.
+    pub known_keys: Arc<KnownKeys>,
     /// Refuse partners that cannot prove who they are.
     pub refuse_unverified: bool,
     /// Serve files only to these names / `key:<hex>` entries (`None`: any verified user).
@@ -837,6 +842,12 @@ impl Peer {
         }
     }
 
+    /// The registry's key on the current secured session; `None` while the session is
+    /// unencrypted (an original registry, or a p2pchat registry without secured links).
+    pub fn registry_key(&self) -> Option<PublicKey> {
+        self.inner.registry.registry_key()
+    }
+
     /// This peer's public key: its identity.
     pub fn public_key(&self) -> PublicKey {
         self.inner.identity.public()
@@ -974,7 +985,7 @@ pub fn username_available(registry: &str, username: &str) -> Result<bool> {
 /// [`username_available`] with a chosen [`RegistryMode`].
 pub fn username_available_with(registry: &str, username: &str, mode: RegistryMode) -> Result<bool> {
     check_username(username).map_err(|_| Error::InvalidUsername(username.to_string()))?;
-    let link = RegistryLink::new(registry, mode);
+    let link = RegistryLink::new(registry, mode, None, Arc::new(KnownKeys::memory()))?;
     let answer = link.ask(&format!("GET_P,{username}"))?;
     link.disconnect();
     Ok(matches!(answer, Answer::Err(r) if r == crate::protocol::reason::USER_NOT_FOUND))
@@ -993,11 +1004,33 @@ impl RegistryClient {
         RegistryClient::connect_with(addr, RegistryMode::Auto)
     }
 
-    /// Connect to the registry at `addr` in the given mode.
+    /// Connect to the registry at `addr` in the given mode (registry key pinned in
+    /// memory only).
     pub fn connect_with(addr: &str, mode: RegistryMode) -> Result<RegistryClient> {
-        let link = RegistryLink::new(addr, mode);
+        RegistryClient::connect_pinned(addr, mode, None)
+    }
+
+    /// Connect to the registry at `addr` (`host:port`, or `host:port#FINGERPRINT` to
+    /// require that key) in the given mode, pinning its key in `known_keys_file` on
+    /// first use and refusing a changed one ([`Error::KeyChanged`]). The session is
+    /// secured with a throwaway key: a browsing client registers nothing.
+    pub fn connect_pinned(
+        addr: &str,
+        mode: RegistryMode,
+        known_keys_file: Option<&Path>,
+    ) -> Result<RegistryClient> {
+        let known_keys = match known_keys_file {
+            Some(p) => KnownKeys::open(p)?,
+            None => KnownKeys::memory(),
+        };
+        let link = RegistryLink::new(addr, mode, None, Arc::new(known_keys))?;
         link.connect()?;
         Ok(RegistryClient { link })
+    }
+
+    /// The registry's key on this secured session (`None`: unencrypted).
+    pub fn registry_key(&self) -> Option<PublicKey> {
+        self.link.registry_key()
     }
 
     /// Whether the registry is spoken to in the original's legacy way.

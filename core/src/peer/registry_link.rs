@@ -16,13 +16,17 @@
 //! on non-numeric ports).
 
 use crate::error::{is_timeout, Error, Result};
+use crate::identity::{Fingerprint, Identity, PublicKey};
+use crate::known_keys::{KnownKeys, Pin, Subject};
 use crate::limits::{LEGACY_QUERY_MAX, LEGACY_READ_MAX, MAX_ANSWER_LEN, REGISTRY_IO_TIMEOUT};
 use crate::net::read_line;
 use crate::protocol::{parse_answer, parse_files_line, parse_port, reason, Answer};
+use crate::secure::{self, Cipher, DialParams, Dialed, Kind, SecureStream};
 use parking_lot::Mutex;
-use std::io::{BufReader, ErrorKind, Read, Write};
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 /// How a peer talks to its registry.
@@ -64,7 +68,17 @@ pub struct PeerInfo {
 
 /// A connection to the registry (may be down; queries then reconnect once).
 pub(crate) struct RegistryLink {
+    /// `host:port`, without a `#fingerprint` pin.
     addr: String,
+    /// The fingerprint given after `#` in the address: the registry must have it.
+    pinned_fingerprint: Option<Fingerprint>,
+    /// The key this side proves on the secured link (a peer's own identity; a
+    /// throwaway one for browsing clients, which register nothing).
+    identity: Identity,
+    /// Where registry keys are pinned on first use.
+    known_keys: Arc<KnownKeys>,
+    /// The registry's key on the current secured connection (`None`: plaintext).
+    remote_key: Mutex<Option<PublicKey>>,
     mode: RegistryMode,
     /// The wire behaviour in use now (decided by `mode`, for `Auto` by the last probe).
     legacy: AtomicBool,
@@ -75,24 +89,110 @@ pub(crate) struct RegistryLink {
     local_ip: Mutex<Option<IpAddr>>,
 }
 
-struct Conn {
-    reader: BufReader<TcpStream>,
-    writer: TcpStream,
+/// A session connection: plaintext (a registry without secured links, or an older
+/// p2pchat registry), or a Noise-secured one.
+enum Conn {
+    Plain {
+        reader: BufReader<TcpStream>,
+        writer: TcpStream,
+    },
+    Secure(Box<SecureStream>),
+}
+
+impl Conn {
+    fn plain(stream: TcpStream) -> Result<Conn> {
+        Ok(Conn::Plain {
+            reader: BufReader::new(stream.try_clone()?),
+            writer: stream,
+        })
+    }
+
+    fn socket(&self) -> &TcpStream {
+        match self {
+            Conn::Plain { writer, .. } => writer,
+            Conn::Secure(s) => s.writer.socket(),
+        }
+    }
+
+    fn reader(&mut self) -> &mut dyn BufRead {
+        match self {
+            Conn::Plain { reader, .. } => reader,
+            Conn::Secure(s) => &mut s.reader,
+        }
+    }
+
+    fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        match self {
+            Conn::Plain { writer, .. } => writer.write_all(bytes),
+            Conn::Secure(s) => s.writer.send(bytes),
+        }
+    }
+
+    /// Whether bytes were received and not read yet (then the session is not idle).
+    fn has_buffered(&self) -> bool {
+        match self {
+            Conn::Plain { reader, .. } => !reader.buffer().is_empty(),
+            Conn::Secure(s) => s.reader.has_buffered(),
+        }
+    }
+
+    fn shutdown(&self) {
+        let _ = self.socket().shutdown(Shutdown::Both);
+    }
+}
+
+/// Splits `host:port#FINGERPRINT` into the address and the pinned fingerprint.
+pub(crate) fn split_pin(addr: &str) -> Result<(String, Option<Fingerprint>)> {
+    match addr.split_once('#') {
+        None => Ok((addr.to_string(), None)),
+        Some((a, fp)) => match Fingerprint::parse(fp) {
+            Some(f) => Ok((a.to_string(), Some(f))),
+            None => Err(Error::InvalidArgument(format!(
+                "registry address {addr:?}: after '#' comes the registry's key fingerprint \
+                 (32 base32 characters, as `p2pchat server` prints it)"
+            ))),
+        },
+    }
 }
 
 impl RegistryLink {
-    pub fn new(addr: &str, mode: RegistryMode) -> RegistryLink {
-        RegistryLink {
-            addr: addr.to_string(),
+    /// A link to the registry at `addr` (`host:port`, optionally `#FINGERPRINT` to
+    /// require that registry key), proving `identity` on secured connections (a
+    /// throwaway key when `None`), pinning the registry's key in `known_keys`.
+    pub fn new(
+        addr: &str,
+        mode: RegistryMode,
+        identity: Option<Identity>,
+        known_keys: Arc<KnownKeys>,
+    ) -> Result<RegistryLink> {
+        let (addr, pinned_fingerprint) = split_pin(addr)?;
+        let identity = match identity {
+            Some(id) => id,
+            None => Identity::generate()?,
+        };
+        Ok(RegistryLink {
+            addr,
+            pinned_fingerprint,
+            identity,
+            known_keys,
+            remote_key: Mutex::new(None),
             mode,
             legacy: AtomicBool::new(mode == RegistryMode::Legacy),
             conn: Mutex::new(None),
             local_ip: Mutex::new(None),
-        }
+        })
     }
 
+    /// The registry's address (`host:port`, without a `#` pin): also the scope of
+    /// pinned user keys.
     pub fn addr(&self) -> &str {
         &self.addr
+    }
+
+    /// The registry's key on the current secured session; `None` when the session is
+    /// plaintext (an older p2pchat registry) or the registry is an original one.
+    pub fn registry_key(&self) -> Option<PublicKey> {
+        *self.remote_key.lock()
     }
 
     /// Whether the registry is spoken to in the original's one-shot way.
@@ -106,18 +206,24 @@ impl RegistryLink {
     pub fn connect(&self) -> Result<()> {
         let mut guard = self.conn.lock();
         if let Some(old) = guard.take() {
-            let _ = old.writer.shutdown(Shutdown::Both);
+            old.shutdown();
         }
+        *self.remote_key.lock() = None;
         let stream = open_stream(&self.addr)?;
         self.note_local(&stream);
         if self.mode == RegistryMode::Legacy {
+            if self.pinned_fingerprint.is_some() {
+                return Err(self.downgrade_refused("is spoken to as the original server"));
+            }
             return Ok(());
         }
-        let mut conn = Conn {
-            reader: BufReader::new(stream.try_clone()?),
-            writer: stream,
-        };
+        let mut fallback = None;
+        let mut first = Some(stream);
         if self.mode == RegistryMode::Auto {
+            let Some(stream) = first.take() else {
+                return Err(Error::Closed);
+            };
+            let mut conn = Conn::plain(stream)?;
             let original = probe(&mut conn).map_err(|e| match e {
                 // Silence is a timeout, whatever is listening there.
                 Error::Timeout(_) => Error::Timeout(format!(
@@ -134,12 +240,136 @@ impl RegistryLink {
             })?;
             self.legacy.store(original, Ordering::SeqCst);
             if original {
-                let _ = conn.writer.shutdown(Shutdown::Both);
+                conn.shutdown();
+                if self.pinned().is_some() {
+                    return Err(self.downgrade_refused("answers as the original server"));
+                }
                 return Ok(());
             }
+            fallback = Some(conn);
         }
+        let stream = match first {
+            Some(s) => s,
+            None => {
+                let s = open_stream(&self.addr)?;
+                self.note_local(&s);
+                s
+            }
+        };
+        let conn = match self.secure_session(stream)? {
+            Some(secured) => {
+                if let Some(f) = fallback {
+                    f.shutdown();
+                }
+                secured
+            }
+            None => {
+                // A p2pchat registry from before secured links.
+                if self.pinned().is_some() {
+                    return Err(self.downgrade_refused("offers no secured link"));
+                }
+                log::warn!(
+                    "the registry at {} offers no secured link: the session is unencrypted",
+                    self.addr
+                );
+                match fallback {
+                    Some(f) => f,
+                    None => {
+                        let s = open_stream(&self.addr)?;
+                        self.note_local(&s);
+                        Conn::plain(s)?
+                    }
+                }
+            }
+        };
         *guard = Some(conn);
         Ok(())
+    }
+
+    /// The registry key this client expects, if any: the one in the address, else the
+    /// one pinned on first use (as its fingerprint).
+    fn pinned(&self) -> Option<Fingerprint> {
+        self.pinned_fingerprint.or_else(|| {
+            self.known_keys
+                .pinned(Subject::Registry(&self.addr))
+                .map(|k| k.fingerprint())
+        })
+    }
+
+    fn downgrade_refused(&self, what: &str) -> Error {
+        Error::Denied {
+            peer: format!("registry {}", self.addr),
+            reason: format!(
+                "it {what}, but its key is pinned; refusing an unauthenticated session \
+                 (someone may be posing as the registry)"
+            ),
+        }
+    }
+
+    /// Opens a secured session on `stream` (handshake XX, so that a changed registry
+    /// key is reported with both fingerprints rather than as a failed handshake; the
+    /// extra half round trip is paid once per session). `Ok(None)`: the registry does
+    /// not know secured links (it answered the marker `ERR,Invalid Request!`).
+    fn secure_session(&self, stream: TcpStream) -> Result<Option<Conn>> {
+        let dialed = secure::dial(
+            stream,
+            DialParams {
+                kind: Kind::Registry,
+                identity: &self.identity,
+                remote: None,
+                hello: &[],
+                cipher: Cipher::preferred(),
+                deadline: Instant::now() + REGISTRY_IO_TIMEOUT,
+            },
+        )
+        .map_err(|e| match e {
+            Error::Timeout(_) => Error::Timeout(format!(
+                "the registry at {} did not complete the secure handshake within {} s",
+                self.addr,
+                REGISTRY_IO_TIMEOUT.as_secs()
+            )),
+            e => e,
+        })?;
+        let s = match dialed {
+            Dialed::Secured(s) => s,
+            Dialed::Refused(line) if line == "ERR,Invalid Request!" => return Ok(None),
+            Dialed::Refused(line) => {
+                let reason = line.strip_prefix("ERR,").unwrap_or(&line).to_string();
+                return Err(Error::Registry(reason));
+            }
+        };
+        let key = s.remote;
+        let subject = format!("registry {}", self.addr);
+        if let Some(want) = self.pinned_fingerprint {
+            if key.fingerprint() != want {
+                return Err(Error::KeyChanged {
+                    subject,
+                    pinned: want,
+                    offered: key.fingerprint(),
+                });
+            }
+        }
+        let pin = Subject::Registry(&self.addr);
+        match self.known_keys.check(pin, &key)? {
+            Pin::Matches => {}
+            Pin::New => self.known_keys.pin(pin, &key)?,
+            // A fingerprint in the address is the user's explicit word: it wins.
+            Pin::Changed { .. } if self.pinned_fingerprint.is_some() => {
+                self.known_keys.pin(pin, &key)?
+            }
+            Pin::Changed { pinned } => {
+                return Err(Error::KeyChanged {
+                    subject,
+                    pinned: pinned.fingerprint(),
+                    offered: key.fingerprint(),
+                })
+            }
+        }
+        s.reader
+            .socket()
+            .set_read_timeout(Some(REGISTRY_IO_TIMEOUT))?;
+        *self.remote_key.lock() = Some(key);
+        Ok(Some(Conn::Secure(s)))
     }
 
     fn note_local(&self, s: &TcpStream) {
@@ -166,10 +396,11 @@ impl RegistryLink {
         let Some(conn) = guard.as_mut() else {
             return false;
         };
-        let alive = conn.reader.buffer().is_empty()
-            && conn.writer.set_nonblocking(true).is_ok()
-            && matches!(conn.writer.peek(&mut [0u8; 1]), Err(e) if e.kind() == ErrorKind::WouldBlock);
-        if alive && conn.writer.set_nonblocking(false).is_ok() {
+        let sock = conn.socket();
+        let alive = !conn.has_buffered()
+            && sock.set_nonblocking(true).is_ok()
+            && matches!(sock.peek(&mut [0u8; 1]), Err(e) if e.kind() == ErrorKind::WouldBlock);
+        if alive && conn.socket().set_nonblocking(false).is_ok() {
             return true;
         }
         *guard = None;
@@ -179,7 +410,7 @@ impl RegistryLink {
     /// Drop the connection (the registry then releases this session's names).
     pub fn disconnect(&self) {
         if let Some(conn) = self.conn.lock().take() {
-            let _ = conn.writer.shutdown(Shutdown::Both);
+            conn.shutdown();
         }
     }
 
@@ -387,12 +618,12 @@ fn err_answer(r: String, user: Option<&str>) -> Error {
 /// registry (a `\n`-terminated line, read to its end and dropped without keeping it:
 /// a `GET_U` answer for a full registry is megabytes).
 fn probe(conn: &mut Conn) -> Result<bool> {
-    conn.writer.write_all(b"GET_U\n")?;
+    conn.write_all(b"GET_U\n")?;
     let deadline = Instant::now() + REGISTRY_IO_TIMEOUT;
     // The answer's first bytes, as many as it takes to recognise the original's.
     let mut head = Vec::with_capacity(ORIGINAL_INVALID.len());
     let mut buf = [0u8; 8192];
-    let stream = conn.reader.get_mut();
+    let mut stream = conn.socket();
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
@@ -454,15 +685,15 @@ fn open_stream(addr: &str) -> Result<TcpStream> {
 }
 
 fn exchange(conn: &mut Conn, query: &str, multi_line: bool) -> Result<Vec<String>> {
-    conn.writer.write_all(format!("{query}\n").as_bytes())?;
+    conn.write_all(format!("{query}\n").as_bytes())?;
     let mut lines =
-        vec![read_line(&mut conn.reader, MAX_ANSWER_LEN, "registry")?.ok_or(Error::Closed)?];
+        vec![read_line(&mut conn.reader(), MAX_ANSWER_LEN, "registry")?.ok_or(Error::Closed)?];
     if multi_line && lines[0].starts_with("OK,") {
         // The first line may itself be the empty-share marker `OK,` followed by the
         // terminating empty line; otherwise read user lines until the empty one.
         loop {
             let l =
-                read_line(&mut conn.reader, MAX_ANSWER_LEN, "registry")?.ok_or(Error::Closed)?;
+                read_line(&mut conn.reader(), MAX_ANSWER_LEN, "registry")?.ok_or(Error::Closed)?;
             if l.is_empty() {
                 break;
             }
