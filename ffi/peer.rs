@@ -224,8 +224,10 @@ unsafe fn config_mut<'a>(
 }
 
 /// Make a peer configuration: register as `username` (1-64 bytes of UTF-8, no comma,
-/// colon or control characters) with the registry at `registry` (`"host:port"`),
-/// sharing the files of directory `shared_dir`.
+/// colon or control characters) with the registry at `registry` (`"host:port"`, or
+/// `"host:port#FINGERPRINT"` to accept only the registry whose key has that
+/// fingerprint, as `p2p_registry_fingerprint()` or `p2pchat server` give it), sharing
+/// the files of directory `shared_dir`.
 ///
 /// Defaults: any free port, listening on the local address of the registry connection
 /// (the address the registry records and hands out: a loopback registry means a
@@ -853,12 +855,19 @@ impl p2p_peer_config {
 /// peer, owned by the caller (free it with `p2p_peer_free()`); callbacks may run on
 /// library threads from now until `p2p_peer_exit()` / `p2p_peer_free()` returns.
 ///
+/// The registry link is secured (a Noise handshake) when the registry offers it; the
+/// registry's key is then checked against the `#FINGERPRINT` in the registry address,
+/// or else against the key pinned for that address before (pinned now on first use).
+///
 /// Errors: `P2P_NULL_ARGUMENT`, `P2P_INVALID_USERNAME`, `P2P_NOT_A_DIRECTORY`,
 /// `P2P_INVALID_ARGUMENT` (the identity file is not one, or others may read it; no
-/// identity file set and neither `XDG_CONFIG_HOME` nor `HOME` set), `P2P_IO` (registry
-/// unreachable; the identity or known-keys file cannot be read or created),
-/// `P2P_PORT_UNAVAILABLE`, `P2P_USERNAME_TAKEN` (also: the name is claimed by another
-/// key), `P2P_TIMEOUT`, `P2P_REGISTRY`.
+/// identity file set and neither `XDG_CONFIG_HOME` nor `HOME` set; a malformed
+/// `#FINGERPRINT`), `P2P_IO` (registry unreachable; the identity or known-keys file
+/// cannot be read or created), `P2P_KEY_CHANGED` (the registry's key is not the one
+/// pinned or given: the message names both fingerprints), `P2P_DENIED` (the registry's
+/// key is pinned or given but it no longer secures its link), `P2P_PORT_UNAVAILABLE`,
+/// `P2P_USERNAME_TAKEN` (also: the name is claimed by another key), `P2P_TIMEOUT`,
+/// `P2P_REGISTRY`, `P2P_PROTOCOL`.
 #[no_mangle]
 pub unsafe extern "C" fn p2p_peer_connect(
     config: *const p2p_peer_config,
@@ -1013,7 +1022,8 @@ pub unsafe extern "C" fn p2p_peer_shared_files(
 /// success `*out` is filled in; free it with `p2p_string_list_free()`.
 ///
 /// Errors: `P2P_NULL_ARGUMENT`, `P2P_SHUTDOWN`, `P2P_IO`, `P2P_TIMEOUT`,
-/// `P2P_REGISTRY`, `P2P_PROTOCOL`.
+/// `P2P_REGISTRY`, `P2P_PROTOCOL`, `P2P_KEY_CHANGED`, `P2P_DENIED` (reconnecting, the registry's key had changed or
+/// it no longer secured its link: see `p2p_peer_connect()`).
 #[no_mangle]
 pub unsafe extern "C" fn p2p_peer_users(
     peer: *const p2p_peer,
@@ -1033,7 +1043,8 @@ pub unsafe extern "C" fn p2p_peer_users(
 /// failure neither is touched.
 ///
 /// Errors: `P2P_NULL_ARGUMENT`, `P2P_INVALID_UTF8`, `P2P_INVALID_USERNAME`,
-/// `P2P_USER_NOT_FOUND`, `P2P_SHUTDOWN`, `P2P_IO`, `P2P_TIMEOUT`, `P2P_PROTOCOL`.
+/// `P2P_USER_NOT_FOUND`, `P2P_SHUTDOWN`, `P2P_IO`, `P2P_TIMEOUT`, `P2P_PROTOCOL`, `P2P_KEY_CHANGED`, `P2P_DENIED` (reconnecting, the registry's key had changed or
+/// it no longer secured its link: see `p2p_peer_connect()`).
 #[no_mangle]
 pub unsafe extern "C" fn p2p_peer_address(
     peer: *const p2p_peer,
@@ -1058,7 +1069,8 @@ pub unsafe extern "C" fn p2p_peer_address(
 /// `p2p_user_files_list_free()`.
 ///
 /// Errors: `P2P_NULL_ARGUMENT`, `P2P_SHUTDOWN`, `P2P_IO`, `P2P_TIMEOUT`,
-/// `P2P_REGISTRY`, `P2P_PROTOCOL`.
+/// `P2P_REGISTRY`, `P2P_PROTOCOL`, `P2P_KEY_CHANGED`, `P2P_DENIED` (reconnecting, the registry's key had changed or
+/// it no longer secured its link: see `p2p_peer_connect()`).
 #[no_mangle]
 pub unsafe extern "C" fn p2p_peer_all_files(
     peer: *const p2p_peer,
@@ -1080,7 +1092,8 @@ pub unsafe extern "C" fn p2p_peer_all_files(
 /// is what, every user counts as one. On success `*out` is true for an original client.
 ///
 /// Errors: `P2P_NULL_ARGUMENT`, `P2P_INVALID_UTF8`, `P2P_INVALID_USERNAME`,
-/// `P2P_USER_NOT_FOUND`, `P2P_SHUTDOWN`, `P2P_IO`, `P2P_TIMEOUT`, `P2P_PROTOCOL`.
+/// `P2P_USER_NOT_FOUND`, `P2P_SHUTDOWN`, `P2P_IO`, `P2P_TIMEOUT`, `P2P_PROTOCOL`, `P2P_KEY_CHANGED`, `P2P_DENIED` (reconnecting, the registry's key had changed or
+/// it no longer secured its link: see `p2p_peer_connect()`).
 #[no_mangle]
 pub unsafe extern "C" fn p2p_peer_user_is_legacy(
     peer: *const p2p_peer,
@@ -1126,7 +1139,8 @@ pub unsafe extern "C" fn p2p_peer_fingerprint(
 /// time they reach it).
 ///
 /// Errors: `P2P_NULL_ARGUMENT`, `P2P_INVALID_UTF8`, `P2P_INVALID_USERNAME`,
-/// `P2P_USER_NOT_FOUND`, `P2P_SHUTDOWN`, `P2P_IO`, `P2P_TIMEOUT`, `P2P_PROTOCOL`.
+/// `P2P_USER_NOT_FOUND`, `P2P_SHUTDOWN`, `P2P_IO`, `P2P_TIMEOUT`, `P2P_PROTOCOL`, `P2P_KEY_CHANGED`, `P2P_DENIED` (reconnecting, the registry's key had changed or
+/// it no longer secured its link: see `p2p_peer_connect()`).
 #[no_mangle]
 pub unsafe extern "C" fn p2p_peer_user_fingerprint(
     peer: *const p2p_peer,
@@ -1157,9 +1171,11 @@ pub unsafe extern "C" fn p2p_peer_user_fingerprint(
 ///
 /// Errors: `P2P_NULL_ARGUMENT`, `P2P_INVALID_UTF8`, `P2P_INVALID_USERNAME`,
 /// `P2P_INVALID_ARGUMENT` (`fingerprint` is not a fingerprint), `P2P_DENIED` (the
-/// registry lists another key for `user` now, or none: nothing was pinned),
+/// registry lists another key for `user` now, or none: nothing was pinned; or,
+/// reconnecting, the registry no longer secured its link),
 /// `P2P_USER_NOT_FOUND`, `P2P_SHUTDOWN`, `P2P_IO` (also: the known-keys file could not
-/// be written), `P2P_TIMEOUT`, `P2P_PROTOCOL`.
+/// be written), `P2P_TIMEOUT`, `P2P_PROTOCOL`, `P2P_KEY_CHANGED` (reconnecting, the registry's key
+/// had changed: see `p2p_peer_connect()`).
 #[no_mangle]
 pub unsafe extern "C" fn p2p_peer_accept_user_key(
     peer: *const p2p_peer,
@@ -1198,6 +1214,26 @@ pub unsafe extern "C" fn p2p_peer_accept_user_key(
     })
 }
 
+/// The fingerprint of the registry's key on this peer's current registry session (the
+/// key pinned for its address), to compare with what the registry's operator
+/// publishes; `""` while the session is not secured (an original registry, or one
+/// without secured links). On success `*out` is a new string; free it with
+/// `p2p_string_free()`.
+///
+/// Errors: `P2P_NULL_ARGUMENT`, `P2P_SHUTDOWN`.
+#[no_mangle]
+pub unsafe extern "C" fn p2p_peer_registry_fingerprint(
+    peer: *const p2p_peer,
+    out: *mut *mut c_char,
+) -> p2p_status {
+    panic::status(|| {
+        let peer = arg_ref(peer, "peer")?.get()?;
+        let text = peer.registry_key().map(|k| k.fingerprint().to_string());
+        put(arg_out(out, "out")?, owned(text.as_deref().unwrap_or("")));
+        Ok(())
+    })
+}
+
 /// Whether this peer talks to its registry in the original client's way: forced with
 /// `p2p_peer_config_set_legacy_registry()`, or because the probe found an original
 /// server.
@@ -1219,7 +1255,8 @@ pub unsafe extern "C" fn p2p_peer_registry_is_legacy(
 /// it with `p2p_string_list_free()`.
 ///
 /// Errors: `P2P_NULL_ARGUMENT`, `P2P_INVALID_UTF8`, `P2P_INVALID_USERNAME`,
-/// `P2P_USER_NOT_FOUND`, `P2P_SHUTDOWN`, `P2P_IO`, `P2P_TIMEOUT`, `P2P_REGISTRY`.
+/// `P2P_USER_NOT_FOUND`, `P2P_SHUTDOWN`, `P2P_IO`, `P2P_TIMEOUT`, `P2P_REGISTRY`, `P2P_KEY_CHANGED`, `P2P_DENIED` (reconnecting, the registry's key had changed or
+/// it no longer secured its link: see `p2p_peer_connect()`).
 #[no_mangle]
 pub unsafe extern "C" fn p2p_peer_files_of(
     peer: *const p2p_peer,
@@ -1240,7 +1277,8 @@ pub unsafe extern "C" fn p2p_peer_files_of(
 /// not NULL, `*files_out` is the number of files now shared.
 ///
 /// Errors: `P2P_NULL_ARGUMENT`, `P2P_SHUTDOWN`, `P2P_IO`, `P2P_NOT_A_DIRECTORY`,
-/// `P2P_TIMEOUT`, `P2P_REGISTRY`.
+/// `P2P_TIMEOUT`, `P2P_REGISTRY`, `P2P_KEY_CHANGED`, `P2P_DENIED` (reconnecting, the registry's key had changed or
+/// it no longer secured its link: see `p2p_peer_connect()`).
 #[no_mangle]
 pub unsafe extern "C" fn p2p_peer_rescan(
     peer: *const p2p_peer,
@@ -1260,8 +1298,13 @@ pub unsafe extern "C" fn p2p_peer_rescan(
 /// registering (opens and closes its own connection). On success `*out` is true when
 /// the name is free.
 ///
-/// Errors: `P2P_NULL_ARGUMENT`, `P2P_INVALID_UTF8`, `P2P_INVALID_USERNAME`, `P2P_IO`,
-/// `P2P_TIMEOUT`.
+/// `registry` may end in `#FINGERPRINT` to require that registry key (see
+/// `p2p_peer_config_new()`).
+///
+/// Errors: `P2P_NULL_ARGUMENT`, `P2P_INVALID_UTF8`, `P2P_INVALID_USERNAME`,
+/// `P2P_INVALID_ARGUMENT` (a malformed `#FINGERPRINT`), `P2P_KEY_CHANGED` (the registry's
+/// key is not the `#FINGERPRINT` given), `P2P_DENIED` (a `#FINGERPRINT` was given but
+/// the registry does not secure its links), `P2P_IO`, `P2P_TIMEOUT`, `P2P_PROTOCOL`.
 #[no_mangle]
 pub unsafe extern "C" fn p2p_username_available(
     registry: *const c_char,

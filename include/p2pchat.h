@@ -767,8 +767,10 @@ void p2p_registry_free(struct p2p_registry *registry);
 
 /**
  * Make a peer configuration: register as `username` (1-64 bytes of UTF-8, no comma,
- * colon or control characters) with the registry at `registry` (`"host:port"`),
- * sharing the files of directory `shared_dir`.
+ * colon or control characters) with the registry at `registry` (`"host:port"`, or
+ * `"host:port#FINGERPRINT"` to accept only the registry whose key has that
+ * fingerprint, as `p2p_registry_fingerprint()` or `p2pchat server` give it), sharing
+ * the files of directory `shared_dir`.
  *
  * Defaults: any free port, listening on the local address of the registry connection
  * (the address the registry records and hands out: a loopback registry means a
@@ -981,12 +983,19 @@ p2p_status p2p_peer_config_on_event(struct p2p_peer_config *config, p2p_peer_eve
  * peer, owned by the caller (free it with `p2p_peer_free()`); callbacks may run on
  * library threads from now until `p2p_peer_exit()` / `p2p_peer_free()` returns.
  *
+ * The registry link is secured (a Noise handshake) when the registry offers it; the
+ * registry's key is then checked against the `#FINGERPRINT` in the registry address,
+ * or else against the key pinned for that address before (pinned now on first use).
+ *
  * Errors: `P2P_NULL_ARGUMENT`, `P2P_INVALID_USERNAME`, `P2P_NOT_A_DIRECTORY`,
  * `P2P_INVALID_ARGUMENT` (the identity file is not one, or others may read it; no
- * identity file set and neither `XDG_CONFIG_HOME` nor `HOME` set), `P2P_IO` (registry
- * unreachable; the identity or known-keys file cannot be read or created),
- * `P2P_PORT_UNAVAILABLE`, `P2P_USERNAME_TAKEN` (also: the name is claimed by another
- * key), `P2P_TIMEOUT`, `P2P_REGISTRY`.
+ * identity file set and neither `XDG_CONFIG_HOME` nor `HOME` set; a malformed
+ * `#FINGERPRINT`), `P2P_IO` (registry unreachable; the identity or known-keys file
+ * cannot be read or created), `P2P_KEY_CHANGED` (the registry's key is not the one
+ * pinned or given: the message names both fingerprints), `P2P_DENIED` (the registry's
+ * key is pinned or given but it no longer secures its link), `P2P_PORT_UNAVAILABLE`,
+ * `P2P_USERNAME_TAKEN` (also: the name is claimed by another key), `P2P_TIMEOUT`,
+ * `P2P_REGISTRY`, `P2P_PROTOCOL`.
  */
 p2p_status p2p_peer_connect(const struct p2p_peer_config *config, struct p2p_peer **out);
 
@@ -1067,9 +1076,11 @@ p2p_status p2p_peer_shared_files(const struct p2p_peer *peer, struct p2p_string_
  * success `*out` is filled in; free it with `p2p_string_list_free()`.
  *
  * Errors: `P2P_NULL_ARGUMENT`, `P2P_SHUTDOWN`, `P2P_IO`, `P2P_TIMEOUT`,
- * `P2P_REGISTRY`, `P2P_PROTOCOL`.
+ * `P2P_REGISTRY`, `P2P_PROTOCOL`, `P2P_KEY_CHANGED`, `P2P_DENIED` (reconnecting, the registry's key had changed or
+ * it no longer secured its link: see `p2p_peer_connect()`).
  */
-p2p_status p2p_peer_users(const struct p2p_peer *peer, struct p2p_string_list *out);
+p2p_status p2p_peer_users(const struct p2p_peer *peer,
+                          struct p2p_string_list *out);
 
 /**
  * Where `user` listens (asks the registry). On success `*ip_out` is a new string
@@ -1077,7 +1088,8 @@ p2p_status p2p_peer_users(const struct p2p_peer *peer, struct p2p_string_list *o
  * failure neither is touched.
  *
  * Errors: `P2P_NULL_ARGUMENT`, `P2P_INVALID_UTF8`, `P2P_INVALID_USERNAME`,
- * `P2P_USER_NOT_FOUND`, `P2P_SHUTDOWN`, `P2P_IO`, `P2P_TIMEOUT`, `P2P_PROTOCOL`.
+ * `P2P_USER_NOT_FOUND`, `P2P_SHUTDOWN`, `P2P_IO`, `P2P_TIMEOUT`, `P2P_PROTOCOL`, `P2P_KEY_CHANGED`, `P2P_DENIED` (reconnecting, the registry's key had changed or
+ * it no longer secured its link: see `p2p_peer_connect()`).
  */
 p2p_status p2p_peer_address(const struct p2p_peer *peer,
                             const char *user,
@@ -1090,9 +1102,11 @@ p2p_status p2p_peer_address(const struct p2p_peer *peer,
  * `p2p_user_files_list_free()`.
  *
  * Errors: `P2P_NULL_ARGUMENT`, `P2P_SHUTDOWN`, `P2P_IO`, `P2P_TIMEOUT`,
- * `P2P_REGISTRY`, `P2P_PROTOCOL`.
+ * `P2P_REGISTRY`, `P2P_PROTOCOL`, `P2P_KEY_CHANGED`, `P2P_DENIED` (reconnecting, the registry's key had changed or
+ * it no longer secured its link: see `p2p_peer_connect()`).
  */
-p2p_status p2p_peer_all_files(const struct p2p_peer *peer, struct p2p_user_files_list *out);
+p2p_status p2p_peer_all_files(const struct p2p_peer *peer,
+                              struct p2p_user_files_list *out);
 
 /**
  * Whether `user` is an original (C++) client (asks the registry). Such a user gets
@@ -1102,9 +1116,12 @@ p2p_status p2p_peer_all_files(const struct p2p_peer *peer, struct p2p_user_files
  * is what, every user counts as one. On success `*out` is true for an original client.
  *
  * Errors: `P2P_NULL_ARGUMENT`, `P2P_INVALID_UTF8`, `P2P_INVALID_USERNAME`,
- * `P2P_USER_NOT_FOUND`, `P2P_SHUTDOWN`, `P2P_IO`, `P2P_TIMEOUT`, `P2P_PROTOCOL`.
+ * `P2P_USER_NOT_FOUND`, `P2P_SHUTDOWN`, `P2P_IO`, `P2P_TIMEOUT`, `P2P_PROTOCOL`, `P2P_KEY_CHANGED`, `P2P_DENIED` (reconnecting, the registry's key had changed or
+ * it no longer secured its link: see `p2p_peer_connect()`).
  */
-p2p_status p2p_peer_user_is_legacy(const struct p2p_peer *peer, const char *user, bool *out);
+p2p_status p2p_peer_user_is_legacy(const struct p2p_peer *peer,
+                                   const char *user,
+                                   bool *out);
 
 /**
  * This peer's own fingerprint: the short digest of its public key that other people
@@ -1128,9 +1145,12 @@ p2p_status p2p_peer_fingerprint(const struct p2p_peer *peer, char **out);
  * time they reach it).
  *
  * Errors: `P2P_NULL_ARGUMENT`, `P2P_INVALID_UTF8`, `P2P_INVALID_USERNAME`,
- * `P2P_USER_NOT_FOUND`, `P2P_SHUTDOWN`, `P2P_IO`, `P2P_TIMEOUT`, `P2P_PROTOCOL`.
+ * `P2P_USER_NOT_FOUND`, `P2P_SHUTDOWN`, `P2P_IO`, `P2P_TIMEOUT`, `P2P_PROTOCOL`, `P2P_KEY_CHANGED`, `P2P_DENIED` (reconnecting, the registry's key had changed or
+ * it no longer secured its link: see `p2p_peer_connect()`).
  */
-p2p_status p2p_peer_user_fingerprint(const struct p2p_peer *peer, const char *user, char **out);
+p2p_status p2p_peer_user_fingerprint(const struct p2p_peer *peer,
+                                     const char *user,
+                                     char **out);
 
 /**
  * Accept the key the registry lists now for `user` as theirs from now on, replacing
@@ -1146,13 +1166,26 @@ p2p_status p2p_peer_user_fingerprint(const struct p2p_peer *peer, const char *us
  *
  * Errors: `P2P_NULL_ARGUMENT`, `P2P_INVALID_UTF8`, `P2P_INVALID_USERNAME`,
  * `P2P_INVALID_ARGUMENT` (`fingerprint` is not a fingerprint), `P2P_DENIED` (the
- * registry lists another key for `user` now, or none: nothing was pinned),
+ * registry lists another key for `user` now, or none: nothing was pinned; or,
+ * reconnecting, the registry no longer secured its link),
  * `P2P_USER_NOT_FOUND`, `P2P_SHUTDOWN`, `P2P_IO` (also: the known-keys file could not
- * be written), `P2P_TIMEOUT`, `P2P_PROTOCOL`.
+ * be written), `P2P_TIMEOUT`, `P2P_PROTOCOL`, `P2P_KEY_CHANGED` (reconnecting, the registry's key
+ * had changed: see `p2p_peer_connect()`).
  */
 p2p_status p2p_peer_accept_user_key(const struct p2p_peer *peer,
                                     const char *user,
                                     const char *fingerprint);
+
+/**
+ * The fingerprint of the registry's key on this peer's current registry session (the
+ * key pinned for its address), to compare with what the registry's operator
+ * publishes; `""` while the session is not secured (an original registry, or one
+ * without secured links). On success `*out` is a new string; free it with
+ * `p2p_string_free()`.
+ *
+ * Errors: `P2P_NULL_ARGUMENT`, `P2P_SHUTDOWN`.
+ */
+p2p_status p2p_peer_registry_fingerprint(const struct p2p_peer *peer, char **out);
 
 /**
  * Whether this peer talks to its registry in the original client's way: forced with
@@ -1168,7 +1201,8 @@ p2p_status p2p_peer_registry_is_legacy(const struct p2p_peer *peer, bool *out);
  * it with `p2p_string_list_free()`.
  *
  * Errors: `P2P_NULL_ARGUMENT`, `P2P_INVALID_UTF8`, `P2P_INVALID_USERNAME`,
- * `P2P_USER_NOT_FOUND`, `P2P_SHUTDOWN`, `P2P_IO`, `P2P_TIMEOUT`, `P2P_REGISTRY`.
+ * `P2P_USER_NOT_FOUND`, `P2P_SHUTDOWN`, `P2P_IO`, `P2P_TIMEOUT`, `P2P_REGISTRY`, `P2P_KEY_CHANGED`, `P2P_DENIED` (reconnecting, the registry's key had changed or
+ * it no longer secured its link: see `p2p_peer_connect()`).
  */
 p2p_status p2p_peer_files_of(const struct p2p_peer *peer,
                              const char *user,
@@ -1179,17 +1213,24 @@ p2p_status p2p_peer_files_of(const struct p2p_peer *peer,
  * not NULL, `*files_out` is the number of files now shared.
  *
  * Errors: `P2P_NULL_ARGUMENT`, `P2P_SHUTDOWN`, `P2P_IO`, `P2P_NOT_A_DIRECTORY`,
- * `P2P_TIMEOUT`, `P2P_REGISTRY`.
+ * `P2P_TIMEOUT`, `P2P_REGISTRY`, `P2P_KEY_CHANGED`, `P2P_DENIED` (reconnecting, the registry's key had changed or
+ * it no longer secured its link: see `p2p_peer_connect()`).
  */
-p2p_status p2p_peer_rescan(const struct p2p_peer *peer, size_t *files_out);
+p2p_status p2p_peer_rescan(const struct p2p_peer *peer,
+                           size_t *files_out);
 
 /**
  * Ask the registry at `registry` (`"host:port"`) whether `username` is free, without
  * registering (opens and closes its own connection). On success `*out` is true when
  * the name is free.
  *
- * Errors: `P2P_NULL_ARGUMENT`, `P2P_INVALID_UTF8`, `P2P_INVALID_USERNAME`, `P2P_IO`,
- * `P2P_TIMEOUT`.
+ * `registry` may end in `#FINGERPRINT` to require that registry key (see
+ * `p2p_peer_config_new()`).
+ *
+ * Errors: `P2P_NULL_ARGUMENT`, `P2P_INVALID_UTF8`, `P2P_INVALID_USERNAME`,
+ * `P2P_INVALID_ARGUMENT` (a malformed `#FINGERPRINT`), `P2P_KEY_CHANGED` (the registry's
+ * key is not the `#FINGERPRINT` given), `P2P_DENIED` (a `#FINGERPRINT` was given but
+ * the registry does not secure its links), `P2P_IO`, `P2P_TIMEOUT`, `P2P_PROTOCOL`.
  */
 p2p_status p2p_username_available(const char *registry, const char *username, bool *out);
 
@@ -1203,11 +1244,14 @@ p2p_status p2p_username_available(const char *registry, const char *username, bo
  * `P2P_USER_NOT_FOUND`, `P2P_DECLINED`, `P2P_TIMEOUT` (no answer in time, or an
  * original client closed the request untaken), `P2P_BUSY`, `P2P_REFUSED`,
  * `P2P_KEY_CHANGED` (`user`'s key differs from the one pinned for that name: see
- * `p2p_peer_accept_user_key()`), `P2P_DENIED` (the other side is not the key the
+ * `p2p_peer_accept_user_key()`; or, reconnecting, the registry's key had changed), `P2P_DENIED` (the other side is not the key the
  * registry lists for `user`, or refuses this peer, or `user` is unverified and this
- * peer refuses those), `P2P_SHUTDOWN`, `P2P_IO`, `P2P_PROTOCOL`.
+ * peer refuses those; or, reconnecting, the registry no longer secured its link),
+ * `P2P_SHUTDOWN`, `P2P_IO`, `P2P_PROTOCOL`.
  */
-p2p_status p2p_peer_chat(const struct p2p_peer *peer, const char *user, struct p2p_chat **out);
+p2p_status p2p_peer_chat(const struct p2p_peer *peer,
+                         const char *user,
+                         struct p2p_chat **out);
 
 /**
  * Send one message: `text` is NUL-terminated UTF-8 (borrowed for the call), up to
@@ -1317,8 +1361,11 @@ void p2p_chat_request_free(struct p2p_chat_request *request);
  *
  * Errors (checked before starting): `P2P_NULL_ARGUMENT`, `P2P_INVALID_UTF8`,
  * `P2P_INVALID_ARGUMENT` (a filename that is not a plain name), `P2P_ALREADY_EXISTS`,
- * `P2P_INVALID_USERNAME`, `P2P_USER_NOT_FOUND`, `P2P_SHUTDOWN`, `P2P_IO`. Later
- * failures (`P2P_FILE_NOT_FOUND`, `P2P_HASH_MISMATCH`...) come from
+ * `P2P_INVALID_USERNAME`, `P2P_USER_NOT_FOUND`, `P2P_SHUTDOWN`, `P2P_IO`,
+ * `P2P_TIMEOUT`, `P2P_PROTOCOL` (asking the registry where `user` is),
+ * `P2P_KEY_CHANGED`, `P2P_DENIED` (reconnecting, the registry's key had changed or it
+ * no longer secured its link: see `p2p_peer_connect()`). Later failures
+ * (`P2P_FILE_NOT_FOUND`, `P2P_HASH_MISMATCH`, `P2P_KEY_CHANGED`...) come from
  * `p2p_transfer_wait()` and the failed callback.
  */
 p2p_status p2p_peer_fetch(const struct p2p_peer *peer,
