@@ -97,13 +97,15 @@ pub enum p2p_peer_event_kind {
     P2P_EVENT_REGISTRY_RESTORED = 2,
     /// After a reconnect the registry refused to register this peer again.
     P2P_EVENT_REGISTRATION_REFUSED = 3,
-    /// A file was served to another peer.
+    /// A file was served to another peer; the text names the user when it was verified,
+    /// else says `unverified, plaintext` (an original client).
     P2P_EVENT_SERVED = 4,
     /// A request from another peer was refused.
     P2P_EVENT_REQUEST_REFUSED = 5,
     /// A chat request got no answer in time and was declined.
     P2P_EVENT_CHAT_REQUEST_EXPIRED = 6,
-    /// A download started (possibly resuming a partial file).
+    /// A download started (possibly resuming a partial file); the text ends with
+    /// `(verified, encrypted)` or `(unverified, plaintext)`.
     P2P_EVENT_TRANSFER_STARTED = 7,
     /// A rescan found files added, removed or changed in the share.
     P2P_EVENT_SHARE_UPDATED = 8,
@@ -670,10 +672,19 @@ fn describe(event: &PeerEvent) -> (p2p_peer_event_kind, String) {
             file,
             offset,
             bytes,
-            ..
+            user,
         } => (
             P2P_EVENT_SERVED,
-            format!("sent {bytes} bytes of {file:?} from offset {offset} to {to}"),
+            match user {
+                Some(user) => format!(
+                    "sent {bytes} bytes of {file:?} from offset {offset} to {user} at {to} \
+                     (verified)"
+                ),
+                None => format!(
+                    "sent {bytes} bytes of {file:?} from offset {offset} to {to} \
+                     (unverified, plaintext)"
+                ),
+            },
         ),
         PeerEvent::RequestRefused {
             from,
@@ -693,11 +704,17 @@ fn describe(event: &PeerEvent) -> (p2p_peer_event_kind, String) {
             file,
             size,
             offset,
-            ..
+            verified,
         } => (
             P2P_EVENT_TRANSFER_STARTED,
             format!(
-                "download {id} of {file:?} ({size} bytes) from {from} started at offset {offset}"
+                "download {id} of {file:?} ({size} bytes) from {from} started at offset \
+                 {offset} ({})",
+                if *verified {
+                    "verified, encrypted"
+                } else {
+                    "unverified, plaintext"
+                }
             ),
         ),
         PeerEvent::KeyChanged {

@@ -109,6 +109,24 @@ pub unsafe extern "C" fn p2p_transfer_is_verified(
     })
 }
 
+/// Whether the file comes over a secured link: encrypted, and every byte
+/// authenticated as the sender's (a byte altered on the way ends the download with an
+/// error, never a damaged file). False for a plaintext download from an unverified
+/// sender (an original client). Known from the start of the download.
+///
+/// Errors: `P2P_NULL_ARGUMENT`.
+#[no_mangle]
+pub unsafe extern "C" fn p2p_transfer_is_encrypted(
+    transfer: *const p2p_transfer,
+    out: *mut bool,
+) -> p2p_status {
+    panic::status(|| {
+        let transfer = arg_ref(transfer, "transfer")?;
+        put(arg_out(out, "out")?, transfer.transfer.is_encrypted());
+        Ok(())
+    })
+}
+
 /// Whether the download has ended, successfully or not (`p2p_transfer_wait()` then
 /// returns at once).
 ///

@@ -311,7 +311,8 @@ enum p2p_peer_event_kind
      */
     P2P_EVENT_REGISTRATION_REFUSED = 3,
     /**
-     * A file was served to another peer.
+     * A file was served to another peer; the text names the user when it was verified,
+     * else says `unverified, plaintext` (an original client).
      */
     P2P_EVENT_SERVED = 4,
     /**
@@ -323,7 +324,8 @@ enum p2p_peer_event_kind
      */
     P2P_EVENT_CHAT_REQUEST_EXPIRED = 6,
     /**
-     * A download started (possibly resuming a partial file).
+     * A download started (possibly resuming a partial file); the text ends with
+     * `(verified, encrypted)` or `(unverified, plaintext)`.
      */
     P2P_EVENT_TRANSFER_STARTED = 7,
     /**
@@ -1287,6 +1289,33 @@ p2p_status p2p_chat_id(const struct p2p_chat *chat, uint64_t *out);
 p2p_status p2p_chat_peer_name(const struct p2p_chat *chat, char **out);
 
 /**
+ * Whether the chat runs over a secured link: every message encrypted and
+ * authenticated. False for a plaintext chat with an unverified partner (an original
+ * client, or a peer registered without a key). Stays as it was after the chat ended.
+ *
+ * Errors: `P2P_NULL_ARGUMENT`.
+ */
+p2p_status p2p_chat_is_encrypted(const struct p2p_chat *chat, bool *out);
+
+/**
+ * Whether the other side proved it is who the chat names (`p2p_chat_peer_name()`):
+ * its key is the one the registry lists for that name and the one pinned for it.
+ * False for an unverified partner. Stays as it was after the chat ended.
+ *
+ * Errors: `P2P_NULL_ARGUMENT`.
+ */
+p2p_status p2p_chat_is_verified(const struct p2p_chat *chat, bool *out);
+
+/**
+ * The fingerprint of the other side's key, proven by the secured link's handshake,
+ * or `""` for an unverified partner. On success `*out` is a new string; free it with
+ * `p2p_string_free()`.
+ *
+ * Errors: `P2P_NULL_ARGUMENT`.
+ */
+p2p_status p2p_chat_fingerprint(const struct p2p_chat *chat, char **out);
+
+/**
  * Whether the chat has ended (closed by either side, lost, or its peer exited).
  *
  * Errors: `P2P_NULL_ARGUMENT`.
@@ -1322,6 +1351,25 @@ p2p_status p2p_chat_request_from(const struct p2p_chat_request *request, char **
  * Errors: `P2P_NULL_ARGUMENT`.
  */
 p2p_status p2p_chat_request_address(const struct p2p_chat_request *request, char **out);
+
+/**
+ * Whether the requester proved it is who it says (`p2p_chat_request_from()`): it
+ * came over a secured link whose key is the one the registry lists for that name and
+ * the one pinned for it. False for a plaintext request (an original client, or a peer
+ * registered without a key), whose name nobody checked: show it as unverified.
+ *
+ * Errors: `P2P_NULL_ARGUMENT`.
+ */
+p2p_status p2p_chat_request_is_verified(const struct p2p_chat_request *request, bool *out);
+
+/**
+ * The fingerprint of the requester's key, proven by the secured link's handshake (to
+ * show next to its name), or `""` for a plaintext request. On success `*out` is a new
+ * string; free it with `p2p_string_free()`.
+ *
+ * Errors: `P2P_NULL_ARGUMENT`.
+ */
+p2p_status p2p_chat_request_fingerprint(const struct p2p_chat_request *request, char **out);
 
 /**
  * Accept the request, from inside the `p2p_chat_request_cb` callback or later from any
@@ -1399,6 +1447,16 @@ p2p_status p2p_transfer_progress(const struct p2p_transfer *transfer,
  * Errors: `P2P_NULL_ARGUMENT`.
  */
 p2p_status p2p_transfer_is_verified(const struct p2p_transfer *transfer, bool *out);
+
+/**
+ * Whether the file comes over a secured link: encrypted, and every byte
+ * authenticated as the sender's (a byte altered on the way ends the download with an
+ * error, never a damaged file). False for a plaintext download from an unverified
+ * sender (an original client). Known from the start of the download.
+ *
+ * Errors: `P2P_NULL_ARGUMENT`.
+ */
+p2p_status p2p_transfer_is_encrypted(const struct p2p_transfer *transfer, bool *out);
 
 /**
  * Whether the download has ended, successfully or not (`p2p_transfer_wait()` then
