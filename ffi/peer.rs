@@ -885,8 +885,8 @@ impl p2p_peer_config {
 /// cannot be read or created), `P2P_KEY_CHANGED` (the registry's key is not the one
 /// pinned or given: the message names both fingerprints), `P2P_DENIED` (the registry's
 /// key is pinned or given but it no longer secures its link), `P2P_PORT_UNAVAILABLE`,
-/// `P2P_USERNAME_TAKEN` (also: the name is claimed by another key), `P2P_TIMEOUT`,
-/// `P2P_REGISTRY`, `P2P_PROTOCOL`.
+/// `P2P_USERNAME_TAKEN`, `P2P_TIMEOUT`, `P2P_REGISTRY` (also: the name is claimed by
+/// another key, the message saying so), `P2P_PROTOCOL`.
 #[no_mangle]
 pub unsafe extern "C" fn p2p_peer_connect(
     config: *const p2p_peer_config,

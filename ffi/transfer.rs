@@ -27,8 +27,10 @@ pub struct p2p_transfer {
 /// `P2P_INVALID_ARGUMENT` (a filename that is not a plain name), `P2P_ALREADY_EXISTS`,
 /// `P2P_INVALID_USERNAME`, `P2P_USER_NOT_FOUND`, `P2P_SHUTDOWN`, `P2P_IO`,
 /// `P2P_TIMEOUT`, `P2P_PROTOCOL` (asking the registry where `user` is),
-/// `P2P_KEY_CHANGED`, `P2P_DENIED` (reconnecting, the registry's key had changed or it
-/// no longer secured its link: see `p2p_peer_connect()`). Later failures
+/// `P2P_KEY_CHANGED` (the key the registry lists for `user` differs from the one pinned
+/// for that name: see `p2p_peer_accept_user_key()`; or, reconnecting, the registry's
+/// key had changed), `P2P_DENIED` (`user` is unverified and this peer refuses those;
+/// or, reconnecting, the registry no longer secured its link). Later failures
 /// (`P2P_FILE_NOT_FOUND`, `P2P_HASH_MISMATCH`, `P2P_KEY_CHANGED`...) come from
 /// `p2p_transfer_wait()` and the failed callback.
 #[no_mangle]

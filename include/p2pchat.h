@@ -487,6 +487,12 @@ typedef struct p2p_registry_event {
      * How many `usernames` there are.
      */
     size_t usernames_len;
+    /**
+     * `P2P_REGISTRY_QUERY`: the fingerprint of the key of the encrypted session the
+     * query came on (the client's identity, proven by its handshake); NULL for a
+     * plaintext session or a legacy query.
+     */
+    const char *fingerprint;
 } p2p_registry_event;
 
 /**
@@ -657,13 +663,14 @@ void p2p_user_files_list_free(struct p2p_user_files_list *list);
  * Make a registry configuration: listen on `addr` (`"host:port"`, borrowed for the
  * call; port 0 picks a free port). Defaults: the limits of `p2p_registry_start()`, no
  * event callback, no data directory (name claims and the registry's key last only
- * as long as the process). On success `*out` is a new config owned by the caller, to
+ * as long as the process), claims lapsing after 90 days unused. On success `*out` is a new config owned by the caller, to
  * free with `p2p_registry_config_free()`. Nothing is bound before
  * `p2p_registry_start_with_config()`.
  *
  * Errors: `P2P_NULL_ARGUMENT`, `P2P_INVALID_UTF8`.
  */
-p2p_status p2p_registry_config_new(const char *addr, struct p2p_registry_config **out);
+p2p_status p2p_registry_config_new(const char *addr,
+                                   struct p2p_registry_config **out);
 
 /**
  * Free a registry configuration. NULL is a no-op; registries started with it are not
@@ -683,13 +690,35 @@ p2p_status p2p_registry_config_on_event(struct p2p_registry_config *config,
                                         void *user_data);
 
 /**
+ * Keep the registry's key (`registry.key`, mode 0600) and its name claims
+ * (`claims.redb`) in directory `dir` (bytes, borrowed for the call; created with mode
+ * 0700 if missing), so a restart keeps both: the same fingerprint for clients that
+ * pinned it, and every name still owned by its key. NULL restores the default: a new
+ * key at each start and claims in memory only.
+ *
+ * Errors: `P2P_NULL_ARGUMENT` (config).
+ */
+p2p_status p2p_registry_config_set_data_dir(struct p2p_registry_config *config, const char *dir);
+
+/**
+ * How long a name claim lives unused (its key neither registering the name nor
+ * ending a session holding it) before it lapses and anyone may register the name, in
+ * seconds (default 90 days).
+ *
+ * Errors: `P2P_NULL_ARGUMENT`, `P2P_INVALID_ARGUMENT` (0).
+ */
+p2p_status p2p_registry_config_set_claim_ttl_secs(struct p2p_registry_config *config,
+                                                  uint64_t secs);
+
+/**
  * Start a registry as `config` says (see `p2p_registry_start()`, which this extends).
  * `config` is only read. On success `*out` receives the new handle, owned by the
  * caller (free it with `p2p_registry_free()`); untouched on failure.
  *
- * Errors: `P2P_NULL_ARGUMENT`, `P2P_IO` (cannot bind; the data directory cannot be
- * created or read), `P2P_INVALID_ARGUMENT` (the data directory holds a damaged or
- * foreign key or claims file).
+ * Errors: `P2P_NULL_ARGUMENT`, `P2P_IO` (cannot bind; the data directory, its key or
+ * its claims store cannot be created or read), `P2P_INVALID_ARGUMENT` (the data
+ * directory's `registry.key` is not a key file, or others may read it), `P2P_BUSY`
+ * (another registry is serving from the same data directory).
  */
 p2p_status p2p_registry_start_with_config(const struct p2p_registry_config *config,
                                           struct p2p_registry **out);
@@ -743,6 +772,29 @@ p2p_status p2p_registry_users(const struct p2p_registry *registry, struct p2p_st
  * Errors: `P2P_NULL_ARGUMENT`, `P2P_SHUTDOWN` (after `p2p_registry_stop()`).
  */
 p2p_status p2p_registry_user_count(const struct p2p_registry *registry, size_t *out);
+
+/**
+ * The fingerprint of the registry's key (eight groups of four characters), what its
+ * operator publishes so that users can pin it (`"host:port#FINGERPRINT"`, see
+ * `p2p_peer_config_new()`). Works after `p2p_registry_stop()` too. On success `*out`
+ * is a new string; free it with `p2p_string_free()`.
+ *
+ * Errors: `P2P_NULL_ARGUMENT`.
+ */
+p2p_status p2p_registry_fingerprint(const struct p2p_registry *registry, char **out);
+
+/**
+ * Release the claim on `username`, as an operator does for a user who lost their key:
+ * the name stays registered if it is online, and its next registration, by any key,
+ * is unclaimed (an encrypted one claims it anew). On success, if `released_out` is
+ * not NULL, `*released_out` says whether there was a claim.
+ *
+ * Errors: `P2P_NULL_ARGUMENT`, `P2P_INVALID_UTF8`, `P2P_SHUTDOWN`, `P2P_IO` (the
+ * claims store could not be written).
+ */
+p2p_status p2p_registry_release_name(const struct p2p_registry *registry,
+                                     const char *username,
+                                     bool *released_out);
 
 /**
  * Stop serving: close every connection and join the server's threads. When it
@@ -996,8 +1048,8 @@ p2p_status p2p_peer_config_on_event(struct p2p_peer_config *config, p2p_peer_eve
  * cannot be read or created), `P2P_KEY_CHANGED` (the registry's key is not the one
  * pinned or given: the message names both fingerprints), `P2P_DENIED` (the registry's
  * key is pinned or given but it no longer secures its link), `P2P_PORT_UNAVAILABLE`,
- * `P2P_USERNAME_TAKEN` (also: the name is claimed by another key), `P2P_TIMEOUT`,
- * `P2P_REGISTRY`, `P2P_PROTOCOL`.
+ * `P2P_USERNAME_TAKEN`, `P2P_TIMEOUT`, `P2P_REGISTRY` (also: the name is claimed by
+ * another key, the message saying so), `P2P_PROTOCOL`.
  */
 p2p_status p2p_peer_connect(const struct p2p_peer_config *config, struct p2p_peer **out);
 
@@ -1411,8 +1463,10 @@ void p2p_chat_request_free(struct p2p_chat_request *request);
  * `P2P_INVALID_ARGUMENT` (a filename that is not a plain name), `P2P_ALREADY_EXISTS`,
  * `P2P_INVALID_USERNAME`, `P2P_USER_NOT_FOUND`, `P2P_SHUTDOWN`, `P2P_IO`,
  * `P2P_TIMEOUT`, `P2P_PROTOCOL` (asking the registry where `user` is),
- * `P2P_KEY_CHANGED`, `P2P_DENIED` (reconnecting, the registry's key had changed or it
- * no longer secured its link: see `p2p_peer_connect()`). Later failures
+ * `P2P_KEY_CHANGED` (the key the registry lists for `user` differs from the one pinned
+ * for that name: see `p2p_peer_accept_user_key()`; or, reconnecting, the registry's
+ * key had changed), `P2P_DENIED` (`user` is unverified and this peer refuses those;
+ * or, reconnecting, the registry no longer secured its link). Later failures
  * (`P2P_FILE_NOT_FOUND`, `P2P_HASH_MISMATCH`, `P2P_KEY_CHANGED`...) come from
  * `p2p_transfer_wait()` and the failed callback.
  */
