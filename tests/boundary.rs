@@ -523,7 +523,31 @@ fn connect_failures_have_distinct_statuses() {
         assert!(peer.is_null());
         status
     };
-    assert_eq!(attempt("alice", dir.path()), P2P_USERNAME_TAKEN);
+    // Another key: alice's name is claimed by hers.
+    assert_eq!(attempt("alice", dir.path()), P2P_REGISTRY);
+    assert!(
+        last_error().contains("claimed by another key"),
+        "{}",
+        last_error()
+    );
+    // The same key a second time: the name is taken (online).
+    let (cfg, keys) = config(&addr, "carol", dir.path(), None);
+    let key_file = c(keys.path().join("id.key").to_str().unwrap());
+    let mut carol = null_mut();
+    unsafe {
+        assert_eq!(p2p_peer_connect(cfg, &mut carol), P2P_OK);
+        p2p_peer_config_free(cfg);
+        let (again, _keys) = config(&addr, "carol", dir.path(), None);
+        assert_eq!(
+            p2p_peer_config_set_identity_file(again, key_file.as_ptr()),
+            P2P_OK
+        );
+        let mut peer = null_mut();
+        assert_eq!(p2p_peer_connect(again, &mut peer), P2P_USERNAME_TAKEN);
+        assert!(peer.is_null());
+        p2p_peer_config_free(again);
+        p2p_peer_free(carol);
+    }
     assert_eq!(attempt("a,b", dir.path()), P2P_INVALID_USERNAME);
     assert_eq!(
         attempt("bob", &dir.path().join("nope")),
