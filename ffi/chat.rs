@@ -157,10 +157,11 @@ impl p2p_chat {
 /// `P2P_USER_NOT_FOUND`, `P2P_DECLINED`, `P2P_TIMEOUT` (no answer in time, or an
 /// original client closed the request untaken), `P2P_BUSY`, `P2P_REFUSED`,
 /// `P2P_KEY_CHANGED` (`user`'s key differs from the one pinned for that name: see
-/// `p2p_peer_accept_user_key()`; or, reconnecting, the registry's key had changed), `P2P_DENIED` (the other side is not the key the
-/// registry lists for `user`, or refuses this peer, or `user` is unverified and this
-/// peer refuses those; or, reconnecting, the registry no longer secured its link),
-/// `P2P_SHUTDOWN`, `P2P_IO`, `P2P_PROTOCOL`.
+/// `p2p_peer_accept_user_key()`; or, reconnecting, the registry's key had changed),
+/// `P2P_DENIED` (the other side is not the key the registry lists for `user`, or
+/// refuses this peer, or `user` is unverified and this peer refuses those; or,
+/// reconnecting, the registry no longer secured its link), `P2P_SHUTDOWN`, `P2P_IO`,
+/// `P2P_PROTOCOL`.
 #[no_mangle]
 pub unsafe extern "C" fn p2p_peer_chat(
     peer: *const p2p_peer,

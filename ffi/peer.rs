@@ -447,10 +447,10 @@ pub unsafe extern "C" fn p2p_peer_config_set_known_keys_file(
 }
 
 /// `true`: refuse partners that cannot prove who they are (original C++ clients and
-/// peers registered without a key): their requests are refused (`P2P_EVENT_REQUEST_REFUSED`),
-/// and chats and downloads to them fail with `P2P_DENIED`. `false` (the default):
-/// accept them, marked unverified (`p2p_chat_request_is_verified()`,
-/// `p2p_peer_user_fingerprint()` gives `""`).
+/// peers registered without a key): their requests are refused
+/// (`P2P_EVENT_REQUEST_REFUSED`), and chats and downloads to them fail with
+/// `P2P_DENIED`. `false` (the default): accept them, marked unverified
+/// (`p2p_chat_request_is_verified()`, `p2p_peer_user_fingerprint()` gives `""`).
 ///
 /// Errors: `P2P_NULL_ARGUMENT`.
 #[no_mangle]
@@ -1041,8 +1041,9 @@ pub unsafe extern "C" fn p2p_peer_shared_files(
 /// success `*out` is filled in; free it with `p2p_string_list_free()`.
 ///
 /// Errors: `P2P_NULL_ARGUMENT`, `P2P_SHUTDOWN`, `P2P_IO`, `P2P_TIMEOUT`,
-/// `P2P_REGISTRY`, `P2P_PROTOCOL`, `P2P_KEY_CHANGED`, `P2P_DENIED` (reconnecting, the registry's key had changed or
-/// it no longer secured its link: see `p2p_peer_connect()`).
+/// `P2P_REGISTRY`, `P2P_PROTOCOL`, `P2P_KEY_CHANGED`, `P2P_DENIED` (reconnecting, the
+/// registry's key had changed or it no longer secured its link: see
+/// `p2p_peer_connect()`).
 #[no_mangle]
 pub unsafe extern "C" fn p2p_peer_users(
     peer: *const p2p_peer,
@@ -1062,8 +1063,9 @@ pub unsafe extern "C" fn p2p_peer_users(
 /// failure neither is touched.
 ///
 /// Errors: `P2P_NULL_ARGUMENT`, `P2P_INVALID_UTF8`, `P2P_INVALID_USERNAME`,
-/// `P2P_USER_NOT_FOUND`, `P2P_SHUTDOWN`, `P2P_IO`, `P2P_TIMEOUT`, `P2P_PROTOCOL`, `P2P_KEY_CHANGED`, `P2P_DENIED` (reconnecting, the registry's key had changed or
-/// it no longer secured its link: see `p2p_peer_connect()`).
+/// `P2P_USER_NOT_FOUND`, `P2P_SHUTDOWN`, `P2P_IO`, `P2P_TIMEOUT`, `P2P_PROTOCOL`,
+/// `P2P_KEY_CHANGED`, `P2P_DENIED` (reconnecting, the registry's key had changed or it
+/// no longer secured its link: see `p2p_peer_connect()`).
 #[no_mangle]
 pub unsafe extern "C" fn p2p_peer_address(
     peer: *const p2p_peer,
@@ -1088,8 +1090,9 @@ pub unsafe extern "C" fn p2p_peer_address(
 /// `p2p_user_files_list_free()`.
 ///
 /// Errors: `P2P_NULL_ARGUMENT`, `P2P_SHUTDOWN`, `P2P_IO`, `P2P_TIMEOUT`,
-/// `P2P_REGISTRY`, `P2P_PROTOCOL`, `P2P_KEY_CHANGED`, `P2P_DENIED` (reconnecting, the registry's key had changed or
-/// it no longer secured its link: see `p2p_peer_connect()`).
+/// `P2P_REGISTRY`, `P2P_PROTOCOL`, `P2P_KEY_CHANGED`, `P2P_DENIED` (reconnecting, the
+/// registry's key had changed or it no longer secured its link: see
+/// `p2p_peer_connect()`).
 #[no_mangle]
 pub unsafe extern "C" fn p2p_peer_all_files(
     peer: *const p2p_peer,
@@ -1111,8 +1114,9 @@ pub unsafe extern "C" fn p2p_peer_all_files(
 /// is what, every user counts as one. On success `*out` is true for an original client.
 ///
 /// Errors: `P2P_NULL_ARGUMENT`, `P2P_INVALID_UTF8`, `P2P_INVALID_USERNAME`,
-/// `P2P_USER_NOT_FOUND`, `P2P_SHUTDOWN`, `P2P_IO`, `P2P_TIMEOUT`, `P2P_PROTOCOL`, `P2P_KEY_CHANGED`, `P2P_DENIED` (reconnecting, the registry's key had changed or
-/// it no longer secured its link: see `p2p_peer_connect()`).
+/// `P2P_USER_NOT_FOUND`, `P2P_SHUTDOWN`, `P2P_IO`, `P2P_TIMEOUT`, `P2P_PROTOCOL`,
+/// `P2P_KEY_CHANGED`, `P2P_DENIED` (reconnecting, the registry's key had changed or it
+/// no longer secured its link: see `p2p_peer_connect()`).
 #[no_mangle]
 pub unsafe extern "C" fn p2p_peer_user_is_legacy(
     peer: *const p2p_peer,
@@ -1158,8 +1162,9 @@ pub unsafe extern "C" fn p2p_peer_fingerprint(
 /// time they reach it).
 ///
 /// Errors: `P2P_NULL_ARGUMENT`, `P2P_INVALID_UTF8`, `P2P_INVALID_USERNAME`,
-/// `P2P_USER_NOT_FOUND`, `P2P_SHUTDOWN`, `P2P_IO`, `P2P_TIMEOUT`, `P2P_PROTOCOL`, `P2P_KEY_CHANGED`, `P2P_DENIED` (reconnecting, the registry's key had changed or
-/// it no longer secured its link: see `p2p_peer_connect()`).
+/// `P2P_USER_NOT_FOUND`, `P2P_SHUTDOWN`, `P2P_IO`, `P2P_TIMEOUT`, `P2P_PROTOCOL`,
+/// `P2P_KEY_CHANGED`, `P2P_DENIED` (reconnecting, the registry's key had changed or it
+/// no longer secured its link: see `p2p_peer_connect()`).
 #[no_mangle]
 pub unsafe extern "C" fn p2p_peer_user_fingerprint(
     peer: *const p2p_peer,
@@ -1191,9 +1196,9 @@ pub unsafe extern "C" fn p2p_peer_user_fingerprint(
 /// Errors: `P2P_NULL_ARGUMENT`, `P2P_INVALID_UTF8`, `P2P_INVALID_USERNAME`,
 /// `P2P_INVALID_ARGUMENT` (`fingerprint` is not a fingerprint), `P2P_DENIED` (the
 /// registry lists another key for `user` now, or none: nothing was pinned; or,
-/// reconnecting, the registry no longer secured its link),
-/// `P2P_USER_NOT_FOUND`, `P2P_SHUTDOWN`, `P2P_IO` (also: the known-keys file could not
-/// be written), `P2P_TIMEOUT`, `P2P_PROTOCOL`, `P2P_KEY_CHANGED` (reconnecting, the registry's key
+/// reconnecting, the registry no longer secured its link), `P2P_USER_NOT_FOUND`,
+/// `P2P_SHUTDOWN`, `P2P_IO` (also: the known-keys file could not be written),
+/// `P2P_TIMEOUT`, `P2P_PROTOCOL`, `P2P_KEY_CHANGED` (reconnecting, the registry's key
 /// had changed: see `p2p_peer_connect()`).
 #[no_mangle]
 pub unsafe extern "C" fn p2p_peer_accept_user_key(
@@ -1274,8 +1279,9 @@ pub unsafe extern "C" fn p2p_peer_registry_is_legacy(
 /// it with `p2p_string_list_free()`.
 ///
 /// Errors: `P2P_NULL_ARGUMENT`, `P2P_INVALID_UTF8`, `P2P_INVALID_USERNAME`,
-/// `P2P_USER_NOT_FOUND`, `P2P_SHUTDOWN`, `P2P_IO`, `P2P_TIMEOUT`, `P2P_REGISTRY`, `P2P_KEY_CHANGED`, `P2P_DENIED` (reconnecting, the registry's key had changed or
-/// it no longer secured its link: see `p2p_peer_connect()`).
+/// `P2P_USER_NOT_FOUND`, `P2P_SHUTDOWN`, `P2P_IO`, `P2P_TIMEOUT`, `P2P_REGISTRY`,
+/// `P2P_KEY_CHANGED`, `P2P_DENIED` (reconnecting, the registry's key had changed or it
+/// no longer secured its link: see `p2p_peer_connect()`).
 #[no_mangle]
 pub unsafe extern "C" fn p2p_peer_files_of(
     peer: *const p2p_peer,
@@ -1296,8 +1302,9 @@ pub unsafe extern "C" fn p2p_peer_files_of(
 /// not NULL, `*files_out` is the number of files now shared.
 ///
 /// Errors: `P2P_NULL_ARGUMENT`, `P2P_SHUTDOWN`, `P2P_IO`, `P2P_NOT_A_DIRECTORY`,
-/// `P2P_TIMEOUT`, `P2P_REGISTRY`, `P2P_KEY_CHANGED`, `P2P_DENIED` (reconnecting, the registry's key had changed or
-/// it no longer secured its link: see `p2p_peer_connect()`).
+/// `P2P_TIMEOUT`, `P2P_REGISTRY`, `P2P_KEY_CHANGED`, `P2P_DENIED` (reconnecting, the
+/// registry's key had changed or it no longer secured its link: see
+/// `p2p_peer_connect()`).
 #[no_mangle]
 pub unsafe extern "C" fn p2p_peer_rescan(
     peer: *const p2p_peer,

@@ -203,10 +203,10 @@ unsafe fn config_mut<'a>(
 
 /// Make a registry configuration: listen on `addr` (`"host:port"`, borrowed for the
 /// call; port 0 picks a free port). Defaults: the limits of `p2p_registry_start()`, no
-/// event callback, no data directory (name claims and the registry's key last only
-/// as long as the process), claims lapsing after 90 days unused. On success `*out` is a new config owned by the caller, to
-/// free with `p2p_registry_config_free()`. Nothing is bound before
-/// `p2p_registry_start_with_config()`.
+/// event callback, no data directory (name claims and the registry's key last only as
+/// long as the process), claims lapsing after 90 days unused. On success `*out` is a
+/// new config owned by the caller, to free with `p2p_registry_config_free()`. Nothing
+/// is bound before `p2p_registry_start_with_config()`.
 ///
 /// Errors: `P2P_NULL_ARGUMENT`, `P2P_INVALID_UTF8`.
 #[no_mangle]

@@ -662,15 +662,14 @@ void p2p_user_files_list_free(struct p2p_user_files_list *list);
 /**
  * Make a registry configuration: listen on `addr` (`"host:port"`, borrowed for the
  * call; port 0 picks a free port). Defaults: the limits of `p2p_registry_start()`, no
- * event callback, no data directory (name claims and the registry's key last only
- * as long as the process), claims lapsing after 90 days unused. On success `*out` is a new config owned by the caller, to
- * free with `p2p_registry_config_free()`. Nothing is bound before
- * `p2p_registry_start_with_config()`.
+ * event callback, no data directory (name claims and the registry's key last only as
+ * long as the process), claims lapsing after 90 days unused. On success `*out` is a
+ * new config owned by the caller, to free with `p2p_registry_config_free()`. Nothing
+ * is bound before `p2p_registry_start_with_config()`.
  *
  * Errors: `P2P_NULL_ARGUMENT`, `P2P_INVALID_UTF8`.
  */
-p2p_status p2p_registry_config_new(const char *addr,
-                                   struct p2p_registry_config **out);
+p2p_status p2p_registry_config_new(const char *addr, struct p2p_registry_config **out);
 
 /**
  * Free a registry configuration. NULL is a no-op; registries started with it are not
@@ -927,10 +926,10 @@ p2p_status p2p_peer_config_set_known_keys_file(struct p2p_peer_config *config, c
 
 /**
  * `true`: refuse partners that cannot prove who they are (original C++ clients and
- * peers registered without a key): their requests are refused (`P2P_EVENT_REQUEST_REFUSED`),
- * and chats and downloads to them fail with `P2P_DENIED`. `false` (the default):
- * accept them, marked unverified (`p2p_chat_request_is_verified()`,
- * `p2p_peer_user_fingerprint()` gives `""`).
+ * peers registered without a key): their requests are refused
+ * (`P2P_EVENT_REQUEST_REFUSED`), and chats and downloads to them fail with
+ * `P2P_DENIED`. `false` (the default): accept them, marked unverified
+ * (`p2p_chat_request_is_verified()`, `p2p_peer_user_fingerprint()` gives `""`).
  *
  * Errors: `P2P_NULL_ARGUMENT`.
  */
@@ -1130,11 +1129,11 @@ p2p_status p2p_peer_shared_files(const struct p2p_peer *peer, struct p2p_string_
  * success `*out` is filled in; free it with `p2p_string_list_free()`.
  *
  * Errors: `P2P_NULL_ARGUMENT`, `P2P_SHUTDOWN`, `P2P_IO`, `P2P_TIMEOUT`,
- * `P2P_REGISTRY`, `P2P_PROTOCOL`, `P2P_KEY_CHANGED`, `P2P_DENIED` (reconnecting, the registry's key had changed or
- * it no longer secured its link: see `p2p_peer_connect()`).
+ * `P2P_REGISTRY`, `P2P_PROTOCOL`, `P2P_KEY_CHANGED`, `P2P_DENIED` (reconnecting, the
+ * registry's key had changed or it no longer secured its link: see
+ * `p2p_peer_connect()`).
  */
-p2p_status p2p_peer_users(const struct p2p_peer *peer,
-                          struct p2p_string_list *out);
+p2p_status p2p_peer_users(const struct p2p_peer *peer, struct p2p_string_list *out);
 
 /**
  * Where `user` listens (asks the registry). On success `*ip_out` is a new string
@@ -1142,8 +1141,9 @@ p2p_status p2p_peer_users(const struct p2p_peer *peer,
  * failure neither is touched.
  *
  * Errors: `P2P_NULL_ARGUMENT`, `P2P_INVALID_UTF8`, `P2P_INVALID_USERNAME`,
- * `P2P_USER_NOT_FOUND`, `P2P_SHUTDOWN`, `P2P_IO`, `P2P_TIMEOUT`, `P2P_PROTOCOL`, `P2P_KEY_CHANGED`, `P2P_DENIED` (reconnecting, the registry's key had changed or
- * it no longer secured its link: see `p2p_peer_connect()`).
+ * `P2P_USER_NOT_FOUND`, `P2P_SHUTDOWN`, `P2P_IO`, `P2P_TIMEOUT`, `P2P_PROTOCOL`,
+ * `P2P_KEY_CHANGED`, `P2P_DENIED` (reconnecting, the registry's key had changed or it
+ * no longer secured its link: see `p2p_peer_connect()`).
  */
 p2p_status p2p_peer_address(const struct p2p_peer *peer,
                             const char *user,
@@ -1156,11 +1156,11 @@ p2p_status p2p_peer_address(const struct p2p_peer *peer,
  * `p2p_user_files_list_free()`.
  *
  * Errors: `P2P_NULL_ARGUMENT`, `P2P_SHUTDOWN`, `P2P_IO`, `P2P_TIMEOUT`,
- * `P2P_REGISTRY`, `P2P_PROTOCOL`, `P2P_KEY_CHANGED`, `P2P_DENIED` (reconnecting, the registry's key had changed or
- * it no longer secured its link: see `p2p_peer_connect()`).
+ * `P2P_REGISTRY`, `P2P_PROTOCOL`, `P2P_KEY_CHANGED`, `P2P_DENIED` (reconnecting, the
+ * registry's key had changed or it no longer secured its link: see
+ * `p2p_peer_connect()`).
  */
-p2p_status p2p_peer_all_files(const struct p2p_peer *peer,
-                              struct p2p_user_files_list *out);
+p2p_status p2p_peer_all_files(const struct p2p_peer *peer, struct p2p_user_files_list *out);
 
 /**
  * Whether `user` is an original (C++) client (asks the registry). Such a user gets
@@ -1170,12 +1170,11 @@ p2p_status p2p_peer_all_files(const struct p2p_peer *peer,
  * is what, every user counts as one. On success `*out` is true for an original client.
  *
  * Errors: `P2P_NULL_ARGUMENT`, `P2P_INVALID_UTF8`, `P2P_INVALID_USERNAME`,
- * `P2P_USER_NOT_FOUND`, `P2P_SHUTDOWN`, `P2P_IO`, `P2P_TIMEOUT`, `P2P_PROTOCOL`, `P2P_KEY_CHANGED`, `P2P_DENIED` (reconnecting, the registry's key had changed or
- * it no longer secured its link: see `p2p_peer_connect()`).
+ * `P2P_USER_NOT_FOUND`, `P2P_SHUTDOWN`, `P2P_IO`, `P2P_TIMEOUT`, `P2P_PROTOCOL`,
+ * `P2P_KEY_CHANGED`, `P2P_DENIED` (reconnecting, the registry's key had changed or it
+ * no longer secured its link: see `p2p_peer_connect()`).
  */
-p2p_status p2p_peer_user_is_legacy(const struct p2p_peer *peer,
-                                   const char *user,
-                                   bool *out);
+p2p_status p2p_peer_user_is_legacy(const struct p2p_peer *peer, const char *user, bool *out);
 
 /**
  * This peer's own fingerprint: the short digest of its public key that other people
@@ -1199,12 +1198,11 @@ p2p_status p2p_peer_fingerprint(const struct p2p_peer *peer, char **out);
  * time they reach it).
  *
  * Errors: `P2P_NULL_ARGUMENT`, `P2P_INVALID_UTF8`, `P2P_INVALID_USERNAME`,
- * `P2P_USER_NOT_FOUND`, `P2P_SHUTDOWN`, `P2P_IO`, `P2P_TIMEOUT`, `P2P_PROTOCOL`, `P2P_KEY_CHANGED`, `P2P_DENIED` (reconnecting, the registry's key had changed or
- * it no longer secured its link: see `p2p_peer_connect()`).
+ * `P2P_USER_NOT_FOUND`, `P2P_SHUTDOWN`, `P2P_IO`, `P2P_TIMEOUT`, `P2P_PROTOCOL`,
+ * `P2P_KEY_CHANGED`, `P2P_DENIED` (reconnecting, the registry's key had changed or it
+ * no longer secured its link: see `p2p_peer_connect()`).
  */
-p2p_status p2p_peer_user_fingerprint(const struct p2p_peer *peer,
-                                     const char *user,
-                                     char **out);
+p2p_status p2p_peer_user_fingerprint(const struct p2p_peer *peer, const char *user, char **out);
 
 /**
  * Accept the key the registry lists now for `user` as theirs from now on, replacing
@@ -1221,9 +1219,9 @@ p2p_status p2p_peer_user_fingerprint(const struct p2p_peer *peer,
  * Errors: `P2P_NULL_ARGUMENT`, `P2P_INVALID_UTF8`, `P2P_INVALID_USERNAME`,
  * `P2P_INVALID_ARGUMENT` (`fingerprint` is not a fingerprint), `P2P_DENIED` (the
  * registry lists another key for `user` now, or none: nothing was pinned; or,
- * reconnecting, the registry no longer secured its link),
- * `P2P_USER_NOT_FOUND`, `P2P_SHUTDOWN`, `P2P_IO` (also: the known-keys file could not
- * be written), `P2P_TIMEOUT`, `P2P_PROTOCOL`, `P2P_KEY_CHANGED` (reconnecting, the registry's key
+ * reconnecting, the registry no longer secured its link), `P2P_USER_NOT_FOUND`,
+ * `P2P_SHUTDOWN`, `P2P_IO` (also: the known-keys file could not be written),
+ * `P2P_TIMEOUT`, `P2P_PROTOCOL`, `P2P_KEY_CHANGED` (reconnecting, the registry's key
  * had changed: see `p2p_peer_connect()`).
  */
 p2p_status p2p_peer_accept_user_key(const struct p2p_peer *peer,
@@ -1255,8 +1253,9 @@ p2p_status p2p_peer_registry_is_legacy(const struct p2p_peer *peer, bool *out);
  * it with `p2p_string_list_free()`.
  *
  * Errors: `P2P_NULL_ARGUMENT`, `P2P_INVALID_UTF8`, `P2P_INVALID_USERNAME`,
- * `P2P_USER_NOT_FOUND`, `P2P_SHUTDOWN`, `P2P_IO`, `P2P_TIMEOUT`, `P2P_REGISTRY`, `P2P_KEY_CHANGED`, `P2P_DENIED` (reconnecting, the registry's key had changed or
- * it no longer secured its link: see `p2p_peer_connect()`).
+ * `P2P_USER_NOT_FOUND`, `P2P_SHUTDOWN`, `P2P_IO`, `P2P_TIMEOUT`, `P2P_REGISTRY`,
+ * `P2P_KEY_CHANGED`, `P2P_DENIED` (reconnecting, the registry's key had changed or it
+ * no longer secured its link: see `p2p_peer_connect()`).
  */
 p2p_status p2p_peer_files_of(const struct p2p_peer *peer,
                              const char *user,
@@ -1267,11 +1266,11 @@ p2p_status p2p_peer_files_of(const struct p2p_peer *peer,
  * not NULL, `*files_out` is the number of files now shared.
  *
  * Errors: `P2P_NULL_ARGUMENT`, `P2P_SHUTDOWN`, `P2P_IO`, `P2P_NOT_A_DIRECTORY`,
- * `P2P_TIMEOUT`, `P2P_REGISTRY`, `P2P_KEY_CHANGED`, `P2P_DENIED` (reconnecting, the registry's key had changed or
- * it no longer secured its link: see `p2p_peer_connect()`).
+ * `P2P_TIMEOUT`, `P2P_REGISTRY`, `P2P_KEY_CHANGED`, `P2P_DENIED` (reconnecting, the
+ * registry's key had changed or it no longer secured its link: see
+ * `p2p_peer_connect()`).
  */
-p2p_status p2p_peer_rescan(const struct p2p_peer *peer,
-                           size_t *files_out);
+p2p_status p2p_peer_rescan(const struct p2p_peer *peer, size_t *files_out);
 
 /**
  * Ask the registry at `registry` (`"host:port"`) whether `username` is free, without
@@ -1298,14 +1297,13 @@ p2p_status p2p_username_available(const char *registry, const char *username, bo
  * `P2P_USER_NOT_FOUND`, `P2P_DECLINED`, `P2P_TIMEOUT` (no answer in time, or an
  * original client closed the request untaken), `P2P_BUSY`, `P2P_REFUSED`,
  * `P2P_KEY_CHANGED` (`user`'s key differs from the one pinned for that name: see
- * `p2p_peer_accept_user_key()`; or, reconnecting, the registry's key had changed), `P2P_DENIED` (the other side is not the key the
- * registry lists for `user`, or refuses this peer, or `user` is unverified and this
- * peer refuses those; or, reconnecting, the registry no longer secured its link),
- * `P2P_SHUTDOWN`, `P2P_IO`, `P2P_PROTOCOL`.
+ * `p2p_peer_accept_user_key()`; or, reconnecting, the registry's key had changed),
+ * `P2P_DENIED` (the other side is not the key the registry lists for `user`, or
+ * refuses this peer, or `user` is unverified and this peer refuses those; or,
+ * reconnecting, the registry no longer secured its link), `P2P_SHUTDOWN`, `P2P_IO`,
+ * `P2P_PROTOCOL`.
  */
-p2p_status p2p_peer_chat(const struct p2p_peer *peer,
-                         const char *user,
-                         struct p2p_chat **out);
+p2p_status p2p_peer_chat(const struct p2p_peer *peer, const char *user, struct p2p_chat **out);
 
 /**
  * Send one message: `text` is NUL-terminated UTF-8 (borrowed for the call), up to
