@@ -398,6 +398,22 @@ fn a_claim_lapses_after_the_claim_ttl() {
 }
 
 #[test]
+fn a_name_registered_for_longer_than_the_claim_ttl_keeps_its_claim() {
+    let ttl = Duration::from_secs(4);
+    let r = start(RegistryConfig {
+        claim_ttl: ttl,
+        ..RegistryConfig::default()
+    });
+    let alice = Identity::generate().unwrap();
+    let mut a = Enc::dial(r.local_addr(), &alice, None);
+    assert_eq!(a.ask("INIT,alice,5000"), "OK");
+    // Registered is in use: the registry marks it so while the session lasts.
+    std::thread::sleep(ttl + Duration::from_secs(2));
+    assert_eq!(r.claim("alice").unwrap(), Some(alice.public()));
+    assert_eq!(a.ask("GET_U"), "OK,alice");
+}
+
+#[test]
 fn an_operator_releases_a_claim() {
     let dir = tempfile::tempdir().unwrap();
     let (alice, bob) = (Identity::generate().unwrap(), Identity::generate().unwrap());
@@ -524,6 +540,25 @@ fn a_stalled_xx_handshake_after_the_reply_is_closed_at_the_deadline() {
     assert!(out.len() > 3 + 2 + 32, "message 2 came");
     assert!(!contains(&out, "ERR"), "no plaintext line after the reply");
     assert!(t.elapsed() < Duration::from_secs(8));
+}
+
+#[test]
+fn a_handshake_takes_a_query_token_of_its_address() {
+    let r = start(RegistryConfig {
+        queries_per_sec_per_addr: 1,
+        query_burst_per_addr: 1,
+        ..RegistryConfig::default()
+    });
+    let id = Identity::generate().unwrap();
+    // The handshake takes the one token: the first query then waits for the next.
+    let mut s = Enc::dial(r.local_addr(), &id, Some(r.public_key()));
+    let t = Instant::now();
+    assert_eq!(s.ask("GET_U"), "OK");
+    let waited = t.elapsed();
+    assert!(
+        waited >= Duration::from_millis(500),
+        "answered after {waited:?}"
+    );
 }
 
 // ---- memory: a registry in a child process ----

@@ -4,7 +4,8 @@
 //! key and the time it was last used). While the claim lives, only that key may
 //! register the name. A claim not used for the claim TTL *lapses*: it counts as gone,
 //! and the next key to register the name takes it over. "Used" means registered: a
-//! claim is touched when its key registers the name and when that session ends.
+//! claim is touched when its key registers the name, periodically while the name
+//! stays registered, and when that registration ends.
 //!
 //! The store is [redb](https://docs.rs/redb) (`<data-dir>/claims.redb`): one table
 //! `claims`, key the username (UTF-8), value 40 bytes — the 32-byte public key, then
@@ -110,6 +111,15 @@ impl Claims {
         Claims::init(db, ttl)
     }
 
+    /// A store on any redb backend (tests: one that fails on demand).
+    #[cfg(test)]
+    pub fn with_backend(backend: impl redb::StorageBackend, ttl: Duration) -> Result<Claims> {
+        let db = Database::builder()
+            .create_with_backend(backend)
+            .map_err(store_err)?;
+        Claims::init(db, ttl)
+    }
+
     fn init(db: Database, ttl: Duration) -> Result<Claims> {
         // Create the table up front, so reads never meet a missing one.
         let tx = db.begin_write().map_err(store_err)?;
@@ -167,11 +177,21 @@ impl Claims {
         key: &PublicKey,
         now: SystemTime,
     ) -> Result<()> {
+        self.touch_pairs(names.into_iter().map(|n| (n, key)), now)
+    }
+
+    /// Like [`touch`](Self::touch) for names with their own keys: each name's claim
+    /// is marked used if it is that key's.
+    pub fn touch_pairs<'a>(
+        &self,
+        pairs: impl IntoIterator<Item = (&'a str, &'a PublicKey)>,
+        now: SystemTime,
+    ) -> Result<()> {
         let mut tx = self.db.begin_write().map_err(store_err)?;
         tx.set_durability(Durability::Eventual);
         {
             let mut table = tx.open_table(CLAIMS).map_err(store_err)?;
-            for name in names {
+            for (name, key) in pairs {
                 let mine = table
                     .get(name)
                     .map_err(store_err)?

@@ -360,6 +360,16 @@ impl Directory {
             .collect()
     }
 
+    /// The names registered over encrypted sessions, with their keys.
+    pub fn keyed_names(&self) -> Vec<(Box<str>, PublicKey)> {
+        self.users
+            .read()
+            .map
+            .iter()
+            .filter_map(|(n, s)| s.key.map(|k| (n.clone(), k)))
+            .collect()
+    }
+
     pub fn len(&self) -> usize {
         self.users.read().map.len()
     }

@@ -51,6 +51,9 @@ use std::time::{Duration, Instant, SystemTime};
 /// A sealed-output buffer larger than this is given back once written out (an idle
 /// encrypted connection keeps no record-sized buffer).
 const WIRE_KEEP: usize = 4096;
+/// Longest time between two refreshes of the claims of names registered now (a
+/// quarter of the claim TTL when that is shorter).
+const CLAIM_REFRESH_MAX: Duration = Duration::from_secs(3600);
 
 const LISTENER: Token = Token(usize::MAX - 1);
 const WAKER: Token = Token(usize::MAX);
@@ -345,6 +348,8 @@ pub(super) struct Server {
     answer_buf: Vec<u8>,
     /// Freed bytes counted towards the next `malloc_trim` (loop 0).
     trim_debt: usize,
+    /// Loop 0: when the claims of names registered now are next marked used.
+    next_claim_refresh: Instant,
 }
 
 impl Server {
@@ -368,6 +373,7 @@ impl Server {
             scratch: vec![0; READ_CHUNK],
             answer_buf: Vec::new(),
             trim_debt: 0,
+            next_claim_refresh: Instant::now(),
         };
         Ok((server, Handoff { tx, waker }))
     }
@@ -452,6 +458,19 @@ impl Server {
     /// Loop 0, once a second: expire leases, forget idle addresses, drop stale rendered
     /// answers, and give freed memory back to the system after large releases.
     fn sweep(&mut self, now: Instant) {
+        if now >= self.next_claim_refresh {
+            // A name registered now is in use: its claim must not lapse under a long
+            // session (a crash would skip the touch at the session's end).
+            let every = (self.shared.config.claim_ttl / 4).min(CLAIM_REFRESH_MAX);
+            self.next_claim_refresh = now + every;
+            let keyed = self.shared.directory.keyed_names();
+            if !keyed.is_empty() {
+                let pairs = keyed.iter().map(|(n, k)| (&**n, k));
+                if let Err(e) = self.shared.claims.touch_pairs(pairs, SystemTime::now()) {
+                    log::warn!("registry: could not record the claims' use: {e}");
+                }
+            }
+        }
         let lease = self.shared.config.legacy_lease;
         let expired = self.shared.directory.expire_leases(now, lease);
         if !expired.is_empty() {
@@ -871,6 +890,10 @@ impl Server {
                     break;
                 }
             }
+        }
+        if sec.frames.pending() == 0 {
+            // Give back a buffer a large record grew (an idle connection keeps none).
+            sec.frames = FrameBuffer::new();
         }
         if broken {
             // A failed handshake or a record failing authentication: nothing more can
@@ -1731,5 +1754,89 @@ mod summary_tests {
         assert!(s.starts_with("OK (1000 users): u0: f | u1: f"), "{s}");
         assert!(s.ends_with(&format!("… ({} bytes)", text.len())), "{s}");
         assert!(s.len() < 200, "{s}");
+    }
+}
+
+#[cfg(test)]
+mod claim_tests {
+    use super::*;
+    use redb::backends::InMemoryBackend;
+    use redb::StorageBackend;
+    use std::sync::atomic::AtomicBool;
+
+    /// redb's in-memory backend whose flushes fail once `fail` is set (a full or
+    /// broken disk).
+    #[derive(Debug)]
+    struct Failing {
+        inner: InMemoryBackend,
+        fail: Arc<AtomicBool>,
+    }
+
+    impl StorageBackend for Failing {
+        fn len(&self) -> io::Result<u64> {
+            self.inner.len()
+        }
+        fn read(&self, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+            self.inner.read(offset, len)
+        }
+        fn set_len(&self, len: u64) -> io::Result<()> {
+            self.inner.set_len(len)
+        }
+        fn sync_data(&self, eventual: bool) -> io::Result<()> {
+            if self.fail.load(Ordering::SeqCst) {
+                return Err(io::Error::other("disk full"));
+            }
+            self.inner.sync_data(eventual)
+        }
+        fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+            if self.fail.load(Ordering::SeqCst) {
+                return Err(io::Error::other("disk full"));
+            }
+            self.inner.write(offset, data)
+        }
+    }
+
+    #[test]
+    fn an_init_whose_claim_cannot_be_stored_is_refused_and_not_registered() {
+        let fail = Arc::new(AtomicBool::new(false));
+        let backend = Failing {
+            inner: InMemoryBackend::new(),
+            fail: fail.clone(),
+        };
+        let claims = Claims::with_backend(backend, Duration::from_secs(3600)).unwrap();
+        let directory = Directory::default();
+        let tables = Tables {
+            directory: &directory,
+            claims: &claims,
+        };
+        let key = crate::identity::Identity::generate().unwrap().public();
+        let caller = |conn, key| Caller {
+            conn,
+            ip: "127.0.0.1".parse().unwrap(),
+            session: true,
+            key,
+        };
+        assert_eq!(
+            init(tables, caller(1, Some(key)), "alice", 5000, &[]),
+            Ok(InitOutcome::Registered)
+        );
+        fail.store(true, Ordering::SeqCst);
+        assert_eq!(
+            init(tables, caller(2, Some(key)), "bob", 5000, &[]),
+            Err(QueryError(reason::REGISTRY_UNAVAILABLE))
+        );
+        assert!(
+            directory.get("bob").is_none(),
+            "registered without its claim"
+        );
+        // An update makes no new claim; a plaintext registration makes none at all.
+        assert_eq!(
+            init(tables, caller(1, Some(key)), "alice", 5001, &[]),
+            Ok(InitOutcome::Updated)
+        );
+        assert_eq!(
+            init(tables, caller(3, None), "carol", 5000, &[]),
+            Ok(InitOutcome::Registered)
+        );
     }
 }
