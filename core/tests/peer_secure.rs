@@ -703,6 +703,13 @@ fn a_keyless_user_chats_in_the_clear_marked_unverified() {
         bob.seen.asked.lock().unwrap().clone(),
         vec![("old".to_string(), None, false)]
     );
+    // The hook keeps the chat just after accepting (which sent the OK).
+    assert!(wait_until(WAIT, || !bob
+        .seen
+        .accepted
+        .lock()
+        .unwrap()
+        .is_empty()));
     let theirs = bob.seen.accepted.lock().unwrap()[0].clone();
     assert!(!theirs.is_encrypted() && !theirs.is_verified());
     assert_eq!(theirs.remote_key(), None);
@@ -724,4 +731,148 @@ fn a_keyless_user_chats_in_the_clear_marked_unverified() {
     assert_eq!(chat.remote_key(), None);
     let (line, _s) = server.join().unwrap();
     assert_eq!(line, "P2P/1 CHAT bob\n");
+}
+
+/// Throughput of a download over a secured link next to the plaintext path it replaced
+/// and a plain TCP copy, in the same run, on loopback (tmpfs when there is one). Prints
+/// MB/s; asserts only that every copy arrived whole. Run in release:
+/// `nice cargo test --release -p p2pcore --test peer_secure -- --ignored --nocapture`
+/// (`P2P_BENCH_MB`, default 1024, sets the file size).
+#[test]
+#[ignore]
+fn throughput_of_a_secured_download_next_to_plaintext_and_tcp() {
+    use p2pcore::transfer::{send_file, send_file_min_rate, MinRate, Receiver};
+    let mib: usize = std::env::var("P2P_BENCH_MB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1024);
+    let len = (mib * 1024 * 1024) as u64;
+    let tmp = tempfile::tempdir_in("/dev/shm").unwrap_or_else(|_| tempfile::tempdir().unwrap());
+    let reg = KeyedRegistry::start();
+    let alice = node(&reg, "alice", tmp.path(), |b| b);
+    let bob = node(&reg, "bob", tmp.path(), |b| b);
+    let src = bob.peer.shared_dir().join("big.bin");
+    {
+        let chunk = pattern(1024 * 1024, 11);
+        let mut f = std::fs::File::create(&src).unwrap();
+        for i in 0..mib {
+            let mut c = chunk.clone();
+            c[..8].copy_from_slice(&(i as u64).to_le_bytes());
+            f.write_all(&c).unwrap();
+        }
+    }
+    bob.peer.rescan().unwrap();
+    let hash = {
+        let mut h = blake3::Hasher::new();
+        h.update_reader(std::fs::File::open(&src).unwrap()).unwrap();
+        h.finalize().to_hex().to_string()
+    };
+    let mbps = |secs: f64| len as f64 / 1e6 / secs;
+    let rule = MinRate {
+        bytes_per_sec: 1024,
+        window: Duration::from_secs(30),
+        stall: Duration::from_secs(15),
+    };
+    let pair = || {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let a = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (b, _) = l.accept().unwrap();
+        (a, b)
+    };
+    let best = |f: &mut dyn FnMut() -> f64| (0..2).map(|_| f()).fold(f64::MAX, f64::min);
+
+    // 1. A plain TCP copy: sendfile in, 1 MiB reads out, nothing kept.
+    let tcp = best(&mut || {
+        let (tx, mut rx) = pair();
+        let path = src.clone();
+        let started = Instant::now();
+        let sender = std::thread::spawn(move || {
+            send_file(&tx, &std::fs::File::open(path).unwrap(), 0, len).unwrap();
+        });
+        let mut buf = vec![0u8; 1024 * 1024];
+        let mut got = 0u64;
+        loop {
+            match rx.read(&mut buf).unwrap() {
+                0 => break,
+                n => got += n as u64,
+            }
+        }
+        sender.join().unwrap();
+        assert_eq!(got, len);
+        started.elapsed().as_secs_f64()
+    });
+    // 2. The plaintext path before P2P/2: sendfile under the rate rule, received into a
+    //    partial file, hashed, verified, synced and renamed.
+    let plain_dir = tmp.path().join("plain");
+    std::fs::create_dir_all(&plain_dir).unwrap();
+    let plain = best(&mut || {
+        let _ = std::fs::remove_file(plain_dir.join("big.bin"));
+        let (tx, rx) = pair();
+        let path = src.clone();
+        let started = Instant::now();
+        let sender = std::thread::spawn(move || {
+            send_file_min_rate(&tx, &std::fs::File::open(path).unwrap(), 0, len, rule).unwrap();
+        });
+        let r = Receiver::prepare(&plain_dir, "big.bin").unwrap();
+        let mut reader = std::io::BufReader::with_capacity(256 * 1024, rx);
+        r.receive(&mut reader, len, &hash, &mut |_| true).unwrap();
+        sender.join().unwrap();
+        started.elapsed().as_secs_f64()
+    });
+    // 3. A secured link alone: records sealed, sent, opened; no file at either end.
+    let link = best(&mut || {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let server_id = Identity::generate().unwrap();
+        let server_key = server_id.public();
+        let server = std::thread::spawn(move || {
+            let (s, _) = l.accept().unwrap();
+            let mut r = std::io::BufReader::new(s);
+            let mut line = Vec::new();
+            r.read_until(b'\n', &mut line).unwrap();
+            let marker = secure::Marker::parse(&line[..line.len() - 1]).unwrap();
+            let mut st = secure::accept(r, marker, &server_id, Instant::now() + WAIT).unwrap();
+            let buf = vec![7u8; 4 * secure::MAX_RECORD_PLAINTEXT];
+            let mut sent = 0u64;
+            while sent < len {
+                let n = (len - sent).min(buf.len() as u64) as usize;
+                st.writer.send(&buf[..n]).unwrap();
+                sent += n as u64;
+            }
+        });
+        let me = Identity::generate().unwrap();
+        let started = Instant::now();
+        let mut s = dial_raw(addr, &me, server_key, "x");
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut got = 0u64;
+        while got < len {
+            got += s.reader.read(&mut buf).unwrap() as u64;
+        }
+        server.join().unwrap();
+        started.elapsed().as_secs_f64()
+    });
+    // 4. The real thing: Peer::fetch over P2P/2, verified and renamed.
+    let secured = best(&mut || {
+        let _ = std::fs::remove_file(alice.peer.download_dir().join("big.bin"));
+        let started = Instant::now();
+        let t = alice.peer.fetch("bob", "big.bin").unwrap();
+        t.wait().unwrap();
+        assert!(t.is_encrypted());
+        started.elapsed().as_secs_f64()
+    });
+    let got = std::fs::metadata(alice.peer.download_dir().join("big.bin")).unwrap();
+    assert_eq!(got.len(), len);
+    println!(
+        "{mib} MiB on {}, cipher {:?}:\n  plain TCP copy (sendfile → read)        {:8.0} MB/s\n  \
+         plaintext P2P/1 path (sendfile → verify) {:8.0} MB/s\n  secured link alone (seal → open)        {:8.0} MB/s\n  \
+         secured P2P/2 download (Peer::fetch)     {:8.0} MB/s  = {:.2}x the TCP copy, {:.2}x the plaintext path",
+        tmp.path().display(),
+        Cipher::preferred(),
+        mbps(tcp),
+        mbps(plain),
+        mbps(link),
+        mbps(secured),
+        tcp / secured,
+        plain / secured,
+    );
 }
