@@ -208,6 +208,11 @@ fn run(
     } else {
         download(&inner, &t, receiver, addr)
     };
+    // Whatever happened, this download's connection is done: close it now, so a
+    // sender still writing (after a failure here) stops at once.
+    if let Some(s) = t.socket.lock().take() {
+        let _ = s.shutdown(Shutdown::Both);
+    }
     let result = result.map_err(|e| {
         if t.cancelled.load(Ordering::SeqCst) || inner.stopping() {
             Error::Cancelled
