@@ -2,9 +2,11 @@
  * chat_and_fetch.c - the whole p2pchat C API in one run, checked at every step.
  *
  * Starts a registry on 127.0.0.1 (any free port), connects two peers, alice and bob,
- * each sharing a fresh temporary directory, chats in both directions (bob accepts
- * from his chat-request callback), downloads a file from bob to alice and compares
- * the bytes, then frees everything. Prints "ALL OK" and exits 0 on success; exits 1
+ * each sharing a fresh temporary directory and keeping its identity (key pair) there,
+ * prints their fingerprints and checks that the one the registry lists for bob is
+ * bob's own, chats in both directions (bob accepts from his chat-request callback,
+ * which shows who asks, verified or not), downloads a file from bob to alice and
+ * compares the bytes, then frees everything. Prints "ALL OK" and exits 0 on success; exits 1
  * at the first failure, naming it.
  *
  * Build (after `cargo build --release` and `make -C examples install PREFIX=...`):
@@ -95,10 +97,20 @@ static void side_destroy(side *s) {
 
 static void on_chat_request(void *user_data, p2p_chat_request *request) {
     side *s = user_data;
-    char *from = NULL;
+    char *from = NULL, *fingerprint = NULL;
+    bool verified = false;
     p2p_chat *chat = NULL;
-    /* The request is ours now: answer it and free it (here, in the callback). */
-    if (p2p_chat_request_from(request, &from) == P2P_OK && strcmp(from, "alice") == 0) {
+    /* Who asks, and whether they proved it: a verified request came over a secured link
+     * with the key the registry lists for that name. Show an unverified one as such. */
+    if (p2p_chat_request_is_verified(request, &verified) == P2P_OK &&
+        p2p_chat_request_fingerprint(request, &fingerprint) == P2P_OK)
+        printf("[%s] chat request, %s%s\n", s->name,
+               verified ? "verified, fingerprint " : "UNVERIFIED", fingerprint);
+    p2p_string_free(fingerprint);
+    /* The request is ours now: answer it and free it (here, in the callback). Only a
+     * verified alice is accepted. */
+    if (p2p_chat_request_from(request, &from) == P2P_OK && strcmp(from, "alice") == 0 &&
+        verified) {
         if (p2p_chat_request_accept(request, &chat) != P2P_OK)
             fprintf(stderr, "accept failed: %s\n", p2p_last_error_message());
     } else {
@@ -190,11 +202,14 @@ static void on_registry_event(void *user_data, const p2p_registry_event *event) 
 }
 
 static p2p_peer *connect_peer(const char *registry, const char *name, const char *share,
-                              const char *downloads, side *s) {
+                              const char *downloads, const char *key_file, side *s) {
     p2p_peer_config *config = NULL;
     p2p_peer *peer = NULL;
     CHECK(p2p_peer_config_new(registry, name, share, &config));
     CHECK(p2p_peer_config_set_listen_ip(config, "127.0.0.1"));
+    /* The key pair that owns the name: created (mode 0600) on first use, loaded after.
+     * Without this call it lives in ~/.config/p2pchat/<name>.key. */
+    CHECK(p2p_peer_config_set_identity_file(config, key_file));
     CHECK(p2p_peer_config_set_download_dir(config, downloads));
     CHECK(p2p_peer_config_set_chat_answer_timeout_ms(config, 10000));
     CHECK(p2p_peer_config_set_user_data(config, s));
@@ -239,14 +254,14 @@ static unsigned char *read_file(const char *path, size_t *len) {
 
 int main(void) {
     char root[] = "/tmp/p2pchat-example-XXXXXX";
-    char a_share[64], a_down[64], b_share[64], original[96];
+    char a_share[64], a_down[64], b_share[64], original[96], a_key[64], b_key[64];
     side alice, bob;
     p2p_registry *registry = NULL;
     char *registry_addr = NULL;
     p2p_peer *a = NULL, *b = NULL;
     p2p_string_list users = {NULL, 0}, files = {NULL, 0};
     p2p_user_files_list all = {NULL, 0};
-    char *ip = NULL, *path = NULL, *name = NULL;
+    char *ip = NULL, *path = NULL, *name = NULL, *a_fp = NULL, *b_fp = NULL, *listed = NULL;
     uint16_t port = 0, b_port = 0;
     size_t count = 0, got_len = 0, i;
     p2p_chat *chat = NULL, *bob_chat = NULL;
@@ -265,6 +280,8 @@ int main(void) {
     snprintf(a_down, sizeof a_down, "%s/alice-downloads", root);
     snprintf(b_share, sizeof b_share, "%s/bob-share", root);
     snprintf(original, sizeof original, "%s/%s", b_share, FILE_NAME);
+    snprintf(a_key, sizeof a_key, "%s/alice.key", root);
+    snprintf(b_key, sizeof b_key, "%s/bob.key", root);
     EXPECT(mkdir(a_share, 0700) == 0 && mkdir(a_down, 0700) == 0 && mkdir(b_share, 0700) == 0);
     want = malloc(FILE_SIZE);
     for (i = 0; i < FILE_SIZE; i++) want[i] = (unsigned char)((i * 2654435761u) >> 13);
@@ -282,8 +299,8 @@ int main(void) {
     /* Two peers. */
     side_init(&alice, "alice");
     side_init(&bob, "bob");
-    a = connect_peer(registry_addr, "alice", a_share, a_down, &alice);
-    b = connect_peer(registry_addr, "bob", b_share, b_share, &bob);
+    a = connect_peer(registry_addr, "alice", a_share, a_down, a_key, &alice);
+    b = connect_peer(registry_addr, "bob", b_share, b_share, b_key, &bob);
     CHECK(p2p_peer_listen_port(b, &b_port));
     CHECK(p2p_peer_username(a, &name));
     EXPECT(strcmp(name, "alice") == 0);
@@ -324,6 +341,16 @@ int main(void) {
     printf("bob is at %s:%u\n", ip, (unsigned)port);
     p2p_string_free(ip);
 
+    /* Fingerprints: what people compare (read out, over the phone...). The registry
+     * lists bob's key; alice checks it is the one bob reads out. */
+    CHECK(p2p_peer_fingerprint(a, &a_fp));
+    CHECK(p2p_peer_fingerprint(b, &b_fp));
+    CHECK(p2p_peer_user_fingerprint(a, "bob", &listed));
+    printf("alice's fingerprint: %s\nbob's fingerprint:   %s\nbob as listed:       %s\n",
+           a_fp, b_fp, listed);
+    EXPECT(strcmp(listed, b_fp) == 0 && strcmp(a_fp, b_fp) != 0);
+    p2p_string_free(listed);
+
     /* Chat both ways: alice asks, bob's callback accepts. */
     CHECK(p2p_peer_chat(a, "bob", &chat));
     WAIT_FOR(&bob, bob.accepted != NULL);
@@ -331,6 +358,17 @@ int main(void) {
     CHECK(p2p_chat_peer_name(chat, &name));
     EXPECT(strcmp(name, "bob") == 0);
     p2p_string_free(name);
+    /* Both ends say the chat is encrypted, and alice's that bob proved his key. */
+    CHECK(p2p_chat_is_encrypted(chat, &flag));
+    EXPECT(flag);
+    CHECK(p2p_chat_is_verified(chat, &flag));
+    EXPECT(flag);
+    CHECK(p2p_chat_is_encrypted(bob_chat, &flag));
+    EXPECT(flag);
+    CHECK(p2p_chat_fingerprint(chat, &listed));
+    EXPECT(strcmp(listed, b_fp) == 0);
+    p2p_string_free(listed);
+    printf("chat with bob: encrypted, verified\n");
     CHECK(p2p_chat_send(chat, "hello bob"));
     WAIT_FOR(&bob, bob.messages == 1);
     EXPECT(strcmp(bob.last_message, "alice: hello bob") == 0);
@@ -352,7 +390,11 @@ int main(void) {
 
     /* Download bob's file and compare the bytes. */
     CHECK(p2p_peer_fetch(a, "bob", FILE_NAME, &transfer));
+    CHECK(p2p_transfer_is_encrypted(transfer, &flag));
+    EXPECT(flag);
     CHECK(p2p_transfer_wait(transfer, &path));
+    CHECK(p2p_transfer_is_verified(transfer, &flag));
+    EXPECT(flag);
     CHECK(p2p_transfer_progress(transfer, &received, &total));
     EXPECT(received == FILE_SIZE && total == FILE_SIZE);
     CHECK(p2p_transfer_is_finished(transfer, &flag));
@@ -360,7 +402,7 @@ int main(void) {
     EXPECT(alice.done == 1 && alice.progress_calls > 0 && alice.last_total == FILE_SIZE);
     got = read_file(path, &got_len);
     EXPECT(got != NULL && got_len == FILE_SIZE && memcmp(got, want, FILE_SIZE) == 0);
-    printf("downloaded %s: %zu bytes, identical\n", FILE_NAME, got_len);
+    printf("downloaded %s: %zu bytes, encrypted, verified, identical\n", FILE_NAME, got_len);
     free(got);
     p2p_string_free(path);
     p2p_transfer_free(transfer);
@@ -388,6 +430,8 @@ int main(void) {
     p2p_registry_free(registry);
     p2p_string_free(registry_addr);
 
+    p2p_string_free(a_fp);
+    p2p_string_free(b_fp);
     side_destroy(&alice);
     side_destroy(&bob);
     free(want);

@@ -5,6 +5,7 @@ use crate::panic;
 use crate::peer::p2p_peer;
 use crate::status::{p2p_status, FfiError};
 use crate::strings::{arg_out, arg_ref, arg_str, owned, put};
+use p2pcore::identity::PublicKey;
 use p2pcore::peer::{Chat, ChatId, ChatRequest};
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -33,6 +34,12 @@ pub enum p2p_chat_closed_by {
 pub struct p2p_chat {
     id: ChatId,
     peer: String,
+    /// Over a secured link (kept here: the slot empties when the chat ends).
+    encrypted: bool,
+    /// The other side proved it is `peer`.
+    verified: bool,
+    /// The other side's proven key (`None`: unverified).
+    key: Option<PublicKey>,
     slot: Arc<ChatSlot>,
 }
 
@@ -79,6 +86,10 @@ impl ChatTable {
 pub struct p2p_chat_request {
     from: String,
     addr: String,
+    /// The requester proved it is `from` (a secured link with the listed, pinned key).
+    verified: bool,
+    /// The requester's key proven by the handshake (`None`: a plaintext request).
+    key: Option<PublicKey>,
     request: Mutex<Option<ChatRequest>>,
     /// The receiving peer's chats, where an accepted chat is entered.
     chats: Arc<ChatTable>,
@@ -89,6 +100,8 @@ impl p2p_chat_request {
         p2p_chat_request {
             from: request.from().to_string(),
             addr: request.addr().to_string(),
+            verified: request.is_verified(),
+            key: request.key(),
             request: Mutex::new(Some(request)),
             chats,
         }
@@ -119,6 +132,9 @@ fn new_chat(table: &ChatTable, chat: Chat) -> *mut p2p_chat {
     Box::into_raw(Box::new(p2p_chat {
         id,
         peer: chat.peer().to_string(),
+        encrypted: chat.is_encrypted(),
+        verified: chat.is_verified(),
+        key: chat.remote_key(),
         slot,
     }))
 }
@@ -140,7 +156,12 @@ impl p2p_chat {
 /// Errors: `P2P_NULL_ARGUMENT`, `P2P_INVALID_UTF8`, `P2P_INVALID_USERNAME`,
 /// `P2P_USER_NOT_FOUND`, `P2P_DECLINED`, `P2P_TIMEOUT` (no answer in time, or an
 /// original client closed the request untaken), `P2P_BUSY`, `P2P_REFUSED`,
-/// `P2P_SHUTDOWN`, `P2P_IO`, `P2P_PROTOCOL`.
+/// `P2P_KEY_CHANGED` (`user`'s key differs from the one pinned for that name: see
+/// `p2p_peer_accept_user_key()`; or, reconnecting, the registry's key had changed),
+/// `P2P_DENIED` (the other side is not the key the registry lists for `user`, or
+/// refuses this peer, or `user` is unverified and this peer refuses those; or,
+/// reconnecting, the registry no longer secured its link), `P2P_SHUTDOWN`, `P2P_IO`,
+/// `P2P_PROTOCOL`.
 #[no_mangle]
 pub unsafe extern "C" fn p2p_peer_chat(
     peer: *const p2p_peer,
@@ -231,6 +252,59 @@ pub unsafe extern "C" fn p2p_chat_peer_name(
     })
 }
 
+/// Whether the chat runs over a secured link: every message encrypted and
+/// authenticated. False for a plaintext chat with an unverified partner (an original
+/// client, or a peer registered without a key). Stays as it was after the chat ended.
+///
+/// Errors: `P2P_NULL_ARGUMENT`.
+#[no_mangle]
+pub unsafe extern "C" fn p2p_chat_is_encrypted(
+    chat: *const p2p_chat,
+    out: *mut bool,
+) -> p2p_status {
+    panic::status(|| {
+        let chat = arg_ref(chat, "chat")?;
+        put(arg_out(out, "out")?, chat.encrypted);
+        Ok(())
+    })
+}
+
+/// Whether the other side proved it is who the chat names (`p2p_chat_peer_name()`):
+/// its key is the one the registry lists for that name and the one pinned for it.
+/// False for an unverified partner. Stays as it was after the chat ended.
+///
+/// Errors: `P2P_NULL_ARGUMENT`.
+#[no_mangle]
+pub unsafe extern "C" fn p2p_chat_is_verified(chat: *const p2p_chat, out: *mut bool) -> p2p_status {
+    panic::status(|| {
+        let chat = arg_ref(chat, "chat")?;
+        put(arg_out(out, "out")?, chat.verified);
+        Ok(())
+    })
+}
+
+/// The fingerprint of the other side's key, proven by the secured link's handshake,
+/// or `""` for an unverified partner. On success `*out` is a new string; free it with
+/// `p2p_string_free()`.
+///
+/// Errors: `P2P_NULL_ARGUMENT`.
+#[no_mangle]
+pub unsafe extern "C" fn p2p_chat_fingerprint(
+    chat: *const p2p_chat,
+    out: *mut *mut c_char,
+) -> p2p_status {
+    panic::status(|| {
+        let chat = arg_ref(chat, "chat")?;
+        put(arg_out(out, "out")?, owned_fingerprint(chat.key));
+        Ok(())
+    })
+}
+
+/// A key's fingerprint handed to C, `""` for none.
+fn owned_fingerprint(key: Option<PublicKey>) -> *mut c_char {
+    owned(&key.map(|k| k.fingerprint().to_string()).unwrap_or_default())
+}
+
 /// Whether the chat has ended (closed by either side, lost, or its peer exited).
 ///
 /// Errors: `P2P_NULL_ARGUMENT`.
@@ -300,6 +374,41 @@ pub unsafe extern "C" fn p2p_chat_request_address(
     panic::status(|| {
         let request = arg_ref(request, "request")?;
         put(arg_out(out, "out")?, owned(&request.addr));
+        Ok(())
+    })
+}
+
+/// Whether the requester proved it is who it says (`p2p_chat_request_from()`): it
+/// came over a secured link whose key is the one the registry lists for that name and
+/// the one pinned for it. False for a plaintext request (an original client, or a peer
+/// registered without a key), whose name nobody checked: show it as unverified.
+///
+/// Errors: `P2P_NULL_ARGUMENT`.
+#[no_mangle]
+pub unsafe extern "C" fn p2p_chat_request_is_verified(
+    request: *const p2p_chat_request,
+    out: *mut bool,
+) -> p2p_status {
+    panic::status(|| {
+        let request = arg_ref(request, "request")?;
+        put(arg_out(out, "out")?, request.verified);
+        Ok(())
+    })
+}
+
+/// The fingerprint of the requester's key, proven by the secured link's handshake (to
+/// show next to its name), or `""` for a plaintext request. On success `*out` is a new
+/// string; free it with `p2p_string_free()`.
+///
+/// Errors: `P2P_NULL_ARGUMENT`.
+#[no_mangle]
+pub unsafe extern "C" fn p2p_chat_request_fingerprint(
+    request: *const p2p_chat_request,
+    out: *mut *mut c_char,
+) -> p2p_status {
+    panic::status(|| {
+        let request = arg_ref(request, "request")?;
+        put(arg_out(out, "out")?, owned_fingerprint(request.key));
         Ok(())
     })
 }

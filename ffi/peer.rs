@@ -11,7 +11,9 @@ use crate::strings::{
     p2p_user_files_list, put,
 };
 use crate::userdata::UserData;
+use p2pcore::identity::{Fingerprint, PublicKey};
 use p2pcore::peer::{ChatClosedBy, Peer, PeerEvent};
+use p2pcore::protocol::check_username;
 use parking_lot::Mutex;
 use std::ffi::{c_char, c_void};
 use std::net::IpAddr;
@@ -95,18 +97,24 @@ pub enum p2p_peer_event_kind {
     P2P_EVENT_REGISTRY_RESTORED = 2,
     /// After a reconnect the registry refused to register this peer again.
     P2P_EVENT_REGISTRATION_REFUSED = 3,
-    /// A file was served to another peer.
+    /// A file was served to another peer; the text names the user when it was verified,
+    /// else says `unverified, plaintext` (an original client).
     P2P_EVENT_SERVED = 4,
     /// A request from another peer was refused.
     P2P_EVENT_REQUEST_REFUSED = 5,
     /// A chat request got no answer in time and was declined.
     P2P_EVENT_CHAT_REQUEST_EXPIRED = 6,
-    /// A download started (possibly resuming a partial file).
+    /// A download started (possibly resuming a partial file); the text ends with
+    /// `(verified, encrypted)` or `(unverified, plaintext)`.
     P2P_EVENT_TRANSFER_STARTED = 7,
     /// A rescan found files added, removed or changed in the share.
     P2P_EVENT_SHARE_UPDATED = 8,
-    /// A key offered for a name differs from the pinned one; the chat, download or
-    /// connection was refused. The text names both fingerprints.
+    /// The key of a user (or of the registry) differs from the one pinned for it
+    /// before; the chat, download or connection was refused (with `P2P_KEY_CHANGED`).
+    /// The text names the user (or `registry <address>`) and both fingerprints, pinned
+    /// and new. For a user,
+    /// `p2p_peer_accept_user_key()` with the new fingerprint, once its owner has
+    /// confirmed it, lets the next attempt through.
     P2P_EVENT_KEY_CHANGED = 9,
 }
 
@@ -149,6 +157,17 @@ pub struct p2p_peer_config {
     legacy_registry: bool,
     /// Watch the shared directory and announce changes (`p2p_peer_config_set_live_share`).
     live_share: bool,
+    /// Where the key pair is kept (`p2p_peer_config_set_identity_file`); `None`: the
+    /// default file for the username under the user's config directory.
+    identity_file: Option<PathBuf>,
+    /// Where pinned keys are kept (`p2p_peer_config_set_known_keys_file`); `None`: in
+    /// memory for the life of the peer.
+    known_keys_file: Option<PathBuf>,
+    /// Refuse original clients and keyless peers (`p2p_peer_config_set_refuse_unverified`).
+    refuse_unverified: bool,
+    /// Serve files only to these names / `key:<hex>` entries
+    /// (`p2p_peer_config_set_serve_only`); `None`: any registered user.
+    serve_only: Option<Vec<String>>,
     callbacks: Callbacks,
 }
 
@@ -207,14 +226,20 @@ unsafe fn config_mut<'a>(
 }
 
 /// Make a peer configuration: register as `username` (1-64 bytes of UTF-8, no comma,
-/// colon or control characters) with the registry at `registry` (`"host:port"`),
-/// sharing the files of directory `shared_dir`.
+/// colon or control characters) with the registry at `registry` (`"host:port"`, or
+/// `"host:port#FINGERPRINT"` to accept only the registry whose key has that
+/// fingerprint, as `p2p_registry_fingerprint()` or `p2pchat server` give it), sharing
+/// the files of directory `shared_dir`.
 ///
 /// Defaults: any free port, listening on the local address of the registry connection
 /// (the address the registry records and hands out: a loopback registry means a
 /// loopback-only listener), downloads saved into `shared_dir`, a 30 s chat-answer
 /// timeout, the registry probed for its kind (p2pchat or original), no live share, no
-/// callbacks (so every chat request is declined).
+/// callbacks (so every chat request is declined); the identity (key pair) in the
+/// user's config directory, `$XDG_CONFIG_HOME/p2pchat/<username>.key` (else
+/// `$HOME/.config/p2pchat/<username>.key`), created with mode 0600 on first use; pinned
+/// keys kept in memory only; unverified partners accepted (and marked); files served
+/// to any registered user whose key the registry lists.
 ///
 /// All strings are borrowed for the call; `shared_dir` is taken as bytes (need not be
 /// UTF-8). On success `*out` is a new config owned by the caller, to free with
@@ -244,6 +269,10 @@ pub unsafe extern "C" fn p2p_peer_config_new(
             chat_answer_timeout: None,
             legacy_registry: false,
             live_share: false,
+            identity_file: None,
+            known_keys_file: None,
+            refuse_unverified: false,
+            serve_only: None,
             callbacks: Callbacks {
                 user_data: UserData(std::ptr::null_mut()),
                 chat_request: None,
@@ -367,6 +396,122 @@ pub unsafe extern "C" fn p2p_peer_config_set_live_share(
         config_mut(config)?.live_share = on;
         Ok(())
     })
+}
+
+/// Keep this peer's identity (its long-term key pair, which owns its username at the
+/// registry) in file `path` (bytes, borrowed for the call): loaded by
+/// `p2p_peer_connect()`, or created there (mode 0600, its directory 0700) when it does
+/// not exist. NULL restores the default, `<username>.key` under the user's config
+/// directory (see `p2p_peer_config_new()`). Keep the file: another key cannot register
+/// the name while the registry's claim for it lasts. `p2p_peer_connect()` refuses a
+/// file others may read or write, or one that is not an identity file
+/// (`P2P_INVALID_ARGUMENT`).
+///
+/// Errors: `P2P_NULL_ARGUMENT` (config).
+#[no_mangle]
+pub unsafe extern "C" fn p2p_peer_config_set_identity_file(
+    config: *mut p2p_peer_config,
+    path: *const c_char,
+) -> p2p_status {
+    panic::status(|| {
+        let config = config_mut(config)?;
+        config.identity_file = if path.is_null() {
+            None
+        } else {
+            Some(arg_path(path, "path")?)
+        };
+        Ok(())
+    })
+}
+
+/// Keep the keys this peer pins (the key first seen for each user of its registry,
+/// like SSH's `known_hosts`) in file `path` (bytes, borrowed for the call), created on
+/// the first pin, so a changed key is noticed across runs. NULL restores the default:
+/// pins kept in memory, forgotten when the peer is freed.
+///
+/// Errors: `P2P_NULL_ARGUMENT` (config).
+#[no_mangle]
+pub unsafe extern "C" fn p2p_peer_config_set_known_keys_file(
+    config: *mut p2p_peer_config,
+    path: *const c_char,
+) -> p2p_status {
+    panic::status(|| {
+        let config = config_mut(config)?;
+        config.known_keys_file = if path.is_null() {
+            None
+        } else {
+            Some(arg_path(path, "path")?)
+        };
+        Ok(())
+    })
+}
+
+/// `true`: refuse partners that cannot prove who they are (original C++ clients and
+/// peers registered without a key): their requests are refused
+/// (`P2P_EVENT_REQUEST_REFUSED`), and chats and downloads to them fail with
+/// `P2P_DENIED`. `false` (the default): accept them, marked unverified
+/// (`p2p_chat_request_is_verified()`, `p2p_peer_user_fingerprint()` gives `""`).
+///
+/// Errors: `P2P_NULL_ARGUMENT`.
+#[no_mangle]
+pub unsafe extern "C" fn p2p_peer_config_set_refuse_unverified(
+    config: *mut p2p_peer_config,
+    on: bool,
+) -> p2p_status {
+    panic::status(|| {
+        config_mut(config)?.refuse_unverified = on;
+        Ok(())
+    })
+}
+
+/// Serve files only to the `len` users of `names`: each entry a username, or
+/// `"key:"` followed by 64 hex digits for a key whatever name it registers under (a
+/// username cannot contain `:`). Anyone else asking for a file is refused
+/// (`P2P_EVENT_REQUEST_REFUSED`; the asker gets `P2P_DENIED`). Chats are not affected.
+///
+/// `names` NULL restores the default (any registered user whose key the registry
+/// lists); `names` not NULL with `len` 0 serves no one. The strings are copied: they
+/// are borrowed for the call only. On failure the config is unchanged.
+///
+/// Errors: `P2P_NULL_ARGUMENT` (config, or an entry of `names`), `P2P_INVALID_UTF8`,
+/// `P2P_INVALID_ARGUMENT` (an entry neither a valid username nor `key:<64 hex>`).
+#[no_mangle]
+pub unsafe extern "C" fn p2p_peer_config_set_serve_only(
+    config: *mut p2p_peer_config,
+    names: *const *const c_char,
+    len: usize,
+) -> p2p_status {
+    panic::status(|| {
+        let config = config_mut(config)?;
+        if names.is_null() {
+            config.serve_only = None;
+            return Ok(());
+        }
+        let mut list = Vec::with_capacity(len.min(1024));
+        for i in 0..len {
+            let what = format!("names[{i}]");
+            let entry = arg_str(*names.add(i), &what)?;
+            check_serve_only_entry(entry).map_err(|why| {
+                FfiError::new(
+                    p2p_status::P2P_INVALID_ARGUMENT,
+                    format!("{what} ({entry:?}) {why}"),
+                )
+            })?;
+            list.push(entry.to_string());
+        }
+        config.serve_only = Some(list);
+        Ok(())
+    })
+}
+
+/// Checks one entry of a serve-only list: a username or `key:<64 hex digits>`.
+fn check_serve_only_entry(entry: &str) -> Result<(), &'static str> {
+    match entry.strip_prefix("key:") {
+        Some(hex) if PublicKey::from_hex(hex).is_some() => Ok(()),
+        Some(_) => Err("is not key: followed by 64 hex digits"),
+        None if check_username(entry).is_ok() => Ok(()),
+        None => Err("is not a valid username (nor key:<64 hex digits>)"),
+    }
 }
 
 /// How long an incoming chat request waits for an answer before the library declines
@@ -527,9 +672,19 @@ fn describe(event: &PeerEvent) -> (p2p_peer_event_kind, String) {
             file,
             offset,
             bytes,
+            user,
         } => (
             P2P_EVENT_SERVED,
-            format!("sent {bytes} bytes of {file:?} from offset {offset} to {to}"),
+            match user {
+                Some(user) => format!(
+                    "sent {bytes} bytes of {file:?} from offset {offset} to {user} at {to} \
+                     (verified)"
+                ),
+                None => format!(
+                    "sent {bytes} bytes of {file:?} from offset {offset} to {to} \
+                     (unverified, plaintext)"
+                ),
+            },
         ),
         PeerEvent::RequestRefused {
             from,
@@ -549,10 +704,17 @@ fn describe(event: &PeerEvent) -> (p2p_peer_event_kind, String) {
             file,
             size,
             offset,
+            verified,
         } => (
             P2P_EVENT_TRANSFER_STARTED,
             format!(
-                "download {id} of {file:?} ({size} bytes) from {from} started at offset {offset}"
+                "download {id} of {file:?} ({size} bytes) from {from} started at offset \
+                 {offset} ({})",
+                if *verified {
+                    "verified, encrypted"
+                } else {
+                    "unverified, plaintext"
+                }
             ),
         ),
         PeerEvent::KeyChanged {
@@ -561,7 +723,13 @@ fn describe(event: &PeerEvent) -> (p2p_peer_event_kind, String) {
             offered,
         } => (
             P2P_EVENT_KEY_CHANGED,
-            format!("the key of {subject} changed: pinned {pinned}, now {offered}; refused"),
+            // The same words as the P2P_KEY_CHANGED status's message.
+            p2pcore::Error::KeyChanged {
+                subject: subject.clone(),
+                pinned: *pinned,
+                offered: *offered,
+            }
+            .to_string(),
         ),
         PeerEvent::ShareUpdated {
             files,
@@ -596,7 +764,17 @@ impl p2p_peer_config {
         }
         b = b
             .legacy_registry(self.legacy_registry)
-            .live_share(self.live_share);
+            .live_share(self.live_share)
+            .refuse_unverified(self.refuse_unverified);
+        if let Some(path) = &self.identity_file {
+            b = b.identity_file(path);
+        }
+        if let Some(path) = &self.known_keys_file {
+            b = b.known_keys_file(path);
+        }
+        if let Some(list) = &self.serve_only {
+            b = b.serve_only(list.iter().cloned());
+        }
         let cbs = self.callbacks;
         let ud = cbs.user_data;
         if let Some(cb) = cbs.chat_request {
@@ -696,9 +874,19 @@ impl p2p_peer_config {
 /// peer, owned by the caller (free it with `p2p_peer_free()`); callbacks may run on
 /// library threads from now until `p2p_peer_exit()` / `p2p_peer_free()` returns.
 ///
+/// The registry link is secured (a Noise handshake) when the registry offers it; the
+/// registry's key is then checked against the `#FINGERPRINT` in the registry address,
+/// or else against the key pinned for that address before (pinned now on first use).
+///
 /// Errors: `P2P_NULL_ARGUMENT`, `P2P_INVALID_USERNAME`, `P2P_NOT_A_DIRECTORY`,
-/// `P2P_PORT_UNAVAILABLE`, `P2P_USERNAME_TAKEN`, `P2P_IO` (registry unreachable),
-/// `P2P_TIMEOUT`, `P2P_REGISTRY`.
+/// `P2P_INVALID_ARGUMENT` (the identity file is not one, or others may read it; no
+/// identity file set and neither `XDG_CONFIG_HOME` nor `HOME` set; a malformed
+/// `#FINGERPRINT`), `P2P_IO` (registry unreachable; the identity or known-keys file
+/// cannot be read or created), `P2P_KEY_CHANGED` (the registry's key is not the one
+/// pinned or given: the message names both fingerprints), `P2P_DENIED` (the registry's
+/// key is pinned or given but it no longer secures its link), `P2P_PORT_UNAVAILABLE`,
+/// `P2P_USERNAME_TAKEN`, `P2P_TIMEOUT`, `P2P_REGISTRY` (also: the name is claimed by
+/// another key, the message saying so), `P2P_PROTOCOL`.
 #[no_mangle]
 pub unsafe extern "C" fn p2p_peer_connect(
     config: *const p2p_peer_config,
@@ -853,7 +1041,9 @@ pub unsafe extern "C" fn p2p_peer_shared_files(
 /// success `*out` is filled in; free it with `p2p_string_list_free()`.
 ///
 /// Errors: `P2P_NULL_ARGUMENT`, `P2P_SHUTDOWN`, `P2P_IO`, `P2P_TIMEOUT`,
-/// `P2P_REGISTRY`, `P2P_PROTOCOL`.
+/// `P2P_REGISTRY`, `P2P_PROTOCOL`, `P2P_KEY_CHANGED`, `P2P_DENIED` (reconnecting, the
+/// registry's key had changed or it no longer secured its link: see
+/// `p2p_peer_connect()`).
 #[no_mangle]
 pub unsafe extern "C" fn p2p_peer_users(
     peer: *const p2p_peer,
@@ -873,7 +1063,9 @@ pub unsafe extern "C" fn p2p_peer_users(
 /// failure neither is touched.
 ///
 /// Errors: `P2P_NULL_ARGUMENT`, `P2P_INVALID_UTF8`, `P2P_INVALID_USERNAME`,
-/// `P2P_USER_NOT_FOUND`, `P2P_SHUTDOWN`, `P2P_IO`, `P2P_TIMEOUT`, `P2P_PROTOCOL`.
+/// `P2P_USER_NOT_FOUND`, `P2P_SHUTDOWN`, `P2P_IO`, `P2P_TIMEOUT`, `P2P_PROTOCOL`,
+/// `P2P_KEY_CHANGED`, `P2P_DENIED` (reconnecting, the registry's key had changed or it
+/// no longer secured its link: see `p2p_peer_connect()`).
 #[no_mangle]
 pub unsafe extern "C" fn p2p_peer_address(
     peer: *const p2p_peer,
@@ -898,7 +1090,9 @@ pub unsafe extern "C" fn p2p_peer_address(
 /// `p2p_user_files_list_free()`.
 ///
 /// Errors: `P2P_NULL_ARGUMENT`, `P2P_SHUTDOWN`, `P2P_IO`, `P2P_TIMEOUT`,
-/// `P2P_REGISTRY`, `P2P_PROTOCOL`.
+/// `P2P_REGISTRY`, `P2P_PROTOCOL`, `P2P_KEY_CHANGED`, `P2P_DENIED` (reconnecting, the
+/// registry's key had changed or it no longer secured its link: see
+/// `p2p_peer_connect()`).
 #[no_mangle]
 pub unsafe extern "C" fn p2p_peer_all_files(
     peer: *const p2p_peer,
@@ -920,7 +1114,9 @@ pub unsafe extern "C" fn p2p_peer_all_files(
 /// is what, every user counts as one. On success `*out` is true for an original client.
 ///
 /// Errors: `P2P_NULL_ARGUMENT`, `P2P_INVALID_UTF8`, `P2P_INVALID_USERNAME`,
-/// `P2P_USER_NOT_FOUND`, `P2P_SHUTDOWN`, `P2P_IO`, `P2P_TIMEOUT`, `P2P_PROTOCOL`.
+/// `P2P_USER_NOT_FOUND`, `P2P_SHUTDOWN`, `P2P_IO`, `P2P_TIMEOUT`, `P2P_PROTOCOL`,
+/// `P2P_KEY_CHANGED`, `P2P_DENIED` (reconnecting, the registry's key had changed or it
+/// no longer secured its link: see `p2p_peer_connect()`).
 #[no_mangle]
 pub unsafe extern "C" fn p2p_peer_user_is_legacy(
     peer: *const p2p_peer,
@@ -933,6 +1129,131 @@ pub unsafe extern "C" fn p2p_peer_user_is_legacy(
         let out = arg_out(out, "out")?;
         let info = peer.get()?.peer_info(user)?;
         put(out, info.legacy);
+        Ok(())
+    })
+}
+
+/// This peer's own fingerprint: the short digest of its public key that other people
+/// compare (eight groups of four characters, `"K7QH-2MXA-..."`), e.g. read out to a
+/// friend who checks it against `p2p_peer_user_fingerprint()` on their side. On
+/// success `*out` is a new string; free it with `p2p_string_free()`.
+///
+/// Errors: `P2P_NULL_ARGUMENT`, `P2P_SHUTDOWN`.
+#[no_mangle]
+pub unsafe extern "C" fn p2p_peer_fingerprint(
+    peer: *const p2p_peer,
+    out: *mut *mut c_char,
+) -> p2p_status {
+    panic::status(|| {
+        let peer = arg_ref(peer, "peer")?.get()?;
+        put(arg_out(out, "out")?, owned(&peer.fingerprint().to_string()));
+        Ok(())
+    })
+}
+
+/// The fingerprint of the key the registry lists for `user` now (asks the registry),
+/// to compare with the one `user` reads out from their own `p2p_peer_fingerprint()`.
+/// On success `*out` is a new string (free it with `p2p_string_free()`): the
+/// fingerprint, or `""` when the registry lists no key for `user` (an original
+/// client, a peer registered without a key, or an original registry): such a user
+/// is unverified.
+///
+/// This only reports; it pins nothing (chats and downloads pin a user's key the first
+/// time they reach it).
+///
+/// Errors: `P2P_NULL_ARGUMENT`, `P2P_INVALID_UTF8`, `P2P_INVALID_USERNAME`,
+/// `P2P_USER_NOT_FOUND`, `P2P_SHUTDOWN`, `P2P_IO`, `P2P_TIMEOUT`, `P2P_PROTOCOL`,
+/// `P2P_KEY_CHANGED`, `P2P_DENIED` (reconnecting, the registry's key had changed or it
+/// no longer secured its link: see `p2p_peer_connect()`).
+#[no_mangle]
+pub unsafe extern "C" fn p2p_peer_user_fingerprint(
+    peer: *const p2p_peer,
+    user: *const c_char,
+    out: *mut *mut c_char,
+) -> p2p_status {
+    panic::status(|| {
+        let peer = arg_ref(peer, "peer")?;
+        let user = arg_str(user, "user")?;
+        let out = arg_out(out, "out")?;
+        let info = peer.get()?.peer_info(user)?;
+        let text = info.key.map(|k| k.fingerprint().to_string());
+        put(out, owned(text.as_deref().unwrap_or("")));
+        Ok(())
+    })
+}
+
+/// Accept the key the registry lists now for `user` as theirs from now on, replacing
+/// the key pinned for that name before: what to do after a chat or download failed
+/// with `P2P_KEY_CHANGED` and the person has confirmed the new key with its owner.
+///
+/// `fingerprint` is the fingerprint the person compared (as `p2p_peer_user_fingerprint()`
+/// and `p2p_peer_fingerprint()` write it; case, dashes and spaces do not matter). The
+/// key is pinned only if the registry lists, at the time of this call, a key with
+/// exactly that fingerprint, so a key swapped in after the comparison is not
+/// accepted by mistake. Pinned in the known-keys file when the peer has one
+/// (`p2p_peer_config_set_known_keys_file()`), else in memory.
+///
+/// Errors: `P2P_NULL_ARGUMENT`, `P2P_INVALID_UTF8`, `P2P_INVALID_USERNAME`,
+/// `P2P_INVALID_ARGUMENT` (`fingerprint` is not a fingerprint), `P2P_DENIED` (the
+/// registry lists another key for `user` now, or none: nothing was pinned; or,
+/// reconnecting, the registry no longer secured its link), `P2P_USER_NOT_FOUND`,
+/// `P2P_SHUTDOWN`, `P2P_IO` (also: the known-keys file could not be written),
+/// `P2P_TIMEOUT`, `P2P_PROTOCOL`, `P2P_KEY_CHANGED` (reconnecting, the registry's key
+/// had changed: see `p2p_peer_connect()`).
+#[no_mangle]
+pub unsafe extern "C" fn p2p_peer_accept_user_key(
+    peer: *const p2p_peer,
+    user: *const c_char,
+    fingerprint: *const c_char,
+) -> p2p_status {
+    panic::status(|| {
+        let peer = arg_ref(peer, "peer")?;
+        let user = arg_str(user, "user")?;
+        let text = arg_str(fingerprint, "fingerprint")?;
+        let wanted = Fingerprint::parse(text).ok_or_else(|| {
+            FfiError::new(
+                p2p_status::P2P_INVALID_ARGUMENT,
+                format!(
+                    "{text:?} is not a fingerprint (32 base32 characters, e.g. \
+                     \"K7QH-2MXA-...\")"
+                ),
+            )
+        })?;
+        let peer = peer.get()?;
+        let info = peer.peer_info(user)?;
+        let denied = |why: String| FfiError::new(p2p_status::P2P_DENIED, why);
+        let Some(key) = info.key else {
+            return Err(denied(format!(
+                "the registry lists no key for {user} (unverified): nothing to accept"
+            )));
+        };
+        let listed = key.fingerprint();
+        if listed != wanted {
+            return Err(denied(format!(
+                "the registry lists key {listed} for {user}, not {wanted}: nothing was accepted"
+            )));
+        }
+        peer.accept_key(user, &key)?;
+        Ok(())
+    })
+}
+
+/// The fingerprint of the registry's key on this peer's current registry session (the
+/// key pinned for its address), to compare with what the registry's operator
+/// publishes; `""` while the session is not secured (an original registry, or one
+/// without secured links). On success `*out` is a new string; free it with
+/// `p2p_string_free()`.
+///
+/// Errors: `P2P_NULL_ARGUMENT`, `P2P_SHUTDOWN`.
+#[no_mangle]
+pub unsafe extern "C" fn p2p_peer_registry_fingerprint(
+    peer: *const p2p_peer,
+    out: *mut *mut c_char,
+) -> p2p_status {
+    panic::status(|| {
+        let peer = arg_ref(peer, "peer")?.get()?;
+        let text = peer.registry_key().map(|k| k.fingerprint().to_string());
+        put(arg_out(out, "out")?, owned(text.as_deref().unwrap_or("")));
         Ok(())
     })
 }
@@ -958,7 +1279,9 @@ pub unsafe extern "C" fn p2p_peer_registry_is_legacy(
 /// it with `p2p_string_list_free()`.
 ///
 /// Errors: `P2P_NULL_ARGUMENT`, `P2P_INVALID_UTF8`, `P2P_INVALID_USERNAME`,
-/// `P2P_USER_NOT_FOUND`, `P2P_SHUTDOWN`, `P2P_IO`, `P2P_TIMEOUT`, `P2P_REGISTRY`.
+/// `P2P_USER_NOT_FOUND`, `P2P_SHUTDOWN`, `P2P_IO`, `P2P_TIMEOUT`, `P2P_REGISTRY`,
+/// `P2P_KEY_CHANGED`, `P2P_DENIED` (reconnecting, the registry's key had changed or it
+/// no longer secured its link: see `p2p_peer_connect()`).
 #[no_mangle]
 pub unsafe extern "C" fn p2p_peer_files_of(
     peer: *const p2p_peer,
@@ -979,7 +1302,9 @@ pub unsafe extern "C" fn p2p_peer_files_of(
 /// not NULL, `*files_out` is the number of files now shared.
 ///
 /// Errors: `P2P_NULL_ARGUMENT`, `P2P_SHUTDOWN`, `P2P_IO`, `P2P_NOT_A_DIRECTORY`,
-/// `P2P_TIMEOUT`, `P2P_REGISTRY`.
+/// `P2P_TIMEOUT`, `P2P_REGISTRY`, `P2P_KEY_CHANGED`, `P2P_DENIED` (reconnecting, the
+/// registry's key had changed or it no longer secured its link: see
+/// `p2p_peer_connect()`).
 #[no_mangle]
 pub unsafe extern "C" fn p2p_peer_rescan(
     peer: *const p2p_peer,
@@ -999,8 +1324,13 @@ pub unsafe extern "C" fn p2p_peer_rescan(
 /// registering (opens and closes its own connection). On success `*out` is true when
 /// the name is free.
 ///
-/// Errors: `P2P_NULL_ARGUMENT`, `P2P_INVALID_UTF8`, `P2P_INVALID_USERNAME`, `P2P_IO`,
-/// `P2P_TIMEOUT`.
+/// `registry` may end in `#FINGERPRINT` to require that registry key (see
+/// `p2p_peer_config_new()`).
+///
+/// Errors: `P2P_NULL_ARGUMENT`, `P2P_INVALID_UTF8`, `P2P_INVALID_USERNAME`,
+/// `P2P_INVALID_ARGUMENT` (a malformed `#FINGERPRINT`), `P2P_KEY_CHANGED` (the registry's
+/// key is not the `#FINGERPRINT` given), `P2P_DENIED` (a `#FINGERPRINT` was given but
+/// the registry does not secure its links), `P2P_IO`, `P2P_TIMEOUT`, `P2P_PROTOCOL`.
 #[no_mangle]
 pub unsafe extern "C" fn p2p_username_available(
     registry: *const c_char,

@@ -4,19 +4,21 @@
 use crate::callback::{self, Owner, Scope};
 use crate::panic;
 use crate::status::{p2p_status, FfiError};
-use crate::strings::{arg_out, arg_ref, arg_str, c_string, owned, p2p_string_list, put};
+use crate::strings::{arg_out, arg_path, arg_ref, arg_str, c_string, owned, p2p_string_list, put};
 use crate::userdata::UserData;
-use p2pcore::registry::{Registry, RegistryEvent};
+use p2pcore::registry::{Registry, RegistryConfig, RegistryEvent};
 use parking_lot::Mutex;
 use std::ffi::{c_char, c_void, CString};
 use std::net::SocketAddr;
-use std::time::UNIX_EPOCH;
+use std::time::{Duration, UNIX_EPOCH};
 
 /// A running (or stopped) registry server. Opaque; made by `p2p_registry_start()`,
 /// freed by `p2p_registry_free()`.
 pub struct p2p_registry {
     server: Mutex<Option<Registry>>,
     local_addr: SocketAddr,
+    /// The registry's key fingerprint, kept so it can be read after a stop too.
+    fingerprint: String,
     /// This registry's process-unique id: its event callback runs inside
     /// `Owner::Registry(id)`, so stopping or freeing it from there (which would join
     /// the event-loop thread from itself) is refused, not attempted.
@@ -63,6 +65,10 @@ pub struct p2p_registry_event {
     pub usernames: *const *const c_char,
     /// How many `usernames` there are.
     pub usernames_len: usize,
+    /// `P2P_REGISTRY_QUERY`: the fingerprint of the key of the encrypted session the
+    /// query came on (the client's identity, proven by its handshake); NULL for a
+    /// plaintext session or a legacy query.
+    pub fingerprint: *const c_char,
 }
 
 /// Called for every registry event, on one of the registry's event-loop threads (a few
@@ -141,6 +147,10 @@ fn deliver(
             &[],
         ),
     };
+    let fingerprint = match ev {
+        RegistryEvent::Query { key: Some(fp), .. } => Some(c_string(&fp.to_string())),
+        _ => None,
+    };
     let source = source.map(|s| c_string(&s));
     let names: Vec<CString> = names.iter().map(|n| c_string(n)).collect();
     let name_ptrs: Vec<*const c_char> = names.iter().map(|n| n.as_ptr()).collect();
@@ -157,6 +167,7 @@ fn deliver(
             name_ptrs.as_ptr()
         },
         usernames_len: name_ptrs.len(),
+        fingerprint: fingerprint.as_ref().map_or(none, |s| s.as_ptr()),
     };
     // SAFETY: the callback and user data are the caller's, called as documented.
     unsafe { cb(ud.ptr(), &event) };
@@ -169,6 +180,181 @@ impl p2p_registry {
             None => Err(FfiError::shutdown("registry")),
         }
     }
+}
+
+/// How to start a registry. Opaque; made by `p2p_registry_config_new()`, adjusted with
+/// the `p2p_registry_config_*` functions, used by `p2p_registry_start_with_config()`
+/// (which copies it: the config may be freed or reused right after), freed by
+/// `p2p_registry_config_free()`.
+pub struct p2p_registry_config {
+    addr: String,
+    config: RegistryConfig,
+    on_event: p2p_registry_event_cb,
+    user_data: UserData,
+}
+
+/// # Safety
+/// `config` is NULL or a live config handle.
+unsafe fn config_mut<'a>(
+    config: *mut p2p_registry_config,
+) -> Result<&'a mut p2p_registry_config, FfiError> {
+    config.as_mut().ok_or_else(|| FfiError::null("config"))
+}
+
+/// Make a registry configuration: listen on `addr` (`"host:port"`, borrowed for the
+/// call; port 0 picks a free port). Defaults: the limits of `p2p_registry_start()`, no
+/// event callback, no data directory (name claims and the registry's key last only as
+/// long as the process), claims lapsing after 90 days unused. On success `*out` is a
+/// new config owned by the caller, to free with `p2p_registry_config_free()`. Nothing
+/// is bound before `p2p_registry_start_with_config()`.
+///
+/// Errors: `P2P_NULL_ARGUMENT`, `P2P_INVALID_UTF8`.
+#[no_mangle]
+pub unsafe extern "C" fn p2p_registry_config_new(
+    addr: *const c_char,
+    out: *mut *mut p2p_registry_config,
+) -> p2p_status {
+    panic::status(|| {
+        let addr = arg_str(addr, "addr")?;
+        let out = arg_out(out, "out")?;
+        let config = Box::new(p2p_registry_config {
+            addr: addr.to_string(),
+            config: RegistryConfig::default(),
+            on_event: None,
+            user_data: UserData(std::ptr::null_mut()),
+        });
+        put(out, Box::into_raw(config));
+        Ok(())
+    })
+}
+
+/// Free a registry configuration. NULL is a no-op; registries started with it are not
+/// affected.
+#[no_mangle]
+pub unsafe extern "C" fn p2p_registry_config_free(config: *mut p2p_registry_config) {
+    panic::void(|| {
+        if !config.is_null() {
+            drop(Box::from_raw(config));
+        }
+    })
+}
+
+/// Call `on_event` for every event (see `p2p_registry_event_cb`) with `user_data`,
+/// which must stay valid until `p2p_registry_stop()` or `p2p_registry_free()` returns.
+/// `on_event` NULL unsets it.
+///
+/// Errors: `P2P_NULL_ARGUMENT` (config; `user_data` may be NULL).
+#[no_mangle]
+pub unsafe extern "C" fn p2p_registry_config_on_event(
+    config: *mut p2p_registry_config,
+    on_event: p2p_registry_event_cb,
+    user_data: *mut c_void,
+) -> p2p_status {
+    panic::status(|| {
+        let config = config_mut(config)?;
+        config.on_event = on_event;
+        config.user_data = UserData(user_data);
+        Ok(())
+    })
+}
+
+/// Keep the registry's key (`registry.key`, mode 0600) and its name claims
+/// (`claims.redb`) in directory `dir` (bytes, borrowed for the call; created with mode
+/// 0700 if missing), so a restart keeps both: the same fingerprint for clients that
+/// pinned it, and every name still owned by its key. NULL restores the default: a new
+/// key at each start and claims in memory only.
+///
+/// Errors: `P2P_NULL_ARGUMENT` (config).
+#[no_mangle]
+pub unsafe extern "C" fn p2p_registry_config_set_data_dir(
+    config: *mut p2p_registry_config,
+    dir: *const c_char,
+) -> p2p_status {
+    panic::status(|| {
+        let config = config_mut(config)?;
+        config.config.data_dir = if dir.is_null() {
+            None
+        } else {
+            Some(arg_path(dir, "dir")?)
+        };
+        Ok(())
+    })
+}
+
+/// How long a name claim lives unused (its key neither registering the name nor
+/// ending a session holding it) before it lapses and anyone may register the name, in
+/// seconds (default 90 days).
+///
+/// Errors: `P2P_NULL_ARGUMENT`, `P2P_INVALID_ARGUMENT` (0).
+#[no_mangle]
+pub unsafe extern "C" fn p2p_registry_config_set_claim_ttl_secs(
+    config: *mut p2p_registry_config,
+    secs: u64,
+) -> p2p_status {
+    panic::status(|| {
+        let config = config_mut(config)?;
+        if secs == 0 {
+            return Err(FfiError::new(
+                p2p_status::P2P_INVALID_ARGUMENT,
+                "the claim lifetime must be at least 1 s",
+            ));
+        }
+        config.config.claim_ttl = Duration::from_secs(secs);
+        Ok(())
+    })
+}
+
+/// Start a registry as `config` says (see `p2p_registry_start()`, which this extends).
+/// `config` is only read. On success `*out` receives the new handle, owned by the
+/// caller (free it with `p2p_registry_free()`); untouched on failure.
+///
+/// Errors: `P2P_NULL_ARGUMENT`, `P2P_IO` (cannot bind; the data directory, its key or
+/// its claims store cannot be created or read), `P2P_INVALID_ARGUMENT` (the data
+/// directory's `registry.key` is not a key file, or others may read it), `P2P_BUSY`
+/// (another registry is serving from the same data directory).
+#[no_mangle]
+pub unsafe extern "C" fn p2p_registry_start_with_config(
+    config: *const p2p_registry_config,
+    out: *mut *mut p2p_registry,
+) -> p2p_status {
+    panic::status(|| {
+        let config = arg_ref(config, "config")?;
+        let out = arg_out(out, "out")?;
+        let handle = start(
+            &config.addr,
+            config.config.clone(),
+            config.on_event,
+            config.user_data,
+        )?;
+        put(out, handle);
+        Ok(())
+    })
+}
+
+/// Start a registry: the one body of `p2p_registry_start()` and
+/// `p2p_registry_start_with_config()`.
+fn start(
+    addr: &str,
+    config: RegistryConfig,
+    on_event: p2p_registry_event_cb,
+    ud: UserData,
+) -> Result<*mut p2p_registry, FfiError> {
+    let mut builder = Registry::builder().config(config);
+    let id = callback::new_id();
+    if let Some(cb) = on_event {
+        builder = builder.on_event(move |ev| {
+            let _scope = Scope::enter(Owner::Registry(id));
+            deliver(cb, ud, ev)
+        });
+    }
+    let server = builder.bind(addr)?;
+    let handle = Box::new(p2p_registry {
+        local_addr: server.local_addr(),
+        fingerprint: server.fingerprint().to_string(),
+        server: Mutex::new(Some(server)),
+        id,
+    });
+    Ok(Box::into_raw(handle))
 }
 
 /// Start a registry server listening on `addr` (`"host:port"`; port 0 picks a free
@@ -192,22 +378,13 @@ pub unsafe extern "C" fn p2p_registry_start(
     panic::status(|| {
         let addr = arg_str(addr, "addr")?;
         let out = arg_out(out, "out")?;
-        let mut builder = Registry::builder();
-        let id = callback::new_id();
-        if let Some(cb) = on_event {
-            let ud = UserData(user_data);
-            builder = builder.on_event(move |ev| {
-                let _scope = Scope::enter(Owner::Registry(id));
-                deliver(cb, ud, ev)
-            });
-        }
-        let server = builder.bind(addr)?;
-        let handle = Box::new(p2p_registry {
-            local_addr: server.local_addr(),
-            server: Mutex::new(Some(server)),
-            id,
-        });
-        put(out, Box::into_raw(handle));
+        let handle = start(
+            addr,
+            RegistryConfig::default(),
+            on_event,
+            UserData(user_data),
+        )?;
+        put(out, handle);
         Ok(())
     })
 }
@@ -278,6 +455,48 @@ pub unsafe extern "C" fn p2p_registry_user_count(
         let registry = arg_ref(registry, "registry")?;
         let out = arg_out(out, "out")?;
         put(out, registry.with(|r| r.user_count())?);
+        Ok(())
+    })
+}
+
+/// The fingerprint of the registry's key (eight groups of four characters), what its
+/// operator publishes so that users can pin it (`"host:port#FINGERPRINT"`, see
+/// `p2p_peer_config_new()`). Works after `p2p_registry_stop()` too. On success `*out`
+/// is a new string; free it with `p2p_string_free()`.
+///
+/// Errors: `P2P_NULL_ARGUMENT`.
+#[no_mangle]
+pub unsafe extern "C" fn p2p_registry_fingerprint(
+    registry: *const p2p_registry,
+    out: *mut *mut c_char,
+) -> p2p_status {
+    panic::status(|| {
+        let registry = arg_ref(registry, "registry")?;
+        put(arg_out(out, "out")?, owned(&registry.fingerprint));
+        Ok(())
+    })
+}
+
+/// Release the claim on `username`, as an operator does for a user who lost their key:
+/// the name stays registered if it is online, and its next registration, by any key,
+/// is unclaimed (an encrypted one claims it anew). On success, if `released_out` is
+/// not NULL, `*released_out` says whether there was a claim.
+///
+/// Errors: `P2P_NULL_ARGUMENT`, `P2P_INVALID_UTF8`, `P2P_SHUTDOWN`, `P2P_IO` (the
+/// claims store could not be written).
+#[no_mangle]
+pub unsafe extern "C" fn p2p_registry_release_name(
+    registry: *const p2p_registry,
+    username: *const c_char,
+    released_out: *mut bool,
+) -> p2p_status {
+    panic::status(|| {
+        let registry = arg_ref(registry, "registry")?;
+        let username = arg_str(username, "username")?;
+        let released = registry.with(|r| r.release_claim(username))??;
+        if let Some(out) = released_out.as_mut() {
+            put(out, released);
+        }
         Ok(())
     })
 }

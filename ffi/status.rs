@@ -1,5 +1,5 @@
 //! `p2p_status`, the result of every fallible call, and the conversion from
-//! [`p2pcore::Error`]. Values 1..=20 are exactly [`p2pcore::ErrorCode`]'s, so C and Rust
+//! [`p2pcore::Error`]. Values 1..=22 are exactly [`p2pcore::ErrorCode`]'s, so C and Rust
 //! callers branch on the same numbers; the C-only statuses start at 100.
 
 use p2pcore::{Error, ErrorCode};
@@ -8,7 +8,7 @@ use std::ffi::c_char;
 /// The result of every fallible p2pchat call. `P2P_OK` (0) is success; every other
 /// value is a failure whose text `p2p_last_error_message()` gives.
 ///
-/// Values 1 to 20 are the engine's error codes; 100 and above are the C boundary's own.
+/// Values 1 to 22 are the engine's error codes; 100 and above are the C boundary's own.
 /// Treat unknown values as failures: new ones may be added.
 #[repr(i32)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,11 +58,16 @@ pub enum p2p_status {
     P2P_TOO_LARGE = 19,
     /// The other peer refused the request.
     P2P_REFUSED = 20,
-    /// A key differs from the one pinned for that name (or registry) before; refused
-    /// until the new key is accepted (`p2p_peer_accept_key`).
+    /// The key the registry lists for a user differs from the one this peer pinned for
+    /// that name before (like SSH's changed host key): the chat or download was
+    /// refused, and a `P2P_EVENT_KEY_CHANGED` event names both fingerprints. Refused
+    /// until the person has compared the new fingerprint with its owner and accepted
+    /// it (`p2p_peer_user_fingerprint()`, then `p2p_peer_accept_user_key()`).
     P2P_KEY_CHANGED = 21,
     /// An identity check failed: the other side is not who it claims, or refuses who
-    /// this peer is (not registered, not allowed), or an unverified partner was refused.
+    /// this peer is (not registered with its key, not on its serve-only list), an
+    /// unverified partner was refused (`p2p_peer_config_set_refuse_unverified()`), or
+    /// a fingerprint given to `p2p_peer_accept_user_key()` does not match.
     P2P_DENIED = 22,
     /// A required pointer argument was NULL.
     P2P_NULL_ARGUMENT = 100,
@@ -143,7 +148,7 @@ impl p2p_status {
     }
 
     /// Every status, for tests and for mapping raw numbers back.
-    pub const ALL: [p2p_status; 25] = {
+    pub const ALL: [p2p_status; 27] = {
         use p2p_status::*;
         [
             P2P_OK,
@@ -167,6 +172,8 @@ impl p2p_status {
             P2P_SHUTDOWN,
             P2P_TOO_LARGE,
             P2P_REFUSED,
+            P2P_KEY_CHANGED,
+            P2P_DENIED,
             P2P_NULL_ARGUMENT,
             P2P_INVALID_UTF8,
             P2P_PANIC,

@@ -25,8 +25,13 @@ pub struct p2p_transfer {
 ///
 /// Errors (checked before starting): `P2P_NULL_ARGUMENT`, `P2P_INVALID_UTF8`,
 /// `P2P_INVALID_ARGUMENT` (a filename that is not a plain name), `P2P_ALREADY_EXISTS`,
-/// `P2P_INVALID_USERNAME`, `P2P_USER_NOT_FOUND`, `P2P_SHUTDOWN`, `P2P_IO`. Later
-/// failures (`P2P_FILE_NOT_FOUND`, `P2P_HASH_MISMATCH`...) come from
+/// `P2P_INVALID_USERNAME`, `P2P_USER_NOT_FOUND`, `P2P_SHUTDOWN`, `P2P_IO`,
+/// `P2P_TIMEOUT`, `P2P_PROTOCOL` (asking the registry where `user` is),
+/// `P2P_KEY_CHANGED` (the key the registry lists for `user` differs from the one pinned
+/// for that name: see `p2p_peer_accept_user_key()`; or, reconnecting, the registry's
+/// key had changed), `P2P_DENIED` (`user` is unverified and this peer refuses those;
+/// or, reconnecting, the registry no longer secured its link). Later failures
+/// (`P2P_FILE_NOT_FOUND`, `P2P_HASH_MISMATCH`, `P2P_KEY_CHANGED`...) come from
 /// `p2p_transfer_wait()` and the failed callback.
 #[no_mangle]
 pub unsafe extern "C" fn p2p_peer_fetch(
@@ -106,6 +111,24 @@ pub unsafe extern "C" fn p2p_transfer_is_verified(
     })
 }
 
+/// Whether the file comes over a secured link: encrypted, and every byte
+/// authenticated as the sender's (a byte altered on the way ends the download with an
+/// error, never a damaged file). False for a plaintext download from an unverified
+/// sender (an original client). Known from the start of the download.
+///
+/// Errors: `P2P_NULL_ARGUMENT`.
+#[no_mangle]
+pub unsafe extern "C" fn p2p_transfer_is_encrypted(
+    transfer: *const p2p_transfer,
+    out: *mut bool,
+) -> p2p_status {
+    panic::status(|| {
+        let transfer = arg_ref(transfer, "transfer")?;
+        put(arg_out(out, "out")?, transfer.transfer.is_encrypted());
+        Ok(())
+    })
+}
+
 /// Whether the download has ended, successfully or not (`p2p_transfer_wait()` then
 /// returns at once).
 ///
@@ -140,8 +163,11 @@ pub unsafe extern "C" fn p2p_transfer_is_finished(
 ///
 /// Errors: `P2P_NULL_ARGUMENT` (transfer), `P2P_WOULD_DEADLOCK`, `P2P_CANCELLED`
 /// (cancelled, or the peer exited), `P2P_FILE_NOT_FOUND`, `P2P_HASH_MISMATCH`,
-/// `P2P_BUSY`, `P2P_REFUSED`, `P2P_ALREADY_EXISTS`, `P2P_TIMEOUT`, `P2P_IO`,
-/// `P2P_PROTOCOL`.
+/// `P2P_BUSY`, `P2P_REFUSED`, `P2P_ALREADY_EXISTS`, `P2P_KEY_CHANGED` (the user's key
+/// differs from the one pinned: see `p2p_peer_accept_user_key()`), `P2P_DENIED` (the
+/// other side is not the key the registry lists, or does not serve this peer, or it
+/// is unverified and this peer refuses those), `P2P_TIMEOUT`, `P2P_IO` (also: a
+/// record of the encrypted link failed its check), `P2P_PROTOCOL`.
 #[no_mangle]
 pub unsafe extern "C" fn p2p_transfer_wait(
     transfer: *const p2p_transfer,

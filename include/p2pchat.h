@@ -80,7 +80,7 @@
  * The result of every fallible p2pchat call. `P2P_OK` (0) is success; every other
  * value is a failure whose text `p2p_last_error_message()` gives.
  *
- * Values 1 to 20 are the engine's error codes; 100 and above are the C boundary's own.
+ * Values 1 to 22 are the engine's error codes; 100 and above are the C boundary's own.
  * Treat unknown values as failures: new ones may be added.
  */
 enum p2p_status
@@ -176,13 +176,18 @@ enum p2p_status
      */
     P2P_REFUSED = 20,
     /**
-     * A key differs from the one pinned for that name (or registry) before; refused
-     * until the new key is accepted (`p2p_peer_accept_key`).
+     * The key the registry lists for a user differs from the one this peer pinned for
+     * that name before (like SSH's changed host key): the chat or download was
+     * refused, and a `P2P_EVENT_KEY_CHANGED` event names both fingerprints. Refused
+     * until the person has compared the new fingerprint with its owner and accepted
+     * it (`p2p_peer_user_fingerprint()`, then `p2p_peer_accept_user_key()`).
      */
     P2P_KEY_CHANGED = 21,
     /**
      * An identity check failed: the other side is not who it claims, or refuses who
-     * this peer is (not registered, not allowed), or an unverified partner was refused.
+     * this peer is (not registered with its key, not on its serve-only list), an
+     * unverified partner was refused (`p2p_peer_config_set_refuse_unverified()`), or
+     * a fingerprint given to `p2p_peer_accept_user_key()` does not match.
      */
     P2P_DENIED = 22,
     /**
@@ -306,7 +311,8 @@ enum p2p_peer_event_kind
      */
     P2P_EVENT_REGISTRATION_REFUSED = 3,
     /**
-     * A file was served to another peer.
+     * A file was served to another peer; the text names the user when it was verified,
+     * else says `unverified, plaintext` (an original client).
      */
     P2P_EVENT_SERVED = 4,
     /**
@@ -318,7 +324,8 @@ enum p2p_peer_event_kind
      */
     P2P_EVENT_CHAT_REQUEST_EXPIRED = 6,
     /**
-     * A download started (possibly resuming a partial file).
+     * A download started (possibly resuming a partial file); the text ends with
+     * `(verified, encrypted)` or `(unverified, plaintext)`.
      */
     P2P_EVENT_TRANSFER_STARTED = 7,
     /**
@@ -326,8 +333,12 @@ enum p2p_peer_event_kind
      */
     P2P_EVENT_SHARE_UPDATED = 8,
     /**
-     * A key offered for a name differs from the pinned one; the chat, download or
-     * connection was refused. The text names both fingerprints.
+     * The key of a user (or of the registry) differs from the one pinned for it
+     * before; the chat, download or connection was refused (with `P2P_KEY_CHANGED`).
+     * The text names the user (or `registry <address>`) and both fingerprints, pinned
+     * and new. For a user,
+     * `p2p_peer_accept_user_key()` with the new fingerprint, once its owner has
+     * confirmed it, lets the next attempt through.
      */
     P2P_EVENT_KEY_CHANGED = 9,
 };
@@ -374,6 +385,14 @@ typedef struct p2p_peer_config p2p_peer_config;
  * freed by `p2p_registry_free()`.
  */
 typedef struct p2p_registry p2p_registry;
+
+/**
+ * How to start a registry. Opaque; made by `p2p_registry_config_new()`, adjusted with
+ * the `p2p_registry_config_*` functions, used by `p2p_registry_start_with_config()`
+ * (which copies it: the config may be freed or reused right after), freed by
+ * `p2p_registry_config_free()`.
+ */
+typedef struct p2p_registry_config p2p_registry_config;
 
 /**
  * A download in progress or finished. Opaque; made by `p2p_peer_fetch()`, freed by
@@ -468,6 +487,12 @@ typedef struct p2p_registry_event {
      * How many `usernames` there are.
      */
     size_t usernames_len;
+    /**
+     * `P2P_REGISTRY_QUERY`: the fingerprint of the key of the encrypted session the
+     * query came on (the client's identity, proven by its handshake); NULL for a
+     * plaintext session or a legacy query.
+     */
+    const char *fingerprint;
 } p2p_registry_event;
 
 /**
@@ -635,6 +660,69 @@ void p2p_string_list_free(struct p2p_string_list *list);
 void p2p_user_files_list_free(struct p2p_user_files_list *list);
 
 /**
+ * Make a registry configuration: listen on `addr` (`"host:port"`, borrowed for the
+ * call; port 0 picks a free port). Defaults: the limits of `p2p_registry_start()`, no
+ * event callback, no data directory (name claims and the registry's key last only as
+ * long as the process), claims lapsing after 90 days unused. On success `*out` is a
+ * new config owned by the caller, to free with `p2p_registry_config_free()`. Nothing
+ * is bound before `p2p_registry_start_with_config()`.
+ *
+ * Errors: `P2P_NULL_ARGUMENT`, `P2P_INVALID_UTF8`.
+ */
+p2p_status p2p_registry_config_new(const char *addr, struct p2p_registry_config **out);
+
+/**
+ * Free a registry configuration. NULL is a no-op; registries started with it are not
+ * affected.
+ */
+void p2p_registry_config_free(struct p2p_registry_config *config);
+
+/**
+ * Call `on_event` for every event (see `p2p_registry_event_cb`) with `user_data`,
+ * which must stay valid until `p2p_registry_stop()` or `p2p_registry_free()` returns.
+ * `on_event` NULL unsets it.
+ *
+ * Errors: `P2P_NULL_ARGUMENT` (config; `user_data` may be NULL).
+ */
+p2p_status p2p_registry_config_on_event(struct p2p_registry_config *config,
+                                        p2p_registry_event_cb on_event,
+                                        void *user_data);
+
+/**
+ * Keep the registry's key (`registry.key`, mode 0600) and its name claims
+ * (`claims.redb`) in directory `dir` (bytes, borrowed for the call; created with mode
+ * 0700 if missing), so a restart keeps both: the same fingerprint for clients that
+ * pinned it, and every name still owned by its key. NULL restores the default: a new
+ * key at each start and claims in memory only.
+ *
+ * Errors: `P2P_NULL_ARGUMENT` (config).
+ */
+p2p_status p2p_registry_config_set_data_dir(struct p2p_registry_config *config, const char *dir);
+
+/**
+ * How long a name claim lives unused (its key neither registering the name nor
+ * ending a session holding it) before it lapses and anyone may register the name, in
+ * seconds (default 90 days).
+ *
+ * Errors: `P2P_NULL_ARGUMENT`, `P2P_INVALID_ARGUMENT` (0).
+ */
+p2p_status p2p_registry_config_set_claim_ttl_secs(struct p2p_registry_config *config,
+                                                  uint64_t secs);
+
+/**
+ * Start a registry as `config` says (see `p2p_registry_start()`, which this extends).
+ * `config` is only read. On success `*out` receives the new handle, owned by the
+ * caller (free it with `p2p_registry_free()`); untouched on failure.
+ *
+ * Errors: `P2P_NULL_ARGUMENT`, `P2P_IO` (cannot bind; the data directory, its key or
+ * its claims store cannot be created or read), `P2P_INVALID_ARGUMENT` (the data
+ * directory's `registry.key` is not a key file, or others may read it), `P2P_BUSY`
+ * (another registry is serving from the same data directory).
+ */
+p2p_status p2p_registry_start_with_config(const struct p2p_registry_config *config,
+                                          struct p2p_registry **out);
+
+/**
  * Start a registry server listening on `addr` (`"host:port"`; port 0 picks a free
  * port, see `p2p_registry_port()`).
  *
@@ -685,6 +773,29 @@ p2p_status p2p_registry_users(const struct p2p_registry *registry, struct p2p_st
 p2p_status p2p_registry_user_count(const struct p2p_registry *registry, size_t *out);
 
 /**
+ * The fingerprint of the registry's key (eight groups of four characters), what its
+ * operator publishes so that users can pin it (`"host:port#FINGERPRINT"`, see
+ * `p2p_peer_config_new()`). Works after `p2p_registry_stop()` too. On success `*out`
+ * is a new string; free it with `p2p_string_free()`.
+ *
+ * Errors: `P2P_NULL_ARGUMENT`.
+ */
+p2p_status p2p_registry_fingerprint(const struct p2p_registry *registry, char **out);
+
+/**
+ * Release the claim on `username`, as an operator does for a user who lost their key:
+ * the name stays registered if it is online, and its next registration, by any key,
+ * is unclaimed (an encrypted one claims it anew). On success, if `released_out` is
+ * not NULL, `*released_out` says whether there was a claim.
+ *
+ * Errors: `P2P_NULL_ARGUMENT`, `P2P_INVALID_UTF8`, `P2P_SHUTDOWN`, `P2P_IO` (the
+ * claims store could not be written).
+ */
+p2p_status p2p_registry_release_name(const struct p2p_registry *registry,
+                                     const char *username,
+                                     bool *released_out);
+
+/**
  * Stop serving: close every connection and join the server's threads. When it
  * returns, the event callback is never called again. The handle stays valid (and must
  * still be freed); other calls on it then return `P2P_SHUTDOWN`.
@@ -709,14 +820,20 @@ void p2p_registry_free(struct p2p_registry *registry);
 
 /**
  * Make a peer configuration: register as `username` (1-64 bytes of UTF-8, no comma,
- * colon or control characters) with the registry at `registry` (`"host:port"`),
- * sharing the files of directory `shared_dir`.
+ * colon or control characters) with the registry at `registry` (`"host:port"`, or
+ * `"host:port#FINGERPRINT"` to accept only the registry whose key has that
+ * fingerprint, as `p2p_registry_fingerprint()` or `p2pchat server` give it), sharing
+ * the files of directory `shared_dir`.
  *
  * Defaults: any free port, listening on the local address of the registry connection
  * (the address the registry records and hands out: a loopback registry means a
  * loopback-only listener), downloads saved into `shared_dir`, a 30 s chat-answer
  * timeout, the registry probed for its kind (p2pchat or original), no live share, no
- * callbacks (so every chat request is declined).
+ * callbacks (so every chat request is declined); the identity (key pair) in the
+ * user's config directory, `$XDG_CONFIG_HOME/p2pchat/<username>.key` (else
+ * `$HOME/.config/p2pchat/<username>.key`), created with mode 0600 on first use; pinned
+ * keys kept in memory only; unverified partners accepted (and marked); files served
+ * to any registered user whose key the registry lists.
  *
  * All strings are borrowed for the call; `shared_dir` is taken as bytes (need not be
  * UTF-8). On success `*out` is a new config owned by the caller, to free with
@@ -782,6 +899,58 @@ p2p_status p2p_peer_config_set_legacy_registry(struct p2p_peer_config *config, b
  * Errors: `P2P_NULL_ARGUMENT`.
  */
 p2p_status p2p_peer_config_set_live_share(struct p2p_peer_config *config, bool on);
+
+/**
+ * Keep this peer's identity (its long-term key pair, which owns its username at the
+ * registry) in file `path` (bytes, borrowed for the call): loaded by
+ * `p2p_peer_connect()`, or created there (mode 0600, its directory 0700) when it does
+ * not exist. NULL restores the default, `<username>.key` under the user's config
+ * directory (see `p2p_peer_config_new()`). Keep the file: another key cannot register
+ * the name while the registry's claim for it lasts. `p2p_peer_connect()` refuses a
+ * file others may read or write, or one that is not an identity file
+ * (`P2P_INVALID_ARGUMENT`).
+ *
+ * Errors: `P2P_NULL_ARGUMENT` (config).
+ */
+p2p_status p2p_peer_config_set_identity_file(struct p2p_peer_config *config, const char *path);
+
+/**
+ * Keep the keys this peer pins (the key first seen for each user of its registry,
+ * like SSH's `known_hosts`) in file `path` (bytes, borrowed for the call), created on
+ * the first pin, so a changed key is noticed across runs. NULL restores the default:
+ * pins kept in memory, forgotten when the peer is freed.
+ *
+ * Errors: `P2P_NULL_ARGUMENT` (config).
+ */
+p2p_status p2p_peer_config_set_known_keys_file(struct p2p_peer_config *config, const char *path);
+
+/**
+ * `true`: refuse partners that cannot prove who they are (original C++ clients and
+ * peers registered without a key): their requests are refused
+ * (`P2P_EVENT_REQUEST_REFUSED`), and chats and downloads to them fail with
+ * `P2P_DENIED`. `false` (the default): accept them, marked unverified
+ * (`p2p_chat_request_is_verified()`, `p2p_peer_user_fingerprint()` gives `""`).
+ *
+ * Errors: `P2P_NULL_ARGUMENT`.
+ */
+p2p_status p2p_peer_config_set_refuse_unverified(struct p2p_peer_config *config, bool on);
+
+/**
+ * Serve files only to the `len` users of `names`: each entry a username, or
+ * `"key:"` followed by 64 hex digits for a key whatever name it registers under (a
+ * username cannot contain `:`). Anyone else asking for a file is refused
+ * (`P2P_EVENT_REQUEST_REFUSED`; the asker gets `P2P_DENIED`). Chats are not affected.
+ *
+ * `names` NULL restores the default (any registered user whose key the registry
+ * lists); `names` not NULL with `len` 0 serves no one. The strings are copied: they
+ * are borrowed for the call only. On failure the config is unchanged.
+ *
+ * Errors: `P2P_NULL_ARGUMENT` (config, or an entry of `names`), `P2P_INVALID_UTF8`,
+ * `P2P_INVALID_ARGUMENT` (an entry neither a valid username nor `key:<64 hex>`).
+ */
+p2p_status p2p_peer_config_set_serve_only(struct p2p_peer_config *config,
+                                          const char *const *names,
+                                          size_t len);
 
 /**
  * How long an incoming chat request waits for an answer before the library declines
@@ -867,9 +1036,19 @@ p2p_status p2p_peer_config_on_event(struct p2p_peer_config *config, p2p_peer_eve
  * peer, owned by the caller (free it with `p2p_peer_free()`); callbacks may run on
  * library threads from now until `p2p_peer_exit()` / `p2p_peer_free()` returns.
  *
+ * The registry link is secured (a Noise handshake) when the registry offers it; the
+ * registry's key is then checked against the `#FINGERPRINT` in the registry address,
+ * or else against the key pinned for that address before (pinned now on first use).
+ *
  * Errors: `P2P_NULL_ARGUMENT`, `P2P_INVALID_USERNAME`, `P2P_NOT_A_DIRECTORY`,
- * `P2P_PORT_UNAVAILABLE`, `P2P_USERNAME_TAKEN`, `P2P_IO` (registry unreachable),
- * `P2P_TIMEOUT`, `P2P_REGISTRY`.
+ * `P2P_INVALID_ARGUMENT` (the identity file is not one, or others may read it; no
+ * identity file set and neither `XDG_CONFIG_HOME` nor `HOME` set; a malformed
+ * `#FINGERPRINT`), `P2P_IO` (registry unreachable; the identity or known-keys file
+ * cannot be read or created), `P2P_KEY_CHANGED` (the registry's key is not the one
+ * pinned or given: the message names both fingerprints), `P2P_DENIED` (the registry's
+ * key is pinned or given but it no longer secures its link), `P2P_PORT_UNAVAILABLE`,
+ * `P2P_USERNAME_TAKEN`, `P2P_TIMEOUT`, `P2P_REGISTRY` (also: the name is claimed by
+ * another key, the message saying so), `P2P_PROTOCOL`.
  */
 p2p_status p2p_peer_connect(const struct p2p_peer_config *config, struct p2p_peer **out);
 
@@ -950,7 +1129,9 @@ p2p_status p2p_peer_shared_files(const struct p2p_peer *peer, struct p2p_string_
  * success `*out` is filled in; free it with `p2p_string_list_free()`.
  *
  * Errors: `P2P_NULL_ARGUMENT`, `P2P_SHUTDOWN`, `P2P_IO`, `P2P_TIMEOUT`,
- * `P2P_REGISTRY`, `P2P_PROTOCOL`.
+ * `P2P_REGISTRY`, `P2P_PROTOCOL`, `P2P_KEY_CHANGED`, `P2P_DENIED` (reconnecting, the
+ * registry's key had changed or it no longer secured its link: see
+ * `p2p_peer_connect()`).
  */
 p2p_status p2p_peer_users(const struct p2p_peer *peer, struct p2p_string_list *out);
 
@@ -960,7 +1141,9 @@ p2p_status p2p_peer_users(const struct p2p_peer *peer, struct p2p_string_list *o
  * failure neither is touched.
  *
  * Errors: `P2P_NULL_ARGUMENT`, `P2P_INVALID_UTF8`, `P2P_INVALID_USERNAME`,
- * `P2P_USER_NOT_FOUND`, `P2P_SHUTDOWN`, `P2P_IO`, `P2P_TIMEOUT`, `P2P_PROTOCOL`.
+ * `P2P_USER_NOT_FOUND`, `P2P_SHUTDOWN`, `P2P_IO`, `P2P_TIMEOUT`, `P2P_PROTOCOL`,
+ * `P2P_KEY_CHANGED`, `P2P_DENIED` (reconnecting, the registry's key had changed or it
+ * no longer secured its link: see `p2p_peer_connect()`).
  */
 p2p_status p2p_peer_address(const struct p2p_peer *peer,
                             const char *user,
@@ -973,7 +1156,9 @@ p2p_status p2p_peer_address(const struct p2p_peer *peer,
  * `p2p_user_files_list_free()`.
  *
  * Errors: `P2P_NULL_ARGUMENT`, `P2P_SHUTDOWN`, `P2P_IO`, `P2P_TIMEOUT`,
- * `P2P_REGISTRY`, `P2P_PROTOCOL`.
+ * `P2P_REGISTRY`, `P2P_PROTOCOL`, `P2P_KEY_CHANGED`, `P2P_DENIED` (reconnecting, the
+ * registry's key had changed or it no longer secured its link: see
+ * `p2p_peer_connect()`).
  */
 p2p_status p2p_peer_all_files(const struct p2p_peer *peer, struct p2p_user_files_list *out);
 
@@ -985,9 +1170,74 @@ p2p_status p2p_peer_all_files(const struct p2p_peer *peer, struct p2p_user_files
  * is what, every user counts as one. On success `*out` is true for an original client.
  *
  * Errors: `P2P_NULL_ARGUMENT`, `P2P_INVALID_UTF8`, `P2P_INVALID_USERNAME`,
- * `P2P_USER_NOT_FOUND`, `P2P_SHUTDOWN`, `P2P_IO`, `P2P_TIMEOUT`, `P2P_PROTOCOL`.
+ * `P2P_USER_NOT_FOUND`, `P2P_SHUTDOWN`, `P2P_IO`, `P2P_TIMEOUT`, `P2P_PROTOCOL`,
+ * `P2P_KEY_CHANGED`, `P2P_DENIED` (reconnecting, the registry's key had changed or it
+ * no longer secured its link: see `p2p_peer_connect()`).
  */
 p2p_status p2p_peer_user_is_legacy(const struct p2p_peer *peer, const char *user, bool *out);
+
+/**
+ * This peer's own fingerprint: the short digest of its public key that other people
+ * compare (eight groups of four characters, `"K7QH-2MXA-..."`), e.g. read out to a
+ * friend who checks it against `p2p_peer_user_fingerprint()` on their side. On
+ * success `*out` is a new string; free it with `p2p_string_free()`.
+ *
+ * Errors: `P2P_NULL_ARGUMENT`, `P2P_SHUTDOWN`.
+ */
+p2p_status p2p_peer_fingerprint(const struct p2p_peer *peer, char **out);
+
+/**
+ * The fingerprint of the key the registry lists for `user` now (asks the registry),
+ * to compare with the one `user` reads out from their own `p2p_peer_fingerprint()`.
+ * On success `*out` is a new string (free it with `p2p_string_free()`): the
+ * fingerprint, or `""` when the registry lists no key for `user` (an original
+ * client, a peer registered without a key, or an original registry): such a user
+ * is unverified.
+ *
+ * This only reports; it pins nothing (chats and downloads pin a user's key the first
+ * time they reach it).
+ *
+ * Errors: `P2P_NULL_ARGUMENT`, `P2P_INVALID_UTF8`, `P2P_INVALID_USERNAME`,
+ * `P2P_USER_NOT_FOUND`, `P2P_SHUTDOWN`, `P2P_IO`, `P2P_TIMEOUT`, `P2P_PROTOCOL`,
+ * `P2P_KEY_CHANGED`, `P2P_DENIED` (reconnecting, the registry's key had changed or it
+ * no longer secured its link: see `p2p_peer_connect()`).
+ */
+p2p_status p2p_peer_user_fingerprint(const struct p2p_peer *peer, const char *user, char **out);
+
+/**
+ * Accept the key the registry lists now for `user` as theirs from now on, replacing
+ * the key pinned for that name before: what to do after a chat or download failed
+ * with `P2P_KEY_CHANGED` and the person has confirmed the new key with its owner.
+ *
+ * `fingerprint` is the fingerprint the person compared (as `p2p_peer_user_fingerprint()`
+ * and `p2p_peer_fingerprint()` write it; case, dashes and spaces do not matter). The
+ * key is pinned only if the registry lists, at the time of this call, a key with
+ * exactly that fingerprint, so a key swapped in after the comparison is not
+ * accepted by mistake. Pinned in the known-keys file when the peer has one
+ * (`p2p_peer_config_set_known_keys_file()`), else in memory.
+ *
+ * Errors: `P2P_NULL_ARGUMENT`, `P2P_INVALID_UTF8`, `P2P_INVALID_USERNAME`,
+ * `P2P_INVALID_ARGUMENT` (`fingerprint` is not a fingerprint), `P2P_DENIED` (the
+ * registry lists another key for `user` now, or none: nothing was pinned; or,
+ * reconnecting, the registry no longer secured its link), `P2P_USER_NOT_FOUND`,
+ * `P2P_SHUTDOWN`, `P2P_IO` (also: the known-keys file could not be written),
+ * `P2P_TIMEOUT`, `P2P_PROTOCOL`, `P2P_KEY_CHANGED` (reconnecting, the registry's key
+ * had changed: see `p2p_peer_connect()`).
+ */
+p2p_status p2p_peer_accept_user_key(const struct p2p_peer *peer,
+                                    const char *user,
+                                    const char *fingerprint);
+
+/**
+ * The fingerprint of the registry's key on this peer's current registry session (the
+ * key pinned for its address), to compare with what the registry's operator
+ * publishes; `""` while the session is not secured (an original registry, or one
+ * without secured links). On success `*out` is a new string; free it with
+ * `p2p_string_free()`.
+ *
+ * Errors: `P2P_NULL_ARGUMENT`, `P2P_SHUTDOWN`.
+ */
+p2p_status p2p_peer_registry_fingerprint(const struct p2p_peer *peer, char **out);
 
 /**
  * Whether this peer talks to its registry in the original client's way: forced with
@@ -1003,7 +1253,9 @@ p2p_status p2p_peer_registry_is_legacy(const struct p2p_peer *peer, bool *out);
  * it with `p2p_string_list_free()`.
  *
  * Errors: `P2P_NULL_ARGUMENT`, `P2P_INVALID_UTF8`, `P2P_INVALID_USERNAME`,
- * `P2P_USER_NOT_FOUND`, `P2P_SHUTDOWN`, `P2P_IO`, `P2P_TIMEOUT`, `P2P_REGISTRY`.
+ * `P2P_USER_NOT_FOUND`, `P2P_SHUTDOWN`, `P2P_IO`, `P2P_TIMEOUT`, `P2P_REGISTRY`,
+ * `P2P_KEY_CHANGED`, `P2P_DENIED` (reconnecting, the registry's key had changed or it
+ * no longer secured its link: see `p2p_peer_connect()`).
  */
 p2p_status p2p_peer_files_of(const struct p2p_peer *peer,
                              const char *user,
@@ -1014,7 +1266,9 @@ p2p_status p2p_peer_files_of(const struct p2p_peer *peer,
  * not NULL, `*files_out` is the number of files now shared.
  *
  * Errors: `P2P_NULL_ARGUMENT`, `P2P_SHUTDOWN`, `P2P_IO`, `P2P_NOT_A_DIRECTORY`,
- * `P2P_TIMEOUT`, `P2P_REGISTRY`.
+ * `P2P_TIMEOUT`, `P2P_REGISTRY`, `P2P_KEY_CHANGED`, `P2P_DENIED` (reconnecting, the
+ * registry's key had changed or it no longer secured its link: see
+ * `p2p_peer_connect()`).
  */
 p2p_status p2p_peer_rescan(const struct p2p_peer *peer, size_t *files_out);
 
@@ -1023,8 +1277,13 @@ p2p_status p2p_peer_rescan(const struct p2p_peer *peer, size_t *files_out);
  * registering (opens and closes its own connection). On success `*out` is true when
  * the name is free.
  *
- * Errors: `P2P_NULL_ARGUMENT`, `P2P_INVALID_UTF8`, `P2P_INVALID_USERNAME`, `P2P_IO`,
- * `P2P_TIMEOUT`.
+ * `registry` may end in `#FINGERPRINT` to require that registry key (see
+ * `p2p_peer_config_new()`).
+ *
+ * Errors: `P2P_NULL_ARGUMENT`, `P2P_INVALID_UTF8`, `P2P_INVALID_USERNAME`,
+ * `P2P_INVALID_ARGUMENT` (a malformed `#FINGERPRINT`), `P2P_KEY_CHANGED` (the registry's
+ * key is not the `#FINGERPRINT` given), `P2P_DENIED` (a `#FINGERPRINT` was given but
+ * the registry does not secure its links), `P2P_IO`, `P2P_TIMEOUT`, `P2P_PROTOCOL`.
  */
 p2p_status p2p_username_available(const char *registry, const char *username, bool *out);
 
@@ -1037,7 +1296,12 @@ p2p_status p2p_username_available(const char *registry, const char *username, bo
  * Errors: `P2P_NULL_ARGUMENT`, `P2P_INVALID_UTF8`, `P2P_INVALID_USERNAME`,
  * `P2P_USER_NOT_FOUND`, `P2P_DECLINED`, `P2P_TIMEOUT` (no answer in time, or an
  * original client closed the request untaken), `P2P_BUSY`, `P2P_REFUSED`,
- * `P2P_SHUTDOWN`, `P2P_IO`, `P2P_PROTOCOL`.
+ * `P2P_KEY_CHANGED` (`user`'s key differs from the one pinned for that name: see
+ * `p2p_peer_accept_user_key()`; or, reconnecting, the registry's key had changed),
+ * `P2P_DENIED` (the other side is not the key the registry lists for `user`, or
+ * refuses this peer, or `user` is unverified and this peer refuses those; or,
+ * reconnecting, the registry no longer secured its link), `P2P_SHUTDOWN`, `P2P_IO`,
+ * `P2P_PROTOCOL`.
  */
 p2p_status p2p_peer_chat(const struct p2p_peer *peer, const char *user, struct p2p_chat **out);
 
@@ -1073,6 +1337,33 @@ p2p_status p2p_chat_id(const struct p2p_chat *chat, uint64_t *out);
  * Errors: `P2P_NULL_ARGUMENT`.
  */
 p2p_status p2p_chat_peer_name(const struct p2p_chat *chat, char **out);
+
+/**
+ * Whether the chat runs over a secured link: every message encrypted and
+ * authenticated. False for a plaintext chat with an unverified partner (an original
+ * client, or a peer registered without a key). Stays as it was after the chat ended.
+ *
+ * Errors: `P2P_NULL_ARGUMENT`.
+ */
+p2p_status p2p_chat_is_encrypted(const struct p2p_chat *chat, bool *out);
+
+/**
+ * Whether the other side proved it is who the chat names (`p2p_chat_peer_name()`):
+ * its key is the one the registry lists for that name and the one pinned for it.
+ * False for an unverified partner. Stays as it was after the chat ended.
+ *
+ * Errors: `P2P_NULL_ARGUMENT`.
+ */
+p2p_status p2p_chat_is_verified(const struct p2p_chat *chat, bool *out);
+
+/**
+ * The fingerprint of the other side's key, proven by the secured link's handshake,
+ * or `""` for an unverified partner. On success `*out` is a new string; free it with
+ * `p2p_string_free()`.
+ *
+ * Errors: `P2P_NULL_ARGUMENT`.
+ */
+p2p_status p2p_chat_fingerprint(const struct p2p_chat *chat, char **out);
 
 /**
  * Whether the chat has ended (closed by either side, lost, or its peer exited).
@@ -1112,6 +1403,25 @@ p2p_status p2p_chat_request_from(const struct p2p_chat_request *request, char **
 p2p_status p2p_chat_request_address(const struct p2p_chat_request *request, char **out);
 
 /**
+ * Whether the requester proved it is who it says (`p2p_chat_request_from()`): it
+ * came over a secured link whose key is the one the registry lists for that name and
+ * the one pinned for it. False for a plaintext request (an original client, or a peer
+ * registered without a key), whose name nobody checked: show it as unverified.
+ *
+ * Errors: `P2P_NULL_ARGUMENT`.
+ */
+p2p_status p2p_chat_request_is_verified(const struct p2p_chat_request *request, bool *out);
+
+/**
+ * The fingerprint of the requester's key, proven by the secured link's handshake (to
+ * show next to its name), or `""` for a plaintext request. On success `*out` is a new
+ * string; free it with `p2p_string_free()`.
+ *
+ * Errors: `P2P_NULL_ARGUMENT`.
+ */
+p2p_status p2p_chat_request_fingerprint(const struct p2p_chat_request *request, char **out);
+
+/**
  * Accept the request, from inside the `p2p_chat_request_cb` callback or later from any
  * thread. On success `*out` is the open chat, owned by the caller (free it with
  * `p2p_chat_free()`). The request handle must still be freed with
@@ -1149,8 +1459,13 @@ void p2p_chat_request_free(struct p2p_chat_request *request);
  *
  * Errors (checked before starting): `P2P_NULL_ARGUMENT`, `P2P_INVALID_UTF8`,
  * `P2P_INVALID_ARGUMENT` (a filename that is not a plain name), `P2P_ALREADY_EXISTS`,
- * `P2P_INVALID_USERNAME`, `P2P_USER_NOT_FOUND`, `P2P_SHUTDOWN`, `P2P_IO`. Later
- * failures (`P2P_FILE_NOT_FOUND`, `P2P_HASH_MISMATCH`...) come from
+ * `P2P_INVALID_USERNAME`, `P2P_USER_NOT_FOUND`, `P2P_SHUTDOWN`, `P2P_IO`,
+ * `P2P_TIMEOUT`, `P2P_PROTOCOL` (asking the registry where `user` is),
+ * `P2P_KEY_CHANGED` (the key the registry lists for `user` differs from the one pinned
+ * for that name: see `p2p_peer_accept_user_key()`; or, reconnecting, the registry's
+ * key had changed), `P2P_DENIED` (`user` is unverified and this peer refuses those;
+ * or, reconnecting, the registry no longer secured its link). Later failures
+ * (`P2P_FILE_NOT_FOUND`, `P2P_HASH_MISMATCH`, `P2P_KEY_CHANGED`...) come from
  * `p2p_transfer_wait()` and the failed callback.
  */
 p2p_status p2p_peer_fetch(const struct p2p_peer *peer,
@@ -1186,6 +1501,16 @@ p2p_status p2p_transfer_progress(const struct p2p_transfer *transfer,
 p2p_status p2p_transfer_is_verified(const struct p2p_transfer *transfer, bool *out);
 
 /**
+ * Whether the file comes over a secured link: encrypted, and every byte
+ * authenticated as the sender's (a byte altered on the way ends the download with an
+ * error, never a damaged file). False for a plaintext download from an unverified
+ * sender (an original client). Known from the start of the download.
+ *
+ * Errors: `P2P_NULL_ARGUMENT`.
+ */
+p2p_status p2p_transfer_is_encrypted(const struct p2p_transfer *transfer, bool *out);
+
+/**
  * Whether the download has ended, successfully or not (`p2p_transfer_wait()` then
  * returns at once).
  *
@@ -1212,8 +1537,11 @@ p2p_status p2p_transfer_is_finished(const struct p2p_transfer *transfer, bool *o
  *
  * Errors: `P2P_NULL_ARGUMENT` (transfer), `P2P_WOULD_DEADLOCK`, `P2P_CANCELLED`
  * (cancelled, or the peer exited), `P2P_FILE_NOT_FOUND`, `P2P_HASH_MISMATCH`,
- * `P2P_BUSY`, `P2P_REFUSED`, `P2P_ALREADY_EXISTS`, `P2P_TIMEOUT`, `P2P_IO`,
- * `P2P_PROTOCOL`.
+ * `P2P_BUSY`, `P2P_REFUSED`, `P2P_ALREADY_EXISTS`, `P2P_KEY_CHANGED` (the user's key
+ * differs from the one pinned: see `p2p_peer_accept_user_key()`), `P2P_DENIED` (the
+ * other side is not the key the registry lists, or does not serve this peer, or it
+ * is unverified and this peer refuses those), `P2P_TIMEOUT`, `P2P_IO` (also: a
+ * record of the encrypted link failed its check), `P2P_PROTOCOL`.
  */
 p2p_status p2p_transfer_wait(const struct p2p_transfer *transfer, char **path_out);
 

@@ -163,9 +163,18 @@ fn registry() -> (*mut p2p_registry, CString) {
     (registry, c(&take(addr)))
 }
 
-fn config(addr: &CStr, name: &str, dir: &Path, inbox: Option<&Inbox>) -> *mut p2p_peer_config {
+/// A config for `name` sharing `dir`, and the temporary directory holding its identity
+/// key (keep it until the peer has connected; never the real user's config).
+fn config(
+    addr: &CStr,
+    name: &str,
+    dir: &Path,
+    inbox: Option<&Inbox>,
+) -> (*mut p2p_peer_config, tempfile::TempDir) {
     let mut config = null_mut();
     let dir = c(dir.to_str().unwrap());
+    let keys = tempfile::tempdir().unwrap();
+    let key_file = c(keys.path().join("id.key").to_str().unwrap());
     // SAFETY: valid arguments; `inbox` outlives the peer in every test.
     unsafe {
         assert_eq!(
@@ -174,6 +183,10 @@ fn config(addr: &CStr, name: &str, dir: &Path, inbox: Option<&Inbox>) -> *mut p2
         );
         assert_eq!(
             p2p_peer_config_set_listen_ip(config, c("127.0.0.1").as_ptr()),
+            P2P_OK
+        );
+        assert_eq!(
+            p2p_peer_config_set_identity_file(config, key_file.as_ptr()),
             P2P_OK
         );
         if let Some(inbox) = inbox {
@@ -193,11 +206,11 @@ fn config(addr: &CStr, name: &str, dir: &Path, inbox: Option<&Inbox>) -> *mut p2
             );
         }
     }
-    config
+    (config, keys)
 }
 
 fn connect(addr: &CStr, name: &str, dir: &Path, inbox: Option<&Inbox>) -> *mut p2p_peer {
-    let config = config(addr, name, dir, inbox);
+    let (config, _keys) = config(addr, name, dir, inbox);
     let mut peer = null_mut();
     // SAFETY: valid arguments.
     unsafe {
@@ -235,6 +248,8 @@ fn status_values_are_the_engine_error_codes() {
         ErrorCode::Shutdown,
         ErrorCode::TooLarge,
         ErrorCode::Refused,
+        ErrorCode::KeyChanged,
+        ErrorCode::Denied,
     ];
     for code in codes {
         assert_eq!(p2p_status::from_code(code) as i32, code as i32, "{code:?}");
@@ -253,6 +268,8 @@ fn status_names_are_distinct_and_unknown_values_are_safe() {
     let mut names: Vec<&str> = p2p_status::ALL.iter().map(|s| name(*s as i32)).collect();
     assert_eq!(names[0], "P2P_OK");
     assert_eq!(name(P2P_USER_NOT_FOUND as i32), "P2P_USER_NOT_FOUND");
+    assert_eq!(name(21), "P2P_KEY_CHANGED");
+    assert_eq!(name(22), "P2P_DENIED");
     names.sort();
     names.dedup();
     assert_eq!(names.len(), p2p_status::ALL.len());
@@ -499,21 +516,45 @@ fn connect_failures_have_distinct_statuses() {
     let dir = tempfile::tempdir().unwrap();
     let alice = connect(&addr, "alice", dir.path(), None);
     let attempt = |name: &str, shared: &Path| {
-        let cfg = config(&addr, name, shared, None);
+        let (cfg, _keys) = config(&addr, name, shared, None);
         let mut peer = null_mut();
         let status = unsafe { p2p_peer_connect(cfg, &mut peer) };
         unsafe { p2p_peer_config_free(cfg) };
         assert!(peer.is_null());
         status
     };
-    assert_eq!(attempt("alice", dir.path()), P2P_USERNAME_TAKEN);
+    // Another key: alice's name is claimed by hers.
+    assert_eq!(attempt("alice", dir.path()), P2P_REGISTRY);
+    assert!(
+        last_error().contains("claimed by another key"),
+        "{}",
+        last_error()
+    );
+    // The same key a second time: the name is taken (online).
+    let (cfg, keys) = config(&addr, "carol", dir.path(), None);
+    let key_file = c(keys.path().join("id.key").to_str().unwrap());
+    let mut carol = null_mut();
+    unsafe {
+        assert_eq!(p2p_peer_connect(cfg, &mut carol), P2P_OK);
+        p2p_peer_config_free(cfg);
+        let (again, _keys) = config(&addr, "carol", dir.path(), None);
+        assert_eq!(
+            p2p_peer_config_set_identity_file(again, key_file.as_ptr()),
+            P2P_OK
+        );
+        let mut peer = null_mut();
+        assert_eq!(p2p_peer_connect(again, &mut peer), P2P_USERNAME_TAKEN);
+        assert!(peer.is_null());
+        p2p_peer_config_free(again);
+        p2p_peer_free(carol);
+    }
     assert_eq!(attempt("a,b", dir.path()), P2P_INVALID_USERNAME);
     assert_eq!(
         attempt("bob", &dir.path().join("nope")),
         P2P_NOT_A_DIRECTORY
     );
     unsafe {
-        let cfg = config(&addr, "bob", dir.path(), None);
+        let (cfg, _keys) = config(&addr, "bob", dir.path(), None);
         assert_eq!(
             p2p_peer_config_set_listen_ip(cfg, c("localhost!").as_ptr()),
             P2P_INVALID_ARGUMENT
@@ -837,7 +878,7 @@ fn chat_request_answered_after_it_expired_times_out() {
     let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let ib = Inbox::default();
     let a = connect(&addr, "alice", da.path(), None);
-    let cfg = config(&addr, "bob", db.path(), Some(&ib));
+    let (cfg, _keys) = config(&addr, "bob", db.path(), Some(&ib));
     let mut b = null_mut();
     unsafe {
         assert_eq!(p2p_peer_config_set_chat_answer_timeout_ms(cfg, 200), P2P_OK);
@@ -1026,6 +1067,23 @@ fn original_clients_are_reported_and_their_downloads_are_unverified() {
         let mut verified = true;
         assert_eq!(p2p_transfer_is_verified(t, &mut verified), P2P_OK);
         assert!(!verified, "an original client sends no hash");
+        let mut encrypted = true;
+        assert_eq!(p2p_transfer_is_encrypted(t, &mut encrypted), P2P_OK);
+        assert!(!encrypted, "an original client speaks plaintext");
+        let mut fp = null_mut();
+        assert_eq!(
+            p2p_peer_user_fingerprint(a, c("orig1").as_ptr(), &mut fp),
+            P2P_OK
+        );
+        assert_eq!(
+            take(fp),
+            "",
+            "the registry lists no key for an original client"
+        );
+        assert_eq!(
+            p2p_peer_accept_user_key(a, c("orig1").as_ptr(), c(&"A".repeat(32)).as_ptr()),
+            P2P_DENIED
+        );
         let mut path = null_mut();
         assert_eq!(p2p_transfer_wait(t, &mut path), P2P_OK, "{}", last_error());
         assert_eq!(std::fs::read(take(path)).unwrap(), content);
@@ -1034,4 +1092,138 @@ fn original_clients_are_reported_and_their_downloads_are_unverified() {
         p2p_registry_free(registry);
     }
     orig.join().unwrap();
+}
+
+/// Sends an original client's chat request (`CHAT,<name>`, unterminated, as the C++
+/// client does) to the peer listening on `port`; returns the connection.
+fn original_chat_request(port: u16, name: &str) -> std::net::TcpStream {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(format!("CHAT,{name}").as_bytes()).unwrap();
+    s
+}
+
+fn listen_port(peer: *mut p2p_peer) -> u16 {
+    let mut port = 0;
+    // SAFETY: a live peer.
+    assert_eq!(unsafe { p2p_peer_listen_port(peer, &mut port) }, P2P_OK);
+    port
+}
+
+#[test]
+fn an_original_clients_chat_request_is_marked_unverified_or_refused() {
+    let (registry, addr) = registry();
+    let (db, dc) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let ib = Inbox::default();
+    let bob = connect(&addr, "bob", db.path(), Some(&ib));
+    let _conn = original_chat_request(listen_port(bob), "old");
+    let request = ib.wait(|s| s.requests.pop());
+    // SAFETY: the request handle is ours (the callback handed it over), freed once.
+    unsafe {
+        let mut from = null_mut();
+        assert_eq!(p2p_chat_request_from(request.0, &mut from), P2P_OK);
+        assert_eq!(take(from), "old");
+        let mut verified = true;
+        assert_eq!(
+            p2p_chat_request_is_verified(request.0, &mut verified),
+            P2P_OK
+        );
+        assert!(!verified, "nobody checked an original client's name");
+        let mut fp = null_mut();
+        assert_eq!(p2p_chat_request_fingerprint(request.0, &mut fp), P2P_OK);
+        assert_eq!(take(fp), "");
+        assert_eq!(
+            p2p_chat_request_is_verified(request.0, null_mut()),
+            P2P_NULL_ARGUMENT
+        );
+        assert_eq!(
+            p2p_chat_request_fingerprint(null(), &mut null_mut()),
+            P2P_NULL_ARGUMENT
+        );
+        assert_eq!(p2p_chat_request_decline(request.0), P2P_OK);
+        p2p_chat_request_free(request.0);
+    }
+
+    // A peer that refuses unverified partners closes on it; its callback sees nothing.
+    let ic = Inbox::default();
+    let (cfg, _keys) = config(&addr, "carol", dc.path(), Some(&ic));
+    let mut carol = null_mut();
+    // SAFETY: live handles, each freed once.
+    unsafe {
+        assert_eq!(p2p_peer_config_set_refuse_unverified(cfg, true), P2P_OK);
+        assert_eq!(
+            p2p_peer_connect(cfg, &mut carol),
+            P2P_OK,
+            "{}",
+            last_error()
+        );
+        p2p_peer_config_free(cfg);
+    }
+    let mut conn = original_chat_request(listen_port(carol), "old");
+    let mut rest = Vec::new();
+    // Closed (as every refusal of an original client): end of stream, or a reset.
+    let _ = std::io::Read::read_to_end(&mut conn, &mut rest);
+    assert!(
+        !String::from_utf8_lossy(&rest).contains("OK"),
+        "carol answered {rest:?}"
+    );
+    assert!(ic.state.lock().unwrap().requests.is_empty());
+    // SAFETY: live handles, each freed once.
+    unsafe {
+        p2p_peer_free(carol);
+        p2p_peer_free(bob);
+        p2p_registry_free(registry);
+    }
+}
+
+#[test]
+fn chat_and_transfer_marks_check_their_arguments() {
+    let mut flag = true;
+    let mut s = null_mut();
+    // SAFETY: NULL handles are what is being tested.
+    unsafe {
+        assert_eq!(p2p_chat_is_encrypted(null(), &mut flag), P2P_NULL_ARGUMENT);
+        assert_eq!(p2p_chat_is_verified(null(), &mut flag), P2P_NULL_ARGUMENT);
+        assert_eq!(p2p_chat_fingerprint(null(), &mut s), P2P_NULL_ARGUMENT);
+        assert_eq!(
+            p2p_transfer_is_encrypted(null(), &mut flag),
+            P2P_NULL_ARGUMENT
+        );
+        assert_eq!(p2p_peer_fingerprint(null(), &mut s), P2P_NULL_ARGUMENT);
+        assert_eq!(
+            p2p_peer_registry_fingerprint(null(), &mut s),
+            P2P_NULL_ARGUMENT
+        );
+        assert_eq!(
+            p2p_peer_user_fingerprint(null(), c("bob").as_ptr(), &mut s),
+            P2P_NULL_ARGUMENT
+        );
+        assert_eq!(
+            p2p_peer_accept_user_key(null(), c("bob").as_ptr(), c("x").as_ptr()),
+            P2P_NULL_ARGUMENT
+        );
+        assert_eq!(
+            p2p_registry_release_name(null(), c("bob").as_ptr(), null_mut()),
+            P2P_NULL_ARGUMENT
+        );
+        assert_eq!(p2p_registry_fingerprint(null(), &mut s), P2P_NULL_ARGUMENT);
+        assert_eq!(
+            p2p_registry_config_set_claim_ttl_secs(null_mut(), 1),
+            P2P_NULL_ARGUMENT
+        );
+        let mut rc = null_mut();
+        assert_eq!(
+            p2p_registry_config_new(c("127.0.0.1:0").as_ptr(), &mut rc),
+            P2P_OK
+        );
+        assert_eq!(
+            p2p_registry_config_set_claim_ttl_secs(rc, 0),
+            P2P_INVALID_ARGUMENT
+        );
+        assert_eq!(p2p_registry_config_set_claim_ttl_secs(rc, 60), P2P_OK);
+        assert_eq!(p2p_registry_config_set_data_dir(rc, null()), P2P_OK);
+        p2p_registry_config_free(rc);
+    }
+    assert!(flag && s.is_null(), "outputs untouched on failure");
 }

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{build, have, lib_dir, root, run_ok, valgrind, Link};
+use common::{build, have, isolate_config, lib_dir, root, run_ok, valgrind, Link};
 use std::path::Path;
 use std::process::Command;
 
@@ -25,7 +25,7 @@ fn build_run_and_valgrind(src: &str, link: Link) {
         }
     }
 
-    let out = run_ok(&mut Command::new(&exe));
+    let out = run_ok(isolate_config(&mut Command::new(&exe), dir.path()));
     assert!(
         out.lines().last() == Some("ALL OK"),
         "{src} ({link:?}) did not end with ALL OK:\n{out}"

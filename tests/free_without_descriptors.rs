@@ -123,10 +123,18 @@ fn freeing_a_downloading_peer_returns_with_no_descriptor_left() {
         let st = p2p_peer_fetch(alice, c"bob".as_ptr(), c"big.bin".as_ptr(), &mut transfer);
         assert_eq!(st, P2P_OK, "{}", last_error());
 
-        // The registry goes; alice notices and holds no registry connection any more.
+        // The download runs (bob has checked alice's key with the registry, so the
+        // registry is no longer needed for it)...
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !state.receiving.load(Ordering::SeqCst) {
+            assert!(Instant::now() < deadline, "the download did not start");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // ...then the registry goes; alice notices and holds no registry connection any
+        // more.
         assert_eq!(p2p_registry_stop(registry), P2P_OK);
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !state.lost.load(Ordering::SeqCst) || !state.receiving.load(Ordering::SeqCst) {
+        while !state.lost.load(Ordering::SeqCst) {
             assert!(
                 Instant::now() < deadline,
                 "alice did not notice the registry go"

@@ -9,7 +9,6 @@ use p2pcore::peer::{Peer, PeerLimits};
 use p2pcore::registry::Registry;
 use p2pcore::ErrorCode;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -173,11 +172,12 @@ fn a_requester_that_vanishes_mid_transfer_frees_the_serving_slot() {
     let server = Peer::builder(&r.local_addr().to_string(), "server", share.path())
         .connect()
         .unwrap();
+    let client = common::keyed_client(r.local_addr(), "vanisher", 1);
     for _ in 0..5 {
-        let mut s = TcpStream::connect(server.listen_addr()).unwrap();
-        s.write_all(b"P2P/1 FILE 0 big.bin\n").unwrap();
+        let mut s = client.link(server.listen_addr(), server.public_key());
+        s.writer.write_all(b"P2P/1 FILE 0 big.bin\n").unwrap();
         let mut some = [0u8; 4096];
-        s.read_exact(&mut some).unwrap();
+        s.reader.read_exact(&mut some).unwrap();
         drop(s); // gone mid-transfer
     }
     assert!(

@@ -340,6 +340,8 @@ struct Sharing {
     _registry: Registry,
     peer: Peer,
     dir: TempDir,
+    /// Registered with a key of its own: what it asks goes inside a `P2P/2` link.
+    client: common::KeyedClient,
 }
 
 fn sharing() -> Sharing {
@@ -353,10 +355,12 @@ fn sharing() -> Sharing {
         })
         .connect()
         .unwrap();
+    let client = common::keyed_client(registry.local_addr(), "tester", 1);
     Sharing {
         _registry: registry,
         peer,
         dir,
+        client,
     }
 }
 
@@ -369,8 +373,15 @@ fn peer_answer(addr: SocketAddr, bytes: &[u8]) -> Vec<u8> {
     out
 }
 
-fn peer_still_serves(addr: SocketAddr) {
-    let out = peer_answer(addr, b"P2P/1 FILE 0 ok.txt\n");
+/// What the sharing peer answers `bytes` sent inside a secured link from a registered
+/// user (plaintext downloads are refused as such).
+fn secure_answer(s: &Sharing, bytes: &[u8]) -> Vec<u8> {
+    s.client
+        .ask(s.peer.listen_addr(), s.peer.public_key(), bytes)
+}
+
+fn peer_still_serves(s: &Sharing) {
+    let out = secure_answer(s, b"P2P/1 FILE 0 ok.txt\n");
     let hash = blake3::hash(b"good bytes").to_hex().to_string();
     assert_eq!(
         String::from_utf8_lossy(&out),
@@ -474,14 +485,20 @@ fn malformed_peer_requests_get_exact_errors() {
         ),
     ];
     for (what, bytes, want) in &cases {
-        let out = String::from_utf8_lossy(&peer_answer(addr, bytes)).into_owned();
+        let out = String::from_utf8_lossy(&secure_answer(&s, bytes)).into_owned();
         assert!(out.starts_with(want), "case {what}: {out:?}");
         assert!(
             out.ends_with('\n') && out.lines().count() == 1,
             "case {what}: one line only: {out:?}"
         );
-        peer_still_serves(addr);
+        peer_still_serves(&s);
     }
+    // In the clear, a download is refused before its name is even looked at.
+    let out = peer_answer(addr, b"P2P/1 FILE 0 ok.txt\n");
+    assert_eq!(
+        String::from_utf8_lossy(&out),
+        "ERR denied downloads need a secured link (P2P/2)\n"
+    );
 }
 
 #[test]
@@ -504,18 +521,17 @@ fn a_peer_that_sends_more_than_announced_gets_exactly_the_announced_bytes() {
 #[test]
 fn an_oversized_incoming_chat_message_ends_the_chat_not_the_peer() {
     let s = sharing();
-    let mut c = TcpStream::connect(s.peer.listen_addr()).unwrap();
-    c.set_read_timeout(Some(WAIT)).unwrap();
-    c.write_all(b"P2P/1 CHAT attacker\n").unwrap();
+    let mut c = s.client.link(s.peer.listen_addr(), s.peer.public_key());
+    c.writer.write_all(b"P2P/1 CHAT tester\n").unwrap();
     let mut ok = [0u8; 3];
-    c.read_exact(&mut ok).unwrap();
+    c.reader.read_exact(&mut ok).unwrap();
     assert_eq!(&ok, b"OK\n");
-    c.write_all(b"MSG 70000\n").unwrap();
-    let _ = c.write_all(&vec![b'z'; 70000]);
+    c.writer.write_all(b"MSG 70000\n").unwrap();
+    let _ = c.writer.write_all(&vec![b'z'; 70000]);
     let mut rest = Vec::new();
-    let _ = c.read_to_end(&mut rest);
+    let _ = c.reader.read_to_end(&mut rest);
     assert!(rest.is_empty(), "closed without a word: {rest:?}");
-    peer_still_serves(s.peer.listen_addr());
+    peer_still_serves(&s);
 }
 
 #[test]
@@ -589,5 +605,5 @@ fn past_the_serving_bound_a_request_gets_a_clear_busy_answer() {
     while s.peer.serving() > 0 && Instant::now() < end {
         std::thread::sleep(Duration::from_millis(10));
     }
-    peer_still_serves(addr);
+    peer_still_serves(&s);
 }

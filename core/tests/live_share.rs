@@ -11,8 +11,8 @@ use common::wait_until;
 use crossbeam_channel::{unbounded, Receiver};
 use p2pcore::peer::{Peer, PeerEvent};
 use p2pcore::registry::{Registry, RegistryEvent};
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::{BufRead, Read, Write};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -73,17 +73,21 @@ fn listed_within(
     took
 }
 
-/// `P2P/1 FILE 0 <name>` to `addr`: the answer line and the body.
-fn fetch_raw(addr: SocketAddr, name: &str) -> (String, Vec<u8>) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(format!("P2P/1 FILE 0 {name}\n").as_bytes())
+/// `P2P/1 FILE 0 <name>` to `peer`, inside a secured link from a user registered with
+/// a key of its own at `registry` (peers refuse plaintext downloads): the answer line
+/// and the body.
+fn fetch_raw(registry: SocketAddr, peer: &Peer, name: &str) -> (String, Vec<u8>) {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let client = common::keyed_client(registry, &format!("raw{n}"), 1);
+    let mut s = client.link(peer.listen_addr(), peer.public_key());
+    s.writer
+        .write_all(format!("P2P/1 FILE 0 {name}\n").as_bytes())
         .unwrap();
-    let mut r = BufReader::new(s);
     let mut line = String::new();
-    r.read_line(&mut line).unwrap();
+    s.reader.read_line(&mut line).unwrap();
     let mut body = Vec::new();
-    r.read_to_end(&mut body).unwrap();
+    s.reader.read_to_end(&mut body).unwrap();
     (line.trim_end().to_string(), body)
 }
 
@@ -111,7 +115,7 @@ fn added_removed_renamed_and_changed_files_reach_other_peers() {
     assert!(took < LISTED_DEADLINE);
     assert!(updated(&alice.events, |e| matches!(e,
         PeerEvent::ShareUpdated { files: 2, added, .. } if added == &["new.txt"])));
-    let (line, body) = fetch_raw(alice.peer.listen_addr(), "new.txt");
+    let (line, body) = fetch_raw(r.local_addr(), &alice.peer, "new.txt");
     assert_eq!(
         line,
         format!("OK 9 {}", blake3::hash(b"brand new").to_hex())
@@ -126,7 +130,7 @@ fn added_removed_renamed_and_changed_files_reach_other_peers() {
     assert!(updated(&alice.events, |e| matches!(e,
         PeerEvent::ShareUpdated { added, removed, .. }
             if added == &["renamed.txt"] && removed == &["new.txt"])));
-    let (line, _) = fetch_raw(alice.peer.listen_addr(), "new.txt");
+    let (line, _) = fetch_raw(r.local_addr(), &alice.peer, "new.txt");
     assert!(line.starts_with("ERR not-found"), "{line}");
 
     // Removed.
@@ -138,7 +142,7 @@ fn added_removed_renamed_and_changed_files_reach_other_peers() {
     std::fs::write(dir.join("a.txt"), b"second version of a").unwrap();
     assert!(updated(&alice.events, |e| matches!(e,
         PeerEvent::ShareUpdated { changed, .. } if changed == &["a.txt"])));
-    let (line, body) = fetch_raw(alice.peer.listen_addr(), "a.txt");
+    let (line, body) = fetch_raw(r.local_addr(), &alice.peer, "a.txt");
     let want = b"second version of a";
     assert_eq!(
         line,
@@ -205,7 +209,7 @@ fn a_file_still_being_written_is_announced_only_when_complete() {
     listed_within(&bob, "alice", "a file written for 1.5 s", |l| {
         l == ["big.bin"]
     });
-    let (line, body) = fetch_raw(alice.peer.listen_addr(), "big.bin");
+    let (line, body) = fetch_raw(r.local_addr(), &alice.peer, "big.bin");
     assert_eq!(
         line,
         format!("OK {} {}", want.len(), blake3::hash(&want).to_hex())
@@ -367,7 +371,7 @@ fn hash_cache_lives_in_the_cache_dir() {
         ["a.txt", "b.txt"],
         "no .p2pchat-hashes in the share"
     );
-    let (line, _) = fetch_raw(peer.listen_addr(), ".p2pchat-hashes");
+    let (line, _) = fetch_raw(r.local_addr(), &peer, ".p2pchat-hashes");
     assert!(line.starts_with("ERR not-found"), "{line}");
 
     // The watcher thread, and notify's own, are gone once the peer has exited.

@@ -528,6 +528,10 @@ fn every_traversal_attempt_is_refused_with_an_event() {
     std::os::unix::fs::symlink("/etc/passwd", alice.dir.path().join("passwd")).unwrap();
     alice.peer.rescan().unwrap();
     let addr = alice.peer.listen_addr();
+    // Downloads go inside a secured link from a user registered with a key.
+    let prober = common::keyed_client(r.local_addr(), "prober", 1);
+    let key = alice.peer.public_key();
+    let secure_request = |bytes: &[u8]| prober.ask(addr, key, bytes);
     for name in [
         "../secret",
         "/etc/passwd",
@@ -538,21 +542,27 @@ fn every_traversal_attempt_is_refused_with_an_event() {
         "sub/../ok.txt",
         ".p2pchat-hashes",
     ] {
-        let out = raw_request(addr, format!("P2P/1 FILE 0 {name}\n").as_bytes());
+        let out = secure_request(format!("P2P/1 FILE 0 {name}\n").as_bytes());
         let text = String::from_utf8_lossy(&out);
         assert!(text.starts_with("ERR not-found"), "{name:?} gave {text:?}");
         alice.expect("refusal event", |s| {
             matches!(s, Seen::Event(PeerEvent::RequestRefused { .. }))
         });
     }
-    let out = raw_request(addr, b"P2P/1 FILE 0 ok\0.txt\n");
+    let out = secure_request(b"P2P/1 FILE 0 ok\0.txt\n");
     assert!(String::from_utf8_lossy(&out).starts_with("ERR "));
-    let out = raw_request(addr, b"P2P/1 FILE 99 ok.txt\n");
+    let out = secure_request(b"P2P/1 FILE 99 ok.txt\n");
     assert!(String::from_utf8_lossy(&out).starts_with("ERR bad-offset"));
     let out = raw_request(addr, b"P2P/2 FILE 0 ok.txt\n");
     assert!(String::from_utf8_lossy(&out).starts_with("ERR version"));
-    // The one real file is served.
     let out = raw_request(addr, b"P2P/1 FILE 2 ok.txt\n");
+    assert_eq!(
+        String::from_utf8_lossy(&out),
+        "ERR denied downloads need a secured link (P2P/2)\n"
+    );
+    assert!(String::from_utf8_lossy(&out).starts_with("ERR version"));
+    // The one real file is served.
+    let out = secure_request(b"P2P/1 FILE 2 ok.txt\n");
     let hash = blake3::hash(b"fine").to_hex().to_string();
     assert_eq!(out, format!("OK 4 {hash}\nne").into_bytes());
 }

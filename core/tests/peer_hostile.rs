@@ -275,7 +275,11 @@ fn a_receiver_draining_under_the_minimum_rate_is_dropped() {
         sock.connect(&s.peer.listen_addr().into()).unwrap();
         TcpStream::from(sock)
     };
-    (&c).write_all(b"P2P/1 FILE 0 big.bin\n").unwrap();
+    // Downloads go inside a secured link from a user registered with a key; the
+    // ciphertext is then drained straight from the socket.
+    let client = common::keyed_client(s.registry.local_addr(), "slowpoke", 1);
+    let mut link = client.link_over(c.try_clone().unwrap(), s.peer.public_key());
+    link.writer.write_all(b"P2P/1 FILE 0 big.bin\n").unwrap();
     c.set_read_timeout(Some(Duration::from_millis(100)))
         .unwrap();
     assert!(wait_until(WAIT, || s.peer.serving() == 1));
@@ -339,6 +343,14 @@ fn past_the_bound_requests_read_the_busy_line_and_legacy_ones_a_clean_close() {
 
 // ---- finding 8: chat floods ----
 
+/// Registers `flood0`… `flood<n-1>` without a key (plaintext sessions), so their
+/// plaintext chat requests are served (unverified) rather than denied.
+fn register_flooders(s: &Server, n: usize) -> Vec<TcpStream> {
+    (0..n)
+        .map(|i| common::register(s.registry.local_addr(), &format!("flood{i}"), 1))
+        .collect()
+}
+
 /// Send `n` chat requests from rotating addresses; returns (answers of those answered
 /// at once, sockets still waiting).
 fn chat_flood(addr: SocketAddr, n: usize, legacy: bool) -> (Vec<Vec<u8>>, Vec<TcpStream>) {
@@ -397,6 +409,7 @@ fn unanswered_chat_requests_beyond_the_cap_are_refused_with_bounded_threads() {
     };
     let s = server(limits, false, &[]);
     let addr = s.peer.listen_addr();
+    let _flooders = register_flooders(&s, 40);
     let (threads_before, fds_before) = (threads(), fds());
     let (refused, waiting) = chat_flood(addr, 40, false);
     let (threads_after, fds_after) = (threads(), fds());
@@ -449,6 +462,7 @@ fn open_chats_beyond_the_cap_are_refused_with_bounded_threads() {
     };
     let s = server(limits, true, &[]);
     let addr = s.peer.listen_addr();
+    let _flooders = register_flooders(&s, 40);
     let (threads_before, fds_before) = (threads(), fds());
     let (refused, open) = chat_flood(addr, 40, false);
     let (threads_after, fds_after) = (threads(), fds());
@@ -539,6 +553,9 @@ fn a_slow_chat_hook_pushes_back_on_the_sender_instead_of_queueing() {
         })
         .connect()
         .unwrap();
+    // A user registered without a key: its plaintext chat request is served
+    // (unverified), so the flood is plain bytes on the socket.
+    let _flooder = common::register(registry.local_addr(), "flooder", 1);
     let rss_before = vm_rss_kib();
     let mut c = connect_from("127.0.0.2", peer.listen_addr());
     c.write_all(b"P2P/1 CHAT flooder\n").unwrap();

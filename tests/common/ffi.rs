@@ -4,7 +4,7 @@
 use p2pchat::panic::p2p_last_error_message;
 use p2pchat::peer::{
     p2p_peer, p2p_peer_config, p2p_peer_config_free, p2p_peer_config_new,
-    p2p_peer_config_set_listen_ip, p2p_peer_connect,
+    p2p_peer_config_set_identity_file, p2p_peer_config_set_listen_ip, p2p_peer_connect,
 };
 use p2pchat::registry::{p2p_registry, p2p_registry_address, p2p_registry_start};
 use p2pchat::status::p2p_status::P2P_OK;
@@ -43,9 +43,11 @@ pub fn start_registry() -> (*mut p2p_registry, CString) {
     }
 }
 
-/// Connect `name`, sharing `dir`, listening on 127.0.0.1; `configure` sets callbacks and
-/// user data on the config before it connects (whatever it points at must outlive the
-/// peer). Panics with the library's message when connecting fails.
+/// Connect `name`, sharing `dir`, listening on 127.0.0.1, with a fresh identity (its key
+/// file in a temporary directory, removed once the peer has loaded it: never the real
+/// user's config); `configure` sets callbacks and user data on the config before it
+/// connects (whatever it points at must outlive the peer). Panics with the library's
+/// message when connecting fails.
 pub fn connect_peer(
     registry: &CStr,
     name: &str,
@@ -55,6 +57,8 @@ pub fn connect_peer(
     let mut config = null_mut();
     let mut peer = null_mut();
     let dir = c(dir.to_str().unwrap());
+    let keys = tempfile::tempdir().unwrap();
+    let key_file = c(keys.path().join(format!("{name}.key")).to_str().unwrap());
     // SAFETY: valid arguments; the config is freed once connected.
     unsafe {
         assert_eq!(
@@ -68,6 +72,10 @@ pub fn connect_peer(
         );
         assert_eq!(
             p2p_peer_config_set_listen_ip(config, c"127.0.0.1".as_ptr()),
+            P2P_OK
+        );
+        assert_eq!(
+            p2p_peer_config_set_identity_file(config, key_file.as_ptr()),
             P2P_OK
         );
         configure(config);

@@ -148,6 +148,14 @@ pub fn assert_success(cmd: &Command, output: &Output) {
     );
 }
 
+/// Point a program's per-user configuration (`XDG_CONFIG_HOME`, `HOME`) at `dir`, a
+/// temporary directory, so the identity keys and pins a peer keeps by default land
+/// there and never in the real user's config.
+pub fn isolate_config<'a>(cmd: &'a mut Command, dir: &Path) -> &'a mut Command {
+    cmd.env("XDG_CONFIG_HOME", dir.join("config"))
+        .env("HOME", dir.join("home"))
+}
+
 /// Whether a program is on PATH (answers `--version`).
 pub fn have(program: &str) -> bool {
     Command::new(program)
@@ -173,6 +181,8 @@ pub fn valgrind(program: &Path) -> Option<Vec<String>> {
     cmd.args(["--leak-check=full", "--error-exitcode=1", "--track-fds=no"])
         .arg(format!("--suppressions={}", suppressions().display()))
         .arg(program);
+    let config = tempfile::tempdir().expect("a temporary config directory");
+    isolate_config(&mut cmd, config.path());
     let output = cmd.output().expect("running valgrind");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_success(&cmd, &output);
@@ -222,7 +232,8 @@ pub fn run_to_all_ok(exe: &Path, limit: std::time::Duration) {
         || exe.display().to_string(),
         |n| n.to_string_lossy().into_owned(),
     );
-    let mut child = Command::new(exe)
+    let config = tempfile::tempdir().expect("a temporary config directory");
+    let mut child = isolate_config(&mut Command::new(exe), config.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

@@ -31,9 +31,10 @@ pub fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     f()
 }
 
-/// Registers `name` on `port` sharing `x.bin` (asserting the registry's `OK`); the
-/// registration lasts while the returned session is open.
-fn register(registry: SocketAddr, name: &str, port: u16) -> TcpStream {
+/// Registers `name` on `port` sharing `x.bin` (asserting the registry's `OK`) over a
+/// plaintext session, so without a key; the registration lasts while the returned
+/// session is open.
+pub fn register(registry: SocketAddr, name: &str, port: u16) -> TcpStream {
     let mut session = TcpStream::connect(registry).unwrap();
     session
         .write_all(format!("INIT,{name},{port},x.bin\n").as_bytes())
@@ -167,5 +168,135 @@ impl Drop for FakePeer {
         if let Some(a) = self.accept.take() {
             let _ = a.join();
         }
+    }
+}
+
+/// A raw client that proves who it is: registered under a name over an encrypted
+/// registry session (`REG/2`, which lists its key in `GET_P`, §1.7–1.8 of PROTOCOL.md),
+/// speaking to peers over `P2P/2` links with that key, so tests can send a peer any
+/// bytes inside a link it accepts (p2pchat peers refuse plaintext downloads, and
+/// plaintext chats in the name of a user with a key). The registration lasts while it
+/// lives.
+pub struct KeyedClient {
+    pub name: String,
+    pub id: p2pcore::identity::Identity,
+    _session: p2pcore::secure::SecureStream,
+}
+
+/// Registers `name` (listening on `port`, sharing `x.bin`) with the registry at
+/// `registry` over an encrypted session.
+pub fn keyed_client(registry: SocketAddr, name: &str, port: u16) -> KeyedClient {
+    use p2pcore::secure::{self, Cipher, DialParams, Dialed, Kind};
+    let id = p2pcore::identity::Identity::generate().unwrap();
+    let s = TcpStream::connect(registry).unwrap();
+    let dialed = secure::dial(
+        s,
+        DialParams {
+            kind: Kind::Registry,
+            identity: &id,
+            remote: None,
+            hello: b"",
+            cipher: Cipher::preferred(),
+            deadline: Instant::now() + Duration::from_secs(20),
+        },
+    )
+    .unwrap();
+    let Dialed::Secured(session) = dialed else {
+        panic!("the registry refused an encrypted session");
+    };
+    let mut session = *session;
+    session
+        .reader
+        .socket()
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    session
+        .writer
+        .write_all(format!("INIT,{name},{port},x.bin\n").as_bytes())
+        .unwrap();
+    let mut ok = String::new();
+    session.reader.read_line(&mut ok).unwrap();
+    assert_eq!(ok, "OK\n", "registering {name} with a key");
+    KeyedClient {
+        name: name.to_string(),
+        id,
+        _session: session,
+    }
+}
+
+impl KeyedClient {
+    /// A `P2P/2` link to the peer at `addr` whose key is `key`, hello = this name.
+    pub fn link(
+        &self,
+        addr: SocketAddr,
+        key: p2pcore::identity::PublicKey,
+    ) -> p2pcore::secure::SecureStream {
+        use p2pcore::secure::{self, Cipher, DialParams, Dialed, Kind};
+        let s = TcpStream::connect(addr).unwrap();
+        let dialed = secure::dial(
+            s,
+            DialParams {
+                kind: Kind::Peer,
+                identity: &self.id,
+                remote: Some(key),
+                hello: self.name.as_bytes(),
+                cipher: Cipher::preferred(),
+                deadline: Instant::now() + Duration::from_secs(20),
+            },
+        )
+        .unwrap();
+        match dialed {
+            Dialed::Secured(s) => {
+                let s = *s;
+                s.reader
+                    .socket()
+                    .set_read_timeout(Some(Duration::from_secs(20)))
+                    .unwrap();
+                s
+            }
+            Dialed::Refused(line) => panic!("refused before the handshake: {line}"),
+        }
+    }
+
+    /// A `P2P/2` link over `stream` (already connected, e.g. from a chosen address or
+    /// with a small receive buffer) to the peer whose key is `key`.
+    pub fn link_over(
+        &self,
+        stream: TcpStream,
+        key: p2pcore::identity::PublicKey,
+    ) -> p2pcore::secure::SecureStream {
+        use p2pcore::secure::{self, Cipher, DialParams, Dialed, Kind};
+        let dialed = secure::dial(
+            stream,
+            DialParams {
+                kind: Kind::Peer,
+                identity: &self.id,
+                remote: Some(key),
+                hello: self.name.as_bytes(),
+                cipher: Cipher::preferred(),
+                deadline: Instant::now() + Duration::from_secs(20),
+            },
+        )
+        .unwrap();
+        match dialed {
+            Dialed::Secured(s) => *s,
+            Dialed::Refused(line) => panic!("refused before the handshake: {line}"),
+        }
+    }
+
+    /// Sends `bytes` inside a new link and returns everything the peer sends back
+    /// until it closes (or 20 s pass).
+    pub fn ask(
+        &self,
+        addr: SocketAddr,
+        key: p2pcore::identity::PublicKey,
+        bytes: &[u8],
+    ) -> Vec<u8> {
+        use std::io::Read;
+        let mut s = self.link(addr, key);
+        let _ = s.writer.write_all(bytes);
+        let mut out = Vec::new();
+        let _ = s.reader.read_to_end(&mut out);
+        out
     }
 }
