@@ -41,7 +41,7 @@ fn help_and_readme_list_one_exit_code_table_and_usage_errors_exit_2() {
         .split_once("Exit status (every command):")
         .map(|(_, t)| t.trim_end())
         .unwrap_or_else(|| panic!("no exit-code table in --help: {}", o.stdout));
-    for code in ["0 ", "1 ", "2 ", "3 ", "130 ", "141 "] {
+    for code in ["0 ", "1 ", "2 ", "3 ", "4 ", "5 ", "130 ", "141 "] {
         assert!(
             table.lines().any(|l| l.trim_start().starts_with(code)),
             "{code}in {table}"

@@ -55,8 +55,20 @@ struct Recent {
     noted: bool,
 }
 
+/// Where keys are pinned, for advice about a changed one and for showing pins.
+pub struct Keys {
+    /// The registry as typed (`HOST:PORT`, maybe `#FINGERPRINT`).
+    pub registry: String,
+    /// `--known-keys` as given (repeated in advice).
+    pub given: Option<std::path::PathBuf>,
+    /// The known-keys file in use (`None`: pins for this run only).
+    pub file: Option<std::path::PathBuf>,
+}
+
 /// The client once registered.
 pub struct Session {
+    /// Where keys are pinned.
+    pub keys: Keys,
     pub peer: Peer,
     pub style: Style,
     pub signals: Receiver<()>,
@@ -89,8 +101,10 @@ impl Session {
         queues: Queues,
         answer_timeout: Duration,
         repeat_window: Duration,
+        keys: Keys,
     ) -> Session {
         Session {
+            keys,
             peer,
             style,
             signals,
@@ -170,6 +184,20 @@ impl Session {
             Some(e) => Err(Quit::Output(e.clone())),
             None => Ok(()),
         }
+    }
+
+    /// Lines of a warning (already made visible), in red.
+    pub fn warn(&mut self, lines: &[String]) {
+        for line in lines {
+            let line = self.style.red(line);
+            self.say(line);
+        }
+    }
+
+    /// The warning for a changed key in `e`, if it is one (see [`crate::keys::warning`]).
+    pub fn warn_key(&mut self, e: &p2pcore::Error) {
+        let lines = crate::keys::warning(&self.keys.registry, self.keys.given.as_deref(), e);
+        self.warn(&lines);
     }
 
     /// A name someone else chose, coloured and made visible.
@@ -284,6 +312,7 @@ impl Session {
                 let line = self.style.yellow(&visible(&text));
                 self.say(line);
             }
+            Event::Warning(lines) => self.warn(&lines),
             // A chat that is over.
             Event::ChatClosed { .. } => {}
         }
@@ -505,6 +534,7 @@ impl Session {
                 Ok(())
             }
             Err(e) => {
+                self.warn_key(&e);
                 let line = self.style.red(&format!(
                     "cannot chat with {shown}: {}",
                     visible(&e.to_string())

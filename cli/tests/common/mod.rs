@@ -10,7 +10,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 /// The binary under test.
@@ -25,12 +25,38 @@ pub fn registry() -> (Registry, String) {
     (r, addr)
 }
 
-/// A `p2pchat` command with a clean environment for colours and the registry.
+/// The home directory of every `p2pchat` this test process starts, made once: keys
+/// (one per username, kept across a test's commands), pinned keys and the hash cache
+/// live there, never in the real `~/.config`. Under Cargo's target tmp directory.
+pub fn test_home() -> &'static Path {
+    static HOME: OnceLock<tempfile::TempDir> = OnceLock::new();
+    HOME.get_or_init(|| {
+        tempfile::Builder::new()
+            .prefix("p2pchat-home-")
+            .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+            .expect("a test home directory")
+    })
+    .path()
+}
+
+/// Points `cmd`'s home and XDG directories at [`test_home`].
+pub fn isolate(cmd: &mut Command) -> &mut Command {
+    let home = test_home();
+    cmd.env("HOME", home)
+        .env("XDG_CONFIG_HOME", home.join("config"))
+        .env("XDG_DATA_HOME", home.join("data"))
+        .env("XDG_CACHE_HOME", home.join("cache"))
+        .env_remove("P2PCHAT_IDENTITY")
+}
+
+/// A `p2pchat` command with a clean environment for colours, the registry and the
+/// home directory ([`isolate`]).
 pub fn command(args: &[&str]) -> Command {
     let mut c = Command::new(BIN);
     c.args(args)
         .env("NO_COLOR", "1")
         .env_remove("P2PCHAT_REGISTRY");
+    isolate(&mut c);
     c
 }
 
