@@ -527,6 +527,7 @@ fn describe(event: &PeerEvent) -> (p2p_peer_event_kind, String) {
             file,
             offset,
             bytes,
+            ..
         } => (
             P2P_EVENT_SERVED,
             format!("sent {bytes} bytes of {file:?} from offset {offset} to {to}"),
@@ -549,6 +550,7 @@ fn describe(event: &PeerEvent) -> (p2p_peer_event_kind, String) {
             file,
             size,
             offset,
+            ..
         } => (
             P2P_EVENT_TRANSFER_STARTED,
             format!(

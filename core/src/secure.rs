@@ -858,6 +858,36 @@ impl SecureWriter {
     }
 }
 
+impl SecureWriter {
+    /// Seals all of `buf` (as records of at most [`MAX_RECORD_PLAINTEXT`] bytes) and
+    /// hands the framed bytes to `write` with the socket, for callers that write on
+    /// their own terms: one deadline for a whole message, a minimum rate for a file.
+    /// `write` must write all of them or fail; a failure leaves the link broken (a
+    /// record cut short cannot be resumed).
+    pub fn send_with(
+        &mut self,
+        buf: &[u8],
+        write: impl FnOnce(&TcpStream, &[u8]) -> io::Result<()>,
+    ) -> io::Result<()> {
+        if self.broken {
+            return Err(io::Error::new(ErrorKind::BrokenPipe, "secure link broken"));
+        }
+        self.out.clear();
+        self.sealer
+            .seal(buf, &mut self.out)
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        let result = write(&self.sock, &self.out);
+        if result.is_err() {
+            self.broken = true;
+        }
+        // A large file chunk grew the buffer; a chat keeps at most two records' worth.
+        if self.out.capacity() > 4 * (MAX_FRAME + 2) {
+            self.out = Vec::with_capacity(MAX_FRAME + 2);
+        }
+        result
+    }
+}
+
 impl Write for SecureWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = buf.len().min(MAX_RECORD_PLAINTEXT);

@@ -12,6 +12,7 @@
 use crate::error::{is_timeout, Error, Result};
 use crate::limits::MAX_FILENAME_LEN;
 use crate::protocol::{check_filename, truncate};
+use crate::secure::{SecureWriter, MAX_RECORD_PLAINTEXT};
 use parking_lot::Mutex;
 use std::collections::{HashMap, VecDeque};
 use std::fs::{self, File, OpenOptions};
@@ -142,6 +143,140 @@ pub fn send_file_min_rate(
     sock.set_write_timeout(Some(rule.stall.max(Duration::from_millis(1))))?;
     copy_range(sock, file, pos, end)?;
     Ok(len)
+}
+
+/// Most file bytes read, sealed and written at once by [`send_file_sealed`]: four whole
+/// records, so each write hands the kernel about 256 KiB.
+const SEALED_CHUNK: usize = 4 * MAX_RECORD_PLAINTEXT;
+
+/// Like [`send_file_min_rate`], over a secured link: `len` bytes of `file` from
+/// `offset`, read in chunks of up to four records, sealed, and written under the same
+/// rule (bytes count as the kernel takes the records). The socket is non-blocking for
+/// the call and blocking again after it. A receiver breaking the rule is an error of
+/// kind `TimedOut`; a file that shrank, `UnexpectedEof`. Either leaves the link broken.
+pub fn send_file_sealed(
+    writer: &mut SecureWriter,
+    file: &File,
+    offset: u64,
+    len: u64,
+    rule: MinRate,
+) -> io::Result<u64> {
+    let end = offset
+        .checked_add(len)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "offset + len overflows"))?;
+    writer.socket().set_nonblocking(true)?;
+    let sent = sealed_paced(writer, file, offset, end, rule);
+    writer.socket().set_nonblocking(false)?;
+    sent.map(|()| len)
+}
+
+fn sealed_paced(
+    writer: &mut SecureWriter,
+    file: &File,
+    mut pos: u64,
+    end: u64,
+    rule: MinRate,
+) -> io::Result<()> {
+    let start = Instant::now();
+    let mut pacer = Pacer {
+        floor: RateFloor::new(rule, start, 0),
+        last_progress: start,
+        stall: rule.stall,
+        taken: 0,
+    };
+    let mut buf = vec![0u8; (end - pos).min(SEALED_CHUNK as u64) as usize];
+    while pos < end {
+        let want = (end - pos).min(buf.len() as u64) as usize;
+        let n = match file.read_at(&mut buf[..want], pos) {
+            Ok(0) => return Err(file_ended()),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        writer.send_with(&buf[..n], |sock, bytes| pacer.write_all(sock, bytes))?;
+        pos += n as u64;
+    }
+    Ok(())
+}
+
+/// Writes to a non-blocking socket under a [`MinRate`]: what the kernel takes counts,
+/// and while it takes nothing the writer waits in `poll` until it can, the next rate
+/// check, or the stall deadline.
+struct Pacer {
+    floor: RateFloor,
+    last_progress: Instant,
+    stall: Duration,
+    /// Bytes the kernel has taken so far.
+    taken: u64,
+}
+
+impl Pacer {
+    fn write_all(&mut self, sock: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
+        let mut out = sock;
+        while !bytes.is_empty() {
+            match out.write(bytes) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    bytes = &bytes[n..];
+                    self.taken += n as u64;
+                    let now = Instant::now();
+                    self.last_progress = now;
+                    self.floor.check(now, self.taken)?;
+                    continue;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+            wait_paced(
+                sock,
+                &mut self.floor,
+                self.taken,
+                self.last_progress,
+                self.stall,
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// The socket took nothing: check the rate and the stall deadline, then `poll` until
+/// it can take more, the next rate check, or that deadline.
+fn wait_paced(
+    sock: &TcpStream,
+    floor: &mut RateFloor,
+    pos: u64,
+    last_progress: Instant,
+    stall: Duration,
+) -> io::Result<()> {
+    let now = Instant::now();
+    floor.check(now, pos)?;
+    let stall_at = last_progress + stall;
+    if now >= stall_at {
+        return Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("the receiver took no byte for {stall:?}"),
+        ));
+    }
+    let wake = floor.next_check().min(stall_at);
+    let wait_ms = wake
+        .saturating_duration_since(now)
+        .as_millis()
+        .clamp(1, i32::MAX as u128) as i32;
+    let mut pfd = libc::pollfd {
+        fd: sock.as_raw_fd(),
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, count 1.
+    if unsafe { libc::poll(&mut pfd, 1, wait_ms) } < 0 {
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+    // Errors and hang-ups show up on the next write.
+    Ok(())
 }
 
 /// How many checks of [`MinRate`] one window holds.
@@ -319,8 +454,8 @@ fn sendfile_paced(
         // SAFETY: both descriptors are borrowed and so stay open for the call; `off` is a
         // valid, exclusive pointer. sendfile does not touch the file's own offset.
         let n = unsafe { libc::sendfile(sock.as_raw_fd(), file.as_raw_fd(), &mut off, count) };
-        let now = Instant::now();
         if n > 0 {
+            let now = Instant::now();
             *pos += n as u64;
             last_progress = now;
             floor.check(now, *pos)?;
@@ -336,32 +471,7 @@ fn sendfile_paced(
             Some(libc::EAGAIN) => {}
             _ => return Err(err),
         }
-        floor.check(now, *pos)?;
-        let stall_at = last_progress + rule.stall;
-        if now >= stall_at {
-            return Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!("the receiver took no byte for {:?}", rule.stall),
-            ));
-        }
-        let wake = floor.next_check().min(stall_at);
-        let wait_ms = wake
-            .saturating_duration_since(now)
-            .as_millis()
-            .clamp(1, i32::MAX as u128) as i32;
-        let mut pfd = libc::pollfd {
-            fd: sock.as_raw_fd(),
-            events: libc::POLLOUT,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd, count 1.
-        if unsafe { libc::poll(&mut pfd, 1, wait_ms) } < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::Interrupted {
-                return Err(e);
-            }
-        }
-        // Errors and hang-ups show up on the next sendfile.
+        wait_paced(sock, &mut floor, *pos, last_progress, rule.stall)?;
     }
     Ok(true)
 }

@@ -20,9 +20,11 @@
 //! gets `ERR busy <text>` (a legacy request: a bare close) and a
 //! [`PeerEvent::RequestRefused`].
 
+use super::link::{self, LinkReader, LinkWriter, Partner, Route};
 use super::slots::{Full, Slot};
 use super::{Hooks, Inner, PeerEvent};
 use crate::error::{is_timeout, Error, Result};
+use crate::identity::PublicKey;
 use crate::limits::{
     LEGACY_CHAT_ANSWER_WAIT, LEGACY_CHAT_GAP, LEGACY_CHAT_PIECE, MAX_CHAT_MESSAGE, MAX_PEER_LINE,
 };
@@ -63,15 +65,18 @@ struct ChatShared {
     peer: String,
     legacy: bool,
     io_timeout: Duration,
-    /// The chat's socket; `None` once the chat ended, so an ended chat holds no
-    /// descriptor even while clones of its [`Chat`] live on.
-    writer: Mutex<Option<TcpStream>>,
+    /// The chat's writing half (its socket, and on a secured link its cipher state);
+    /// `None` once the chat ended, so an ended chat holds no descriptor even while
+    /// clones of its [`Chat`] live on.
+    writer: Mutex<Option<LinkWriter>>,
     /// When the last piece went to a legacy (original) client; taken under `writer`.
     last_legacy_send: Mutex<Option<Instant>>,
     closed: AtomicBool,
     socket_key: Option<u64>,
     hooks: Hooks,
     inner: Weak<Inner>,
+    /// Who the other side is, as far as the link proves it.
+    partner: Partner,
 }
 
 impl ChatShared {
@@ -81,12 +86,12 @@ impl ChatShared {
             return;
         }
         if let Some(mut guard) = self.writer.try_lock_for(self.io_timeout) {
-            if let Some(w) = guard.take() {
+            if let Some(mut w) = guard.take() {
                 if by == ChatClosedBy::Local && !self.legacy {
                     let bye = chat_frame_header(&ChatFrame::Bye);
-                    let _ = write_all_within(&w, bye.as_bytes(), self.io_timeout);
+                    let _ = w.write_all_within(bye.as_bytes(), self.io_timeout);
                 }
-                let _ = w.shutdown(Shutdown::Both);
+                let _ = w.socket().shutdown(Shutdown::Both);
                 // Dropping `w` closes the descriptor; the reader's clone closes when
                 // its thread sees the shutdown and ends.
             }
@@ -144,17 +149,17 @@ impl Chat {
                 limit: MAX_CHAT_MESSAGE,
             });
         }
-        let guard = self.shared.writer.lock();
-        let Some(writer) = guard.as_ref() else {
+        let mut guard = self.shared.writer.lock();
+        let Some(writer) = guard.as_mut() else {
             return Err(Error::Closed);
         };
         let result = if self.shared.legacy {
-            self.send_legacy(writer, text)
+            self.send_legacy(writer.socket(), text)
         } else {
             let mut frame = Vec::with_capacity(text.len() + 16);
             frame.extend_from_slice(chat_message_header(text.len()).as_bytes());
             frame.extend_from_slice(text.as_bytes());
-            write_all_within(writer, &frame, self.shared.io_timeout)
+            writer.write_all_within(&frame, self.shared.io_timeout)
         };
         // `finish` takes the lock: release it first.
         drop(guard);
@@ -191,6 +196,25 @@ impl Chat {
     pub fn close(&self) {
         self.shared.finish(ChatClosedBy::Local);
     }
+
+    /// The other side's public key, proven by the handshake of a secured link and
+    /// checked against the registry's listing and the pins; `None` for an unverified
+    /// partner (registered without a key, or an original client).
+    pub fn remote_key(&self) -> Option<PublicKey> {
+        self.shared.partner.key
+    }
+
+    /// Whether the chat runs over a secured link (`P2P/2`): every message encrypted
+    /// and authenticated. `false` for an unverified partner's plaintext chat.
+    pub fn is_encrypted(&self) -> bool {
+        self.shared.partner.encrypted
+    }
+
+    /// Whether the other side proved it is [`peer`](Self::peer): its key is the one
+    /// the registry lists for that name, and the one pinned for it.
+    pub fn is_verified(&self) -> bool {
+        self.shared.partner.verified
+    }
 }
 
 impl std::fmt::Debug for Chat {
@@ -206,9 +230,10 @@ struct Pending {
     from: String,
     addr: SocketAddr,
     legacy: bool,
-    conn: Mutex<Option<(BufReader<TcpStream>, TcpStream)>>,
+    conn: Mutex<Option<(LinkReader, LinkWriter)>>,
     decided: Sender<()>,
     inner: Weak<Inner>,
+    partner: Partner,
 }
 
 /// Someone asks to chat. Answer with [`accept`](Self::accept) or
@@ -243,7 +268,7 @@ impl ChatRequest {
     /// already expired.
     pub fn accept(self) -> Result<Chat> {
         let taken = self.pending.conn.lock().take();
-        let Some((reader, writer)) = taken else {
+        let Some((reader, mut writer)) = taken else {
             if self.pending.inner.upgrade().is_none_or(|i| i.stopping()) {
                 return Err(Error::Shutdown);
             }
@@ -268,9 +293,9 @@ impl ChatRequest {
                         code: "busy".into(),
                         text: text.into(),
                     };
-                    let _ = (&writer).write_all(answer.to_line().as_bytes());
+                    let _ = writer.write_line(&answer.to_line());
                 }
-                let _ = writer.shutdown(Shutdown::Both);
+                let _ = writer.socket().shutdown(Shutdown::Both);
                 inner.emit(PeerEvent::RequestRefused {
                     from: self.pending.addr,
                     request: format!("CHAT {}", self.pending.from),
@@ -290,7 +315,7 @@ impl ChatRequest {
             }
         };
         if !self.pending.legacy {
-            (&writer).write_all(PeerAnswer::ChatAccepted.to_line().as_bytes())?;
+            writer.write_line(&PeerAnswer::ChatAccepted.to_line())?;
         }
         start(
             &inner,
@@ -298,6 +323,7 @@ impl ChatRequest {
             writer,
             &self.pending.from,
             self.pending.legacy,
+            self.pending.partner,
             slot,
         )
     }
@@ -308,17 +334,33 @@ impl ChatRequest {
     }
 
     fn refuse(pending: &Pending, text: &str) {
-        if let Some((_, writer)) = pending.conn.lock().take() {
+        if let Some((_, mut writer)) = pending.conn.lock().take() {
             if !pending.legacy {
                 let answer = PeerAnswer::Err {
                     code: "declined".into(),
                     text: text.into(),
                 };
-                let _ = (&writer).write_all(answer.to_line().as_bytes());
+                let _ = writer.write_line(&answer.to_line());
             }
-            let _ = writer.shutdown(Shutdown::Both);
+            let _ = writer.socket().shutdown(Shutdown::Both);
         }
         let _ = pending.decided.try_send(());
+    }
+}
+
+impl ChatRequest {
+    /// The requester's public key, proven by the handshake of a secured link; `None`
+    /// for a plaintext request (a user registered without a key, an original client).
+    pub fn key(&self) -> Option<PublicKey> {
+        self.pending.partner.key
+    }
+
+    /// Whether the requester proved it is [`from`](Self::from): a secured link whose
+    /// key is the one the registry lists for that name, and the one pinned for it.
+    /// `false` for a plaintext or original client's request, whose name nobody
+    /// checked.
+    pub fn is_verified(&self) -> bool {
+        self.pending.partner.verified
     }
 }
 
@@ -383,13 +425,14 @@ pub(super) fn admit(
 /// among the pending requests, given back when this returns.
 pub(super) fn offer(
     inner: &Arc<Inner>,
-    reader: BufReader<TcpStream>,
-    writer: TcpStream,
+    reader: LinkReader,
+    writer: LinkWriter,
     from: String,
     legacy: bool,
+    partner: Partner,
     _pending: Slot,
 ) {
-    let addr = match writer.peer_addr() {
+    let addr = match writer.socket().peer_addr() {
         Ok(a) => a,
         Err(_) => return,
     };
@@ -401,6 +444,7 @@ pub(super) fn offer(
         conn: Mutex::new(Some((reader, writer))),
         decided: decided_tx,
         inner: Arc::downgrade(inner),
+        partner,
     });
     match &inner.hooks.chat_request {
         Some(hook) => {
@@ -438,24 +482,42 @@ pub(super) fn request(inner: &Arc<Inner>, name: &str) -> Result<Chat> {
         .try_acquire(None, max, usize::MAX)
         .map_err(|_| Error::Busy(format!("this peer ({max} chats open, the most allowed)")))?;
     let info = inner.peer_info(name)?;
-    if info.legacy {
-        return request_legacy(inner, name, info.addr, slot);
-    }
+    let route = link::route(inner, name, &info)?;
+    let key = match route {
+        Route::Legacy => return request_legacy(inner, name, info.addr, slot),
+        Route::Plain => None,
+        Route::Secure(key) => Some(key),
+    };
     let addr = info.addr;
-    let stream = TcpStream::connect_timeout(&addr, inner.io_timeout)?;
-    stream.set_nodelay(true)?;
-    stream.set_write_timeout(Some(inner.io_timeout))?;
-    // The other person gets the whole answer timeout, plus slack for the network.
-    stream.set_read_timeout(Some(inner.chat_answer_timeout + Duration::from_secs(5)))?;
-    let key = inner.track_socket(&stream);
-    let result = (|| {
+    let (mut reader, mut writer, tracked) = match key {
+        Some(key) => link::dial_secure(inner, name, addr, key, Instant::now() + inner.io_timeout)?,
+        None => {
+            let stream = TcpStream::connect_timeout(&addr, inner.io_timeout)?;
+            stream.set_nodelay(true)?;
+            stream.set_write_timeout(Some(inner.io_timeout))?;
+            let tracked = inner.track_socket(&stream);
+            match stream.try_clone() {
+                Ok(r) => (
+                    LinkReader::Plain(BufReader::new(r)),
+                    LinkWriter::Plain(stream),
+                    tracked,
+                ),
+                Err(e) => {
+                    inner.forget_socket(tracked);
+                    return Err(e.into());
+                }
+            }
+        }
+    };
+    let result = (move || {
+        // The other person gets the whole answer timeout, plus slack for the network.
+        let waited = inner.chat_answer_timeout + Duration::from_secs(5);
+        reader.socket().set_read_timeout(Some(waited))?;
         let request = PeerRequest::Chat {
             from: inner.username.clone(),
             legacy: false,
         };
-        (&stream).write_all(request.to_line().as_bytes())?;
-        let mut reader = BufReader::new(stream.try_clone()?);
-        let waited = inner.chat_answer_timeout + Duration::from_secs(5);
+        writer.write_line(&request.to_line())?;
         let line = match read_line(&mut reader, MAX_PEER_LINE, "peer") {
             Ok(Some(l)) => l,
             Ok(None) => return Err(Error::Declined(name.to_string())),
@@ -479,23 +541,15 @@ pub(super) fn request(inner: &Arc<Inner>, name: &str) -> Result<Chat> {
             PeerAnswer::Err { code, .. } if code == "declined" => {
                 return Err(Error::Declined(name.to_string()))
             }
-            PeerAnswer::Err { code, .. } if code == "busy" => {
-                return Err(Error::Busy(name.to_string()))
-            }
-            PeerAnswer::Err { code, text } => {
-                return Err(Error::Refused {
-                    peer: name.to_string(),
-                    reason: format!("{code} {text}"),
-                })
-            }
+            PeerAnswer::Err { code, text } => return Err(link::answer_error(name, &code, &text)),
             PeerAnswer::File { .. } => {
                 return Err(Error::protocol(addr, "file answer to a chat request"))
             }
         }
-        stream.set_read_timeout(None)?;
-        start(inner, reader, stream.try_clone()?, name, false, slot)
+        reader.socket().set_read_timeout(None)?;
+        start(inner, reader, writer, name, false, route.partner(), slot)
     })();
-    inner.forget_socket(key);
+    inner.forget_socket(tracked);
     result
 }
 
@@ -536,10 +590,11 @@ fn request_legacy(inner: &Arc<Inner>, name: &str, addr: SocketAddr, slot: Slot) 
         }
         start(
             inner,
-            BufReader::new(stream.try_clone()?),
-            stream.try_clone()?,
+            LinkReader::Plain(BufReader::new(stream.try_clone()?)),
+            LinkWriter::Plain(stream.try_clone()?),
             name,
             true,
+            Partner::UNVERIFIED,
             slot,
         )
     })();
@@ -566,29 +621,33 @@ pub(crate) fn legacy_pieces(text: &str, max: usize) -> Vec<&str> {
 
 /// Open the chat: register its socket and start its reader thread, which holds `slot`
 /// (its place among the open chats) until it ends.
+#[allow(clippy::too_many_arguments)]
 fn start(
     inner: &Arc<Inner>,
-    reader: BufReader<TcpStream>,
-    writer: TcpStream,
+    reader: LinkReader,
+    writer: LinkWriter,
     peer: &str,
     legacy: bool,
+    partner: Partner,
     slot: Slot,
 ) -> Result<Chat> {
-    writer.set_write_timeout(Some(inner.io_timeout))?;
+    let sock = writer.socket();
+    sock.set_write_timeout(Some(inner.io_timeout))?;
     // Chats may idle for hours: no read timeout, but keepalive ends a dead one.
-    writer.set_read_timeout(None)?;
-    crate::net::set_keepalive(&writer);
+    sock.set_read_timeout(None)?;
+    crate::net::set_keepalive(sock);
     let shared = Arc::new(ChatShared {
         id: inner.next_id(),
         peer: peer.to_string(),
         legacy,
         io_timeout: inner.io_timeout,
-        socket_key: inner.track_socket(&writer),
+        socket_key: inner.track_socket(sock),
         writer: Mutex::new(Some(writer)),
         last_legacy_send: Mutex::new(None),
         closed: AtomicBool::new(false),
         hooks: inner.hooks.clone(),
         inner: Arc::downgrade(inner),
+        partner,
     });
     let reading = shared.clone();
     inner
@@ -600,7 +659,7 @@ fn start(
     Ok(Chat { shared })
 }
 
-fn read_loop(chat: Arc<ChatShared>, mut reader: BufReader<TcpStream>) {
+fn read_loop(chat: Arc<ChatShared>, mut reader: LinkReader) {
     let by = if chat.legacy {
         read_legacy(&chat, &mut reader)
     } else {
@@ -616,7 +675,7 @@ fn deliver(chat: &ChatShared, text: &str) {
     }
 }
 
-fn read_framed(chat: &ChatShared, reader: &mut BufReader<TcpStream>) -> ChatClosedBy {
+fn read_framed(chat: &ChatShared, reader: &mut LinkReader) -> ChatClosedBy {
     let mut payload = Vec::new();
     loop {
         let line = match read_line(reader, MAX_PEER_LINE, "peer") {
@@ -652,7 +711,7 @@ fn read_framed(chat: &ChatShared, reader: &mut BufReader<TcpStream>) -> ChatClos
 
 /// The original client sends each typed line as one raw `send`; each read is shown as
 /// one message, as the original did.
-fn read_legacy(chat: &ChatShared, reader: &mut BufReader<TcpStream>) -> ChatClosedBy {
+fn read_legacy(chat: &ChatShared, reader: &mut LinkReader) -> ChatClosedBy {
     let mut buf = vec![0u8; MAX_CHAT_MESSAGE];
     loop {
         let n = match reader.read(&mut buf) {

@@ -5,8 +5,10 @@
 //! [`transfer::Receiver`](crate::transfer::Receiver): temporary file, hash while
 //! writing, verify, then move into place without overwriting.
 
+use super::link::{self, LinkReader, Partner, Route};
 use super::{Inner, PeerEvent};
 use crate::error::{is_timeout, Error, Result};
+use crate::identity::PublicKey;
 use crate::limits::MAX_PEER_LINE;
 use crate::protocol::{parse_peer_answer, PeerAnswer, PeerRequest};
 use crate::thread::call_hook;
@@ -36,6 +38,8 @@ struct TransferShared {
     result: Mutex<Option<Result<PathBuf>>>,
     /// Disconnected when the download thread ends: wakes every waiter.
     finished: crossbeam_channel::Receiver<()>,
+    /// Who sends it, as far as the link proves it.
+    partner: Partner,
 }
 
 /// A download in progress (or finished). Cheap to clone.
@@ -105,6 +109,20 @@ impl Transfer {
         }
     }
 
+    /// The sender's public key, proven by the handshake of the secured link and checked
+    /// against the registry's listing and the pins; `None` for an unverified sender
+    /// (registered without a key, or an original client).
+    pub fn remote_key(&self) -> Option<PublicKey> {
+        self.shared.partner.key
+    }
+
+    /// Whether the file comes over a secured link (`P2P/2`): encrypted, and every
+    /// byte authenticated as the sender's (a byte altered on the way ends the
+    /// download). `false` for a plaintext download from an unverified sender.
+    pub fn is_encrypted(&self) -> bool {
+        self.shared.partner.encrypted
+    }
+
     fn outcome(&self) -> Result<PathBuf> {
         match self.shared.result.lock().as_ref() {
             Some(r) => r.clone(),
@@ -150,20 +168,23 @@ pub(super) fn start(inner: &Arc<Inner>, from: &str, file: &str) -> Result<Transf
         return Err(Error::Shutdown);
     }
     let info = inner.peer_info(from)?;
+    let route = link::route(inner, from, &info)?;
     let addr = info.addr;
+    let legacy = matches!(route, Route::Legacy);
     let receiver = Receiver::prepare(&inner.download_dir, file)?;
     let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(0);
     let shared = Arc::new(TransferShared {
         id: inner.next_id(),
         from: from.to_string(),
         file: file.to_string(),
-        legacy: info.legacy,
-        received: AtomicU64::new(if info.legacy { 0 } else { receiver.offset() }),
+        legacy,
+        received: AtomicU64::new(if legacy { 0 } else { receiver.offset() }),
         total: AtomicU64::new(0),
         cancelled: AtomicBool::new(false),
         socket: Mutex::new(None),
         result: Mutex::new(None),
         finished: done_rx,
+        partner: route.partner(),
     });
     let t = shared.clone();
     let worker = inner.clone();
@@ -282,11 +303,7 @@ fn download(
                 user: t.from.clone(),
                 file: t.file.clone(),
             }),
-            PeerAnswer::Err { code, .. } if code == "busy" => Err(Error::Busy(t.from.clone())),
-            PeerAnswer::Err { code, text } => Err(Error::Refused {
-                peer: t.from.clone(),
-                reason: format!("{code} {text}"),
-            }),
+            PeerAnswer::Err { code, text } => Err(link::answer_error(&t.from, &code, &text)),
             PeerAnswer::ChatAccepted => Err(Error::protocol(addr, "chat answer to a file request")),
         };
         inner.forget_socket(key);
@@ -379,6 +396,7 @@ fn legacy_transfer(
             file: t.file.clone(),
             size: 0,
             offset: 0,
+            verified: false,
         });
         let mut progress = |got: u64| {
             t.received.store(got, Ordering::Relaxed);
@@ -411,7 +429,7 @@ fn receive(
     t: &TransferShared,
     mut receiver: Receiver,
     key: Option<u64>,
-    reader: &mut BufReader<TcpStream>,
+    reader: &mut LinkReader,
     size: u64,
     hash: &str,
     restart: bool,
@@ -452,7 +470,7 @@ fn receive(
         }
         receiver.begin(&t.from, size, hash)?;
         let pace = limits.min_rate(inner.io_timeout);
-        reader.get_ref().set_read_timeout(Some(pace.tick()))?;
+        reader.socket().set_read_timeout(Some(pace.tick()))?;
         receiver.set_pace(pace);
         Ok(space)
     })();
@@ -471,6 +489,7 @@ fn receive(
         file: t.file.clone(),
         size,
         offset: receiver.offset(),
+        verified: t.partner.verified,
     });
     let mut progress = |got: u64| {
         t.received.store(got, Ordering::Relaxed);
@@ -485,35 +504,57 @@ fn receive(
     r
 }
 
-/// Connect, send the file request from `offset`, read the answer line.
+/// Connect (a secured link when the sender has a key), send the file request from
+/// `offset`, read the answer line.
 fn ask(
     inner: &Inner,
     t: &TransferShared,
     addr: SocketAddr,
     offset: u64,
-) -> Result<(Option<u64>, BufReader<TcpStream>, PeerAnswer)> {
-    let stream = TcpStream::connect_timeout(&addr, inner.io_timeout)?;
-    stream.set_read_timeout(Some(inner.io_timeout))?;
-    stream.set_write_timeout(Some(inner.io_timeout))?;
-    *t.socket.lock() = Some(stream.try_clone()?);
+) -> Result<(Option<u64>, LinkReader, PeerAnswer)> {
     if t.cancelled.load(Ordering::SeqCst) {
         return Err(Error::Cancelled);
     }
-    let key = inner.track_socket(&stream);
+    let (mut reader, mut writer, key) = match t.partner.key {
+        Some(k) => {
+            let deadline = Instant::now() + inner.io_timeout;
+            let (r, w, key) = link::dial_secure(inner, &t.from, addr, k, deadline)?;
+            (r, w, key)
+        }
+        None => {
+            let stream = TcpStream::connect_timeout(&addr, inner.io_timeout)?;
+            stream.set_write_timeout(Some(inner.io_timeout))?;
+            let key = inner.track_socket(&stream);
+            match stream.try_clone() {
+                Ok(r) => (
+                    LinkReader::Plain(BufReader::with_capacity(256 * 1024, r)),
+                    link::LinkWriter::Plain(stream),
+                    key,
+                ),
+                Err(e) => {
+                    inner.forget_socket(key);
+                    return Err(e.into());
+                }
+            }
+        }
+    };
     let answer = (|| {
+        *t.socket.lock() = Some(reader.socket().try_clone()?);
+        if t.cancelled.load(Ordering::SeqCst) {
+            return Err(Error::Cancelled);
+        }
         let request = PeerRequest::File {
             name: t.file.clone(),
             offset,
             legacy: false,
         };
-        (&stream).write_all(request.to_line().as_bytes())?;
-        let mut reader = BufReader::with_capacity(256 * 1024, stream.try_clone()?);
+        writer.write_line(&request.to_line())?;
         let line = read_answer_line(&mut reader, inner.io_timeout, addr, &t.from)?;
         let answer = parse_peer_answer(&line).map_err(|d| Error::protocol(addr, d))?;
-        Ok((reader, answer))
+        Ok(answer)
     })();
     match answer {
-        Ok((reader, answer)) => Ok((key, reader, answer)),
+        Ok(answer) => Ok((key, reader, answer)),
         Err(e) => {
             inner.forget_socket(key);
             Err(e)
@@ -526,7 +567,7 @@ fn ask(
 /// peer sending one byte now and then could hold a download for hours before its first
 /// body byte.
 fn read_answer_line(
-    reader: &mut BufReader<TcpStream>,
+    reader: &mut LinkReader,
     timeout: Duration,
     addr: SocketAddr,
     peer: &str,
@@ -544,7 +585,7 @@ fn read_answer_line(
         if left.is_zero() {
             return Err(too_slow());
         }
-        reader.get_ref().set_read_timeout(Some(left))?;
+        reader.socket().set_read_timeout(Some(left))?;
         let buf = match reader.fill_buf() {
             Ok(buf) => buf,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,

@@ -13,6 +13,7 @@
 
 mod chat;
 mod fetch;
+mod link;
 mod live;
 mod refuser;
 mod registry_link;
@@ -71,6 +72,9 @@ pub enum PeerEvent {
         file: String,
         offset: u64,
         bytes: u64,
+        /// The user it went to, verified (a secured link whose key is the one the
+        /// registry lists for that name); `None`: an original client, unverified.
+        user: Option<String>,
     },
     /// A request from another peer was refused (not shared, traversal attempt, busy…).
     RequestRefused {
@@ -95,6 +99,9 @@ pub enum PeerEvent {
         file: String,
         size: u64,
         offset: u64,
+        /// Over a secured link from the key the registry lists for `from` (and the
+        /// pinned one); `false`: plaintext from an unverified sender.
+        verified: bool,
     },
 }
 

@@ -10,13 +10,18 @@
 //! within `PeerLimits::request_line_timeout`, however it trickles in, and a file is
 //! sent under the minimum-rate rule (`min_transfer_rate` over `min_rate_window`).
 
+use super::link::{LinkReader, LinkWriter, Partner};
 use super::refuser::Job;
 use super::slots::Full;
 use super::{chat, is_legacy_start, Inner, PeerEvent};
+use crate::error::Error;
+use crate::identity::PublicKey;
+use crate::known_keys::Subject;
 use crate::limits::{LEGACY_GRACE, MAX_PEER_LINE};
-use crate::protocol::{parse_peer_request, PeerAnswer, PeerRequest};
-use crate::transfer::send_file_min_rate;
-use std::io::{BufRead, BufReader, ErrorKind, Write};
+use crate::protocol::{check_username, parse_peer_request, PeerAnswer, PeerRequest};
+use crate::secure::{self, Kind, Marker, SecureStream, MAX_FRAME};
+use crate::transfer::{send_file_min_rate, send_file_sealed};
+use std::io::{BufRead, BufReader, ErrorKind};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -81,6 +86,17 @@ struct Refusal {
     legacy: bool,
 }
 
+impl Refusal {
+    fn denied(request: String, reason: String) -> Refusal {
+        Refusal {
+            request,
+            code: "denied",
+            reason,
+            legacy: false,
+        }
+    }
+}
+
 fn serve_one(inner: &Arc<Inner>, stream: TcpStream) {
     let Ok(from) = stream.peer_addr() else {
         return;
@@ -93,9 +109,42 @@ fn serve_one(inner: &Arc<Inner>, stream: TcpStream) {
         return;
     };
     let key = inner.track_socket(&stream);
-    let mut reader = BufReader::new(read_half);
+    // Large enough for a whole handshake message or record in one read.
+    let mut reader = BufReader::with_capacity(MAX_FRAME + 2, read_half);
     let deadline = Instant::now() + inner.limits.request_line_timeout;
-    let refusal = match read_request(&stream, &mut reader, deadline) {
+    let first = read_request(&stream, &mut reader, deadline, true);
+    if let Ok(Some(line)) = &first {
+        if Marker::looks_like(line, Kind::Peer) {
+            let refusal = match Marker::parse(line) {
+                Some(marker) => {
+                    serve_secure(inner, &stream, from, reader, marker, deadline, key);
+                    return;
+                }
+                None => Refusal {
+                    request: String::from_utf8_lossy(line).into_owned(),
+                    code: "version",
+                    reason: "unsupported secure link, this peer speaks P2P/2 IK or XX with \
+                             AESGCM or ChaChaPoly"
+                        .into(),
+                    legacy: false,
+                },
+            };
+            inner.forget_socket(key);
+            if let Ok(w) = stream.try_clone() {
+                refuse(inner, &stream, from, &mut LinkWriter::Plain(w), refusal);
+            }
+            return;
+        }
+    }
+    let writer = match stream.try_clone() {
+        Ok(w) => w,
+        Err(_) => {
+            inner.forget_socket(key);
+            return;
+        }
+    };
+    let mut writer = LinkWriter::Plain(writer);
+    let refusal = match first {
         Ok(None) => None,
         Err(reason) => Some(Refusal {
             request: String::new(),
@@ -111,54 +160,305 @@ fn serve_one(inner: &Arc<Inner>, stream: TcpStream) {
                 legacy: false,
             }),
             Ok(PeerRequest::Chat { from: name, legacy }) => {
-                let _ = stream.set_read_timeout(Some(inner.io_timeout));
-                match chat::admit(inner, from.ip()) {
-                    Ok(pending) => {
-                        inner.forget_socket(key);
-                        chat::offer(inner, reader, stream, name, legacy, pending);
-                        return;
-                    }
-                    Err((code, reason)) => Some(Refusal {
+                match plaintext_chat_allowed(inner, &name, legacy) {
+                    Err(reason) => Some(Refusal {
                         request: format!("CHAT {name}"),
-                        code,
+                        code: "denied",
                         reason,
                         legacy,
                     }),
+                    Ok(()) => {
+                        let _ = stream.set_read_timeout(Some(inner.io_timeout));
+                        match chat::admit(inner, from.ip()) {
+                            Ok(pending) => {
+                                inner.forget_socket(key);
+                                chat::offer(
+                                    inner,
+                                    LinkReader::Plain(reader),
+                                    writer,
+                                    name,
+                                    legacy,
+                                    Partner::UNVERIFIED,
+                                    pending,
+                                );
+                                return;
+                            }
+                            Err((code, reason)) => Some(Refusal {
+                                request: format!("CHAT {name}"),
+                                code,
+                                reason,
+                                legacy,
+                            }),
+                        }
+                    }
                 }
             }
-            Ok(PeerRequest::File {
-                name,
-                offset,
-                legacy,
-            }) => serve_file(inner, &stream, from, &name, offset, legacy).err(),
+            Ok(PeerRequest::File { name, legacy, .. }) if !legacy => Some(Refusal::denied(
+                format!("FILE {name}"),
+                "downloads need a secured link (P2P/2)".into(),
+            )),
+            Ok(PeerRequest::File { name, offset, .. }) => {
+                if inner.refuse_unverified || inner.serve_only.is_some() {
+                    Some(Refusal {
+                        request: format!("FILE {name}"),
+                        code: "denied",
+                        reason: "an original client cannot prove who it is".into(),
+                        legacy: true,
+                    })
+                } else {
+                    serve_file(inner, &mut writer, from, &name, offset, true, None).err()
+                }
+            }
         },
     };
     inner.forget_socket(key);
     if let Some(r) = refusal {
-        if !r.legacy {
-            let answer = PeerAnswer::Err {
-                code: r.code.into(),
-                text: r.reason.clone(),
-            };
-            let _ = (&stream).write_all(answer.to_line().as_bytes());
-        }
-        inner.emit(PeerEvent::RequestRefused {
-            from,
-            request: r.request,
-            reason: r.reason,
-        });
-        // Drained and closed by the refuser: a clean close, and this thread is free.
+        refuse(inner, &stream, from, &mut writer, r);
+    }
+}
+
+/// Answers a refusal (`ERR` line, nothing for a legacy request), reports it, and hands
+/// the connection to the refuser to drain and close.
+fn refuse(
+    inner: &Inner,
+    stream: &TcpStream,
+    from: SocketAddr,
+    writer: &mut LinkWriter,
+    r: Refusal,
+) {
+    if !r.legacy {
+        let answer = PeerAnswer::Err {
+            code: r.code.into(),
+            text: r.reason.clone(),
+        };
+        let _ = writer.write_line(&answer.to_line());
+    }
+    inner.emit(PeerEvent::RequestRefused {
+        from,
+        request: r.request,
+        reason: r.reason,
+    });
+    // Drained and closed by the refuser: a clean close, and this thread is free.
+    if let Ok(stream) = stream.try_clone() {
         inner.refuser.send(Job::Linger { stream });
     }
 }
 
+/// Whether a chat request that proves nothing (plaintext `P2P/1`, or an original
+/// client's `CHAT,`) may go to the person: not under `refuse_unverified`, and a
+/// `P2P/1` one only in the name of a user the registry lists without a key (and who was
+/// never seen with one). `Err`: the `ERR denied` text.
+fn plaintext_chat_allowed(inner: &Inner, name: &str, legacy: bool) -> Result<(), String> {
+    if inner.refuse_unverified {
+        return Err("this peer takes requests only from users who prove their key (P2P/2)".into());
+    }
+    if legacy {
+        return Ok(());
+    }
+    let keyed = || {
+        format!("{name} proves its identity with a key; plaintext requests in its name are refused")
+    };
+    let subject = Subject::Peer {
+        registry: inner.registry_scope(),
+        name,
+    };
+    if inner.known_keys.pinned(subject).is_some() {
+        return Err(keyed());
+    }
+    match inner.peer_info(name) {
+        Ok(info) if info.key.is_some() => Err(keyed()),
+        Ok(info) if info.legacy => Err(format!(
+            "{name} is registered as an original client, which does not ask this way"
+        )),
+        Ok(_) => Ok(()),
+        Err(Error::UserNotFound(_)) => Err(format!("{name} is not registered")),
+        Err(_) => Err(format!("cannot check {name}: the registry is unreachable")),
+    }
+}
+
+/// Checks who is at the other end of a secured link: the hello names a registered user
+/// whose listed key is the handshake's, and the pinned one. `Ok`: the name.
+fn verify_caller(inner: &Inner, hello: &[u8], remote: &PublicKey) -> Result<String, String> {
+    let name = std::str::from_utf8(hello)
+        .ok()
+        .filter(|n| check_username(n).is_ok())
+        .ok_or_else(|| "the hello is not a valid username".to_string())?;
+    match inner.peer_info(name) {
+        Ok(info) => match info.key {
+            Some(k) if k == *remote => {}
+            Some(_) => {
+                return Err(format!(
+                    "{name} is registered with another key than this link's {}",
+                    remote.fingerprint()
+                ))
+            }
+            None => {
+                return Err(format!(
+                    "{name} is registered without a key, so this link's key {} is not {name}'s",
+                    remote.fingerprint()
+                ))
+            }
+        },
+        Err(Error::UserNotFound(_)) => {
+            return Err(format!("{name} is not registered"));
+        }
+        Err(_) => {
+            return Err(format!(
+                "cannot check {name}'s key: the registry is unreachable"
+            ))
+        }
+    }
+    match inner.check_pin(name, remote) {
+        Ok(()) => Ok(name.to_string()),
+        Err(Error::KeyChanged {
+            pinned, offered, ..
+        }) => Err(format!(
+            "{name}'s key changed since this peer last saw it (pinned {pinned}, now {offered}); \
+             refused until this peer's user accepts the new key"
+        )),
+        Err(e) => Err(format!("cannot check {name}'s key: {e}")),
+    }
+}
+
+/// Whether `serve_only` lets `name` (with `key`) download.
+fn may_download(inner: &Inner, name: &str, key: &PublicKey) -> bool {
+    let Some(list) = &inner.serve_only else {
+        return true;
+    };
+    list.iter().any(|entry| match entry.strip_prefix("key:") {
+        Some(hex) => PublicKey::from_hex(hex.trim()).is_some_and(|k| k == *key),
+        None => entry == name,
+    })
+}
+
+/// A `P2P/2` link: handshake, then the `P2P/1` request inside it, served only after
+/// the caller's identity checked out.
+#[allow(clippy::too_many_arguments)]
+fn serve_secure(
+    inner: &Arc<Inner>,
+    stream: &TcpStream,
+    from: SocketAddr,
+    reader: BufReader<TcpStream>,
+    marker: Marker,
+    deadline: Instant,
+    key: Option<u64>,
+) {
+    let secured = match secure::accept(reader, marker, &inner.identity, deadline) {
+        Ok(s) => s,
+        Err(e) => {
+            inner.forget_socket(key);
+            inner.emit(PeerEvent::RequestRefused {
+                from,
+                request: marker.to_line().trim_end().to_string(),
+                reason: format!("{e}"),
+            });
+            if let Ok(stream) = stream.try_clone() {
+                inner.refuser.send(Job::Linger { stream });
+            }
+            return;
+        }
+    };
+    let SecureStream {
+        reader,
+        writer,
+        remote,
+        hello,
+    } = secured;
+    let mut reader = LinkReader::Secure(Box::new(reader));
+    let mut writer = LinkWriter::Secure(Box::new(writer));
+    let refusal = match read_request(stream, &mut reader, deadline, false) {
+        Ok(None) => None,
+        Err(reason) => Some(Refusal {
+            request: String::new(),
+            code: "bad-request",
+            reason,
+            legacy: false,
+        }),
+        Ok(Some(raw)) => match parse_peer_request(&raw) {
+            Err(e) => Some(Refusal {
+                request: String::from_utf8_lossy(&raw).into_owned(),
+                code: e.code,
+                reason: e.text,
+                legacy: false,
+            }),
+            Ok(PeerRequest::Chat { legacy: true, .. } | PeerRequest::File { legacy: true, .. }) => {
+                Some(Refusal {
+                    request: String::from_utf8_lossy(&raw).into_owned(),
+                    code: "bad-request",
+                    reason: "an original client's request inside a secured link".into(),
+                    legacy: false,
+                })
+            }
+            Ok(request) => {
+                let what = match &request {
+                    PeerRequest::Chat { from, .. } => format!("CHAT {from}"),
+                    PeerRequest::File { name, .. } => format!("FILE {name}"),
+                };
+                match verify_caller(inner, &hello, &remote) {
+                    Err(reason) => Some(Refusal::denied(what, reason)),
+                    Ok(user) => match request {
+                        PeerRequest::Chat { from: name, .. } if name != user => {
+                            Some(Refusal::denied(
+                                what,
+                                format!("the chat request names {name}, but this link is {user}'s"),
+                            ))
+                        }
+                        PeerRequest::Chat { from: name, .. } => {
+                            let _ = stream.set_read_timeout(Some(inner.io_timeout));
+                            match chat::admit(inner, from.ip()) {
+                                Ok(pending) => {
+                                    inner.forget_socket(key);
+                                    chat::offer(
+                                        inner,
+                                        reader,
+                                        writer,
+                                        name,
+                                        false,
+                                        Partner::verified(remote),
+                                        pending,
+                                    );
+                                    return;
+                                }
+                                Err((code, reason)) => Some(Refusal {
+                                    request: what,
+                                    code,
+                                    reason,
+                                    legacy: false,
+                                }),
+                            }
+                        }
+                        PeerRequest::File { .. } if !may_download(inner, &user, &remote) => {
+                            Some(Refusal::denied(
+                                what,
+                                format!("{user} is not among the users this peer serves files to"),
+                            ))
+                        }
+                        PeerRequest::File { name, offset, .. } => {
+                            serve_file(inner, &mut writer, from, &name, offset, false, Some(user))
+                                .err()
+                        }
+                    },
+                }
+            }
+        },
+    };
+    inner.forget_socket(key);
+    if let Some(r) = refusal {
+        refuse(inner, stream, from, &mut writer, r);
+    }
+}
+
+/// Sends `name` from `offset` (after the `OK <size> <hash>` line, except to an original
+/// client): `sendfile` on a plaintext link, sealed records on a secured one, under the
+/// minimum-rate rule either way. `user`: the verified user it goes to.
 fn serve_file(
     inner: &Inner,
-    stream: &TcpStream,
+    writer: &mut LinkWriter,
     from: SocketAddr,
     name: &str,
     offset: u64,
     legacy: bool,
+    user: Option<String>,
 ) -> Result<(), Refusal> {
     let refusal = |code, reason| Refusal {
         request: format!("FILE {name}"),
@@ -179,21 +479,26 @@ fn serve_file(
             size: info.size,
             hash: info.hash.to_hex().to_string(),
         };
-        let mut w = stream;
-        if w.write_all(answer.to_line().as_bytes()).is_err() {
+        if writer.write_line(&answer.to_line()).is_err() {
             return Ok(());
         }
     }
     let rule = inner.limits.min_rate(inner.io_timeout);
-    match send_file_min_rate(stream, &file, offset, info.size - offset, rule) {
+    let len = info.size - offset;
+    let sent = match writer {
+        LinkWriter::Plain(stream) => send_file_min_rate(stream, &file, offset, len, rule),
+        LinkWriter::Secure(w) => send_file_sealed(w, &file, offset, len, rule),
+    };
+    match sent {
         Ok(bytes) => {
             // The original client reads until the connection closes.
-            let _ = stream.shutdown(std::net::Shutdown::Write);
+            let _ = writer.socket().shutdown(std::net::Shutdown::Write);
             inner.emit(PeerEvent::Served {
                 to: from,
                 file: name.to_string(),
                 offset,
                 bytes,
+                user,
             });
         }
         Err(e) => log::info!("sending {name:?} to {from} stopped: {e}"),
@@ -208,8 +513,9 @@ fn serve_file(
 /// asking anything.
 fn read_request(
     stream: &TcpStream,
-    reader: &mut BufReader<TcpStream>,
+    reader: &mut impl BufRead,
     deadline: Instant,
+    legacy_ok: bool,
 ) -> Result<Option<Vec<u8>>, String> {
     let mut buf = Vec::new();
     let mut legacy_until: Option<Instant> = None;
@@ -217,7 +523,7 @@ fn read_request(
         let until = legacy_until.map_or(deadline, |g| g.min(deadline));
         let left = until.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            if is_legacy_start(&buf) {
+            if legacy_ok && is_legacy_start(&buf) {
                 break;
             }
             return Err("request timed out".into());
@@ -247,7 +553,7 @@ fn read_request(
         if buf.len() > MAX_PEER_LINE {
             return Err("request line too long".into());
         }
-        if is_legacy_start(&buf) {
+        if legacy_ok && is_legacy_start(&buf) {
             legacy_until = Some(Instant::now() + LEGACY_GRACE);
         }
     }
