@@ -145,6 +145,28 @@ pub fn caller_mark(key: Option<PublicKey>, verified: bool, legacy: bool) -> Stri
     }
 }
 
+/// The line under an incoming chat request about the caller `from` (a name they
+/// chose): their fingerprint when verified, else why nobody vouches for the name.
+pub fn caller_line(from: &str, key: Option<PublicKey>, verified: bool, legacy: bool) -> String {
+    let name = visible(from);
+    match (key, verified) {
+        (Some(k), true) => format!(
+            "{name}'s key: {} (verified: the key the registry lists for {name})",
+            k.fingerprint()
+        ),
+        (Some(k), false) => format!(
+            "{name} is UNVERIFIED: key {} is not the one the registry lists for {name}",
+            k.fingerprint()
+        ),
+        (None, _) if legacy => format!(
+            "{name} is UNVERIFIED and unencrypted: an original client (anyone could use this name)"
+        ),
+        (None, _) => format!(
+            "{name} is UNVERIFIED and unencrypted: registered without a key (anyone could use this name)"
+        ),
+    }
+}
+
 /// The key file for `user`, or `explicit` when given.
 fn identity_path(explicit: Option<&Path>, user: Option<&str>) -> Result<PathBuf, Failure> {
     match (explicit, user) {

@@ -211,6 +211,8 @@ const FINAL_FLUSH: Duration = Duration::from_secs(1);
 enum Heard {
     Request {
         from: String,
+        /// Their key, or a loud UNVERIFIED mark ([`crate::keys::caller_mark`]).
+        mark: String,
         accepted: bool,
     },
     Message {
@@ -257,9 +259,19 @@ pub fn share(args: &ShareArgs) -> Result<(), Failure> {
             .live_share(true)
             .on_chat_request(move |request| {
                 let from = request.from().to_string();
+                let mark = crate::keys::caller_mark(
+                    request.key(),
+                    request.is_verified(),
+                    request.is_legacy(),
+                );
                 let accepted = accept && request.accept().is_ok();
+                let h = Heard::Request {
+                    from,
+                    mark,
+                    accepted,
+                };
                 // On a serving thread: never wait; a full queue loses only this line.
-                if let Err(TrySendError::Full(_)) = t1.try_send(Heard::Request { from, accepted }) {
+                if let Err(TrySendError::Full(_)) = t1.try_send(h) {
                     counter.fetch_add(1, Ordering::Relaxed);
                 }
             })
@@ -435,8 +447,12 @@ fn show(h: Heard, dropped: &AtomicU64) {
             let prefix = format!("{}: ", visible(&from));
             let _ = output::line(&message(&prefix, &text));
         }
-        Heard::Request { from, accepted } => output::err_line(&format!(
-            "chat request from {}: {}",
+        Heard::Request {
+            from,
+            mark,
+            accepted,
+        } => output::err_line(&format!(
+            "chat request from {} {mark}: {}",
             visible(&from),
             if accepted { "accepted" } else { "declined" }
         )),

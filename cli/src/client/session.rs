@@ -44,6 +44,8 @@ const NOTE_EVERY: Duration = Duration::from_secs(3);
 struct Waiting {
     request: ChatRequest,
     from: String,
+    /// The caller's key, or a loud UNVERIFIED mark ([`crate::keys::caller_mark`]).
+    mark: String,
     deadline: Instant,
     /// Its "wants to chat" line has been shown.
     announced: bool,
@@ -353,9 +355,16 @@ impl Session {
             self.note_refusal(&from, text);
             return;
         }
+        let mark = crate::keys::caller_line(
+            &from,
+            request.key(),
+            request.is_verified(),
+            request.is_legacy(),
+        );
         self.waiting.push_back(Waiting {
             request,
             from,
+            mark,
             deadline: at + self.answer_timeout,
             announced: false,
         });
@@ -464,10 +473,17 @@ impl Session {
             let left = head.deadline.saturating_duration_since(Instant::now());
             // Rounded up: a request shown the moment it arrived has the whole timeout.
             let secs = left.as_millis().div_ceil(1000).max(1);
+            let mark = format!("    {}", head.mark);
+            let mark = if head.request.is_verified() {
+                mark
+            } else {
+                self.style.red(&mark)
+            };
             let line = self.style.yellow(&format!(
                 "*** {from} wants to chat with you (answer within {secs} s; menu choices still work) ***"
             ));
             self.say(line);
+            self.say(mark);
             if let Some(head) = self.waiting.front_mut() {
                 head.announced = true;
             }
