@@ -447,6 +447,24 @@ mod tests {
     }
 
     #[test]
+    fn registry_addresses_may_pin_a_fingerprint() {
+        let fp = "H3GE-5NQA-W2TK-RD7V-ZX4M-LP6B-C7YJ-UF2N";
+        let pinned = format!("127.0.0.1:8080#{fp}");
+        assert_eq!(super::parse_registry(&pinned), Ok(pinned.clone()));
+        assert_eq!(super::registry_address(&pinned), "127.0.0.1:8080");
+        assert_eq!(super::registry_address("[::1]:80"), "[::1]:80");
+        for bad in [
+            "127.0.0.1:8080#",
+            "127.0.0.1:8080#H3GE",
+            "127.0.0.1#H3GE-5NQA-W2TK-RD7V-ZX4M-LP6B-C7YJ-UF2N",
+            "127.0.0.1:8080#H3GE-5NQA-W2TK-RD7V-ZX4M-LP6B-C7YJ-UF21",
+        ] {
+            assert!(super::parse_registry(bad).is_err(), "{bad:?}");
+        }
+        assert!(super::parse_fingerprint(&fp.to_lowercase().replace('-', " ")).is_ok());
+    }
+
+    #[test]
     fn registry_addresses_are_host_and_port() {
         for good in [
             "127.0.0.1:8080",

@@ -30,7 +30,7 @@ pub fn warning(registry: &str, known_keys: Option<&Path>, e: &Error) -> Vec<Stri
     };
     let addr = registry_address(registry);
     let keys_flag = known_keys
-        .map(|p| format!(" --known-keys {}", visible(&p.display().to_string())))
+        .map(|p| format!(" --known-keys {}", shell_word(&p.display().to_string())))
         .unwrap_or_default();
     if subject.starts_with("registry ") {
         let given = registry.contains('#');
@@ -72,6 +72,19 @@ pub fn warning(registry: &str, known_keys: Option<&Path>, e: &Error) -> Vec<Stri
         ),
         format!("  p2pchat trust {name} {offered} --registry {addr}{keys_flag}"),
     ]
+}
+
+/// `text` as one shell word for a command to copy: quoted when it holds anything but
+/// plain path characters, and made visible.
+fn shell_word(text: &str) -> String {
+    let plain = text
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "/._-+,:@%~".contains(c));
+    if plain {
+        text.to_string()
+    } else {
+        format!("'{}'", visible(&text.replace('\'', "'\\''")))
+    }
 }
 
 /// How a user's listed key reads: `key ABCD-…`, or why there is none.
@@ -167,6 +180,22 @@ pub fn caller_line(from: &str, key: Option<PublicKey>, verified: bool, legacy: b
     }
 }
 
+/// A warning for a chat that is not secured (the partner has no key the registry
+/// lists, or is an original client), else `None`.
+pub fn unsecured_chat(chat: &p2pcore::peer::Chat) -> Option<String> {
+    if chat.is_encrypted() {
+        return None;
+    }
+    let who = visible(chat.peer());
+    Some(if chat.is_legacy() {
+        format!("the chat with {who} is UNENCRYPTED and {who} is UNVERIFIED (an original client)")
+    } else {
+        format!(
+            "the chat with {who} is UNENCRYPTED and {who} is UNVERIFIED (registered without a key)"
+        )
+    })
+}
+
 /// The key file for `user`, or `explicit` when given.
 fn identity_path(explicit: Option<&Path>, user: Option<&str>) -> Result<PathBuf, Failure> {
     match (explicit, user) {
@@ -248,4 +277,57 @@ pub fn trust(args: &TrustArgs) -> Result<(), Failure> {
         None => format!("trusted {name}'s key {want} (registry {addr})"),
     })?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fp(c: char) -> Fingerprint {
+        Fingerprint::parse(&c.to_string().repeat(32)).unwrap()
+    }
+
+    #[test]
+    fn a_changed_user_key_names_both_fingerprints_and_the_trust_command() {
+        let e = Error::KeyChanged {
+            subject: "bo\u{1b}b".into(),
+            pinned: fp('A'),
+            offered: fp('B'),
+        };
+        let lines = warning("127.0.0.1:8080", Some(Path::new("/k")), &e);
+        let text = lines.join("\n");
+        assert!(text.contains("THE KEY OF bo\\eb HAS CHANGED"), "{text}");
+        assert!(text.contains(&format!("pinned:  {}", fp('A'))), "{text}");
+        assert!(text.contains(&format!("offered: {}", fp('B'))), "{text}");
+        assert!(
+            text.ends_with(&format!(
+                "p2pchat trust bo\\eb {} --registry 127.0.0.1:8080 --known-keys /k",
+                fp('B')
+            )),
+            "{text}"
+        );
+        assert!(lines.iter().all(|l| !l.contains('\n')));
+    }
+
+    #[test]
+    fn a_changed_registry_key_says_how_to_pin_the_new_one() {
+        let e = Error::KeyChanged {
+            subject: "registry 127.0.0.1:8080".into(),
+            pinned: fp('A'),
+            offered: fp('C'),
+        };
+        let given = format!("127.0.0.1:8080#{}", fp('A'));
+        let text = warning(&given, None, &e).join("\n");
+        assert!(
+            text.contains(&format!("given (after #): {}", fp('A'))),
+            "{text}"
+        );
+        assert!(
+            text.ends_with(&format!("--registry 127.0.0.1:8080#{}", fp('C'))),
+            "{text}"
+        );
+        let text = warning("127.0.0.1:8080", None, &e).join("\n");
+        assert!(text.contains("pinned:"), "{text}");
+        assert!(warning("x:1", None, &Error::Closed).is_empty());
+    }
 }

@@ -548,6 +548,9 @@ pub fn send(args: &SendArgs) -> Result<(), Failure> {
             }
         });
         let result = peer.chat(&args.to).and_then(|chat| {
+            if let Some(w) = crate::keys::unsecured_chat(&chat) {
+                output::err_line(&format!("note: {w}"));
+            }
             let sent = args.messages.iter().try_for_each(|m| chat.send(m));
             chat.close();
             sent

@@ -144,7 +144,11 @@ fn a_changed_key_for_a_pinned_name_is_refused_until_trusted() {
     let kf = keys.to_str().unwrap();
     // alice saw another key for bob before (a pin that is not bob's key now).
     let old = stranger();
-    std::fs::write(&keys, format!("peer {addr} bob {}\n", old.public().to_hex())).unwrap();
+    std::fs::write(
+        &keys,
+        format!("peer {addr} bob {}\n", old.public().to_hex()),
+    )
+    .unwrap();
     let alice_dir = TempDir::new().unwrap();
     let d = alice_dir.path().to_str().unwrap();
     let fetch = || {
@@ -183,20 +187,42 @@ fn a_changed_key_for_a_pinned_name_is_refused_until_trusted() {
         )),
         "the warning says how to accept: {o:?}"
     );
-    assert!(o.stderr.lines().last().unwrap().starts_with("p2pchat: "), "{o:?}");
+    assert!(
+        o.stderr.lines().last().unwrap().starts_with("p2pchat: "),
+        "{o:?}"
+    );
     assert!(!alice_dir.path().join("notes.txt").exists());
 
     // A fingerprint that is not the listed key's is refused, and changes nothing.
     let wrong = stranger().fingerprint().to_string();
-    let o = p2pchat(&["trust", "bob", &wrong, "--registry", &addr, "--known-keys", kf]);
+    let o = p2pchat(&[
+        "trust",
+        "bob",
+        &wrong,
+        "--registry",
+        &addr,
+        "--known-keys",
+        kf,
+    ]);
     assert_eq!(o.status.code(), Some(4), "{o:?}");
     assert!(o.stderr.contains("nothing was changed"), "{o:?}");
-    assert!(o.stderr.contains(&bob_fp) && o.stderr.contains(&wrong), "{o:?}");
+    assert!(
+        o.stderr.contains(&bob_fp) && o.stderr.contains(&wrong),
+        "{o:?}"
+    );
     assert_eq!(fetch().status.code(), Some(4), "still refused");
 
     // The right one (as bob reads it out; case and dashes do not matter) is pinned.
     let spoken = bob_fp.replace('-', " ").to_lowercase();
-    let o = p2pchat(&["trust", "bob", &spoken, "--registry", &addr, "--known-keys", kf]);
+    let o = p2pchat(&[
+        "trust",
+        "bob",
+        &spoken,
+        "--registry",
+        &addr,
+        "--known-keys",
+        kf,
+    ]);
     assert!(o.status.success(), "{o:?}");
     assert_eq!(
         o.stdout,
@@ -226,7 +252,15 @@ fn a_registry_without_the_expected_key_is_refused_with_both_fingerprints() {
     let pinned = format!("{addr}#{wrong}");
     for args in [
         vec!["users", "--registry", &pinned, "--known-keys", kf],
-        vec!["fetch", "--registry", &pinned, "--known-keys", kf, "--user", "alice"],
+        vec![
+            "fetch",
+            "--registry",
+            &pinned,
+            "--known-keys",
+            kf,
+            "--user",
+            "alice",
+        ],
     ] {
         let mut args = args.clone();
         let dir = TempDir::new().unwrap();
@@ -241,8 +275,14 @@ fn a_registry_without_the_expected_key_is_refused_with_both_fingerprints() {
             )),
             "{o:?}"
         );
-        assert!(o.stderr.contains(&format!("given (after #): {wrong}")), "{o:?}");
-        assert!(o.stderr.contains(&format!("offered:         {real}")), "{o:?}");
+        assert!(
+            o.stderr.contains(&format!("given (after #): {wrong}")),
+            "{o:?}"
+        );
+        assert!(
+            o.stderr.contains(&format!("offered:         {real}")),
+            "{o:?}"
+        );
         assert!(
             o.stderr.contains(&format!("--registry {addr}#{real}")),
             "{o:?}"
@@ -252,10 +292,18 @@ fn a_registry_without_the_expected_key_is_refused_with_both_fingerprints() {
     // A pinned registry key that changed (as after a registry set up again): refused,
     // and re-running with the offered fingerprint re-pins it.
     let old = stranger();
-    std::fs::write(&keys, format!("registry {addr} {}\n", old.public().to_hex())).unwrap();
+    std::fs::write(
+        &keys,
+        format!("registry {addr} {}\n", old.public().to_hex()),
+    )
+    .unwrap();
     let o = p2pchat(&["users", "--registry", &addr, "--known-keys", kf]);
     assert_eq!(o.status.code(), Some(4), "{o:?}");
-    assert!(o.stderr.contains(&format!("pinned:          {}", old.fingerprint())), "{o:?}");
+    assert!(
+        o.stderr
+            .contains(&format!("pinned:          {}", old.fingerprint())),
+        "{o:?}"
+    );
     let advice = format!("--registry {addr}#{real} --known-keys {kf}");
     assert!(o.stderr.contains(&advice), "{o:?}");
     let right = format!("{addr}#{real}");
@@ -277,7 +325,10 @@ fn a_pinned_registry_that_answers_as_the_original_server_is_denied() {
     let o = p2pchat(&["users", "--registry", &pinned]);
     assert_eq!(o.status.code(), Some(5), "denied: exit 5: {o:?}");
     assert_one_line_error(&o);
-    assert!(o.stderr.contains("refusing an unauthenticated session"), "{o:?}");
+    assert!(
+        o.stderr.contains("refusing an unauthenticated session"),
+        "{o:?}"
+    );
 }
 
 #[test]

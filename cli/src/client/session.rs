@@ -498,6 +498,10 @@ impl Session {
         };
         match w.request.accept() {
             Ok(chat) => {
+                if let Some(warning) = crate::keys::unsecured_chat(&chat) {
+                    let warning = self.style.red(&warning);
+                    self.say(warning);
+                }
                 // Someone the person chose to talk to may ask again at once.
                 self.recent.remove(&w.from);
                 self.run_chat(chat)?;
@@ -540,6 +544,10 @@ impl Session {
                     format!("{shown} accepted the chat")
                 });
                 self.say(line);
+                if let Some(w) = crate::keys::unsecured_chat(&chat) {
+                    let w = self.style.red(&w);
+                    self.say(w);
+                }
                 self.run_chat(chat)
             }
             Err(p2pcore::Error::Declined(_)) => {
