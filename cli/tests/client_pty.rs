@@ -315,12 +315,12 @@ fn lines_arriving_while_typing_start_on_a_fresh_line() {
     alice.session.send("1").unwrap();
     alice.expect("1");
     let listen = bob.peer_addr("alice").unwrap();
-    let _carol = common::FakePeer::ask_chat(listen, "carol");
+    let _carol = common::FakePeer::registered(&addr, listen, "carol");
     alice.expect("\r\x1b[K*** carol wants to chat with you (answer within 30 s;");
     alice.expect("Accept chat with carol? [y/n]: ");
     // Enter sends the "1" typed before: a menu choice, not an answer.
     alice.send_line("");
-    alice.expect("Online users (2):");
+    alice.expect("Online users (3):");
 
     // In a chat: "hel" typed when bob's message arrives.
     alice.expect("Accept chat with carol? [y/n]: ");

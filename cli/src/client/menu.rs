@@ -160,7 +160,11 @@ fn view_address(s: &mut Session, name: &str) -> Next {
             } else {
                 String::new()
             };
-            let line = format!("{}'s {listed}{yours}", visible(name));
+            let line = if info.key.is_some() {
+                format!("{}'s {listed}{yours}", visible(name))
+            } else {
+                format!("{} has {listed}{yours}", visible(name))
+            };
             let line = if info.key.is_some() {
                 line
             } else {

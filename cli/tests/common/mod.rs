@@ -421,6 +421,8 @@ pub fn register_by_hand(registry: &str, user: &str, file: &str) -> (TcpListener,
 pub struct FakePeer {
     pub stream: TcpStream,
     reader: BufReader<TcpStream>,
+    /// Its registration by hand (a plaintext session, so without a key), if any.
+    registration: Option<(TcpListener, TcpStream)>,
 }
 
 impl FakePeer {
@@ -433,7 +435,21 @@ impl FakePeer {
             .write_all(format!("P2P/1 CHAT {from}\n").as_bytes())
             .expect("send the chat request");
         let reader = BufReader::new(stream.try_clone().unwrap());
-        FakePeer { stream, reader }
+        FakePeer {
+            stream,
+            reader,
+            registration: None,
+        }
+    }
+
+    /// [`FakePeer::ask_chat`] by a user registered by hand in `registry` as `from`
+    /// over a plaintext session (so without a key): a plaintext request in such a
+    /// name is served, marked unverified; in anyone else's it is refused.
+    pub fn registered(registry: &str, to: SocketAddr, from: &str) -> FakePeer {
+        let registration = register_by_hand(registry, from, "fake.txt");
+        let mut fake = FakePeer::ask_chat(to, from);
+        fake.registration = Some(registration);
+        fake
     }
 
     /// The answer line (`OK`, `ERR declined ...`), or "" if the connection closed.
