@@ -102,6 +102,7 @@ fn deliver(
             query,
             outcome,
             legacy,
+            ..
         } => (
             p2p_registry_event_kind::P2P_REGISTRY_QUERY,
             Some(source.to_string()),

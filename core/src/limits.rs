@@ -34,6 +34,9 @@ pub const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long a legacy (one-shot) registration lives after its IP's last legacy query.
 pub const LEGACY_LEASE: Duration = Duration::from_secs(3600);
+/// How long a name claim lives without being used (its key registering the name, or
+/// a session of it ending) before it lapses and anyone may take the name.
+pub const CLAIM_TTL: Duration = Duration::from_secs(90 * 24 * 3600);
 
 /// Largest chat message, in bytes of UTF-8.
 pub const MAX_CHAT_MESSAGE: usize = 64 * 1024;

@@ -30,6 +30,15 @@ pub mod reason {
     pub const TOO_MANY_CONNECTIONS: &str = "Too many connections from your address";
     /// The source address (its /64 for IPv6) already holds `max_users_per_addr`.
     pub const TOO_MANY_USERS: &str = "Too many registrations from your address";
+    /// The name is claimed by a key, and this `INIT` did not come over an encrypted
+    /// session with that key (another key, a plaintext session or a legacy client).
+    pub const CLAIMED: &str = "Username is claimed by another key";
+    /// The claims store could not be written; the `INIT` is refused rather than
+    /// registered without its claim.
+    pub const REGISTRY_UNAVAILABLE: &str = "Registry unavailable";
+    /// A first line that starts like a `REG/2` marker but is not one this registry
+    /// speaks (unknown pattern or cipher); the connection is closed after it.
+    pub const UNSUPPORTED_SECURE: &str = "Unsupported secure link";
 }
 
 /// A registry query, borrowed from the line it was parsed from.

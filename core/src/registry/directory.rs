@@ -12,6 +12,7 @@
 //! buffers that every asking connection queues without copying.
 
 use super::address_key;
+use crate::identity::PublicKey;
 use crate::limits::MAX_USERS;
 use crate::protocol::{reason, QueryError};
 use parking_lot::{Mutex, RwLock};
@@ -25,7 +26,8 @@ use std::time::{Duration, Instant};
 /// Bytes one entry costs beyond its username and filenames: the map's key and value
 /// (boxed name, address, port, owner, shared files) and the B-tree's share of a node,
 /// measured at ~90 bytes on x86-64. Counted against `memory_budget`.
-pub(crate) const ENTRY_OVERHEAD: usize = 96;
+/// 32 more for the key of a registration made over an encrypted session.
+pub(crate) const ENTRY_OVERHEAD: usize = 128;
 
 /// Who may change or remove a registration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,6 +48,9 @@ pub struct UserEntry {
     pub port: u16,
     /// The user's shared filenames.
     pub files: Vec<String>,
+    /// The key of the encrypted session that registered the user (`None` for a
+    /// plaintext session or a legacy client).
+    pub key: Option<PublicKey>,
 }
 
 /// The stored form of an entry (see the module notes on memory).
@@ -57,6 +62,8 @@ struct Slot {
     /// answer queues it by reference rather than copying it per asking connection.
     files: Arc<str>,
     owner: Owner,
+    /// The registering session's key (proven by its handshake).
+    key: Option<PublicKey>,
 }
 
 impl Slot {
@@ -69,6 +76,7 @@ impl Slot {
             } else {
                 self.files.split(',').map(str::to_string).collect()
             },
+            key: self.key,
         }
     }
 }
@@ -84,6 +92,8 @@ pub(crate) struct Caller {
     pub ip: IpAddr,
     /// Whether the query came framed as a session line (else legacy one-shot).
     pub session: bool,
+    /// The session's key, when it is an encrypted one.
+    pub key: Option<PublicKey>,
 }
 
 /// Result of an `INIT`.
@@ -236,6 +246,7 @@ impl Directory {
             port,
             files: joined,
             owner,
+            key: caller.key,
         };
         users.insert(username, slot);
         drop(users);
@@ -365,13 +376,15 @@ impl Directory {
         .0
     }
 
-    /// `OK,ip,port` or `ERR,User not found!`. With `mark_legacy` (session answers), a
+    /// `OK,ip,port` or `ERR,User not found!`. With `session` (session answers), a
     /// user registered by a legacy (original client) query gets a third field:
-    /// `OK,ip,port,legacy`, so p2pchat peers talk to it in its own protocol.
+    /// `OK,ip,port,legacy`, so p2pchat peers talk to it in its own protocol; one
+    /// registered over an encrypted session gets its key, 64 lowercase hex digits:
+    /// `OK,ip,port,<key>`, so a peer knows whom it dials.
     pub fn write_peer(
         &self,
         username: &str,
-        mark_legacy: bool,
+        session: bool,
         out: &mut Vec<u8>,
     ) -> Result<(), QueryError> {
         let users = self.users.read();
@@ -381,8 +394,13 @@ impl Directory {
             .ok_or(QueryError(reason::USER_NOT_FOUND))?;
         // Writing into a Vec cannot fail.
         let _ = write!(out, "OK,{},{}", slot.ip, slot.port);
-        if mark_legacy && matches!(slot.owner, Owner::Legacy { .. }) {
-            out.extend_from_slice(b",legacy");
+        if session {
+            if matches!(slot.owner, Owner::Legacy { .. }) {
+                out.extend_from_slice(b",legacy");
+            } else if let Some(key) = &slot.key {
+                out.push(b',');
+                out.extend_from_slice(key.to_hex().as_bytes());
+            }
         }
         Ok(())
     }
@@ -471,6 +489,7 @@ mod tests {
             conn,
             ip: ip.parse().unwrap(),
             session: true,
+            key: None,
         }
     }
 

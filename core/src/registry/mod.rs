@@ -8,20 +8,28 @@
 //! never while holding it.
 //!
 //! It speaks both framings of `docs/PROTOCOL.md`: `\n`-terminated session lines, and
-//! the original C++ client's unterminated one-query-per-connection style.
+//! the original C++ client's unterminated one-query-per-connection style. Session
+//! lines travel in plaintext or inside an encrypted link (a `REG/2` marker, a Noise
+//! handshake with the registry's key, then AEAD records: see [`crate::secure`]); a
+//! name registered over an encrypted session is *claimed* by its key (see `claims`),
+//! across restarts when the registry has a data directory.
 
+mod claims;
 mod directory;
 mod server;
 
+pub use claims::{claims_file, release_name};
 pub use directory::UserEntry;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::identity::{Fingerprint, Identity, PublicKey};
 use crate::limits;
 use crate::thread::spawn_named;
 use directory::{Bounds, Directory};
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -73,6 +81,14 @@ pub struct RegistryConfig {
     pub queries_per_sec_per_addr: u32,
     /// Queries one address may send at once above its sustained rate.
     pub query_burst_per_addr: u32,
+    /// Where the registry keeps its key (`registry.key`) and the name claims
+    /// (`claims.redb`); created with mode 0700 if missing. `None`: a new key each start
+    /// and claims in memory only (a restart forgets them).
+    pub data_dir: Option<PathBuf>,
+    /// How long a name claim lives unused (see [`limits::CLAIM_TTL`]).
+    pub claim_ttl: Duration,
+    /// The registry's key, overriding the one in `data_dir` (or the ephemeral one).
+    pub identity: Option<Identity>,
 }
 
 impl Default for RegistryConfig {
@@ -92,6 +108,9 @@ impl Default for RegistryConfig {
             max_users_per_addr: limits::MAX_USERS_PER_ADDR,
             queries_per_sec_per_addr: limits::QUERIES_PER_SEC_PER_ADDR,
             query_burst_per_addr: limits::QUERY_BURST_PER_ADDR,
+            data_dir: None,
+            claim_ttl: limits::CLAIM_TTL,
+            identity: None,
         }
     }
 }
@@ -114,6 +133,9 @@ pub enum RegistryEvent {
         outcome: String,
         /// Whether it came in the legacy unterminated framing.
         legacy: bool,
+        /// The fingerprint of the key of the encrypted session it came on (`None` for
+        /// a plaintext session or a legacy query).
+        key: Option<Fingerprint>,
     },
     /// A client's connection closed; `released` are the names its session held.
     Disconnected {
@@ -157,8 +179,11 @@ impl RegistryBuilder {
         self
     }
 
-    /// Bind to `addr` (port 0 picks a free port) and start serving.
+    /// Bind to `addr` (port 0 picks a free port) and start serving. Opens (or
+    /// creates) the data directory first: its key, and its claims store, which fails
+    /// with [`Error::Busy`] while another registry uses the same directory.
     pub fn bind(self, addr: impl ToSocketAddrs) -> Result<Registry> {
+        let (identity, claims) = open_data(&self.config)?;
         let listener = TcpListener::bind(addr)?;
         listener.set_nonblocking(true)?;
         let local_addr = listener.local_addr()?;
@@ -183,6 +208,8 @@ impl RegistryBuilder {
             next_id: AtomicU64::new(1),
             addrs: Mutex::new(HashMap::new()),
             freed: AtomicUsize::new(0),
+            identity,
+            claims,
         });
         let mut servers = Vec::with_capacity(loops);
         let mut handoffs = Vec::with_capacity(loops);
@@ -275,6 +302,28 @@ impl Registry {
         self.shared.max_connections
     }
 
+    /// The registry's public key (what clients pin).
+    pub fn public_key(&self) -> PublicKey {
+        self.shared.identity.public()
+    }
+
+    /// The fingerprint of [`public_key`](Self::public_key), what an operator tells
+    /// users to compare (`--registry HOST:PORT#FINGERPRINT`).
+    pub fn fingerprint(&self) -> Fingerprint {
+        self.shared.identity.fingerprint()
+    }
+
+    /// The key holding a live claim on `username`, if any.
+    pub fn claim(&self, username: &str) -> Result<Option<PublicKey>> {
+        self.shared.claims.holder(username, SystemTime::now())
+    }
+
+    /// Releases the claim on `username` (it stays registered if online; the next
+    /// registration of the name, by anyone, is unclaimed). Whether there was one.
+    pub fn release_claim(&self, username: &str) -> Result<bool> {
+        self.shared.claims.release(username)
+    }
+
     /// Bytes of registration data held now, as counted against
     /// [`RegistryConfig::memory_budget`].
     pub fn memory_used(&self) -> usize {
@@ -295,6 +344,58 @@ impl Registry {
             let _ = t.join();
         }
     }
+}
+
+/// The registry's key file inside its data directory.
+pub fn key_file(data_dir: &Path) -> PathBuf {
+    data_dir.join("registry.key")
+}
+
+/// The key and the claims store of a registry about to start.
+fn open_data(config: &RegistryConfig) -> Result<(Identity, claims::Claims)> {
+    let Some(dir) = &config.data_dir else {
+        let identity = match &config.identity {
+            Some(id) => id.clone(),
+            None => Identity::generate()?,
+        };
+        return Ok((identity, claims::Claims::memory(config.claim_ttl)?));
+    };
+    create_private_dir(dir)?;
+    let identity = match &config.identity {
+        Some(id) => id.clone(),
+        None => Identity::load_or_create(&key_file(dir))?,
+    };
+    let claims = claims::Claims::open(dir, config.claim_ttl)?;
+    match claims.purge_lapsed(SystemTime::now()) {
+        Ok(n) if n > 0 => log::info!("registry: {n} lapsed name claims removed"),
+        Ok(_) => {}
+        Err(e) => log::warn!("registry: could not remove lapsed claims: {e}"),
+    }
+    Ok((identity, claims))
+}
+
+/// Creates `dir` (and its parents) with mode 0700 when missing: it holds the
+/// registry's private key.
+fn create_private_dir(dir: &Path) -> Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let mut b = std::fs::DirBuilder::new();
+    b.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        b.mode(0o700);
+    }
+    b.create(dir).map_err(|e| {
+        Error::Io(std::io::Error::new(
+            e.kind(),
+            format!(
+                "cannot create the registry data directory {}: {e}",
+                dir.display()
+            ),
+        ))
+    })
 }
 
 /// Descriptors kept out of the connection cap: refused connections lingering (their

@@ -17,11 +17,25 @@
 //! takes none of its output for `slow_reader_deadline`. A refusal is an `ERR` line, then
 //! `shutdown(Write)` and a short linger reading what the client still sends, so the
 //! close is a FIN the client can read the line before, not a reset.
+//!
+//! Encrypted sessions: a connection whose first line is a `REG/2` marker gets a
+//! [`Secure`] state. Its bytes go to a [`FrameBuffer`]; the handshake runs one frame at
+//! a time (it must finish within `query_timeout`), then every record is opened into the
+//! input buffer, where the same line parser as for a plaintext session takes them.
+//! Answers are queued as plaintext, exactly as for a plaintext session (a shared
+//! `GET_AF` text stays one shared copy), and sealed lazily: the next record (at most
+//! [`MAX_RECORD_PLAINTEXT`] bytes) is encrypted only when the socket has taken the
+//! previous one, so an encrypted connection holds at most one record of ciphertext
+//! besides what any connection holds. A record failing authentication closes the
+//! connection at once (nothing can be answered on a broken link).
 
+use super::claims::{Claim, Claims};
 use super::directory::{Caller, Directory, InitOutcome};
 use super::{address_key, RegistryConfig, RegistryEvent, RegistryHook};
+use crate::identity::{Identity, PublicKey};
 use crate::limits::{LEGACY_FAST_MAX, MAX_LINE_LEN};
 use crate::protocol::{parse_query, reason, truncate, Query, QueryError};
+use crate::secure::{FrameBuffer, Kind, Marker, Responder, Transport, MAX_RECORD_PLAINTEXT};
 use crossbeam_channel::{Receiver, Sender};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
@@ -33,6 +47,10 @@ use std::net::{IpAddr, Shutdown, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
+
+/// A sealed-output buffer larger than this is given back once written out (an idle
+/// encrypted connection keeps no record-sized buffer).
+const WIRE_KEEP: usize = 4096;
 
 const LISTENER: Token = Token(usize::MAX - 1);
 const WAKER: Token = Token(usize::MAX);
@@ -136,6 +154,36 @@ impl Output {
     }
 }
 
+/// Where an encrypted connection's handshake is.
+enum SecState {
+    Handshake(Box<Responder>),
+    Open(Transport),
+    /// Between the two, for a moment (and after a failure: the link is closed).
+    Broken,
+}
+
+/// An encrypted connection's link state.
+struct Secure {
+    state: SecState,
+    /// Bytes read from the socket, not yet a whole frame (or not yet opened).
+    frames: FrameBuffer,
+    /// Bytes for the socket before anything in `Conn::out`: the handshake answer, then
+    /// one sealed record at a time; `wire[wire_pos..]` is unsent.
+    wire: Vec<u8>,
+    wire_pos: usize,
+    /// `OK` and handshake message 2 are queued: from now on the client reads frames,
+    /// so a refusal can no longer be a plaintext `ERR` line.
+    answered: bool,
+    /// When the handshake must have finished.
+    handshake_until: Option<Instant>,
+}
+
+impl Secure {
+    fn wire_left(&self) -> usize {
+        self.wire.len() - self.wire_pos
+    }
+}
+
 struct Conn {
     id: u64,
     stream: TcpStream,
@@ -174,6 +222,24 @@ struct Conn {
     /// Registered for writable events (only while output waits for socket space:
     /// permanent interest would wake the loop after every ACK).
     want_write: bool,
+    /// The first line was looked at (a `REG/2` marker or not).
+    first_line_seen: bool,
+    /// The encrypted link, for a connection that opened with a marker.
+    sec: Option<Box<Secure>>,
+    /// The client's key, proven by a finished handshake.
+    key: Option<PublicKey>,
+}
+
+impl Conn {
+    /// Output not yet taken by the socket: queued plaintext and sealed bytes.
+    fn unsent(&self) -> usize {
+        self.out.pending + self.sec.as_ref().map_or(0, |s| s.wire_left())
+    }
+
+    /// Bytes read but not yet parsed: the input buffer and unopened frames.
+    fn unparsed(&self) -> usize {
+        self.inbuf.len() + self.sec.as_ref().map_or(0, |s| s.frames.pending())
+    }
 }
 
 /// A token bucket for one address's queries.
@@ -239,6 +305,10 @@ pub(super) struct Shared {
     pub addrs: Mutex<HashMap<IpAddr, AddrState>>,
     /// Bytes of connection buffers freed since loop 0 last trimmed.
     pub freed: AtomicUsize,
+    /// The registry's static key for encrypted sessions.
+    pub identity: Identity,
+    /// Name claims (see `claims`).
+    pub claims: Claims,
 }
 
 impl Shared {
@@ -581,6 +651,9 @@ impl Server {
             scheduled: None,
             eof: false,
             want_write: false,
+            first_line_seen: false,
+            sec: None,
+            key: None,
         });
         if counted {
             self.emit(|| RegistryEvent::Connected { source: peer });
@@ -610,7 +683,7 @@ impl Server {
             // the connection used its turn; in those cases the rest waits in the kernel
             // (TCP flow control) and this loop comes back for it.
             while !conn.eof
-                && conn.inbuf.len() <= MAX_LINE_LEN
+                && conn.unparsed() <= MAX_LINE_LEN
                 && conn.out.pending <= cap
                 && conn.throttled_until.is_none()
                 && !conn.yielded
@@ -618,7 +691,10 @@ impl Server {
                 match conn.stream.read(&mut self.scratch) {
                     Ok(0) => conn.eof = true,
                     Ok(n) => {
-                        conn.inbuf.extend_from_slice(&self.scratch[..n]);
+                        match &mut conn.sec {
+                            Some(sec) => sec.frames.push(&self.scratch[..n]),
+                            None => conn.inbuf.extend_from_slice(&self.scratch[..n]),
+                        }
                         got = true;
                         // A short read emptied the socket; anything arriving later
                         // raises a new edge, so skip the read that would only say
@@ -644,6 +720,9 @@ impl Server {
                 conn.last_byte = now;
                 conn.last_activity = now;
             }
+            if !self.secure_input(idx) {
+                return;
+            }
             self.process(idx);
             match self.conns.get(idx) {
                 Some(Some(c))
@@ -656,6 +735,159 @@ impl Server {
                 _ => return,
             }
         }
+    }
+
+    /// Encrypted sessions, before the lines are parsed: tell a `REG/2` marker from a
+    /// plaintext first line, run the handshake, open records into the input buffer.
+    /// `false`: the connection was closed, refused or must wait (nothing to parse).
+    fn secure_input(&mut self, idx: usize) -> bool {
+        let Some(conn) = self.conns.get_mut(idx).and_then(Option::as_mut) else {
+            return false;
+        };
+        if !conn.counted || conn.linger_until.is_some() {
+            return true;
+        }
+        if conn.sec.is_none() {
+            if conn.first_line_seen {
+                return true;
+            }
+            let Some(pos) = memchr(b'\n', &conn.inbuf) else {
+                // Longer than any marker and still no line end: a plaintext query.
+                if conn.inbuf.len() > crate::secure::MAX_MARKER {
+                    conn.first_line_seen = true;
+                }
+                return true;
+            };
+            let line = &conn.inbuf[..pos];
+            if !Marker::looks_like(line, Kind::Registry) {
+                conn.first_line_seen = true;
+                return true;
+            }
+            let Some(marker) = Marker::parse(line).filter(|m| m.kind == Kind::Registry) else {
+                conn.first_line_seen = true;
+                conn.session = true;
+                conn.inbuf.truncate(pos);
+                self.refuse_and_close(idx, reason::UNSUPPORTED_SECURE);
+                return false;
+            };
+            // A handshake costs a few X25519 operations: it takes a query token like
+            // a query does, so one address cannot make the registry do them faster.
+            if !self.take_token(idx) {
+                self.schedule(idx);
+                return false;
+            }
+            let responder = match Responder::new(&self.shared.identity, marker) {
+                Ok(r) => r,
+                Err(e) => {
+                    log::warn!("registry: cannot start a handshake: {e}");
+                    self.close(idx);
+                    return false;
+                }
+            };
+            let deadline = Instant::now() + self.shared.config.query_timeout;
+            let Some(conn) = self.conns.get_mut(idx).and_then(Option::as_mut) else {
+                return false;
+            };
+            conn.first_line_seen = true;
+            conn.session = true;
+            conn.partial_since = None;
+            conn.scanned = 0;
+            let rest = conn.inbuf.split_off(pos + 1);
+            conn.inbuf = Vec::new();
+            let mut frames = FrameBuffer::new();
+            frames.push(&rest);
+            conn.sec = Some(Box::new(Secure {
+                state: SecState::Handshake(Box::new(responder)),
+                frames,
+                wire: Vec::new(),
+                wire_pos: 0,
+                answered: false,
+                handshake_until: Some(deadline),
+            }));
+            self.schedule(idx);
+        }
+        let Some(conn) = self.conns.get_mut(idx).and_then(Option::as_mut) else {
+            return false;
+        };
+        let Some(sec) = conn.sec.as_mut() else {
+            return true;
+        };
+        let mut broken = false;
+        let mut replied = false;
+        loop {
+            let frame = match sec.frames.pop() {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(_) => {
+                    broken = true;
+                    break;
+                }
+            };
+            match &mut sec.state {
+                SecState::Handshake(responder) => {
+                    match responder.read(&frame) {
+                        Ok(Some(reply)) => {
+                            if !sec.answered {
+                                sec.wire.extend_from_slice(b"OK\n");
+                                sec.answered = true;
+                            }
+                            sec.wire.extend_from_slice(&reply);
+                            replied = true;
+                        }
+                        Ok(None) => {}
+                        Err(_) => {
+                            broken = true;
+                            break;
+                        }
+                    }
+                    if !responder.is_finished() {
+                        continue;
+                    }
+                    let SecState::Handshake(responder) =
+                        std::mem::replace(&mut sec.state, SecState::Broken)
+                    else {
+                        continue;
+                    };
+                    match responder.finish() {
+                        Ok(est) => {
+                            sec.state = SecState::Open(est.transport);
+                            sec.handshake_until = None;
+                            conn.key = Some(est.remote);
+                        }
+                        Err(_) => {
+                            broken = true;
+                            break;
+                        }
+                    }
+                }
+                SecState::Open(transport) => {
+                    if transport.open(&frame, &mut conn.inbuf).is_err() {
+                        broken = true;
+                        break;
+                    }
+                }
+                SecState::Broken => {
+                    broken = true;
+                    break;
+                }
+            }
+        }
+        if broken {
+            // A failed handshake or a record failing authentication: nothing more can
+            // be said on this link.
+            let source = conn.peer;
+            self.close(idx);
+            self.emit(|| RegistryEvent::Refused {
+                source,
+                outcome: String::from("closed"),
+            });
+            return false;
+        }
+        if replied {
+            self.flush(idx);
+            self.schedule(idx);
+        }
+        matches!(self.conns.get(idx), Some(Some(_)))
     }
 
     fn on_writable(&mut self, idx: usize) {
@@ -757,7 +989,12 @@ impl Server {
         conn.scanned = scan - start;
         conn.inbuf = buf;
         if conn.inbuf.is_empty() {
-            conn.partial_since = None;
+            // Part of a record is a query on its way too (slowloris guard).
+            if conn.sec.as_ref().is_some_and(|s| s.frames.pending() > 0) {
+                conn.partial_since.get_or_insert(conn.last_byte);
+            } else {
+                conn.partial_since = None;
+            }
         } else if conn.inbuf.len() > MAX_LINE_LEN && !stopped {
             self.refuse_and_close(idx, reason::LINE_TOO_LONG);
             return;
@@ -776,7 +1013,7 @@ impl Server {
         // At the end of input, what is left is dropped unless it only waits for its
         // turn or for tokens.
         let more = stopped || conn.throttled_until.is_some();
-        if conn.eof && !more && conn.out.pending == 0 {
+        if conn.eof && !more && conn.unsent() == 0 {
             self.close(idx);
             return;
         }
@@ -807,6 +1044,7 @@ impl Server {
             conn: conn.id,
             ip: conn.peer.ip(),
             session: !legacy,
+            key: conn.key,
         };
         let parsed = parse_query(line);
         if legacy && parsed.is_ok() {
@@ -817,8 +1055,13 @@ impl Server {
         let is_get_af = matches!(parsed, Ok(Query::GetAllFiles));
         let out = &mut self.answer_buf;
         out.clear();
-        let result =
-            parsed.and_then(|q| execute(&self.shared.directory, caller, q, out, &mut conn.owned));
+        let result = parsed.and_then(|q| {
+            let tables = Tables {
+                directory: &self.shared.directory,
+                claims: &self.shared.claims,
+            };
+            execute(tables, caller, q, out, &mut conn.owned)
+        });
         let mut shared = None;
         let mut suffix_bytes: &[u8] = b"";
         let mut refused = None;
@@ -849,7 +1092,10 @@ impl Server {
                     e.0
                 };
                 out.extend_from_slice(why.as_bytes());
-                if e.0 == reason::REGISTRY_FULL || e.0 == reason::TOO_MANY_USERS {
+                if e.0 == reason::REGISTRY_FULL
+                    || e.0 == reason::TOO_MANY_USERS
+                    || e.0 == reason::CLAIMED
+                {
                     refused = Some(e.0);
                 }
             }
@@ -901,6 +1147,7 @@ impl Server {
                 query,
                 outcome,
                 legacy,
+                key: caller.key.map(|k| k.fingerprint()),
             });
         }
     }
@@ -915,12 +1162,14 @@ impl Server {
         conn.partial_since = None;
         conn.close_after_flush = true;
         let peer = conn.peer;
+        let key = conn.key.map(|k| k.fingerprint());
         self.emit(|| RegistryEvent::Query {
             at: SystemTime::now(),
             source: peer,
             query: String::from("(incomplete query)"),
             outcome: format!("ERR,{why}"),
             legacy: false,
+            key,
         });
         self.flush(idx);
     }
@@ -930,14 +1179,49 @@ impl Server {
             return;
         };
         let mut progressed = false;
-        while let Some(front) = conn.out.front() {
-            match conn.stream.write(front) {
+        loop {
+            // An encrypted connection writes `wire`; when it is all sent, the next
+            // record is sealed from the front of the plaintext queue (see the module
+            // notes). A plaintext one writes the queue itself.
+            let bytes: &[u8] = match &mut conn.sec {
+                Some(sec) => {
+                    if sec.wire_pos == sec.wire.len() {
+                        sec.wire.clear();
+                        sec.wire_pos = 0;
+                        let Some(front) = conn.out.front() else {
+                            break;
+                        };
+                        let n = front.len().min(MAX_RECORD_PLAINTEXT);
+                        match &mut sec.state {
+                            SecState::Open(transport) => {
+                                if transport.seal(&front[..n], &mut sec.wire).is_err() {
+                                    self.close(idx);
+                                    return;
+                                }
+                            }
+                            // Before the link is up, the queue holds only a refusal,
+                            // sent as the plaintext line the client expects then.
+                            _ => sec.wire.extend_from_slice(&front[..n]),
+                        }
+                        conn.out.advance(n);
+                    }
+                    &sec.wire[sec.wire_pos..]
+                }
+                None => match conn.out.front() {
+                    Some(front) => front,
+                    None => break,
+                },
+            };
+            match conn.stream.write(bytes) {
                 Ok(0) => {
                     self.close(idx);
                     return;
                 }
                 Ok(n) => {
-                    conn.out.advance(n);
+                    match &mut conn.sec {
+                        Some(sec) => sec.wire_pos += n,
+                        None => conn.out.advance(n),
+                    }
                     progressed = true;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -969,6 +1253,12 @@ impl Server {
         conn.out_stalled_since = None;
         if conn.out.chunks.capacity() > 64 {
             conn.out.chunks.shrink_to_fit();
+        }
+        if let Some(sec) = conn.sec.as_mut() {
+            if sec.wire.capacity() > WIRE_KEEP {
+                sec.wire = Vec::new();
+                sec.wire_pos = 0;
+            }
         }
         if conn.want_write {
             conn.want_write = false;
@@ -1040,7 +1330,8 @@ impl Server {
                     Chunk::Own(v) => v.capacity(),
                     Chunk::Shared(_) => 0,
                 })
-                .sum::<usize>();
+                .sum::<usize>()
+            + conn.sec.as_ref().map_or(0, |s| s.wire.capacity());
         self.shared.freed.fetch_add(freed, Ordering::Relaxed);
         if !conn.counted {
             self.shared.lingering.fetch_sub(1, Ordering::SeqCst);
@@ -1048,6 +1339,13 @@ impl Server {
         }
         self.uncount(conn.peer);
         let released = self.shared.directory.release_session(conn.id, &conn.owned);
+        if let Some(key) = &conn.key {
+            // The session's end is the claims' last use.
+            let names = released.iter().map(String::as_str);
+            if let Err(e) = self.shared.claims.touch(names, key, SystemTime::now()) {
+                log::warn!("registry: could not record the claims' last use: {e}");
+            }
+        }
         let source = conn.peer;
         drop(conn);
         self.emit(|| RegistryEvent::Disconnected { source, released });
@@ -1063,6 +1361,9 @@ impl Server {
         let mut earliest = |t: Instant| d = Some(d.map_or(t, |d: Instant| d.min(t)));
         if let Some(since) = conn.out_stalled_since {
             earliest(since + cfg.slow_reader_deadline);
+        }
+        if let Some(t) = conn.sec.as_ref().and_then(|s| s.handshake_until) {
+            earliest(t);
         }
         if let Some(t) = conn.throttled_until {
             // What waited for tokens has arrived: no slowloris or grace deadline.
@@ -1143,6 +1444,22 @@ impl Server {
             });
             return;
         }
+        if let Some(sec) = &conn.sec {
+            if sec.handshake_until.is_some_and(|t| now >= t) {
+                if sec.answered {
+                    // The client reads frames now: no line can reach it.
+                    let source = conn.peer;
+                    self.close(idx);
+                    self.emit(|| RegistryEvent::Refused {
+                        source,
+                        outcome: String::from("closed"),
+                    });
+                } else {
+                    self.refuse_and_close(idx, reason::TIMED_OUT);
+                }
+                return;
+            }
+        }
         if let Some(t) = conn.throttled_until {
             if now >= t {
                 // Tokens again: what waited is now taken as just arrived.
@@ -1196,15 +1513,23 @@ enum Answered {
     Nothing,
 }
 
+/// What a query runs against.
+#[derive(Clone, Copy)]
+struct Tables<'a> {
+    directory: &'a Directory,
+    claims: &'a Claims,
+}
+
 /// Run one parsed query against the directory, writing an inline answer's text (without
 /// the session terminator) into `out`.
 fn execute(
-    directory: &Directory,
+    tables: Tables<'_>,
     caller: Caller,
     query: Query<'_>,
     out: &mut Vec<u8>,
     owned: &mut HashSet<String>,
 ) -> Result<Answered, QueryError> {
+    let directory = tables.directory;
     match query {
         Query::Init {
             username,
@@ -1212,7 +1537,7 @@ fn execute(
             files,
             ..
         } => {
-            let outcome = directory.init(caller, username, port, &files)?;
+            let outcome = init(tables, caller, username, port, &files)?;
             if caller.session && !owned.contains(username) {
                 owned.insert(username.to_string());
             }
@@ -1224,6 +1549,10 @@ fn execute(
         Query::Exit { username } => {
             directory.exit(caller, username)?;
             owned.remove(username);
+            if let Some(key) = &caller.key {
+                // Leaving is the claim's last use.
+                let _ = tables.claims.touch([username], key, SystemTime::now());
+            }
             // The original server answered a (legacy) `EXIT` with nothing; its client
             // does not read one. A refusal is still an `ERR` line.
             if caller.session {
@@ -1271,6 +1600,47 @@ fn execute(
         }
     }
     Ok(Answered::Inline)
+}
+
+/// An `INIT` with the claim rules: a name claimed by a key is registered only over
+/// an encrypted session with that key; a new registration over an encrypted session
+/// claims (or renews) the name, durably, before it is answered, and is undone if the
+/// claim cannot be written.
+fn init(
+    tables: Tables<'_>,
+    caller: Caller,
+    username: &str,
+    port: u16,
+    files: &[&str],
+) -> Result<InitOutcome, QueryError> {
+    let now = SystemTime::now();
+    let unavailable = |e: crate::error::Error| {
+        log::error!("registry: claims store failed: {e}");
+        QueryError(reason::REGISTRY_UNAVAILABLE)
+    };
+    let holder = tables.claims.holder(username, now).map_err(unavailable)?;
+    if holder.is_some() && holder != caller.key {
+        return Err(QueryError(reason::CLAIMED));
+    }
+    let outcome = tables.directory.init(caller, username, port, files)?;
+    let Some(key) = caller.key.filter(|_| outcome == InitOutcome::Registered) else {
+        return Ok(outcome);
+    };
+    let undo = || {
+        let name = username.to_string();
+        tables.directory.release_session(caller.conn, [&name]);
+    };
+    match tables.claims.check_and_claim(username, &key, now) {
+        Ok(Claim::Granted) => Ok(outcome),
+        Ok(Claim::Other) => {
+            undo();
+            Err(QueryError(reason::CLAIMED))
+        }
+        Err(e) => {
+            undo();
+            Err(unavailable(e))
+        }
+    }
 }
 
 /// Give freed heap pages back to the system. glibc keeps freed memory in its arenas
