@@ -116,20 +116,8 @@ fn browse_users_files_and_whois() {
     assert_eq!(lines.len(), 2, "{o:?}");
     assert_eq!(lines[0], format!("127.0.0.1:{bob_port}"));
     let bob_id = p2pchat(&["id", "bob"]);
-    if registry_is_secured() {
-        assert_eq!(lines[1], format!("key {}", bob_id.stdout.trim()), "{o:?}");
-    } else {
-        assert_eq!(
-            lines[1], "no key: unverified (registered over an unencrypted session)",
-            "{o:?}"
-        );
-    }
+    assert_eq!(lines[1], format!("key {}", bob_id.stdout.trim()), "{o:?}");
     assert_eq!(registry.user("bob").unwrap().port, bob_port);
-}
-
-/// Whether in-process registries serve secured sessions yet (they list keys then).
-fn registry_is_secured() -> bool {
-    false
 }
 
 #[test]

@@ -4,7 +4,8 @@
 #![allow(dead_code)] // each test file uses a different part
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
-use p2pcore::registry::Registry;
+use p2pcore::identity::Identity;
+use p2pcore::registry::{Registry, RegistryConfig};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
@@ -18,11 +19,34 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_p2pchat");
 /// The longest any single wait may take.
 pub const WAIT: Duration = Duration::from_secs(20);
 
-/// A registry on a free loopback port, in this process.
+/// A registry on a free loopback port, in this process, with [`registry_identity`].
 pub fn registry() -> (Registry, String) {
-    let r = Registry::bind("127.0.0.1:0").expect("bind registry");
+    let r = Registry::builder()
+        .config(registry_config())
+        .bind("127.0.0.1:0")
+        .expect("bind registry");
     let addr = r.local_addr().to_string();
     (r, addr)
+}
+
+/// The key of every in-process test registry: one per test process, kept in
+/// [`test_home`]. The `p2pchat` children pin a registry's key per address on first
+/// use in the shared known-keys file, so a loopback port that a later test's registry
+/// reuses must come with the same key.
+pub fn registry_identity() -> Identity {
+    static KEY: OnceLock<Identity> = OnceLock::new();
+    KEY.get_or_init(|| {
+        Identity::load_or_create(&test_home().join("registry.key")).expect("registry key")
+    })
+    .clone()
+}
+
+/// Default registry settings with [`registry_identity`].
+pub fn registry_config() -> RegistryConfig {
+    RegistryConfig {
+        identity: Some(registry_identity()),
+        ..RegistryConfig::default()
+    }
 }
 
 /// The home directory of every `p2pchat` this test process starts, made once: keys
