@@ -117,8 +117,8 @@ pub fn run(args: ClientArgs) -> Result<(), Failure> {
         queues,
         answer_timeout,
         repeat_window,
-        keys,
-    );
+    )
+    .with_keys(keys);
     // A failed write is noticed at the menu prompt that follows it.
     session.say(registered);
     session.say(own_key);

@@ -58,6 +58,7 @@ struct Recent {
 }
 
 /// Where keys are pinned, for advice about a changed one and for showing pins.
+#[derive(Default)]
 pub struct Keys {
     /// The registry as typed (`HOST:PORT`, maybe `#FINGERPRINT`).
     pub registry: String,
@@ -103,10 +104,9 @@ impl Session {
         queues: Queues,
         answer_timeout: Duration,
         repeat_window: Duration,
-        keys: Keys,
     ) -> Session {
         Session {
-            keys,
+            keys: Keys::default(),
             peer,
             style,
             signals,
@@ -122,6 +122,12 @@ impl Session {
             output_failed: None,
             terminal: std::io::stdout().is_terminal(),
         }
+    }
+
+    /// This session with `keys` (where keys are pinned).
+    pub fn with_keys(mut self, keys: Keys) -> Session {
+        self.keys = keys;
+        self
     }
 
     /// Where downloads started (see [`crate::progress::watch`]).
