@@ -432,3 +432,177 @@ fn serve_only_serves_the_names_listed_and_denies_the_rest() {
         b"the plan"
     );
 }
+
+#[test]
+fn the_client_shows_keys_at_start_in_view_ip_port_and_on_chat_requests() {
+    let (_registry, addr) = registry();
+    let (alice_dir, bob_dir) = (TempDir::new().unwrap(), TempDir::new().unwrap());
+    let (_bob, _) = share(&addr, "bob", bob_dir.path(), true);
+    let mut a = Proc::spawn(
+        command(&[
+            "client",
+            "--registry",
+            &addr,
+            "--user",
+            "alice",
+            "--dir",
+            alice_dir.path().to_str().unwrap(),
+            "--port",
+            "0",
+        ])
+        .stdin(Stdio::piped()),
+    );
+    let start = a.expect("Enter choice: ");
+    assert!(
+        start.contains(&format!("your key: {} ", id_of("alice"))),
+        "{start}"
+    );
+    assert!(
+        start.contains(&format!("registry {addr}: key ")) && start.contains("(secured session)"),
+        "{start}"
+    );
+    a.send_line("2");
+    a.expect("Enter username (empty to go back): ");
+    a.send_line("bob");
+    a.expect("Enter choice: ");
+    a.send_line("1");
+    assert_eq!(
+        a.line_with("bob's key"),
+        format!("bob's key {}", id_of("bob"))
+    );
+    a.expect("Enter choice: ");
+    a.send_line("0");
+    a.expect("Enter choice: ");
+
+    // A caller nobody vouches for is marked so, under the request line.
+    let listen = a_listen_addr(&addr, "alice");
+    let _m = FakePeer::registered(&addr, listen, "mallory");
+    a.expect("*** mallory wants to chat with you");
+    assert_eq!(
+        a.line_with("mallory is"),
+        "    mallory is UNVERIFIED and unencrypted: registered without a key (anyone could use this name)"
+    );
+    a.expect("Accept chat with mallory? [y/n]: ");
+    a.send_line("n");
+    a.expect("declined the chat request from mallory");
+    // A verified caller shows the fingerprint the registry lists for the name.
+    let mut send = Proc::spawn(
+        command(&[
+            "send",
+            "--registry",
+            &addr,
+            "--user",
+            "carol",
+            "alice",
+            "hi",
+        ])
+        .stdin(Stdio::null()),
+    );
+    a.expect("*** carol wants to chat with you");
+    assert_eq!(
+        a.line_with("carol's key"),
+        format!(
+            "    carol's key: {} (verified: the key the registry lists for carol)",
+            id_of("carol")
+        )
+    );
+    a.expect("Accept chat with carol? [y/n]: ");
+    a.send_line("n");
+    assert_eq!(send.wait_exit(WAIT).code(), Some(3), "declined");
+    a.close_stdin();
+    assert!(a.wait_exit(WAIT).success());
+}
+
+/// Where `user` listens, as the registry lists it.
+fn a_listen_addr(registry: &str, user: &str) -> std::net::SocketAddr {
+    let o = p2pchat(&["whois", user, "--registry", registry]);
+    assert!(o.status.success(), "{o:?}");
+    o.stdout.lines().next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn a_changed_key_in_the_menu_and_at_share_is_a_warning_with_the_way_to_accept() {
+    let (_registry, addr) = registry();
+    let keys_dir = TempDir::new().unwrap();
+    let keys = keys_dir.path().join("known_keys");
+    let kf = keys.to_str().unwrap();
+    let old = stranger();
+    // This user pinned other keys for bob and for alice before.
+    std::fs::write(
+        &keys,
+        format!(
+            "peer {addr} bob {hex}\npeer {addr} alice {hex}\n",
+            hex = old.public().to_hex()
+        ),
+    )
+    .unwrap();
+    let bob_dir = TempDir::new().unwrap();
+    let b = bob_dir.path().to_str().unwrap();
+    let mut bob = Proc::spawn(
+        command(&[
+            "share",
+            "--registry",
+            &addr,
+            "--known-keys",
+            kf,
+            "--user",
+            "bob",
+            "--dir",
+            b,
+            "--accept-chats",
+        ])
+        .stdin(Stdio::null()),
+    );
+    bob.line_with("sharing as bob");
+
+    // alice (her own known keys: fresh) asks bob, whose pin for her is another key.
+    let o = p2pchat(&["send", "--registry", &addr, "--user", "alice", "bob", "hi"]);
+    assert_eq!(o.status.code(), Some(5), "bob denies her: {o:?}");
+    let alice_fp = id_of("alice");
+    eventually("share warns about alice's key", || {
+        bob.all_stderr().contains(&format!(
+            "p2pchat trust alice {alice_fp} --registry {addr} --known-keys {kf}"
+        ))
+    });
+    let err = bob.all_stderr();
+    assert!(
+        err.contains("@@@ WARNING: THE KEY OF alice HAS CHANGED @@@"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("chat request from alice"),
+        "never asked: {err}"
+    );
+
+    // carol, at the menu with the same pins, tries to chat with bob.
+    let carol_dir = TempDir::new().unwrap();
+    let mut c = client_at_menu(&addr, "carol", carol_dir.path(), &["--known-keys", kf]);
+    c.send_line("2");
+    c.expect("Enter username (empty to go back): ");
+    c.send_line("bob");
+    c.expect("Enter choice: ");
+    c.send_line("1");
+    let line = c.line_with("WARNING: this is not the key you pinned for bob");
+    assert!(line.contains(&old.fingerprint().to_string()), "{line}");
+    c.expect("Enter choice: ");
+    c.send_line("3");
+    let shown = c.expect("Enter choice: ");
+    let bob_fp = id_of("bob");
+    assert!(
+        shown.contains("@@@ WARNING: THE KEY OF bob HAS CHANGED @@@"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains(&format!(
+            "p2pchat trust bob {bob_fp} --registry {addr} --known-keys {kf}"
+        )),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("cannot chat with bob: the key of bob has changed"),
+        "{shown}"
+    );
+    assert!(bob.all_stdout().lines().count() == 1, "bob heard nothing");
+    c.close_stdin();
+    assert!(c.wait_exit(WAIT).success());
+}

@@ -12,7 +12,7 @@ fn every_command_has_help() {
     let o = p2pchat(&["--help"]);
     assert!(o.status.success(), "{o:?}");
     for cmd in [
-        "server", "client", "users", "files", "whois", "share", "fetch", "send",
+        "server", "client", "users", "files", "whois", "share", "fetch", "send", "id", "trust",
     ] {
         assert!(
             o.stdout.contains(cmd),
