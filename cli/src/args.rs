@@ -61,8 +61,9 @@ pub enum Command {
     /// fingerprint is FINGERPRINT.
     ///
     /// After "the key of NAME has changed", ask NAME for their fingerprint (they run
-    /// `p2pchat id NAME`) and give it here. A different key is refused (exit status 4)
-    /// and nothing is changed.
+    /// `p2pchat id NAME`) and give it here. NAME must be online (the registry lists
+    /// the keys of users online). A different key is refused (exit status 4) and
+    /// nothing is changed.
     Trust(TrustArgs),
 }
 

@@ -222,8 +222,8 @@ enum Heard {
     Closed(String, ChatClosedBy),
     /// The registry connection dropped, came back, or refused this peer again.
     Notice(String),
-    /// A line of a warning, already made visible (a changed key).
-    Warning(String),
+    /// The lines of a warning, already made visible (a changed key).
+    Warning(Vec<String>),
 }
 
 /// `p2pchat share`: online until SIGINT/SIGTERM.
@@ -310,10 +310,8 @@ pub fn share(args: &ShareArgs) -> Result<(), Failure> {
                             offered: *offered,
                         };
                         let lines = crate::keys::warning(&registry, explicit_keys.as_deref(), &e);
-                        // Already made visible; one notice, one line each.
-                        for line in lines {
-                            let _ = t4.try_send(Heard::Warning(line));
-                        }
+                        // Already made visible; all its lines or none.
+                        let _ = t4.try_send(Heard::Warning(lines));
                         return;
                     }
                     PeerEvent::ShareSkipped { .. } | PeerEvent::ShareUpdated { .. } => {
@@ -466,7 +464,11 @@ fn show(h: Heard, dropped: &AtomicU64) {
             output::err_line(&format!("the chat with {who} ended ({how})"))
         }
         Heard::Notice(text) => output::err_line(&visible(&text)),
-        Heard::Warning(line) => output::err_line(&line),
+        Heard::Warning(lines) => {
+            for line in lines {
+                output::err_line(&line);
+            }
+        }
     }
 }
 
