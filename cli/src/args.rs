@@ -143,6 +143,9 @@ pub fn parse_fingerprint(text: &str) -> Result<p2pcore::identity::Fingerprint, S
 
 #[derive(Debug, Args)]
 pub struct ServerArgs {
+    /// An operator's task on the registry's data instead of serving.
+    #[command(subcommand)]
+    pub action: Option<ServerAction>,
     /// Address to listen on (port 0 picks a free port; `127.0.0.1:80` is the original's).
     /// Defaults to `P2PCHAT_REGISTRY`, so one variable points the server and its
     /// clients at the same address.
@@ -155,7 +158,9 @@ pub struct ServerArgs {
     /// `text` for people; `json` for log shippers: one JSON object per line with the
     /// fields `time` (RFC 3339, UTC), `event` (`listening`, `connected`, `query`,
     /// `disconnected`, `lease_expired`, `refused`, `dropped`, `stopped`) and, by event,
-    /// `addr`, `source`, `query`, `outcome`, `legacy`, `released`, `usernames`, `count`.
+    /// `addr`, `key` (the registry's fingerprint on `listening`; on a `query`, the
+    /// fingerprint of the encrypted session's key), `source`, `query`, `outcome`,
+    /// `legacy`, `released`, `usernames`, `count`.
     #[arg(long, value_name = "FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
     /// Most open connections in all.
@@ -180,6 +185,38 @@ pub struct ServerArgs {
     /// (binary: 512M is 512 MiB); past it new registrations get `ERR,Registry full`.
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub memory_budget: Option<usize>,
+    /// Where the registry keeps its key (`registry.key`, shown as `registry key: …` at
+    /// start, what clients pin) and the name claims (`claims.redb`). Created with mode
+    /// 0700. Default: `$XDG_DATA_HOME/p2pchat/registry`, else
+    /// `~/.local/share/p2pchat/registry`.
+    #[arg(long, value_name = "DIR", conflicts_with = "ephemeral")]
+    pub data_dir: Option<PathBuf>,
+    /// No data directory: a new key at each start, and name claims kept in memory only
+    /// (a restart forgets them).
+    #[arg(long)]
+    pub ephemeral: bool,
+    /// Days a name claim lives unused (not registered by its key) before anyone may
+    /// take the name.
+    #[arg(long, value_name = "N", default_value_t = 90, value_parser = clap::value_parser!(u64).range(1..=36_500))]
+    pub claim_ttl_days: u64,
+}
+
+/// `p2pchat server <ACTION>`.
+#[derive(Debug, Subcommand)]
+pub enum ServerAction {
+    /// Release a username's claim, so that any key (or a plaintext client) may
+    /// register it again. Run it while the registry using DIR is stopped: the running
+    /// registry holds its claims store locked.
+    ReleaseName(ReleaseNameArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ReleaseNameArgs {
+    /// The username whose claim to release.
+    pub name: String,
+    /// The registry's data directory (default as for `p2pchat server`).
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
 }
 
 /// How `p2pchat server` writes its log.

@@ -6,13 +6,16 @@
 //! every [`DROP_NOTE_EVERY`] while it is behind), says how many were dropped. The main
 //! thread only waits for a signal, so Ctrl-C works even when stdout is stalled.
 
-use crate::args::{LogFormat, ServerArgs};
+use crate::args::{LogFormat, ReleaseNameArgs, ServerAction, ServerArgs};
 use crate::failure::Failure;
 use crate::style::{clock, Style};
 use crate::visible::{json_string, visible};
 use crossbeam_channel::{Receiver, TrySendError};
-use p2pcore::registry::{Registry, RegistryConfig, RegistryEvent};
+use p2pcore::identity::Fingerprint;
+use p2pcore::registry::{release_name, Registry, RegistryConfig, RegistryEvent};
+use p2pcore::Error;
 use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -28,6 +31,14 @@ const FINAL_FLUSH: Duration = Duration::from_secs(2);
 /// Run the registry until SIGINT/SIGTERM; then exit status 130, like every command a
 /// signal stops (the log's "registry stopped" line says it stopped).
 pub fn run(args: &ServerArgs) -> Result<(), Failure> {
+    if let Some(ServerAction::ReleaseName(a)) = &args.action {
+        return release(a, args.data_dir.as_deref());
+    }
+    let data_dir = if args.ephemeral {
+        None
+    } else {
+        Some(data_dir(args.data_dir.as_deref())?)
+    };
     let signals = crate::signals::channel();
     let log = Log {
         style: Style::stdout(),
@@ -52,16 +63,23 @@ pub fn run(args: &ServerArgs) -> Result<(), Failure> {
         }
     };
     let registry = Registry::builder()
-        .config(config(args))
+        .config(config(args, data_dir.clone()))
         .on_event(hook)
         .bind(&args.addr)
-        .map_err(|e| Failure::new(format!("cannot listen on {}: {e}", args.addr)))?;
+        .map_err(|e| match (&e, &data_dir) {
+            (Error::Busy(_), Some(dir)) => Failure::new(format!(
+                "another registry is running with the data directory {} (its claims store is locked); stop it or give another --data-dir",
+                dir.display()
+            )),
+            _ => Failure::new(format!("cannot start the registry on {}: {e}", args.addr)),
+        })?;
     let addr = registry.local_addr();
+    let key = registry.fingerprint();
     let (done_tx, done) = crossbeam_channel::bounded::<()>(1);
     let printer = std::thread::Builder::new()
         .name("log".into())
         .spawn(move || {
-            print_loop(&log, addr, &queue, &stop, &dropped);
+            print_loop(&log, addr, key, &queue, &stop, &dropped);
             let _ = done_tx.send(());
         })
         .map_err(|e| Failure::new(format!("cannot start the log printer: {e}")))?;
@@ -77,10 +95,58 @@ pub fn run(args: &ServerArgs) -> Result<(), Failure> {
     Err(Failure::interrupted(""))
 }
 
+/// The registry's data directory: `--data-dir`, else `$XDG_DATA_HOME/p2pchat/registry`,
+/// else `~/.local/share/p2pchat/registry`.
+fn data_dir(given: Option<&Path>) -> Result<PathBuf, Failure> {
+    if let Some(d) = given {
+        return Ok(d.to_path_buf());
+    }
+    let non_empty = |v: &str| {
+        std::env::var_os(v)
+            .filter(|s| !s.is_empty())
+            .map(PathBuf::from)
+    };
+    if let Some(xdg) = non_empty("XDG_DATA_HOME") {
+        return Ok(xdg.join("p2pchat").join("registry"));
+    }
+    if let Some(home) = non_empty("HOME") {
+        return Ok(home.join(".local/share/p2pchat/registry"));
+    }
+    Err(Failure::new(
+        "no data directory: set XDG_DATA_HOME or HOME, or give --data-dir DIR (or --ephemeral)",
+    ))
+}
+
+/// `p2pchat server release-name NAME`.
+fn release(a: &ReleaseNameArgs, parent_dir: Option<&Path>) -> Result<(), Failure> {
+    let dir = data_dir(a.data_dir.as_deref().or(parent_dir))?;
+    match release_name(&dir, &a.name) {
+        Ok(true) => {
+            println!("released the claim on {} in {}", visible(&a.name), dir.display());
+            Ok(())
+        }
+        Ok(false) => Err(Failure::new(format!(
+            "{} has no claim in {}",
+            visible(&a.name),
+            dir.display()
+        ))),
+        Err(Error::Busy(_)) => Err(Failure::new(format!(
+            "the registry using {} is running (it holds the claims store locked); stop it, then release the name",
+            dir.display()
+        ))),
+        Err(e) => Err(Failure::new(format!(
+            "cannot release {}: {e}",
+            visible(&a.name)
+        ))),
+    }
+}
+
 /// The registry's bounds: the defaults, with what was given on the command line.
-fn config(args: &ServerArgs) -> RegistryConfig {
+fn config(args: &ServerArgs, data_dir: Option<PathBuf>) -> RegistryConfig {
     let d = RegistryConfig::default();
     RegistryConfig {
+        data_dir,
+        claim_ttl: Duration::from_secs(args.claim_ttl_days.saturating_mul(86_400)),
         max_connections: args.max_connections.unwrap_or(d.max_connections),
         max_conns_per_addr: args.max_conns_per_addr.unwrap_or(d.max_conns_per_addr),
         max_users: args.max_users.unwrap_or(d.max_users),
@@ -108,13 +174,14 @@ fn per_query(e: &RegistryEvent) -> bool {
 fn print_loop(
     log: &Log,
     addr: std::net::SocketAddr,
+    key: Fingerprint,
     queue: &Receiver<RegistryEvent>,
     stop: &Receiver<()>,
     dropped: &AtomicU64,
 ) {
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::with_capacity(64 * 1024, stdout.lock());
-    let _ = writeln!(out, "{}", log.listening(addr));
+    let _ = writeln!(out, "{}", log.listening(addr, key));
     let _ = out.flush();
     let note = |out: &mut dyn Write| {
         let n = dropped.swap(0, Ordering::Relaxed);
@@ -159,13 +226,18 @@ struct Log {
 }
 
 impl Log {
-    fn listening(&self, addr: std::net::SocketAddr) -> String {
+    /// The first line (the address: tests and scripts read it), then the key's
+    /// fingerprint; JSON: one `listening` object with both.
+    fn listening(&self, addr: std::net::SocketAddr, key: Fingerprint) -> String {
         match self.format {
-            LogFormat::Text => format!("registry listening on {addr}"),
+            LogFormat::Text => format!("registry listening on {addr}\nregistry key: {key}"),
             LogFormat::Json => json_line(
                 SystemTime::now(),
                 "listening",
-                &[("addr", Json::Str(&addr.to_string()))],
+                &[
+                    ("addr", Json::Str(&addr.to_string())),
+                    ("key", Json::Str(&key.to_string())),
+                ],
             ),
         }
     }
@@ -212,6 +284,7 @@ fn text_line(style: &Style, e: &RegistryEvent) -> String {
             query,
             outcome,
             legacy,
+            key,
         } => {
             let outcome = if outcome.starts_with("ERR") {
                 style.red(&visible(outcome))
@@ -219,8 +292,15 @@ fn text_line(style: &Style, e: &RegistryEvent) -> String {
                 visible(outcome).into_owned()
             };
             let legacy = if *legacy { " (legacy)" } else { "" };
+            // Who registered: the key's fingerprint, on the lines that change names.
+            let key = match key {
+                Some(k) if query.starts_with("INIT,") || query.starts_with("EXIT,") => {
+                    format!(" [key {k}]")
+                }
+                _ => String::new(),
+            };
             format!(
-                "{} {source} {}{legacy} -> {outcome}",
+                "{} {source} {}{legacy}{key} -> {outcome}",
                 style.dim(&clock(*at)),
                 visible(query)
             )
@@ -308,16 +388,21 @@ fn json_event(e: &RegistryEvent) -> String {
             query,
             outcome,
             legacy,
-        } => json_line(
-            *at,
-            "query",
-            &[
-                ("source", Json::Str(&source.to_string())),
+            key,
+        } => {
+            let key = key.map(|k| k.to_string());
+            let source = source.to_string();
+            let mut fields = vec![
+                ("source", Json::Str(&source)),
                 ("query", Json::Str(query)),
                 ("outcome", Json::Str(outcome)),
                 ("legacy", Json::Bool(*legacy)),
-            ],
-        ),
+            ];
+            if let Some(k) = &key {
+                fields.push(("key", Json::Str(k)));
+            }
+            json_line(*at, "query", &fields)
+        }
         RegistryEvent::Disconnected { source, released } => json_line(
             now,
             "disconnected",
@@ -400,6 +485,7 @@ mod tests {
                 query: "GET_P,\x1b[2J".into(),
                 outcome: "ERR,bad\u{202e}".into(),
                 legacy: true,
+                key: None,
             },
         );
         assert!(
@@ -473,6 +559,7 @@ mod tests {
             query: "x\ny".into(),
             outcome: "OK".into(),
             legacy: false,
+            key: None,
         });
         assert_eq!(
             line,

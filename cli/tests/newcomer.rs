@@ -7,7 +7,7 @@ mod common;
 
 use common::{
     assert_one_line_error, client_at_menu, command, eventually, pattern, register_by_hand,
-    registry, run, share, Proc, WAIT,
+    registry, run, server_proc, share, Proc, WAIT,
 };
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
@@ -400,7 +400,7 @@ fn a_tilde_at_the_directory_prompt_is_the_home_directory() {
 
 #[test]
 fn the_server_log_shows_a_whole_file_list() {
-    let mut server = Proc::spawn(clean(&["server", "--addr", "127.0.0.1:0"]).stdin(Stdio::null()));
+    let mut server = server_proc(&["--addr", "127.0.0.1:0"]);
     let addr = server.line().rsplit(' ').next().unwrap().to_string();
     let alice_dir = tempfile::tempdir().unwrap();
     let bob_dir = tempfile::tempdir().unwrap();

@@ -4,7 +4,6 @@
 mod common;
 
 use common::*;
-use std::process::Stdio;
 use std::time::Duration;
 
 #[test]
@@ -33,8 +32,7 @@ fn every_command_has_help() {
 
 #[test]
 fn server_logs_queries_and_stops_on_sigint() {
-    let mut server =
-        Proc::spawn(command(&["server", "--addr", "127.0.0.1:0"]).stdin(Stdio::null()));
+    let mut server = server_proc(&["--addr", "127.0.0.1:0"]);
     let first = server.line();
     let addr = first
         .strip_prefix("registry listening on ")
@@ -66,8 +64,7 @@ fn server_logs_queries_and_stops_on_sigint() {
 
 #[test]
 fn server_shows_released_names_when_a_peer_disappears() {
-    let mut server =
-        Proc::spawn(command(&["server", "--addr", "127.0.0.1:0"]).stdin(Stdio::null()));
+    let mut server = server_proc(&["--addr", "127.0.0.1:0"]);
     let addr = server.line().rsplit(' ').next().unwrap().to_string();
     let dir = tempfile::tempdir().unwrap();
     let (mut bob, _) = share(&addr, "bob", dir.path(), false);

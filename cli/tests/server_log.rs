@@ -7,7 +7,6 @@ mod common;
 use common::*;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,7 +23,6 @@ const RSS_GROWTH_LIMIT_KIB: u64 = 48 * 1024;
 /// enough that only the log is in the way. Returns the process and its address.
 fn server(extra: &[&str]) -> (Proc, SocketAddr) {
     let mut args = vec![
-        "server",
         "--addr",
         "127.0.0.1:0",
         "--queries-per-sec",
@@ -33,7 +31,7 @@ fn server(extra: &[&str]) -> (Proc, SocketAddr) {
         "1000000",
     ];
     args.extend_from_slice(extra);
-    let mut p = Proc::spawn(command(&args).stdin(Stdio::null()));
+    let mut p = server_proc(&args);
     let first = p.line();
     let addr = if first.starts_with('{') {
         let v: serde_json::Value = serde_json::from_str(&first).expect("first line is JSON");
@@ -227,7 +225,15 @@ fn quiet_log_keeps_only_startup_and_shutdown() {
     let out = server.all_stdout();
     assert!(out.starts_with("registry listening on "), "{out}");
     assert!(out.ends_with("registry stopped\n"), "{out}");
-    assert_eq!(out.lines().count(), 2, "no per-query lines: {out:?}");
+    // Startup is the address and the registry's key.
+    assert!(
+        out.lines()
+            .nth(1)
+            .unwrap_or("")
+            .starts_with("registry key: "),
+        "{out}"
+    );
+    assert_eq!(out.lines().count(), 3, "no per-query lines: {out:?}");
 }
 
 #[test]

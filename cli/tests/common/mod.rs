@@ -148,6 +148,20 @@ pub struct Proc {
     /// Everything seen on stdout, for failure messages.
     transcript: String,
     stderr: String,
+    /// A server's temporary `--data-dir` (see [`server_proc`]), removed with it.
+    data_dir: Option<tempfile::TempDir>,
+}
+
+/// `p2pchat server ARGS` (stdin closed) with its own temporary `--data-dir`, so tests
+/// never touch the user's registry data and servers in parallel never share a store.
+pub fn server_proc(args: &[&str]) -> Proc {
+    let data = tempfile::tempdir().expect("temporary data directory");
+    let dir = data.path().to_str().expect("UTF-8 temp path").to_string();
+    let mut all = vec!["server", "--data-dir", dir.as_str()];
+    all.extend_from_slice(args);
+    let mut p = Proc::spawn(command(&all).stdin(Stdio::null()));
+    p.data_dir = Some(data);
+    p
 }
 
 fn pump(mut from: impl Read + Send + 'static, paused: Arc<AtomicBool>) -> Receiver<Vec<u8>> {
@@ -191,6 +205,7 @@ impl Proc {
             pending: String::new(),
             transcript: String::new(),
             stderr: String::new(),
+            data_dir: None,
         }
     }
 

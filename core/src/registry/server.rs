@@ -872,6 +872,10 @@ impl Server {
                 }
             }
         }
+        if sec.frames.pending() == 0 {
+            // Give back a buffer a large record grew (an idle connection keeps none).
+            sec.frames = FrameBuffer::new();
+        }
         if broken {
             // A failed handshake or a record failing authentication: nothing more can
             // be said on this link.
