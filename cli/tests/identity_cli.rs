@@ -606,3 +606,31 @@ fn a_changed_key_in_the_menu_and_at_share_is_a_warning_with_the_way_to_accept() 
     c.close_stdin();
     assert!(c.wait_exit(WAIT).success());
 }
+
+#[test]
+fn the_fingerprint_p2pchat_server_prints_pins_its_registry() {
+    let mut server = server_proc(&["--addr", "127.0.0.1:0"]);
+    let addr = server
+        .line()
+        .strip_prefix("registry listening on ")
+        .expect("the address line")
+        .to_string();
+    let printed = server
+        .line()
+        .strip_prefix("registry key: ")
+        .expect("the key line")
+        .to_string();
+    let keys_dir = TempDir::new().unwrap();
+    let keys = keys_dir.path().join("known_keys");
+    let kf = keys.to_str().unwrap();
+    let pinned = format!("{addr}#{printed}");
+    let o = p2pchat(&["users", "--registry", &pinned, "--known-keys", kf]);
+    assert!(o.status.success(), "{o:?}");
+    let key = KnownKeys::open(&keys)
+        .unwrap()
+        .pinned(Subject::Registry(&addr))
+        .expect("pinned under HOST:PORT");
+    assert_eq!(key.fingerprint().to_string(), printed);
+    server.signal(libc::SIGTERM);
+    assert_eq!(server.wait_exit(WAIT).code(), Some(130));
+}

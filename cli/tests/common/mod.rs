@@ -156,6 +156,13 @@ pub struct Proc {
 /// never touch the user's registry data and servers in parallel never share a store.
 pub fn server_proc(args: &[&str]) -> Proc {
     let data = tempfile::tempdir().expect("temporary data directory");
+    // The key of every test registry (see `registry_identity`).
+    let _ = registry_identity();
+    std::fs::copy(
+        test_home().join("registry.key"),
+        data.path().join("registry.key"),
+    )
+    .expect("the test registry key");
     let dir = data.path().to_str().expect("UTF-8 temp path").to_string();
     let mut all = vec!["server", "--data-dir", dir.as_str()];
     all.extend_from_slice(args);
