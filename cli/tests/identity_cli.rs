@@ -288,6 +288,19 @@ fn a_registry_without_the_expected_key_is_refused_with_both_fingerprints() {
             "{o:?}"
         );
     }
+    // The menu client too: nothing registered, exit 4.
+    let dir = TempDir::new().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let o = run({
+        let mut c = command(&["client", "--registry", &pinned, "--known-keys", kf]);
+        c.args(["--user", "alice", "--dir", d, "--port", "0"]);
+        c
+    });
+    assert_eq!(o.status.code(), Some(4), "{o:?}");
+    assert!(
+        o.stderr.contains(&format!("offered:         {real}")),
+        "{o:?}"
+    );
 
     // A pinned registry key that changed (as after a registry set up again): refused,
     // and re-running with the offered fingerprint re-pins it.
