@@ -5,8 +5,9 @@
 //! Scenarios: T1 (a download between two peers), T2 (registry lookups, sessions), T2b
 //! (legacy one-shot lookups), T3 (scale: 10,000 sessions, 100,000 users, `GET_AF`), T4
 //! (chat round trip and one-way rate), T5 (hashing a share, and the cached rescan), T6
-//! (registry lookups under attack). A new scenario is a module and a line in
-//! [`SCENARIOS`].
+//! (registry lookups under attack), T7 (the secure link by itself: AEAD speed, an
+//! encrypted copy, handshakes per second, an encrypted round trip). A new scenario is a
+//! module and a line in [`SCENARIOS`].
 
 mod baseline;
 mod load;
@@ -22,6 +23,7 @@ mod t3;
 mod t4;
 mod t5;
 mod t6;
+mod t7;
 
 use report::Figure;
 use std::process::ExitCode;
@@ -93,6 +95,11 @@ const SCENARIOS: &[Scenario] = &[
         title: "registry lookups under attack: slow GET_AF readers and a flooding address",
         run: t6::run,
     },
+    Scenario {
+        id: "T7",
+        title: "secure link: AEAD speed, encrypted copy, handshakes, encrypted round trip",
+        run: t7::run,
+    },
 ];
 
 /// `--size-mib` when not given.
@@ -105,7 +112,7 @@ p2pchat-bench: benchmarks of the p2pchat registry and peer against trivial basel
 usage: p2pchat-bench [--quick] [--json] [--only T1,T2,...] [--size-mib N]
 
   --quick        short runs (3 s per run instead of 10 s, fewer messages, 256 MiB);
-                 whole run under 90 s
+                 whole run under 2 minutes
   --json         print the figures as a JSON document on stdout (progress on stderr)
   --only LIST    run only these scenarios (comma-separated ids, any case)
   --size-mib N   size of T1's downloaded file and of T5's share (default 1024,
@@ -202,18 +209,19 @@ pub fn progress(msg: &str) {
     eprintln!("[bench] {msg}");
 }
 
-/// The watchdog's limit: 150 s with `--quick`, 400 s otherwise, plus time for a
+/// The watchdog's limit: 180 s with `--quick`, 460 s otherwise, plus time for a
 /// `--size-mib` beyond the default (T1 syncs the download to disk, which may manage
 /// only some tens of MB/s).
 fn watchdog_limit(opts: &Options) -> Duration {
-    let base = if opts.quick { 150 } else { 400 };
+    let base = if opts.quick { 180 } else { 460 };
     let default = if opts.quick {
         QUICK_SIZE_MIB
     } else {
         DEFAULT_SIZE_MIB
     };
-    // Three downloads and a copy per run, at 20 MB/s or so: ~0.2 s per MiB.
-    Duration::from_secs(base + opts.size_mib.saturating_sub(default) / 5)
+    // T1: three downloads and a copy per run, at 20 MB/s or so: ~0.2 s per MiB; T7: nine
+    // copies in memory, at 150 MB/s or more: ~0.05 s per MiB.
+    Duration::from_secs(base + opts.size_mib.saturating_sub(default) / 4)
 }
 
 /// Kill the run if it overstays its budget by far: every scenario bounds itself, this
@@ -342,6 +350,10 @@ mod tests {
         let o = parse_args(&args(&["--only", "t1,t4,T5"])).unwrap().unwrap();
         assert_eq!(o.size_mib, DEFAULT_SIZE_MIB);
         assert!(o.selected("T1") && o.selected("T4") && o.selected("T5") && !o.selected("T2"));
+        let o = parse_args(&args(&["--only=t7", "--quick"]))
+            .unwrap()
+            .unwrap();
+        assert!(o.selected("T7") && !o.selected("T1"));
         assert!(parse_args(&args(&["--help"])).unwrap().is_none());
         assert!(parse_args(&args(&["--only", "T9"])).is_err());
         assert!(parse_args(&args(&["--size-mib", "x"])).is_err());

@@ -1,4 +1,4 @@
-//! What the peer scenarios (T1, T4, T5) share: a scratch directory that removes itself,
+//! What the peer scenarios (T1, T4, T5, T7) share: a scratch directory that removes itself,
 //! files of random-ish bytes, and a registry with peers on 127.0.0.1.
 
 use p2pcore::peer::{Peer, PeerBuilder};
@@ -77,6 +77,14 @@ impl Noise {
             chunk.copy_from_slice(&v[..chunk.len()]);
         }
     }
+}
+
+/// `len` random-ish bytes (seeded by `seed`), in memory: the payload of the scenarios
+/// that measure a link without a file (T7).
+pub fn noise_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut buf = vec![0u8; len];
+    Noise(seed | 1).fill(&mut buf);
+    buf
 }
 
 /// Write `bytes` random-ish bytes (seeded by `seed`) to a new file at `path`. With

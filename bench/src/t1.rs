@@ -13,6 +13,12 @@
 //! socket, the receiver reads and writes to a file in the download directory; timed
 //! until the receiver has written the last byte and closed the file.
 //!
+//! The download travels over whatever link this build's peers open: with issue 11's
+//! peer links, an encrypted `P2P/2` link (Noise handshake, AEAD records), which is what
+//! the goal is set for. T7 measures that link by itself (no file, no hash), next to
+//! plain TCP. `Transfer` cannot say yet whether a download was encrypted, so the
+//! figure is labelled and a note says it.
+//!
 //! Runs alternate p2pchat and baseline. A context figure times the same plain copy
 //! with a `sync_data` before closing, as the download does (it must not announce a file
 //! that a crash could still lose): how much of the gap is this machine's disk.
@@ -29,8 +35,9 @@ use std::time::{Duration, Instant};
 const RUNS: usize = 3;
 const FILE_NAME: &str = "payload.bin";
 const COPY_BUF: usize = 256 * 1024;
-/// Goal: the download reaches this fraction of the plain copy's MB/s.
-const GOAL_RATIO: f64 = 0.9;
+/// Goal: the download reaches this fraction of the plain copy's MB/s (issue 11's aim for
+/// the encrypted, verified, renamed download on a 2-core machine).
+const GOAL_RATIO: f64 = 0.75;
 /// A run that takes longer than this failed (at 20 MB/s, a 1 GiB file takes 54 s).
 const RUN_LIMIT: Duration = Duration::from_secs(120);
 
@@ -108,8 +115,9 @@ pub fn run(opts: &Options) -> Result<Outcome, String> {
         )
         .goal(Goal::RatioAtLeast(GOAL_RATIO))
         .extra(format!(
-            "fetch() to wait(): received, BLAKE3-verified, synced to disk, renamed; \
-             baseline: plain loopback TCP copy, 256 KiB buffers, no hash, no sync; \
+            "fetch() to wait(): received over the peer link (encrypted P2P/2 when this \
+             build's peers secure their links; see T7 for the link alone), BLAKE3-verified, \
+             synced to disk, renamed; baseline: plain loopback TCP copy, 256 KiB buffers, no hash, no sync; \
              {RUNS} runs each, alternating"
         )),
         Figure::compared(
@@ -126,13 +134,19 @@ pub fn run(opts: &Options) -> Result<Outcome, String> {
     ];
     Ok(Outcome {
         figures,
-        notes: vec![format!(
-            "T1: the source file is in the page cache (written just before) for both \
+        notes: vec![
+            "T1: the download uses the link this build's peers open (encrypted P2P/2 once \
+             peers secure their links, issue 11); the bench cannot ask a Transfer which it \
+             was, so compare with T7's encrypted copy"
+                .to_string(),
+            format!(
+                "T1: the source file is in the page cache (written just before) for both \
              p2pchat and the baseline: the figures measure the network path, hashing and \
              the receiving disk, not reading the source from disk; the download \
              directory is under {}",
-            std::env::temp_dir().display()
-        )],
+                std::env::temp_dir().display()
+            ),
+        ],
     })
 }
 

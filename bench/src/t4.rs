@@ -1,5 +1,8 @@
 //! T4 — chat between two peers on 127.0.0.1.
 //!
+//! The chat runs over whatever link this build's peers open (an encrypted `P2P/2` link
+//! with issue 11's peer links); T7 measures an encrypted round trip on the bare link.
+//!
 //! Peer B's `on_chat_request` hook accepts and hands the [`Chat`] over a channel; its
 //! `on_chat_message` hook forwards 64-byte messages to an echo thread (which sends them
 //! back on B's `Chat`: never from inside the hook) and counts 1 KiB ones. Peer A's
@@ -31,10 +34,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const RUNS: usize = 3;
-const PING: usize = 64;
+pub(crate) const PING: usize = 64;
 const BULK: usize = 1024;
 /// Round trips before the timed ones of a run (connections and caches warm).
-const WARMUP: usize = 100;
+pub(crate) const WARMUP: usize = 100;
 /// Goal: p2pchat's round trip is at most this multiple of the baseline's.
 const GOAL_RTT_RATIO: f64 = 1.5;
 /// Goal: one-way messages per second.
@@ -190,7 +193,7 @@ fn is_registry_loop(name: &str) -> bool {
 }
 
 /// The `p`th percentile of `samples` (µs), nearest rank.
-fn pct(samples: &[f64], p: f64) -> f64 {
+pub(crate) fn pct(samples: &[f64], p: f64) -> f64 {
     if samples.is_empty() {
         return f64::NAN;
     }
@@ -357,7 +360,7 @@ fn socket_pair() -> Result<(TcpStream, TcpStream), String> {
 
 /// Baseline round trips: `n` timed ping-pongs of [`PING`] bytes (after the warm-up),
 /// each in µs.
-fn raw_ping_pong(n: usize) -> Result<Vec<f64>, String> {
+pub(crate) fn raw_ping_pong(n: usize) -> Result<Vec<f64>, String> {
     let (mut client, mut server) = socket_pair()?;
     let echo = std::thread::Builder::new()
         .name("t4-baseline-echo".into())
