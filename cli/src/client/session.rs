@@ -44,7 +44,7 @@ const NOTE_EVERY: Duration = Duration::from_secs(3);
 struct Waiting {
     request: ChatRequest,
     from: String,
-    /// The caller's key, or a loud UNVERIFIED mark ([`crate::keys::caller_mark`]).
+    /// The line about the caller's key, or a loud UNVERIFIED mark ([`crate::keys::caller_line`]).
     mark: String,
     deadline: Instant,
     /// Its "wants to chat" line has been shown.
