@@ -52,18 +52,37 @@ pub enum Command {
     Fetch(FetchArgs),
     /// Open a chat with a user, send each MESSAGE as one message, then close it.
     Send(SendArgs),
+    /// Print your key's fingerprint (the key is created on first use).
+    ///
+    /// The key is your identity: the registry gives your username only to it, and
+    /// other users pin it. Read the fingerprint to whoever asks whether a key is yours.
+    Id(IdArgs),
+    /// Accept a user's new key: pin the key the registry lists for NAME now, if its
+    /// fingerprint is FINGERPRINT.
+    ///
+    /// After "the key of NAME has changed", ask NAME for their fingerprint (they run
+    /// `p2pchat id NAME`) and give it here. NAME must be online (the registry lists
+    /// the keys of users online). A different key is refused (exit status 4) and
+    /// nothing is changed.
+    Trust(TrustArgs),
 }
 
 /// Where the registry is.
 #[derive(Debug, Args)]
 pub struct RegistryArg {
-    /// Registry address.
-    #[arg(long, value_name = "HOST:PORT", env = "P2PCHAT_REGISTRY", default_value = DEFAULT_REGISTRY, value_parser = parse_addr)]
+    /// Registry address. `HOST:PORT#FINGERPRINT` requires the registry to have that
+    /// key (as `p2pchat server` prints it) and pins it in place of the one seen before.
+    #[arg(long, value_name = "HOST:PORT[#FINGERPRINT]", env = "P2PCHAT_REGISTRY", default_value = DEFAULT_REGISTRY, value_parser = parse_registry)]
     pub registry: String,
     /// Talk to the registry as the original C++ client did (one query per connection,
     /// form-B INIT re-sent every 60 s). Without it p2pchat finds out by itself.
     #[arg(long)]
     pub legacy_registry: bool,
+    /// The keys seen before (the registry's, and each user's), pinned like SSH's
+    /// known_hosts: a changed one is refused. Default: known_keys in the p2pchat
+    /// config directory ($XDG_CONFIG_HOME/p2pchat or ~/.config/p2pchat).
+    #[arg(long, value_name = "FILE", value_parser = parse_dir)]
+    pub known_keys: Option<PathBuf>,
 }
 
 impl RegistryArg {
@@ -75,6 +94,51 @@ impl RegistryArg {
             p2pcore::peer::RegistryMode::Auto
         }
     }
+
+    /// The registry's `HOST:PORT`, without a `#FINGERPRINT`: also the scope of the
+    /// users' pinned keys.
+    pub fn address(&self) -> &str {
+        registry_address(&self.registry)
+    }
+
+    /// The known-keys file: `--known-keys`, else the default one; `None` when there
+    /// is no config directory (no `HOME`): pins are then kept for this run only.
+    pub fn known_keys_file(&self) -> Option<PathBuf> {
+        self.known_keys
+            .clone()
+            .or_else(p2pcore::known_keys::KnownKeys::default_path)
+    }
+}
+
+/// `HOST:PORT` of a registry address that may end in `#FINGERPRINT`.
+pub fn registry_address(text: &str) -> &str {
+    text.split_once('#').map_or(text, |(a, _)| a)
+}
+
+/// A registry address as typed: `HOST:PORT`, optionally `#FINGERPRINT`.
+pub fn parse_registry(text: &str) -> Result<String, String> {
+    if let Some((addr, fp)) = text.split_once('#') {
+        parse_addr(addr)?;
+        if p2pcore::identity::Fingerprint::parse(fp).is_none() {
+            return Err(format!(
+                "{fp:?} after '#' is not a key fingerprint (32 letters A-Z and digits 2-7, \
+                 dashes allowed, as `p2pchat server` prints it)"
+            ));
+        }
+        return Ok(text.to_string());
+    }
+    parse_addr(text)
+}
+
+/// A key fingerprint as people write it (`ABCD-EFGH-…`; case, dashes and spaces do
+/// not matter).
+pub fn parse_fingerprint(text: &str) -> Result<p2pcore::identity::Fingerprint, String> {
+    p2pcore::identity::Fingerprint::parse(text).ok_or_else(|| {
+        format!(
+            "{text:?} is not a key fingerprint (32 letters A-Z and digits 2-7, dashes \
+             allowed, as `p2pchat id` prints it)"
+        )
+    })
 }
 
 #[derive(Debug, Args)]
@@ -258,6 +322,38 @@ pub struct ClientArgs {
     /// loopback-only peer). `0.0.0.0` or `::` listen on every interface.
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<IpAddr>,
+    /// Your key file (created, mode 0600, on first use). Default: USERNAME.key in the
+    /// p2pchat config directory ($XDG_CONFIG_HOME/p2pchat or ~/.config/p2pchat).
+    #[arg(long, value_name = "FILE", env = "P2PCHAT_IDENTITY", value_parser = parse_dir)]
+    pub identity: Option<PathBuf>,
+    #[command(flatten)]
+    pub serving: Serving,
+}
+
+/// Whom a peer that stays online talks to and serves.
+#[derive(Debug, Args)]
+pub struct Serving {
+    /// Refuse partners that cannot prove who they are (original clients, users
+    /// registered without a key): their chat requests and downloads are refused, and
+    /// so are chats and downloads to them.
+    #[arg(long)]
+    pub refuse_unverified: bool,
+    /// Serve files only to these users (comma-separated; `key:<64 hex digits>` names a
+    /// key whatever its name). Default: every registered user whose key is known.
+    #[arg(long, value_name = "NAME[,NAME...]", value_delimiter = ',')]
+    pub serve_only: Vec<String>,
+}
+
+impl Serving {
+    /// These choices on `builder`.
+    pub fn apply(&self, builder: p2pcore::peer::PeerBuilder) -> p2pcore::peer::PeerBuilder {
+        let b = builder.refuse_unverified(self.refuse_unverified);
+        if self.serve_only.is_empty() {
+            b
+        } else {
+            b.serve_only(self.serve_only.iter().map(|n| n.trim().to_string()))
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -294,6 +390,10 @@ pub struct Identity {
     /// loopback-only peer). `0.0.0.0` or `::` listen on every interface.
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<IpAddr>,
+    /// Your key file (created, mode 0600, on first use). Default: NAME.key in the
+    /// p2pchat config directory ($XDG_CONFIG_HOME/p2pchat or ~/.config/p2pchat).
+    #[arg(long, value_name = "FILE", env = "P2PCHAT_IDENTITY", value_parser = parse_dir)]
+    pub identity: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -308,6 +408,8 @@ pub struct ShareArgs {
     /// Accept every chat request (otherwise each is declined).
     #[arg(long)]
     pub accept_chats: bool,
+    #[command(flatten)]
+    pub serving: Serving,
 }
 
 #[derive(Debug, Args)]
@@ -344,6 +446,28 @@ pub struct SendArgs {
     pub messages: Vec<String>,
 }
 
+#[derive(Debug, Args)]
+pub struct IdArgs {
+    /// Whose key: USERNAME.key in the p2pchat config directory.
+    #[arg(value_name = "USERNAME", env = "P2PCHAT_USER")]
+    pub user: Option<String>,
+    /// The key file to use instead (created, mode 0600, when missing).
+    #[arg(long, value_name = "FILE", env = "P2PCHAT_IDENTITY", value_parser = parse_dir)]
+    pub identity: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct TrustArgs {
+    #[command(flatten)]
+    pub registry: RegistryArg,
+    /// The user whose key to accept.
+    #[arg(value_name = "NAME")]
+    pub name: String,
+    /// The fingerprint NAME told you (`p2pchat id` prints it).
+    #[arg(value_name = "FINGERPRINT", value_parser = parse_fingerprint)]
+    pub fingerprint: p2pcore::identity::Fingerprint,
+}
+
 #[cfg(test)]
 mod tests {
     use super::parse_size;
@@ -358,6 +482,24 @@ mod tests {
         for bad in ["", "M", "12Q", "-1", "1.5G", "99999999999999999999G"] {
             assert!(parse_size(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn registry_addresses_may_pin_a_fingerprint() {
+        let fp = "H3GE-5NQA-W2TK-RD7V-ZX4M-LP6B-C7YJ-UF2N";
+        let pinned = format!("127.0.0.1:8080#{fp}");
+        assert_eq!(super::parse_registry(&pinned), Ok(pinned.clone()));
+        assert_eq!(super::registry_address(&pinned), "127.0.0.1:8080");
+        assert_eq!(super::registry_address("[::1]:80"), "[::1]:80");
+        for bad in [
+            "127.0.0.1:8080#",
+            "127.0.0.1:8080#H3GE",
+            "127.0.0.1#H3GE-5NQA-W2TK-RD7V-ZX4M-LP6B-C7YJ-UF2N",
+            "127.0.0.1:8080#H3GE-5NQA-W2TK-RD7V-ZX4M-LP6B-C7YJ-UF21",
+        ] {
+            assert!(super::parse_registry(bad).is_err(), "{bad:?}");
+        }
+        assert!(super::parse_fingerprint(&fp.to_lowercase().replace('-', " ")).is_ok());
     }
 
     #[test]

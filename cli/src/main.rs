@@ -4,6 +4,7 @@
 mod args;
 mod client;
 mod failure;
+mod keys;
 mod notice;
 mod output;
 mod progress;
@@ -27,6 +28,8 @@ fn main() {
         Command::Share(a) => scripted::share(&a),
         Command::Fetch(a) => scripted::fetch(&a),
         Command::Send(a) => scripted::send(&a),
+        Command::Id(a) => keys::id(&a),
+        Command::Trust(a) => keys::trust(&a),
     };
     if let Err(f) = result {
         // Error texts carry what peers and the registry said: never raw. An empty one

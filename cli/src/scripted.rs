@@ -6,7 +6,7 @@
 //! bidi overrides).
 
 use crate::args::{FetchArgs, FilesArgs, Identity, RegistryArg, SendArgs, ShareArgs, WhoisArgs};
-use crate::failure::{registry_failure, Failure};
+use crate::failure::{failure_at, registry_failure, Failure};
 use crate::output;
 use crate::visible::{message, visible};
 use crossbeam_channel::{select, Receiver, TrySendError};
@@ -17,9 +17,17 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// A browsing connection to the registry, its key checked against the pins.
 fn registry(args: &RegistryArg) -> Result<RegistryClient, Failure> {
     let addr = &args.registry;
-    RegistryClient::connect_with(addr, args.mode()).map_err(|e| registry_failure(addr, &e))
+    let keys = args.known_keys_file();
+    RegistryClient::connect_pinned(addr, args.mode(), keys.as_deref())
+        .map_err(|e| registry_failure(addr, args.known_keys.as_deref(), &e))
+}
+
+/// `e` as this command's failure (a changed key gets its warning first).
+fn fail(args: &RegistryArg, e: Error) -> Failure {
+    failure_at(&args.registry, args.known_keys.as_deref(), e)
 }
 
 /// `p2pchat users`
@@ -50,11 +58,22 @@ pub fn files(args: &FilesArgs) -> Result<(), Failure> {
     Ok(())
 }
 
-/// `p2pchat whois USER`
+/// `p2pchat whois USER`: where the user listens, then the fingerprint of the key the
+/// registry lists for them (or why there is none).
 pub fn whois(args: &WhoisArgs) -> Result<(), Failure> {
     let client = registry(&args.registry)?;
     let info = client.peer_info(&args.user)?;
     output::print(&info.addr.to_string())?;
+    output::print(&crate::keys::listed_key(&info, client.is_legacy()))?;
+    let keys = args.registry.known_keys_file();
+    if let Some(w) = crate::keys::pin_conflict(
+        keys.as_deref(),
+        &args.registry.registry,
+        &args.user,
+        info.key,
+    ) {
+        output::err_line(&w);
+    }
     if client.is_legacy() {
         output::err_line(
             "note: the registry is an original one; it cannot tell original clients from \
@@ -69,10 +88,20 @@ pub fn whois(args: &WhoisArgs) -> Result<(), Failure> {
     Ok(())
 }
 
-fn builder(registry: &RegistryArg, user: &str, id: &Identity, dir: &Path) -> PeerBuilder {
-    let b = Peer::builder(&registry.registry, user, dir)
+fn builder(
+    registry: &RegistryArg,
+    user: &str,
+    id: &Identity,
+    key: &p2pcore::identity::Identity,
+    dir: &Path,
+) -> PeerBuilder {
+    let mut b = Peer::builder(&registry.registry, user, dir)
         .port(id.port)
-        .registry_mode(registry.mode());
+        .registry_mode(registry.mode())
+        .identity(key.clone());
+    if let Some(file) = registry.known_keys_file() {
+        b = b.known_keys_file(file);
+    }
     match id.listen {
         Some(ip) => b.listen_ip(ip),
         None => b,
@@ -90,7 +119,8 @@ const MAX_ALTERNATE: u32 = 9;
 /// free one), with a line on stderr saying so; the other user sees that name on a chat
 /// request from `send`. Everything else about the run is unchanged. `share` stays
 /// strict: it is someone's presence, and a second one under a made-up name would
-/// mislead.
+/// mislead. Every name tried uses the same key: `--identity`, else the user's own
+/// (`NAME.key` in the config directory), so `NAME~2` is still provably NAME's.
 fn connect_as(
     registry: &RegistryArg,
     id: &Identity,
@@ -98,10 +128,15 @@ fn connect_as(
     alternate: bool,
     hooks: impl Fn(PeerBuilder) -> PeerBuilder,
 ) -> Result<Peer, Failure> {
+    let key_file = match &id.identity {
+        Some(path) => path.clone(),
+        None => p2pcore::identity::default_identity_file(&id.user)?,
+    };
+    let key = p2pcore::identity::Identity::load_or_create(&key_file)?;
     let mut name = id.user.clone();
     let mut n = 1;
     loop {
-        match hooks(builder(registry, &name, id, dir)).connect() {
+        match hooks(builder(registry, &name, id, &key, dir)).connect() {
             Ok(peer) => {
                 if n > 1 {
                     output::err_line(&format!(
@@ -125,10 +160,20 @@ fn connect_as(
             // The registry connection is the first thing `connect` opens after reading
             // the share: network failures are about it, and get its hint.
             Err(e @ Error::Io(_)) if is_network(&e) => {
-                return Err(registry_failure(&registry.registry, &e))
+                return Err(registry_failure(
+                    &registry.registry,
+                    registry.known_keys.as_deref(),
+                    &e,
+                ))
             }
-            Err(e @ Error::Timeout(_)) => return Err(registry_failure(&registry.registry, &e)),
-            Err(e) => return Err(e.into()),
+            Err(e @ Error::Timeout(_)) => {
+                return Err(registry_failure(
+                    &registry.registry,
+                    registry.known_keys.as_deref(),
+                    &e,
+                ))
+            }
+            Err(e) => return Err(fail(registry, e)),
         }
     }
 }
@@ -166,6 +211,8 @@ const FINAL_FLUSH: Duration = Duration::from_secs(1);
 enum Heard {
     Request {
         from: String,
+        /// Their key, or a loud UNVERIFIED mark ([`crate::keys::caller_mark`]).
+        mark: String,
         accepted: bool,
     },
     Message {
@@ -175,6 +222,8 @@ enum Heard {
     Closed(String, ChatClosedBy),
     /// The registry connection dropped, came back, or refused this peer again.
     Notice(String),
+    /// The lines of a warning, already made visible (a changed key).
+    Warning(Vec<String>),
 }
 
 /// `p2pchat share`: online until SIGINT/SIGTERM.
@@ -203,12 +252,26 @@ pub fn share(args: &ShareArgs) -> Result<(), Failure> {
         let down = down.clone();
         let notice_tx = notice_tx.clone();
         let unshown_hook = unshown.clone();
-        b.live_share(true)
+        let registry = args.registry.registry.clone();
+        let explicit_keys = args.registry.known_keys.clone();
+        args.serving
+            .apply(b)
+            .live_share(true)
             .on_chat_request(move |request| {
                 let from = request.from().to_string();
+                let mark = crate::keys::caller_mark(
+                    request.key(),
+                    request.is_verified(),
+                    request.is_legacy(),
+                );
                 let accepted = accept && request.accept().is_ok();
+                let h = Heard::Request {
+                    from,
+                    mark,
+                    accepted,
+                };
                 // On a serving thread: never wait; a full queue loses only this line.
-                if let Err(TrySendError::Full(_)) = t1.try_send(Heard::Request { from, accepted }) {
+                if let Err(TrySendError::Full(_)) = t1.try_send(h) {
                     counter.fetch_add(1, Ordering::Relaxed);
                 }
             })
@@ -235,6 +298,21 @@ pub fn share(args: &ShareArgs) -> Result<(), Failure> {
                     }
                     PeerEvent::RegistrationRefused { reason } => {
                         format!("the registry refused to register again: {reason}")
+                    }
+                    PeerEvent::KeyChanged {
+                        subject,
+                        pinned,
+                        offered,
+                    } => {
+                        let e = Error::KeyChanged {
+                            subject: subject.clone(),
+                            pinned: *pinned,
+                            offered: *offered,
+                        };
+                        let lines = crate::keys::warning(&registry, explicit_keys.as_deref(), &e);
+                        // Already made visible; all its lines or none.
+                        let _ = t4.try_send(Heard::Warning(lines));
+                        return;
                     }
                     PeerEvent::ShareSkipped { .. } | PeerEvent::ShareUpdated { .. } => {
                         let text = match e {
@@ -271,9 +349,11 @@ pub fn share(args: &ShareArgs) -> Result<(), Failure> {
     );
     // On stderr with the other status lines: stdout stays the banner and chat text.
     let folder = format!(
-        "shared folder: {} ({files} file{})",
+        "shared folder: {} ({files} file{})\n{}\n{}",
         visible(&peer.shared_dir().display().to_string()),
-        if files == 1 { "" } else { "s" }
+        if files == 1 { "" } else { "s" },
+        crate::keys::own_key(&peer),
+        crate::keys::registry_status(&peer, &args.registry.registry),
     );
     // Dropping `quit` tells the printer to write what is queued and end; it says on
     // `done` that it has.
@@ -365,8 +445,12 @@ fn show(h: Heard, dropped: &AtomicU64) {
             let prefix = format!("{}: ", visible(&from));
             let _ = output::line(&message(&prefix, &text));
         }
-        Heard::Request { from, accepted } => output::err_line(&format!(
-            "chat request from {}: {}",
+        Heard::Request {
+            from,
+            mark,
+            accepted,
+        } => output::err_line(&format!(
+            "chat request from {} {mark}: {}",
             visible(&from),
             if accepted { "accepted" } else { "declined" }
         )),
@@ -380,6 +464,11 @@ fn show(h: Heard, dropped: &AtomicU64) {
             output::err_line(&format!("the chat with {who} ended ({how})"))
         }
         Heard::Notice(text) => output::err_line(&visible(&text)),
+        Heard::Warning(lines) => {
+            for line in lines {
+                output::err_line(&line);
+            }
+        }
     }
 }
 
@@ -414,7 +503,7 @@ pub fn fetch(args: &FetchArgs) -> Result<(), Failure> {
                 "interrupted before any of the file arrived; nothing was kept".to_string()
             }));
         }
-        Err(e) => return Err(e.into()),
+        Err(e) => return Err(fail(&args.registry, e)),
     };
     let shown = visible(&path.display().to_string()).into_owned();
     output::print(&shown)?;
@@ -461,6 +550,9 @@ pub fn send(args: &SendArgs) -> Result<(), Failure> {
             }
         });
         let result = peer.chat(&args.to).and_then(|chat| {
+            if let Some(w) = crate::keys::unsecured_chat(&chat) {
+                output::err_line(&format!("note: {w}"));
+            }
             let sent = args.messages.iter().try_for_each(|m| chat.send(m));
             chat.close();
             sent
@@ -474,6 +566,6 @@ pub fn send(args: &SendArgs) -> Result<(), Failure> {
             "interrupted; the chat was not completed",
         ));
     }
-    result?;
+    result.map_err(|e| fail(&args.registry, e))?;
     Ok(())
 }

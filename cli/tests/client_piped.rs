@@ -159,6 +159,7 @@ fn closed_stdout_ends_the_client_without_a_panic_and_leaves_the_registry() {
     // (a dying client's closed connection would release the name as well).
     let (exit_tx, exits) = crossbeam_channel::unbounded();
     let registry = Registry::builder()
+        .config(registry_config())
         .on_event(move |e| {
             if let RegistryEvent::Query { query, outcome, .. } = e {
                 if query.starts_with("EXIT") {

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{pattern, register_by_hand, registry, BIN, WAIT};
+use common::{isolate, pattern, register_by_hand, registry, BIN, WAIT};
 use expectrl::process::unix::{PtyStream, UnixProcess};
 use expectrl::stream::log::LoggedStream;
 use expectrl::{ControlCode, WaitStatus};
@@ -58,6 +58,7 @@ impl Pty {
     fn spawn(name: &'static str, args: &[&str], color: bool) -> Pty {
         let mut cmd = Command::new(BIN);
         cmd.arg("client").args(args).env_remove("P2PCHAT_REGISTRY");
+        isolate(&mut cmd);
         if color {
             cmd.env_remove("NO_COLOR");
         } else {
@@ -314,12 +315,12 @@ fn lines_arriving_while_typing_start_on_a_fresh_line() {
     alice.session.send("1").unwrap();
     alice.expect("1");
     let listen = bob.peer_addr("alice").unwrap();
-    let _carol = common::FakePeer::ask_chat(listen, "carol");
+    let _carol = common::FakePeer::registered(&addr, listen, "carol");
     alice.expect("\r\x1b[K*** carol wants to chat with you (answer within 30 s;");
     alice.expect("Accept chat with carol? [y/n]: ");
     // Enter sends the "1" typed before: a menu choice, not an answer.
     alice.send_line("");
-    alice.expect("Online users (2):");
+    alice.expect("Online users (3):");
 
     // In a chat: "hel" typed when bob's message arrives.
     alice.expect("Accept chat with carol? [y/n]: ");
@@ -442,6 +443,7 @@ fn a_resumed_download_says_so_and_its_rate_counts_only_new_bytes() {
     let d = dl.path().to_str().unwrap().to_string();
     let fetch = |addr: &str| {
         let mut cmd = Command::new(BIN);
+        isolate(&mut cmd);
         cmd.args(["fetch", "--registry", addr, "--user", "alice", "--dir", &d])
             .args(["bob", "report.bin"])
             .env("NO_COLOR", "1")

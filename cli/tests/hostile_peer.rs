@@ -58,7 +58,7 @@ fn chat_text_and_names_with_terminal_controls_are_shown_escaped() {
     let dir = tempfile::tempdir().unwrap();
     let mut a = client_at_menu(&addr, "alice", dir.path(), &[]);
     // The name is the requester's own claim: it may hold a bidi override.
-    let mut m = FakePeer::ask_chat(peer_addr(&registry, "alice"), "mal\u{202e}lory");
+    let mut m = FakePeer::registered(&addr, peer_addr(&registry, "alice"), "mal\u{202e}lory");
     a.expect("*** mal\\u{202e}lory wants to chat with you");
     a.expect("Accept chat with mal\\u{202e}lory? [y/n]: ");
     a.send_line("y");
@@ -87,7 +87,7 @@ fn chat_text_and_names_with_terminal_controls_are_shown_escaped() {
 
     // `share` prints chat text the same way.
     let (mut bob, _) = share(&addr, "bob", dir.path(), true);
-    let mut m = FakePeer::ask_chat(peer_addr(&registry, "bob"), "mallory");
+    let mut m = FakePeer::registered(&addr, peer_addr(&registry, "bob"), "mallory");
     assert_eq!(m.answer(), "OK");
     for text in HOSTILE {
         m.say(text).unwrap();
@@ -183,7 +183,7 @@ fn fast_chat_with_client_stdout_stalled_keeps_memory_bounded() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("shared.bin"), pattern(100_000)).unwrap();
     let mut a = client_at_menu(&addr, "alice", dir.path(), &[]);
-    let mut m = FakePeer::ask_chat(peer_addr(&registry, "alice"), "flood");
+    let mut m = FakePeer::registered(&addr, peer_addr(&registry, "alice"), "flood");
     a.expect("Accept chat with flood? [y/n]: ");
     a.send_line("y");
     assert_eq!(m.answer(), "OK");
@@ -206,7 +206,7 @@ fn fast_chat_with_share_stdout_stalled_keeps_memory_bounded() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("shared.bin"), pattern(100_000)).unwrap();
     let (mut bob, _) = share(&addr, "bob", dir.path(), true);
-    let mut m = FakePeer::ask_chat(peer_addr(&registry, "bob"), "flood");
+    let mut m = FakePeer::registered(&addr, peer_addr(&registry, "bob"), "flood");
     assert_eq!(m.answer(), "OK");
     bob.pause_stdout();
     let (before, peak, sent, writer) = flood(m, bob.pid());
@@ -249,6 +249,12 @@ fn chat_requests_every_second_never_take_menu_input() {
     let dir = tempfile::tempdir().unwrap();
     let mut a = client_at_menu(&addr, "alice", dir.path(), &[]);
     let alice = peer_addr(&registry, "alice");
+    // The requesters are registered users without a key (unverified), as a plaintext
+    // request's name must be.
+    let _registered: Vec<_> = ["spam", "ann", "ben", "cat"]
+        .iter()
+        .map(|n| register_by_hand(&addr, n, "x.txt"))
+        .collect();
 
     // A request every second: "spam" again and again, and three others once each.
     let stop = Arc::new(AtomicBool::new(false));
@@ -270,7 +276,7 @@ fn chat_requests_every_second_never_take_menu_input() {
 
     // Meanwhile the person goes through the menus; each input must reach its prompt.
     let steps: &[(&str, &str)] = &[
-        ("1", "Online users (2):"),
+        ("1", "Online users (6):"),
         ("2", "Enter username (empty to go back): "),
         ("bob", "Selected user: bob"),
         ("2", "Files shared by bob (1):"),
@@ -310,7 +316,7 @@ fn chat_requests_every_second_never_take_menu_input() {
     a.expect("declined the chat request from spam");
     a.expect("Accept chat with ann? [y/n]: ");
     a.send_line("1");
-    a.expect("Online users (2):");
+    a.expect("Online users (6):");
     a.expect("Accept chat with ann? [y/n]: ");
     a.send_line("no");
     a.expect("declined the chat request from ann");
@@ -337,7 +343,7 @@ fn chat_requests_under_ever_new_names_neither_flood_the_screen_nor_take_input() 
     let mut a = client_at_menu(&addr, "alice", dir.path(), &[]);
     let alice = peer_addr(&registry, "alice");
     let mut fakes: Vec<FakePeer> = (0..30)
-        .map(|i| FakePeer::ask_chat(alice, &format!("n{i}")))
+        .map(|i| FakePeer::registered(&addr, alice, &format!("n{i}")))
         .collect();
     // All but the (at most 8) waiting ones are declined at once, by the client or, past
     // its own bounds, by the library.
@@ -362,7 +368,7 @@ fn chat_requests_under_ever_new_names_neither_flood_the_screen_nor_take_input() 
     }
     // Input still goes where it was typed.
     a.send_line("1");
-    a.expect("Online users (1):");
+    a.expect("Online users (31):");
     a.expect("? [y/n]: ");
     let out = a.all_stdout();
     let notes = out.lines().filter(|l| l.contains("declined")).count();

@@ -41,7 +41,14 @@ fn scripted_commands_work_through_an_original_server() {
         let o = with(&["files", "orig1"]);
         assert_eq!(o.stdout, "o1_file.txt\n", "{o:?}");
         let o = with(&["whois", "orig1"]);
-        assert_eq!(o.stdout, format!("{}\n", orig.addr()), "{o:?}");
+        assert_eq!(
+            o.stdout,
+            format!(
+                "{}\nno key: unverified (an original registry, which lists no keys)\n",
+                orig.addr()
+            ),
+            "{o:?}"
+        );
         assert!(o.stderr.contains("original one"), "{o:?}");
     }
 
@@ -130,7 +137,14 @@ fn an_original_client_through_p2pchats_registry_is_shown_as_one() {
     let orig = OriginalPeer::start(orig_dir.path().to_path_buf(), Answer::Accept);
     orig.register(reg.parse().unwrap(), "orig1", &["song.mp3"]);
     let o = p2pchat(&["whois", "orig1", "--registry", &reg]);
-    assert_eq!(o.stdout, format!("{}\n", orig.addr()), "{o:?}");
+    assert_eq!(
+        o.stdout,
+        format!(
+            "{}\nno key: unverified (an original client, unencrypted)\n",
+            orig.addr()
+        ),
+        "{o:?}"
+    );
     assert!(o.stderr.contains("orig1 is an original client"), "{o:?}");
     let dir = TempDir::new().unwrap();
     let o = p2pchat(&[

@@ -51,7 +51,8 @@ fn dir(lab: &Lab, name: &str) -> PathBuf {
     d
 }
 
-/// `p2pchat whois USER` asked from `host`: the `IP:PORT` the registry gives.
+/// `p2pchat whois USER` asked from `host`: the `IP:PORT` the registry gives (its
+/// first line).
 fn whois(lab: &Lab, host: &str, user: &str) -> SocketAddrV4 {
     let registry = lab.registry_addr();
     let o = lab.run(
@@ -60,7 +61,11 @@ fn whois(lab: &Lab, host: &str, user: &str) -> SocketAddrV4 {
         QUERY_BOUND,
     );
     assert!(o.status_ok(), "whois {user} from {host}: {o:?}");
+    // The first line; the second is the key the registry lists.
     o.stdout
+        .lines()
+        .next()
+        .unwrap_or("")
         .trim()
         .parse()
         .unwrap_or_else(|_| panic!("whois {user}: not IPv4:PORT: {o:?}"))

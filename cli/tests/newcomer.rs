@@ -41,7 +41,7 @@ fn help_and_readme_list_one_exit_code_table_and_usage_errors_exit_2() {
         .split_once("Exit status (every command):")
         .map(|(_, t)| t.trim_end())
         .unwrap_or_else(|| panic!("no exit-code table in --help: {}", o.stdout));
-    for code in ["0 ", "1 ", "2 ", "3 ", "130 ", "141 "] {
+    for code in ["0 ", "1 ", "2 ", "3 ", "4 ", "5 ", "130 ", "141 "] {
         assert!(
             table.lines().any(|l| l.trim_start().starts_with(code)),
             "{code}in {table}"
@@ -516,7 +516,16 @@ fn the_readme_session_is_real_output() {
     bob.send_line("0");
     assert!(bob.wait_exit(WAIT).success());
 
-    let seen = trimmed(&(alice.all_stdout() + "\n" + &bob.all_stdout()));
+    // Keys differ from run to run: the README shows made-up fingerprints in their place.
+    let mut seen = trimmed(&(alice.all_stdout() + "\n" + &bob.all_stdout()));
+    for (user, shown) in [
+        ("alice", "Q4RZ-7KWM-2XHD-LT5N-VB3C-6PJE-YF6A-MU7S"),
+        ("bob", "H3GE-5NQA-W2TK-RD7V-ZX4M-LP6B-C7YJ-UF2N"),
+    ] {
+        let id = run(clean(&["id", user]));
+        assert!(id.status.success(), "{id:?}");
+        seen = seen.replace(id.stdout.trim_end(), shown);
+    }
     let share = alice_dir.path().canonicalize().unwrap();
     let blocks = readme_session_blocks(&share.display().to_string());
     assert!(blocks.len() >= 8, "{blocks:#?}");

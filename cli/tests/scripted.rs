@@ -11,7 +11,7 @@ fn every_command_has_help() {
     let o = p2pchat(&["--help"]);
     assert!(o.status.success(), "{o:?}");
     for cmd in [
-        "server", "client", "users", "files", "whois", "share", "fetch", "send",
+        "server", "client", "users", "files", "whois", "share", "fetch", "send", "id", "trust",
     ] {
         assert!(
             o.stdout.contains(cmd),
@@ -106,9 +106,14 @@ fn browse_users_files_and_whois() {
     let o = p2pchat(&["files", "bob", "--registry", &addr]);
     assert_eq!(o.stdout, "notes.txt\nsong.ogg\n", "{o:?}");
 
+    // Where bob listens, then the key the registry lists for him.
     let o = p2pchat(&["whois", "bob", "--registry", &addr]);
     assert!(o.status.success(), "{o:?}");
-    assert_eq!(o.stdout, format!("127.0.0.1:{bob_port}\n"));
+    let lines: Vec<&str> = o.stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{o:?}");
+    assert_eq!(lines[0], format!("127.0.0.1:{bob_port}"));
+    let bob_id = p2pchat(&["id", "bob"]);
+    assert_eq!(lines[1], format!("key {}", bob_id.stdout.trim()), "{o:?}");
     assert_eq!(registry.user("bob").unwrap().port, bob_port);
 }
 

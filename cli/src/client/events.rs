@@ -33,6 +33,8 @@ pub enum Event {
     RequestExpired { from: String },
     /// Something worth a line (registry connection lost or back, a skipped file).
     Notice(String),
+    /// A warning of several lines, already made visible (a changed key).
+    Warning(Vec<String>),
 }
 
 /// A chat message.
@@ -74,8 +76,10 @@ impl Queues {
         }
     }
 
-    /// Install hooks on `builder` that feed these queues.
-    pub fn wire(&self, builder: PeerBuilder) -> PeerBuilder {
+    /// Install hooks on `builder` that feed these queues; `keys` says how to advise
+    /// about a changed key.
+    pub fn wire(&self, builder: PeerBuilder, keys: &super::session::Keys) -> PeerBuilder {
+        let (registry, given) = (keys.registry.clone(), keys.given.clone());
         let (t1, t3, t4) = (
             self.event_tx.clone(),
             self.event_tx.clone(),
@@ -127,6 +131,18 @@ impl Queues {
                     }
                     PeerEvent::ShareSkipped { name, reason } => {
                         Event::Notice(crate::notice::skipped(name, reason))
+                    }
+                    PeerEvent::KeyChanged {
+                        subject,
+                        pinned,
+                        offered,
+                    } => {
+                        let e = p2pcore::Error::KeyChanged {
+                            subject: subject.clone(),
+                            pinned: *pinned,
+                            offered: *offered,
+                        };
+                        Event::Warning(crate::keys::warning(&registry, given.as_deref(), &e))
                     }
                     PeerEvent::ShareUpdated {
                         files,

@@ -134,6 +134,7 @@ fn failed(s: &mut Session, name: &str, what: &str, e: Error) -> Next {
         error(s, format!("{name} is no longer online"));
         Next::Gone
     } else {
+        s.warn_key(&e);
         error(s, format!("{what}: {e}"));
         Next::Stay
     }
@@ -153,6 +154,29 @@ fn view_address(s: &mut Session, name: &str) -> Next {
                     ""
                 }
             ));
+            let listed = crate::keys::listed_key(&info, s.peer.registry_is_legacy());
+            let yours = if name == s.peer.username() {
+                format!(" (you; your own key is {})", s.peer.fingerprint())
+            } else {
+                String::new()
+            };
+            let line = if info.key.is_some() {
+                format!("{}'s {listed}{yours}", visible(name))
+            } else {
+                format!("{} has {listed}{yours}", visible(name))
+            };
+            let line = if info.key.is_some() {
+                line
+            } else {
+                s.style.yellow(&line)
+            };
+            s.say(line);
+            let conflict =
+                crate::keys::pin_conflict(s.keys.file.as_deref(), &s.keys.registry, name, info.key);
+            if let Some(w) = conflict {
+                let w = s.style.red(&w);
+                s.say(w);
+            }
             Next::Stay
         }
         Err(e) => failed(s, name, "cannot look up the address", e),

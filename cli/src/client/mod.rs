@@ -51,21 +51,37 @@ pub fn run(args: ClientArgs) -> Result<(), Failure> {
     let queues = events::Queues::new();
     let answer_timeout = Duration::from_secs(args.answer_timeout.max(1));
     let repeat_window = Duration::from_secs(args.repeat_window);
+    let registry = args.registry.registry.clone();
+    let known_keys = args.registry.known_keys_file();
     let registration = prompt::Registration {
         mode: args.registry.mode(),
-        registry: args.registry.registry,
+        registry: args.registry.registry.clone(),
         user: args.user,
         dir: args.dir,
         port: args.port,
         listen: args.listen,
+        identity: args.identity,
+        known_keys_given: args.registry.known_keys.clone(),
+        known_keys: known_keys.clone(),
+    };
+    let keys = session::Keys {
+        registry: registry.clone(),
+        given: args.registry.known_keys.clone(),
+        file: known_keys,
     };
     // Live share: files added to the folder while online are announced (issue 16).
     let hooks = |b: p2pcore::peer::PeerBuilder| {
-        queues.wire(b.chat_answer_timeout(answer_timeout).live_share(true))
+        queues.wire(
+            args.serving
+                .apply(b)
+                .chat_answer_timeout(answer_timeout)
+                .live_share(true),
+            &keys,
+        )
     };
     let peer = match prompt::register(registration, &input, &signals, &style, &hooks) {
         Ok(Ok(peer)) => peer,
-        Ok(Err(message)) => return Err(Failure::new(message)),
+        Ok(Err(failure)) => return Err(failure),
         Err(Quit::Eof) => return Err(Failure::new("input ended before registration")),
         Err(Quit::Signal) => {
             return Err(Failure {
@@ -90,6 +106,9 @@ pub fn run(args: ClientArgs) -> Result<(), Failure> {
             n => format!("{n} files"),
         }
     ));
+    let own_key = crate::keys::own_key(&peer);
+    let status = crate::keys::registry_status(&peer, &registry);
+    let unencrypted = peer.registry_key().is_none();
     let mut session = session::Session::new(
         peer,
         style,
@@ -98,9 +117,17 @@ pub fn run(args: ClientArgs) -> Result<(), Failure> {
         queues,
         answer_timeout,
         repeat_window,
-    );
+    )
+    .with_keys(keys);
     // A failed write is noticed at the menu prompt that follows it.
     session.say(registered);
+    session.say(own_key);
+    let status = if unencrypted {
+        session.style.yellow(&status)
+    } else {
+        status
+    };
+    session.say(status);
     let outcome = menu::main_menu(&mut session);
     let why = match &outcome {
         Ok(()) => "bye",

@@ -4,7 +4,7 @@
 
 use super::input::{Input, Line};
 use super::Quit;
-use crate::failure::registry_failure;
+use crate::failure::{failure_at, registry_failure, Failure};
 use crate::output;
 use crate::style::Style;
 use crate::visible::visible;
@@ -56,18 +56,26 @@ pub struct Registration {
     pub listen: Option<IpAddr>,
     /// How to talk to the registry (`--legacy-registry`).
     pub mode: p2pcore::peer::RegistryMode,
+    /// The key file (`--identity`); `None`: the username's default one.
+    pub identity: Option<PathBuf>,
+    /// `--known-keys` as given (repeated in advice about a changed key).
+    pub known_keys_given: Option<PathBuf>,
+    /// The known-keys file in use (`None`: pins for this run only).
+    pub known_keys: Option<PathBuf>,
 }
 
 /// Prompt for what is missing and connect; on a field's error, ask for it again.
 /// `hooks` installs the client's hooks on each attempt's builder. Errors that no
-/// answer can fix (registry unreachable) are returned as text.
+/// answer can fix (registry unreachable, a changed registry key) are returned as the
+/// command's failure.
 pub fn register(
     mut reg: Registration,
     input: &Input,
     signals: &Receiver<()>,
     style: &Style,
     hooks: &dyn Fn(PeerBuilder) -> PeerBuilder,
-) -> Result<Result<Peer, String>, Quit> {
+) -> Result<Result<Peer, Failure>, Quit> {
+    let given = reg.known_keys_given.clone();
     // Texts may quote the registry's answers: never raw.
     let complain = |text: String| output::line(&style.red(&visible(&text)));
     loop {
@@ -85,7 +93,7 @@ pub fn register(
                 complain(e.to_string())?;
                 continue;
             }
-            Err(e) => return Ok(Err(registry_failure(&reg.registry, &e).message)),
+            Err(e) => return Ok(Err(registry_failure(&reg.registry, given.as_deref(), &e))),
         }
         let dir = loop {
             let dir = match reg.dir.take() {
@@ -133,6 +141,12 @@ pub fn register(
         if let Some(ip) = reg.listen {
             builder = builder.listen_ip(ip);
         }
+        if let Some(file) = &reg.identity {
+            builder = builder.identity_file(file);
+        }
+        if let Some(file) = &reg.known_keys {
+            builder = builder.known_keys_file(file);
+        }
         let builder = hooks(builder);
         match builder.connect() {
             Ok(peer) => return Ok(Ok(peer)),
@@ -148,7 +162,7 @@ pub fn register(
                 complain(e.to_string())?;
                 (reg.user, reg.dir) = (Some(user), Some(dir));
             }
-            Err(e) => return Ok(Err(e.to_string())),
+            Err(e) => return Ok(Err(failure_at(&reg.registry, given.as_deref(), e))),
         }
     }
 }

@@ -44,6 +44,8 @@ const NOTE_EVERY: Duration = Duration::from_secs(3);
 struct Waiting {
     request: ChatRequest,
     from: String,
+    /// The line about the caller's key, or a loud UNVERIFIED mark ([`crate::keys::caller_line`]).
+    mark: String,
     deadline: Instant,
     /// Its "wants to chat" line has been shown.
     announced: bool,
@@ -55,8 +57,21 @@ struct Recent {
     noted: bool,
 }
 
+/// Where keys are pinned, for advice about a changed one and for showing pins.
+#[derive(Default)]
+pub struct Keys {
+    /// The registry as typed (`HOST:PORT`, maybe `#FINGERPRINT`).
+    pub registry: String,
+    /// `--known-keys` as given (repeated in advice).
+    pub given: Option<std::path::PathBuf>,
+    /// The known-keys file in use (`None`: pins for this run only).
+    pub file: Option<std::path::PathBuf>,
+}
+
 /// The client once registered.
 pub struct Session {
+    /// Where keys are pinned.
+    pub keys: Keys,
     pub peer: Peer,
     pub style: Style,
     pub signals: Receiver<()>,
@@ -91,6 +106,7 @@ impl Session {
         repeat_window: Duration,
     ) -> Session {
         Session {
+            keys: Keys::default(),
             peer,
             style,
             signals,
@@ -106,6 +122,12 @@ impl Session {
             output_failed: None,
             terminal: std::io::stdout().is_terminal(),
         }
+    }
+
+    /// This session with `keys` (where keys are pinned).
+    pub fn with_keys(mut self, keys: Keys) -> Session {
+        self.keys = keys;
+        self
     }
 
     /// Where downloads started (see [`crate::progress::watch`]).
@@ -170,6 +192,20 @@ impl Session {
             Some(e) => Err(Quit::Output(e.clone())),
             None => Ok(()),
         }
+    }
+
+    /// Lines of a warning (already made visible), in red.
+    pub fn warn(&mut self, lines: &[String]) {
+        for line in lines {
+            let line = self.style.red(line);
+            self.say(line);
+        }
+    }
+
+    /// The warning for a changed key in `e`, if it is one (see [`crate::keys::warning`]).
+    pub fn warn_key(&mut self, e: &p2pcore::Error) {
+        let lines = crate::keys::warning(&self.keys.registry, self.keys.given.as_deref(), e);
+        self.warn(&lines);
     }
 
     /// A name someone else chose, coloured and made visible.
@@ -284,6 +320,7 @@ impl Session {
                 let line = self.style.yellow(&visible(&text));
                 self.say(line);
             }
+            Event::Warning(lines) => self.warn(&lines),
             // A chat that is over.
             Event::ChatClosed { .. } => {}
         }
@@ -324,9 +361,16 @@ impl Session {
             self.note_refusal(&from, text);
             return;
         }
+        let mark = crate::keys::caller_line(
+            &from,
+            request.key(),
+            request.is_verified(),
+            request.is_legacy(),
+        );
         self.waiting.push_back(Waiting {
             request,
             from,
+            mark,
             deadline: at + self.answer_timeout,
             announced: false,
         });
@@ -435,10 +479,17 @@ impl Session {
             let left = head.deadline.saturating_duration_since(Instant::now());
             // Rounded up: a request shown the moment it arrived has the whole timeout.
             let secs = left.as_millis().div_ceil(1000).max(1);
+            let mark = format!("    {}", head.mark);
+            let mark = if head.request.is_verified() {
+                mark
+            } else {
+                self.style.red(&mark)
+            };
             let line = self.style.yellow(&format!(
                 "*** {from} wants to chat with you (answer within {secs} s; menu choices still work) ***"
             ));
             self.say(line);
+            self.say(mark);
             if let Some(head) = self.waiting.front_mut() {
                 head.announced = true;
             }
@@ -453,6 +504,10 @@ impl Session {
         };
         match w.request.accept() {
             Ok(chat) => {
+                if let Some(warning) = crate::keys::unsecured_chat(&chat) {
+                    let warning = self.style.red(&warning);
+                    self.say(warning);
+                }
                 // Someone the person chose to talk to may ask again at once.
                 self.recent.remove(&w.from);
                 self.run_chat(chat)?;
@@ -495,6 +550,10 @@ impl Session {
                     format!("{shown} accepted the chat")
                 });
                 self.say(line);
+                if let Some(w) = crate::keys::unsecured_chat(&chat) {
+                    let w = self.style.red(&w);
+                    self.say(w);
+                }
                 self.run_chat(chat)
             }
             Err(p2pcore::Error::Declined(_)) => {
@@ -505,6 +564,7 @@ impl Session {
                 Ok(())
             }
             Err(e) => {
+                self.warn_key(&e);
                 let line = self.style.red(&format!(
                     "cannot chat with {shown}: {}",
                     visible(&e.to_string())

@@ -4,13 +4,14 @@
 #![allow(dead_code)] // each test file uses a different part
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
-use p2pcore::registry::Registry;
+use p2pcore::identity::Identity;
+use p2pcore::registry::{Registry, RegistryConfig};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 /// The binary under test.
@@ -18,19 +19,68 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_p2pchat");
 /// The longest any single wait may take.
 pub const WAIT: Duration = Duration::from_secs(20);
 
-/// A registry on a free loopback port, in this process.
+/// A registry on a free loopback port, in this process, with [`registry_identity`].
 pub fn registry() -> (Registry, String) {
-    let r = Registry::bind("127.0.0.1:0").expect("bind registry");
+    let r = Registry::builder()
+        .config(registry_config())
+        .bind("127.0.0.1:0")
+        .expect("bind registry");
     let addr = r.local_addr().to_string();
     (r, addr)
 }
 
-/// A `p2pchat` command with a clean environment for colours and the registry.
+/// The key of every in-process test registry: one per test process, kept in
+/// [`test_home`]. The `p2pchat` children pin a registry's key per address on first
+/// use in the shared known-keys file, so a loopback port that a later test's registry
+/// reuses must come with the same key.
+pub fn registry_identity() -> Identity {
+    static KEY: OnceLock<Identity> = OnceLock::new();
+    KEY.get_or_init(|| {
+        Identity::load_or_create(&test_home().join("registry.key")).expect("registry key")
+    })
+    .clone()
+}
+
+/// Default registry settings with [`registry_identity`].
+pub fn registry_config() -> RegistryConfig {
+    RegistryConfig {
+        identity: Some(registry_identity()),
+        ..RegistryConfig::default()
+    }
+}
+
+/// The home directory of every `p2pchat` this test process starts, made once: keys
+/// (one per username, kept across a test's commands), pinned keys and the hash cache
+/// live there, never in the real `~/.config`. Under Cargo's target tmp directory.
+pub fn test_home() -> &'static Path {
+    static HOME: OnceLock<tempfile::TempDir> = OnceLock::new();
+    HOME.get_or_init(|| {
+        tempfile::Builder::new()
+            .prefix("p2pchat-home-")
+            .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+            .expect("a test home directory")
+    })
+    .path()
+}
+
+/// Points `cmd`'s home and XDG directories at [`test_home`].
+pub fn isolate(cmd: &mut Command) -> &mut Command {
+    let home = test_home();
+    cmd.env("HOME", home)
+        .env("XDG_CONFIG_HOME", home.join("config"))
+        .env("XDG_DATA_HOME", home.join("data"))
+        .env("XDG_CACHE_HOME", home.join("cache"))
+        .env_remove("P2PCHAT_IDENTITY")
+}
+
+/// A `p2pchat` command with a clean environment for colours, the registry and the
+/// home directory ([`isolate`]).
 pub fn command(args: &[&str]) -> Command {
     let mut c = Command::new(BIN);
     c.args(args)
         .env("NO_COLOR", "1")
         .env_remove("P2PCHAT_REGISTRY");
+    isolate(&mut c);
     c
 }
 
@@ -106,6 +156,13 @@ pub struct Proc {
 /// never touch the user's registry data and servers in parallel never share a store.
 pub fn server_proc(args: &[&str]) -> Proc {
     let data = tempfile::tempdir().expect("temporary data directory");
+    // The key of every test registry (see `registry_identity`).
+    let _ = registry_identity();
+    std::fs::copy(
+        test_home().join("registry.key"),
+        data.path().join("registry.key"),
+    )
+    .expect("the test registry key");
     let dir = data.path().to_str().expect("UTF-8 temp path").to_string();
     let mut all = vec!["server", "--data-dir", dir.as_str()];
     all.extend_from_slice(args);
@@ -410,6 +467,8 @@ pub fn register_by_hand(registry: &str, user: &str, file: &str) -> (TcpListener,
 pub struct FakePeer {
     pub stream: TcpStream,
     reader: BufReader<TcpStream>,
+    /// Its registration by hand (a plaintext session, so without a key), if any.
+    registration: Option<(TcpListener, TcpStream)>,
 }
 
 impl FakePeer {
@@ -422,7 +481,21 @@ impl FakePeer {
             .write_all(format!("P2P/1 CHAT {from}\n").as_bytes())
             .expect("send the chat request");
         let reader = BufReader::new(stream.try_clone().unwrap());
-        FakePeer { stream, reader }
+        FakePeer {
+            stream,
+            reader,
+            registration: None,
+        }
+    }
+
+    /// [`FakePeer::ask_chat`] by a user registered by hand in `registry` as `from`
+    /// over a plaintext session (so without a key): a plaintext request in such a
+    /// name is served, marked unverified; in anyone else's it is refused.
+    pub fn registered(registry: &str, to: SocketAddr, from: &str) -> FakePeer {
+        let registration = register_by_hand(registry, from, "fake.txt");
+        let mut fake = FakePeer::ask_chat(to, from);
+        fake.registration = Some(registration);
+        fake
     }
 
     /// The answer line (`OK`, `ERR declined ...`), or "" if the connection closed.

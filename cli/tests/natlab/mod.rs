@@ -115,8 +115,6 @@ pub struct Lab {
     ports: u32,
     /// Home, config and data directories of the processes run here.
     pub temp: tempfile::TempDir,
-    /// Processes started so far (names the environment directory of the next one).
-    children: AtomicU32,
 }
 
 /// Why the lab cannot run here.
@@ -168,7 +166,6 @@ impl Lab {
             nats: Vec::new(),
             ports: 0,
             temp,
-            children: AtomicU32::new(0),
         };
         match lab.build(hosts) {
             Ok(()) => Some(lab),
@@ -350,12 +347,12 @@ impl Lab {
         SocketAddrV4::new(REGISTRY_IP, REGISTRY_PORT).to_string()
     }
 
-    /// `p2pchat ARGS` to run on `host`, with a home, config, data and cache directory
-    /// of its own (nothing of the machine's user is read or written) and no registry or
-    /// user from the environment.
+    /// `p2pchat ARGS` to run on `host`, with the host's home, config, data and cache
+    /// directory (nothing of the machine's user is read or written; one per host, as
+    /// on a machine, so a user's runs there share their key) and no registry or user
+    /// from the environment.
     pub fn p2pchat(&self, host: &Host, args: &[&str]) -> Command {
-        let n = self.children.fetch_add(1, Ordering::SeqCst);
-        let home = self.temp.path().join(format!("home-{}-{n}", host.name));
+        let home = self.temp.path().join(format!("home-{}", host.name));
         for sub in ["config", "data", "cache"] {
             std::fs::create_dir_all(home.join(sub)).expect("create a child's home");
         }
