@@ -314,6 +314,7 @@ fn lines_arriving_while_typing_start_on_a_fresh_line() {
     alice.session.send("1").unwrap();
     alice.expect("1");
     let listen = bob.peer_addr("alice").unwrap();
+    let _carol_listed = common::keyless(&addr, &["carol"]);
     let _carol = common::FakePeer::ask_chat(listen, "carol");
     alice.expect("\r\x1b[K*** carol wants to chat with you (answer within 30 s;");
     alice.expect("Accept chat with carol? [y/n]: ");

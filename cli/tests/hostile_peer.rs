@@ -58,6 +58,7 @@ fn chat_text_and_names_with_terminal_controls_are_shown_escaped() {
     let dir = tempfile::tempdir().unwrap();
     let mut a = client_at_menu(&addr, "alice", dir.path(), &[]);
     // The name is the requester's own claim: it may hold a bidi override.
+    let _names = common::keyless(&addr, &["mal\u{202e}lory"]);
     let mut m = FakePeer::ask_chat(peer_addr(&registry, "alice"), "mal\u{202e}lory");
     a.expect("*** mal\\u{202e}lory wants to chat with you");
     a.expect("Accept chat with mal\\u{202e}lory? [y/n]: ");
@@ -87,6 +88,7 @@ fn chat_text_and_names_with_terminal_controls_are_shown_escaped() {
 
     // `share` prints chat text the same way.
     let (mut bob, _) = share(&addr, "bob", dir.path(), true);
+    let _names = common::keyless(&addr, &["mallory"]);
     let mut m = FakePeer::ask_chat(peer_addr(&registry, "bob"), "mallory");
     assert_eq!(m.answer(), "OK");
     for text in HOSTILE {
@@ -183,6 +185,7 @@ fn fast_chat_with_client_stdout_stalled_keeps_memory_bounded() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("shared.bin"), pattern(100_000)).unwrap();
     let mut a = client_at_menu(&addr, "alice", dir.path(), &[]);
+    let _names = common::keyless(&addr, &["flood"]);
     let mut m = FakePeer::ask_chat(peer_addr(&registry, "alice"), "flood");
     a.expect("Accept chat with flood? [y/n]: ");
     a.send_line("y");
@@ -206,6 +209,7 @@ fn fast_chat_with_share_stdout_stalled_keeps_memory_bounded() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("shared.bin"), pattern(100_000)).unwrap();
     let (mut bob, _) = share(&addr, "bob", dir.path(), true);
+    let _names = common::keyless(&addr, &["flood"]);
     let mut m = FakePeer::ask_chat(peer_addr(&registry, "bob"), "flood");
     assert_eq!(m.answer(), "OK");
     bob.pause_stdout();
@@ -249,6 +253,7 @@ fn chat_requests_every_second_never_take_menu_input() {
     let dir = tempfile::tempdir().unwrap();
     let mut a = client_at_menu(&addr, "alice", dir.path(), &[]);
     let alice = peer_addr(&registry, "alice");
+    let _names = common::keyless(&addr, &["spam", "ann", "ben", "cat"]);
 
     // A request every second: "spam" again and again, and three others once each.
     let stop = Arc::new(AtomicBool::new(false));
@@ -336,6 +341,9 @@ fn chat_requests_under_ever_new_names_neither_flood_the_screen_nor_take_input() 
     let dir = tempfile::tempdir().unwrap();
     let mut a = client_at_menu(&addr, "alice", dir.path(), &[]);
     let alice = peer_addr(&registry, "alice");
+    let names: Vec<String> = (0..30).map(|i| format!("n{i}")).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let _names = common::keyless(&addr, &names);
     let mut fakes: Vec<FakePeer> = (0..30)
         .map(|i| FakePeer::ask_chat(alice, &format!("n{i}")))
         .collect();

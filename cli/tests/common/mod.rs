@@ -405,6 +405,17 @@ pub fn register_by_hand(registry: &str, user: &str, file: &str) -> (TcpListener,
     (listener, session)
 }
 
+/// Registers each of `names` without a key (plaintext sessions, listening nowhere
+/// useful), so a hand-made peer's plaintext chat requests in those names are served,
+/// unverified (p2pchat peers deny plaintext requests in the name of a user with a key,
+/// or of no registered user). The registrations last while the result is kept.
+pub fn keyless(registry: &str, names: &[&str]) -> Vec<(TcpListener, TcpStream)> {
+    names
+        .iter()
+        .map(|n| register_by_hand(registry, n, "x.bin"))
+        .collect()
+}
+
 /// A peer speaking the wire protocol by hand, as a hostile one would: it asks `to` (a
 /// peer's listening address) for a chat as `from` (any name it likes).
 pub struct FakePeer {
