@@ -320,7 +320,8 @@ fn lines_arriving_while_typing_start_on_a_fresh_line() {
     alice.expect("Accept chat with carol? [y/n]: ");
     // Enter sends the "1" typed before: a menu choice, not an answer.
     alice.send_line("");
-    alice.expect("Online users (2):");
+    // alice, bob and carol (listed without a key, so her plaintext request is served).
+    alice.expect("Online users (3):");
 
     // In a chat: "hel" typed when bob's message arrives.
     alice.expect("Accept chat with carol? [y/n]: ");
