@@ -6,7 +6,7 @@ mod common;
 
 use common::{fake_peer, pattern, wait_until};
 use p2pcore::peer::{Peer, PeerLimits};
-use p2pcore::registry::Registry;
+use p2pcore::registry::{Registry, RegistryConfig};
 use p2pcore::ErrorCode;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
@@ -69,7 +69,7 @@ fn child_serves_a_share() {
     let (Ok(registry), Ok(dir)) = (std::env::var("P2P_REGISTRY"), std::env::var("P2P_DIR")) else {
         return;
     };
-    let peer = Peer::builder(&registry, "server", Path::new(&dir))
+    let peer = common::peer_builder(&registry, "server", Path::new(&dir))
         .connect()
         .unwrap();
     println!("READY {}", peer.listen_addr());
@@ -83,7 +83,11 @@ fn child_runs_a_registry() {
     let Ok(addr) = std::env::var("P2P_ADDR") else {
         return;
     };
-    let r = Registry::bind(addr).unwrap();
+    let config = RegistryConfig {
+        data_dir: std::env::var_os("P2P_DATA").map(Into::into),
+        ..RegistryConfig::default()
+    };
+    let r = Registry::builder().config(config).bind(addr).unwrap();
     println!("READY {}", r.local_addr());
     std::io::stdout().flush().unwrap();
     park();
@@ -101,7 +105,7 @@ fn a_serving_peer_killed_mid_transfer_is_resumed_to_an_identical_file() {
     ];
     let (server, _) = ChildProc::start("child_serves_a_share", &env);
     let mine = TempDir::new().unwrap();
-    let bob = Peer::builder(&r.local_addr().to_string(), "bob", mine.path())
+    let bob = common::peer_builder(&r.local_addr().to_string(), "bob", mine.path())
         .connect()
         .unwrap();
     let final_path = mine.path().join("big.bin");
@@ -136,21 +140,33 @@ fn a_killed_registry_restarted_on_its_address_lists_every_peer_again() {
     let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = probe.local_addr().unwrap();
     drop(probe);
-    let env = [("P2P_ADDR", addr.to_string())];
+    // Restarted from the same data directory: the same key (the peers pinned it) and
+    // the same claims.
+    let data = TempDir::new().unwrap();
+    let env = [
+        ("P2P_ADDR", addr.to_string()),
+        ("P2P_DATA", data.path().display().to_string()),
+    ];
     let (registry, _) = ChildProc::start("child_runs_a_registry", &env);
     let dirs: Vec<TempDir> = (0..3).map(|_| TempDir::new().unwrap()).collect();
     let peers: Vec<Peer> = dirs
         .iter()
         .enumerate()
         .map(|(i, d)| {
-            Peer::builder(&addr.to_string(), &format!("p{i}"), d.path())
+            common::peer_builder(&addr.to_string(), &format!("p{i}"), d.path())
                 .connect()
                 .unwrap()
         })
         .collect();
     registry.kill();
     let restarted = Instant::now();
-    let r = Registry::bind(addr).unwrap();
+    let r = Registry::builder()
+        .config(RegistryConfig {
+            data_dir: Some(data.path().to_path_buf()),
+            ..RegistryConfig::default()
+        })
+        .bind(addr)
+        .unwrap();
     assert!(
         wait_until(WAIT, || r.users() == vec!["p0", "p1", "p2"]),
         "listed again: {:?}",
@@ -169,7 +185,7 @@ fn a_requester_that_vanishes_mid_transfer_frees_the_serving_slot() {
     let r = Registry::bind("127.0.0.1:0").unwrap();
     let share = TempDir::new().unwrap();
     std::fs::write(share.path().join("big.bin"), pattern(64 * 1024 * 1024, 0)).unwrap();
-    let server = Peer::builder(&r.local_addr().to_string(), "server", share.path())
+    let server = common::peer_builder(&r.local_addr().to_string(), "server", share.path())
         .connect()
         .unwrap();
     let client = common::keyed_client(r.local_addr(), "vanisher", 1);
@@ -216,10 +232,10 @@ fn a_full_disk_fails_clearly_and_keeps_the_partial_file_for_resume() {
     let share = TempDir::new().unwrap();
     let content = pattern(4 * 1024 * 1024, 0);
     std::fs::write(share.path().join("big.bin"), &content).unwrap();
-    let _server = Peer::builder(&r.local_addr().to_string(), "server", share.path())
+    let _server = common::peer_builder(&r.local_addr().to_string(), "server", share.path())
         .connect()
         .unwrap();
-    let bob = Peer::builder(&r.local_addr().to_string(), "bob", disk.path())
+    let bob = common::peer_builder(&r.local_addr().to_string(), "bob", disk.path())
         .limits(PeerLimits {
             free_space_margin: 0,
             ..PeerLimits::default()

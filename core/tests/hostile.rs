@@ -348,7 +348,7 @@ fn sharing() -> Sharing {
     let registry = Registry::bind("127.0.0.1:0").unwrap();
     let dir = TempDir::new().unwrap();
     std::fs::write(dir.path().join("ok.txt"), b"good bytes").unwrap();
-    let peer = Peer::builder(&registry.local_addr().to_string(), "server", dir.path())
+    let peer = common::peer_builder(&registry.local_addr().to_string(), "server", dir.path())
         .listen_ip("127.0.0.1".parse().unwrap())
         .on_chat_request(|r| {
             let _ = r.accept();
@@ -510,7 +510,7 @@ fn a_peer_that_sends_more_than_announced_gets_exactly_the_announced_bytes() {
     let answer = format!("OK {} {hash}\n", content.len());
     let (_session, server) = fake_server(registry.local_addr(), "mallory", answer, body);
     let dir = TempDir::new().unwrap();
-    let bob = Peer::builder(&registry.local_addr().to_string(), "bob", dir.path())
+    let bob = common::peer_builder(&registry.local_addr().to_string(), "bob", dir.path())
         .connect()
         .unwrap();
     let path = bob.fetch("mallory", "x.bin").unwrap().wait().unwrap();
@@ -559,7 +559,7 @@ fn a_chat_partner_that_never_reads_makes_send_fail_not_hang() {
         let _ = end_rx.recv_timeout(Duration::from_secs(60));
     });
     let dir = TempDir::new().unwrap();
-    let alice = Peer::builder(&registry.local_addr().to_string(), "alice", dir.path())
+    let alice = common::peer_builder(&registry.local_addr().to_string(), "alice", dir.path())
         .io_timeout(Duration::from_secs(2))
         .connect()
         .unwrap();

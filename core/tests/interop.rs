@@ -13,7 +13,7 @@ use crossbeam_channel::{unbounded, Receiver};
 use original::{
     eventually, legacy_query_whole, original_client_query, Answer, OriginalPeer, OriginalServer,
 };
-use p2pcore::peer::{ChatRequest, Peer, PeerBuilder, PeerEvent, RegistryClient, RegistryMode};
+use p2pcore::peer::{ChatRequest, PeerBuilder, PeerEvent, RegistryClient, RegistryMode};
 use p2pcore::registry::Registry;
 use p2pcore::{Error, ErrorCode};
 use std::io::{Read, Write};
@@ -25,7 +25,7 @@ use tempfile::TempDir;
 const WAIT: Duration = Duration::from_secs(10);
 
 fn builder(registry: SocketAddr, name: &str, dir: &Path) -> PeerBuilder {
-    Peer::builder(&registry.to_string(), name, dir).listen_ip("127.0.0.1".parse().unwrap())
+    common::peer_builder(&registry.to_string(), name, dir).listen_ip("127.0.0.1".parse().unwrap())
 }
 
 /// The same legacy queries against p2pchat's registry and the emulated original

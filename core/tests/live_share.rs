@@ -33,7 +33,7 @@ fn live(registry: SocketAddr, name: &str, files: &[(&str, &[u8])]) -> Live {
         std::fs::write(dir.path().join(f), content).unwrap();
     }
     let (tx, events) = unbounded();
-    let peer = Peer::builder(&registry.to_string(), name, dir.path())
+    let peer = common::peer_builder(&registry.to_string(), name, dir.path())
         .live_share(true)
         .on_event(move |e| {
             let _ = tx.send(e.clone());
@@ -45,7 +45,7 @@ fn live(registry: SocketAddr, name: &str, files: &[(&str, &[u8])]) -> Live {
 
 fn plain(registry: SocketAddr, name: &str) -> (Peer, TempDir) {
     let dir = TempDir::new().unwrap();
-    let peer = Peer::builder(&registry.to_string(), name, dir.path())
+    let peer = common::peer_builder(&registry.to_string(), name, dir.path())
         .connect()
         .unwrap();
     (peer, dir)
@@ -332,7 +332,7 @@ fn hash_cache_lives_in_the_cache_dir() {
     std::fs::write(dir.path().join(".p2pchat-hashes"), legacy).unwrap();
 
     let before = threads();
-    let peer = Peer::builder(&r.local_addr().to_string(), "carol", dir.path())
+    let peer = common::peer_builder(&r.local_addr().to_string(), "carol", dir.path())
         .live_share(true)
         .connect()
         .unwrap();

@@ -6,7 +6,7 @@ mod common;
 use common::{fake_server, pattern, wait_until};
 use crossbeam_channel::{unbounded, Receiver};
 use p2pcore::peer::{ChatClosedBy, ChatRequest, Peer, PeerBuilder, PeerEvent};
-use p2pcore::registry::Registry;
+use p2pcore::registry::{Registry, RegistryConfig};
 use p2pcore::ErrorCode;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -41,7 +41,7 @@ fn builder(
     let (tx, seen) = unbounded::<Seen>();
     let (rtx, requests) = unbounded::<ChatRequest>();
     let (t1, t2, t3, t4, t5) = (tx.clone(), tx.clone(), tx.clone(), tx.clone(), tx);
-    let b = Peer::builder(&registry.to_string(), name, dir)
+    let b = common::peer_builder(&registry.to_string(), name, dir)
         .listen_ip("127.0.0.1".parse().unwrap())
         .on_chat_request(move |r| {
             let _ = rtx.send(r);
@@ -608,14 +608,26 @@ fn legacy_chat_is_raw_both_ways_and_ends_with_the_connection() {
 
 #[test]
 fn a_killed_registry_restarted_lists_the_peer_again_without_help() {
-    let r = Registry::bind("127.0.0.1:0").unwrap();
+    // Restarted from its data directory: the same key (so the peer's pin holds) and
+    // alice's claim.
+    let data = TempDir::new().unwrap();
+    let start = |addr: SocketAddr| {
+        Registry::builder()
+            .config(RegistryConfig {
+                data_dir: Some(data.path().to_path_buf()),
+                ..RegistryConfig::default()
+            })
+            .bind(addr)
+            .unwrap()
+    };
+    let r = start("127.0.0.1:0".parse().unwrap());
     let addr = r.local_addr();
     let alice = join(addr, "alice", &[("a.txt", b"a")]);
     r.shutdown();
     alice.expect("lost", |s| {
         matches!(s, Seen::Event(PeerEvent::RegistryLost { .. }))
     });
-    let r = Registry::bind(addr).unwrap();
+    let r = start(addr);
     assert!(
         wait_until(WAIT, || r.users() == vec!["alice"]),
         "re-registered within the wait"
@@ -624,6 +636,35 @@ fn a_killed_registry_restarted_lists_the_peer_again_without_help() {
         *s == Seen::Event(PeerEvent::RegistryRestored)
     });
     assert_eq!(r.user("alice").unwrap().files, vec!["a.txt"]);
+}
+
+#[test]
+fn a_registry_restarted_with_another_key_is_refused_and_reported_once() {
+    // No data directory: the restarted registry has a new key, which the peer pinned
+    // on its first session; it must not register there, and must say why.
+    let r = Registry::bind("127.0.0.1:0").unwrap();
+    let addr = r.local_addr();
+    let first = r.fingerprint();
+    let alice = join(addr, "alice", &[("a.txt", b"a")]);
+    r.shutdown();
+    let r = Registry::bind(addr).unwrap();
+    let second = r.fingerprint();
+    assert_ne!(first, second);
+    alice.expect("key change reported", |s| {
+        matches!(s, Seen::Event(PeerEvent::KeyChanged { subject, pinned, offered })
+            if subject.starts_with("registry ") && *pinned == first && *offered == second)
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        r.users().is_empty(),
+        "not registered with the changed registry"
+    );
+    let again = alice
+        .seen
+        .try_iter()
+        .filter(|s| matches!(s, Seen::Event(PeerEvent::KeyChanged { .. })))
+        .count();
+    assert_eq!(again, 0, "reported once, not at every retry");
 }
 
 #[test]
@@ -668,7 +709,7 @@ fn a_panicking_chat_request_hook_declines_and_the_peer_carries_on() {
     let r = Registry::bind("127.0.0.1:0").unwrap();
     let dir = TempDir::new().unwrap();
     std::fs::write(dir.path().join("f.txt"), "still served").unwrap();
-    let _bob = Peer::builder(&r.local_addr().to_string(), "bob", dir.path())
+    let _bob = common::peer_builder(&r.local_addr().to_string(), "bob", dir.path())
         .on_chat_request(|_| panic!("a buggy application hook"))
         .connect()
         .unwrap();

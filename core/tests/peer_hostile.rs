@@ -85,7 +85,7 @@ fn server(limits: PeerLimits, accept_chats: bool, files: &[(&str, u64)]) -> Serv
     let refused = Arc::new(Mutex::new(Vec::new()));
     let requests = Arc::new(Mutex::new(Vec::new()));
     let (r1, r2) = (refused.clone(), requests.clone());
-    let peer = Peer::builder(&registry.local_addr().to_string(), "server", dir.path())
+    let peer = common::peer_builder(&registry.local_addr().to_string(), "server", dir.path())
         .limits(limits)
         .chat_answer_timeout(Duration::from_secs(60))
         .on_chat_request(move |r| {
@@ -115,7 +115,7 @@ fn server(limits: PeerLimits, accept_chats: bool, files: &[(&str, u64)]) -> Serv
 /// returns how long it took.
 fn honest_fetch(s: &Server, name: &str) -> Duration {
     let dir = TempDir::new().unwrap();
-    let bob = Peer::builder(&s.registry.local_addr().to_string(), name, dir.path())
+    let bob = common::peer_builder(&s.registry.local_addr().to_string(), name, dir.path())
         .connect()
         .unwrap();
     let started = Instant::now();
@@ -134,7 +134,7 @@ fn honest_fetch(s: &Server, name: &str) -> Duration {
 /// Like [`honest_fetch`], but says what happened instead of failing (for figures).
 fn try_honest_fetch(s: &Server, name: &str) -> String {
     let dir = TempDir::new().unwrap();
-    let bob = Peer::builder(&s.registry.local_addr().to_string(), name, dir.path())
+    let bob = common::peer_builder(&s.registry.local_addr().to_string(), name, dir.path())
         .connect()
         .unwrap();
     let started = Instant::now();
@@ -510,7 +510,7 @@ fn ended_chats_hold_no_descriptor_while_their_handles_live() {
     let _serial = SERIAL.lock();
     let s = server(PeerLimits::default(), true, &[]);
     let dir = TempDir::new().unwrap();
-    let alice = Peer::builder(&s.registry.local_addr().to_string(), "alice", dir.path())
+    let alice = common::peer_builder(&s.registry.local_addr().to_string(), "alice", dir.path())
         .connect()
         .unwrap();
     let fds_before = fds();
@@ -543,7 +543,7 @@ fn a_slow_chat_hook_pushes_back_on_the_sender_instead_of_queueing() {
     let registry = Registry::bind("127.0.0.1:0").unwrap();
     let dir = TempDir::new().unwrap();
     let (release_tx, release_rx) = crossbeam_channel::bounded::<()>(0);
-    let peer = Peer::builder(&registry.local_addr().to_string(), "server", dir.path())
+    let peer = common::peer_builder(&registry.local_addr().to_string(), "server", dir.path())
         .on_chat_request(|r| {
             let _ = r.accept();
         })
@@ -612,7 +612,7 @@ fn ipv6_loopback_works_end_to_end() {
     let alice_dir = TempDir::new().unwrap();
     std::fs::write(alice_dir.path().join("six.bin"), &content).unwrap();
     let (msg_tx, msg_rx) = crossbeam_channel::unbounded::<String>();
-    let alice = Peer::builder(&reg, "alice", alice_dir.path())
+    let alice = common::peer_builder(&reg, "alice", alice_dir.path())
         .on_chat_request(|r| {
             let _ = r.accept();
         })
@@ -623,7 +623,7 @@ fn ipv6_loopback_works_end_to_end() {
         .unwrap();
     assert_eq!(alice.listen_addr().ip(), "::1".parse::<IpAddr>().unwrap());
     let bob_dir = TempDir::new().unwrap();
-    let bob = Peer::builder(&reg, "bob", bob_dir.path())
+    let bob = common::peer_builder(&reg, "bob", bob_dir.path())
         .connect()
         .unwrap();
     assert_eq!(bob.peer_addr("alice").unwrap(), alice.listen_addr());

@@ -29,7 +29,7 @@ fn hex(content: &[u8]) -> String {
 /// downloads ever lands in `dir`.
 fn bob(registry: SocketAddr, dir: &Path, limits: PeerLimits) -> (Peer, TempDir) {
     let share = TempDir::new().unwrap();
-    let peer = Peer::builder(&registry.to_string(), "bob", share.path())
+    let peer = common::peer_builder(&registry.to_string(), "bob", share.path())
         .listen_ip("127.0.0.1".parse().unwrap())
         .download_dir(dir)
         .limits(limits)
@@ -292,7 +292,7 @@ fn stale_partials_are_removed_at_start_and_fresh_or_locked_ones_kept() {
         stale_partial_age: Some(Duration::from_secs(3600)),
         ..PeerLimits::default()
     };
-    let peer = Peer::builder(&registry.local_addr().to_string(), "bob", share.path())
+    let peer = common::peer_builder(&registry.local_addr().to_string(), "bob", share.path())
         .listen_ip("127.0.0.1".parse().unwrap())
         .download_dir(d)
         .limits(limits)
@@ -314,7 +314,7 @@ fn stale_partials_are_removed_at_start_and_fresh_or_locked_ones_kept() {
 
     // `None` keeps everything.
     make(".old.bin.p2pchat-part", true);
-    let peer = Peer::builder(&registry.local_addr().to_string(), "bob", share.path())
+    let peer = common::peer_builder(&registry.local_addr().to_string(), "bob", share.path())
         .listen_ip("127.0.0.1".parse().unwrap())
         .download_dir(d)
         .limits(PeerLimits {
@@ -520,7 +520,7 @@ fn an_answer_line_that_trickles_in_is_given_up_at_the_io_timeout() {
     });
     let share = TempDir::new().unwrap();
     let io_timeout = Duration::from_secs(2);
-    let bob = Peer::builder(&registry.local_addr().to_string(), "bob", share.path())
+    let bob = common::peer_builder(&registry.local_addr().to_string(), "bob", share.path())
         .listen_ip("127.0.0.1".parse().unwrap())
         .download_dir(dir.path())
         .io_timeout(io_timeout)

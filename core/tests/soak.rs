@@ -66,7 +66,7 @@ fn soak() {
     let peers: Vec<Peer> = (0..4)
         .map(|i| {
             let received = received.clone();
-            Peer::builder(&reg, &format!("peer{i}"), shares[i].path())
+            common::peer_builder(&reg, &format!("peer{i}"), shares[i].path())
                 .listen_ip("127.0.0.1".parse().unwrap())
                 .download_dir(downloads[i].path())
                 .on_chat_request(|r| {

@@ -741,6 +741,9 @@ impl Inner {
 fn keep_registered(inner: Arc<Inner>) {
     let mut backoff = Duration::from_millis(100);
     let mut lost = false;
+    // A registry that comes back with another key, or refuses this peer, is reported
+    // once (not at every retry); retrying goes on, in case it is fixed on its side.
+    let mut refusal_reported = false;
     let mut last_legacy_init = std::time::Instant::now();
     loop {
         let wait = if lost {
@@ -791,7 +794,33 @@ fn keep_registered(inner: Arc<Inner>) {
         match inner.registry.connect().and_then(|()| inner.register()) {
             Ok(()) => {
                 lost = false;
+                refusal_reported = false;
                 inner.emit(PeerEvent::RegistryRestored);
+            }
+            Err(Error::KeyChanged {
+                subject,
+                pinned,
+                offered,
+            }) => {
+                if !refusal_reported {
+                    refusal_reported = true;
+                    inner.emit(PeerEvent::KeyChanged {
+                        subject,
+                        pinned,
+                        offered,
+                    });
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+            Err(e @ (Error::Denied { .. } | Error::Registry(_))) => {
+                if !refusal_reported {
+                    refusal_reported = true;
+                    inner.emit(PeerEvent::RegistrationRefused {
+                        reason: e.to_string(),
+                    });
+                }
+                inner.registry.disconnect();
+                backoff = (backoff * 2).min(Duration::from_secs(2));
             }
             Err(Error::UsernameTaken(_)) => {
                 inner.emit(PeerEvent::RegistrationRefused {

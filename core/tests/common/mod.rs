@@ -5,6 +5,20 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
+/// `Peer::builder` with the user's key kept under the build's temporary directory
+/// (`<target>/tmp/test-keys/<name>.key`, one per name, shared by every test process so
+/// a child process registering a name again proves the same key), never in the real
+/// `~/.config`.
+pub fn peer_builder(
+    registry: &str,
+    name: &str,
+    dir: impl AsRef<std::path::Path>,
+) -> p2pcore::peer::PeerBuilder {
+    let keys = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("test-keys");
+    p2pcore::peer::Peer::builder(registry, name, dir)
+        .identity_file(keys.join(format!("{name}.key")))
+}
+
 /// `len` bytes of a deterministic, non-repeating-looking pattern (xorshift), different
 /// for each `seed`: file contents whose corruption or truncation a test would notice.
 pub fn pattern(len: usize, seed: u32) -> Vec<u8> {
