@@ -13,11 +13,10 @@
 //! socket, the receiver reads and writes to a file in the download directory; timed
 //! until the receiver has written the last byte and closed the file.
 //!
-//! The download travels over whatever link this build's peers open: with issue 11's
-//! peer links, an encrypted `P2P/2` link (Noise handshake, AEAD records), which is what
-//! the goal is set for. T7 measures that link by itself (no file, no hash), next to
-//! plain TCP. `Transfer` cannot say yet whether a download was encrypted, so the
-//! figure is labelled and a note says it.
+//! The download travels over an encrypted `P2P/2` link (Noise handshake, AEAD
+//! records), which is what the goal is set for; each run checks
+//! `Transfer::is_encrypted` and fails otherwise. T7 measures that link by itself (no
+//! file, no hash), next to plain TCP.
 //!
 //! Runs alternate p2pchat and baseline. A context figure times the same plain copy
 //! with a `sync_data` before closing, as the download does (it must not announce a file
@@ -115,9 +114,8 @@ pub fn run(opts: &Options) -> Result<Outcome, String> {
         )
         .goal(Goal::RatioAtLeast(GOAL_RATIO))
         .extra(format!(
-            "fetch() to wait(): received over the peer link (encrypted P2P/2 when this \
-             build's peers secure their links; see T7 for the link alone), BLAKE3-verified, \
-             synced to disk, renamed; baseline: plain loopback TCP copy, 256 KiB buffers, no hash, no sync; \
+            "fetch() to wait(): received over an encrypted P2P/2 link (checked each run; \
+             see T7 for the link alone), BLAKE3-verified, synced to disk, renamed; baseline: plain loopback TCP copy, 256 KiB buffers, no hash, no sync; \
              {RUNS} runs each, alternating"
         )),
         Figure::compared(
@@ -134,19 +132,13 @@ pub fn run(opts: &Options) -> Result<Outcome, String> {
     ];
     Ok(Outcome {
         figures,
-        notes: vec![
-            "T1: the download uses the link this build's peers open (encrypted P2P/2 once \
-             peers secure their links, issue 11); the bench cannot ask a Transfer which it \
-             was, so compare with T7's encrypted copy"
-                .to_string(),
-            format!(
-                "T1: the source file is in the page cache (written just before) for both \
+        notes: vec![format!(
+            "T1: the source file is in the page cache (written just before) for both \
              p2pchat and the baseline: the figures measure the network path, hashing and \
              the receiving disk, not reading the source from disk; the download \
              directory is under {}",
-                std::env::temp_dir().display()
-            ),
-        ],
+            std::env::temp_dir().display()
+        )],
     })
 }
 
@@ -159,7 +151,8 @@ fn download(client: &p2pcore::peer::Peer, from: &str, bytes: u64) -> Result<f64,
     let outcome = transfer.wait_timeout(RUN_LIMIT);
     let secs = t.elapsed().as_secs_f64();
     let path = match outcome {
-        Some(Ok(path)) => path,
+        Some(Ok(path)) if transfer.is_encrypted() => path,
+        Some(Ok(_)) => return Err("the download was not encrypted (not a P2P/2 link)".into()),
         Some(Err(e)) => return Err(format!("download failed: {e}")),
         None => {
             transfer.cancel();
