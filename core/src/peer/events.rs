@@ -203,8 +203,7 @@ impl EventQueue {
             if self.stopping() {
                 return;
             }
-            self.changed
-                .wait_for(&mut state, Duration::from_millis(50));
+            self.changed.wait_for(&mut state, Duration::from_millis(50));
         }
         self.put(&mut state, Entry::Event(event), true);
     }
@@ -221,11 +220,7 @@ impl EventQueue {
 
     fn push_progress(&self, transfer: TransferId, received: u64, total: u64) {
         let mut state = self.state.lock();
-        if state
-            .progress
-            .insert(transfer, (received, total))
-            .is_none()
-        {
+        if state.progress.insert(transfer, (received, total)).is_none() {
             self.put(&mut state, Entry::Progress(transfer), false);
         }
     }
@@ -346,7 +341,10 @@ impl Notifier {
             if fd < 0 {
                 return Err(std::io::Error::last_os_error());
             }
-            Ok(Notifier { read: fd, write: fd })
+            Ok(Notifier {
+                read: fd,
+                write: fd,
+            })
         }
         #[cfg(not(target_os = "linux"))]
         {
@@ -374,7 +372,11 @@ impl Notifier {
         // SAFETY: writes 8 bytes (an eventfd counter increment, or one pipe byte) from
         // a live local.
         unsafe {
-            libc::write(self.write, (&one as *const u64).cast(), if self.read == self.write { 8 } else { 1 });
+            libc::write(
+                self.write,
+                (&one as *const u64).cast(),
+                if self.read == self.write { 8 } else { 1 },
+            );
         }
     }
 
@@ -460,6 +462,33 @@ impl Peer {
     #[cfg(unix)]
     pub fn event_fd(&self) -> Option<std::os::fd::RawFd> {
         Some(self.events.as_ref()?.notify.as_ref()?.read)
+    }
+
+    /// Whether this peer was built with an event queue.
+    pub fn has_event_queue(&self) -> bool {
+        self.events.is_some()
+    }
+
+    /// Put `event`, just taken, back at the front of the queue (for a consumer that
+    /// cannot hand it on yet); it is the next one taken. No-op without a queue.
+    pub fn put_back_event(&self, event: Event) {
+        let Some(q) = &self.events else {
+            return;
+        };
+        let mut state = q.state.lock();
+        let was_empty = state.entries.is_empty();
+        if matches!(event, Event::ChatMessage { .. } | Event::Peer(_)) {
+            state.bounded += 1;
+        }
+        state.entries.push_front(Entry::Event(event));
+        #[cfg(unix)]
+        if was_empty {
+            if let Some(n) = &q.notify {
+                n.set();
+            }
+        }
+        let _ = was_empty;
+        q.changed.notify_all();
     }
 
     /// How many background [`PeerEvent`]s were dropped because the queue was full.
