@@ -561,3 +561,96 @@ impl Peer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(i: usize) -> Event {
+        Event::ChatMessage {
+            chat: 7,
+            from: "bob".into(),
+            text: format!("m{i}"),
+        }
+    }
+
+    #[cfg(unix)]
+    fn fd_readable(q: &EventQueue) -> bool {
+        let mut p = libc::pollfd {
+            fd: q.notify.as_ref().unwrap().read,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one live pollfd.
+        unsafe { libc::poll(&mut p, 1, 0) == 1 }
+    }
+
+    /// A queue of 4 flooded with progress and 20 messages (from a producer thread that
+    /// must wait for room), then a close, a done and background events: every message
+    /// in order, the close and the done are taken; progress is coalesced; background
+    /// events past the capacity are dropped and counted; the descriptor is readable
+    /// exactly while something waits.
+    #[test]
+    fn overflow_rule_keeps_what_must_be_delivered() {
+        let q = Arc::new(EventQueue::new(4));
+        #[cfg(unix)]
+        assert!(!fd_readable(&q));
+        for i in 0..1000 {
+            q.push_progress(1, i, 1000);
+        }
+        #[cfg(unix)]
+        assert!(fd_readable(&q));
+        let producer = {
+            let q = q.clone();
+            std::thread::spawn(move || {
+                for i in 0..20 {
+                    q.push_waiting(message(i));
+                }
+                q.push_always(Event::ChatClosed {
+                    chat: 7,
+                    peer: "bob".into(),
+                    by: ChatClosedBy::Remote,
+                });
+            })
+        };
+        // The producer fills the queue and waits for room.
+        while q.state.lock().bounded < 4 {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // Must-deliver kinds go past the capacity; background events are dropped.
+        q.push_always(Event::TransferDone {
+            transfer: 1,
+            path: "/tmp/x".into(),
+        });
+        q.push_or_drop(Event::Peer(PeerEvent::RegistryRestored));
+        assert_eq!(q.dropped.load(Ordering::Relaxed), 1);
+        for i in 0..1000 {
+            q.push_progress(1, i, 1000);
+        }
+
+        let (mut messages, mut progress, mut closed, mut done) = (0, 0, 0, 0);
+        while closed == 0 || done == 0 || messages < 20 {
+            match q.pop(Some(Duration::from_secs(10))).expect("an event") {
+                Event::ChatMessage { text, .. } => {
+                    assert_eq!(text, format!("m{messages}"));
+                    messages += 1;
+                }
+                Event::ChatClosed { .. } => {
+                    assert_eq!(messages, 20, "the close comes after every message");
+                    closed += 1;
+                }
+                Event::TransferProgress { received, .. } => {
+                    assert_eq!(received, 999, "coalesced to the newest");
+                    progress += 1;
+                }
+                Event::TransferDone { .. } => done += 1,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        producer.join().unwrap();
+        assert!(progress <= 2, "{progress} progress events");
+        assert!(q.pop(Some(Duration::ZERO)).is_none());
+        #[cfg(unix)]
+        assert!(!fd_readable(&q));
+    }
+}
