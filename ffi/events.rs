@@ -6,16 +6,86 @@
 //! overflow rule) is p2pcore's `peer::events`; this module turns its events into
 //! `p2p_event`s, with the chat handles C holds.
 
+use crate::callback::{Owner, Scope};
 use crate::chat::{new_chat, p2p_chat, p2p_chat_closed_by, p2p_chat_request, ChatTable};
 use crate::panic;
 use crate::peer::{describe, p2p_peer, p2p_peer_event_kind};
 use crate::status::{p2p_status, FfiError};
-use crate::strings::{arg_out, arg_ref, arg_str, owned, put};
+use crate::strings::{arg_out, arg_ref, arg_str, c_string, owned, put};
 use crate::userdata::UserData;
 use p2pcore::peer::{ChatClosedBy, ChatId, Event};
 use std::ffi::{c_char, c_void};
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// The answer to `p2p_peer_chat_async()` request `request_id` for a peer with
+/// callbacks (`p2p_peer_config_on_chat_opened()`): `status` is `P2P_OK` and `chat` a
+/// new handle owned by the callee (free it with `p2p_chat_free()`), or `status` says
+/// why not (`P2P_CANCELLED` after `p2p_peer_chat_cancel()`), `chat` is NULL and
+/// `message` (valid only during the call) the text. `request_user_data` is the one
+/// given to `p2p_peer_chat_async()` (also set as the chat's user data). Called on a
+/// library thread; for a cancel, on the thread calling `p2p_peer_chat_cancel()` before
+/// it returns.
+pub type p2p_chat_opened_cb = Option<
+    unsafe extern "C" fn(
+        user_data: *mut c_void,
+        request_id: u64,
+        request_user_data: *mut c_void,
+        status: p2p_status,
+        chat: *mut p2p_chat,
+        message: *const c_char,
+    ),
+>;
+
+/// The hook that turns `chat_async` answers into `p2p_chat_opened_cb` calls.
+pub(crate) fn opened_hook(
+    cb: unsafe extern "C" fn(
+        *mut c_void,
+        u64,
+        *mut c_void,
+        p2p_status,
+        *mut p2p_chat,
+        *const c_char,
+    ),
+    ud: UserData,
+    peer_id: u64,
+    chats: Arc<ChatTable>,
+) -> impl Fn(u64, &str, p2pcore::Result<p2pcore::peer::Chat>) + Send + Sync + 'static {
+    move |request, _user, result| {
+        let request_ud = chats
+            .async_user_data
+            .lock()
+            .remove(&request)
+            .map_or(std::ptr::null_mut(), UserData::ptr);
+        let (status, chat, message) = match result {
+            Ok(chat) => {
+                let id = chat.id();
+                let handle = new_chat(&chats, chat);
+                if let Some(h) = chats.handles.lock().get(&id) {
+                    h.user_data.store(request_ud, Ordering::Release);
+                }
+                (p2p_status::P2P_OK, handle, c_string(""))
+            }
+            Err(e) => {
+                let f = FfiError::from(&e);
+                (f.status, std::ptr::null_mut(), c_string(&f.message))
+            }
+        };
+        let _scope = Scope::enter(Owner::Peer(peer_id));
+        // SAFETY: the caller's callback, called as documented; it owns `chat`.
+        unsafe {
+            cb(
+                ud.ptr(),
+                request,
+                request_ud,
+                status,
+                chat,
+                message.as_ptr(),
+            )
+        }
+    }
+}
 
 /// What a `p2p_event` reports (its `kind`).
 #[repr(i32)]
@@ -358,10 +428,12 @@ pub unsafe extern "C" fn p2p_peer_event_fd(peer: *const p2p_peer, out: *mut i32)
 
 /// Ask `user` for a chat without waiting: returns at once with `*request_id` set; the
 /// answer comes as a `P2P_EV_CHAT_OPENED` event with that id, carrying `user_data`
-/// (never dereferenced) and, on success, the new chat handle. Needs an event queue.
+/// (never dereferenced) and, on success, the new chat handle; for a peer with
+/// callbacks, through its `p2p_chat_opened_cb` instead. Needs one of the two.
 ///
 /// Errors: `P2P_NULL_ARGUMENT` (peer, user, request_id; `user_data` may be NULL),
-/// `P2P_INVALID_UTF8`, `P2P_INVALID_ARGUMENT` (no event queue), `P2P_SHUTDOWN`,
+/// `P2P_INVALID_UTF8`, `P2P_INVALID_ARGUMENT` (neither an event queue nor a
+/// chat-opened callback), `P2P_SHUTDOWN`,
 /// `P2P_IO` (no thread could be started). Everything else (`P2P_USER_NOT_FOUND`,
 /// `P2P_DECLINED`, `P2P_TIMEOUT`... as `p2p_peer_chat()`) comes in the event.
 #[no_mangle]
@@ -387,8 +459,9 @@ pub unsafe extern "C" fn p2p_peer_chat_async(
 }
 
 /// Cancel `p2p_peer_chat_async()` request `request_id`: returns at once; its answer is
-/// a `P2P_EV_CHAT_OPENED` event with `P2P_CANCELLED` (if the other side accepts later,
-/// that chat is closed at once).
+/// a `P2P_EV_CHAT_OPENED` event with `P2P_CANCELLED` (with callbacks: the
+/// `p2p_chat_opened_cb` is called with it, on this thread, before this returns). If
+/// the other side accepts later, that chat is closed at once.
 ///
 /// Errors: `P2P_NULL_ARGUMENT`, `P2P_SHUTDOWN`, `P2P_INVALID_ARGUMENT` (no such request
 /// pending: already answered, or unknown).

@@ -172,6 +172,8 @@ pub struct p2p_peer_config {
     /// Events through a queue of this capacity instead of callbacks
     /// (`p2p_peer_config_set_event_queue`).
     event_queue: Option<usize>,
+    /// `p2p_peer_config_on_chat_opened`.
+    chat_opened: crate::events::p2p_chat_opened_cb,
 }
 
 /// A connected peer. Opaque; made by `p2p_peer_connect()`, freed by `p2p_peer_free()`.
@@ -287,6 +289,7 @@ pub unsafe extern "C" fn p2p_peer_config_new(
                 event: None,
             },
             event_queue: None,
+            chat_opened: None,
         });
         put(out, Box::into_raw(config));
         Ok(())
@@ -869,6 +872,9 @@ impl p2p_peer_config {
         if let Some(capacity) = self.event_queue {
             b = b.event_queue(capacity);
         }
+        if let Some(cb) = self.chat_opened {
+            b = b.on_chat_opened(crate::events::opened_hook(cb, ud, id, chats.clone()));
+        }
         Ok(b.connect()?)
     }
 }
@@ -1377,6 +1383,22 @@ pub unsafe extern "C" fn p2p_peer_config_set_event_queue(
 ) -> p2p_status {
     panic::status(|| {
         config_mut(config)?.event_queue = (capacity > 0).then_some(capacity);
+        Ok(())
+    })
+}
+
+/// Call `callback` with the answer to each `p2p_peer_chat_async()` (see
+/// `p2p_chat_opened_cb`) when the peer uses callbacks; with an event queue the answer
+/// is an event instead and this is not called.
+///
+/// NULL unsets it. Errors: `P2P_NULL_ARGUMENT` (config).
+#[no_mangle]
+pub unsafe extern "C" fn p2p_peer_config_on_chat_opened(
+    config: *mut p2p_peer_config,
+    callback: crate::events::p2p_chat_opened_cb,
+) -> p2p_status {
+    panic::status(|| {
+        config_mut(config)?.chat_opened = callback;
         Ok(())
     })
 }

@@ -647,6 +647,23 @@ typedef void (*p2p_transfer_failed_cb)(void *user_data,
 typedef void (*p2p_peer_event_cb)(void *user_data, p2p_peer_event_kind kind, const char *detail);
 
 /**
+ * The answer to `p2p_peer_chat_async()` request `request_id` for a peer with
+ * callbacks (`p2p_peer_config_on_chat_opened()`): `status` is `P2P_OK` and `chat` a
+ * new handle owned by the callee (free it with `p2p_chat_free()`), or `status` says
+ * why not (`P2P_CANCELLED` after `p2p_peer_chat_cancel()`), `chat` is NULL and
+ * `message` (valid only during the call) the text. `request_user_data` is the one
+ * given to `p2p_peer_chat_async()` (also set as the chat's user data). Called on a
+ * library thread; for a cancel, on the thread calling `p2p_peer_chat_cancel()` before
+ * it returns.
+ */
+typedef void (*p2p_chat_opened_cb)(void *user_data,
+                                   uint64_t request_id,
+                                   void *request_user_data,
+                                   p2p_status status,
+                                   struct p2p_chat *chat,
+                                   const char *message);
+
+/**
  * One event, filled by `p2p_peer_next_event()` and released by `p2p_event_free()`.
  * Fields a kind does not use are 0 / NULL.
  *
@@ -1407,6 +1424,16 @@ p2p_status p2p_username_available(const char *registry, const char *username, bo
 p2p_status p2p_peer_config_set_event_queue(struct p2p_peer_config *config, size_t capacity);
 
 /**
+ * Call `callback` with the answer to each `p2p_peer_chat_async()` (see
+ * `p2p_chat_opened_cb`) when the peer uses callbacks; with an event queue the answer
+ * is an event instead and this is not called.
+ *
+ * NULL unsets it. Errors: `P2P_NULL_ARGUMENT` (config).
+ */
+p2p_status p2p_peer_config_on_chat_opened(struct p2p_peer_config *config,
+                                          p2p_chat_opened_cb callback);
+
+/**
  * Ask `user` for a chat. Blocks until they accept, decline, or do not answer within
  * their chat-answer timeout (30 s by default). On success `*out` is the open chat,
  * owned by the caller (free it with `p2p_chat_free()`); messages then arrive through
@@ -1750,10 +1777,12 @@ p2p_status p2p_peer_event_fd(const struct p2p_peer *peer, int32_t *out);
 /**
  * Ask `user` for a chat without waiting: returns at once with `*request_id` set; the
  * answer comes as a `P2P_EV_CHAT_OPENED` event with that id, carrying `user_data`
- * (never dereferenced) and, on success, the new chat handle. Needs an event queue.
+ * (never dereferenced) and, on success, the new chat handle; for a peer with
+ * callbacks, through its `p2p_chat_opened_cb` instead. Needs one of the two.
  *
  * Errors: `P2P_NULL_ARGUMENT` (peer, user, request_id; `user_data` may be NULL),
- * `P2P_INVALID_UTF8`, `P2P_INVALID_ARGUMENT` (no event queue), `P2P_SHUTDOWN`,
+ * `P2P_INVALID_UTF8`, `P2P_INVALID_ARGUMENT` (neither an event queue nor a
+ * chat-opened callback), `P2P_SHUTDOWN`,
  * `P2P_IO` (no thread could be started). Everything else (`P2P_USER_NOT_FOUND`,
  * `P2P_DECLINED`, `P2P_TIMEOUT`... as `p2p_peer_chat()`) comes in the event.
  */
@@ -1764,8 +1793,9 @@ p2p_status p2p_peer_chat_async(const struct p2p_peer *peer,
 
 /**
  * Cancel `p2p_peer_chat_async()` request `request_id`: returns at once; its answer is
- * a `P2P_EV_CHAT_OPENED` event with `P2P_CANCELLED` (if the other side accepts later,
- * that chat is closed at once).
+ * a `P2P_EV_CHAT_OPENED` event with `P2P_CANCELLED` (with callbacks: the
+ * `p2p_chat_opened_cb` is called with it, on this thread, before this returns). If
+ * the other side accepts later, that chat is closed at once.
  *
  * Errors: `P2P_NULL_ARGUMENT`, `P2P_SHUTDOWN`, `P2P_INVALID_ARGUMENT` (no such request
  * pending: already answered, or unknown).

@@ -23,7 +23,11 @@
  *   and closes the chat; draining then yields the request, all 20 messages in order,
  *   the close and the download's end, and progress only coalesced (fewer than 10);
  * - after draining to P2P_TIMEOUT the descriptor is not readable;
- * - argument checks: NULLs, a callback-mode peer (P2P_INVALID_ARGUMENT).
+ * - callback mode: dave, with callbacks and no queue, gets the answer to
+ *   p2p_peer_chat_async through p2p_chat_opened_cb (handle, user data), and a cancel's
+ *   P2P_CANCELLED through it before p2p_peer_chat_cancel returns; next_event and
+ *   event_fd on him are P2P_INVALID_ARGUMENT;
+ * - argument checks: NULLs.
  *
  * alarm() bounds the whole program. Prints "ALL OK" and exits 0 on success, exits 1
  * naming the first failure. Built and run (also under valgrind) by tests/events_c.rs.
@@ -140,6 +144,58 @@ static void *accept_it(void *arg) {
     acceptor *a = arg;
     OK(p2p_chat_request_accept(a->request, &a->chat));
     return NULL;
+}
+
+/* ---- callback mode: the answer to chat_async through p2p_chat_opened_cb ---- */
+
+typedef struct {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int calls;
+    uint64_t request;
+    void *request_user_data;
+    p2p_status status;
+    p2p_chat *chat;
+} opened_seen;
+
+static void on_opened(void *user_data, uint64_t request_id, void *request_user_data,
+                      p2p_status status, p2p_chat *chat, const char *message) {
+    opened_seen *s = user_data;
+    CHECK(message != NULL);
+    pthread_mutex_lock(&s->mu);
+    s->calls++;
+    s->request = request_id;
+    s->request_user_data = request_user_data;
+    s->status = status;
+    s->chat = chat;
+    pthread_cond_broadcast(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+}
+
+static void wait_calls(opened_seen *s, int n) {
+    pthread_mutex_lock(&s->mu);
+    while (s->calls < n) pthread_cond_wait(&s->cv, &s->mu);
+    pthread_mutex_unlock(&s->mu);
+}
+
+static p2p_peer *connect_callback_peer(const char *registry, const char *name,
+                                       opened_seen *s) {
+    char share[512], key[512];
+    p2p_peer_config *config = NULL;
+    p2p_peer *peer = NULL;
+    p2p_status st;
+    snprintf(share, sizeof share, "%s/%s", root, name);
+    snprintf(key, sizeof key, "%s/%s.key", root, name);
+    CHECK(mkdir(share, 0700) == 0);
+    OK(p2p_peer_config_new(registry, name, share, &config));
+    OK(p2p_peer_config_set_listen_ip(config, "127.0.0.1"));
+    OK(p2p_peer_config_set_identity_file(config, key));
+    OK(p2p_peer_config_set_user_data(config, s));
+    OK(p2p_peer_config_on_chat_opened(config, on_opened));
+    st = p2p_peer_connect(config, &peer);
+    p2p_peer_config_free(config);
+    OK(st);
+    return peer;
 }
 
 int main(void) {
@@ -270,6 +326,46 @@ int main(void) {
         p2p_chat_free(acc.chat);
         next_kind(alice, &ev, P2P_EV_CHAT_CLOSED);
         p2p_event_free(&ev);
+    }
+
+    /* ---- callback mode: dave has callbacks, no queue ---- */
+    {
+        opened_seen seen;
+        p2p_peer *dave;
+        int d_data = 4;
+        memset(&seen, 0, sizeof seen);
+        pthread_mutex_init(&seen.mu, NULL);
+        pthread_cond_init(&seen.cv, NULL);
+        dave = connect_callback_peer(addr, "dave", &seen);
+        EXPECT(p2p_peer_next_event(dave, 0, &ev), P2P_INVALID_ARGUMENT);
+        EXPECT(p2p_peer_event_fd(dave, &fd), P2P_INVALID_ARGUMENT);
+        OK(p2p_peer_chat_async(dave, "bob", &d_data, &req));
+        next_kind(bob, &ev, P2P_EV_CHAT_REQUEST);
+        OK(p2p_chat_request_accept(ev.request, &b_chat));
+        p2p_chat_request_free(ev.request);
+        p2p_event_free(&ev);
+        wait_calls(&seen, 1);
+        CHECK(seen.request == req && seen.status == P2P_OK && seen.chat != NULL);
+        CHECK(seen.request_user_data == &d_data && p2p_chat_get_user_data(seen.chat) == &d_data);
+        OK(p2p_chat_send_timeout(seen.chat, "from dave", 5000));
+        next_kind(bob, &ev, P2P_EV_CHAT_MESSAGE);
+        CHECK(ev.chat == b_chat && strcmp(ev.text, "from dave") == 0);
+        p2p_event_free(&ev);
+        p2p_chat_free(seen.chat);
+        next_kind(bob, &ev, P2P_EV_CHAT_CLOSED);
+        p2p_event_free(&ev);
+        p2p_chat_free(b_chat);
+        /* A cancel answers through the callback before it returns. */
+        OK(p2p_peer_chat_async(dave, "bob", NULL, &req2));
+        OK(p2p_peer_chat_cancel(dave, req2));
+        CHECK(seen.calls == 2 && seen.request == req2 && seen.status == P2P_CANCELLED);
+        CHECK(seen.chat == NULL);
+        next_kind(bob, &ev, P2P_EV_CHAT_REQUEST);
+        p2p_chat_request_free(ev.request); /* declines */
+        p2p_event_free(&ev);
+        p2p_peer_free(dave);
+        pthread_mutex_destroy(&seen.mu);
+        pthread_cond_destroy(&seen.cv);
     }
 
     /* ---- overflow: carol's queue of 4, nobody taking her events ---- */

@@ -113,8 +113,16 @@ struct State {
     pending: HashMap<u64, String>,
 }
 
-/// A peer's event queue (see the module documentation for the overflow rule).
+/// The answer hook for [`Peer::chat_async`] in hook mode: `(request, user, result)`.
+pub(crate) type OpenedHook = dyn Fn(u64, &str, Result<Chat>) + Send + Sync;
+
+/// A peer's event queue (see the module documentation for the overflow rule). Every
+/// peer has one for the bookkeeping of [`Peer::chat_async`]; only a peer built with
+/// [`PeerBuilder::event_queue`] (`queued`) puts events in it.
 pub(crate) struct EventQueue {
+    queued: bool,
+    /// Hook mode: where [`Peer::chat_async`]'s answers go.
+    opened_hook: Option<Arc<OpenedHook>>,
     capacity: usize,
     state: Mutex<State>,
     /// Signalled when an entry is added (consumers) or taken (waiting producers).
@@ -130,6 +138,8 @@ pub(crate) struct EventQueue {
 impl EventQueue {
     fn new(capacity: usize) -> EventQueue {
         EventQueue {
+            queued: true,
+            opened_hook: None,
             capacity: capacity.max(1),
             state: Mutex::new(State::default()),
             changed: Condvar::new(),
@@ -186,6 +196,30 @@ impl EventQueue {
                 self.changed.notify_all();
             }
             None => self.put(state, event, false),
+        }
+    }
+
+    /// Deliver the answer to a `chat_async` request (already taken out of `pending`
+    /// under `state`): queued, or given to the hook (outside the lock).
+    fn answer(
+        &self,
+        mut state: parking_lot::MutexGuard<'_, State>,
+        request: u64,
+        user: String,
+        result: Result<Chat>,
+    ) {
+        if self.queued {
+            self.put_opened(&mut state, request, user, result);
+            return;
+        }
+        drop(state);
+        match &self.opened_hook {
+            Some(h) => crate::thread::call_hook(|| h(request, &user, result)),
+            None => {
+                if let Ok(chat) = result {
+                    chat.close();
+                }
+            }
         }
     }
 
@@ -318,6 +352,7 @@ impl EventQueue {
             done: Some(Arc::new(done)),
             failed: Some(Arc::new(failed)),
             event: Some(Arc::new(event)),
+            chat_opened: None,
         }
     }
 }
@@ -412,7 +447,7 @@ impl Iterator for Events<'_> {
     type Item = Event;
 
     fn next(&mut self) -> Option<Event> {
-        let q = self.peer.events.as_ref()?;
+        let q = self.peer.queue()?;
         loop {
             if let Some(e) = q.pop(Some(Duration::from_millis(200))) {
                 return Some(e);
@@ -434,20 +469,47 @@ impl PeerBuilder {
         self
     }
 
-    /// The hooks to connect with: the queue's, when there is one.
+    /// Hook mode: the answer to [`Peer::chat_async`] request `(request, user,
+    /// result)`, called on a library thread (or, for [`Peer::chat_cancel`], on the
+    /// cancelling thread before it returns). Without it (and without an event queue)
+    /// `chat_async` is refused.
+    pub fn on_chat_opened(
+        mut self,
+        f: impl Fn(u64, &str, Result<Chat>) + Send + Sync + 'static,
+    ) -> Self {
+        self.hooks.chat_opened = Some(Arc::new(f));
+        self
+    }
+
+    /// The queue to connect with; with an event queue its hooks replace the others.
     pub(super) fn take_queue(&mut self) -> Option<Arc<EventQueue>> {
-        let queue = Arc::new(EventQueue::new(self.events?));
+        let Some(capacity) = self.events else {
+            let mut q = EventQueue::new(1);
+            q.queued = false;
+            q.opened_hook = self.hooks.chat_opened.clone();
+            #[cfg(unix)]
+            {
+                q.notify = None;
+            }
+            return Some(Arc::new(q));
+        };
+        let queue = Arc::new(EventQueue::new(capacity));
         self.hooks = queue.hooks();
         Some(queue)
     }
 }
 
 impl Peer {
+    /// The event queue, when the peer was built with one.
+    fn queue(&self) -> Option<&Arc<EventQueue>> {
+        self.events.as_ref().filter(|q| q.queued)
+    }
+
     /// The next event of a peer built with [`PeerBuilder::event_queue`], waiting up to
     /// `timeout` (`None`: without limit); `None` when nothing came in time (or the peer
     /// has no queue).
     pub fn next_event(&self, timeout: Option<Duration>) -> Option<Event> {
-        self.events.as_ref()?.pop(timeout)
+        self.queue()?.pop(timeout)
     }
 
     /// A blocking iterator over the events (empty without a queue); it ends once the
@@ -461,18 +523,18 @@ impl Peer {
     /// without a queue.
     #[cfg(unix)]
     pub fn event_fd(&self) -> Option<std::os::fd::RawFd> {
-        Some(self.events.as_ref()?.notify.as_ref()?.read)
+        Some(self.queue()?.notify.as_ref()?.read)
     }
 
     /// Whether this peer was built with an event queue.
     pub fn has_event_queue(&self) -> bool {
-        self.events.is_some()
+        self.queue().is_some()
     }
 
     /// Put `event`, just taken, back at the front of the queue (for a consumer that
     /// cannot hand it on yet); it is the next one taken. No-op without a queue.
     pub fn put_back_event(&self, event: Event) {
-        let Some(q) = &self.events else {
+        let Some(q) = self.queue() else {
             return;
         };
         let mut state = q.state.lock();
@@ -493,19 +555,24 @@ impl Peer {
 
     /// How many background [`PeerEvent`]s were dropped because the queue was full.
     pub fn events_dropped(&self) -> u64 {
-        self.events
-            .as_ref()
+        self.queue()
             .map_or(0, |q| q.dropped.load(Ordering::Relaxed))
     }
 
     /// Ask `user` for a chat without waiting: returns a request number at once; the
-    /// answer arrives as [`Event::ChatOpened`] with that number. Needs an event queue
-    /// ([`Error::InvalidArgument`] without one).
+    /// answer arrives as [`Event::ChatOpened`] with that number (or, without an event
+    /// queue, through the [`PeerBuilder::on_chat_opened`] hook). Needs one of the two
+    /// ([`Error::InvalidArgument`] without).
     pub fn chat_async(&self, user: &str) -> Result<u64> {
         let q = self
             .events
             .clone()
-            .ok_or_else(|| Error::InvalidArgument("chat_async needs an event queue".into()))?;
+            .filter(|q| q.queued || q.opened_hook.is_some())
+            .ok_or_else(|| {
+                Error::InvalidArgument(
+                    "chat_async needs an event queue or an on_chat_opened hook".into(),
+                )
+            })?;
         if self.inner.stopping() {
             return Err(Error::Shutdown);
         }
@@ -529,7 +596,7 @@ impl Peer {
                     }
                     return;
                 }
-                q.put_opened(&mut state, request, name, result);
+                q.answer(state, request, name, result);
             });
         if let Err(e) = spawned {
             q.state.lock().pending.remove(&request);
@@ -550,7 +617,7 @@ impl Peer {
         let Some(user) = state.pending.remove(&request) else {
             return false;
         };
-        q.put_opened(&mut state, request, user, Err(Error::Cancelled));
+        q.answer(state, request, user, Err(Error::Cancelled));
         true
     }
 

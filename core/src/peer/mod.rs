@@ -124,6 +124,8 @@ pub(crate) struct Hooks {
     pub done: Hook<DoneHook>,
     pub failed: Hook<FailedHook>,
     pub event: Hook<dyn Fn(&PeerEvent) + Send + Sync>,
+    /// The answer to [`Peer::chat_async`] in hook mode.
+    pub chat_opened: Hook<events::OpenedHook>,
 }
 
 /// The bounds a peer holds against other peers. `Default` gives the values in
