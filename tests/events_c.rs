@@ -28,3 +28,19 @@ fn poll_loop_events_from_c() {
         }
     }
 }
+
+/// The C++17 variant (`tests/c/poll_loop.cpp`): RAII owners for handles and events, an
+/// application object per chat as user data handed back by every event of that chat.
+#[test]
+fn poll_loop_events_from_cxx() {
+    let dir = tempfile::tempdir().unwrap();
+    let exe = dir.path().join("poll_loop_cxx");
+    build(&root().join("tests/c/poll_loop.cpp"), &exe, Link::Shared);
+    run_to_all_ok(&exe, Duration::from_secs(150));
+    if let Some(summary) = valgrind(&exe) {
+        println!("valgrind poll_loop.cpp:");
+        for line in summary {
+            println!("  {line}");
+        }
+    }
+}
