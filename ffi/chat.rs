@@ -101,6 +101,7 @@ unsafe impl Send for ChatHandle {}
 pub(crate) struct Opening<'a>(&'a ChatTable);
 
 impl<'a> Opening<'a> {
+    /// Count one call opening a chat of `table` until dropped.
     pub(crate) fn start(table: &'a ChatTable) -> Opening<'a> {
         *table.opening.lock() += 1;
         Opening(table)

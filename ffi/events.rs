@@ -134,22 +134,34 @@ pub enum p2p_event_kind {
 /// a chat is handed out before the call that returns its handle has returned.
 #[repr(C)]
 pub struct p2p_event {
+    /// What happened; `P2P_EV_NONE` once freed.
     pub kind: p2p_event_kind,
     /// The chat id (chat events), transfer id (transfer events) or request number
     /// (`P2P_EV_CHAT_OPENED`).
     pub id: u64,
+    /// `P2P_EV_CHAT_OPENED`, `P2P_EV_TRANSFER_FAILED`: the outcome (else `P2P_OK`).
     pub status: p2p_status,
+    /// `P2P_EV_CHAT_REQUEST`: the request, owned by the application.
     pub request: *mut p2p_chat_request,
+    /// Chat events: the chat (owned in `P2P_EV_CHAT_OPENED`, borrowed otherwise).
     pub chat: *mut p2p_chat,
     /// The chat's user data (`p2p_chat_set_user_data()`), or the request's
     /// (`p2p_peer_chat_async()`).
     pub user_data: *mut c_void,
+    /// Chat events: the other side's username (owned by the event).
     pub from: *mut c_char,
+    /// The message, error text, file path or description (owned by the event);
+    /// `text_len` bytes plus a NUL.
     pub text: *mut c_char,
+    /// The length of `text` in bytes, without the NUL.
     pub text_len: usize,
+    /// `P2P_EV_CHAT_CLOSED`: who ended the chat.
     pub closed_by: p2p_chat_closed_by,
+    /// `P2P_EV_TRANSFER_PROGRESS`: bytes received so far.
     pub received: u64,
+    /// `P2P_EV_TRANSFER_PROGRESS`: the file's size.
     pub total: u64,
+    /// `P2P_EV_PEER`: which background event.
     pub peer_event: p2p_peer_event_kind,
 }
 
@@ -481,4 +493,55 @@ pub unsafe extern "C" fn p2p_peer_chat_cancel(
             ))
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chat::{ChatHandle, Opening};
+    use std::sync::atomic::AtomicPtr;
+
+    /// An event of a chat without a handle waits while a call opening a chat has not
+    /// returned, up to the deadline; it goes out as soon as the handle is listed and the
+    /// call returned; with no call opening a chat it goes out at once (handle freed).
+    #[test]
+    fn chat_events_wait_for_the_accept_that_returns_the_handle() {
+        let table = Arc::new(ChatTable::default());
+        assert!(chat_ready(&table, 5, Some(Instant::now())));
+
+        let opening = Opening::start(&table);
+        let soon = Instant::now() + Duration::from_millis(50);
+        assert!(
+            !chat_ready(&table, 5, Some(soon)),
+            "handed out before the accept returned"
+        );
+
+        let t = table.clone();
+        let accept = std::thread::spawn(move || {
+            // Another accept, returning while the first call is still opening.
+            let _accepting = Opening::start(&t);
+            std::thread::sleep(Duration::from_millis(100));
+            t.handles.lock().insert(
+                5,
+                ChatHandle {
+                    ptr: std::ptr::null_mut(),
+                    user_data: Arc::new(AtomicPtr::new(std::ptr::null_mut())),
+                },
+            );
+        });
+        // Listed and returned by the other accept: ready while the first still opens.
+        assert!(chat_ready(
+            &table,
+            5,
+            Some(Instant::now() + Duration::from_secs(10))
+        ));
+        accept.join().unwrap();
+        // Another chat's event waits until the opening call has returned.
+        let t = table.clone();
+        let waiter = std::thread::spawn(move || chat_ready(&t, 6, None));
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(!waiter.is_finished());
+        drop(opening);
+        assert!(waiter.join().unwrap());
+    }
 }

@@ -677,26 +677,60 @@ typedef void (*p2p_chat_opened_cb)(void *user_data,
  * a chat is handed out before the call that returns its handle has returned.
  */
 typedef struct p2p_event {
+    /**
+     * What happened; `P2P_EV_NONE` once freed.
+     */
     p2p_event_kind kind;
     /**
      * The chat id (chat events), transfer id (transfer events) or request number
      * (`P2P_EV_CHAT_OPENED`).
      */
     uint64_t id;
+    /**
+     * `P2P_EV_CHAT_OPENED`, `P2P_EV_TRANSFER_FAILED`: the outcome (else `P2P_OK`).
+     */
     p2p_status status;
+    /**
+     * `P2P_EV_CHAT_REQUEST`: the request, owned by the application.
+     */
     struct p2p_chat_request *request;
+    /**
+     * Chat events: the chat (owned in `P2P_EV_CHAT_OPENED`, borrowed otherwise).
+     */
     struct p2p_chat *chat;
     /**
      * The chat's user data (`p2p_chat_set_user_data()`), or the request's
      * (`p2p_peer_chat_async()`).
      */
     void *user_data;
+    /**
+     * Chat events: the other side's username (owned by the event).
+     */
     char *from;
+    /**
+     * The message, error text, file path or description (owned by the event);
+     * `text_len` bytes plus a NUL.
+     */
     char *text;
+    /**
+     * The length of `text` in bytes, without the NUL.
+     */
     size_t text_len;
+    /**
+     * `P2P_EV_CHAT_CLOSED`: who ended the chat.
+     */
     p2p_chat_closed_by closed_by;
+    /**
+     * `P2P_EV_TRANSFER_PROGRESS`: bytes received so far.
+     */
     uint64_t received;
+    /**
+     * `P2P_EV_TRANSFER_PROGRESS`: the file's size.
+     */
     uint64_t total;
+    /**
+     * `P2P_EV_PEER`: which background event.
+     */
     p2p_peer_event_kind peer_event;
 } p2p_event;
 
