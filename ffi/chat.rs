@@ -85,6 +85,10 @@ pub(crate) struct ChatTable {
     pub(crate) opened: Condvar,
     /// The user data of each pending `p2p_peer_chat_async()` request.
     pub(crate) async_user_data: Mutex<HashMap<u64, UserData>>,
+    /// Chats whose handle was freed before their close was handed out in an event:
+    /// their events go out at once (without a handle), never waiting for an accept.
+    /// Each leaves when its close is handed out.
+    pub(crate) gone: Mutex<std::collections::HashSet<ChatId>>,
 }
 
 /// What events need of a chat handle C holds.
@@ -92,6 +96,8 @@ pub(crate) struct ChatTable {
 pub(crate) struct ChatHandle {
     pub(crate) ptr: *mut p2p_chat,
     pub(crate) user_data: Arc<AtomicPtr<c_void>>,
+    /// Its close was handed out in an event.
+    pub(crate) closed: bool,
 }
 
 // SAFETY: the pointer is only handed back to C (in events), never dereferenced here.
@@ -184,10 +190,14 @@ pub(crate) fn new_chat(table: &Arc<ChatTable>, chat: Chat) -> *mut p2p_chat {
         user_data: user_data.clone(),
         table: Arc::downgrade(table),
     }));
-    table
-        .handles
-        .lock()
-        .insert(id, ChatHandle { ptr, user_data });
+    table.handles.lock().insert(
+        id,
+        ChatHandle {
+            ptr,
+            user_data,
+            closed: false,
+        },
+    );
     ptr
 }
 
@@ -394,7 +404,10 @@ pub unsafe extern "C" fn p2p_chat_free(chat: *mut p2p_chat) {
             let chat = Box::from_raw(chat);
             // No event carries this handle from now on.
             if let Some(table) = chat.table.upgrade() {
-                table.handles.lock().remove(&chat.id);
+                let handle = table.handles.lock().remove(&chat.id);
+                if handle.is_some_and(|h| !h.closed) {
+                    table.gone.lock().insert(chat.id);
+                }
             }
             if let Some(open) = chat.slot.get() {
                 open.close();

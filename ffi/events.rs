@@ -202,14 +202,17 @@ impl p2p_event {
 /// chat `id`; returns whether the event may be handed out now.
 fn chat_ready(table: &ChatTable, id: ChatId, deadline: Option<Instant>) -> bool {
     let mut opening = table.opening.lock();
+    let ready = |opening: usize| {
+        opening == 0 || table.handles.lock().contains_key(&id) || table.gone.lock().contains(&id)
+    };
     loop {
-        if *opening == 0 || table.handles.lock().contains_key(&id) {
+        if ready(*opening) {
             return true;
         }
         match deadline {
             Some(d) => {
                 if table.opened.wait_until(&mut opening, d).timed_out() {
-                    return *opening == 0 || table.handles.lock().contains_key(&id);
+                    return ready(*opening);
                 }
             }
             None => table.opened.wait(&mut opening),
@@ -281,6 +284,12 @@ fn convert(handle: &p2p_peer, event: Event) -> p2p_event {
             handle.chats.ended(chat);
             let mut e = p2p_event::empty(P2P_EV_CHAT_CLOSED, chat);
             chat_of(&mut e, chat);
+            match handle.chats.handles.lock().get_mut(&chat) {
+                Some(h) => h.closed = true,
+                None => {
+                    handle.chats.gone.lock().remove(&chat);
+                }
+            }
             e.from = owned(&peer);
             e.closed_by = closed_by(by);
             e
@@ -473,7 +482,8 @@ pub unsafe extern "C" fn p2p_peer_chat_async(
 /// Cancel `p2p_peer_chat_async()` request `request_id`: returns at once; its answer is
 /// a `P2P_EV_CHAT_OPENED` event with `P2P_CANCELLED` (with callbacks: the
 /// `p2p_chat_opened_cb` is called with it, on this thread, before this returns). If
-/// the other side accepts later, that chat is closed at once.
+/// the other side accepts later, that chat is closed at once (with an event queue,
+/// none of its events is queued).
 ///
 /// Errors: `P2P_NULL_ARGUMENT`, `P2P_SHUTDOWN`, `P2P_INVALID_ARGUMENT` (no such request
 /// pending: already answered, or unknown).
@@ -526,6 +536,7 @@ mod tests {
                 ChatHandle {
                     ptr: std::ptr::null_mut(),
                     user_data: Arc::new(AtomicPtr::new(std::ptr::null_mut())),
+                    closed: false,
                 },
             );
         });
@@ -536,6 +547,9 @@ mod tests {
             Some(Instant::now() + Duration::from_secs(10))
         ));
         accept.join().unwrap();
+        // A chat whose handle was freed: at once.
+        table.gone.lock().insert(7);
+        assert!(chat_ready(&table, 7, Some(Instant::now())));
         // Another chat's event waits until the opening call has returned.
         let t = table.clone();
         let waiter = std::thread::spawn(move || chat_ready(&t, 6, None));

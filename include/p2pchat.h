@@ -1829,7 +1829,8 @@ p2p_status p2p_peer_chat_async(const struct p2p_peer *peer,
  * Cancel `p2p_peer_chat_async()` request `request_id`: returns at once; its answer is
  * a `P2P_EV_CHAT_OPENED` event with `P2P_CANCELLED` (with callbacks: the
  * `p2p_chat_opened_cb` is called with it, on this thread, before this returns). If
- * the other side accepts later, that chat is closed at once.
+ * the other side accepts later, that chat is closed at once (with an event queue,
+ * none of its events is queued).
  *
  * Errors: `P2P_NULL_ARGUMENT`, `P2P_SHUTDOWN`, `P2P_INVALID_ARGUMENT` (no such request
  * pending: already answered, or unknown).

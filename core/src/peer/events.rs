@@ -29,7 +29,7 @@ use super::{Chat, ChatClosedBy, ChatId, ChatRequest, Inner, Peer, PeerBuilder, P
 use super::{Hooks, TransferId};
 use crate::error::{Error, Result};
 use parking_lot::{Condvar, Mutex};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
@@ -111,6 +111,9 @@ struct State {
     bounded: usize,
     /// `chat_async` requests not answered yet, with whom they ask.
     pending: HashMap<u64, String>,
+    /// Chats opened for a cancelled `chat_async` request: nobody was given them, so
+    /// none of their events is queued.
+    muted: HashSet<ChatId>,
 }
 
 /// The answer hook for [`Peer::chat_async`] in hook mode: `(request, user, result)`.
@@ -226,18 +229,50 @@ impl EventQueue {
     /// A must-deliver event: in at once, past the capacity if need be.
     fn push_always(&self, event: Event) {
         let mut state = self.state.lock();
+        if is_muted(&state, &event) {
+            return;
+        }
         self.put(&mut state, Entry::Event(event), false);
+    }
+
+    /// Chat `id` belongs to a cancelled request: drop its queued events and queue
+    /// none from now on.
+    fn mute(&self, id: ChatId) {
+        let mut state = self.state.lock();
+        state.muted.insert(id);
+        let before = state.entries.len();
+        let mut freed = 0;
+        state.entries.retain(|e| match e {
+            Entry::Event(Event::ChatMessage { chat, .. }) if *chat == id => {
+                freed += 1;
+                false
+            }
+            Entry::Event(Event::ChatClosed { chat, .. }) => *chat != id,
+            _ => true,
+        });
+        state.bounded -= freed;
+        #[cfg(unix)]
+        if before > 0 && state.entries.is_empty() {
+            if let Some(n) = &self.notify {
+                n.clear();
+            }
+        }
+        let _ = before;
+        self.changed.notify_all();
     }
 
     /// A chat message: waits for room (or until the peer stops; then it is dropped,
     /// as the chat is ending anyway).
     fn push_waiting(&self, event: Event) {
         let mut state = self.state.lock();
-        while state.bounded >= self.capacity {
+        while state.bounded >= self.capacity && !is_muted(&state, &event) {
             if self.stopping() {
                 return;
             }
             self.changed.wait_for(&mut state, Duration::from_millis(50));
+        }
+        if is_muted(&state, &event) {
+            return;
         }
         self.put(&mut state, Entry::Event(event), true);
     }
@@ -354,6 +389,16 @@ impl EventQueue {
             event: Some(Arc::new(event)),
             chat_opened: None,
         }
+    }
+}
+
+/// Whether `event` is of a chat nobody was given (see `State::muted`).
+fn is_muted(state: &State, event: &Event) -> bool {
+    match event {
+        Event::ChatMessage { chat, .. } | Event::ChatClosed { chat, .. } => {
+            state.muted.contains(chat)
+        }
+        _ => false,
     }
 }
 
@@ -589,9 +634,13 @@ impl Peer {
                 let result = super::chat::request(&inner, &name);
                 let mut state = q.state.lock();
                 if state.pending.remove(&request).is_none() {
-                    // Cancelled: the answer was given already; end a chat that opened.
+                    // Cancelled: the answer was given already; end a chat that opened,
+                    // and report nothing of it.
                     drop(state);
                     if let Ok(chat) = result {
+                        if q.queued {
+                            q.mute(chat.id());
+                        }
                         chat.close();
                     }
                     return;
@@ -607,7 +656,7 @@ impl Peer {
 
     /// Cancel [`chat_async`](Self::chat_async) request `request`: its answer, at once,
     /// is [`Event::ChatOpened`] with [`Error::Cancelled`]; if the other side accepts
-    /// later, that chat is closed at once. `false` if the request was already answered
+    /// later, that chat is closed at once and none of its events is queued. `false` if the request was already answered
     /// (or is unknown).
     pub fn chat_cancel(&self, request: u64) -> bool {
         let Some(q) = &self.events else {
