@@ -656,8 +656,9 @@ impl Peer {
 
     /// Cancel [`chat_async`](Self::chat_async) request `request`: its answer, at once,
     /// is [`Event::ChatOpened`] with [`Error::Cancelled`]; if the other side accepts
-    /// later, that chat is closed at once and none of its events is queued. `false` if the request was already answered
-    /// (or is unknown).
+    /// later, that chat is closed at once and none of its events is queued (in hook
+    /// mode the answer goes to the hook, on this thread). `false` if the request was
+    /// already answered (or is unknown).
     pub fn chat_cancel(&self, request: u64) -> bool {
         let Some(q) = &self.events else {
             return false;
