@@ -1774,7 +1774,9 @@ void p2p_transfer_free(struct p2p_transfer *transfer);
  * it with `p2p_event_free()`), or `P2P_TIMEOUT` with `*out` untouched when none came
  * in time.
  *
- * Any thread may call it; each event goes to one caller. It never returns a message
+ * Any thread may call it; each event goes to one caller. A call waiting when another
+ * thread exits the peer returns `P2P_SHUTDOWN` (within 0.1 s when waiting without
+ * limit). It never returns a message
  * or close of a chat while another thread's `p2p_chat_request_accept()` or
  * `p2p_peer_chat()` that will return that chat's handle has not returned: such an
  * event waits (within `timeout_ms`) at the head of the queue.
@@ -1799,8 +1801,10 @@ void p2p_event_free(struct p2p_event *event);
  * readable exactly while events wait in `peer`'s queue, and stops being readable when
  * `p2p_peer_next_event()` takes the last one (level-triggered). So: poll it for
  * reading, then take events until `P2P_TIMEOUT` (a `timeout_ms` of 0), or one per
- * wake-up. It is an eventfd on Linux, a pipe elsewhere; it belongs to the peer and is
- * closed by `p2p_peer_free()`: never read, write or close it. (While an event waits
+ * wake-up. It is an eventfd on Linux, a pipe elsewhere; it belongs to the peer: never
+ * read, write or close it. It is valid until the peer exits (`p2p_peer_exit()` or
+ * `p2p_peer_free()`) and may be closed from then on: take it out of the main loop
+ * before. (While an event waits
  * for another thread's accept, as `p2p_peer_next_event()` says, it stays readable.)
  *
  * Errors: `P2P_NULL_ARGUMENT`, `P2P_INVALID_ARGUMENT` (no event queue),

@@ -328,7 +328,13 @@ impl EventQueue {
             }
             match deadline {
                 None => {
-                    self.changed.wait(&mut state);
+                    // Without a limit: give up once the peer has stopped (nothing
+                    // will come any more).
+                    self.changed
+                        .wait_for(&mut state, Duration::from_millis(100));
+                    if state.entries.is_empty() && self.stopping() {
+                        return None;
+                    }
                 }
                 Some(d) => {
                     if self.changed.wait_until(&mut state, d).timed_out()
@@ -551,8 +557,8 @@ impl Peer {
     }
 
     /// The next event of a peer built with [`PeerBuilder::event_queue`], waiting up to
-    /// `timeout` (`None`: without limit); `None` when nothing came in time (or the peer
-    /// has no queue).
+    /// `timeout` (`None`: until one comes or the peer stops); `None` when nothing came
+    /// in time (or the peer has no queue, or it stopped with the queue drained).
     pub fn next_event(&self, timeout: Option<Duration>) -> Option<Event> {
         self.queue()?.pop(timeout)
     }
