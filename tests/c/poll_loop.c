@@ -24,6 +24,8 @@
  *   and closes the chat; draining then yields the request, all 20 messages in order,
  *   the close and the download's end, and progress only coalesced (fewer than 10);
  * - after draining to P2P_TIMEOUT the descriptor is not readable;
+ * - p2p_peer_next_event waiting without limit (-1) returns P2P_SHUTDOWN when another
+ *   thread exits the peer;
  * - callback mode: dave, with callbacks and no queue, gets the answer to
  *   p2p_peer_chat_async through p2p_chat_opened_cb (handle, user data), and a cancel's
  *   P2P_CANCELLED through it before p2p_peer_chat_cancel returns; next_event and
@@ -44,6 +46,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 static void fail(int line, const char *what, p2p_status got) {
@@ -197,6 +200,23 @@ static p2p_peer *connect_callback_peer(const char *registry, const char *name,
     p2p_peer_config_free(config);
     OK(st);
     return peer;
+}
+
+/* ---- a wait without limit, ended by p2p_peer_exit on another thread ---- */
+
+typedef struct {
+    p2p_peer *peer;
+    p2p_status status;
+} waiter;
+
+static void *wait_forever(void *arg) {
+    waiter *w = arg;
+    p2p_event ev;
+    for (;;) {
+        w->status = p2p_peer_next_event(w->peer, -1, &ev);
+        if (w->status != P2P_OK) return NULL;
+        p2p_event_free(&ev); /* a late background event */
+    }
 }
 
 int main(void) {
@@ -453,6 +473,20 @@ int main(void) {
     CHECK(!readable(alice, 0));
     OK(p2p_peer_event_fd(alice, &fd));
     CHECK(fd >= 0);
+
+    /* A wait without limit ends when another thread exits the peer. */
+    {
+        pthread_t waiting;
+        waiter w = {carol, P2P_OK};
+        CHECK(pthread_create(&waiting, NULL, wait_forever, &w) == 0);
+        {
+            struct timespec t = {0, 100 * 1000 * 1000};
+            nanosleep(&t, NULL);
+        }
+        OK(p2p_peer_exit(carol));
+        CHECK(pthread_join(waiting, NULL) == 0);
+        CHECK(w.status == P2P_SHUTDOWN);
+    }
 
     p2p_peer_free(carol);
     p2p_peer_free(bob);
