@@ -5,11 +5,13 @@ use crate::panic;
 use crate::peer::p2p_peer;
 use crate::status::{p2p_status, FfiError};
 use crate::strings::{arg_out, arg_ref, arg_str, owned, put};
+use crate::userdata::UserData;
 use p2pcore::identity::PublicKey;
 use p2pcore::peer::{Chat, ChatId, ChatRequest};
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 use std::collections::HashMap;
-use std::ffi::c_char;
+use std::ffi::{c_char, c_void};
+use std::sync::atomic::{AtomicPtr, Ordering};
 use std::sync::{Arc, Weak};
 
 /// Who ended a chat (passed to `p2p_chat_closed_cb`).
@@ -41,6 +43,11 @@ pub struct p2p_chat {
     /// The other side's proven key (`None`: unverified).
     key: Option<PublicKey>,
     slot: Arc<ChatSlot>,
+    /// `p2p_chat_set_user_data()`'s pointer, shared with the table's entry so events
+    /// can carry it.
+    user_data: Arc<AtomicPtr<c_void>>,
+    /// The peer's chat table, where the handle is listed until freed.
+    table: Weak<ChatTable>,
 }
 
 /// The live chat behind a handle; emptied when the chat ends, which drops the handle's
@@ -69,6 +76,49 @@ impl ChatSlot {
 #[derive(Default)]
 pub(crate) struct ChatTable {
     live: Mutex<HashMap<ChatId, Weak<ChatSlot>>>,
+    /// Every chat handle C holds (until `p2p_chat_free()`), for events to carry.
+    pub(crate) handles: Mutex<HashMap<ChatId, ChatHandle>>,
+    /// Calls that are opening a chat (accept, `p2p_peer_chat()`) and have not yet
+    /// returned its handle: events of a chat without a handle wait for them.
+    pub(crate) opening: Mutex<usize>,
+    /// Signalled when `opening` drops.
+    pub(crate) opened: Condvar,
+    /// The user data of each pending `p2p_peer_chat_async()` request.
+    pub(crate) async_user_data: Mutex<HashMap<u64, UserData>>,
+    /// Chats whose handle was freed before their close was handed out in an event:
+    /// their events go out at once (without a handle), never waiting for an accept.
+    /// Each leaves when its close is handed out.
+    pub(crate) gone: Mutex<std::collections::HashSet<ChatId>>,
+}
+
+/// What events need of a chat handle C holds.
+#[derive(Clone)]
+pub(crate) struct ChatHandle {
+    pub(crate) ptr: *mut p2p_chat,
+    pub(crate) user_data: Arc<AtomicPtr<c_void>>,
+    /// Its close was handed out in an event.
+    pub(crate) closed: bool,
+}
+
+// SAFETY: the pointer is only handed back to C (in events), never dereferenced here.
+unsafe impl Send for ChatHandle {}
+
+/// Counts a call that is opening a chat until its handle has been returned.
+pub(crate) struct Opening<'a>(&'a ChatTable);
+
+impl<'a> Opening<'a> {
+    /// Count one call opening a chat of `table` until dropped.
+    pub(crate) fn start(table: &'a ChatTable) -> Opening<'a> {
+        *table.opening.lock() += 1;
+        Opening(table)
+    }
+}
+
+impl Drop for Opening<'_> {
+    fn drop(&mut self) {
+        *self.0.opening.lock() -= 1;
+        self.0.opened.notify_all();
+    }
 }
 
 impl ChatTable {
@@ -118,7 +168,7 @@ impl p2p_chat_request {
 }
 
 /// A handle for a newly opened chat of the peer whose chats `table` lists.
-fn new_chat(table: &ChatTable, chat: Chat) -> *mut p2p_chat {
+pub(crate) fn new_chat(table: &Arc<ChatTable>, chat: Chat) -> *mut p2p_chat {
     let id = chat.id();
     let slot = Arc::new(ChatSlot {
         chat: Mutex::new(Some(chat.clone())),
@@ -129,14 +179,26 @@ fn new_chat(table: &ChatTable, chat: Chat) -> *mut p2p_chat {
     if chat.is_closed() {
         table.ended(id);
     }
-    Box::into_raw(Box::new(p2p_chat {
+    let user_data = Arc::new(AtomicPtr::new(std::ptr::null_mut()));
+    let ptr = Box::into_raw(Box::new(p2p_chat {
         id,
         peer: chat.peer().to_string(),
         encrypted: chat.is_encrypted(),
         verified: chat.is_verified(),
         key: chat.remote_key(),
         slot,
-    }))
+        user_data: user_data.clone(),
+        table: Arc::downgrade(table),
+    }));
+    table.handles.lock().insert(
+        id,
+        ChatHandle {
+            ptr,
+            user_data,
+            closed: false,
+        },
+    );
+    ptr
 }
 
 impl p2p_chat {
@@ -172,6 +234,7 @@ pub unsafe extern "C" fn p2p_peer_chat(
         let peer = arg_ref(peer, "peer")?;
         let user = arg_str(user, "user")?;
         let out = arg_out(out, "out")?;
+        let _opening = Opening::start(&peer.chats);
         let chat = peer.get()?.chat(user)?;
         put(out, new_chat(&peer.chats, chat));
         Ok(())
@@ -339,6 +402,13 @@ pub unsafe extern "C" fn p2p_chat_free(chat: *mut p2p_chat) {
     panic::void(|| {
         if !chat.is_null() {
             let chat = Box::from_raw(chat);
+            // No event carries this handle from now on.
+            if let Some(table) = chat.table.upgrade() {
+                let handle = table.handles.lock().remove(&chat.id);
+                if handle.is_some_and(|h| !h.closed) {
+                    table.gone.lock().insert(chat.id);
+                }
+            }
             if let Some(open) = chat.slot.get() {
                 open.close();
             }
@@ -432,6 +502,8 @@ pub unsafe extern "C" fn p2p_chat_request_accept(
     panic::status(|| {
         let request = arg_ref(request, "request")?;
         let out = arg_out(out, "out")?;
+        // Until the handle is in `*out`, no event of this chat is handed out.
+        let _opening = Opening::start(&request.chats);
         let chat = request.take()?.accept()?;
         put(out, new_chat(&request.chats, chat));
         Ok(())
@@ -458,5 +530,56 @@ pub unsafe extern "C" fn p2p_chat_request_free(request: *mut p2p_chat_request) {
         if !request.is_null() {
             drop(Box::from_raw(request));
         }
+    })
+}
+
+/// Attach `user_data` to `chat` (the library never dereferences it): events of this
+/// chat (`p2p_event.user_data`) carry it from now on. NULL clears it.
+///
+/// Errors: `P2P_NULL_ARGUMENT` (chat).
+#[no_mangle]
+pub unsafe extern "C" fn p2p_chat_set_user_data(
+    chat: *const p2p_chat,
+    user_data: *mut c_void,
+) -> p2p_status {
+    panic::status(|| {
+        arg_ref(chat, "chat")?
+            .user_data
+            .store(user_data, Ordering::Release);
+        Ok(())
+    })
+}
+
+/// The user data attached to `chat` (NULL if none, or if `chat` is NULL).
+#[no_mangle]
+pub unsafe extern "C" fn p2p_chat_get_user_data(chat: *const p2p_chat) -> *mut c_void {
+    let mut out = std::ptr::null_mut();
+    panic::void(|| {
+        if let Some(chat) = chat.as_ref() {
+            out = chat.user_data.load(Ordering::Acquire);
+        }
+    });
+    out
+}
+
+/// As `p2p_chat_send()`, waiting at most `timeout_ms` milliseconds (at least 1) instead
+/// of 15 s: first for another thread's send on this chat to finish (`P2P_TIMEOUT`,
+/// the chat stays open), then for the other side to read (`P2P_TIMEOUT`, and the chat
+/// ends: a message cut short cannot be resumed).
+///
+/// Errors: `P2P_NULL_ARGUMENT`, `P2P_INVALID_UTF8`, `P2P_CLOSED`, `P2P_TOO_LARGE`,
+/// `P2P_TIMEOUT`, `P2P_IO`.
+#[no_mangle]
+pub unsafe extern "C" fn p2p_chat_send_timeout(
+    chat: *const p2p_chat,
+    text: *const c_char,
+    timeout_ms: u32,
+) -> p2p_status {
+    panic::status(|| {
+        let chat = arg_ref(chat, "chat")?;
+        let text = arg_str(text, "text")?;
+        let timeout = std::time::Duration::from_millis(u64::from(timeout_ms.max(1)));
+        chat.open()?.send_within(text, timeout)?;
+        Ok(())
     })
 }

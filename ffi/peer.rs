@@ -169,6 +169,11 @@ pub struct p2p_peer_config {
     /// (`p2p_peer_config_set_serve_only`); `None`: any registered user.
     serve_only: Option<Vec<String>>,
     callbacks: Callbacks,
+    /// Events through a queue of this capacity instead of callbacks
+    /// (`p2p_peer_config_set_event_queue`).
+    event_queue: Option<usize>,
+    /// `p2p_peer_config_on_chat_opened`.
+    chat_opened: crate::events::p2p_chat_opened_cb,
 }
 
 /// A connected peer. Opaque; made by `p2p_peer_connect()`, freed by `p2p_peer_free()`.
@@ -283,6 +288,8 @@ pub unsafe extern "C" fn p2p_peer_config_new(
                 failed: None,
                 event: None,
             },
+            event_queue: None,
+            chat_opened: None,
         });
         put(out, Box::into_raw(config));
         Ok(())
@@ -652,7 +659,7 @@ pub unsafe extern "C" fn p2p_peer_config_on_event(
     })
 }
 
-fn describe(event: &PeerEvent) -> (p2p_peer_event_kind, String) {
+pub(crate) fn describe(event: &PeerEvent) -> (p2p_peer_event_kind, String) {
     use p2p_peer_event_kind::*;
     match event {
         PeerEvent::ShareSkipped { name, reason } => (
@@ -861,6 +868,12 @@ impl p2p_peer_config {
                 // SAFETY: as documented for `p2p_peer_event_cb`.
                 unsafe { cb(ud.ptr(), kind, detail.as_ptr()) }
             });
+        }
+        if let Some(capacity) = self.event_queue {
+            b = b.event_queue(capacity);
+        }
+        if let Some(cb) = self.chat_opened {
+            b = b.on_chat_opened(crate::events::opened_hook(cb, ud, id, chats.clone()));
         }
         Ok(b.connect()?)
     }
@@ -1342,6 +1355,50 @@ pub unsafe extern "C" fn p2p_username_available(
         let username = arg_str(username, "username")?;
         let out = arg_out(out, "out")?;
         put(out, p2pcore::peer::username_available(registry, username)?);
+        Ok(())
+    })
+}
+
+// ---- Events you pull (see events.rs) ----
+
+/// Report everything through an event queue holding up to `capacity` events (at least
+/// 1), read with `p2p_peer_next_event()` and signalled on `p2p_peer_event_fd()`,
+/// instead of through the callbacks: with a queue no callback of the peer is called
+/// (nothing is delivered twice); 0 restores callbacks. Without callbacks or a queue
+/// every chat request is declined.
+///
+/// Overflow rule: download progress is coalesced (one waiting event per download,
+/// updated in place); chat requests, `P2P_EV_CHAT_OPENED` answers, chat closes and a
+/// download's done or failed are never dropped and never wait (they may exceed the
+/// capacity, bounded by the peer's limits on chats and downloads); a chat message
+/// waits for room on its chat's own reader thread (so a slow application slows the
+/// sender down, and no message is lost); background events (`P2P_EV_PEER`) are
+/// dropped while the queue is full.
+///
+/// Errors: `P2P_NULL_ARGUMENT`.
+#[no_mangle]
+pub unsafe extern "C" fn p2p_peer_config_set_event_queue(
+    config: *mut p2p_peer_config,
+    capacity: usize,
+) -> p2p_status {
+    panic::status(|| {
+        config_mut(config)?.event_queue = (capacity > 0).then_some(capacity);
+        Ok(())
+    })
+}
+
+/// Call `callback` with the answer to each `p2p_peer_chat_async()` (see
+/// `p2p_chat_opened_cb`) when the peer uses callbacks; with an event queue the answer
+/// is an event instead and this is not called.
+///
+/// NULL unsets it. Errors: `P2P_NULL_ARGUMENT` (config).
+#[no_mangle]
+pub unsafe extern "C" fn p2p_peer_config_on_chat_opened(
+    config: *mut p2p_peer_config,
+    callback: crate::events::p2p_chat_opened_cb,
+) -> p2p_status {
+    panic::status(|| {
+        config_mut(config)?.chat_opened = callback;
         Ok(())
     })
 }

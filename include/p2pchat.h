@@ -351,6 +351,69 @@ typedef int32_t p2p_peer_event_kind;
 #endif // __cplusplus
 
 /**
+ * What a `p2p_event` reports (its `kind`).
+ */
+enum p2p_event_kind
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : int32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+    /**
+     * Nothing (a zeroed or freed event).
+     */
+    P2P_EV_NONE = 0,
+    /**
+     * Someone asks to chat: `request` is a new handle owned by the application, as
+     * with `p2p_chat_request_cb` (answer it, then `p2p_chat_request_free()` it);
+     * `from` is who asks.
+     */
+    P2P_EV_CHAT_REQUEST = 1,
+    /**
+     * The answer to `p2p_peer_chat_async()` number `id`: `status` is `P2P_OK` and
+     * `chat` a new handle owned by the application (free it with `p2p_chat_free()`),
+     * or `status` says why not (`P2P_CANCELLED` after `p2p_peer_chat_cancel()`),
+     * `text` the message and `chat` NULL. `user_data` is the one given to
+     * `p2p_peer_chat_async()` (also set as the new chat's user data); `from` is who
+     * was asked.
+     */
+    P2P_EV_CHAT_OPENED = 2,
+    /**
+     * A message arrived in chat `id`: `from` sent `text` (`text_len` bytes of UTF-8
+     * plus a NUL; it may contain NUL bytes). `chat` and `user_data` as below.
+     */
+    P2P_EV_CHAT_MESSAGE = 3,
+    /**
+     * Chat `id` ended (once per chat): `from` is the other side, `closed_by` who ended
+     * it. `chat` and `user_data` as below.
+     */
+    P2P_EV_CHAT_CLOSED = 4,
+    /**
+     * Download `id` progressed: `received` of `total` bytes (coalesced: the newest).
+     */
+    P2P_EV_TRANSFER_PROGRESS = 5,
+    /**
+     * Download `id` finished and was verified; `text` is the file's path.
+     */
+    P2P_EV_TRANSFER_DONE = 6,
+    /**
+     * Download `id` failed: `status` (`P2P_CANCELLED` when cancelled) and `text`.
+     */
+    P2P_EV_TRANSFER_FAILED = 7,
+    /**
+     * A background event: `peer_event` says which, `text` describes it (the same text
+     * `p2p_peer_event_cb` gets).
+     */
+    P2P_EV_PEER = 8,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum p2p_event_kind p2p_event_kind;
+#else
+typedef int32_t p2p_event_kind;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+/**
  * An open (or ended) chat. Opaque; made by `p2p_peer_chat()` or
  * `p2p_chat_request_accept()`, freed by `p2p_chat_free()`. It may be used from any
  * thread, also after its peer was freed (sending then fails with `P2P_CLOSED`).
@@ -582,6 +645,94 @@ typedef void (*p2p_transfer_failed_cb)(void *user_data,
  * `P2P_WOULD_DEADLOCK`.
  */
 typedef void (*p2p_peer_event_cb)(void *user_data, p2p_peer_event_kind kind, const char *detail);
+
+/**
+ * The answer to `p2p_peer_chat_async()` request `request_id` for a peer with
+ * callbacks (`p2p_peer_config_on_chat_opened()`): `status` is `P2P_OK` and `chat` a
+ * new handle owned by the callee (free it with `p2p_chat_free()`), or `status` says
+ * why not (`P2P_CANCELLED` after `p2p_peer_chat_cancel()`), `chat` is NULL and
+ * `message` (valid only during the call) the text. `request_user_data` is the one
+ * given to `p2p_peer_chat_async()` (also set as the chat's user data). Called on a
+ * library thread; for a cancel, on the thread calling `p2p_peer_chat_cancel()` before
+ * it returns.
+ */
+typedef void (*p2p_chat_opened_cb)(void *user_data,
+                                   uint64_t request_id,
+                                   void *request_user_data,
+                                   p2p_status status,
+                                   struct p2p_chat *chat,
+                                   const char *message);
+
+/**
+ * One event, filled by `p2p_peer_next_event()` and released by `p2p_event_free()`.
+ * Fields a kind does not use are 0 / NULL.
+ *
+ * Ownership: `text` and `from` belong to the event (freed by `p2p_event_free()`).
+ * `request` (`P2P_EV_CHAT_REQUEST`) and `chat` in `P2P_EV_CHAT_OPENED` are new handles
+ * the application owns (`p2p_event_free()` does not free them). `chat` in
+ * `P2P_EV_CHAT_MESSAGE` / `P2P_EV_CHAT_CLOSED` is **borrowed**: the handle the
+ * application already holds for that chat (from `p2p_chat_request_accept()`,
+ * `p2p_peer_chat()` or a `P2P_EV_CHAT_OPENED` event), valid until the application
+ * frees it; NULL if it was freed before the event was taken. No message or close of
+ * a chat is handed out before the call that returns its handle has returned.
+ */
+typedef struct p2p_event {
+    /**
+     * What happened; `P2P_EV_NONE` once freed.
+     */
+    p2p_event_kind kind;
+    /**
+     * The chat id (chat events), transfer id (transfer events) or request number
+     * (`P2P_EV_CHAT_OPENED`).
+     */
+    uint64_t id;
+    /**
+     * `P2P_EV_CHAT_OPENED`, `P2P_EV_TRANSFER_FAILED`: the outcome (else `P2P_OK`).
+     */
+    p2p_status status;
+    /**
+     * `P2P_EV_CHAT_REQUEST`: the request, owned by the application.
+     */
+    struct p2p_chat_request *request;
+    /**
+     * Chat events: the chat (owned in `P2P_EV_CHAT_OPENED`, borrowed otherwise).
+     */
+    struct p2p_chat *chat;
+    /**
+     * The chat's user data (`p2p_chat_set_user_data()`), or the request's
+     * (`p2p_peer_chat_async()`).
+     */
+    void *user_data;
+    /**
+     * Chat events: the other side's username (owned by the event).
+     */
+    char *from;
+    /**
+     * The message, error text, file path or description (owned by the event);
+     * `text_len` bytes plus a NUL.
+     */
+    char *text;
+    /**
+     * The length of `text` in bytes, without the NUL.
+     */
+    size_t text_len;
+    /**
+     * `P2P_EV_CHAT_CLOSED`: who ended the chat.
+     */
+    p2p_chat_closed_by closed_by;
+    /**
+     * `P2P_EV_TRANSFER_PROGRESS`: bytes received so far.
+     */
+    uint64_t received;
+    /**
+     * `P2P_EV_TRANSFER_PROGRESS`: the file's size.
+     */
+    uint64_t total;
+    /**
+     * `P2P_EV_PEER`: which background event.
+     */
+    p2p_peer_event_kind peer_event;
+} p2p_event;
 
 #ifdef __cplusplus
 extern "C" {
@@ -1288,6 +1439,35 @@ p2p_status p2p_peer_rescan(const struct p2p_peer *peer, size_t *files_out);
 p2p_status p2p_username_available(const char *registry, const char *username, bool *out);
 
 /**
+ * Report everything through an event queue holding up to `capacity` events (at least
+ * 1), read with `p2p_peer_next_event()` and signalled on `p2p_peer_event_fd()`,
+ * instead of through the callbacks: with a queue no callback of the peer is called
+ * (nothing is delivered twice); 0 restores callbacks. Without callbacks or a queue
+ * every chat request is declined.
+ *
+ * Overflow rule: download progress is coalesced (one waiting event per download,
+ * updated in place); chat requests, `P2P_EV_CHAT_OPENED` answers, chat closes and a
+ * download's done or failed are never dropped and never wait (they may exceed the
+ * capacity, bounded by the peer's limits on chats and downloads); a chat message
+ * waits for room on its chat's own reader thread (so a slow application slows the
+ * sender down, and no message is lost); background events (`P2P_EV_PEER`) are
+ * dropped while the queue is full.
+ *
+ * Errors: `P2P_NULL_ARGUMENT`.
+ */
+p2p_status p2p_peer_config_set_event_queue(struct p2p_peer_config *config, size_t capacity);
+
+/**
+ * Call `callback` with the answer to each `p2p_peer_chat_async()` (see
+ * `p2p_chat_opened_cb`) when the peer uses callbacks; with an event queue the answer
+ * is an event instead and this is not called.
+ *
+ * NULL unsets it. Errors: `P2P_NULL_ARGUMENT` (config).
+ */
+p2p_status p2p_peer_config_on_chat_opened(struct p2p_peer_config *config,
+                                          p2p_chat_opened_cb callback);
+
+/**
  * Ask `user` for a chat. Blocks until they accept, decline, or do not answer within
  * their chat-answer timeout (30 s by default). On success `*out` is the open chat,
  * owned by the caller (free it with `p2p_chat_free()`); messages then arrive through
@@ -1451,6 +1631,32 @@ p2p_status p2p_chat_request_decline(const struct p2p_chat_request *request);
 void p2p_chat_request_free(struct p2p_chat_request *request);
 
 /**
+ * Attach `user_data` to `chat` (the library never dereferences it): events of this
+ * chat (`p2p_event.user_data`) carry it from now on. NULL clears it.
+ *
+ * Errors: `P2P_NULL_ARGUMENT` (chat).
+ */
+p2p_status p2p_chat_set_user_data(const struct p2p_chat *chat, void *user_data);
+
+/**
+ * The user data attached to `chat` (NULL if none, or if `chat` is NULL).
+ */
+void *p2p_chat_get_user_data(const struct p2p_chat *chat);
+
+/**
+ * As `p2p_chat_send()`, waiting at most `timeout_ms` milliseconds (at least 1) instead
+ * of 15 s: first for another thread's send on this chat to finish (`P2P_TIMEOUT`,
+ * the chat stays open), then for the other side to read (`P2P_TIMEOUT`, and the chat
+ * ends: a message cut short cannot be resumed).
+ *
+ * Errors: `P2P_NULL_ARGUMENT`, `P2P_INVALID_UTF8`, `P2P_CLOSED`, `P2P_TOO_LARGE`,
+ * `P2P_TIMEOUT`, `P2P_IO`.
+ */
+p2p_status p2p_chat_send_timeout(const struct p2p_chat *chat,
+                                 const char *text,
+                                 uint32_t timeout_ms);
+
+/**
  * Start downloading `file` from `user` in the background, into the peer's download
  * directory (never overwriting: an existing file fails with `P2P_ALREADY_EXISTS`; a
  * partial download left by a cancelled one is resumed). On success `*out` is the
@@ -1560,6 +1766,80 @@ p2p_status p2p_transfer_cancel(const struct p2p_transfer *transfer);
  * twice is undefined behaviour (the caller's bug).
  */
 void p2p_transfer_free(struct p2p_transfer *transfer);
+
+/**
+ * Take the next event of `peer` (configured with
+ * `p2p_peer_config_set_event_queue()`), waiting at most `timeout_ms` milliseconds
+ * (0: do not wait; negative: without limit). Returns `P2P_OK` with `*out` filled (free
+ * it with `p2p_event_free()`), or `P2P_TIMEOUT` with `*out` untouched when none came
+ * in time.
+ *
+ * Any thread may call it; each event goes to one caller. A call waiting when another
+ * thread exits the peer returns `P2P_SHUTDOWN` (within 0.1 s when waiting without
+ * limit). It never returns a message
+ * or close of a chat while another thread's `p2p_chat_request_accept()` or
+ * `p2p_peer_chat()` that will return that chat's handle has not returned: such an
+ * event waits (within `timeout_ms`) at the head of the queue.
+ *
+ * Errors: `P2P_NULL_ARGUMENT`, `P2P_INVALID_ARGUMENT` (the peer has no event queue),
+ * `P2P_SHUTDOWN` (the peer has exited: events still queued are dropped),
+ * `P2P_TIMEOUT`.
+ */
+p2p_status p2p_peer_next_event(const struct p2p_peer *peer,
+                               int32_t timeout_ms,
+                               struct p2p_event *out);
+
+/**
+ * Release what `event` owns (`text`, `from`) and zero it (kind `P2P_EV_NONE`);
+ * handles it carried are not touched (see `p2p_event`). NULL, a zeroed and an already
+ * freed event are no-ops.
+ */
+void p2p_event_free(struct p2p_event *event);
+
+/**
+ * A descriptor for the application's main loop (poll/epoll/select, GLib, Qt): it is
+ * readable exactly while events wait in `peer`'s queue, and stops being readable when
+ * `p2p_peer_next_event()` takes the last one (level-triggered). So: poll it for
+ * reading, then take events until `P2P_TIMEOUT` (a `timeout_ms` of 0), or one per
+ * wake-up. It is an eventfd on Linux, a pipe elsewhere; it belongs to the peer: never
+ * read, write or close it. It is valid until the peer exits (`p2p_peer_exit()` or
+ * `p2p_peer_free()`) and may be closed from then on: take it out of the main loop
+ * before. (While an event waits
+ * for another thread's accept, as `p2p_peer_next_event()` says, it stays readable.)
+ *
+ * Errors: `P2P_NULL_ARGUMENT`, `P2P_INVALID_ARGUMENT` (no event queue),
+ * `P2P_SHUTDOWN`.
+ */
+p2p_status p2p_peer_event_fd(const struct p2p_peer *peer, int32_t *out);
+
+/**
+ * Ask `user` for a chat without waiting: returns at once with `*request_id` set; the
+ * answer comes as a `P2P_EV_CHAT_OPENED` event with that id, carrying `user_data`
+ * (never dereferenced) and, on success, the new chat handle; for a peer with
+ * callbacks, through its `p2p_chat_opened_cb` instead. Needs one of the two.
+ *
+ * Errors: `P2P_NULL_ARGUMENT` (peer, user, request_id; `user_data` may be NULL),
+ * `P2P_INVALID_UTF8`, `P2P_INVALID_ARGUMENT` (neither an event queue nor a
+ * chat-opened callback), `P2P_SHUTDOWN`,
+ * `P2P_IO` (no thread could be started). Everything else (`P2P_USER_NOT_FOUND`,
+ * `P2P_DECLINED`, `P2P_TIMEOUT`... as `p2p_peer_chat()`) comes in the event.
+ */
+p2p_status p2p_peer_chat_async(const struct p2p_peer *peer,
+                               const char *user,
+                               void *user_data,
+                               uint64_t *request_id);
+
+/**
+ * Cancel `p2p_peer_chat_async()` request `request_id`: returns at once; its answer is
+ * a `P2P_EV_CHAT_OPENED` event with `P2P_CANCELLED` (with callbacks: the
+ * `p2p_chat_opened_cb` is called with it, on this thread, before this returns). If
+ * the other side accepts later, that chat is closed at once (with an event queue,
+ * none of its events is queued).
+ *
+ * Errors: `P2P_NULL_ARGUMENT`, `P2P_SHUTDOWN`, `P2P_INVALID_ARGUMENT` (no such request
+ * pending: already answered, or unknown).
+ */
+p2p_status p2p_peer_chat_cancel(const struct p2p_peer *peer, uint64_t request_id);
 
 #ifdef __cplusplus
 }  // extern "C"

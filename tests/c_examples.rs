@@ -50,6 +50,16 @@ fn c_example_chats_and_fetches_with_the_shared_library() {
 }
 
 #[test]
+fn c_example_poll_loop_with_the_shared_library() {
+    build_run_and_valgrind("poll_loop.c", Link::Shared);
+}
+
+#[test]
+fn c_example_poll_loop_with_the_static_library() {
+    build_run_and_valgrind("poll_loop.c", Link::Static);
+}
+
+#[test]
 fn cxx_legacy_flow_runs_with_the_static_library() {
     build_run_and_valgrind("legacy_flow.cpp", Link::Static);
 }

@@ -139,6 +139,14 @@ impl Chat {
     /// [`Error::Closed`] once the chat has ended, and ends the chat with a timeout error
     /// if the other side stops reading.
     pub fn send(&self, text: &str) -> Result<()> {
+        self.send_within(text, self.shared.io_timeout)
+    }
+
+    /// As [`send`](Self::send), waiting at most `timeout` (for another sender to
+    /// finish, then for the other side to read) instead of the peer's I/O timeout. On a
+    /// timeout while writing the chat ends (a message cut short cannot be resumed);
+    /// waiting for another sender times out with the chat still open.
+    pub fn send_within(&self, text: &str, timeout: Duration) -> Result<()> {
         if self.is_closed() {
             return Err(Error::Closed);
         }
@@ -149,7 +157,12 @@ impl Chat {
                 limit: MAX_CHAT_MESSAGE,
             });
         }
-        let mut guard = self.shared.writer.lock();
+        let Some(mut guard) = self.shared.writer.try_lock_for(timeout) else {
+            return Err(Error::Timeout(format!(
+                "another message to {} was still being sent",
+                self.shared.peer
+            )));
+        };
         let Some(writer) = guard.as_mut() else {
             return Err(Error::Closed);
         };
@@ -159,7 +172,7 @@ impl Chat {
             let mut frame = Vec::with_capacity(text.len() + 16);
             frame.extend_from_slice(chat_message_header(text.len()).as_bytes());
             frame.extend_from_slice(text.as_bytes());
-            writer.write_all_within(&frame, self.shared.io_timeout)
+            writer.write_all_within(&frame, timeout)
         };
         // `finish` takes the lock: release it first.
         drop(guard);

@@ -20,6 +20,9 @@ mod registry_link;
 mod serve;
 mod slots;
 
+pub mod events;
+pub use events::{Event, Events};
+
 pub use chat::{Chat, ChatClosedBy, ChatId, ChatRequest};
 pub use fetch::{Transfer, TransferId};
 pub use registry_link::{PeerInfo, RegistryMode};
@@ -121,6 +124,8 @@ pub(crate) struct Hooks {
     pub done: Hook<DoneHook>,
     pub failed: Hook<FailedHook>,
     pub event: Hook<dyn Fn(&PeerEvent) + Send + Sync>,
+    /// The answer to [`Peer::chat_async`] in hook mode.
+    pub chat_opened: Hook<events::OpenedHook>,
 }
 
 /// The bounds a peer holds against other peers. `Default` gives the values in
@@ -203,6 +208,8 @@ pub struct PeerBuilder {
     known_keys_file: Option<PathBuf>,
     refuse_unverified: bool,
     serve_only: Option<Vec<String>>,
+    /// The event queue's capacity ([`PeerBuilder::event_queue`]); `None`: hooks.
+    events: Option<usize>,
 }
 
 impl PeerBuilder {
@@ -386,7 +393,8 @@ impl PeerBuilder {
     /// Errors, each distinct: [`Error::InvalidUsername`], [`Error::NotADirectory`],
     /// [`Error::PortUnavailable`], [`Error::UsernameTaken`], or an I/O error reaching
     /// the registry.
-    pub fn connect(self) -> Result<Peer> {
+    pub fn connect(mut self) -> Result<Peer> {
+        let queue = self.take_queue();
         check_username(&self.username)
             .map_err(|_| Error::InvalidUsername(self.username.clone()))?;
         let live_share = self.live_share;
@@ -456,7 +464,11 @@ impl PeerBuilder {
         });
         inner.scan_share(None)?;
         inner.register()?;
-        let peer = Peer { inner };
+        let peer = Peer {
+            inner,
+            events: queue,
+        };
+        peer.attach_queue();
         let refuser_inner = peer.inner.clone();
         peer.inner.threads.spawn("p2p-refuser", move || {
             refuser::run(refuser_inner, refuser_loop)
@@ -851,6 +863,8 @@ fn keep_registered(inner: Arc<Inner>) {
 /// ```
 pub struct Peer {
     inner: Arc<Inner>,
+    /// The event queue, when built with [`PeerBuilder::event_queue`].
+    events: Option<Arc<events::EventQueue>>,
 }
 
 impl Peer {
@@ -875,6 +889,7 @@ impl Peer {
             known_keys_file: None,
             refuse_unverified: false,
             serve_only: None,
+            events: None,
         }
     }
 

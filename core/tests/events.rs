@@ -1,0 +1,119 @@
+//! Events you pull, in Rust: peers built with `PeerBuilder::event_queue` report through
+//! `Peer::next_event` / `Peer::events` instead of hooks. An async chat is answered as
+//! `Event::ChatOpened` with the chat; the request, its messages in order and the close
+//! come as events; a cancelled async chat answers `Cancelled`; hooks set alongside a
+//! queue are never called; the iterator ends once the peer has stopped.
+
+use p2pcore::peer::{ChatClosedBy, Event, Peer};
+use p2pcore::registry::Registry;
+use p2pcore::ErrorCode;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tempfile::TempDir;
+
+const WAIT: Option<Duration> = Some(Duration::from_secs(10));
+
+fn queued(registry: SocketAddr, name: &str, dir: &TempDir, hook_calls: &Arc<AtomicUsize>) -> Peer {
+    let share = dir.path().join(name);
+    std::fs::create_dir(&share).unwrap();
+    let calls = hook_calls.clone();
+    Peer::builder(&registry.to_string(), name, &share)
+        .listen_ip("127.0.0.1".parse().unwrap())
+        .identity_file(dir.path().join(format!("{name}.key")))
+        // Set before the queue: never called.
+        .on_chat_message(move |_, _, _| {
+            calls.fetch_add(1, Ordering::SeqCst);
+        })
+        .event_queue(16)
+        .connect()
+        .unwrap()
+}
+
+/// The next event other than background ones.
+fn next(peer: &Peer) -> Event {
+    loop {
+        match peer.next_event(WAIT).expect("an event within 10 s") {
+            Event::Peer(_) => continue,
+            e => return e,
+        }
+    }
+}
+
+#[test]
+fn async_chat_request_messages_and_close_come_as_events() {
+    let r = Registry::bind("127.0.0.1:0").unwrap();
+    let dir = TempDir::new().unwrap();
+    let hook_calls = Arc::new(AtomicUsize::new(0));
+    let alice = queued(r.local_addr(), "alice", &dir, &hook_calls);
+    let bob = queued(r.local_addr(), "bob", &dir, &hook_calls);
+    assert!(bob.has_event_queue());
+
+    let request = alice.chat_async("bob").unwrap();
+    let Event::ChatRequest(req) = next(&bob) else {
+        panic!("expected a chat request")
+    };
+    assert_eq!(req.from(), "alice");
+    let b_chat = req.accept().unwrap();
+    let a_chat = match next(&alice) {
+        Event::ChatOpened {
+            request: n,
+            user,
+            result,
+        } => {
+            assert_eq!((n, user.as_str()), (request, "bob"));
+            result.unwrap()
+        }
+        other => panic!("expected ChatOpened, got {other:?}"),
+    };
+    for i in 0..5 {
+        a_chat
+            .send_within(&format!("m{i}"), Duration::from_secs(5))
+            .unwrap();
+    }
+    for i in 0..5 {
+        match next(&bob) {
+            Event::ChatMessage { chat, from, text } => {
+                assert_eq!((chat, from.as_str()), (b_chat.id(), "alice"));
+                assert_eq!(text, format!("m{i}"));
+            }
+            other => panic!("expected a message, got {other:?}"),
+        }
+    }
+    a_chat.close();
+    match next(&bob) {
+        Event::ChatClosed { chat, by, .. } => {
+            assert_eq!((chat, by), (b_chat.id(), ChatClosedBy::Remote))
+        }
+        other => panic!("expected the close, got {other:?}"),
+    }
+
+    // Cancelled: answered at once with Cancelled; a second cancel finds nothing.
+    let request = alice.chat_async("bob").unwrap();
+    assert!(alice.chat_cancel(request));
+    assert!(!alice.chat_cancel(request));
+    loop {
+        match next(&alice) {
+            Event::ChatClosed { .. } => continue, // the first chat's, on alice's side
+            Event::ChatOpened {
+                request: n, result, ..
+            } => {
+                assert_eq!(n, request);
+                assert_eq!(result.unwrap_err().code(), ErrorCode::Cancelled);
+                break;
+            }
+            other => panic!("expected ChatOpened, got {other:?}"),
+        }
+    }
+    let Event::ChatRequest(req) = next(&bob) else {
+        panic!("expected the second request")
+    };
+    req.decline();
+    assert_eq!(hook_calls.load(Ordering::SeqCst), 0, "a hook was called");
+
+    // The iterator ends once the peer has stopped and its queue is drained.
+    bob.shutdown();
+    assert!(bob.events().count() < 100);
+    alice.shutdown();
+}
