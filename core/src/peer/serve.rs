@@ -144,22 +144,11 @@ fn serve_one(inner: &Arc<Inner>, stream: TcpStream) {
         }
     };
     let mut writer = LinkWriter::Plain(writer);
-    let refusal = match first {
+    let refusal = match parse_first(first) {
         Ok(None) => None,
-        Err(reason) => Some(Refusal {
-            request: String::new(),
-            code: "bad-request",
-            reason,
-            legacy: false,
-        }),
-        Ok(Some(raw)) => match parse_peer_request(&raw) {
-            Err(e) => Some(Refusal {
-                request: String::from_utf8_lossy(&raw).into_owned(),
-                code: e.code,
-                reason: e.text,
-                legacy: false,
-            }),
-            Ok(PeerRequest::Chat { from: name, legacy }) => {
+        Err(r) => Some(r),
+        Ok(Some((_, request))) => match request {
+            PeerRequest::Chat { from: name, legacy } => {
                 match plaintext_chat_allowed(inner, &name, legacy) {
                     Err(reason) => Some(Refusal {
                         request: format!("CHAT {name}"),
@@ -193,11 +182,11 @@ fn serve_one(inner: &Arc<Inner>, stream: TcpStream) {
                     }
                 }
             }
-            Ok(PeerRequest::File { name, legacy, .. }) if !legacy => Some(Refusal::denied(
+            PeerRequest::File { name, legacy, .. } if !legacy => Some(Refusal::denied(
                 format!("FILE {name}"),
                 "downloads need a secured link (P2P/2)".into(),
             )),
-            Ok(PeerRequest::File { name, offset, .. }) => {
+            PeerRequest::File { name, offset, .. } => {
                 if inner.refuse_unverified || inner.serve_only.is_some() {
                     Some(Refusal {
                         request: format!("FILE {name}"),
@@ -214,6 +203,31 @@ fn serve_one(inner: &Arc<Inner>, stream: TcpStream) {
     inner.forget_socket(key);
     if let Some(r) = refusal {
         refuse(inner, &stream, from, &mut writer, r);
+    }
+}
+
+/// The request in a first line as read, or the refusal for one that is none (timed
+/// out, too long, malformed). `Ok(None)`: the other side went away without asking.
+fn parse_first(
+    first: Result<Option<Vec<u8>>, String>,
+) -> Result<Option<(Vec<u8>, PeerRequest)>, Refusal> {
+    match first {
+        Ok(None) => Ok(None),
+        Err(reason) => Err(Refusal {
+            request: String::new(),
+            code: "bad-request",
+            reason,
+            legacy: false,
+        }),
+        Ok(Some(raw)) => match parse_peer_request(&raw) {
+            Err(e) => Err(Refusal {
+                request: String::from_utf8_lossy(&raw).into_owned(),
+                code: e.code,
+                reason: e.text,
+                legacy: false,
+            }),
+            Ok(request) => Ok(Some((raw, request))),
+        },
     }
 }
 
@@ -366,22 +380,11 @@ fn serve_secure(
     } = secured;
     let mut reader = LinkReader::Secure(Box::new(reader));
     let mut writer = LinkWriter::Secure(Box::new(writer));
-    let refusal = match read_request(stream, &mut reader, deadline, false) {
+    let refusal = match parse_first(read_request(stream, &mut reader, deadline, false)) {
         Ok(None) => None,
-        Err(reason) => Some(Refusal {
-            request: String::new(),
-            code: "bad-request",
-            reason,
-            legacy: false,
-        }),
-        Ok(Some(raw)) => match parse_peer_request(&raw) {
-            Err(e) => Some(Refusal {
-                request: String::from_utf8_lossy(&raw).into_owned(),
-                code: e.code,
-                reason: e.text,
-                legacy: false,
-            }),
-            Ok(PeerRequest::Chat { legacy: true, .. } | PeerRequest::File { legacy: true, .. }) => {
+        Err(r) => Some(r),
+        Ok(Some((raw, request))) => match request {
+            PeerRequest::Chat { legacy: true, .. } | PeerRequest::File { legacy: true, .. } => {
                 Some(Refusal {
                     request: String::from_utf8_lossy(&raw).into_owned(),
                     code: "bad-request",
@@ -389,7 +392,7 @@ fn serve_secure(
                     legacy: false,
                 })
             }
-            Ok(request) => {
+            request => {
                 let what = match &request {
                     PeerRequest::Chat { from, .. } => format!("CHAT {from}"),
                     PeerRequest::File { name, .. } => format!("FILE {name}"),
