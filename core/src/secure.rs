@@ -785,6 +785,15 @@ impl SecureReader {
         self.inner.get_ref()
     }
 
+    /// Whether the next record lies whole in the socket buffer (reading it would not
+    /// wait for the network).
+    fn whole_record_buffered(&self) -> bool {
+        let buf = self.inner.buffer();
+        self.frame.is_empty()
+            && buf.len() >= 2
+            && buf.len() >= 2 + u16::from_be_bytes([buf[0], buf[1]]) as usize
+    }
+
     /// Whether bytes arrived that were not read yet (decrypted or still in a record).
     pub fn has_buffered(&self) -> bool {
         self.pos < self.plain.len() || !self.frame.is_empty() || !self.inner.buffer().is_empty()
@@ -884,14 +893,18 @@ impl Read for SecureReader {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
         if self.pos == self.plain.len() && out.len() >= MAX_FRAME {
             // Nothing buffered and room for a whole record: decrypt straight into the
-            // caller's buffer (one copy fewer).
-            loop {
-                match self.next_record(Some(&mut *out))? {
-                    None => return Ok(0),
-                    Some(0) => continue,
-                    Some(n) => return Ok(n),
+            // caller's buffer (one copy fewer), and go on with the records that are
+            // already whole in the socket buffer while they fit (never waiting for
+            // more), so a large buffer is handed back full rather than one record at
+            // a time.
+            let mut total = 0;
+            while out.len() - total >= MAX_FRAME && (total == 0 || self.whole_record_buffered()) {
+                match self.next_record(Some(&mut out[total..]))? {
+                    None => break,
+                    Some(n) => total += n,
                 }
             }
+            return Ok(total);
         }
         let avail = self.fill_buf()?;
         let n = avail.len().min(out.len());
