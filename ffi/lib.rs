@@ -33,6 +33,8 @@ pub mod chat;
 
 pub mod transfer;
 
+pub mod log;
+
 mod callback;
 
 mod userdata;

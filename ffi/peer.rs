@@ -1040,9 +1040,10 @@ pub unsafe extern "C" fn p2p_peer_shared_files(
 /// The usernames online, sorted (asks the registry; blocks for one round trip). On
 /// success `*out` is filled in; free it with `p2p_string_list_free()`.
 ///
-/// Errors: `P2P_NULL_ARGUMENT`, `P2P_SHUTDOWN`, `P2P_IO`, `P2P_TIMEOUT`,
-/// `P2P_REGISTRY`, `P2P_PROTOCOL`, `P2P_KEY_CHANGED`, `P2P_DENIED` (reconnecting, the
-/// registry's key had changed or it no longer secured its link: see
+/// Errors: `P2P_NULL_ARGUMENT`, `P2P_SHUTDOWN`, `P2P_IO`, `P2P_TIMEOUT` (the registry
+/// did not answer in time), `P2P_CLOSED` (the registry closed the connection without
+/// answering), `P2P_REGISTRY`, `P2P_PROTOCOL`, `P2P_KEY_CHANGED`, `P2P_DENIED`
+/// (reconnecting, the registry's key had changed or it no longer secured its link: see
 /// `p2p_peer_connect()`).
 #[no_mangle]
 pub unsafe extern "C" fn p2p_peer_users(
@@ -1089,10 +1090,10 @@ pub unsafe extern "C" fn p2p_peer_address(
 /// in: `out->len` entries of `{user, files}`; free it all with
 /// `p2p_user_files_list_free()`.
 ///
-/// Errors: `P2P_NULL_ARGUMENT`, `P2P_SHUTDOWN`, `P2P_IO`, `P2P_TIMEOUT`,
-/// `P2P_REGISTRY`, `P2P_PROTOCOL`, `P2P_KEY_CHANGED`, `P2P_DENIED` (reconnecting, the
-/// registry's key had changed or it no longer secured its link: see
-/// `p2p_peer_connect()`).
+/// Errors: `P2P_NULL_ARGUMENT`, `P2P_SHUTDOWN`, `P2P_IO`, `P2P_TIMEOUT`, `P2P_CLOSED`
+/// (the registry closed the connection without answering), `P2P_REGISTRY`,
+/// `P2P_PROTOCOL`, `P2P_KEY_CHANGED`, `P2P_DENIED` (reconnecting, the registry's key
+/// had changed or it no longer secured its link: see `p2p_peer_connect()`).
 #[no_mangle]
 pub unsafe extern "C" fn p2p_peer_all_files(
     peer: *const p2p_peer,
@@ -1279,7 +1280,8 @@ pub unsafe extern "C" fn p2p_peer_registry_is_legacy(
 /// it with `p2p_string_list_free()`.
 ///
 /// Errors: `P2P_NULL_ARGUMENT`, `P2P_INVALID_UTF8`, `P2P_INVALID_USERNAME`,
-/// `P2P_USER_NOT_FOUND`, `P2P_SHUTDOWN`, `P2P_IO`, `P2P_TIMEOUT`, `P2P_REGISTRY`,
+/// `P2P_USER_NOT_FOUND`, `P2P_SHUTDOWN`, `P2P_IO`, `P2P_TIMEOUT`, `P2P_CLOSED` (the
+/// registry closed the connection without answering), `P2P_REGISTRY`, `P2P_PROTOCOL`,
 /// `P2P_KEY_CHANGED`, `P2P_DENIED` (reconnecting, the registry's key had changed or it
 /// no longer secured its link: see `p2p_peer_connect()`).
 #[no_mangle]

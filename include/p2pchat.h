@@ -351,6 +351,41 @@ typedef int32_t p2p_peer_event_kind;
 #endif // __cplusplus
 
 /**
+ * How serious a log record is. `P2P_LOG_ERROR` is the most serious; a callback set
+ * with a minimum level gets that level and every more serious one.
+ */
+enum p2p_log_level
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : int32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+    /**
+     * Something failed that the library could not report through a return value.
+     */
+    P2P_LOG_ERROR = 1,
+    /**
+     * Something unusual that the library worked around (a refused request, a file it
+     * could not read, a malformed record it ignored).
+     */
+    P2P_LOG_WARN = 2,
+    /**
+     * Notable events (a stale partial download removed, a transfer stopped).
+     */
+    P2P_LOG_INFO = 3,
+    /**
+     * Details for debugging (and the library's trace records).
+     */
+    P2P_LOG_DEBUG = 4,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum p2p_log_level p2p_log_level;
+#else
+typedef int32_t p2p_log_level;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+/**
  * An open (or ended) chat. Opaque; made by `p2p_peer_chat()` or
  * `p2p_chat_request_accept()`, freed by `p2p_chat_free()`. It may be used from any
  * thread, also after its peer was freed (sending then fails with `P2P_CLOSED`).
@@ -583,6 +618,51 @@ typedef void (*p2p_transfer_failed_cb)(void *user_data,
  */
 typedef void (*p2p_peer_event_cb)(void *user_data, p2p_peer_event_kind kind, const char *detail);
 
+/**
+ * A download's progress, rate and estimated time left: see `p2p_transfer_stats()`.
+ */
+typedef struct p2p_transfer_stats {
+    /**
+     * Bytes received so far (a resumed partial file's included).
+     */
+    uint64_t bytes;
+    /**
+     * The file's size; 0 until the sender announced it (always 0 from an original
+     * client).
+     */
+    uint64_t total;
+    /**
+     * Bytes per second over the last few seconds; 0 before the first byte and once
+     * the download has ended.
+     */
+    double bytes_per_sec;
+    /**
+     * Estimated milliseconds left at that rate; -1 when unknown (no rate yet, or no
+     * total), 0 once the download has ended.
+     */
+    int64_t eta_ms;
+} p2p_transfer_stats;
+
+/**
+ * Receives one log record.
+ *
+ * - `user_data`: as given to `p2p_set_log_callback()`;
+ * - `level`: the record's level (never less serious than the chosen minimum);
+ * - `target`: where in the library it comes from (`"p2pcore::peer::fetch"`...;
+ *   `"panic"` for a Rust panic), borrowed for the call;
+ * - `message`: the text, one line or more, borrowed for the call (copy it to keep it).
+ *
+ * Called on whichever thread made the record: the caller's own thread inside a
+ * p2pchat call, or one of the library's threads (serving, downloading, chat readers),
+ * possibly on several threads at once, so it must be thread-safe. It should return
+ * quickly (the library thread waits for it). It may call p2pchat functions; records
+ * those calls make on the same thread while it runs are dropped (no recursion).
+ */
+typedef void (*p2p_log_cb)(void *user_data,
+                           p2p_log_level level,
+                           const char *target,
+                           const char *message);
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -715,8 +795,9 @@ p2p_status p2p_registry_config_set_claim_ttl_secs(struct p2p_registry_config *co
  * caller (free it with `p2p_registry_free()`); untouched on failure.
  *
  * Errors: `P2P_NULL_ARGUMENT`, `P2P_IO` (cannot bind; the data directory, its key or
- * its claims store cannot be created or read), `P2P_INVALID_ARGUMENT` (the data
- * directory's `registry.key` is not a key file, or others may read it), `P2P_BUSY`
+ * its claims store cannot be created or read), `P2P_INVALID_ARGUMENT` (a malformed
+ * listen address; the data directory's `registry.key` is not a key file, or others
+ * may read it), `P2P_BUSY`
  * (another registry is serving from the same data directory).
  */
 p2p_status p2p_registry_start_with_config(const struct p2p_registry_config *config,
@@ -733,7 +814,8 @@ p2p_status p2p_registry_start_with_config(const struct p2p_registry_config *conf
  * - `out`: on success receives the new handle, owned by the caller (free it with
  *   `p2p_registry_free()`); untouched on failure.
  *
- * Errors: `P2P_NULL_ARGUMENT`, `P2P_INVALID_UTF8`, `P2P_IO` (cannot bind).
+ * Errors: `P2P_NULL_ARGUMENT`, `P2P_INVALID_UTF8`, `P2P_INVALID_ARGUMENT` (`addr` is
+ * not a `"host:port"` address, or resolves to nothing), `P2P_IO` (cannot bind).
  */
 p2p_status p2p_registry_start(const char *addr,
                               p2p_registry_event_cb on_event,
@@ -1555,11 +1637,90 @@ p2p_status p2p_transfer_wait(const struct p2p_transfer *transfer, char **path_ou
 p2p_status p2p_transfer_cancel(const struct p2p_transfer *transfer);
 
 /**
+ * Like `p2p_peer_fetch()`, saving the file as `dest_path` (NUL-terminated UTF-8,
+ * borrowed for the call): an existing directory (the file keeps its name `file`
+ * there) or the path of a new file in an existing directory. The same rules as
+ * `p2p_peer_fetch()` hold: an existing destination is never overwritten
+ * (`P2P_ALREADY_EXISTS`), the partial download lives next to the destination (hidden,
+ * `.NAME.p2pchat-part`; a cancelled download resumes from it), and the file gets its
+ * name only once received and verified.
+ *
+ * Errors (checked before starting): `P2P_NULL_ARGUMENT`, `P2P_INVALID_UTF8`,
+ * `P2P_INVALID_ARGUMENT` (`file` is not a plain name, or `dest_path` names no valid
+ * file), `P2P_NOT_A_DIRECTORY` (the destination's directory does not exist),
+ * `P2P_ALREADY_EXISTS`, `P2P_BUSY` (another download of the same destination is
+ * running), `P2P_INVALID_USERNAME`, `P2P_USER_NOT_FOUND`, `P2P_SHUTDOWN`, `P2P_IO`,
+ * `P2P_TIMEOUT`, `P2P_CLOSED`, `P2P_PROTOCOL`, `P2P_REGISTRY` (asking the registry
+ * where `user` is), `P2P_KEY_CHANGED`, `P2P_DENIED` (as for `p2p_peer_fetch()`). Later
+ * failures come from `p2p_transfer_wait()` and the failed callback.
+ */
+p2p_status p2p_peer_fetch_to(const struct p2p_peer *peer,
+                             const char *user,
+                             const char *file,
+                             const char *dest_path,
+                             struct p2p_transfer **out);
+
+/**
+ * Stop the download (it then fails with `P2P_CANCELLED`) and remove its partial file
+ * and the partial's origin record, so a later fetch starts from 0 and nothing is
+ * left on disk. A download that already failed (or was cancelled with
+ * `p2p_transfer_cancel()`) loses its partial file too; a finished, successful one is
+ * left alone. Returns at once: the partial goes when the download's thread has
+ * stopped, at the latest by the time `p2p_transfer_wait()` returns.
+ *
+ * Errors: `P2P_NULL_ARGUMENT`.
+ */
+p2p_status p2p_transfer_cancel_discard(const struct p2p_transfer *transfer);
+
+/**
+ * Fill `*out` with the download's bytes, total, recent rate and estimated time left.
+ * Never blocks; callable from any thread, callbacks included.
+ *
+ * Errors: `P2P_NULL_ARGUMENT`.
+ */
+p2p_status p2p_transfer_stats(const struct p2p_transfer *transfer, struct p2p_transfer_stats *out);
+
+/**
+ * The ids (`p2p_transfer_id()`) of the downloads `peer` started that are still
+ * running, oldest first. Writes at most `capacity` ids to `ids` (which may be NULL
+ * when `capacity` is 0) and sets `*count_out` to how many there are (call again with
+ * a larger array if that is more than `capacity`).
+ *
+ * Errors: `P2P_NULL_ARGUMENT` (`peer`, `count_out`, or `ids` with a non-zero
+ * `capacity`), `P2P_SHUTDOWN`.
+ */
+p2p_status p2p_peer_transfers(const struct p2p_peer *peer,
+                              uint64_t *ids,
+                              size_t capacity,
+                              size_t *count_out);
+
+/**
  * Free the handle. The download itself is not cancelled: it goes on in the background
  * (callbacks still run) until it ends or its peer exits. NULL is a no-op; freeing
  * twice is undefined behaviour (the caller's bug).
  */
 void p2p_transfer_free(struct p2p_transfer *transfer);
+
+/**
+ * Send the library's log records at `min_level` or more serious (a `p2p_log_level`
+ * value: `P2P_LOG_ERROR` ... `P2P_LOG_DEBUG`) to `callback`, with `user_data`; NULL
+ * stops logging (records are then dropped). Rust panics inside the library (each is
+ * also reported as `P2P_PANIC` by the call it happened in) then go to the callback as
+ * `P2P_LOG_ERROR` records with target `"panic"`, instead of being printed on the
+ * process's stderr; without a callback they are printed as before.
+ *
+ * Process-wide: one callback for every peer and registry. It may be called from the
+ * library's own threads, several at once (see `p2p_log_cb`). When this function
+ * returns, no call of the previous callback is under way any more (except one that
+ * called this function from inside the log callback itself), so the previous
+ * `user_data` may be freed. `user_data` must stay valid until the callback is
+ * replaced or removed.
+ *
+ * Errors: `P2P_INVALID_ARGUMENT` (`min_level` is not a `p2p_log_level`), `P2P_BUSY`
+ * (another `log` logger was installed in this process before, by Rust code linked
+ * into the same library: records cannot be routed, panics still are).
+ */
+p2p_status p2p_set_log_callback(p2p_log_cb callback, void *user_data, int32_t min_level);
 
 #ifdef __cplusplus
 }  // extern "C"

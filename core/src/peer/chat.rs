@@ -550,7 +550,8 @@ pub(super) fn request(inner: &Arc<Inner>, name: &str) -> Result<Chat> {
         start(inner, reader, writer, name, false, route.partner(), slot)
     })();
     inner.forget_socket(tracked);
-    result
+    // This peer's own exit closed the connection: not the other side's answer.
+    result.map_err(|e| if inner.stopping() { Error::Shutdown } else { e })
 }
 
 /// Ask an original client for a chat: `CHAT,<me>` in one `send`, no terminator. It

@@ -21,7 +21,7 @@ mod serve;
 mod slots;
 
 pub use chat::{Chat, ChatClosedBy, ChatId, ChatRequest};
-pub use fetch::{Transfer, TransferId};
+pub use fetch::{Transfer, TransferId, TransferStats};
 pub use registry_link::{PeerInfo, RegistryMode};
 
 use crate::error::{Error, Result};
@@ -393,7 +393,7 @@ impl PeerBuilder {
         let share = Share::open(&self.shared_dir)?;
         let download_dir = match &self.download_dir {
             Some(d) if d.is_dir() => d.clone(),
-            Some(d) => return Err(Error::NotADirectory(d.clone())),
+            Some(d) => return Err(Error::NotADownloadDirectory(d.clone())),
             None => share.dir().to_path_buf(),
         };
         fetch::remove_stale_partials(&download_dir, &self.limits);
@@ -453,6 +453,7 @@ impl PeerBuilder {
             known_keys,
             refuse_unverified: self.refuse_unverified,
             serve_only: self.serve_only,
+            open_transfers: Default::default(),
         });
         inner.scan_share(None)?;
         inner.register()?;
@@ -519,6 +520,8 @@ pub(crate) struct Inner {
     pub refuse_unverified: bool,
     /// Serve files only to these names / `key:<hex>` entries (`None`: any verified user).
     pub serve_only: Option<Vec<String>>,
+    /// Downloads started here and still running (for `Peer::transfers`).
+    pub(crate) open_transfers: fetch::OpenTransfers,
 }
 
 /// Whether a request's first bytes are a legacy (original client) request, which is
@@ -952,7 +955,7 @@ impl Peer {
 
     /// Start downloading `file` from `name` in the background.
     pub fn fetch(&self, name: &str, file: &str) -> Result<Transfer> {
-        fetch::start(&self.inner, name, file)
+        fetch::start(&self.inner, name, file, None)
     }
 
     /// Leave: send `EXIT`, close every connection, stop serving and join every thread.
@@ -1068,5 +1071,23 @@ impl RegistryClient {
     /// One user's address, and whether they are an original client.
     pub fn peer_info(&self, name: &str) -> Result<PeerInfo> {
         self.link.peer_info(name)
+    }
+}
+
+impl Peer {
+    /// Like [`fetch`](Self::fetch), saving the file as `dest`: an existing directory
+    /// (the file keeps its name there) or the path of a new file in an existing
+    /// directory. The same rules hold: nothing is overwritten
+    /// ([`Error::AlreadyExists`]), the partial file lives next to the destination (a
+    /// cancelled download resumes from it) and the file gets its name only once
+    /// verified. [`Error::InvalidArgument`] for a destination that is not a valid file
+    /// name, [`Error::NotADownloadDirectory`] when its directory does not exist.
+    pub fn fetch_to(&self, name: &str, file: &str, dest: impl AsRef<Path>) -> Result<Transfer> {
+        fetch::start(&self.inner, name, file, Some(dest.as_ref()))
+    }
+
+    /// The downloads started by this peer that are still running, oldest first.
+    pub fn transfers(&self) -> Vec<Transfer> {
+        self.inner.open_transfers.running()
     }
 }
