@@ -203,7 +203,9 @@ pub unsafe extern "C" fn p2p_set_log_callback(
             min,
             calls: Arc::new(AtomicUsize::new(0)),
         });
-        let filter = new.as_ref().map_or(log::LevelFilter::Off, |s| filter_of(s.min));
+        let filter = new
+            .as_ref()
+            .map_or(log::LevelFilter::Off, |s| filter_of(s.min));
         let old = std::mem::replace(&mut *SINK.lock(), new);
         log::set_max_level(filter);
         if let Some(old) = old {

@@ -25,8 +25,10 @@ pub struct p2p_transfer {
 ///
 /// Errors (checked before starting): `P2P_NULL_ARGUMENT`, `P2P_INVALID_UTF8`,
 /// `P2P_INVALID_ARGUMENT` (a filename that is not a plain name), `P2P_ALREADY_EXISTS`,
+/// `P2P_BUSY` (a download of the same file into the same place is running),
 /// `P2P_INVALID_USERNAME`, `P2P_USER_NOT_FOUND`, `P2P_SHUTDOWN`, `P2P_IO`,
-/// `P2P_TIMEOUT`, `P2P_PROTOCOL` (asking the registry where `user` is),
+/// `P2P_TIMEOUT`, `P2P_CLOSED`, `P2P_REGISTRY`, `P2P_PROTOCOL` (asking the registry
+/// where `user` is),
 /// `P2P_KEY_CHANGED` (the key the registry lists for `user` differs from the one pinned
 /// for that name: see `p2p_peer_accept_user_key()`; or, reconnecting, the registry's
 /// key had changed), `P2P_DENIED` (`user` is unverified and this peer refuses those;
@@ -271,7 +273,7 @@ pub unsafe extern "C" fn p2p_transfer_cancel_discard(transfer: *const p2p_transf
 /// A download's progress, rate and estimated time left: see `p2p_transfer_stats()`.
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
-pub struct p2p_transfer_stats {
+pub struct p2p_transfer_statistics {
     /// Bytes received so far (a resumed partial file's included).
     pub bytes: u64,
     /// The file's size; 0 until the sender announced it (always 0 from an original
@@ -292,7 +294,7 @@ pub struct p2p_transfer_stats {
 #[no_mangle]
 pub unsafe extern "C" fn p2p_transfer_stats(
     transfer: *const p2p_transfer,
-    out: *mut p2p_transfer_stats,
+    out: *mut p2p_transfer_statistics,
 ) -> p2p_status {
     panic::status(|| {
         let transfer = arg_ref(transfer, "transfer")?;
@@ -304,7 +306,7 @@ pub unsafe extern "C" fn p2p_transfer_stats(
         };
         put(
             out,
-            p2p_transfer_stats {
+            p2p_transfer_statistics {
                 bytes: s.bytes,
                 total: s.total,
                 bytes_per_sec: s.bytes_per_sec,

@@ -621,7 +621,7 @@ typedef void (*p2p_peer_event_cb)(void *user_data, p2p_peer_event_kind kind, con
 /**
  * A download's progress, rate and estimated time left: see `p2p_transfer_stats()`.
  */
-typedef struct p2p_transfer_stats {
+typedef struct p2p_transfer_statistics {
     /**
      * Bytes received so far (a resumed partial file's included).
      */
@@ -641,7 +641,7 @@ typedef struct p2p_transfer_stats {
      * total), 0 once the download has ended.
      */
     int64_t eta_ms;
-} p2p_transfer_stats;
+} p2p_transfer_statistics;
 
 /**
  * Receives one log record.
@@ -1210,9 +1210,10 @@ p2p_status p2p_peer_shared_files(const struct p2p_peer *peer, struct p2p_string_
  * The usernames online, sorted (asks the registry; blocks for one round trip). On
  * success `*out` is filled in; free it with `p2p_string_list_free()`.
  *
- * Errors: `P2P_NULL_ARGUMENT`, `P2P_SHUTDOWN`, `P2P_IO`, `P2P_TIMEOUT`,
- * `P2P_REGISTRY`, `P2P_PROTOCOL`, `P2P_KEY_CHANGED`, `P2P_DENIED` (reconnecting, the
- * registry's key had changed or it no longer secured its link: see
+ * Errors: `P2P_NULL_ARGUMENT`, `P2P_SHUTDOWN`, `P2P_IO`, `P2P_TIMEOUT` (the registry
+ * did not answer in time), `P2P_CLOSED` (the registry closed the connection without
+ * answering), `P2P_REGISTRY`, `P2P_PROTOCOL`, `P2P_KEY_CHANGED`, `P2P_DENIED`
+ * (reconnecting, the registry's key had changed or it no longer secured its link: see
  * `p2p_peer_connect()`).
  */
 p2p_status p2p_peer_users(const struct p2p_peer *peer, struct p2p_string_list *out);
@@ -1237,10 +1238,10 @@ p2p_status p2p_peer_address(const struct p2p_peer *peer,
  * in: `out->len` entries of `{user, files}`; free it all with
  * `p2p_user_files_list_free()`.
  *
- * Errors: `P2P_NULL_ARGUMENT`, `P2P_SHUTDOWN`, `P2P_IO`, `P2P_TIMEOUT`,
- * `P2P_REGISTRY`, `P2P_PROTOCOL`, `P2P_KEY_CHANGED`, `P2P_DENIED` (reconnecting, the
- * registry's key had changed or it no longer secured its link: see
- * `p2p_peer_connect()`).
+ * Errors: `P2P_NULL_ARGUMENT`, `P2P_SHUTDOWN`, `P2P_IO`, `P2P_TIMEOUT`, `P2P_CLOSED`
+ * (the registry closed the connection without answering), `P2P_REGISTRY`,
+ * `P2P_PROTOCOL`, `P2P_KEY_CHANGED`, `P2P_DENIED` (reconnecting, the registry's key
+ * had changed or it no longer secured its link: see `p2p_peer_connect()`).
  */
 p2p_status p2p_peer_all_files(const struct p2p_peer *peer, struct p2p_user_files_list *out);
 
@@ -1335,7 +1336,8 @@ p2p_status p2p_peer_registry_is_legacy(const struct p2p_peer *peer, bool *out);
  * it with `p2p_string_list_free()`.
  *
  * Errors: `P2P_NULL_ARGUMENT`, `P2P_INVALID_UTF8`, `P2P_INVALID_USERNAME`,
- * `P2P_USER_NOT_FOUND`, `P2P_SHUTDOWN`, `P2P_IO`, `P2P_TIMEOUT`, `P2P_REGISTRY`,
+ * `P2P_USER_NOT_FOUND`, `P2P_SHUTDOWN`, `P2P_IO`, `P2P_TIMEOUT`, `P2P_CLOSED` (the
+ * registry closed the connection without answering), `P2P_REGISTRY`, `P2P_PROTOCOL`,
  * `P2P_KEY_CHANGED`, `P2P_DENIED` (reconnecting, the registry's key had changed or it
  * no longer secured its link: see `p2p_peer_connect()`).
  */
@@ -1541,8 +1543,10 @@ void p2p_chat_request_free(struct p2p_chat_request *request);
  *
  * Errors (checked before starting): `P2P_NULL_ARGUMENT`, `P2P_INVALID_UTF8`,
  * `P2P_INVALID_ARGUMENT` (a filename that is not a plain name), `P2P_ALREADY_EXISTS`,
+ * `P2P_BUSY` (a download of the same file into the same place is running),
  * `P2P_INVALID_USERNAME`, `P2P_USER_NOT_FOUND`, `P2P_SHUTDOWN`, `P2P_IO`,
- * `P2P_TIMEOUT`, `P2P_PROTOCOL` (asking the registry where `user` is),
+ * `P2P_TIMEOUT`, `P2P_CLOSED`, `P2P_REGISTRY`, `P2P_PROTOCOL` (asking the registry
+ * where `user` is),
  * `P2P_KEY_CHANGED` (the key the registry lists for `user` differs from the one pinned
  * for that name: see `p2p_peer_accept_user_key()`; or, reconnecting, the registry's
  * key had changed), `P2P_DENIED` (`user` is unverified and this peer refuses those;
@@ -1678,7 +1682,8 @@ p2p_status p2p_transfer_cancel_discard(const struct p2p_transfer *transfer);
  *
  * Errors: `P2P_NULL_ARGUMENT`.
  */
-p2p_status p2p_transfer_stats(const struct p2p_transfer *transfer, struct p2p_transfer_stats *out);
+p2p_status p2p_transfer_stats(const struct p2p_transfer *transfer,
+                              struct p2p_transfer_statistics *out);
 
 /**
  * The ids (`p2p_transfer_id()`) of the downloads `peer` started that are still

@@ -956,7 +956,10 @@ impl Receiver {
                 dest.display()
             ))
         };
-        let file_name = dest.file_name().and_then(|n| n.to_str()).ok_or_else(invalid)?;
+        let file_name = dest
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or_else(invalid)?;
         let dir = match dest.parent() {
             Some(p) if !p.as_os_str().is_empty() => p,
             _ => Path::new("."),

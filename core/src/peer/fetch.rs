@@ -539,7 +539,7 @@ fn legacy_transfer(
         });
         let mut progress = |got: u64| {
             t.received.store(got, Ordering::Relaxed);
-        t.sample(got);
+            t.sample(got);
             if let Some(h) = &inner.hooks.progress {
                 call_hook(|| h(t.id, got, 0));
             }
