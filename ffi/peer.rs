@@ -911,7 +911,7 @@ pub unsafe extern "C" fn p2p_peer_connect(
 /// Leave: unregister (`EXIT`), close every chat and connection, stop serving and join
 /// every library thread of the peer. Calls on this peer already in progress on other
 /// threads return promptly with an error (their connections are closed: a pending
-/// `p2p_peer_chat()` gets `P2P_DECLINED` or `P2P_IO`); calls starting meanwhile return
+/// `p2p_peer_chat()` gets `P2P_SHUTDOWN`); calls starting meanwhile return
 /// `P2P_SHUTDOWN`. When it
 /// returns, no callback of this peer runs any more. The handle stays valid and must
 /// still be freed; other calls on it return `P2P_SHUTDOWN`. Chat and transfer handles
