@@ -1322,6 +1322,36 @@ pub unsafe extern "C" fn p2p_peer_rescan(
     })
 }
 
+/// The ids (`p2p_chat_id()`) of `peer`'s chats still open (asked for or accepted),
+/// oldest first. Writes at most `capacity` ids to `ids` (which may be NULL when
+/// `capacity` is 0) and sets `*count_out` to how many there are (call again with a
+/// larger array if that is more than `capacity`). See `p2p_peer_transfers()` for the
+/// downloads.
+///
+/// Errors: `P2P_NULL_ARGUMENT` (`peer`, `count_out`, or `ids` with a non-zero
+/// `capacity`), `P2P_SHUTDOWN`.
+#[no_mangle]
+pub unsafe extern "C" fn p2p_peer_chats(
+    peer: *const p2p_peer,
+    ids: *mut u64,
+    capacity: usize,
+    count_out: *mut usize,
+) -> p2p_status {
+    panic::status(|| {
+        let peer = arg_ref(peer, "peer")?;
+        let count_out = arg_out(count_out, "count_out")?;
+        if capacity > 0 && ids.is_null() {
+            return Err(FfiError::null("ids"));
+        }
+        let list = peer.get()?.chats();
+        for (i, chat) in list.iter().take(capacity).enumerate() {
+            ids.add(i).write(chat.id());
+        }
+        put(count_out, list.len());
+        Ok(())
+    })
+}
+
 /// Ask the registry at `registry` (`"host:port"`) whether `username` is free, without
 /// registering (opens and closes its own connection). On success `*out` is true when
 /// the name is free.

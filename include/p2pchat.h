@@ -1357,6 +1357,21 @@ p2p_status p2p_peer_files_of(const struct p2p_peer *peer,
 p2p_status p2p_peer_rescan(const struct p2p_peer *peer, size_t *files_out);
 
 /**
+ * The ids (`p2p_chat_id()`) of `peer`'s chats still open (asked for or accepted),
+ * oldest first. Writes at most `capacity` ids to `ids` (which may be NULL when
+ * `capacity` is 0) and sets `*count_out` to how many there are (call again with a
+ * larger array if that is more than `capacity`). See `p2p_peer_transfers()` for the
+ * downloads.
+ *
+ * Errors: `P2P_NULL_ARGUMENT` (`peer`, `count_out`, or `ids` with a non-zero
+ * `capacity`), `P2P_SHUTDOWN`.
+ */
+p2p_status p2p_peer_chats(const struct p2p_peer *peer,
+                          uint64_t *ids,
+                          size_t capacity,
+                          size_t *count_out);
+
+/**
  * Ask the registry at `registry` (`"host:port"`) whether `username` is free, without
  * registering (opens and closes its own connection). On success `*out` is true when
  * the name is free.

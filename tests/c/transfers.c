@@ -8,6 +8,8 @@
  *   partial download makes the library warn, and the callback gets that warning; no
  *   record below P2P_LOG_WARN ever arrives while that is the level; an invalid level is
  *   P2P_INVALID_ARGUMENT;
+ * - p2p_peer_chats lists an open chat on both sides (alice's with her chat's id) and
+ *   neither once it is closed;
  * - p2p_peer_fetch_to a chosen file path: P2P_OK, the path returned is that path, the
  *   file byte-identical to bob's and verified; the same destination again is
  *   P2P_ALREADY_EXISTS; into an existing directory the file keeps its name; a missing
@@ -112,6 +114,36 @@ static void set_hold(int on) {
     pthread_mutex_unlock(&mu);
 }
 
+/* Bob accepts every chat; the handle is kept here and freed at the end. */
+static p2p_chat *accepted;
+
+static void on_chat_request(void *user_data, p2p_chat_request *request) {
+    p2p_chat *chat = NULL;
+    (void)user_data;
+    if (p2p_chat_request_accept(request, &chat) != P2P_OK)
+        fprintf(stderr, "accepting failed: %s\n", p2p_last_error_message());
+    p2p_chat_request_free(request);
+    pthread_mutex_lock(&mu);
+    if (accepted == NULL) accepted = chat;
+    else p2p_chat_free(chat);
+    pthread_mutex_unlock(&mu);
+}
+
+static size_t open_chats(p2p_peer *peer, uint64_t *first) {
+    uint64_t ids[4] = {0};
+    size_t n = 99;
+    OK(p2p_peer_chats(peer, ids, 4, &n));
+    if (first) *first = ids[0];
+    return n;
+}
+
+/* Poll (10 s at most) until `peer` has `want` open chats. */
+static void wait_chats(p2p_peer *peer, size_t want) {
+    const struct timespec tick = {0, 10 * 1000 * 1000};
+    for (int i = 0; i < 1000 && open_chats(peer, NULL) != want; i++) nanosleep(&tick, NULL);
+    CHECK(open_chats(peer, NULL) == want);
+}
+
 static p2p_peer *connect_peer(const char *registry, const char *name, const char *share,
                               const char *download, const char *key_file) {
     p2p_peer_config *config = NULL;
@@ -121,6 +153,7 @@ static p2p_peer *connect_peer(const char *registry, const char *name, const char
     OK(p2p_peer_config_set_identity_file(config, key_file));
     if (download) OK(p2p_peer_config_set_download_dir(config, download));
     OK(p2p_peer_config_on_transfer_progress(config, on_progress));
+    OK(p2p_peer_config_on_chat_request(config, on_chat_request));
     OK(p2p_peer_connect(config, &peer));
     p2p_peer_config_free(config);
     return peer;
@@ -334,8 +367,26 @@ int main(void) {
     CHECK(len == BIG_SIZE && memcmp(got, big, BIG_SIZE) == 0);
     free(got);
 
+    /* The open chats: listed on both sides while open, gone once closed. */
+    {
+        p2p_chat *chat = NULL;
+        uint64_t chat_id = 0, first = 0;
+        CHECK(open_chats(alice, NULL) == 0);
+        OK(p2p_peer_chat(alice, "bob", &chat));
+        OK(p2p_chat_id(chat, &chat_id));
+        CHECK(open_chats(alice, &first) == 1 && first == chat_id);
+        wait_chats(bob, 1);
+        EXPECT(p2p_peer_chats(alice, NULL, 2, &n), P2P_NULL_ARGUMENT);
+        EXPECT(p2p_peer_chats(NULL, NULL, 0, &n), P2P_NULL_ARGUMENT);
+        OK(p2p_chat_close(chat));
+        CHECK(open_chats(alice, NULL) == 0);
+        wait_chats(bob, 0);
+        p2p_chat_free(chat);
+    }
+
     p2p_peer_free(alice);
     p2p_peer_free(bob);
+    p2p_chat_free(accepted);
     p2p_registry_free(registry);
     p2p_string_free(addr);
     CHECK(nftw(root, remove_entry, 16, FTW_DEPTH | FTW_PHYS) == 0);

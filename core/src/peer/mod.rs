@@ -454,6 +454,7 @@ impl PeerBuilder {
             refuse_unverified: self.refuse_unverified,
             serve_only: self.serve_only,
             open_transfers: Default::default(),
+            open_chat_list: Default::default(),
         });
         inner.scan_share(None)?;
         inner.register()?;
@@ -522,6 +523,8 @@ pub(crate) struct Inner {
     pub serve_only: Option<Vec<String>>,
     /// Downloads started here and still running (for `Peer::transfers`).
     pub(crate) open_transfers: fetch::OpenTransfers,
+    /// Chats open (for `Peer::chats`).
+    pub(crate) open_chat_list: chat::OpenChats,
 }
 
 /// Whether a request's first bytes are a legacy (original client) request, which is
@@ -1089,5 +1092,10 @@ impl Peer {
     /// The downloads started by this peer that are still running, oldest first.
     pub fn transfers(&self) -> Vec<Transfer> {
         self.inner.open_transfers.running()
+    }
+
+    /// The chats of this peer still open (asked for or accepted), oldest first.
+    pub fn chats(&self) -> Vec<Chat> {
+        self.inner.open_chat_list.open()
     }
 }
