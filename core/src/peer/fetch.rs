@@ -72,6 +72,14 @@ const RATE_WINDOW: Duration = Duration::from_secs(5);
 const SAMPLE_EVERY: Duration = Duration::from_millis(100);
 
 impl TransferShared {
+    /// The directory the file lands in (the partial file's), `default` if unknown.
+    fn dest_dir<'a>(&'a self, default: &'a std::path::Path) -> &'a std::path::Path {
+        match self.part_path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => default,
+        }
+    }
+
     /// Note `got` bytes received by now (for the rate).
     fn sample(&self, got: u64) {
         let now = Instant::now();
@@ -506,7 +514,7 @@ fn legacy_transfer(
     addr: SocketAddr,
 ) -> Result<(PathBuf, u64)> {
     let limits = &inner.limits;
-    let free = crate::transfer::free_space(&inner.download_dir)?;
+    let free = crate::transfer::free_space(t.dest_dir(&inner.download_dir))?;
     let mut limit = free.saturating_sub(limits.free_space_margin);
     if let Some(max) = limits.max_download_size {
         limit = limit.min(max);
@@ -598,7 +606,7 @@ fn receive(
             });
         }
         let space = SpaceReservation::reserve(
-            &inner.download_dir,
+            t.dest_dir(&inner.download_dir),
             size.saturating_sub(start),
             limits.free_space_margin,
             &t.file,
