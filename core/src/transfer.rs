@@ -949,6 +949,10 @@ impl Receiver {
         if dest.is_dir() {
             return Self::prepare(dest, name);
         }
+        // "dir/" names a directory, even a missing one.
+        if dest.as_os_str().as_encoded_bytes().ends_with(b"/") {
+            return Err(Error::NotADownloadDirectory(dest.to_path_buf()));
+        }
         let invalid = || {
             Error::InvalidArgument(format!(
                 "{} is not a valid destination for a download (a directory, or a file \

@@ -283,6 +283,8 @@ int main(void) {
     EXPECT(p2p_peer_fetch_to(alice, "bob", "notes.txt", path2, &t), P2P_NOT_A_DIRECTORY);
     CHECK(strstr(p2p_last_error_message(), "download directory") != NULL);
     CHECK(strstr(p2p_last_error_message(), "shared directory") == NULL);
+    snprintf(path2, sizeof path2, "%s/missing/", root);
+    EXPECT(p2p_peer_fetch_to(alice, "bob", "notes.txt", path2, &t), P2P_NOT_A_DIRECTORY);
     snprintf(path2, sizeof path2, "%s/.hidden", dest);
     EXPECT(p2p_peer_fetch_to(alice, "bob", "notes.txt", path2, &t), P2P_INVALID_ARGUMENT);
     EXPECT(p2p_peer_fetch_to(alice, "bob", "../notes.txt", dest, &t), P2P_INVALID_ARGUMENT);
