@@ -1122,7 +1122,8 @@ p2p_status p2p_peer_config_on_event(struct p2p_peer_config *config, p2p_peer_eve
  * registry's key is then checked against the `#FINGERPRINT` in the registry address,
  * or else against the key pinned for that address before (pinned now on first use).
  *
- * Errors: `P2P_NULL_ARGUMENT`, `P2P_INVALID_USERNAME`, `P2P_NOT_A_DIRECTORY`,
+ * Errors: `P2P_NULL_ARGUMENT`, `P2P_INVALID_USERNAME`, `P2P_NOT_A_DIRECTORY` (the
+ * shared or the download directory, named as such in the message),
  * `P2P_INVALID_ARGUMENT` (the identity file is not one, or others may read it; no
  * identity file set and neither `XDG_CONFIG_HOME` nor `HOME` set; a malformed
  * `#FINGERPRINT`), `P2P_IO` (registry unreachable; the identity or known-keys file

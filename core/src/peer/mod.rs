@@ -383,7 +383,8 @@ impl PeerBuilder {
     /// Validate, scan the share, connect to the registry, start listening and
     /// register.
     ///
-    /// Errors, each distinct: [`Error::InvalidUsername`], [`Error::NotADirectory`],
+    /// Errors, each distinct: [`Error::InvalidUsername`], [`Error::NotADirectory`] (the
+    /// shared directory), [`Error::NotADownloadDirectory`] (the download directory),
     /// [`Error::PortUnavailable`], [`Error::UsernameTaken`], or an I/O error reaching
     /// the registry.
     pub fn connect(self) -> Result<Peer> {
