@@ -34,6 +34,7 @@ pub mod chat;
 pub mod transfer;
 
 pub mod events;
+pub mod log;
 
 mod callback;
 

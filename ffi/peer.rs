@@ -891,7 +891,8 @@ impl p2p_peer_config {
 /// registry's key is then checked against the `#FINGERPRINT` in the registry address,
 /// or else against the key pinned for that address before (pinned now on first use).
 ///
-/// Errors: `P2P_NULL_ARGUMENT`, `P2P_INVALID_USERNAME`, `P2P_NOT_A_DIRECTORY`,
+/// Errors: `P2P_NULL_ARGUMENT`, `P2P_INVALID_USERNAME`, `P2P_NOT_A_DIRECTORY` (the
+/// shared or the download directory, named as such in the message),
 /// `P2P_INVALID_ARGUMENT` (the identity file is not one, or others may read it; no
 /// identity file set and neither `XDG_CONFIG_HOME` nor `HOME` set; a malformed
 /// `#FINGERPRINT`), `P2P_IO` (registry unreachable; the identity or known-keys file
@@ -924,7 +925,7 @@ pub unsafe extern "C" fn p2p_peer_connect(
 /// Leave: unregister (`EXIT`), close every chat and connection, stop serving and join
 /// every library thread of the peer. Calls on this peer already in progress on other
 /// threads return promptly with an error (their connections are closed: a pending
-/// `p2p_peer_chat()` gets `P2P_DECLINED` or `P2P_IO`); calls starting meanwhile return
+/// `p2p_peer_chat()` gets `P2P_SHUTDOWN`); calls starting meanwhile return
 /// `P2P_SHUTDOWN`. When it
 /// returns, no callback of this peer runs any more. The handle stays valid and must
 /// still be freed; other calls on it return `P2P_SHUTDOWN`. Chat and transfer handles
@@ -1053,9 +1054,10 @@ pub unsafe extern "C" fn p2p_peer_shared_files(
 /// The usernames online, sorted (asks the registry; blocks for one round trip). On
 /// success `*out` is filled in; free it with `p2p_string_list_free()`.
 ///
-/// Errors: `P2P_NULL_ARGUMENT`, `P2P_SHUTDOWN`, `P2P_IO`, `P2P_TIMEOUT`,
-/// `P2P_REGISTRY`, `P2P_PROTOCOL`, `P2P_KEY_CHANGED`, `P2P_DENIED` (reconnecting, the
-/// registry's key had changed or it no longer secured its link: see
+/// Errors: `P2P_NULL_ARGUMENT`, `P2P_SHUTDOWN`, `P2P_IO`, `P2P_TIMEOUT` (the registry
+/// did not answer in time), `P2P_CLOSED` (the registry closed the connection without
+/// answering), `P2P_REGISTRY`, `P2P_PROTOCOL`, `P2P_KEY_CHANGED`, `P2P_DENIED`
+/// (reconnecting, the registry's key had changed or it no longer secured its link: see
 /// `p2p_peer_connect()`).
 #[no_mangle]
 pub unsafe extern "C" fn p2p_peer_users(
@@ -1102,10 +1104,10 @@ pub unsafe extern "C" fn p2p_peer_address(
 /// in: `out->len` entries of `{user, files}`; free it all with
 /// `p2p_user_files_list_free()`.
 ///
-/// Errors: `P2P_NULL_ARGUMENT`, `P2P_SHUTDOWN`, `P2P_IO`, `P2P_TIMEOUT`,
-/// `P2P_REGISTRY`, `P2P_PROTOCOL`, `P2P_KEY_CHANGED`, `P2P_DENIED` (reconnecting, the
-/// registry's key had changed or it no longer secured its link: see
-/// `p2p_peer_connect()`).
+/// Errors: `P2P_NULL_ARGUMENT`, `P2P_SHUTDOWN`, `P2P_IO`, `P2P_TIMEOUT`, `P2P_CLOSED`
+/// (the registry closed the connection without answering), `P2P_REGISTRY`,
+/// `P2P_PROTOCOL`, `P2P_KEY_CHANGED`, `P2P_DENIED` (reconnecting, the registry's key
+/// had changed or it no longer secured its link: see `p2p_peer_connect()`).
 #[no_mangle]
 pub unsafe extern "C" fn p2p_peer_all_files(
     peer: *const p2p_peer,
@@ -1292,7 +1294,8 @@ pub unsafe extern "C" fn p2p_peer_registry_is_legacy(
 /// it with `p2p_string_list_free()`.
 ///
 /// Errors: `P2P_NULL_ARGUMENT`, `P2P_INVALID_UTF8`, `P2P_INVALID_USERNAME`,
-/// `P2P_USER_NOT_FOUND`, `P2P_SHUTDOWN`, `P2P_IO`, `P2P_TIMEOUT`, `P2P_REGISTRY`,
+/// `P2P_USER_NOT_FOUND`, `P2P_SHUTDOWN`, `P2P_IO`, `P2P_TIMEOUT`, `P2P_CLOSED` (the
+/// registry closed the connection without answering), `P2P_REGISTRY`, `P2P_PROTOCOL`,
 /// `P2P_KEY_CHANGED`, `P2P_DENIED` (reconnecting, the registry's key had changed or it
 /// no longer secured its link: see `p2p_peer_connect()`).
 #[no_mangle]
@@ -1329,6 +1332,36 @@ pub unsafe extern "C" fn p2p_peer_rescan(
         if let Some(out) = files_out.as_mut() {
             put(out, report.files);
         }
+        Ok(())
+    })
+}
+
+/// The ids (`p2p_chat_id()`) of `peer`'s chats still open (asked for or accepted),
+/// oldest first. Writes at most `capacity` ids to `ids` (which may be NULL when
+/// `capacity` is 0) and sets `*count_out` to how many there are (call again with a
+/// larger array if that is more than `capacity`). See `p2p_peer_transfers()` for the
+/// downloads.
+///
+/// Errors: `P2P_NULL_ARGUMENT` (`peer`, `count_out`, or `ids` with a non-zero
+/// `capacity`), `P2P_SHUTDOWN`.
+#[no_mangle]
+pub unsafe extern "C" fn p2p_peer_chats(
+    peer: *const p2p_peer,
+    ids: *mut u64,
+    capacity: usize,
+    count_out: *mut usize,
+) -> p2p_status {
+    panic::status(|| {
+        let peer = arg_ref(peer, "peer")?;
+        let count_out = arg_out(count_out, "count_out")?;
+        if capacity > 0 && ids.is_null() {
+            return Err(FfiError::null("ids"));
+        }
+        let list = peer.get()?.chats();
+        for (i, chat) in list.iter().take(capacity).enumerate() {
+            ids.add(i).write(chat.id());
+        }
+        put(count_out, list.len());
         Ok(())
     })
 }

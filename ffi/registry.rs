@@ -309,8 +309,9 @@ pub unsafe extern "C" fn p2p_registry_config_set_claim_ttl_secs(
 /// caller (free it with `p2p_registry_free()`); untouched on failure.
 ///
 /// Errors: `P2P_NULL_ARGUMENT`, `P2P_IO` (cannot bind; the data directory, its key or
-/// its claims store cannot be created or read), `P2P_INVALID_ARGUMENT` (the data
-/// directory's `registry.key` is not a key file, or others may read it), `P2P_BUSY`
+/// its claims store cannot be created or read), `P2P_INVALID_ARGUMENT` (a malformed
+/// listen address; the data directory's `registry.key` is not a key file, or others
+/// may read it), `P2P_BUSY`
 /// (another registry is serving from the same data directory).
 #[no_mangle]
 pub unsafe extern "C" fn p2p_registry_start_with_config(
@@ -347,7 +348,21 @@ fn start(
             deliver(cb, ud, ev)
         });
     }
-    let server = builder.bind(addr)?;
+    // A malformed address is the caller's mistake (as a peer's registry address is),
+    // not an I/O failure of binding.
+    let addrs: Vec<std::net::SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs(addr)
+        .map_err(|e| {
+            FfiError::from(p2pcore::Error::InvalidArgument(format!(
+                "registry listen address {addr:?}: {e} (expected \"host:port\")"
+            )))
+        })?
+        .collect();
+    if addrs.is_empty() {
+        return Err(FfiError::from(p2pcore::Error::InvalidArgument(format!(
+            "registry listen address {addr:?} resolves to nothing"
+        ))));
+    }
+    let server = builder.bind(&addrs[..])?;
     let handle = Box::new(p2p_registry {
         local_addr: server.local_addr(),
         fingerprint: server.fingerprint().to_string(),
@@ -367,7 +382,8 @@ fn start(
 /// - `out`: on success receives the new handle, owned by the caller (free it with
 ///   `p2p_registry_free()`); untouched on failure.
 ///
-/// Errors: `P2P_NULL_ARGUMENT`, `P2P_INVALID_UTF8`, `P2P_IO` (cannot bind).
+/// Errors: `P2P_NULL_ARGUMENT`, `P2P_INVALID_UTF8`, `P2P_INVALID_ARGUMENT` (`addr` is
+/// not a `"host:port"` address, or resolves to nothing), `P2P_IO` (cannot bind).
 #[no_mangle]
 pub unsafe extern "C" fn p2p_registry_start(
     addr: *const c_char,

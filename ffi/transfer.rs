@@ -25,8 +25,10 @@ pub struct p2p_transfer {
 ///
 /// Errors (checked before starting): `P2P_NULL_ARGUMENT`, `P2P_INVALID_UTF8`,
 /// `P2P_INVALID_ARGUMENT` (a filename that is not a plain name), `P2P_ALREADY_EXISTS`,
+/// `P2P_BUSY` (a download of the same file into the same place is running),
 /// `P2P_INVALID_USERNAME`, `P2P_USER_NOT_FOUND`, `P2P_SHUTDOWN`, `P2P_IO`,
-/// `P2P_TIMEOUT`, `P2P_PROTOCOL` (asking the registry where `user` is),
+/// `P2P_TIMEOUT`, `P2P_CLOSED`, `P2P_REGISTRY`, `P2P_PROTOCOL` (asking the registry
+/// where `user` is),
 /// `P2P_KEY_CHANGED` (the key the registry lists for `user` differs from the one pinned
 /// for that name: see `p2p_peer_accept_user_key()`; or, reconnecting, the registry's
 /// key had changed), `P2P_DENIED` (`user` is unverified and this peer refuses those;
@@ -208,6 +210,138 @@ pub unsafe extern "C" fn p2p_transfer_wait(
 pub unsafe extern "C" fn p2p_transfer_cancel(transfer: *const p2p_transfer) -> p2p_status {
     panic::status(|| {
         arg_ref(transfer, "transfer")?.transfer.cancel();
+        Ok(())
+    })
+}
+
+/// Like `p2p_peer_fetch()`, saving the file as `dest_path` (NUL-terminated UTF-8,
+/// borrowed for the call): an existing directory (the file keeps its name `file`
+/// there) or the path of a new file in an existing directory. The same rules as
+/// `p2p_peer_fetch()` hold: an existing destination is never overwritten
+/// (`P2P_ALREADY_EXISTS`), the partial download lives next to the destination (hidden,
+/// `.NAME.p2pchat-part`; a cancelled download resumes from it), and the file gets its
+/// name only once received and verified.
+///
+/// Errors (checked before starting): `P2P_NULL_ARGUMENT`, `P2P_INVALID_UTF8`,
+/// `P2P_INVALID_ARGUMENT` (`file` is not a plain name, or `dest_path` names no valid
+/// file), `P2P_NOT_A_DIRECTORY` (the destination's directory does not exist),
+/// `P2P_ALREADY_EXISTS`, `P2P_BUSY` (another download of the same destination is
+/// running), `P2P_INVALID_USERNAME`, `P2P_USER_NOT_FOUND`, `P2P_SHUTDOWN`, `P2P_IO`,
+/// `P2P_TIMEOUT`, `P2P_CLOSED`, `P2P_PROTOCOL`, `P2P_REGISTRY` (asking the registry
+/// where `user` is), `P2P_KEY_CHANGED`, `P2P_DENIED` (as for `p2p_peer_fetch()`). Later
+/// failures come from `p2p_transfer_wait()` and the failed callback.
+#[no_mangle]
+pub unsafe extern "C" fn p2p_peer_fetch_to(
+    peer: *const p2p_peer,
+    user: *const c_char,
+    file: *const c_char,
+    dest_path: *const c_char,
+    out: *mut *mut p2p_transfer,
+) -> p2p_status {
+    panic::status(|| {
+        let peer = arg_ref(peer, "peer")?;
+        let user = arg_str(user, "user")?;
+        let file = arg_str(file, "file")?;
+        let dest = arg_str(dest_path, "dest_path")?;
+        let out = arg_out(out, "out")?;
+        let transfer = peer.get()?.fetch_to(user, file, dest)?;
+        let handle = p2p_transfer {
+            transfer,
+            peer: peer.id,
+        };
+        put(out, Box::into_raw(Box::new(handle)));
+        Ok(())
+    })
+}
+
+/// Stop the download (it then fails with `P2P_CANCELLED`) and remove its partial file
+/// and the partial's origin record, so a later fetch starts from 0 and nothing is
+/// left on disk. A download that already failed (or was cancelled with
+/// `p2p_transfer_cancel()`) loses its partial file too; a finished, successful one is
+/// left alone. Returns at once: the partial goes when the download's thread has
+/// stopped, at the latest by the time `p2p_transfer_wait()` returns.
+///
+/// Errors: `P2P_NULL_ARGUMENT`.
+#[no_mangle]
+pub unsafe extern "C" fn p2p_transfer_cancel_discard(transfer: *const p2p_transfer) -> p2p_status {
+    panic::status(|| {
+        arg_ref(transfer, "transfer")?.transfer.cancel_discard();
+        Ok(())
+    })
+}
+
+/// A download's progress, rate and estimated time left: see `p2p_transfer_stats()`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct p2p_transfer_statistics {
+    /// Bytes received so far (a resumed partial file's included).
+    pub bytes: u64,
+    /// The file's size; 0 until the sender announced it (always 0 from an original
+    /// client).
+    pub total: u64,
+    /// Bytes per second over the last few seconds; 0 before the first byte and once
+    /// the download has ended.
+    pub bytes_per_sec: f64,
+    /// Estimated milliseconds left at that rate; -1 when unknown (no rate yet, or no
+    /// total), 0 once the download has ended.
+    pub eta_ms: i64,
+}
+
+/// Fill `*out` with the download's bytes, total, recent rate and estimated time left.
+/// Never blocks; callable from any thread, callbacks included.
+///
+/// Errors: `P2P_NULL_ARGUMENT`.
+#[no_mangle]
+pub unsafe extern "C" fn p2p_transfer_stats(
+    transfer: *const p2p_transfer,
+    out: *mut p2p_transfer_statistics,
+) -> p2p_status {
+    panic::status(|| {
+        let transfer = arg_ref(transfer, "transfer")?;
+        let out = arg_out(out, "out")?;
+        let s = transfer.transfer.stats();
+        let eta_ms = match s.eta {
+            Some(d) => i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
+            None => -1,
+        };
+        put(
+            out,
+            p2p_transfer_statistics {
+                bytes: s.bytes,
+                total: s.total,
+                bytes_per_sec: s.bytes_per_sec,
+                eta_ms,
+            },
+        );
+        Ok(())
+    })
+}
+
+/// The ids (`p2p_transfer_id()`) of the downloads `peer` started that are still
+/// running, oldest first. Writes at most `capacity` ids to `ids` (which may be NULL
+/// when `capacity` is 0) and sets `*count_out` to how many there are (call again with
+/// a larger array if that is more than `capacity`).
+///
+/// Errors: `P2P_NULL_ARGUMENT` (`peer`, `count_out`, or `ids` with a non-zero
+/// `capacity`), `P2P_SHUTDOWN`.
+#[no_mangle]
+pub unsafe extern "C" fn p2p_peer_transfers(
+    peer: *const p2p_peer,
+    ids: *mut u64,
+    capacity: usize,
+    count_out: *mut usize,
+) -> p2p_status {
+    panic::status(|| {
+        let peer = arg_ref(peer, "peer")?;
+        let count_out = arg_out(count_out, "count_out")?;
+        if capacity > 0 && ids.is_null() {
+            return Err(FfiError::null("ids"));
+        }
+        let list = peer.get()?.transfers();
+        for (i, t) in list.iter().take(capacity).enumerate() {
+            ids.add(i).write(t.id());
+        }
+        put(count_out, list.len());
         Ok(())
     })
 }

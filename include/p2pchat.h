@@ -414,6 +414,41 @@ typedef int32_t p2p_event_kind;
 #endif // __cplusplus
 
 /**
+ * How serious a log record is. `P2P_LOG_ERROR` is the most serious; a callback set
+ * with a minimum level gets that level and every more serious one.
+ */
+enum p2p_log_level
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : int32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+    /**
+     * Something failed that the library could not report through a return value.
+     */
+    P2P_LOG_ERROR = 1,
+    /**
+     * Something unusual that the library worked around (a refused request, a file it
+     * could not read, a malformed record it ignored).
+     */
+    P2P_LOG_WARN = 2,
+    /**
+     * Notable events (a stale partial download removed, a transfer stopped).
+     */
+    P2P_LOG_INFO = 3,
+    /**
+     * Details for debugging (and the library's trace records).
+     */
+    P2P_LOG_DEBUG = 4,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum p2p_log_level p2p_log_level;
+#else
+typedef int32_t p2p_log_level;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+/**
  * An open (or ended) chat. Opaque; made by `p2p_peer_chat()` or
  * `p2p_chat_request_accept()`, freed by `p2p_chat_free()`. It may be used from any
  * thread, also after its peer was freed (sending then fails with `P2P_CLOSED`).
@@ -664,6 +699,31 @@ typedef void (*p2p_chat_opened_cb)(void *user_data,
                                    const char *message);
 
 /**
+ * A download's progress, rate and estimated time left: see `p2p_transfer_stats()`.
+ */
+typedef struct p2p_transfer_statistics {
+    /**
+     * Bytes received so far (a resumed partial file's included).
+     */
+    uint64_t bytes;
+    /**
+     * The file's size; 0 until the sender announced it (always 0 from an original
+     * client).
+     */
+    uint64_t total;
+    /**
+     * Bytes per second over the last few seconds; 0 before the first byte and once
+     * the download has ended.
+     */
+    double bytes_per_sec;
+    /**
+     * Estimated milliseconds left at that rate; -1 when unknown (no rate yet, or no
+     * total), 0 once the download has ended.
+     */
+    int64_t eta_ms;
+} p2p_transfer_statistics;
+
+/**
  * One event, filled by `p2p_peer_next_event()` and released by `p2p_event_free()`.
  * Fields a kind does not use are 0 / NULL.
  *
@@ -733,6 +793,26 @@ typedef struct p2p_event {
      */
     p2p_peer_event_kind peer_event;
 } p2p_event;
+
+/**
+ * Receives one log record.
+ *
+ * - `user_data`: as given to `p2p_set_log_callback()`;
+ * - `level`: the record's level (never less serious than the chosen minimum);
+ * - `target`: where in the library it comes from (`"p2pcore::peer::fetch"`...;
+ *   `"panic"` for a Rust panic), borrowed for the call;
+ * - `message`: the text, one line or more, borrowed for the call (copy it to keep it).
+ *
+ * Called on whichever thread made the record: the caller's own thread inside a
+ * p2pchat call, or one of the library's threads (serving, downloading, chat readers),
+ * possibly on several threads at once, so it must be thread-safe. It should return
+ * quickly (the library thread waits for it). It may call p2pchat functions; records
+ * those calls make on the same thread while it runs are dropped (no recursion).
+ */
+typedef void (*p2p_log_cb)(void *user_data,
+                           p2p_log_level level,
+                           const char *target,
+                           const char *message);
 
 #ifdef __cplusplus
 extern "C" {
@@ -866,8 +946,9 @@ p2p_status p2p_registry_config_set_claim_ttl_secs(struct p2p_registry_config *co
  * caller (free it with `p2p_registry_free()`); untouched on failure.
  *
  * Errors: `P2P_NULL_ARGUMENT`, `P2P_IO` (cannot bind; the data directory, its key or
- * its claims store cannot be created or read), `P2P_INVALID_ARGUMENT` (the data
- * directory's `registry.key` is not a key file, or others may read it), `P2P_BUSY`
+ * its claims store cannot be created or read), `P2P_INVALID_ARGUMENT` (a malformed
+ * listen address; the data directory's `registry.key` is not a key file, or others
+ * may read it), `P2P_BUSY`
  * (another registry is serving from the same data directory).
  */
 p2p_status p2p_registry_start_with_config(const struct p2p_registry_config *config,
@@ -884,7 +965,8 @@ p2p_status p2p_registry_start_with_config(const struct p2p_registry_config *conf
  * - `out`: on success receives the new handle, owned by the caller (free it with
  *   `p2p_registry_free()`); untouched on failure.
  *
- * Errors: `P2P_NULL_ARGUMENT`, `P2P_INVALID_UTF8`, `P2P_IO` (cannot bind).
+ * Errors: `P2P_NULL_ARGUMENT`, `P2P_INVALID_UTF8`, `P2P_INVALID_ARGUMENT` (`addr` is
+ * not a `"host:port"` address, or resolves to nothing), `P2P_IO` (cannot bind).
  */
 p2p_status p2p_registry_start(const char *addr,
                               p2p_registry_event_cb on_event,
@@ -1191,7 +1273,8 @@ p2p_status p2p_peer_config_on_event(struct p2p_peer_config *config, p2p_peer_eve
  * registry's key is then checked against the `#FINGERPRINT` in the registry address,
  * or else against the key pinned for that address before (pinned now on first use).
  *
- * Errors: `P2P_NULL_ARGUMENT`, `P2P_INVALID_USERNAME`, `P2P_NOT_A_DIRECTORY`,
+ * Errors: `P2P_NULL_ARGUMENT`, `P2P_INVALID_USERNAME`, `P2P_NOT_A_DIRECTORY` (the
+ * shared or the download directory, named as such in the message),
  * `P2P_INVALID_ARGUMENT` (the identity file is not one, or others may read it; no
  * identity file set and neither `XDG_CONFIG_HOME` nor `HOME` set; a malformed
  * `#FINGERPRINT`), `P2P_IO` (registry unreachable; the identity or known-keys file
@@ -1207,7 +1290,7 @@ p2p_status p2p_peer_connect(const struct p2p_peer_config *config, struct p2p_pee
  * Leave: unregister (`EXIT`), close every chat and connection, stop serving and join
  * every library thread of the peer. Calls on this peer already in progress on other
  * threads return promptly with an error (their connections are closed: a pending
- * `p2p_peer_chat()` gets `P2P_DECLINED` or `P2P_IO`); calls starting meanwhile return
+ * `p2p_peer_chat()` gets `P2P_SHUTDOWN`); calls starting meanwhile return
  * `P2P_SHUTDOWN`. When it
  * returns, no callback of this peer runs any more. The handle stays valid and must
  * still be freed; other calls on it return `P2P_SHUTDOWN`. Chat and transfer handles
@@ -1279,9 +1362,10 @@ p2p_status p2p_peer_shared_files(const struct p2p_peer *peer, struct p2p_string_
  * The usernames online, sorted (asks the registry; blocks for one round trip). On
  * success `*out` is filled in; free it with `p2p_string_list_free()`.
  *
- * Errors: `P2P_NULL_ARGUMENT`, `P2P_SHUTDOWN`, `P2P_IO`, `P2P_TIMEOUT`,
- * `P2P_REGISTRY`, `P2P_PROTOCOL`, `P2P_KEY_CHANGED`, `P2P_DENIED` (reconnecting, the
- * registry's key had changed or it no longer secured its link: see
+ * Errors: `P2P_NULL_ARGUMENT`, `P2P_SHUTDOWN`, `P2P_IO`, `P2P_TIMEOUT` (the registry
+ * did not answer in time), `P2P_CLOSED` (the registry closed the connection without
+ * answering), `P2P_REGISTRY`, `P2P_PROTOCOL`, `P2P_KEY_CHANGED`, `P2P_DENIED`
+ * (reconnecting, the registry's key had changed or it no longer secured its link: see
  * `p2p_peer_connect()`).
  */
 p2p_status p2p_peer_users(const struct p2p_peer *peer, struct p2p_string_list *out);
@@ -1306,10 +1390,10 @@ p2p_status p2p_peer_address(const struct p2p_peer *peer,
  * in: `out->len` entries of `{user, files}`; free it all with
  * `p2p_user_files_list_free()`.
  *
- * Errors: `P2P_NULL_ARGUMENT`, `P2P_SHUTDOWN`, `P2P_IO`, `P2P_TIMEOUT`,
- * `P2P_REGISTRY`, `P2P_PROTOCOL`, `P2P_KEY_CHANGED`, `P2P_DENIED` (reconnecting, the
- * registry's key had changed or it no longer secured its link: see
- * `p2p_peer_connect()`).
+ * Errors: `P2P_NULL_ARGUMENT`, `P2P_SHUTDOWN`, `P2P_IO`, `P2P_TIMEOUT`, `P2P_CLOSED`
+ * (the registry closed the connection without answering), `P2P_REGISTRY`,
+ * `P2P_PROTOCOL`, `P2P_KEY_CHANGED`, `P2P_DENIED` (reconnecting, the registry's key
+ * had changed or it no longer secured its link: see `p2p_peer_connect()`).
  */
 p2p_status p2p_peer_all_files(const struct p2p_peer *peer, struct p2p_user_files_list *out);
 
@@ -1404,7 +1488,8 @@ p2p_status p2p_peer_registry_is_legacy(const struct p2p_peer *peer, bool *out);
  * it with `p2p_string_list_free()`.
  *
  * Errors: `P2P_NULL_ARGUMENT`, `P2P_INVALID_UTF8`, `P2P_INVALID_USERNAME`,
- * `P2P_USER_NOT_FOUND`, `P2P_SHUTDOWN`, `P2P_IO`, `P2P_TIMEOUT`, `P2P_REGISTRY`,
+ * `P2P_USER_NOT_FOUND`, `P2P_SHUTDOWN`, `P2P_IO`, `P2P_TIMEOUT`, `P2P_CLOSED` (the
+ * registry closed the connection without answering), `P2P_REGISTRY`, `P2P_PROTOCOL`,
  * `P2P_KEY_CHANGED`, `P2P_DENIED` (reconnecting, the registry's key had changed or it
  * no longer secured its link: see `p2p_peer_connect()`).
  */
@@ -1422,6 +1507,21 @@ p2p_status p2p_peer_files_of(const struct p2p_peer *peer,
  * `p2p_peer_connect()`).
  */
 p2p_status p2p_peer_rescan(const struct p2p_peer *peer, size_t *files_out);
+
+/**
+ * The ids (`p2p_chat_id()`) of `peer`'s chats still open (asked for or accepted),
+ * oldest first. Writes at most `capacity` ids to `ids` (which may be NULL when
+ * `capacity` is 0) and sets `*count_out` to how many there are (call again with a
+ * larger array if that is more than `capacity`). See `p2p_peer_transfers()` for the
+ * downloads.
+ *
+ * Errors: `P2P_NULL_ARGUMENT` (`peer`, `count_out`, or `ids` with a non-zero
+ * `capacity`), `P2P_SHUTDOWN`.
+ */
+p2p_status p2p_peer_chats(const struct p2p_peer *peer,
+                          uint64_t *ids,
+                          size_t capacity,
+                          size_t *count_out);
 
 /**
  * Ask the registry at `registry` (`"host:port"`) whether `username` is free, without
@@ -1665,8 +1765,10 @@ p2p_status p2p_chat_send_timeout(const struct p2p_chat *chat,
  *
  * Errors (checked before starting): `P2P_NULL_ARGUMENT`, `P2P_INVALID_UTF8`,
  * `P2P_INVALID_ARGUMENT` (a filename that is not a plain name), `P2P_ALREADY_EXISTS`,
+ * `P2P_BUSY` (a download of the same file into the same place is running),
  * `P2P_INVALID_USERNAME`, `P2P_USER_NOT_FOUND`, `P2P_SHUTDOWN`, `P2P_IO`,
- * `P2P_TIMEOUT`, `P2P_PROTOCOL` (asking the registry where `user` is),
+ * `P2P_TIMEOUT`, `P2P_CLOSED`, `P2P_REGISTRY`, `P2P_PROTOCOL` (asking the registry
+ * where `user` is),
  * `P2P_KEY_CHANGED` (the key the registry lists for `user` differs from the one pinned
  * for that name: see `p2p_peer_accept_user_key()`; or, reconnecting, the registry's
  * key had changed), `P2P_DENIED` (`user` is unverified and this peer refuses those;
@@ -1761,6 +1863,65 @@ p2p_status p2p_transfer_wait(const struct p2p_transfer *transfer, char **path_ou
 p2p_status p2p_transfer_cancel(const struct p2p_transfer *transfer);
 
 /**
+ * Like `p2p_peer_fetch()`, saving the file as `dest_path` (NUL-terminated UTF-8,
+ * borrowed for the call): an existing directory (the file keeps its name `file`
+ * there) or the path of a new file in an existing directory. The same rules as
+ * `p2p_peer_fetch()` hold: an existing destination is never overwritten
+ * (`P2P_ALREADY_EXISTS`), the partial download lives next to the destination (hidden,
+ * `.NAME.p2pchat-part`; a cancelled download resumes from it), and the file gets its
+ * name only once received and verified.
+ *
+ * Errors (checked before starting): `P2P_NULL_ARGUMENT`, `P2P_INVALID_UTF8`,
+ * `P2P_INVALID_ARGUMENT` (`file` is not a plain name, or `dest_path` names no valid
+ * file), `P2P_NOT_A_DIRECTORY` (the destination's directory does not exist),
+ * `P2P_ALREADY_EXISTS`, `P2P_BUSY` (another download of the same destination is
+ * running), `P2P_INVALID_USERNAME`, `P2P_USER_NOT_FOUND`, `P2P_SHUTDOWN`, `P2P_IO`,
+ * `P2P_TIMEOUT`, `P2P_CLOSED`, `P2P_PROTOCOL`, `P2P_REGISTRY` (asking the registry
+ * where `user` is), `P2P_KEY_CHANGED`, `P2P_DENIED` (as for `p2p_peer_fetch()`). Later
+ * failures come from `p2p_transfer_wait()` and the failed callback.
+ */
+p2p_status p2p_peer_fetch_to(const struct p2p_peer *peer,
+                             const char *user,
+                             const char *file,
+                             const char *dest_path,
+                             struct p2p_transfer **out);
+
+/**
+ * Stop the download (it then fails with `P2P_CANCELLED`) and remove its partial file
+ * and the partial's origin record, so a later fetch starts from 0 and nothing is
+ * left on disk. A download that already failed (or was cancelled with
+ * `p2p_transfer_cancel()`) loses its partial file too; a finished, successful one is
+ * left alone. Returns at once: the partial goes when the download's thread has
+ * stopped, at the latest by the time `p2p_transfer_wait()` returns.
+ *
+ * Errors: `P2P_NULL_ARGUMENT`.
+ */
+p2p_status p2p_transfer_cancel_discard(const struct p2p_transfer *transfer);
+
+/**
+ * Fill `*out` with the download's bytes, total, recent rate and estimated time left.
+ * Never blocks; callable from any thread, callbacks included.
+ *
+ * Errors: `P2P_NULL_ARGUMENT`.
+ */
+p2p_status p2p_transfer_stats(const struct p2p_transfer *transfer,
+                              struct p2p_transfer_statistics *out);
+
+/**
+ * The ids (`p2p_transfer_id()`) of the downloads `peer` started that are still
+ * running, oldest first. Writes at most `capacity` ids to `ids` (which may be NULL
+ * when `capacity` is 0) and sets `*count_out` to how many there are (call again with
+ * a larger array if that is more than `capacity`).
+ *
+ * Errors: `P2P_NULL_ARGUMENT` (`peer`, `count_out`, or `ids` with a non-zero
+ * `capacity`), `P2P_SHUTDOWN`.
+ */
+p2p_status p2p_peer_transfers(const struct p2p_peer *peer,
+                              uint64_t *ids,
+                              size_t capacity,
+                              size_t *count_out);
+
+/**
  * Free the handle. The download itself is not cancelled: it goes on in the background
  * (callbacks still run) until it ends or its peer exits. NULL is a no-op; freeing
  * twice is undefined behaviour (the caller's bug).
@@ -1840,6 +2001,27 @@ p2p_status p2p_peer_chat_async(const struct p2p_peer *peer,
  * pending: already answered, or unknown).
  */
 p2p_status p2p_peer_chat_cancel(const struct p2p_peer *peer, uint64_t request_id);
+
+/**
+ * Send the library's log records at `min_level` or more serious (a `p2p_log_level`
+ * value: `P2P_LOG_ERROR` ... `P2P_LOG_DEBUG`) to `callback`, with `user_data`; NULL
+ * stops logging (records are then dropped). Rust panics inside the library (each is
+ * also reported as `P2P_PANIC` by the call it happened in) then go to the callback as
+ * `P2P_LOG_ERROR` records with target `"panic"`, instead of being printed on the
+ * process's stderr; without a callback they are printed as before.
+ *
+ * Process-wide: one callback for every peer and registry. It may be called from the
+ * library's own threads, several at once (see `p2p_log_cb`). When this function
+ * returns, no call of the previous callback is under way any more (except one that
+ * called this function from inside the log callback itself), so the previous
+ * `user_data` may be freed. `user_data` must stay valid until the callback is
+ * replaced or removed.
+ *
+ * Errors: `P2P_INVALID_ARGUMENT` (`min_level` is not a `p2p_log_level`), `P2P_BUSY`
+ * (another `log` logger was installed in this process before, by Rust code linked
+ * into the same library: records cannot be routed, panics still are).
+ */
+p2p_status p2p_set_log_callback(p2p_log_cb callback, void *user_data, int32_t min_level);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -85,6 +85,10 @@ pub enum Error {
     /// [`ErrorCode::NotADirectory`].
     #[error("shared directory {} does not exist or is not a directory", .0.display())]
     NotADirectory(PathBuf),
+    /// The download directory (the peer's, or a fetch's destination directory) does
+    /// not exist or is not a directory. Code [`ErrorCode::NotADirectory`].
+    #[error("download directory {} does not exist or is not a directory", .0.display())]
+    NotADownloadDirectory(PathBuf),
     /// The peer cannot listen on the port it was given (in use, not allowed), or, for
     /// port 0, the system has no free port left. Code [`ErrorCode::PortUnavailable`].
     #[error("{}", port_text(*.port, .source))]
@@ -265,6 +269,7 @@ impl Clone for Error {
             Error::UsernameTaken(s) => Error::UsernameTaken(s.clone()),
             Error::InvalidUsername(s) => Error::InvalidUsername(s.clone()),
             Error::NotADirectory(p) => Error::NotADirectory(p.clone()),
+            Error::NotADownloadDirectory(p) => Error::NotADownloadDirectory(p.clone()),
             Error::PortUnavailable { port, source } => Error::PortUnavailable {
                 port: *port,
                 source: io(source),
@@ -368,7 +373,7 @@ impl Error {
             Error::InvalidArgument(_) => ErrorCode::InvalidArgument,
             Error::UsernameTaken(_) => ErrorCode::UsernameTaken,
             Error::InvalidUsername(_) => ErrorCode::InvalidUsername,
-            Error::NotADirectory(_) => ErrorCode::NotADirectory,
+            Error::NotADirectory(_) | Error::NotADownloadDirectory(_) => ErrorCode::NotADirectory,
             Error::PortUnavailable { .. } => ErrorCode::PortUnavailable,
             Error::Registry(_) => ErrorCode::Registry,
             Error::Protocol { .. } => ErrorCode::Protocol,

@@ -875,6 +875,31 @@ fn remove_unless_locked(path: &Path, stale: &dyn Fn(&fs::Metadata) -> bool) -> i
     Ok(true)
 }
 
+/// Removes the partial download at `part_path` and its origin records, unless a running
+/// download holds it; whether it was removed (also `true` when there was none).
+pub fn remove_partial(part_path: &Path) -> io::Result<bool> {
+    let file = match OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(part_path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let _ = fs::remove_file(sibling(part_path, ORIGIN_SUFFIX));
+            return Ok(true);
+        }
+        Err(e) => return Err(e),
+    };
+    // SAFETY: flock on the descriptor `file` owns.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Ok(false);
+    }
+    fs::remove_file(part_path)?;
+    let _ = fs::remove_file(sibling(part_path, ORIGIN_SUFFIX));
+    let _ = fs::remove_file(sibling(part_path, ORIGIN_TMP_SUFFIX));
+    Ok(true)
+}
+
 /// Receives one file into a destination directory, resuming a previous partial
 /// download when there is one.
 ///
@@ -910,6 +935,55 @@ impl Receiver {
                 truncate(name, MAX_FILENAME_LEN)
             )));
         }
+        Self::open(dest_dir, name)
+    }
+
+    /// Like [`prepare`](Self::prepare), for a download saved as `dest`: an existing
+    /// directory (the file then keeps its `name` there) or the path of a new file in an
+    /// existing directory. The partial file lives next to the destination, under the
+    /// same rules (no overwrite, resume, verify before the final name appears).
+    ///
+    /// Errors: as `prepare`, and [`Error::InvalidArgument`] when the final name is not
+    /// a valid file name; [`Error::NotADownloadDirectory`] when the directory is missing.
+    pub fn prepare_at(dest: &Path, name: &str) -> Result<Receiver> {
+        if dest.is_dir() {
+            return Self::prepare(dest, name);
+        }
+        // "dir/" names a directory, even a missing one.
+        if dest.as_os_str().as_encoded_bytes().ends_with(b"/") {
+            return Err(Error::NotADownloadDirectory(dest.to_path_buf()));
+        }
+        let invalid = || {
+            Error::InvalidArgument(format!(
+                "{} is not a valid destination for a download (a directory, or a file \
+                 name in an existing directory)",
+                dest.display()
+            ))
+        };
+        let file_name = dest
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or_else(invalid)?;
+        let dir = match dest.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        if check_filename(file_name).is_err() || file_name.starts_with('.') {
+            return Err(invalid());
+        }
+        if check_filename(name).is_err() || name.starts_with('.') {
+            return Err(Error::InvalidArgument(format!(
+                "{:?} is not a valid name for a downloaded file",
+                truncate(name, MAX_FILENAME_LEN)
+            )));
+        }
+        if !dir.is_dir() {
+            return Err(Error::NotADownloadDirectory(dir.to_path_buf()));
+        }
+        Self::open(dir, file_name)
+    }
+
+    fn open(dest_dir: &Path, name: &str) -> Result<Receiver> {
         let final_path = dest_dir.join(name);
         ensure_absent(&final_path)?;
         let part_path = partial_path(dest_dir, name);

@@ -563,7 +563,8 @@ pub(super) fn request(inner: &Arc<Inner>, name: &str) -> Result<Chat> {
         start(inner, reader, writer, name, false, route.partner(), slot)
     })();
     inner.forget_socket(tracked);
-    result
+    // This peer's own exit closed the connection: not the other side's answer.
+    result.map_err(|e| if inner.stopping() { Error::Shutdown } else { e })
 }
 
 /// Ask an original client for a chat: `CHAT,<me>` in one `send`, no terminator. It
@@ -669,6 +670,7 @@ fn start(
             read_loop(reading, reader);
             drop(slot);
         })?;
+    inner.open_chat_list.add(&shared);
     Ok(Chat { shared })
 }
 
@@ -753,5 +755,34 @@ mod tests {
         assert!(p.iter().all(|x| x.len() <= 999));
         assert_eq!(p.concat(), accents);
         assert_eq!(p[0].len(), 998);
+    }
+}
+
+/// The chats of a peer (held weakly: a chat whose reader ended and whose handles are
+/// gone drops out), for `Peer::chats`.
+#[derive(Default)]
+pub(crate) struct OpenChats(Mutex<Vec<Weak<ChatShared>>>);
+
+impl OpenChats {
+    fn add(&self, chat: &Arc<ChatShared>) {
+        let mut list = self.0.lock();
+        list.retain(|w| {
+            w.upgrade()
+                .is_some_and(|c| !c.closed.load(Ordering::SeqCst))
+        });
+        list.push(Arc::downgrade(chat));
+    }
+
+    /// The chats still open, oldest first.
+    pub(crate) fn open(&self) -> Vec<Chat> {
+        let mut list = self.0.lock();
+        list.retain(|w| {
+            w.upgrade()
+                .is_some_and(|c| !c.closed.load(Ordering::SeqCst))
+        });
+        list.iter()
+            .filter_map(Weak::upgrade)
+            .map(|shared| Chat { shared })
+            .collect()
     }
 }

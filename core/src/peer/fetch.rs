@@ -15,6 +15,7 @@ use crate::thread::call_hook;
 use crate::transfer::{Receiver, Resume, SpaceReservation};
 use crossbeam_channel::Sender;
 use parking_lot::Mutex;
+use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::path::PathBuf;
@@ -25,7 +26,7 @@ use std::time::{Duration, Instant};
 /// Identifies one download within a peer.
 pub type TransferId = u64;
 
-struct TransferShared {
+pub(crate) struct TransferShared {
     id: TransferId,
     from: String,
     file: String,
@@ -40,6 +41,80 @@ struct TransferShared {
     finished: crossbeam_channel::Receiver<()>,
     /// Who sends it, as far as the link proves it.
     partner: Partner,
+    /// Where the partial file lives (removed by `cancel_discard`).
+    part_path: PathBuf,
+    /// Set by `cancel_discard`: the partial goes once the download has ended.
+    discard: AtomicBool,
+    /// Recent `(when, bytes received)` samples, oldest first, for the rate.
+    samples: Mutex<VecDeque<(Instant, u64)>>,
+}
+
+/// How far a download is, how fast it goes and when it should end: see
+/// [`Transfer::stats`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TransferStats {
+    /// Bytes received so far (a resumed partial file's included).
+    pub bytes: u64,
+    /// The file's total size; 0 until the sender announced it (and for an original
+    /// client, which never does).
+    pub total: u64,
+    /// Bytes per second over the last few seconds (0 before any byte arrived, and once
+    /// the download ended).
+    pub bytes_per_sec: f64,
+    /// Estimated time left at that rate: `None` when unknown (no rate yet, or no total),
+    /// zero once the download ended.
+    pub eta: Option<Duration>,
+}
+
+/// How far back [`Transfer::stats`] looks to measure the rate.
+const RATE_WINDOW: Duration = Duration::from_secs(5);
+/// At most one rate sample per this interval.
+const SAMPLE_EVERY: Duration = Duration::from_millis(100);
+
+impl TransferShared {
+    /// The directory the file lands in (the partial file's), `default` if unknown.
+    fn dest_dir<'a>(&'a self, default: &'a std::path::Path) -> &'a std::path::Path {
+        match self.part_path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => default,
+        }
+    }
+
+    /// Note `got` bytes received by now (for the rate).
+    fn sample(&self, got: u64) {
+        let now = Instant::now();
+        let mut samples = self.samples.lock();
+        if samples
+            .back()
+            .is_some_and(|&(at, _)| now.duration_since(at) < SAMPLE_EVERY)
+        {
+            return;
+        }
+        samples.push_back((now, got));
+        while samples.len() > 2
+            && samples
+                .front()
+                .is_some_and(|&(at, _)| now.duration_since(at) > RATE_WINDOW)
+        {
+            samples.pop_front();
+        }
+    }
+
+    /// Remove the partial file if `cancel_discard` asked for it and the download did
+    /// not succeed. Called with the result lock held.
+    fn discard_if_asked(&self, result: &Option<Result<PathBuf>>) {
+        if !self.discard.load(Ordering::SeqCst) || !matches!(result, Some(Err(_))) {
+            return;
+        }
+        match crate::transfer::remove_partial(&self.part_path) {
+            Ok(true) => log::debug!("discarded partial {}", self.part_path.display()),
+            Ok(false) => log::warn!(
+                "partial {} is in use by another download: not discarded",
+                self.part_path.display()
+            ),
+            Err(e) => log::warn!("cannot discard {}: {e}", self.part_path.display()),
+        }
+    }
 }
 
 /// A download in progress (or finished). Cheap to clone.
@@ -91,6 +166,53 @@ impl Transfer {
         self.shared.cancelled.store(true, Ordering::SeqCst);
         if let Some(s) = self.shared.socket.lock().as_ref() {
             let _ = s.shutdown(Shutdown::Both);
+        }
+    }
+
+    /// Stop the download and throw its partial file away (with its origin record), so
+    /// a later fetch starts from 0. A download that already ended in failure loses its
+    /// partial file too; a finished, successful one is left alone. The partial file of
+    /// another running download of the same destination is never removed.
+    pub fn cancel_discard(&self) {
+        self.shared.discard.store(true, Ordering::SeqCst);
+        self.cancel();
+        let result = self.shared.result.lock();
+        self.shared.discard_if_asked(&result);
+    }
+
+    /// Bytes, total, rate over the last few seconds and the estimated time left.
+    pub fn stats(&self) -> TransferStats {
+        let (bytes, total) = self.progress();
+        if self.is_finished() {
+            return TransferStats {
+                bytes,
+                total,
+                bytes_per_sec: 0.0,
+                eta: Some(Duration::ZERO),
+            };
+        }
+        let now = Instant::now();
+        let rate = {
+            let samples = self.shared.samples.lock();
+            let first = samples
+                .iter()
+                .find(|&&(at, _)| now.duration_since(at) <= RATE_WINDOW)
+                .or(samples.back());
+            match first {
+                Some(&(at, b)) if bytes > b => {
+                    let secs = now.duration_since(at).as_secs_f64().max(0.001);
+                    (bytes - b) as f64 / secs
+                }
+                _ => 0.0,
+            }
+        };
+        let eta = (rate > 0.0 && total > 0)
+            .then(|| Duration::from_secs_f64(total.saturating_sub(bytes) as f64 / rate));
+        TransferStats {
+            bytes,
+            total,
+            bytes_per_sec: rate,
+            eta,
         }
     }
 
@@ -163,15 +285,27 @@ pub(super) fn remove_stale_partials(dir: &std::path::Path, limits: &super::PeerL
 
 /// Check what can be checked at once (name, existing file, user online), then download
 /// in the background.
-pub(super) fn start(inner: &Arc<Inner>, from: &str, file: &str) -> Result<Transfer> {
+pub(super) fn start(
+    inner: &Arc<Inner>,
+    from: &str,
+    file: &str,
+    dest: Option<&std::path::Path>,
+) -> Result<Transfer> {
     if inner.stopping() {
         return Err(Error::Shutdown);
+    }
+    // The destination is checked first: a mistake there needs no registry.
+    if let Some(dest) = dest {
+        Receiver::prepare_at(dest, file)?.discard_if_empty();
     }
     let info = inner.peer_info(from)?;
     let route = link::route(inner, from, &info)?;
     let addr = info.addr;
     let legacy = matches!(route, Route::Legacy);
-    let receiver = Receiver::prepare(&inner.download_dir, file)?;
+    let receiver = match dest {
+        Some(dest) => Receiver::prepare_at(dest, file)?,
+        None => Receiver::prepare(&inner.download_dir, file)?,
+    };
     let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(0);
     let shared = Arc::new(TransferShared {
         id: inner.next_id(),
@@ -185,7 +319,11 @@ pub(super) fn start(inner: &Arc<Inner>, from: &str, file: &str) -> Result<Transf
         result: Mutex::new(None),
         finished: done_rx,
         partner: route.partner(),
+        part_path: receiver.partial_path().to_path_buf(),
+        discard: AtomicBool::new(false),
+        samples: Mutex::new(VecDeque::from([(Instant::now(), receiver.offset())])),
     });
+    inner.note_transfer(&shared);
     let t = shared.clone();
     let worker = inner.clone();
     inner
@@ -240,7 +378,10 @@ fn run(
             }
         }
     }
-    *t.result.lock() = Some(result);
+    let mut slot = t.result.lock();
+    *slot = Some(result);
+    t.discard_if_asked(&slot);
+    drop(slot);
     drop(done);
 }
 
@@ -277,6 +418,7 @@ fn download(
                     inner.forget_socket(key);
                     receiver.restart()?;
                     t.received.store(0, Ordering::Relaxed);
+                    t.samples.lock().clear();
                     from = 0;
                     continue;
                 }
@@ -372,7 +514,7 @@ fn legacy_transfer(
     addr: SocketAddr,
 ) -> Result<(PathBuf, u64)> {
     let limits = &inner.limits;
-    let free = crate::transfer::free_space(&inner.download_dir)?;
+    let free = crate::transfer::free_space(t.dest_dir(&inner.download_dir))?;
     let mut limit = free.saturating_sub(limits.free_space_margin);
     if let Some(max) = limits.max_download_size {
         limit = limit.min(max);
@@ -405,6 +547,7 @@ fn legacy_transfer(
         });
         let mut progress = |got: u64| {
             t.received.store(got, Ordering::Relaxed);
+            t.sample(got);
             if let Some(h) = &inner.hooks.progress {
                 call_hook(|| h(t.id, got, 0));
             }
@@ -463,7 +606,7 @@ fn receive(
             });
         }
         let space = SpaceReservation::reserve(
-            &inner.download_dir,
+            t.dest_dir(&inner.download_dir),
             size.saturating_sub(start),
             limits.free_space_margin,
             &t.file,
@@ -498,6 +641,7 @@ fn receive(
     });
     let mut progress = |got: u64| {
         t.received.store(got, Ordering::Relaxed);
+        t.sample(got);
         space.shrink_to(size.saturating_sub(got));
         if let Some(h) = &inner.hooks.progress {
             call_hook(|| h(t.id, got, size));
@@ -618,4 +762,33 @@ fn read_answer_line(
         line.pop();
     }
     String::from_utf8(line).map_err(|_| Error::protocol(addr, "answer line is not UTF-8"))
+}
+
+/// The transfers of a peer still running (each held weakly: a finished one goes).
+#[derive(Default)]
+pub(crate) struct OpenTransfers(Mutex<Vec<std::sync::Weak<TransferShared>>>);
+
+impl OpenTransfers {
+    fn add(&self, t: &Arc<TransferShared>) {
+        let mut list = self.0.lock();
+        list.retain(|w| w.strong_count() > 0);
+        list.push(Arc::downgrade(t));
+    }
+
+    /// The downloads still running, oldest first.
+    pub(crate) fn running(&self) -> Vec<Transfer> {
+        let mut list = self.0.lock();
+        list.retain(|w| w.strong_count() > 0);
+        list.iter()
+            .filter_map(|w| w.upgrade())
+            .filter(|t| t.result.lock().is_none())
+            .map(|shared| Transfer { shared })
+            .collect()
+    }
+}
+
+impl Inner {
+    fn note_transfer(&self, t: &Arc<TransferShared>) {
+        self.open_transfers.add(t);
+    }
 }

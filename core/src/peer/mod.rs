@@ -24,7 +24,7 @@ pub mod events;
 pub use events::{Event, Events};
 
 pub use chat::{Chat, ChatClosedBy, ChatId, ChatRequest};
-pub use fetch::{Transfer, TransferId};
+pub use fetch::{Transfer, TransferId, TransferStats};
 pub use registry_link::{PeerInfo, RegistryMode};
 
 use crate::error::{Error, Result};
@@ -390,7 +390,8 @@ impl PeerBuilder {
     /// Validate, scan the share, connect to the registry, start listening and
     /// register.
     ///
-    /// Errors, each distinct: [`Error::InvalidUsername`], [`Error::NotADirectory`],
+    /// Errors, each distinct: [`Error::InvalidUsername`], [`Error::NotADirectory`] (the
+    /// shared directory), [`Error::NotADownloadDirectory`] (the download directory),
     /// [`Error::PortUnavailable`], [`Error::UsernameTaken`], or an I/O error reaching
     /// the registry.
     pub fn connect(mut self) -> Result<Peer> {
@@ -401,7 +402,7 @@ impl PeerBuilder {
         let share = Share::open(&self.shared_dir)?;
         let download_dir = match &self.download_dir {
             Some(d) if d.is_dir() => d.clone(),
-            Some(d) => return Err(Error::NotADirectory(d.clone())),
+            Some(d) => return Err(Error::NotADownloadDirectory(d.clone())),
             None => share.dir().to_path_buf(),
         };
         fetch::remove_stale_partials(&download_dir, &self.limits);
@@ -461,6 +462,8 @@ impl PeerBuilder {
             known_keys,
             refuse_unverified: self.refuse_unverified,
             serve_only: self.serve_only,
+            open_transfers: Default::default(),
+            open_chat_list: Default::default(),
         });
         inner.scan_share(None)?;
         inner.register()?;
@@ -531,6 +534,10 @@ pub(crate) struct Inner {
     pub refuse_unverified: bool,
     /// Serve files only to these names / `key:<hex>` entries (`None`: any verified user).
     pub serve_only: Option<Vec<String>>,
+    /// Downloads started here and still running (for `Peer::transfers`).
+    pub(crate) open_transfers: fetch::OpenTransfers,
+    /// Chats open (for `Peer::chats`).
+    pub(crate) open_chat_list: chat::OpenChats,
 }
 
 /// Whether a request's first bytes are a legacy (original client) request, which is
@@ -996,7 +1003,7 @@ impl Peer {
 
     /// Start downloading `file` from `name` in the background.
     pub fn fetch(&self, name: &str, file: &str) -> Result<Transfer> {
-        fetch::start(&self.inner, name, file)
+        fetch::start(&self.inner, name, file, None)
     }
 
     /// Leave: send `EXIT`, close every connection, stop serving and join every thread.
@@ -1112,5 +1119,28 @@ impl RegistryClient {
     /// One user's address, and whether they are an original client.
     pub fn peer_info(&self, name: &str) -> Result<PeerInfo> {
         self.link.peer_info(name)
+    }
+}
+
+impl Peer {
+    /// Like [`fetch`](Self::fetch), saving the file as `dest`: an existing directory
+    /// (the file keeps its name there) or the path of a new file in an existing
+    /// directory. The same rules hold: nothing is overwritten
+    /// ([`Error::AlreadyExists`]), the partial file lives next to the destination (a
+    /// cancelled download resumes from it) and the file gets its name only once
+    /// verified. [`Error::InvalidArgument`] for a destination that is not a valid file
+    /// name, [`Error::NotADownloadDirectory`] when its directory does not exist.
+    pub fn fetch_to(&self, name: &str, file: &str, dest: impl AsRef<Path>) -> Result<Transfer> {
+        fetch::start(&self.inner, name, file, Some(dest.as_ref()))
+    }
+
+    /// The downloads started by this peer that are still running, oldest first.
+    pub fn transfers(&self) -> Vec<Transfer> {
+        self.inner.open_transfers.running()
+    }
+
+    /// The chats of this peer still open (asked for or accepted), oldest first.
+    pub fn chats(&self) -> Vec<Chat> {
+        self.inner.open_chat_list.open()
     }
 }
