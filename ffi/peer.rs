@@ -7,8 +7,8 @@ use crate::chat::{p2p_chat_closed_by, p2p_chat_request, ChatTable};
 use crate::panic;
 use crate::status::{p2p_status, FfiError};
 use crate::strings::{
-    arg_out, arg_path, arg_ref, arg_str, c_path, c_string, owned, owned_path, p2p_string_list,
-    p2p_user_files_list, put,
+    arg_out, arg_path, arg_path_or_none, arg_ref, arg_str, c_path, c_string, owned, owned_path,
+    p2p_string_list, p2p_user_files_list, put,
 };
 use crate::userdata::UserData;
 use p2pcore::identity::{Fingerprint, PublicKey};
@@ -362,11 +362,7 @@ pub unsafe extern "C" fn p2p_peer_config_set_download_dir(
 ) -> p2p_status {
     panic::status(|| {
         let config = config_mut(config)?;
-        config.download_dir = if dir.is_null() {
-            None
-        } else {
-            Some(arg_path(dir, "dir")?)
-        };
+        config.download_dir = arg_path_or_none(dir, "dir")?;
         Ok(())
     })
 }
@@ -422,11 +418,7 @@ pub unsafe extern "C" fn p2p_peer_config_set_identity_file(
 ) -> p2p_status {
     panic::status(|| {
         let config = config_mut(config)?;
-        config.identity_file = if path.is_null() {
-            None
-        } else {
-            Some(arg_path(path, "path")?)
-        };
+        config.identity_file = arg_path_or_none(path, "path")?;
         Ok(())
     })
 }
@@ -444,11 +436,7 @@ pub unsafe extern "C" fn p2p_peer_config_set_known_keys_file(
 ) -> p2p_status {
     panic::status(|| {
         let config = config_mut(config)?;
-        config.known_keys_file = if path.is_null() {
-            None
-        } else {
-            Some(arg_path(path, "path")?)
-        };
+        config.known_keys_file = arg_path_or_none(path, "path")?;
         Ok(())
     })
 }

@@ -4,7 +4,9 @@
 use crate::callback::{self, Owner, Scope};
 use crate::panic;
 use crate::status::{p2p_status, FfiError};
-use crate::strings::{arg_out, arg_path, arg_ref, arg_str, c_string, owned, p2p_string_list, put};
+use crate::strings::{
+    arg_out, arg_path_or_none, arg_ref, arg_str, c_string, owned, p2p_string_list, put,
+};
 use crate::userdata::UserData;
 use p2pcore::registry::{Registry, RegistryConfig, RegistryEvent};
 use parking_lot::Mutex;
@@ -272,11 +274,7 @@ pub unsafe extern "C" fn p2p_registry_config_set_data_dir(
 ) -> p2p_status {
     panic::status(|| {
         let config = config_mut(config)?;
-        config.config.data_dir = if dir.is_null() {
-            None
-        } else {
-            Some(arg_path(dir, "dir")?)
-        };
+        config.config.data_dir = arg_path_or_none(dir, "dir")?;
         Ok(())
     })
 }

@@ -59,6 +59,22 @@ pub unsafe fn arg_str<'a>(ptr: *const c_char, what: &str) -> Result<&'a str, Ffi
     })
 }
 
+/// An optional C path argument: NULL is `None` (a setter's "back to the default"),
+/// anything else as [`arg_path`].
+///
+/// # Safety
+/// As for [`arg_str`].
+pub unsafe fn arg_path_or_none(
+    ptr: *const c_char,
+    what: &str,
+) -> Result<Option<PathBuf>, FfiError> {
+    if ptr.is_null() {
+        Ok(None)
+    } else {
+        arg_path(ptr, what).map(Some)
+    }
+}
+
 /// A C path argument: any bytes on Unix (paths need not be UTF-8 there), UTF-8
 /// elsewhere.
 ///
