@@ -57,6 +57,13 @@ const MAX_ORIGIN_RECORD: u64 = 1024;
 /// First line of an origin record (its format version).
 const ORIGIN_MAGIC: &str = "p2pchat-partial 1";
 
+/// The end of the byte range `offset..offset + len`, refused when it overflows.
+fn range_end(offset: u64, len: u64) -> io::Result<u64> {
+    offset
+        .checked_add(len)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "offset + len overflows"))
+}
+
 /// Sends `len` bytes of `file` starting at `offset` to `sock`, and returns the number of
 /// bytes sent (always `len` on success).
 ///
@@ -71,9 +78,7 @@ const ORIGIN_MAGIC: &str = "p2pchat-partial 1";
 /// reading a trickle holds the sender for as long as it likes; serving peers use
 /// [`send_file_min_rate`] instead.
 pub fn send_file(sock: &TcpStream, file: &File, offset: u64, len: u64) -> io::Result<u64> {
-    let end = offset
-        .checked_add(len)
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "offset + len overflows"))?;
+    let end = range_end(offset, len)?;
     let mut pos = offset;
     #[cfg(target_os = "linux")]
     {
@@ -126,9 +131,7 @@ pub fn send_file_min_rate(
     len: u64,
     rule: MinRate,
 ) -> io::Result<u64> {
-    let end = offset
-        .checked_add(len)
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "offset + len overflows"))?;
+    let end = range_end(offset, len)?;
     #[allow(unused_mut)]
     let mut pos = offset;
     #[cfg(target_os = "linux")]
@@ -161,9 +164,7 @@ pub fn send_file_sealed(
     len: u64,
     rule: MinRate,
 ) -> io::Result<u64> {
-    let end = offset
-        .checked_add(len)
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "offset + len overflows"))?;
+    let end = range_end(offset, len)?;
     writer.socket().set_nonblocking(true)?;
     let sent = sealed_paced(writer, file, offset, end, rule);
     writer.socket().set_nonblocking(false)?;
