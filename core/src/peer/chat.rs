@@ -505,7 +505,7 @@ pub(super) fn request(inner: &Arc<Inner>, name: &str) -> Result<Chat> {
     let (mut reader, mut writer, tracked) = match key {
         Some(key) => link::dial_secure(inner, name, addr, key, Instant::now() + inner.io_timeout)?,
         None => {
-            let stream = TcpStream::connect_timeout(&addr, inner.io_timeout)?;
+            let stream = link::connect(inner, name, addr)?;
             stream.set_nodelay(true)?;
             stream.set_write_timeout(Some(inner.io_timeout))?;
             let tracked = inner.track_socket(&stream);
@@ -574,7 +574,7 @@ pub(super) fn request(inner: &Arc<Inner>, name: &str) -> Result<Chat> {
 /// it accepted (or has not read the request yet: it serves one chat at a time) and the
 /// chat opens.
 fn request_legacy(inner: &Arc<Inner>, name: &str, addr: SocketAddr, slot: Slot) -> Result<Chat> {
-    let stream = TcpStream::connect_timeout(&addr, inner.io_timeout)?;
+    let stream = link::connect(inner, name, addr)?;
     stream.set_nodelay(true)?;
     stream.set_write_timeout(Some(inner.io_timeout))?;
     let key = inner.track_socket(&stream);

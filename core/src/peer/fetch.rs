@@ -519,7 +519,7 @@ fn legacy_transfer(
     if let Some(max) = limits.max_download_size {
         limit = limit.min(max);
     }
-    let stream = TcpStream::connect_timeout(&addr, inner.io_timeout)?;
+    let stream = link::connect(inner, &t.from, addr)?;
     stream.set_write_timeout(Some(inner.io_timeout))?;
     *t.socket.lock() = Some(stream.try_clone()?);
     let key = inner.track_socket(&stream);
@@ -671,7 +671,7 @@ fn ask(
             (r, w, key)
         }
         None => {
-            let stream = TcpStream::connect_timeout(&addr, inner.io_timeout)?;
+            let stream = link::connect(inner, &t.from, addr)?;
             stream.set_write_timeout(Some(inner.io_timeout))?;
             let key = inner.track_socket(&stream);
             match stream.try_clone() {

@@ -195,6 +195,24 @@ pub(crate) fn route(inner: &Inner, name: &str, info: &PeerInfo) -> Result<Route>
 /// (IK, hello = this peer's username) by `deadline`. Returns the two halves and the
 /// socket's tracking key (the caller forgets it). A refusal before the handshake
 /// (`ERR busy …`) is mapped like an answer line.
+/// Opens a TCP connection to `name` at `addr` within the peer's I/O timeout. A
+/// connection that gets no answer at all (neither accepted nor refused) is reported
+/// naming the user and the address: it usually means a NAT or a firewall on the way
+/// drops it, which a bare "timed out" does not tell.
+pub(crate) fn connect(inner: &Inner, name: &str, addr: SocketAddr) -> Result<TcpStream> {
+    TcpStream::connect_timeout(&addr, inner.io_timeout).map_err(|e| {
+        if crate::error::is_timeout(&e) {
+            Error::Timeout(format!(
+                "{name} at {addr} did not answer the connection within {} s (nothing came \
+                 back: a NAT or a firewall on the way may drop it)",
+                inner.io_timeout.as_secs()
+            ))
+        } else {
+            Error::Io(e)
+        }
+    })
+}
+
 pub(crate) fn dial_secure(
     inner: &Inner,
     name: &str,
@@ -202,7 +220,7 @@ pub(crate) fn dial_secure(
     key: PublicKey,
     deadline: Instant,
 ) -> Result<(LinkReader, LinkWriter, Option<u64>)> {
-    let stream = TcpStream::connect_timeout(&addr, inner.io_timeout)?;
+    let stream = connect(inner, name, addr)?;
     stream.set_nodelay(true)?;
     stream.set_write_timeout(Some(inner.io_timeout))?;
     let tracked = inner.track_socket(&stream);
