@@ -8,7 +8,7 @@ use crate::panic;
 use crate::status::{p2p_status, FfiError};
 use crate::strings::{
     arg_out, arg_path, arg_path_or_none, arg_ref, arg_str, c_path, c_string, owned, owned_path,
-    p2p_string_list, p2p_user_files_list, put,
+    p2p_string_list, p2p_user_files_list, put, put_ids,
 };
 use crate::userdata::UserData;
 use p2pcore::identity::{Fingerprint, PublicKey};
@@ -1341,16 +1341,9 @@ pub unsafe extern "C" fn p2p_peer_chats(
 ) -> p2p_status {
     panic::status(|| {
         let peer = arg_ref(peer, "peer")?;
-        let count_out = arg_out(count_out, "count_out")?;
-        if capacity > 0 && ids.is_null() {
-            return Err(FfiError::null("ids"));
-        }
-        let list = peer.get()?.chats();
-        for (i, chat) in list.iter().take(capacity).enumerate() {
-            ids.add(i).write(chat.id());
-        }
-        put(count_out, list.len());
-        Ok(())
+        put_ids(ids, capacity, count_out, || {
+            Ok(peer.get()?.chats().iter().map(|c| c.id()).collect())
+        })
     })
 }
 

@@ -121,6 +121,31 @@ pub fn put<T>(out: &mut T, value: T) {
     unsafe { std::ptr::write(out, value) }
 }
 
+/// The "fill the caller's array" convention of the list functions: checks
+/// `count_out`, and `ids` (NULL allowed only with `capacity` 0), then writes at most
+/// `capacity` of the ids `list` gives into `ids` and how many there are into
+/// `*count_out`. `list` runs after the checks, so a NULL argument is reported first.
+///
+/// # Safety
+/// `ids` is NULL or valid for `capacity` writes; `count_out` as for [`arg_out`].
+pub unsafe fn put_ids(
+    ids: *mut u64,
+    capacity: usize,
+    count_out: *mut usize,
+    list: impl FnOnce() -> Result<Vec<u64>, FfiError>,
+) -> Result<(), FfiError> {
+    let count_out = arg_out(count_out, "count_out")?;
+    if capacity > 0 && ids.is_null() {
+        return Err(FfiError::null("ids"));
+    }
+    let list = list()?;
+    for (i, id) in list.iter().take(capacity).enumerate() {
+        ids.add(i).write(*id);
+    }
+    put(count_out, list.len());
+    Ok(())
+}
+
 /// A Rust string as a C string, with any NUL bytes replaced (they cannot be carried).
 pub fn c_string(s: &str) -> CString {
     CString::new(s.replace('\0', "\u{FFFD}")).unwrap_or_default()

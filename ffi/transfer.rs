@@ -4,7 +4,7 @@ use crate::callback;
 use crate::panic;
 use crate::peer::p2p_peer;
 use crate::status::{p2p_status, FfiError};
-use crate::strings::{arg_out, arg_ref, arg_str, owned_path, put};
+use crate::strings::{arg_out, arg_ref, arg_str, owned_path, put, put_ids};
 use p2pcore::peer::Transfer;
 use std::ffi::c_char;
 
@@ -333,16 +333,9 @@ pub unsafe extern "C" fn p2p_peer_transfers(
 ) -> p2p_status {
     panic::status(|| {
         let peer = arg_ref(peer, "peer")?;
-        let count_out = arg_out(count_out, "count_out")?;
-        if capacity > 0 && ids.is_null() {
-            return Err(FfiError::null("ids"));
-        }
-        let list = peer.get()?.transfers();
-        for (i, t) in list.iter().take(capacity).enumerate() {
-            ids.add(i).write(t.id());
-        }
-        put(count_out, list.len());
-        Ok(())
+        put_ids(ids, capacity, count_out, || {
+            Ok(peer.get()?.transfers().iter().map(|t| t.id()).collect())
+        })
     })
 }
 
