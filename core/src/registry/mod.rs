@@ -210,6 +210,7 @@ impl RegistryBuilder {
             freed: AtomicUsize::new(0),
             identity,
             claims,
+            relay: None,
         });
         let mut servers = Vec::with_capacity(loops);
         let mut handoffs = Vec::with_capacity(loops);

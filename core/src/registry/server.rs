@@ -312,6 +312,10 @@ pub(super) struct Shared {
     pub identity: Identity,
     /// Name claims (see `claims`).
     pub claims: Claims,
+    /// The relay offered to peers that cannot reach each other (`RELAY` queries);
+    /// `None`: no relay.
+    #[allow(dead_code)] // until the RELAY query reads it
+    pub relay: Option<crate::relay::RelayOffer>,
 }
 
 impl Shared {
