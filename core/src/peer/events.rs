@@ -11,9 +11,9 @@
 //! - **Transfer progress is coalesced**: at most one progress event per transfer waits
 //!   in the queue; a newer one updates it in place. Progress never blocks and never
 //!   counts against the capacity.
-//! - **Must-deliver events** (a chat request, the answer to [`Peer::chat_async`], a
-//!   chat's close, a transfer's done or failed) are never dropped and never wait: they
-//!   go in even past the capacity (a reserved overflow). Their number is bounded by the
+//! - **Must-deliver events** (a chat request, a file offer, the answer to
+//!   [`Peer::chat_async`], a chat's close, a transfer's done or failed) are never
+//!   dropped and never wait: they go in even past the capacity (a reserved overflow). Their number is bounded by the
 //!   peer's own limits (open chats, pending requests, transfers), and some are produced
 //!   on the application's own thread (closing a chat from the loop that drains the
 //!   queue), where waiting for room would deadlock.
@@ -26,7 +26,7 @@
 //!   ([`Peer::events_dropped`]).
 
 use super::{Chat, ChatClosedBy, ChatId, ChatRequest, Inner, Peer, PeerBuilder, PeerEvent};
-use super::{Hooks, TransferId};
+use super::{FileOffer, Hooks, TransferId};
 use crate::error::{Error, Result};
 use parking_lot::{Condvar, Mutex};
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -93,6 +93,9 @@ pub enum Event {
     },
     /// Any other background event.
     Peer(PeerEvent),
+    /// Someone offers a file: answer through the offer (see [`FileOffer`]) or by its
+    /// id ([`Peer::accept_offer`], [`Peer::decline_offer`]). Never dropped.
+    FileOffered(FileOffer),
 }
 
 /// What waits in the queue: an event, or the place of a transfer's coalesced progress.
@@ -384,6 +387,8 @@ impl EventQueue {
             })
         };
         let q = self.clone();
+        let offer = move |o: FileOffer| q.push_always(Event::FileOffered(o));
+        let q = self.clone();
         let event = move |e: &PeerEvent| q.push_or_drop(Event::Peer(e.clone()));
         Hooks {
             chat_request: Some(Arc::new(request)),
@@ -394,6 +399,7 @@ impl EventQueue {
             failed: Some(Arc::new(failed)),
             event: Some(Arc::new(event)),
             chat_opened: None,
+            file_offer: Some(Arc::new(offer)),
         }
     }
 }
