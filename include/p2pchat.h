@@ -2024,7 +2024,7 @@ p2p_status p2p_transfer_is_outgoing(const struct p2p_transfer *transfer, bool *o
 /**
  * Offer the file at `path` (NUL-terminated UTF-8, borrowed for the call) to `user`,
  * and block until they accept, decline or let the offer expire: at most the
- * chat-answer timeout plus 5 s (`p2p_peer_config_set_chat_answer_timeout()`), besides
+ * chat-answer timeout plus 5 s (`p2p_peer_config_set_chat_answer_timeout_ms()`), besides
  * connecting. Offers go only over a secured link, so `user` must be registered with
  * a key. The file is hashed first (the recipient verifies it). Once accepted, the
  * bytes go in the background (from where a partial file of the recipient's resumes);
