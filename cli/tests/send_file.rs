@@ -109,3 +109,51 @@ fn send_file_is_accepted_verified_or_declined() {
     assert_one_line_error(&o);
     assert!(o.stderr.contains("not a file"), "{o:?}");
 }
+
+/// The interactive client shows an offer at its menu and asks; `y` takes the file into
+/// its download directory and a line says when it is there; `n` declines (exit 3 for
+/// the sender).
+#[test]
+fn client_asks_about_an_offer() {
+    let (_registry, addr) = registry();
+    let bob_dir = tempfile::tempdir().unwrap();
+    let mut bob = client_at_menu(&addr, "bob", bob_dir.path(), &[]);
+    let src_dir = tempfile::tempdir().unwrap();
+    let content = pattern(300_000);
+    let src = src_dir.path().join("notes.txt");
+    std::fs::write(&src, &content).unwrap();
+    let src = src.to_str().unwrap().to_string();
+    let sender = |src: &str| {
+        Proc::start(&[
+            "send-file",
+            "--registry",
+            &addr,
+            "--user",
+            "alice",
+            "bob",
+            src,
+        ])
+    };
+
+    let mut alice = sender(&src);
+    bob.expect("alice offers you the file notes.txt (293.0 KiB)");
+    bob.expect("Accept the file notes.txt from alice? [y/n]: ");
+    bob.send_line("y");
+    bob.expect("receiving notes.txt from alice into");
+    bob.expect("received ");
+    assert!(alice.wait_exit(WAIT).success(), "{}", alice.all_stderr());
+    assert_eq!(alice.all_stdout(), "notes.txt\n");
+    let got = bob_dir.path().join("notes.txt");
+    assert!(std::fs::read(&got).unwrap() == content, "byte-identical");
+
+    let other = src_dir.path().join("other.txt");
+    std::fs::write(&other, b"no").unwrap();
+    let mut alice = sender(other.to_str().unwrap());
+    bob.expect("Accept the file other.txt from alice? [y/n]: ");
+    bob.send_line("n");
+    bob.expect("declined the file offer from alice");
+    assert_eq!(alice.wait_exit(WAIT).code(), Some(3));
+    assert!(!bob_dir.path().join("other.txt").exists());
+    bob.send_line("0");
+    assert!(bob.wait_exit(WAIT).success());
+}
