@@ -495,3 +495,42 @@ pub unsafe extern "C" fn p2p_transfer_is_outgoing(
         Ok(())
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// A transfer event waits while a call starting a transfer has not returned and
+    /// the transfer has no handle, up to the deadline; it goes out once the handle is
+    /// listed, or once no call is starting one (a freed handle: at once).
+    #[test]
+    fn transfer_events_wait_for_the_call_that_returns_the_handle() {
+        let table = Arc::new(TransferTable::default());
+        assert!(table.ready(5, Some(Instant::now())));
+        let opening = Opening::start(&table);
+        let soon = Instant::now() + Duration::from_millis(50);
+        assert!(
+            !table.ready(5, Some(soon)),
+            "handed out before the call returned"
+        );
+
+        let t = table.clone();
+        let waiter = std::thread::spawn(move || t.ready(5, None));
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(!waiter.is_finished());
+        table.handles.lock().insert(
+            5,
+            TransferHandle {
+                ptr: std::ptr::null_mut(),
+                user_data: Arc::new(AtomicPtr::new(std::ptr::null_mut())),
+            },
+        );
+        // Listed: ready at once, although the call has not returned yet.
+        assert!(table.ready(5, Some(Instant::now())));
+        // The waiter sees it on the next wake-up: the call returning.
+        drop(opening);
+        assert!(waiter.join().unwrap());
+        assert!(table.ready(6, Some(Instant::now())));
+    }
+}
