@@ -359,3 +359,57 @@ fn offers_are_capped_and_checked_before_asking() {
     );
     assert!(bob.file_offers().is_empty());
 }
+
+/// A hostile sender: a malformed offer gets its `ERR bad-request` line; an accepted
+/// offer whose sender stalls after a few bytes is ended by the receiver's stall rule
+/// (its I/O timeout, here 1 s) with a timeout, the bytes kept for a resume, and the
+/// sender told `ERR failed`.
+#[test]
+fn stalled_or_malformed_offers_end_cleanly() {
+    let r = Registry::bind("127.0.0.1:0").unwrap();
+    let dir = TempDir::new().unwrap();
+    let bob = builder(r.local_addr(), "bob", &dir)
+        .io_timeout(Duration::from_secs(1))
+        .event_queue(16)
+        .connect()
+        .unwrap();
+    let mallory = common::keyed_client(r.local_addr(), "mallory", 1);
+
+    let mut link = mallory.link(bob.listen_addr(), bob.public_key());
+    link.writer
+        .write_all(format!("P2P/1 OFFER 10 {} x.bin\n", "zz".repeat(32)).as_bytes())
+        .unwrap();
+    let mut line = String::new();
+    link.reader.read_line(&mut line).unwrap();
+    assert_eq!(line, "ERR bad-request invalid hash\n");
+
+    let data = pattern(1_000_000, 7);
+    let hash = blake3::hash(&data).to_hex().to_string();
+    let mut link = mallory.link(bob.listen_addr(), bob.public_key());
+    link.writer
+        .write_all(format!("P2P/1 OFFER {} {hash} slow.bin\n", data.len()).as_bytes())
+        .unwrap();
+    let offer = next_offer(&bob);
+    assert_eq!(offer.from(), "mallory");
+    let t = offer.accept().unwrap();
+    let mut line = String::new();
+    link.reader.read_line(&mut line).unwrap();
+    assert_eq!(line, "OK 0\n");
+    link.writer.write_all(&data[..1000]).unwrap();
+    // ... and nothing more: the receiver gives up on its own.
+    let started = std::time::Instant::now();
+    let e = t
+        .wait_timeout(WAIT)
+        .expect("ended by the stall rule")
+        .unwrap_err();
+    assert_eq!(e.code(), ErrorCode::Timeout, "{e}");
+    assert!(started.elapsed() < WAIT);
+    let mut verdict = String::new();
+    link.reader.read_line(&mut verdict).unwrap();
+    assert!(verdict.starts_with("ERR failed "), "{verdict:?}");
+    let kept = std::fs::metadata(bob.download_dir().join(".slow.bin.p2pchat-part"))
+        .unwrap()
+        .len();
+    assert_eq!(kept, 1000);
+    assert!(!bob.download_dir().join("slow.bin").exists());
+}
