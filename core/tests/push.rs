@@ -413,3 +413,80 @@ fn stalled_or_malformed_offers_end_cleanly() {
     assert_eq!(kept, 1000);
     assert!(!bob.download_dir().join("slow.bin").exists());
 }
+
+/// `offer_file_async`: the answer comes as `Event::OfferAnswered` with the outgoing
+/// transfer, before that transfer's own end; a cancelled request answers `Cancelled`
+/// at once, and when the other side accepts later the sending stops and none of its
+/// events is queued; a peer without queue or answer hook cannot offer asynchronously.
+#[test]
+fn async_offers_answer_through_events_and_cancel() {
+    let r = Registry::bind("127.0.0.1:0").unwrap();
+    let dir = TempDir::new().unwrap();
+    let alice = builder(r.local_addr(), "alice", &dir)
+        .event_queue(16)
+        .connect()
+        .unwrap();
+    let bob = builder(r.local_addr(), "bob", &dir)
+        .event_queue(16)
+        .connect()
+        .unwrap();
+    let data = pattern(100_000, 8);
+    let src = write_file(dir.path(), "async.bin", &data);
+
+    let request = alice.offer_file_async("bob", &src).unwrap();
+    let offer = next_offer(&bob);
+    let incoming = offer.accept().unwrap();
+    let out = match next(&alice) {
+        Event::OfferAnswered {
+            request: n,
+            user,
+            result,
+        } => {
+            assert_eq!((n, user.as_str()), (request, "bob"));
+            result.unwrap()
+        }
+        other => panic!("expected OfferAnswered first, got {other:?}"),
+    };
+    assert!(out.is_outgoing());
+    loop {
+        match next(&alice) {
+            Event::TransferDone { transfer, path } => {
+                assert_eq!((transfer, path), (out.id(), src.clone()));
+                break;
+            }
+            Event::TransferProgress { transfer, .. } => assert_eq!(transfer, out.id()),
+            other => panic!("expected the sending's end, got {other:?}"),
+        }
+    }
+    assert_eq!(std::fs::read(incoming.wait().unwrap()).unwrap(), data);
+
+    // Cancelled while bob decides: answered at once; bob's accept later goes nowhere.
+    let src2 = write_file(dir.path(), "cancelled.bin", &pattern(4 * 1024 * 1024, 9));
+    let request = alice.offer_file_async("bob", &src2).unwrap();
+    let offer = next_offer(&bob);
+    assert!(alice.offer_cancel(request));
+    assert!(!alice.offer_cancel(request));
+    match next(&alice) {
+        Event::OfferAnswered {
+            request: n, result, ..
+        } => {
+            assert_eq!(n, request);
+            assert_eq!(result.unwrap_err().code(), ErrorCode::Cancelled);
+        }
+        other => panic!("expected OfferAnswered, got {other:?}"),
+    }
+    let t = offer.accept().unwrap();
+    assert!(t.wait_timeout(WAIT).expect("ended").is_err());
+    assert!(!bob.download_dir().join("cancelled.bin").exists());
+    // Nothing of the stopped sending reaches alice's queue.
+    assert!(
+        alice
+            .next_event(Some(Duration::from_millis(500)))
+            .is_none_or(|e| matches!(e, Event::Peer(_))),
+        "an event of the cancelled offer"
+    );
+
+    let plain = builder(r.local_addr(), "carol", &dir).connect().unwrap();
+    let e = plain.offer_file_async("bob", &src).unwrap_err();
+    assert_eq!(e.code(), ErrorCode::InvalidArgument);
+}

@@ -132,6 +132,8 @@ pub(crate) struct Hooks {
     pub chat_opened: Hook<events::OpenedHook>,
     /// A file offered to this peer ([`PeerBuilder::on_file_offer`]).
     pub file_offer: Hook<dyn Fn(FileOffer) + Send + Sync>,
+    /// The answer to [`Peer::offer_file_async`] in hook mode.
+    pub offer_answered: Hook<events::AnsweredHook>,
 }
 
 /// The bounds a peer holds against other peers. `Default` gives the values in

@@ -477,6 +477,19 @@ pub(super) fn offered(
 
 /// Offer the file at `path` to `user` (see [`Peer::offer_file`](super::Peer::offer_file)).
 pub(super) fn offer(inner: &Arc<Inner>, user: &str, path: &Path) -> Result<Transfer> {
+    offer_with(inner, user, path, &mut |_| true)
+}
+
+/// [`offer`], calling `accepted` with the outgoing transfer once the offer is accepted
+/// and before a byte is sent (an async offer answers its request there, so its answer
+/// comes before any event of the transfer); `accepted` returning `false` (a cancelled
+/// request) sends nothing and ends the transfer as cancelled.
+pub(super) fn offer_with(
+    inner: &Arc<Inner>,
+    user: &str,
+    path: &Path,
+    accepted: &mut dyn FnMut(&Transfer) -> bool,
+) -> Result<Transfer> {
     if inner.stopping() {
         return Err(Error::Shutdown);
     }
@@ -572,6 +585,12 @@ pub(super) fn offer(inner: &Arc<Inner>, user: &str, path: &Path) -> Result<Trans
         size,
     );
     t.set_socket(reader.socket());
+    if !accepted(&Transfer::from_shared(t.clone())) {
+        t.close_socket();
+        inner.forget_socket(tracked);
+        fetch::finish(inner, &t, Err(Error::Cancelled), done);
+        return Err(Error::Cancelled);
+    }
     let worker = inner.clone();
     let shared = t.clone();
     let path = path.to_path_buf();
