@@ -125,6 +125,14 @@ pub enum p2p_event_kind {
     /// timeout), `from` the sender (always a user who proved its key), `text` the file's
     /// name and `total` its size in bytes. Never dropped by the queue's overflow rule.
     P2P_EV_FILE_OFFERED = 9,
+    /// The answer to `p2p_peer_offer_file_async()` number `id`: `status` is `P2P_OK`
+    /// and `transfer` a new handle owned by the application (the outgoing transfer;
+    /// free it with `p2p_transfer_free()`), or `status` says why not (`P2P_DECLINED`,
+    /// `P2P_TIMEOUT`, `P2P_CANCELLED` after `p2p_peer_offer_cancel()`...), `text` the
+    /// message and `transfer` NULL. `user_data` is the one given to
+    /// `p2p_peer_offer_file_async()` (also set as the transfer's user data); `from` is
+    /// who was offered the file. It comes before any event of that transfer.
+    P2P_EV_OFFER_ANSWERED = 10,
 }
 
 /// One event, filled by `p2p_peer_next_event()` and released by `p2p_event_free()`.
@@ -170,12 +178,15 @@ pub struct p2p_event {
     /// `P2P_EV_PEER`: which background event.
     pub peer_event: p2p_peer_event_kind,
     /// Transfer events: the transfer's handle, **borrowed**: the one the application
-    /// holds (from `p2p_peer_fetch()`, `p2p_peer_fetch_to()`, `p2p_peer_accept_offer()`
-    /// or `p2p_peer_offer_file()`), valid until the application frees it; NULL if it
-    /// was freed before the event was taken. `user_data` is then its
-    /// `p2p_transfer_set_user_data()`. No event of a download or accepted offer is
-    /// handed out before the call returning its handle has returned; the sending side
-    /// of `p2p_peer_offer_file()` may report before that call returned (NULL then).
+    /// holds (from `p2p_peer_fetch()`, `p2p_peer_fetch_to()`, `p2p_peer_accept_offer()`,
+    /// `p2p_peer_offer_file()` or a `P2P_EV_OFFER_ANSWERED` event), valid until the
+    /// application frees it; NULL if it was freed before the event was taken.
+    /// `user_data` is then its `p2p_transfer_set_user_data()`. No event of a download,
+    /// accepted offer or async offer is handed out before the call or event giving its
+    /// handle; the sending side of the blocking `p2p_peer_offer_file()` may report
+    /// before that call returned (NULL then: use `p2p_peer_offer_file_async()` to have
+    /// the handle first). In `P2P_EV_OFFER_ANSWERED`: a new handle the application
+    /// owns.
     pub transfer: *mut p2p_transfer,
 }
 
@@ -351,6 +362,32 @@ fn convert(handle: &p2p_peer, event: Event) -> p2p_event {
         e @ (Event::TransferProgress { .. }
         | Event::TransferDone { .. }
         | Event::TransferFailed { .. }) => transfer_event(&handle.transfers, e),
+        Event::OfferAnswered {
+            request,
+            user,
+            result,
+        } => {
+            let mut e = p2p_event::empty(P2P_EV_OFFER_ANSWERED, request);
+            e.from = owned(&user);
+            let ud = handle.transfers.async_user_data.lock().remove(&request);
+            e.user_data = ud.map_or(std::ptr::null_mut(), UserData::ptr);
+            match result {
+                Ok(t) => {
+                    e.transfer = crate::transfer::new_transfer_in(
+                        handle.id,
+                        &handle.transfers,
+                        t,
+                        e.user_data,
+                    );
+                }
+                Err(err) => {
+                    let f = FfiError::from(&err);
+                    e.status = f.status;
+                    e.set_text(&f.message);
+                }
+            }
+            e
+        }
         Event::FileOffered(offer) => {
             let mut e = p2p_event::empty(P2P_EV_FILE_OFFERED, offer.id());
             e.from = owned(offer.from());

@@ -146,6 +146,8 @@ pub(crate) struct Callbacks {
     pub file_offer: crate::push::p2p_file_offer_cb,
     /// `p2p_peer_config_on_transfer_event`.
     pub transfer_event: crate::push::p2p_transfer_event_cb,
+    /// `p2p_peer_config_on_offer_answered`.
+    pub offer_answered: crate::push::p2p_offer_answered_cb,
 }
 
 /// How to connect a peer. Opaque; made by `p2p_peer_config_new()`, adjusted with the
@@ -298,6 +300,7 @@ pub unsafe extern "C" fn p2p_peer_config_new(
                 event: None,
                 file_offer: None,
                 transfer_event: None,
+                offer_answered: None,
             },
             event_queue: None,
             chat_opened: None,
@@ -684,6 +687,22 @@ pub unsafe extern "C" fn p2p_peer_config_on_transfer_event(
 ) -> p2p_status {
     panic::status(|| {
         config_mut(config)?.callbacks.transfer_event = callback;
+        Ok(())
+    })
+}
+
+/// Call `callback` with the answer to each `p2p_peer_offer_file_async()` (see
+/// `p2p_offer_answered_cb`). Without it (and without an event queue)
+/// `p2p_peer_offer_file_async()` is refused.
+///
+/// NULL unsets it. Errors: `P2P_NULL_ARGUMENT` (config).
+#[no_mangle]
+pub unsafe extern "C" fn p2p_peer_config_on_offer_answered(
+    config: *mut p2p_peer_config,
+    callback: crate::push::p2p_offer_answered_cb,
+) -> p2p_status {
+    panic::status(|| {
+        config_mut(config)?.callbacks.offer_answered = callback;
         Ok(())
     })
 }

@@ -45,6 +45,27 @@ pub type p2p_file_offer_cb = Option<
 pub type p2p_transfer_event_cb =
     Option<unsafe extern "C" fn(user_data: *mut c_void, event: *const p2p_event)>;
 
+/// The answer to `p2p_peer_offer_file_async()` request `request_id` for a peer with
+/// callbacks (`p2p_peer_config_on_offer_answered()`): `status` is `P2P_OK` and
+/// `transfer` a new handle owned by the callee (the outgoing transfer; free it with
+/// `p2p_transfer_free()`), or `status` says why not (`P2P_DECLINED`, `P2P_TIMEOUT`,
+/// `P2P_CANCELLED` after `p2p_peer_offer_cancel()`...), `transfer` is NULL and
+/// `message` (valid only during the call) the text. `request_user_data` is the one
+/// given to `p2p_peer_offer_file_async()` (also set as the transfer's user data).
+/// Called on a library thread before any byte is sent (so before any callback of the
+/// transfer); for a cancel, on the thread calling `p2p_peer_offer_cancel()` before it
+/// returns.
+pub type p2p_offer_answered_cb = Option<
+    unsafe extern "C" fn(
+        user_data: *mut c_void,
+        request_id: u64,
+        request_user_data: *mut c_void,
+        status: p2p_status,
+        transfer: *mut p2p_transfer,
+        message: *const c_char,
+    ),
+>;
+
 /// Hand `event` to `cb` as a borrowed `p2p_event`, then release it.
 fn call_transfer_event(
     cb: unsafe extern "C" fn(*mut c_void, *const p2p_event),
@@ -82,6 +103,39 @@ pub(crate) fn wire(
                     from.as_ptr(),
                     name.as_ptr(),
                     offer.size(),
+                )
+            }
+        });
+    }
+    if let Some(cb) = cbs.offer_answered {
+        let table = transfers.clone();
+        b = b.on_offer_answered(move |request, _user, result| {
+            let request_ud = table
+                .async_user_data
+                .lock()
+                .remove(&request)
+                .map_or(std::ptr::null_mut(), |u| u.ptr());
+            let (status, transfer, message) = match result {
+                Ok(t) => (
+                    p2p_status::P2P_OK,
+                    crate::transfer::new_transfer_in(id, &table, t, request_ud),
+                    c_string(""),
+                ),
+                Err(e) => {
+                    let f = FfiError::from(&e);
+                    (f.status, std::ptr::null_mut(), c_string(&f.message))
+                }
+            };
+            let _scope = Scope::enter(Owner::Peer(id));
+            // SAFETY: the caller's callback, called as documented; it owns `transfer`.
+            unsafe {
+                cb(
+                    ud.ptr(),
+                    request,
+                    request_ud,
+                    status,
+                    transfer,
+                    message.as_ptr(),
                 )
             }
         });
@@ -225,6 +279,68 @@ pub unsafe extern "C" fn p2p_peer_decline_offer(
             Err(FfiError::new(
                 p2p_status::P2P_INVALID_ARGUMENT,
                 format!("no file offer {offer_id} waits for an answer"),
+            ))
+        }
+    })
+}
+
+/// Offer the file at `path` to `user` without waiting: returns at once with
+/// `*request_id` set; the answer (as for `p2p_peer_offer_file()`) comes as a
+/// `P2P_EV_OFFER_ANSWERED` event with that id, carrying `user_data` (never
+/// dereferenced) and, once accepted, the new outgoing transfer handle, before any
+/// event of that transfer; for a peer with callbacks, through its
+/// `p2p_offer_answered_cb` instead. Needs one of the two.
+///
+/// Errors: `P2P_NULL_ARGUMENT` (peer, user, path, request_id; `user_data` may be
+/// NULL), `P2P_INVALID_UTF8`, `P2P_INVALID_ARGUMENT` (neither an event queue nor an
+/// offer-answered callback), `P2P_SHUTDOWN`, `P2P_IO` (no thread could be started).
+/// Everything else (`P2P_DECLINED`, `P2P_TIMEOUT`, `P2P_USER_NOT_FOUND`... as
+/// `p2p_peer_offer_file()`) comes in the answer.
+#[no_mangle]
+pub unsafe extern "C" fn p2p_peer_offer_file_async(
+    peer: *const p2p_peer,
+    user: *const c_char,
+    path: *const c_char,
+    user_data: *mut c_void,
+    request_id: *mut u64,
+) -> p2p_status {
+    panic::status(|| {
+        let handle = arg_ref(peer, "peer")?;
+        let user = arg_str(user, "user")?;
+        let path = arg_str(path, "path")?;
+        let out = arg_out(request_id, "request_id")?;
+        let peer = handle.get()?;
+        // Held across the start so the answer cannot be taken before its user data is
+        // listed.
+        let mut pending = handle.transfers.async_user_data.lock();
+        let id = peer.offer_file_async(user, path)?;
+        pending.insert(id, crate::userdata::UserData(user_data));
+        put(out, id);
+        Ok(())
+    })
+}
+
+/// Cancel `p2p_peer_offer_file_async()` request `request_id`: returns at once; its
+/// answer is a `P2P_EV_OFFER_ANSWERED` event with `P2P_CANCELLED` (with callbacks: the
+/// `p2p_offer_answered_cb` is called with it, on this thread, before this returns).
+/// If the other side accepts later, nothing is sent (the recipient's transfer fails)
+/// and no event of that transfer is queued.
+///
+/// Errors: `P2P_NULL_ARGUMENT`, `P2P_SHUTDOWN`, `P2P_INVALID_ARGUMENT` (no such request
+/// pending: already answered, or unknown).
+#[no_mangle]
+pub unsafe extern "C" fn p2p_peer_offer_cancel(
+    peer: *const p2p_peer,
+    request_id: u64,
+) -> p2p_status {
+    panic::status(|| {
+        let peer = arg_ref(peer, "peer")?.get()?;
+        if peer.offer_cancel(request_id) {
+            Ok(())
+        } else {
+            Err(FfiError::new(
+                p2p_status::P2P_INVALID_ARGUMENT,
+                format!("no file offer request {request_id} is pending"),
             ))
         }
     })

@@ -36,6 +36,8 @@ pub(crate) struct TransferTable {
     opening: Mutex<usize>,
     /// Signalled when `opening` drops.
     opened: Condvar,
+    /// The user data of each pending `p2p_peer_offer_file_async()` request.
+    pub(crate) async_user_data: Mutex<HashMap<u64, crate::userdata::UserData>>,
 }
 
 /// What events need of a transfer handle C holds.
@@ -95,15 +97,26 @@ impl TransferTable {
 
 /// A new handle for `transfer` of `peer`, listed in its table (owned by the caller).
 pub(crate) fn new_transfer(peer: &p2p_peer, transfer: Transfer) -> *mut p2p_transfer {
+    new_transfer_in(peer.id, &peer.transfers, transfer, std::ptr::null_mut())
+}
+
+/// A new handle for `transfer` of peer `peer_id` with `user_data`, listed in `table`
+/// (owned by the caller).
+pub(crate) fn new_transfer_in(
+    peer_id: u64,
+    table: &Arc<TransferTable>,
+    transfer: Transfer,
+    user_data: *mut c_void,
+) -> *mut p2p_transfer {
     let id = transfer.id();
-    let user_data = Arc::new(AtomicPtr::new(std::ptr::null_mut()));
+    let user_data = Arc::new(AtomicPtr::new(user_data));
     let ptr = Box::into_raw(Box::new(p2p_transfer {
         transfer,
-        peer: peer.id,
+        peer: peer_id,
         user_data: user_data.clone(),
-        table: Arc::downgrade(&peer.transfers),
+        table: Arc::downgrade(table),
     }));
-    peer.transfers
+    table
         .handles
         .lock()
         .insert(id, TransferHandle { ptr, user_data });

@@ -416,6 +416,16 @@ enum p2p_event_kind
      * name and `total` its size in bytes. Never dropped by the queue's overflow rule.
      */
     P2P_EV_FILE_OFFERED = 9,
+    /**
+     * The answer to `p2p_peer_offer_file_async()` number `id`: `status` is `P2P_OK`
+     * and `transfer` a new handle owned by the application (the outgoing transfer;
+     * free it with `p2p_transfer_free()`), or `status` says why not (`P2P_DECLINED`,
+     * `P2P_TIMEOUT`, `P2P_CANCELLED` after `p2p_peer_offer_cancel()`...), `text` the
+     * message and `transfer` NULL. `user_data` is the one given to
+     * `p2p_peer_offer_file_async()` (also set as the transfer's user data); `from` is
+     * who was offered the file. It comes before any event of that transfer.
+     */
+    P2P_EV_OFFER_ANSWERED = 10,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
@@ -779,12 +789,15 @@ typedef struct p2p_event {
     p2p_peer_event_kind peer_event;
     /**
      * Transfer events: the transfer's handle, **borrowed**: the one the application
-     * holds (from `p2p_peer_fetch()`, `p2p_peer_fetch_to()`, `p2p_peer_accept_offer()`
-     * or `p2p_peer_offer_file()`), valid until the application frees it; NULL if it
-     * was freed before the event was taken. `user_data` is then its
-     * `p2p_transfer_set_user_data()`. No event of a download or accepted offer is
-     * handed out before the call returning its handle has returned; the sending side
-     * of `p2p_peer_offer_file()` may report before that call returned (NULL then).
+     * holds (from `p2p_peer_fetch()`, `p2p_peer_fetch_to()`, `p2p_peer_accept_offer()`,
+     * `p2p_peer_offer_file()` or a `P2P_EV_OFFER_ANSWERED` event), valid until the
+     * application frees it; NULL if it was freed before the event was taken.
+     * `user_data` is then its `p2p_transfer_set_user_data()`. No event of a download,
+     * accepted offer or async offer is handed out before the call or event giving its
+     * handle; the sending side of the blocking `p2p_peer_offer_file()` may report
+     * before that call returned (NULL then: use `p2p_peer_offer_file_async()` to have
+     * the handle first). In `P2P_EV_OFFER_ANSWERED`: a new handle the application
+     * owns.
      */
     struct p2p_transfer *transfer;
 } p2p_event;
@@ -802,6 +815,25 @@ typedef struct p2p_event {
  * transfer from inside it returns `P2P_WOULD_DEADLOCK`.
  */
 typedef void (*p2p_transfer_event_cb)(void *user_data, const struct p2p_event *event);
+
+/**
+ * The answer to `p2p_peer_offer_file_async()` request `request_id` for a peer with
+ * callbacks (`p2p_peer_config_on_offer_answered()`): `status` is `P2P_OK` and
+ * `transfer` a new handle owned by the callee (the outgoing transfer; free it with
+ * `p2p_transfer_free()`), or `status` says why not (`P2P_DECLINED`, `P2P_TIMEOUT`,
+ * `P2P_CANCELLED` after `p2p_peer_offer_cancel()`...), `transfer` is NULL and
+ * `message` (valid only during the call) the text. `request_user_data` is the one
+ * given to `p2p_peer_offer_file_async()` (also set as the transfer's user data).
+ * Called on a library thread before any byte is sent (so before any callback of the
+ * transfer); for a cancel, on the thread calling `p2p_peer_offer_cancel()` before it
+ * returns.
+ */
+typedef void (*p2p_offer_answered_cb)(void *user_data,
+                                      uint64_t request_id,
+                                      void *request_user_data,
+                                      p2p_status status,
+                                      struct p2p_transfer *transfer,
+                                      const char *message);
 
 /**
  * The answer to `p2p_peer_chat_async()` request `request_id` for a peer with
@@ -1328,6 +1360,16 @@ p2p_status p2p_peer_config_on_file_offer(struct p2p_peer_config *config,
  */
 p2p_status p2p_peer_config_on_transfer_event(struct p2p_peer_config *config,
                                              p2p_transfer_event_cb callback);
+
+/**
+ * Call `callback` with the answer to each `p2p_peer_offer_file_async()` (see
+ * `p2p_offer_answered_cb`). Without it (and without an event queue)
+ * `p2p_peer_offer_file_async()` is refused.
+ *
+ * NULL unsets it. Errors: `P2P_NULL_ARGUMENT` (config).
+ */
+p2p_status p2p_peer_config_on_offer_answered(struct p2p_peer_config *config,
+                                             p2p_offer_answered_cb callback);
 
 /**
  * Connect a peer as `config` says: check the username and directories, scan the
@@ -2080,6 +2122,38 @@ p2p_status p2p_peer_accept_offer(const struct p2p_peer *peer,
  * waits: answered, expired or unknown).
  */
 p2p_status p2p_peer_decline_offer(const struct p2p_peer *peer, uint64_t offer_id);
+
+/**
+ * Offer the file at `path` to `user` without waiting: returns at once with
+ * `*request_id` set; the answer (as for `p2p_peer_offer_file()`) comes as a
+ * `P2P_EV_OFFER_ANSWERED` event with that id, carrying `user_data` (never
+ * dereferenced) and, once accepted, the new outgoing transfer handle, before any
+ * event of that transfer; for a peer with callbacks, through its
+ * `p2p_offer_answered_cb` instead. Needs one of the two.
+ *
+ * Errors: `P2P_NULL_ARGUMENT` (peer, user, path, request_id; `user_data` may be
+ * NULL), `P2P_INVALID_UTF8`, `P2P_INVALID_ARGUMENT` (neither an event queue nor an
+ * offer-answered callback), `P2P_SHUTDOWN`, `P2P_IO` (no thread could be started).
+ * Everything else (`P2P_DECLINED`, `P2P_TIMEOUT`, `P2P_USER_NOT_FOUND`... as
+ * `p2p_peer_offer_file()`) comes in the answer.
+ */
+p2p_status p2p_peer_offer_file_async(const struct p2p_peer *peer,
+                                     const char *user,
+                                     const char *path,
+                                     void *user_data,
+                                     uint64_t *request_id);
+
+/**
+ * Cancel `p2p_peer_offer_file_async()` request `request_id`: returns at once; its
+ * answer is a `P2P_EV_OFFER_ANSWERED` event with `P2P_CANCELLED` (with callbacks: the
+ * `p2p_offer_answered_cb` is called with it, on this thread, before this returns).
+ * If the other side accepts later, nothing is sent (the recipient's transfer fails)
+ * and no event of that transfer is queued.
+ *
+ * Errors: `P2P_NULL_ARGUMENT`, `P2P_SHUTDOWN`, `P2P_INVALID_ARGUMENT` (no such request
+ * pending: already answered, or unknown).
+ */
+p2p_status p2p_peer_offer_cancel(const struct p2p_peer *peer, uint64_t request_id);
 
 /**
  * Take the next event of `peer` (configured with

@@ -16,6 +16,13 @@
  * - carol accepts inside her p2p_file_offer_cb (into her download directory) and sets
  *   the user data there; her p2p_transfer_event_cb gets the done event with her
  *   handle and that user data, and the old p2p_transfer_done_cb still runs;
+ * - p2p_peer_offer_file_async from bob's queue: P2P_EV_OFFER_ANSWERED (owned transfer
+ *   handle, the request's user data) comes before the transfer's done event, which
+ *   carries that handle; from alice's callbacks: p2p_offer_answered_cb gets the
+ *   handle; p2p_peer_offer_cancel answers P2P_CANCELLED on the cancelling thread
+ *   before it returns, a second cancel is P2P_INVALID_ARGUMENT, and bob's later
+ *   accept gets nothing (his transfer fails); a peer with neither queue nor
+ *   answer callback cannot offer asynchronously;
  * - argument errors: NULLs, a missing file (P2P_IO), a directory
  *   (P2P_INVALID_ARGUMENT), user data on NULL.
  *
@@ -48,7 +55,7 @@ static void fail(int line, const char *what, p2p_status got) {
     } while (0)
 #define OK(call) EXPECT(call, P2P_OK)
 
-#define SIZE (256u * 1024 + 7)
+#define SIZE (64u * 1024 + 7)
 
 static int remove_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw) {
     (void)sb, (void)flag, (void)ftw;
@@ -124,16 +131,63 @@ static p2p_transfer *carol_transfer;
 static int carol_marker, alice_marker;
 static int carol_done_old, carol_done_event, carol_event_ok, alice_events;
 
+static p2p_transfer *carol_more[4];
+static int carol_more_n;
+
 static void carol_on_offer(void *user_data, uint64_t offer_id, const char *from,
                            const char *name, uint64_t size) {
     p2p_transfer *t = NULL;
     CHECK(user_data == &carol_marker);
-    CHECK(strcmp(from, "alice") == 0 && strcmp(name, "to carol.bin") == 0 && size == SIZE);
+    CHECK(size == SIZE);
+    if (strcmp(name, "to carol.bin") != 0) {
+        /* Later offers (async ones): taken, kept to free at the end. */
+        OK(p2p_peer_accept_offer(carol, offer_id, NULL, &t));
+        OK(p2p_transfer_set_user_data(t, &carol_marker));
+        pthread_mutex_lock(&mu);
+        if (carol_more_n < 4) carol_more[carol_more_n++] = t;
+        else p2p_transfer_free(t);
+        pthread_mutex_unlock(&mu);
+        return;
+    }
+    CHECK(strcmp(from, "alice") == 0);
     OK(p2p_peer_accept_offer(carol, offer_id, NULL, &t));
     OK(p2p_transfer_set_user_data(t, &carol_marker));
     CHECK(p2p_transfer_get_user_data(t) == &carol_marker);
     pthread_mutex_lock(&mu);
     carol_transfer = t;
+    pthread_mutex_unlock(&mu);
+}
+
+/* alice's answers to p2p_peer_offer_file_async. */
+static int answered;
+static uint64_t answered_id;
+static void *answered_ud;
+static p2p_status answered_status;
+static p2p_transfer *answered_transfer;
+static pthread_t main_thread;
+static int answered_on_main;
+
+static void alice_on_answered(void *user_data, uint64_t request_id, void *request_user_data,
+                              p2p_status status, p2p_transfer *transfer, const char *message) {
+    CHECK(user_data == &alice_marker && message != NULL);
+    CHECK((status == P2P_OK) == (transfer != NULL));
+    pthread_mutex_lock(&mu);
+    answered++;
+    answered_id = request_id;
+    answered_ud = request_user_data;
+    answered_status = status;
+    answered_transfer = transfer;
+    answered_on_main = pthread_equal(pthread_self(), main_thread);
+    pthread_cond_broadcast(&cv);
+    pthread_mutex_unlock(&mu);
+}
+
+static void wait_answered(int n) {
+    struct timespec dl;
+    clock_gettime(CLOCK_REALTIME, &dl);
+    dl.tv_sec += 20;
+    pthread_mutex_lock(&mu);
+    while (answered < n) CHECK(pthread_cond_timedwait(&cv, &mu, &dl) == 0 || answered >= n);
     pthread_mutex_unlock(&mu);
 }
 
@@ -150,9 +204,10 @@ static void carol_on_transfer_event(void *user_data, const p2p_event *e) {
     pthread_mutex_lock(&mu);
     carol_done_event++;
     /* The old callback ran first; the handle and its user data come with the event. */
-    carol_event_ok = carol_done_old == 1 && e->transfer == carol_transfer &&
-                     e->transfer != NULL && e->user_data == &carol_marker &&
-                     strstr(e->text, "to carol.bin") != NULL;
+    if (carol_done_event == 1)
+        carol_event_ok = carol_done_old == 1 && e->transfer == carol_transfer &&
+                         e->transfer != NULL && e->user_data == &carol_marker &&
+                         strstr(e->text, "to carol.bin") != NULL;
     pthread_cond_broadcast(&cv);
     pthread_mutex_unlock(&mu);
 }
@@ -184,6 +239,7 @@ static p2p_peer *connect_peer(const char *registry, const char *name, const char
     } else {
         OK(p2p_peer_config_set_user_data(config, &alice_marker));
         OK(p2p_peer_config_on_transfer_event(config, alice_on_transfer_event));
+        OK(p2p_peer_config_on_offer_answered(config, alice_on_answered));
     }
     EXPECT(p2p_peer_config_on_file_offer(NULL, NULL), P2P_NULL_ARGUMENT);
     EXPECT(p2p_peer_config_on_transfer_event(NULL, NULL), P2P_NULL_ARGUMENT);
@@ -345,6 +401,78 @@ int main(void) {
     CHECK(strncmp(saved, c_share, strlen(c_share)) == 0);
     p2p_string_free(saved);
     p2p_transfer_free(carol_transfer);
+
+    /* Async from bob's queue: the answer (an owned handle) before the transfer's end. */
+    snprintf(src, sizeof src, "%s/async.bin", root);
+    write_bytes(src, data, SIZE);
+    EXPECT(p2p_peer_offer_file_async(NULL, "carol", src, NULL, &tid), P2P_NULL_ARGUMENT);
+    EXPECT(p2p_peer_offer_file_async(bob, "carol", src, NULL, NULL), P2P_NULL_ARGUMENT);
+    EXPECT(p2p_peer_offer_file_async(carol, "bob", src, NULL, &tid), P2P_INVALID_ARGUMENT);
+    OK(p2p_peer_offer_file_async(bob, "carol", src, (void *)&e, &offer_id));
+    next_event(bob, &e);
+    CHECK(e.kind == P2P_EV_OFFER_ANSWERED && e.id == offer_id && e.status == P2P_OK);
+    CHECK(e.transfer != NULL && e.user_data == (void *)&e && strcmp(e.from, "carol") == 0);
+    t = e.transfer;
+    p2p_event_free(&e);
+    CHECK(t != NULL && p2p_transfer_get_user_data(t) == (void *)&e);
+    next_event(bob, &e);
+    CHECK(e.kind == P2P_EV_TRANSFER_DONE && e.status == P2P_OK);
+    CHECK(e.transfer == t && e.user_data == (void *)&e);
+    CHECK(strcmp(e.text, src) == 0);
+    p2p_event_free(&e);
+    OK(p2p_transfer_is_outgoing(t, &flag));
+    CHECK(flag);
+    p2p_transfer_free(t);
+
+    /* Async from alice's callbacks, accepted by bob. */
+    main_thread = pthread_self();
+    snprintf(src, sizeof src, "%s/async2.bin", root);
+    write_bytes(src, data, SIZE);
+    OK(p2p_peer_offer_file_async(alice, "bob", src, &answered, &offer_id));
+    next_event(bob, &e);
+    CHECK(e.kind == P2P_EV_FILE_OFFERED && strcmp(e.text, "async2.bin") == 0);
+    tid = e.id;
+    p2p_event_free(&e);
+    OK(p2p_peer_accept_offer(bob, tid, dest, &t));
+    wait_answered(1);
+    pthread_mutex_lock(&mu);
+    CHECK(answered_id == offer_id && answered_status == P2P_OK && answered_ud == &answered);
+    CHECK(!answered_on_main && answered_transfer != NULL);
+    CHECK(p2p_transfer_get_user_data(answered_transfer) == &answered);
+    pthread_mutex_unlock(&mu);
+    OK(p2p_transfer_wait(answered_transfer, NULL));
+    OK(p2p_transfer_wait(t, NULL));
+    p2p_transfer_free(answered_transfer);
+    p2p_transfer_free(t);
+
+    /* Cancelled while bob decides: answered on this thread before the call returns. */
+    snprintf(src, sizeof src, "%s/cancel.bin", root);
+    write_bytes(src, data, SIZE);
+    OK(p2p_peer_offer_file_async(alice, "bob", src, NULL, &offer_id));
+    for (;;) { /* bob's receiving of async2.bin may still report its end */
+        next_event(bob, &e);
+        if (e.kind != P2P_EV_TRANSFER_DONE) break;
+        p2p_event_free(&e);
+    }
+    CHECK(e.kind == P2P_EV_FILE_OFFERED && strcmp(e.text, "cancel.bin") == 0);
+    tid = e.id;
+    p2p_event_free(&e);
+    OK(p2p_peer_offer_cancel(alice, offer_id));
+    pthread_mutex_lock(&mu);
+    CHECK(answered == 2 && answered_id == offer_id && answered_status == P2P_CANCELLED);
+    CHECK(answered_on_main && answered_transfer == NULL);
+    pthread_mutex_unlock(&mu);
+    EXPECT(p2p_peer_offer_cancel(alice, offer_id), P2P_INVALID_ARGUMENT);
+    EXPECT(p2p_peer_offer_cancel(NULL, offer_id), P2P_NULL_ARGUMENT);
+    OK(p2p_peer_accept_offer(bob, tid, dest, &t));
+    CHECK(p2p_transfer_wait(t, NULL) != P2P_OK);
+    p2p_transfer_free(t);
+    snprintf(path, sizeof path, "%s/cancel.bin", dest);
+    CHECK(!exists(path));
+    for (int i = 0; i < carol_more_n; i++) {
+        OK(p2p_transfer_wait(carol_more[i], NULL));
+        p2p_transfer_free(carol_more[i]);
+    }
 
     p2p_peer_free(carol);
     p2p_peer_free(bob);
