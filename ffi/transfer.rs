@@ -417,8 +417,9 @@ pub unsafe extern "C" fn p2p_transfer_stats(
     })
 }
 
-/// The ids (`p2p_transfer_id()`) of the downloads `peer` started that are still
-/// running, oldest first. Writes at most `capacity` ids to `ids` (which may be NULL
+/// The ids (`p2p_transfer_id()`) of the transfers of `peer` still running, oldest
+/// first: downloads, and files sent or received after an offer
+/// (`p2p_transfer_is_outgoing()` tells the sending ones). Writes at most `capacity` ids to `ids` (which may be NULL
 /// when `capacity` is 0) and sets `*count_out` to how many there are (call again with
 /// a larger array if that is more than `capacity`).
 ///

@@ -1149,7 +1149,8 @@ impl Peer {
         fetch::start(&self.inner, name, file, Some(dest.as_ref()))
     }
 
-    /// The downloads started by this peer that are still running, oldest first.
+    /// The transfers of this peer still running, oldest first: downloads, and files
+    /// sent or received after an offer ([`Transfer::is_outgoing`] tells the sending ones).
     pub fn transfers(&self) -> Vec<Transfer> {
         self.inner.open_transfers.running()
     }
