@@ -12,6 +12,7 @@ use crate::panic;
 use crate::peer::{describe, p2p_peer, p2p_peer_event_kind};
 use crate::status::{p2p_status, FfiError};
 use crate::strings::{arg_out, arg_ref, arg_str, c_string, owned, put};
+use crate::transfer::{p2p_transfer, TransferTable};
 use crate::userdata::UserData;
 use p2pcore::peer::{ChatClosedBy, ChatId, Event};
 use std::ffi::{c_char, c_void};
@@ -119,6 +120,19 @@ pub enum p2p_event_kind {
     /// A background event: `peer_event` says which, `text` describes it (the same text
     /// `p2p_peer_event_cb` gets).
     P2P_EV_PEER = 8,
+    /// Someone offers a file: `id` is the offer's id (answer it with
+    /// `p2p_peer_accept_offer()` or `p2p_peer_decline_offer()` within the chat-answer
+    /// timeout), `from` the sender (always a user who proved its key), `text` the file's
+    /// name and `total` its size in bytes. Never dropped by the queue's overflow rule.
+    P2P_EV_FILE_OFFERED = 9,
+    /// The answer to `p2p_peer_offer_file_async()` number `id`: `status` is `P2P_OK`
+    /// and `transfer` a new handle owned by the application (the outgoing transfer;
+    /// free it with `p2p_transfer_free()`), or `status` says why not (`P2P_DECLINED`,
+    /// `P2P_TIMEOUT`, `P2P_CANCELLED` after `p2p_peer_offer_cancel()`...), `text` the
+    /// message and `transfer` NULL. `user_data` is the one given to
+    /// `p2p_peer_offer_file_async()` (also set as the transfer's user data); `from` is
+    /// who was offered the file. It comes before any event of that transfer.
+    P2P_EV_OFFER_ANSWERED = 10,
 }
 
 /// One event, filled by `p2p_peer_next_event()` and released by `p2p_event_free()`.
@@ -163,10 +177,21 @@ pub struct p2p_event {
     pub total: u64,
     /// `P2P_EV_PEER`: which background event.
     pub peer_event: p2p_peer_event_kind,
+    /// Transfer events: the transfer's handle, **borrowed**: the one the application
+    /// holds (from `p2p_peer_fetch()`, `p2p_peer_fetch_to()`, `p2p_peer_accept_offer()`,
+    /// `p2p_peer_offer_file()` or a `P2P_EV_OFFER_ANSWERED` event), valid until the
+    /// application frees it; NULL if it was freed before the event was taken.
+    /// `user_data` is then its `p2p_transfer_set_user_data()`. No event of a download,
+    /// accepted offer or async offer is handed out before the call or event giving its
+    /// handle; the sending side of the blocking `p2p_peer_offer_file()` may report
+    /// before that call returned (NULL then: use `p2p_peer_offer_file_async()` to have
+    /// the handle first). In `P2P_EV_OFFER_ANSWERED`: a new handle the application
+    /// owns.
+    pub transfer: *mut p2p_transfer,
 }
 
 impl p2p_event {
-    fn empty(kind: p2p_event_kind, id: u64) -> p2p_event {
+    pub(crate) fn empty(kind: p2p_event_kind, id: u64) -> p2p_event {
         p2p_event {
             kind,
             id,
@@ -181,10 +206,11 @@ impl p2p_event {
             received: 0,
             total: 0,
             peer_event: p2p_peer_event_kind::P2P_EVENT_SHARE_SKIPPED,
+            transfer: std::ptr::null_mut(),
         }
     }
 
-    fn set_text(&mut self, text: &str) {
+    pub(crate) fn set_text(&mut self, text: &str) {
         self.set_bytes(text.as_bytes());
     }
 
@@ -226,6 +252,45 @@ fn closed_by(by: ChatClosedBy) -> p2p_chat_closed_by {
         ChatClosedBy::Remote => p2p_chat_closed_by::P2P_CHAT_CLOSED_REMOTE,
         ChatClosedBy::Lost => p2p_chat_closed_by::P2P_CHAT_CLOSED_LOST,
     }
+}
+
+/// A transfer event (progress, done, failed; anything else is `P2P_EV_NONE`) with the
+/// handle C holds for that transfer and its user data.
+pub(crate) fn transfer_event(table: &TransferTable, event: Event) -> p2p_event {
+    use p2p_event_kind::*;
+    let mut e = match event {
+        Event::TransferProgress {
+            transfer,
+            received,
+            total,
+        } => {
+            let mut e = p2p_event::empty(P2P_EV_TRANSFER_PROGRESS, transfer);
+            e.received = received;
+            e.total = total;
+            e
+        }
+        Event::TransferDone { transfer, path } => {
+            let mut e = p2p_event::empty(P2P_EV_TRANSFER_DONE, transfer);
+            #[cfg(unix)]
+            e.set_bytes(std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str()));
+            #[cfg(not(unix))]
+            e.set_bytes(path.to_string_lossy().as_bytes());
+            e
+        }
+        Event::TransferFailed { transfer, error } => {
+            let mut e = p2p_event::empty(P2P_EV_TRANSFER_FAILED, transfer);
+            let f = FfiError::from(&error);
+            e.status = f.status;
+            e.set_text(&f.message);
+            e
+        }
+        _ => return p2p_event::empty(P2P_EV_NONE, 0),
+    };
+    if let Some(h) = table.handle(e.id) {
+        e.transfer = h.ptr;
+        e.user_data = h.user_data.load(Ordering::Acquire);
+    }
+    e
 }
 
 fn convert(handle: &p2p_peer, event: Event) -> p2p_event {
@@ -294,29 +359,40 @@ fn convert(handle: &p2p_peer, event: Event) -> p2p_event {
             e.closed_by = closed_by(by);
             e
         }
-        Event::TransferProgress {
-            transfer,
-            received,
-            total,
+        e @ (Event::TransferProgress { .. }
+        | Event::TransferDone { .. }
+        | Event::TransferFailed { .. }) => transfer_event(&handle.transfers, e),
+        Event::OfferAnswered {
+            request,
+            user,
+            result,
         } => {
-            let mut e = p2p_event::empty(P2P_EV_TRANSFER_PROGRESS, transfer);
-            e.received = received;
-            e.total = total;
+            let mut e = p2p_event::empty(P2P_EV_OFFER_ANSWERED, request);
+            e.from = owned(&user);
+            let ud = handle.transfers.async_user_data.lock().remove(&request);
+            e.user_data = ud.map_or(std::ptr::null_mut(), UserData::ptr);
+            match result {
+                Ok(t) => {
+                    e.transfer = crate::transfer::new_transfer_in(
+                        handle.id,
+                        &handle.transfers,
+                        t,
+                        e.user_data,
+                    );
+                }
+                Err(err) => {
+                    let f = FfiError::from(&err);
+                    e.status = f.status;
+                    e.set_text(&f.message);
+                }
+            }
             e
         }
-        Event::TransferDone { transfer, path } => {
-            let mut e = p2p_event::empty(P2P_EV_TRANSFER_DONE, transfer);
-            #[cfg(unix)]
-            e.set_bytes(std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str()));
-            #[cfg(not(unix))]
-            e.set_bytes(path.to_string_lossy().as_bytes());
-            e
-        }
-        Event::TransferFailed { transfer, error } => {
-            let mut e = p2p_event::empty(P2P_EV_TRANSFER_FAILED, transfer);
-            let f = FfiError::from(&error);
-            e.status = f.status;
-            e.set_text(&f.message);
+        Event::FileOffered(offer) => {
+            let mut e = p2p_event::empty(P2P_EV_FILE_OFFERED, offer.id());
+            e.from = owned(offer.from());
+            e.set_text(offer.name());
+            e.total = offer.size();
             e
         }
         Event::Peer(event) => {
@@ -347,8 +423,10 @@ fn free_str(p: &mut *mut c_char) {
 /// thread exits the peer returns `P2P_SHUTDOWN` (within 0.1 s when waiting without
 /// limit). It never returns a message
 /// or close of a chat while another thread's `p2p_chat_request_accept()` or
-/// `p2p_peer_chat()` that will return that chat's handle has not returned: such an
-/// event waits (within `timeout_ms`) at the head of the queue.
+/// `p2p_peer_chat()` that will return that chat's handle has not returned, nor an
+/// event of a transfer while another thread's `p2p_peer_fetch()`,
+/// `p2p_peer_fetch_to()` or `p2p_peer_accept_offer()` has not returned its handle:
+/// such an event waits (within `timeout_ms`) at the head of the queue.
 ///
 /// Errors: `P2P_NULL_ARGUMENT`, `P2P_INVALID_ARGUMENT` (the peer has no event queue),
 /// `P2P_SHUTDOWN` (the peer has exited: events still queued are dropped),
@@ -389,6 +467,18 @@ pub unsafe extern "C" fn p2p_peer_next_event(
         };
         if let Some(id) = chat {
             if !chat_ready(&handle.chats, id, deadline) {
+                peer.put_back_event(event);
+                return Err(none());
+            }
+        }
+        let transfer = match &event {
+            Event::TransferProgress { transfer, .. }
+            | Event::TransferDone { transfer, .. }
+            | Event::TransferFailed { transfer, .. } => Some(*transfer),
+            _ => None,
+        };
+        if let Some(id) = transfer {
+            if !handle.transfers.ready(id, deadline) {
                 peer.put_back_event(event);
                 return Err(none());
             }

@@ -33,6 +33,8 @@ pub mod chat;
 
 pub mod transfer;
 
+pub mod push;
+
 pub mod events;
 pub mod log;
 

@@ -116,6 +116,9 @@ pub enum p2p_peer_event_kind {
     /// `p2p_peer_accept_user_key()` with the new fingerprint, once its owner has
     /// confirmed it, lets the next attempt through.
     P2P_EVENT_KEY_CHANGED = 9,
+    /// A file offered to this peer got no answer in time and was declined; the text
+    /// names the sender and the file.
+    P2P_EVENT_FILE_OFFER_EXPIRED = 10,
 }
 
 /// Something else happened in the background; `detail` is a one-line description for
@@ -139,6 +142,12 @@ pub(crate) struct Callbacks {
     pub done: p2p_transfer_done_cb,
     pub failed: p2p_transfer_failed_cb,
     pub event: p2p_peer_event_cb,
+    /// `p2p_peer_config_on_file_offer`.
+    pub file_offer: crate::push::p2p_file_offer_cb,
+    /// `p2p_peer_config_on_transfer_event`.
+    pub transfer_event: crate::push::p2p_transfer_event_cb,
+    /// `p2p_peer_config_on_offer_answered`.
+    pub offer_answered: crate::push::p2p_offer_answered_cb,
 }
 
 /// How to connect a peer. Opaque; made by `p2p_peer_config_new()`, adjusted with the
@@ -185,6 +194,8 @@ pub struct p2p_peer {
     pub(crate) id: u64,
     /// The chats C holds handles for, released when they end.
     pub(crate) chats: Arc<ChatTable>,
+    /// The transfer handles C holds, for events to carry.
+    pub(crate) transfers: Arc<crate::transfer::TransferTable>,
 }
 
 impl p2p_peer {
@@ -287,6 +298,9 @@ pub unsafe extern "C" fn p2p_peer_config_new(
                 done: None,
                 failed: None,
                 event: None,
+                file_offer: None,
+                transfer_event: None,
+                offer_answered: None,
             },
             event_queue: None,
             chat_opened: None,
@@ -647,6 +661,52 @@ pub unsafe extern "C" fn p2p_peer_config_on_event(
     })
 }
 
+/// Call `callback` when someone offers a file (see `p2p_file_offer_cb`). Without it
+/// (and without an event queue) offers are declined at once.
+///
+/// NULL unsets it. Errors: `P2P_NULL_ARGUMENT` (config).
+#[no_mangle]
+pub unsafe extern "C" fn p2p_peer_config_on_file_offer(
+    config: *mut p2p_peer_config,
+    callback: crate::push::p2p_file_offer_cb,
+) -> p2p_status {
+    panic::status(|| {
+        config_mut(config)?.callbacks.file_offer = callback;
+        Ok(())
+    })
+}
+
+/// Call `callback` for each transfer's progress, end or failure with the transfer's
+/// handle and user data (see `p2p_transfer_event_cb`), besides the per-kind callbacks.
+///
+/// NULL unsets it. Errors: `P2P_NULL_ARGUMENT` (config).
+#[no_mangle]
+pub unsafe extern "C" fn p2p_peer_config_on_transfer_event(
+    config: *mut p2p_peer_config,
+    callback: crate::push::p2p_transfer_event_cb,
+) -> p2p_status {
+    panic::status(|| {
+        config_mut(config)?.callbacks.transfer_event = callback;
+        Ok(())
+    })
+}
+
+/// Call `callback` with the answer to each `p2p_peer_offer_file_async()` (see
+/// `p2p_offer_answered_cb`). Without it (and without an event queue)
+/// `p2p_peer_offer_file_async()` is refused.
+///
+/// NULL unsets it. Errors: `P2P_NULL_ARGUMENT` (config).
+#[no_mangle]
+pub unsafe extern "C" fn p2p_peer_config_on_offer_answered(
+    config: *mut p2p_peer_config,
+    callback: crate::push::p2p_offer_answered_cb,
+) -> p2p_status {
+    panic::status(|| {
+        config_mut(config)?.callbacks.offer_answered = callback;
+        Ok(())
+    })
+}
+
 pub(crate) fn describe(event: &PeerEvent) -> (p2p_peer_event_kind, String) {
     use p2p_peer_event_kind::*;
     match event {
@@ -740,13 +800,22 @@ pub(crate) fn describe(event: &PeerEvent) -> (p2p_peer_event_kind, String) {
                 changed.len()
             ),
         ),
+        PeerEvent::FileOfferExpired { from, file } => (
+            P2P_EVENT_FILE_OFFER_EXPIRED,
+            format!("the offer of {file:?} from {from} expired"),
+        ),
     }
 }
 
 impl p2p_peer_config {
     /// Connect, with every C callback run inside a [`Scope`] of peer `id`, and the
     /// chat-closed hook always set so `chats` releases each chat's socket as it ends.
-    fn connect(&self, id: u64, chats: &Arc<ChatTable>) -> Result<Peer, FfiError> {
+    fn connect(
+        &self,
+        id: u64,
+        chats: &Arc<ChatTable>,
+        transfers: &Arc<crate::transfer::TransferTable>,
+    ) -> Result<Peer, FfiError> {
         let mut b = Peer::builder(&self.registry, &self.username, &self.shared_dir).port(self.port);
         if let Some(ip) = self.listen_ip {
             b = b.listen_ip(ip);
@@ -857,6 +926,7 @@ impl p2p_peer_config {
                 unsafe { cb(ud.ptr(), kind, detail.as_ptr()) }
             });
         }
+        b = crate::push::wire(b, cbs, id, transfers);
         if let Some(capacity) = self.event_queue {
             b = b.event_queue(capacity);
         }
@@ -899,11 +969,13 @@ pub unsafe extern "C" fn p2p_peer_connect(
         let out = arg_out(out, "out")?;
         let id = callback::new_id();
         let chats = Arc::new(ChatTable::default());
-        let peer = config.connect(id, &chats)?;
+        let transfers = Arc::new(crate::transfer::TransferTable::default());
+        let peer = config.connect(id, &chats, &transfers)?;
         let handle = Box::new(p2p_peer {
             peer: Mutex::new(Some(Arc::new(peer))),
             id,
             chats,
+            transfers,
         });
         put(out, Box::into_raw(handle));
         Ok(())

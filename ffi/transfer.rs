@@ -5,16 +5,122 @@ use crate::panic;
 use crate::peer::p2p_peer;
 use crate::status::{p2p_status, FfiError};
 use crate::strings::{arg_out, arg_ref, arg_str, owned_path, put, put_ids};
-use p2pcore::peer::Transfer;
-use std::ffi::c_char;
+use p2pcore::peer::{Transfer, TransferId};
+use parking_lot::{Condvar, Mutex};
+use std::collections::HashMap;
+use std::ffi::{c_char, c_void};
+use std::sync::atomic::{AtomicPtr, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Instant;
 
 /// A download in progress or finished. Opaque; made by `p2p_peer_fetch()`, freed by
 /// `p2p_transfer_free()`. It may be used from any thread, also after its peer exited
 /// (the download then ends with `P2P_CANCELLED`).
 pub struct p2p_transfer {
-    transfer: Transfer,
+    pub(crate) transfer: Transfer,
     /// The id of the peer that started it (download threads are marked with it).
-    peer: u64,
+    pub(crate) peer: u64,
+    /// `p2p_transfer_set_user_data()`: shared with the peer's table, for events.
+    user_data: Arc<AtomicPtr<c_void>>,
+    /// The peer's table of transfer handles (left by `p2p_transfer_free()`).
+    table: Weak<TransferTable>,
+}
+
+/// The transfer handles C holds, by transfer id, so transfer events can carry the
+/// handle and its user data (as chat events carry the chat's).
+#[derive(Default)]
+pub(crate) struct TransferTable {
+    pub(crate) handles: Mutex<HashMap<TransferId, TransferHandle>>,
+    /// Calls that are starting a transfer (fetch, accepting an offer) and have not yet
+    /// returned its handle: events of a transfer without a handle wait for them.
+    opening: Mutex<usize>,
+    /// Signalled when `opening` drops.
+    opened: Condvar,
+    /// The user data of each pending `p2p_peer_offer_file_async()` request.
+    pub(crate) async_user_data: Mutex<HashMap<u64, crate::userdata::UserData>>,
+}
+
+/// What events need of a transfer handle C holds.
+#[derive(Clone)]
+pub(crate) struct TransferHandle {
+    pub(crate) ptr: *mut p2p_transfer,
+    pub(crate) user_data: Arc<AtomicPtr<c_void>>,
+}
+
+// SAFETY: the pointer is only handed back to C (in events), never dereferenced here.
+unsafe impl Send for TransferHandle {}
+
+/// Counts a call that is starting a transfer until its handle has been returned.
+pub(crate) struct Opening<'a>(&'a TransferTable);
+
+impl<'a> Opening<'a> {
+    pub(crate) fn start(table: &'a TransferTable) -> Opening<'a> {
+        *table.opening.lock() += 1;
+        Opening(table)
+    }
+}
+
+impl Drop for Opening<'_> {
+    fn drop(&mut self) {
+        *self.0.opening.lock() -= 1;
+        self.0.opened.notify_all();
+    }
+}
+
+impl TransferTable {
+    /// The handle C holds for transfer `id`, if any.
+    pub(crate) fn handle(&self, id: TransferId) -> Option<TransferHandle> {
+        self.handles.lock().get(&id).cloned()
+    }
+
+    /// Waits (until `deadline`; `None`: without limit) while a call starting a
+    /// transfer has not returned and transfer `id` has no handle; whether its event
+    /// may be handed out now.
+    pub(crate) fn ready(&self, id: TransferId, deadline: Option<Instant>) -> bool {
+        let mut opening = self.opening.lock();
+        let ready = |opening: usize| opening == 0 || self.handles.lock().contains_key(&id);
+        loop {
+            if ready(*opening) {
+                return true;
+            }
+            match deadline {
+                Some(d) => {
+                    if self.opened.wait_until(&mut opening, d).timed_out() {
+                        return ready(*opening);
+                    }
+                }
+                None => self.opened.wait(&mut opening),
+            }
+        }
+    }
+}
+
+/// A new handle for `transfer` of `peer`, listed in its table (owned by the caller).
+pub(crate) fn new_transfer(peer: &p2p_peer, transfer: Transfer) -> *mut p2p_transfer {
+    new_transfer_in(peer.id, &peer.transfers, transfer, std::ptr::null_mut())
+}
+
+/// A new handle for `transfer` of peer `peer_id` with `user_data`, listed in `table`
+/// (owned by the caller).
+pub(crate) fn new_transfer_in(
+    peer_id: u64,
+    table: &Arc<TransferTable>,
+    transfer: Transfer,
+    user_data: *mut c_void,
+) -> *mut p2p_transfer {
+    let id = transfer.id();
+    let user_data = Arc::new(AtomicPtr::new(user_data));
+    let ptr = Box::into_raw(Box::new(p2p_transfer {
+        transfer,
+        peer: peer_id,
+        user_data: user_data.clone(),
+        table: Arc::downgrade(table),
+    }));
+    table
+        .handles
+        .lock()
+        .insert(id, TransferHandle { ptr, user_data });
+    ptr
 }
 
 /// Start downloading `file` from `user` in the background, into the peer's download
@@ -47,12 +153,9 @@ pub unsafe extern "C" fn p2p_peer_fetch(
         let user = arg_str(user, "user")?;
         let file = arg_str(file, "file")?;
         let out = arg_out(out, "out")?;
+        let _opening = Opening::start(&peer.transfers);
         let transfer = peer.get()?.fetch(user, file)?;
-        let handle = p2p_transfer {
-            transfer,
-            peer: peer.id,
-        };
-        put(out, Box::into_raw(Box::new(handle)));
+        put(out, new_transfer(peer, transfer));
         Ok(())
     })
 }
@@ -244,12 +347,9 @@ pub unsafe extern "C" fn p2p_peer_fetch_to(
         let file = arg_str(file, "file")?;
         let dest = arg_str(dest_path, "dest_path")?;
         let out = arg_out(out, "out")?;
+        let _opening = Opening::start(&peer.transfers);
         let transfer = peer.get()?.fetch_to(user, file, dest)?;
-        let handle = p2p_transfer {
-            transfer,
-            peer: peer.id,
-        };
-        put(out, Box::into_raw(Box::new(handle)));
+        put(out, new_transfer(peer, transfer));
         Ok(())
     })
 }
@@ -317,8 +417,9 @@ pub unsafe extern "C" fn p2p_transfer_stats(
     })
 }
 
-/// The ids (`p2p_transfer_id()`) of the downloads `peer` started that are still
-/// running, oldest first. Writes at most `capacity` ids to `ids` (which may be NULL
+/// The ids (`p2p_transfer_id()`) of the transfers of `peer` still running, oldest
+/// first: downloads, and files sent or received after an offer
+/// (`p2p_transfer_is_outgoing()` tells the sending ones). Writes at most `capacity` ids to `ids` (which may be NULL
 /// when `capacity` is 0) and sets `*count_out` to how many there are (call again with
 /// a larger array if that is more than `capacity`).
 ///
@@ -346,7 +447,104 @@ pub unsafe extern "C" fn p2p_peer_transfers(
 pub unsafe extern "C" fn p2p_transfer_free(transfer: *mut p2p_transfer) {
     panic::void(|| {
         if !transfer.is_null() {
-            drop(Box::from_raw(transfer));
+            let t = Box::from_raw(transfer);
+            // No event carries this handle from now on.
+            if let Some(table) = t.table.upgrade() {
+                let mut handles = table.handles.lock();
+                if handles
+                    .get(&t.transfer.id())
+                    .is_some_and(|h| h.ptr == transfer)
+                {
+                    handles.remove(&t.transfer.id());
+                }
+            }
         }
     })
+}
+
+/// Attach `user_data` to `transfer` (the library never dereferences it): events of
+/// this transfer (`p2p_event.user_data`, in the queue and in the transfer-event
+/// callback) carry it from now on. NULL clears it.
+///
+/// Errors: `P2P_NULL_ARGUMENT` (transfer).
+#[no_mangle]
+pub unsafe extern "C" fn p2p_transfer_set_user_data(
+    transfer: *const p2p_transfer,
+    user_data: *mut c_void,
+) -> p2p_status {
+    panic::status(|| {
+        arg_ref(transfer, "transfer")?
+            .user_data
+            .store(user_data, Ordering::Release);
+        Ok(())
+    })
+}
+
+/// The user data attached to `transfer` (NULL if none, or if `transfer` is NULL).
+#[no_mangle]
+pub unsafe extern "C" fn p2p_transfer_get_user_data(transfer: *const p2p_transfer) -> *mut c_void {
+    let mut out = std::ptr::null_mut();
+    panic::void(|| {
+        if let Some(t) = transfer.as_ref() {
+            out = t.user_data.load(Ordering::Acquire);
+        }
+    });
+    out
+}
+
+/// Whether this peer sends the file (`p2p_peer_offer_file()`, accepted): progress
+/// then counts bytes sent, and `p2p_transfer_wait()` returns `P2P_OK` (with the path
+/// of the file sent) once the recipient verified and stored it. False for a download
+/// and for an accepted offer on the receiving side.
+///
+/// Errors: `P2P_NULL_ARGUMENT`.
+#[no_mangle]
+pub unsafe extern "C" fn p2p_transfer_is_outgoing(
+    transfer: *const p2p_transfer,
+    out: *mut bool,
+) -> p2p_status {
+    panic::status(|| {
+        let transfer = arg_ref(transfer, "transfer")?;
+        put(arg_out(out, "out")?, transfer.transfer.is_outgoing());
+        Ok(())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// A transfer event waits while a call starting a transfer has not returned and
+    /// the transfer has no handle, up to the deadline; it goes out once the handle is
+    /// listed, or once no call is starting one (a freed handle: at once).
+    #[test]
+    fn transfer_events_wait_for_the_call_that_returns_the_handle() {
+        let table = Arc::new(TransferTable::default());
+        assert!(table.ready(5, Some(Instant::now())));
+        let opening = Opening::start(&table);
+        let soon = Instant::now() + Duration::from_millis(50);
+        assert!(
+            !table.ready(5, Some(soon)),
+            "handed out before the call returned"
+        );
+
+        let t = table.clone();
+        let waiter = std::thread::spawn(move || t.ready(5, None));
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(!waiter.is_finished());
+        table.handles.lock().insert(
+            5,
+            TransferHandle {
+                ptr: std::ptr::null_mut(),
+                user_data: Arc::new(AtomicPtr::new(std::ptr::null_mut())),
+            },
+        );
+        // Listed: ready at once, although the call has not returned yet.
+        assert!(table.ready(5, Some(Instant::now())));
+        // The waiter sees it on the next wake-up: the call returning.
+        drop(opening);
+        assert!(waiter.join().unwrap());
+        assert!(table.ready(6, Some(Instant::now())));
+    }
 }

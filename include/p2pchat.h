@@ -341,6 +341,11 @@ enum p2p_peer_event_kind
      * confirmed it, lets the next attempt through.
      */
     P2P_EVENT_KEY_CHANGED = 9,
+    /**
+     * A file offered to this peer got no answer in time and was declined; the text
+     * names the sender and the file.
+     */
+    P2P_EVENT_FILE_OFFER_EXPIRED = 10,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
@@ -404,6 +409,23 @@ enum p2p_event_kind
      * `p2p_peer_event_cb` gets).
      */
     P2P_EV_PEER = 8,
+    /**
+     * Someone offers a file: `id` is the offer's id (answer it with
+     * `p2p_peer_accept_offer()` or `p2p_peer_decline_offer()` within the chat-answer
+     * timeout), `from` the sender (always a user who proved its key), `text` the file's
+     * name and `total` its size in bytes. Never dropped by the queue's overflow rule.
+     */
+    P2P_EV_FILE_OFFERED = 9,
+    /**
+     * The answer to `p2p_peer_offer_file_async()` number `id`: `status` is `P2P_OK`
+     * and `transfer` a new handle owned by the application (the outgoing transfer;
+     * free it with `p2p_transfer_free()`), or `status` says why not (`P2P_DECLINED`,
+     * `P2P_TIMEOUT`, `P2P_CANCELLED` after `p2p_peer_offer_cancel()`...), `text` the
+     * message and `transfer` NULL. `user_data` is the one given to
+     * `p2p_peer_offer_file_async()` (also set as the transfer's user data); `from` is
+     * who was offered the file. It comes before any event of that transfer.
+     */
+    P2P_EV_OFFER_ANSWERED = 10,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
@@ -682,46 +704,19 @@ typedef void (*p2p_transfer_failed_cb)(void *user_data,
 typedef void (*p2p_peer_event_cb)(void *user_data, p2p_peer_event_kind kind, const char *detail);
 
 /**
- * The answer to `p2p_peer_chat_async()` request `request_id` for a peer with
- * callbacks (`p2p_peer_config_on_chat_opened()`): `status` is `P2P_OK` and `chat` a
- * new handle owned by the callee (free it with `p2p_chat_free()`), or `status` says
- * why not (`P2P_CANCELLED` after `p2p_peer_chat_cancel()`), `chat` is NULL and
- * `message` (valid only during the call) the text. `request_user_data` is the one
- * given to `p2p_peer_chat_async()` (also set as the chat's user data). Called on a
- * library thread; for a cancel, on the thread calling `p2p_peer_chat_cancel()` before
- * it returns.
+ * Someone offers a file (callback mode; with an event queue it is a
+ * `P2P_EV_FILE_OFFERED` event instead). `offer_id` answers it:
+ * `p2p_peer_accept_offer()` or `p2p_peer_decline_offer()`, in the callback or later
+ * from any thread, within the chat-answer timeout (then the library declines it).
+ * `from` (a user who proved its key) and `name` (the file's name) are valid only
+ * during the call; `size` is in bytes. Called on the library thread serving the
+ * offer, which also receives the file once accepted.
  */
-typedef void (*p2p_chat_opened_cb)(void *user_data,
-                                   uint64_t request_id,
-                                   void *request_user_data,
-                                   p2p_status status,
-                                   struct p2p_chat *chat,
-                                   const char *message);
-
-/**
- * A download's progress, rate and estimated time left: see `p2p_transfer_stats()`.
- */
-typedef struct p2p_transfer_statistics {
-    /**
-     * Bytes received so far (a resumed partial file's included).
-     */
-    uint64_t bytes;
-    /**
-     * The file's size; 0 until the sender announced it (always 0 from an original
-     * client).
-     */
-    uint64_t total;
-    /**
-     * Bytes per second over the last few seconds; 0 before the first byte and once
-     * the download has ended.
-     */
-    double bytes_per_sec;
-    /**
-     * Estimated milliseconds left at that rate; -1 when unknown (no rate yet, or no
-     * total), 0 once the download has ended.
-     */
-    int64_t eta_ms;
-} p2p_transfer_statistics;
+typedef void (*p2p_file_offer_cb)(void *user_data,
+                                  uint64_t offer_id,
+                                  const char *from,
+                                  const char *name,
+                                  uint64_t size);
 
 /**
  * One event, filled by `p2p_peer_next_event()` and released by `p2p_event_free()`.
@@ -792,7 +787,95 @@ typedef struct p2p_event {
      * `P2P_EV_PEER`: which background event.
      */
     p2p_peer_event_kind peer_event;
+    /**
+     * Transfer events: the transfer's handle, **borrowed**: the one the application
+     * holds (from `p2p_peer_fetch()`, `p2p_peer_fetch_to()`, `p2p_peer_accept_offer()`,
+     * `p2p_peer_offer_file()` or a `P2P_EV_OFFER_ANSWERED` event), valid until the
+     * application frees it; NULL if it was freed before the event was taken.
+     * `user_data` is then its `p2p_transfer_set_user_data()`. No event of a download,
+     * accepted offer or async offer is handed out before the call or event giving its
+     * handle; the sending side of the blocking `p2p_peer_offer_file()` may report
+     * before that call returned (NULL then: use `p2p_peer_offer_file_async()` to have
+     * the handle first). In `P2P_EV_OFFER_ANSWERED`: a new handle the application
+     * owns.
+     */
+    struct p2p_transfer *transfer;
 } p2p_event;
+
+/**
+ * A transfer progressed, finished or failed (callback mode): `event` is a
+ * `P2P_EV_TRANSFER_PROGRESS`, `P2P_EV_TRANSFER_DONE` or `P2P_EV_TRANSFER_FAILED`
+ * event as `p2p_peer_next_event()` would give it, with `event->transfer` (the handle
+ * the application holds, borrowed; NULL if freed, or not yet returned by the call
+ * starting the transfer) and `event->user_data` (that handle's
+ * `p2p_transfer_set_user_data()`). The event and everything in it are valid only
+ * during the call: do not free it. Called on the transfer's thread, after the
+ * `p2p_transfer_progress_cb` / `_done_cb` / `_failed_cb` of the same happening (the
+ * three stay, with their ids, for compatibility); `p2p_transfer_wait()` on this
+ * transfer from inside it returns `P2P_WOULD_DEADLOCK`.
+ */
+typedef void (*p2p_transfer_event_cb)(void *user_data, const struct p2p_event *event);
+
+/**
+ * The answer to `p2p_peer_offer_file_async()` request `request_id` for a peer with
+ * callbacks (`p2p_peer_config_on_offer_answered()`): `status` is `P2P_OK` and
+ * `transfer` a new handle owned by the callee (the outgoing transfer; free it with
+ * `p2p_transfer_free()`), or `status` says why not (`P2P_DECLINED`, `P2P_TIMEOUT`,
+ * `P2P_CANCELLED` after `p2p_peer_offer_cancel()`...), `transfer` is NULL and
+ * `message` (valid only during the call) the text. `request_user_data` is the one
+ * given to `p2p_peer_offer_file_async()` (also set as the transfer's user data).
+ * Called on a library thread before any byte is sent (so before any callback of the
+ * transfer); for a cancel, on the thread calling `p2p_peer_offer_cancel()` before it
+ * returns.
+ */
+typedef void (*p2p_offer_answered_cb)(void *user_data,
+                                      uint64_t request_id,
+                                      void *request_user_data,
+                                      p2p_status status,
+                                      struct p2p_transfer *transfer,
+                                      const char *message);
+
+/**
+ * The answer to `p2p_peer_chat_async()` request `request_id` for a peer with
+ * callbacks (`p2p_peer_config_on_chat_opened()`): `status` is `P2P_OK` and `chat` a
+ * new handle owned by the callee (free it with `p2p_chat_free()`), or `status` says
+ * why not (`P2P_CANCELLED` after `p2p_peer_chat_cancel()`), `chat` is NULL and
+ * `message` (valid only during the call) the text. `request_user_data` is the one
+ * given to `p2p_peer_chat_async()` (also set as the chat's user data). Called on a
+ * library thread; for a cancel, on the thread calling `p2p_peer_chat_cancel()` before
+ * it returns.
+ */
+typedef void (*p2p_chat_opened_cb)(void *user_data,
+                                   uint64_t request_id,
+                                   void *request_user_data,
+                                   p2p_status status,
+                                   struct p2p_chat *chat,
+                                   const char *message);
+
+/**
+ * A download's progress, rate and estimated time left: see `p2p_transfer_stats()`.
+ */
+typedef struct p2p_transfer_statistics {
+    /**
+     * Bytes received so far (a resumed partial file's included).
+     */
+    uint64_t bytes;
+    /**
+     * The file's size; 0 until the sender announced it (always 0 from an original
+     * client).
+     */
+    uint64_t total;
+    /**
+     * Bytes per second over the last few seconds; 0 before the first byte and once
+     * the download has ended.
+     */
+    double bytes_per_sec;
+    /**
+     * Estimated milliseconds left at that rate; -1 when unknown (no rate yet, or no
+     * total), 0 once the download has ended.
+     */
+    int64_t eta_ms;
+} p2p_transfer_statistics;
 
 /**
  * Receives one log record.
@@ -1259,6 +1342,34 @@ p2p_status p2p_peer_config_on_transfer_failed(struct p2p_peer_config *config,
  * NULL unsets it. Errors: `P2P_NULL_ARGUMENT` (config).
  */
 p2p_status p2p_peer_config_on_event(struct p2p_peer_config *config, p2p_peer_event_cb callback);
+
+/**
+ * Call `callback` when someone offers a file (see `p2p_file_offer_cb`). Without it
+ * (and without an event queue) offers are declined at once.
+ *
+ * NULL unsets it. Errors: `P2P_NULL_ARGUMENT` (config).
+ */
+p2p_status p2p_peer_config_on_file_offer(struct p2p_peer_config *config,
+                                         p2p_file_offer_cb callback);
+
+/**
+ * Call `callback` for each transfer's progress, end or failure with the transfer's
+ * handle and user data (see `p2p_transfer_event_cb`), besides the per-kind callbacks.
+ *
+ * NULL unsets it. Errors: `P2P_NULL_ARGUMENT` (config).
+ */
+p2p_status p2p_peer_config_on_transfer_event(struct p2p_peer_config *config,
+                                             p2p_transfer_event_cb callback);
+
+/**
+ * Call `callback` with the answer to each `p2p_peer_offer_file_async()` (see
+ * `p2p_offer_answered_cb`). Without it (and without an event queue)
+ * `p2p_peer_offer_file_async()` is refused.
+ *
+ * NULL unsets it. Errors: `P2P_NULL_ARGUMENT` (config).
+ */
+p2p_status p2p_peer_config_on_offer_answered(struct p2p_peer_config *config,
+                                             p2p_offer_answered_cb callback);
 
 /**
  * Connect a peer as `config` says: check the username and directories, scan the
@@ -1908,8 +2019,9 @@ p2p_status p2p_transfer_stats(const struct p2p_transfer *transfer,
                               struct p2p_transfer_statistics *out);
 
 /**
- * The ids (`p2p_transfer_id()`) of the downloads `peer` started that are still
- * running, oldest first. Writes at most `capacity` ids to `ids` (which may be NULL
+ * The ids (`p2p_transfer_id()`) of the transfers of `peer` still running, oldest
+ * first: downloads, and files sent or received after an offer
+ * (`p2p_transfer_is_outgoing()` tells the sending ones). Writes at most `capacity` ids to `ids` (which may be NULL
  * when `capacity` is 0) and sets `*count_out` to how many there are (call again with
  * a larger array if that is more than `capacity`).
  *
@@ -1929,6 +2041,122 @@ p2p_status p2p_peer_transfers(const struct p2p_peer *peer,
 void p2p_transfer_free(struct p2p_transfer *transfer);
 
 /**
+ * Attach `user_data` to `transfer` (the library never dereferences it): events of
+ * this transfer (`p2p_event.user_data`, in the queue and in the transfer-event
+ * callback) carry it from now on. NULL clears it.
+ *
+ * Errors: `P2P_NULL_ARGUMENT` (transfer).
+ */
+p2p_status p2p_transfer_set_user_data(const struct p2p_transfer *transfer, void *user_data);
+
+/**
+ * The user data attached to `transfer` (NULL if none, or if `transfer` is NULL).
+ */
+void *p2p_transfer_get_user_data(const struct p2p_transfer *transfer);
+
+/**
+ * Whether this peer sends the file (`p2p_peer_offer_file()`, accepted): progress
+ * then counts bytes sent, and `p2p_transfer_wait()` returns `P2P_OK` (with the path
+ * of the file sent) once the recipient verified and stored it. False for a download
+ * and for an accepted offer on the receiving side.
+ *
+ * Errors: `P2P_NULL_ARGUMENT`.
+ */
+p2p_status p2p_transfer_is_outgoing(const struct p2p_transfer *transfer, bool *out);
+
+/**
+ * Offer the file at `path` (NUL-terminated UTF-8, borrowed for the call) to `user`,
+ * and block until they accept, decline or let the offer expire: at most the
+ * chat-answer timeout plus 5 s (`p2p_peer_config_set_chat_answer_timeout_ms()`), besides
+ * connecting. Offers go only over a secured link, so `user` must be registered with
+ * a key. The file is hashed first (the recipient verifies it). Once accepted, the
+ * bytes go in the background (from where a partial file of the recipient's resumes);
+ * `*out` is then the outgoing transfer, owned by the caller (free it with
+ * `p2p_transfer_free()`): its progress counts bytes sent, and `p2p_transfer_wait()`
+ * returns `P2P_OK` with `path` once the recipient verified and stored the file (later
+ * failures: `P2P_HASH_MISMATCH` if the file changed since the offer, `P2P_REFUSED`,
+ * `P2P_TIMEOUT`, `P2P_CANCELLED`, `P2P_IO`, `P2P_PROTOCOL`).
+ *
+ * Errors: `P2P_NULL_ARGUMENT`, `P2P_INVALID_UTF8`, `P2P_INVALID_ARGUMENT` (not a
+ * regular file, or a name that cannot be sent), `P2P_IO` (the file cannot be read;
+ * connecting), `P2P_DECLINED` (declined, or `user` takes no files), `P2P_TIMEOUT` (no
+ * answer in time), `P2P_BUSY` (too many offers pending there), `P2P_REFUSED` (too
+ * large for the recipient), `P2P_DENIED` (`user` has no key, or refused this peer),
+ * `P2P_INVALID_USERNAME`, `P2P_USER_NOT_FOUND`, `P2P_KEY_CHANGED`, `P2P_SHUTDOWN`,
+ * `P2P_CLOSED`, `P2P_REGISTRY`, `P2P_PROTOCOL`.
+ */
+p2p_status p2p_peer_offer_file(const struct p2p_peer *peer,
+                               const char *user,
+                               const char *path,
+                               struct p2p_transfer **out);
+
+/**
+ * Accept the pending file offer `offer_id` (from `P2P_EV_FILE_OFFERED` or
+ * `p2p_file_offer_cb`), saving the file as `dest_path` (NUL-terminated UTF-8,
+ * borrowed for the call): an existing directory (the file keeps its name) or a new
+ * file's path in an existing directory; NULL: the download directory. Returns at once
+ * with `*out` the receiving transfer, owned by the caller (free it with
+ * `p2p_transfer_free()`); its progress starts at the resumed offset when a partial
+ * file of the same content is there. The rules of a download hold: never
+ * overwriting, verified against the offered hash before the file gets its name.
+ *
+ * Errors (the offer stays pending: try another destination, or decline):
+ * `P2P_NULL_ARGUMENT` (peer, out), `P2P_INVALID_UTF8`, `P2P_ALREADY_EXISTS` (also a
+ * partial download of another file kept there), `P2P_NOT_A_DIRECTORY`, `P2P_BUSY`
+ * (the same destination is being written), `P2P_TOO_LARGE` (over the maximum size or
+ * the free space), `P2P_IO`. The offer not pending: `P2P_INVALID_ARGUMENT` (no such
+ * offer waits: answered, expired or unknown; or `dest_path` names no valid file),
+ * `P2P_TIMEOUT` (it expired meanwhile), `P2P_SHUTDOWN`. Later failures
+ * (`P2P_HASH_MISMATCH`, `P2P_TIMEOUT`, `P2P_CLOSED`, `P2P_CANCELLED`...) come from
+ * `p2p_transfer_wait()` and the failed callback.
+ */
+p2p_status p2p_peer_accept_offer(const struct p2p_peer *peer,
+                                 uint64_t offer_id,
+                                 const char *dest_path,
+                                 struct p2p_transfer **out);
+
+/**
+ * Decline the pending file offer `offer_id`; the sender's `p2p_peer_offer_file()`
+ * returns `P2P_DECLINED`.
+ *
+ * Errors: `P2P_NULL_ARGUMENT`, `P2P_SHUTDOWN`, `P2P_INVALID_ARGUMENT` (no such offer
+ * waits: answered, expired or unknown).
+ */
+p2p_status p2p_peer_decline_offer(const struct p2p_peer *peer, uint64_t offer_id);
+
+/**
+ * Offer the file at `path` to `user` without waiting: returns at once with
+ * `*request_id` set; the answer (as for `p2p_peer_offer_file()`) comes as a
+ * `P2P_EV_OFFER_ANSWERED` event with that id, carrying `user_data` (never
+ * dereferenced) and, once accepted, the new outgoing transfer handle, before any
+ * event of that transfer; for a peer with callbacks, through its
+ * `p2p_offer_answered_cb` instead. Needs one of the two.
+ *
+ * Errors: `P2P_NULL_ARGUMENT` (peer, user, path, request_id; `user_data` may be
+ * NULL), `P2P_INVALID_UTF8`, `P2P_INVALID_ARGUMENT` (neither an event queue nor an
+ * offer-answered callback), `P2P_SHUTDOWN`, `P2P_IO` (no thread could be started).
+ * Everything else (`P2P_DECLINED`, `P2P_TIMEOUT`, `P2P_USER_NOT_FOUND`... as
+ * `p2p_peer_offer_file()`) comes in the answer.
+ */
+p2p_status p2p_peer_offer_file_async(const struct p2p_peer *peer,
+                                     const char *user,
+                                     const char *path,
+                                     void *user_data,
+                                     uint64_t *request_id);
+
+/**
+ * Cancel `p2p_peer_offer_file_async()` request `request_id`: returns at once; its
+ * answer is a `P2P_EV_OFFER_ANSWERED` event with `P2P_CANCELLED` (with callbacks: the
+ * `p2p_offer_answered_cb` is called with it, on this thread, before this returns).
+ * If the other side accepts later, nothing is sent (the recipient's transfer fails)
+ * and no event of that transfer is queued.
+ *
+ * Errors: `P2P_NULL_ARGUMENT`, `P2P_SHUTDOWN`, `P2P_INVALID_ARGUMENT` (no such request
+ * pending: already answered, or unknown).
+ */
+p2p_status p2p_peer_offer_cancel(const struct p2p_peer *peer, uint64_t request_id);
+
+/**
  * Take the next event of `peer` (configured with
  * `p2p_peer_config_set_event_queue()`), waiting at most `timeout_ms` milliseconds
  * (0: do not wait; negative: without limit). Returns `P2P_OK` with `*out` filled (free
@@ -1939,8 +2167,10 @@ void p2p_transfer_free(struct p2p_transfer *transfer);
  * thread exits the peer returns `P2P_SHUTDOWN` (within 0.1 s when waiting without
  * limit). It never returns a message
  * or close of a chat while another thread's `p2p_chat_request_accept()` or
- * `p2p_peer_chat()` that will return that chat's handle has not returned: such an
- * event waits (within `timeout_ms`) at the head of the queue.
+ * `p2p_peer_chat()` that will return that chat's handle has not returned, nor an
+ * event of a transfer while another thread's `p2p_peer_fetch()`,
+ * `p2p_peer_fetch_to()` or `p2p_peer_accept_offer()` has not returned its handle:
+ * such an event waits (within `timeout_ms`) at the head of the queue.
  *
  * Errors: `P2P_NULL_ARGUMENT`, `P2P_INVALID_ARGUMENT` (the peer has no event queue),
  * `P2P_SHUTDOWN` (the peer has exited: events still queued are dropped),

@@ -52,6 +52,14 @@ pub enum Command {
     Fetch(FetchArgs),
     /// Open a chat with a user, send each MESSAGE as one message, then close it.
     Send(SendArgs),
+    /// Offer a file to a user; once they accept, send it and print its name once they
+    /// confirmed it received and verified.
+    ///
+    /// Waits for the answer (the other side's answer time, 30 s by default). Exit
+    /// status 3 when declined; 1 when unanswered, refused or failed; 130 after Ctrl-C
+    /// (a partial file stays on the other side, and the same command resumes it).
+    /// The user must be registered with a key: files go only over secured links.
+    SendFile(SendFileArgs),
     /// Print your key's fingerprint (the key is created on first use).
     ///
     /// The key is your identity: the registry gives your username only to it, and
@@ -408,6 +416,11 @@ pub struct ShareArgs {
     /// Accept every chat request (otherwise each is declined).
     #[arg(long)]
     pub accept_chats: bool,
+    /// Accept every file offered (`send-file`) into DIR (otherwise each is declined).
+    /// A file of a name already there is declined; a partial one of the same content
+    /// is resumed.
+    #[arg(long, value_name = "DIR", value_parser = parse_dir)]
+    pub accept_files: Option<PathBuf>,
     #[command(flatten)]
     pub serving: Serving,
 }
@@ -444,6 +457,23 @@ pub struct SendArgs {
     /// The messages, each sent as one chat message.
     #[arg(value_name = "MESSAGE", required = true)]
     pub messages: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct SendFileArgs {
+    #[command(flatten)]
+    pub registry: RegistryArg,
+    #[command(flatten)]
+    pub id: Identity,
+    /// Directory to share while connected (default: an empty temporary one).
+    #[arg(long, value_name = "DIR", value_parser = parse_dir)]
+    pub dir: Option<PathBuf>,
+    /// The user to send the file to.
+    #[arg(value_name = "TO_USER")]
+    pub to: String,
+    /// The file to send (it arrives under its own name).
+    #[arg(value_name = "PATH", value_parser = parse_dir)]
+    pub path: PathBuf,
 }
 
 #[derive(Debug, Args)]

@@ -12,7 +12,8 @@ use std::path::Path;
 pub const EXIT_ERROR: i32 = 1;
 /// Exit code for a command line that cannot be used (clap exits with it by itself).
 pub const EXIT_USAGE: i32 = 2;
-/// Exit code for a chat the other side declined (`p2pchat send`).
+/// Exit code for a chat (`p2pchat send`) or a file (`p2pchat send-file`) the other
+/// side declined.
 pub const EXIT_DECLINED: i32 = 3;
 /// Exit code for a key that is not the one expected: a user's or the registry's key
 /// differs from the pinned one (or from the `#FINGERPRINT` given), or `trust` was given
@@ -31,7 +32,7 @@ Exit status (every command):
   0    success
   1    error (a one-line message on stderr)
   2    usage error (bad flags or arguments)
-  3    declined: the other side declined the chat (send)
+  3    declined: the other side declined the chat (send) or file (send-file)
   4    key changed: a key differs from the pinned one (see the warning)
   5    denied: refused for who is asking (serve-only, unverified partner,
        a pinned registry without a secured session)
@@ -66,7 +67,7 @@ impl Failure {
 impl From<Error> for Failure {
     fn from(e: Error) -> Failure {
         let code = match e {
-            Error::Declined(_) => EXIT_DECLINED,
+            Error::Declined(_) | Error::OfferDeclined { .. } => EXIT_DECLINED,
             Error::KeyChanged { .. } => EXIT_KEY_CHANGED,
             Error::Denied { .. } => EXIT_DENIED,
             _ => EXIT_ERROR,

@@ -28,6 +28,7 @@ fn main() {
         Command::Share(a) => scripted::share(&a),
         Command::Fetch(a) => scripted::fetch(&a),
         Command::Send(a) => scripted::send(&a),
+        Command::SendFile(a) => scripted::send_file(&a),
         Command::Id(a) => keys::id(&a),
         Command::Trust(a) => keys::trust(&a),
     };

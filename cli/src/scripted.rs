@@ -1,11 +1,14 @@
-//! The non-interactive commands: `users`, `files`, `whois`, `share`, `fetch`, `send`.
+//! The non-interactive commands: `users`, `files`, `whois`, `share`, `fetch`, `send`,
+//! `send-file`.
 //! Each prints its result on stdout and fails with a one-line error (exit code
 //! [`output::EXIT_OUTPUT_CLOSED`] when stdout itself fails). Names, filenames
 //! and chat text from others are printed through [`crate::visible`] (names and
 //! filenames cannot hold control characters, but may hold format characters such as
 //! bidi overrides).
 
-use crate::args::{FetchArgs, FilesArgs, Identity, RegistryArg, SendArgs, ShareArgs, WhoisArgs};
+use crate::args::{
+    FetchArgs, FilesArgs, Identity, RegistryArg, SendArgs, SendFileArgs, ShareArgs, WhoisArgs,
+};
 use crate::failure::{failure_at, registry_failure, Failure};
 use crate::output;
 use crate::visible::{message, visible};
@@ -238,6 +241,15 @@ pub fn share(args: &ShareArgs) -> Result<(), Failure> {
     let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
     let dropped = Arc::new(AtomicU64::new(0));
     let accept = args.accept_chats;
+    let accept_files = args.accept_files.clone();
+    if let Some(dir) = &accept_files {
+        if !dir.is_dir() {
+            return Err(Failure::new(format!(
+                "--accept-files {}: not a directory",
+                dir.display()
+            )));
+        }
+    }
     let (t1, t2, t3, t4) = (tx.clone(), tx.clone(), tx.clone(), tx);
     let registry_down = Arc::new(AtomicBool::new(false));
     let down = registry_down.clone();
@@ -247,6 +259,7 @@ pub fn share(args: &ShareArgs) -> Result<(), Failure> {
     let unshown = Arc::new(AtomicU64::new(0));
     let hooks = |b: PeerBuilder| {
         let (t1, t2, t3, t4) = (t1.clone(), t2.clone(), t3.clone(), t4.clone());
+        let (t5, t6, t7) = (t4.clone(), t4.clone(), t4.clone());
         let (s2, s3) = (s2.clone(), s3.clone());
         let counter = counter.clone();
         let down = down.clone();
@@ -337,6 +350,25 @@ pub fn share(args: &ShareArgs) -> Result<(), Failure> {
                 };
                 // On the registry keeper's thread: never wait.
                 let _ = t4.try_send(Heard::Notice(text));
+            })
+            .on_file_offer({
+                let into = accept_files.clone();
+                move |offer| {
+                    let line = answer_offer(&offer, into.as_deref());
+                    // On a serving thread: never wait.
+                    let _ = t5.try_send(Heard::Notice(line));
+                }
+            })
+            .on_transfer_done({
+                move |_, path| {
+                    let line = format!("received {}", path.display());
+                    let _ = t6.try_send(Heard::Notice(line));
+                }
+            })
+            .on_transfer_failed({
+                move |_, e| {
+                    let _ = t7.try_send(Heard::Notice(format!("receiving a file failed: {e}")));
+                }
             })
     };
     let peer = connect_as(&args.registry, &args.id, &args.dir, false, hooks)?;
@@ -568,4 +600,111 @@ pub fn send(args: &SendArgs) -> Result<(), Failure> {
     }
     result.map_err(|e| fail(&args.registry, e))?;
     Ok(())
+}
+
+/// `share`'s answer to a file offer: accepted into `into` (`--accept-files`), else
+/// declined; the line saying so (made visible when printed).
+fn answer_offer(offer: &p2pcore::peer::FileOffer, into: Option<&Path>) -> String {
+    let mark = crate::keys::caller_mark(offer.key(), offer.is_verified(), false);
+    let what = format!(
+        "file offer from {} {mark}: {} ({})",
+        offer.from(),
+        offer.name(),
+        crate::progress::bytes(offer.size())
+    );
+    match into {
+        Some(dir) => match offer.accept_to(dir) {
+            Ok(_) => format!("{what}: accepted into {}", dir.display()),
+            Err(e) => {
+                offer.decline();
+                format!("{what}: declined ({e})")
+            }
+        },
+        None => {
+            offer.decline();
+            format!("{what}: declined (share --accept-files DIR takes files)")
+        }
+    }
+}
+
+/// `p2pchat send-file`: offer, wait for the answer, send; the file's name on stdout
+/// once the other side confirmed it received and verified it. Ctrl-C while waiting for
+/// the answer or sending stops (exit 130).
+pub fn send_file(args: &SendFileArgs) -> Result<(), Failure> {
+    if args.to == args.id.user {
+        return Err(Failure::new(format!(
+            "cannot send to {}: that is you (--user)",
+            visible(&args.to)
+        )));
+    }
+    if !args.path.is_file() {
+        return Err(Failure::new(format!(
+            "{}: not a file",
+            visible(&args.path.display().to_string())
+        )));
+    }
+    let temp;
+    let dir = match &args.dir {
+        Some(d) => d.as_path(),
+        None => {
+            temp = tempfile::Builder::new()
+                .prefix("p2pchat-send-")
+                .tempdir()
+                .map_err(|e| Failure::new(format!("cannot create a temporary directory: {e}")))?;
+            temp.path()
+        }
+    };
+    let signals = crate::signals::channel();
+    let peer = connect_as(&args.registry, &args.id, dir, true, |b| b)?;
+    // The offer blocks until answered: a watcher shuts the peer down on SIGINT/SIGTERM,
+    // which ends the wait; once sending, the progress watch takes the signals.
+    let (done_tx, done) = crossbeam_channel::bounded::<()>(0);
+    let (offered, interrupted) = std::thread::scope(|scope| {
+        let watcher = scope.spawn(|| {
+            select! {
+                recv(signals) -> _ => {
+                    peer.shutdown();
+                    true
+                }
+                recv(done) -> _ => false,
+            }
+        });
+        let offered = peer.offer_file(&args.to, &args.path);
+        drop(done_tx);
+        (offered, watcher.join().unwrap_or(false))
+    });
+    if interrupted {
+        peer.exit();
+        return Err(Failure::interrupted("interrupted; the file was not sent"));
+    }
+    let transfer = match offered {
+        Ok(t) => t,
+        Err(e) => {
+            peer.exit();
+            return Err(fail(&args.registry, e));
+        }
+    };
+    let starts = crate::progress::Starts::default();
+    let (sent, _) = transfer.progress();
+    if sent > 0 {
+        output::err_line(&format!(
+            "{} has {} of it already: sending the rest",
+            visible(&args.to),
+            crate::progress::bytes(sent)
+        ));
+    }
+    let result = crate::progress::watch(&transfer, &signals, &starts, &mut |line| {
+        output::err_line(line)
+    });
+    peer.exit();
+    match result {
+        Ok(_) => {
+            output::print(&visible(transfer.file()))?;
+            Ok(())
+        }
+        Err(Error::Cancelled) => Err(Failure::interrupted(
+            "interrupted; what arrived is kept on the other side: the same command resumes it",
+        )),
+        Err(e) => Err(fail(&args.registry, e)),
+    }
 }

@@ -257,6 +257,18 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// The named user declined a file offered to them ([`Peer::offer_file`]), or takes
+    /// no files. An offer they did not answer in time is [`Error::Timeout`]. Code
+    /// [`ErrorCode::Declined`].
+    ///
+    /// [`Peer::offer_file`]: crate::peer::Peer::offer_file
+    #[error("{peer} declined the file {file:?}")]
+    OfferDeclined {
+        /// Who declined.
+        peer: String,
+        /// The file offered.
+        file: String,
+    },
 }
 
 impl Clone for Error {
@@ -360,6 +372,10 @@ impl Clone for Error {
                 origin: origin.clone(),
                 partial: partial.clone(),
             },
+            Error::OfferDeclined { peer, file } => Error::OfferDeclined {
+                peer: peer.clone(),
+                file: file.clone(),
+            },
         }
     }
 }
@@ -395,6 +411,7 @@ impl Error {
             Error::PartialConflict { .. } => ErrorCode::AlreadyExists,
             Error::KeyChanged { .. } => ErrorCode::KeyChanged,
             Error::Denied { .. } => ErrorCode::Denied,
+            Error::OfferDeclined { .. } => ErrorCode::Declined,
         }
     }
 

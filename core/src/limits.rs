@@ -96,6 +96,8 @@ pub const MAX_SERVING_PER_ADDR: usize = 8;
 /// [`MAX_SERVING_PER_ADDR`] (a pending request holds a serving slot, so one address can
 /// hold at most that many), so one address alone cannot take every place.
 pub const MAX_PENDING_CHAT_REQUESTS: usize = 16;
+/// Most incoming file offers waiting for an answer at once (`PeerLimits::max_pending_offers`).
+pub const MAX_PENDING_OFFERS: usize = 16;
 /// Peer: most chats open at once (each holds a socket and a reader thread). Incoming
 /// chats from one address (one /64 for IPv6) count at most [`MAX_SERVING_PER_ADDR`].
 pub const MAX_OPEN_CHATS: usize = 32;

@@ -340,6 +340,13 @@ pub enum PeerRequest {
         offset: u64,
         legacy: bool,
     },
+    /// Offer to send a file (a push): `size` bytes named `name` whose BLAKE3 hash is
+    /// `hash` (lowercase hex). Only inside a secured `P2P/2` link.
+    Offer {
+        name: String,
+        size: u64,
+        hash: String,
+    },
 }
 
 impl PeerRequest {
@@ -349,6 +356,9 @@ impl PeerRequest {
             PeerRequest::Chat { from, .. } => format!("{PEER_VERSION} CHAT {from}\n"),
             PeerRequest::File { name, offset, .. } => {
                 format!("{PEER_VERSION} FILE {offset} {name}\n")
+            }
+            PeerRequest::Offer { name, size, hash } => {
+                format!("{PEER_VERSION} OFFER {size} {hash} {name}\n")
             }
         }
     }
@@ -447,6 +457,7 @@ pub fn parse_peer_request(line: &[u8]) -> Result<PeerRequest, PeerProtocolError>
                 legacy: false,
             })
         }
+        "OFFER" => parse_offer(rest),
         _ => Err(PeerProtocolError::new("bad-request", "unknown request")),
     }
 }
@@ -564,6 +575,88 @@ pub fn truncate(s: &str, max: usize) -> &str {
     &s[..end]
 }
 
+/// The rest of an `OFFER` line: `<size> <hash> <name>` (the name last: it may hold
+/// spaces).
+fn parse_offer(rest: &str) -> Result<PeerRequest, PeerProtocolError> {
+    let bad = |text: &str| PeerProtocolError::new("bad-request", text);
+    let mut parts = rest.splitn(3, ' ');
+    let (size, hash, name) = match (parts.next(), parts.next(), parts.next()) {
+        (Some(s), Some(h), Some(n)) => (s, h, n),
+        _ => return Err(bad("OFFER needs size, hash and name")),
+    };
+    if size.is_empty() || size.len() > 20 || !size.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad("invalid size"));
+    }
+    let size = size.parse::<u64>().map_err(|_| bad("invalid size"))?;
+    if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(bad("invalid hash"));
+    }
+    if check_filename(name).is_err() || name.starts_with('.') {
+        return Err(bad("invalid file name"));
+    }
+    Ok(PeerRequest::Offer {
+        name: name.to_string(),
+        size,
+        hash: hash.to_ascii_lowercase(),
+    })
+}
+
+/// An answer on a file offer's link (`docs/PROTOCOL.md` §2.6), from the receiver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OfferAnswer {
+    /// `OK <offset>`: accepted; send the bytes from `offset` (a partial file of the
+    /// same content is resumed).
+    Accepted { offset: u64 },
+    /// `OK` after the bytes: received, verified and stored.
+    Stored,
+    /// `ERR <code> <text>`: declined, busy, too large, or (after the bytes) not stored.
+    Err { code: String, text: String },
+}
+
+impl OfferAnswer {
+    /// The answer line, `\n`-terminated.
+    pub fn to_line(&self) -> String {
+        match self {
+            OfferAnswer::Accepted { offset } => format!("OK {offset}\n"),
+            OfferAnswer::Stored => "OK\n".to_string(),
+            OfferAnswer::Err { code, text } => format!("ERR {code} {text}\n"),
+        }
+    }
+}
+
+/// Parse an answer on a file offer's link (terminator removed).
+///
+/// ```
+/// use p2pcore::protocol::{parse_offer_answer, OfferAnswer};
+/// assert_eq!(parse_offer_answer("OK 42"), Ok(OfferAnswer::Accepted { offset: 42 }));
+/// assert_eq!(parse_offer_answer("OK"), Ok(OfferAnswer::Stored));
+/// ```
+pub fn parse_offer_answer(line: &str) -> Result<OfferAnswer, String> {
+    if line.len() > MAX_PEER_LINE {
+        return Err("answer line too long".into());
+    }
+    if line == "OK" {
+        return Ok(OfferAnswer::Stored);
+    }
+    if let Some(offset) = line.strip_prefix("OK ") {
+        if offset.is_empty() || offset.len() > 20 || !offset.bytes().all(|b| b.is_ascii_digit()) {
+            return Err("malformed offset in offer answer".into());
+        }
+        let offset = offset
+            .parse()
+            .map_err(|_| "malformed offset in offer answer")?;
+        return Ok(OfferAnswer::Accepted { offset });
+    }
+    if let Some(rest) = line.strip_prefix("ERR ") {
+        let (code, text) = rest.split_once(' ').unwrap_or((rest, ""));
+        return Ok(OfferAnswer::Err {
+            code: code.to_string(),
+            text: text.to_string(),
+        });
+    }
+    Err(format!("malformed offer answer: {:?}", truncate(line, 64)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -650,6 +743,74 @@ mod tests {
             let r = PeerRequest::File { name, offset, legacy: false };
             let line = r.to_line();
             prop_assert_eq!(parse_peer_request(line.trim_end_matches('\n').as_bytes()).unwrap(), r);
+        }
+    }
+
+    #[test]
+    fn offer_round_trips_and_rejects_malformed() {
+        let hash = "ab".repeat(32);
+        let r = PeerRequest::Offer {
+            name: "my notes.txt".into(),
+            size: 1234,
+            hash: hash.clone(),
+        };
+        let line = r.to_line();
+        assert_eq!(line, format!("P2P/1 OFFER 1234 {hash} my notes.txt\n"));
+        assert_eq!(parse_peer_request(line.trim_end().as_bytes()), Ok(r));
+        let upper = format!("P2P/1 OFFER 1 {} a", "AB".repeat(32));
+        assert!(
+            matches!(parse_peer_request(upper.as_bytes()), Ok(PeerRequest::Offer { hash: h, .. }) if h == hash)
+        );
+        for bad in [
+            "P2P/1 OFFER".to_string(),
+            format!("P2P/1 OFFER 12 {hash}"),
+            format!("P2P/1 OFFER -1 {hash} a"),
+            format!("P2P/1 OFFER 99999999999999999999 {hash} a"),
+            format!("P2P/1 OFFER 1 {} a", "g".repeat(64)),
+            format!("P2P/1 OFFER 1 {} a", "a".repeat(63)),
+            format!("P2P/1 OFFER 1 {hash} ../etc"),
+            format!("P2P/1 OFFER 1 {hash} a/b"),
+            format!("P2P/1 OFFER 1 {hash} .hidden"),
+            format!("P2P/1 OFFER 1 {hash} a,b"),
+        ] {
+            let e = parse_peer_request(bad.as_bytes()).unwrap_err();
+            assert_eq!(e.code, "bad-request", "{bad}");
+        }
+    }
+
+    #[test]
+    fn offer_answers_parse() {
+        assert_eq!(
+            parse_offer_answer("OK 0"),
+            Ok(OfferAnswer::Accepted { offset: 0 })
+        );
+        assert_eq!(parse_offer_answer("OK"), Ok(OfferAnswer::Stored));
+        assert_eq!(
+            parse_offer_answer("ERR declined the file was declined"),
+            Ok(OfferAnswer::Err {
+                code: "declined".into(),
+                text: "the file was declined".into()
+            })
+        );
+        for bad in [
+            "OK x",
+            "OK -1",
+            "OK 1 2",
+            "OK ",
+            "NO",
+            "OK 123456789012345678901",
+        ] {
+            assert!(parse_offer_answer(bad).is_err(), "{bad}");
+        }
+        for a in [
+            OfferAnswer::Accepted { offset: 7 },
+            OfferAnswer::Stored,
+            OfferAnswer::Err {
+                code: "busy".into(),
+                text: "later".into(),
+            },
+        ] {
+            assert_eq!(parse_offer_answer(a.to_line().trim_end()), Ok(a));
         }
     }
 }

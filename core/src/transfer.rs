@@ -164,9 +164,23 @@ pub fn send_file_sealed(
     len: u64,
     rule: MinRate,
 ) -> io::Result<u64> {
+    send_file_sealed_with(writer, file, offset, len, rule, &mut |_| true)
+}
+
+/// [`send_file_sealed`], telling `progress` the offset reached after each chunk (up to
+/// four records); `progress` returning `false` stops the sending with an error of kind
+/// `Interrupted` (a cancel). For a file push, whose sender shows its progress.
+pub fn send_file_sealed_with(
+    writer: &mut SecureWriter,
+    file: &File,
+    offset: u64,
+    len: u64,
+    rule: MinRate,
+    progress: &mut dyn FnMut(u64) -> bool,
+) -> io::Result<u64> {
     let end = range_end(offset, len)?;
     writer.socket().set_nonblocking(true)?;
-    let sent = sealed_paced(writer, file, offset, end, rule);
+    let sent = sealed_paced(writer, file, offset, end, rule, progress);
     writer.socket().set_nonblocking(false)?;
     sent.map(|()| len)
 }
@@ -177,6 +191,7 @@ fn sealed_paced(
     mut pos: u64,
     end: u64,
     rule: MinRate,
+    progress: &mut dyn FnMut(u64) -> bool,
 ) -> io::Result<()> {
     let start = Instant::now();
     let mut pacer = Pacer {
@@ -196,6 +211,12 @@ fn sealed_paced(
         };
         writer.send_with(&buf[..n], |sock, bytes| pacer.write_all(sock, bytes))?;
         pos += n as u64;
+        if !progress(pos) {
+            return Err(io::Error::new(
+                io::ErrorKind::Interrupted,
+                "sending cancelled",
+            ));
+        }
     }
     Ok(())
 }

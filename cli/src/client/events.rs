@@ -13,9 +13,12 @@
 
 use super::session::MAX_WAITING_REQUESTS;
 use crossbeam_channel::{select, Receiver, Sender};
-use p2pcore::peer::{ChatClosedBy, ChatId, ChatRequest, PeerBuilder, PeerEvent};
+use p2pcore::peer::{
+    ChatClosedBy, ChatId, ChatRequest, FileOffer, PeerBuilder, PeerEvent, TransferId,
+};
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 /// Most chat messages waiting to be shown (at most 64 KiB each, so at most 2 MiB).
@@ -35,6 +38,8 @@ pub enum Event {
     Notice(String),
     /// A warning of several lines, already made visible (a changed key).
     Warning(Vec<String>),
+    /// Someone offers a file; `at` is when the offer arrived (its timeout runs from then).
+    FileOffer { offer: FileOffer, at: Instant },
 }
 
 /// A chat message.
@@ -54,6 +59,10 @@ pub struct Queues {
     /// Set while the registry connection is lost (set and cleared by the event hook
     /// itself, so it is right even when the event queue was full).
     pub registry_down: Arc<AtomicBool>,
+    /// The transfers of accepted file offers, whose end is reported as a notice (the
+    /// session holds the lock while it accepts and notes the id, so an end cannot be
+    /// missed; bounded by the pending offers the library allows).
+    pub incoming: Arc<Mutex<HashSet<TransferId>>>,
     event_tx: Sender<Event>,
     message_tx: Sender<ChatLine>,
     stopped: Receiver<()>,
@@ -70,6 +79,7 @@ impl Queues {
             stop,
             starts: crate::progress::Starts::default(),
             registry_down: Arc::default(),
+            incoming: Arc::default(),
             event_tx,
             message_tx,
             stopped,
@@ -87,7 +97,37 @@ impl Queues {
         );
         let (messages, stopped) = (self.message_tx.clone(), self.stopped.clone());
         let (starts, down) = (self.starts.clone(), self.registry_down.clone());
+        let (t5, t6, t7) = (
+            self.event_tx.clone(),
+            self.event_tx.clone(),
+            self.event_tx.clone(),
+        );
+        let (done_ids, failed_ids) = (self.incoming.clone(), self.incoming.clone());
         builder
+            .on_file_offer(move |offer| {
+                let event = Event::FileOffer {
+                    offer,
+                    at: Instant::now(),
+                };
+                // Full: declined at once rather than left to expire.
+                if let Err(e) = t5.try_send(event) {
+                    if let Event::FileOffer { offer, .. } = e.into_inner() {
+                        offer.decline();
+                    }
+                }
+            })
+            .on_transfer_done(move |id, path| {
+                if ours(&done_ids, id) {
+                    let text = format!("received {}", path.display());
+                    let _ = t6.try_send(Event::Notice(text));
+                }
+            })
+            .on_transfer_failed(move |id, e| {
+                if ours(&failed_ids, id) {
+                    let text = format!("receiving a file failed: {e}");
+                    let _ = t7.try_send(Event::Notice(text));
+                }
+            })
             .on_chat_request(move |request| {
                 // Full: the request is dropped here, which declines it.
                 let _ = t1.try_send(Event::ChatRequest {
@@ -155,4 +195,12 @@ impl Queues {
                 let _ = t4.try_send(event);
             })
     }
+}
+
+/// Whether transfer `id` is an accepted offer's (taken out of the set).
+fn ours(incoming: &Mutex<HashSet<TransferId>>, id: TransferId) -> bool {
+    incoming
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&id)
 }

@@ -1,6 +1,8 @@
 //! The running client: waits on typed lines, signals and peer events at once; queues
-//! incoming chat requests and asks about them one at a time; runs chats (during which
-//! the menu is disabled).
+//! incoming chat requests and file offers and asks about them one at a time; runs
+//! chats (during which the menu is disabled, and offers are declined as busy). An
+//! accepted file goes into the download directory in the background; a line says when
+//! it is there (or why not).
 //!
 //! A chat request never takes a line meant for another prompt. Requests wait in a
 //! queue (at most [`MAX_WAITING_REQUESTS`]) and are asked about only at a menu prompt,
@@ -27,7 +29,7 @@ use crate::output;
 use crate::style::Style;
 use crate::visible::{message, visible};
 use crossbeam_channel::{never, select, Receiver};
-use p2pcore::peer::{Chat, ChatClosedBy, ChatRequest, Peer};
+use p2pcore::peer::{Chat, ChatClosedBy, ChatRequest, FileOffer, Peer};
 use std::collections::{HashMap, VecDeque};
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
@@ -40,9 +42,48 @@ const MAX_REMEMBERED: usize = 1024;
 /// At most one line about requests declined without asking per this long.
 const NOTE_EVERY: Duration = Duration::from_secs(3);
 
-/// A chat request waiting for the person.
+/// What a waiting request asks: to chat, or to take a file.
+enum Ask {
+    Chat(ChatRequest),
+    File(FileOffer),
+}
+
+impl Ask {
+    fn is_pending(&self) -> bool {
+        match self {
+            Ask::Chat(r) => r.is_pending(),
+            Ask::File(o) => o.is_pending(),
+        }
+    }
+
+    fn is_verified(&self) -> bool {
+        match self {
+            Ask::Chat(r) => r.is_verified(),
+            Ask::File(o) => o.is_verified(),
+        }
+    }
+
+    fn decline(self) {
+        match self {
+            Ask::Chat(r) => r.decline(),
+            Ask::File(o) => {
+                o.decline();
+            }
+        }
+    }
+
+    /// What it is, for lines about it.
+    fn what(&self) -> &'static str {
+        match self {
+            Ask::Chat(_) => "chat request",
+            Ask::File(_) => "file offer",
+        }
+    }
+}
+
+/// A chat request or file offer waiting for the person.
 struct Waiting {
-    request: ChatRequest,
+    request: Ask,
     from: String,
     /// The line about the caller's key, or a loud UNVERIFIED mark ([`crate::keys::caller_line`]).
     mark: String,
@@ -309,7 +350,8 @@ impl Session {
     /// Handle an event outside a chat.
     fn on_event(&mut self, event: Event) {
         match event {
-            Event::ChatRequest { request, at } => self.queue_request(request, at),
+            Event::ChatRequest { request, at } => self.queue_request(Ask::Chat(request), at),
+            Event::FileOffer { offer, at } => self.queue_request(Ask::File(offer), at),
             Event::RequestExpired { from } => {
                 // Only what is still queued; the rest was reported when it left.
                 if self.waiting.iter().any(|w| w.from == from) {
@@ -333,8 +375,12 @@ impl Session {
     }
 
     /// Queue `request`, or decline it: a repeat, or too many waiting.
-    fn queue_request(&mut self, request: ChatRequest, at: Instant) {
-        let from = request.from().to_string();
+    fn queue_request(&mut self, request: Ask, at: Instant) {
+        let from = match &request {
+            Ask::Chat(r) => r.from().to_string(),
+            Ask::File(o) => o.from().to_string(),
+        };
+        let what = request.what();
         let now = Instant::now();
         let repeat = self.waiting.iter().any(|w| w.from == from)
             || self
@@ -345,7 +391,7 @@ impl Session {
             request.decline();
             let secs = self.repeat_window.as_secs();
             let text = format!(
-                "declined a repeated chat request from {} (one request per {secs} s per person is asked about)",
+                "declined a repeated {what} from {} (one request per {secs} s per person is asked about)",
                 visible(&from)
             );
             self.note_refusal(&from, text);
@@ -355,18 +401,18 @@ impl Session {
         if self.waiting.len() >= MAX_WAITING_REQUESTS {
             request.decline();
             let text = format!(
-                "declined a chat request from {}: {MAX_WAITING_REQUESTS} requests are already waiting",
+                "declined a {what} from {}: {MAX_WAITING_REQUESTS} requests are already waiting",
                 visible(&from)
             );
             self.note_refusal(&from, text);
             return;
         }
-        let mark = crate::keys::caller_line(
-            &from,
-            request.key(),
-            request.is_verified(),
-            request.is_legacy(),
-        );
+        let mark = match &request {
+            Ask::Chat(r) => {
+                crate::keys::caller_line(&from, r.key(), r.is_verified(), r.is_legacy())
+            }
+            Ask::File(o) => crate::keys::caller_line(&from, o.key(), o.is_verified(), false),
+        };
         self.waiting.push_back(Waiting {
             request,
             from,
@@ -452,14 +498,15 @@ impl Session {
                 continue;
             }
             if let Some(w) = self.waiting.remove(i) {
+                let what = w.request.what();
                 let text = if w.announced {
                     format!(
-                        "the chat request from {} expired: no answer in time, so it was declined",
+                        "the {what} from {} expired: no answer in time, so it was declined",
                         visible(&w.from)
                     )
                 } else {
                     format!(
-                        "a chat request from {} expired while you were busy",
+                        "a {what} from {} expired while you were busy",
                         visible(&w.from)
                     )
                 };
@@ -485,8 +532,16 @@ impl Session {
             } else {
                 self.style.red(&mark)
             };
+            let wants = match &head.request {
+                Ask::Chat(_) => "wants to chat with you".to_string(),
+                Ask::File(o) => format!(
+                    "offers you the file {} ({})",
+                    visible(o.name()),
+                    crate::progress::bytes(o.size())
+                ),
+            };
             let line = self.style.yellow(&format!(
-                "*** {from} wants to chat with you (answer within {secs} s; menu choices still work) ***"
+                "*** {from} {wants} (answer within {secs} s; menu choices still work) ***"
             ));
             self.say(line);
             self.say(mark);
@@ -494,7 +549,48 @@ impl Session {
                 head.announced = true;
             }
         }
-        format!("Accept chat with {from}? [y/n]: ")
+        match self.waiting.front().map(|w| &w.request) {
+            Some(Ask::File(o)) => {
+                format!("Accept the file {} from {from}? [y/n]: ", visible(o.name()))
+            }
+            _ => format!("Accept chat with {from}? [y/n]: "),
+        }
+    }
+
+    /// Accept file offer `offer` (from `from`) into the download directory; its end is
+    /// reported as a notice.
+    fn accept_file(&mut self, offer: FileOffer, from: &str) {
+        let name = visible(offer.name()).into_owned();
+        let accepted = {
+            // Held while the id is noted, so the transfer's end cannot be missed.
+            let mut incoming = self
+                .queues
+                .incoming
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            offer.accept().inspect(|t| {
+                incoming.insert(t.id());
+            })
+        };
+        match accepted {
+            Ok(_) => {
+                self.recent.remove(from);
+                let line = self.style.green(&format!(
+                    "receiving {name} from {} into {}; a line says when it is here",
+                    visible(from),
+                    visible(&self.peer.download_dir().display().to_string())
+                ));
+                self.say(line);
+            }
+            Err(e) => {
+                offer.decline();
+                let line = self.style.red(&format!(
+                    "cannot take {name}: {}; declined",
+                    visible(&e.to_string())
+                ));
+                self.say(line);
+            }
+        }
     }
 
     /// Accept the first waiting request and run the chat; whether a chat ran.
@@ -502,7 +598,14 @@ impl Session {
         let Some(w) = self.waiting.pop_front() else {
             return Ok(false);
         };
-        match w.request.accept() {
+        let request = match w.request {
+            Ask::Chat(r) => r,
+            Ask::File(offer) => {
+                self.accept_file(offer, &w.from);
+                return Ok(false);
+            }
+        };
+        match request.accept() {
             Ok(chat) => {
                 if let Some(warning) = crate::keys::unsecured_chat(&chat) {
                     let warning = self.style.red(&warning);
@@ -526,8 +629,9 @@ impl Session {
 
     fn decline_head(&mut self) {
         if let Some(w) = self.waiting.pop_front() {
+            let what = w.request.what();
             w.request.decline();
-            let text = format!("declined the chat request from {}", visible(&w.from));
+            let text = format!("declined the {what} from {}", visible(&w.from));
             self.say(text);
         }
     }
@@ -655,6 +759,15 @@ impl Session {
                         request.decline();
                         let text = format!(
                             "declined a chat request from {}: you are busy",
+                            visible(&from)
+                        );
+                        self.note_refusal(&from, text);
+                    }
+                    Ok(Event::FileOffer { offer, .. }) => {
+                        let from = offer.from().to_string();
+                        offer.decline();
+                        let text = format!(
+                            "declined a file offer from {}: you are busy chatting",
                             visible(&from)
                         );
                         self.note_refusal(&from, text);

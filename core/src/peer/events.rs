@@ -11,9 +11,9 @@
 //! - **Transfer progress is coalesced**: at most one progress event per transfer waits
 //!   in the queue; a newer one updates it in place. Progress never blocks and never
 //!   counts against the capacity.
-//! - **Must-deliver events** (a chat request, the answer to [`Peer::chat_async`], a
-//!   chat's close, a transfer's done or failed) are never dropped and never wait: they
-//!   go in even past the capacity (a reserved overflow). Their number is bounded by the
+//! - **Must-deliver events** (a chat request, a file offer, the answer to
+//!   [`Peer::chat_async`], a chat's close, a transfer's done or failed) are never
+//!   dropped and never wait: they go in even past the capacity (a reserved overflow). Their number is bounded by the
 //!   peer's own limits (open chats, pending requests, transfers), and some are produced
 //!   on the application's own thread (closing a chat from the loop that drains the
 //!   queue), where waiting for room would deadlock.
@@ -26,7 +26,7 @@
 //!   ([`Peer::events_dropped`]).
 
 use super::{Chat, ChatClosedBy, ChatId, ChatRequest, Inner, Peer, PeerBuilder, PeerEvent};
-use super::{Hooks, TransferId};
+use super::{FileOffer, Hooks, TransferId};
 use crate::error::{Error, Result};
 use parking_lot::{Condvar, Mutex};
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -93,6 +93,21 @@ pub enum Event {
     },
     /// Any other background event.
     Peer(PeerEvent),
+    /// Someone offers a file: answer through the offer (see [`FileOffer`]) or by its
+    /// id ([`Peer::accept_offer`], [`Peer::decline_offer`]). Never dropped.
+    FileOffered(FileOffer),
+    /// The answer to [`Peer::offer_file_async`] number `request`: the outgoing
+    /// transfer once accepted, or why not ([`Error::OfferDeclined`],
+    /// [`Error::Timeout`], [`Error::Cancelled`] after [`Peer::offer_cancel`]…). It comes
+    /// before any event of that transfer. Never dropped.
+    OfferAnswered {
+        /// The number [`Peer::offer_file_async`] returned.
+        request: u64,
+        /// Who was offered the file.
+        user: String,
+        /// The outgoing transfer, or the error.
+        result: Result<super::Transfer>,
+    },
 }
 
 /// What waits in the queue: an event, or the place of a transfer's coalesced progress.
@@ -112,12 +127,17 @@ struct State {
     /// `chat_async` requests not answered yet, with whom they ask.
     pending: HashMap<u64, String>,
     /// Chats opened for a cancelled `chat_async` request: nobody was given them, so
-    /// none of their events is queued.
+    /// none of their events is queued. Also transfers of a cancelled
+    /// `offer_file_async` request (chat and transfer ids come from one counter).
     muted: HashSet<ChatId>,
+    /// `offer_file_async` requests not answered yet, with whom they ask.
+    offers: HashMap<u64, String>,
 }
 
 /// The answer hook for [`Peer::chat_async`] in hook mode: `(request, user, result)`.
 pub(crate) type OpenedHook = dyn Fn(u64, &str, Result<Chat>) + Send + Sync;
+/// The answer hook for [`Peer::offer_file_async`] in hook mode: `(request, user, result)`.
+pub(crate) type AnsweredHook = dyn Fn(u64, &str, Result<super::Transfer>) + Send + Sync;
 
 /// A peer's event queue (see the module documentation for the overflow rule). Every
 /// peer has one for the bookkeeping of [`Peer::chat_async`]; only a peer built with
@@ -126,6 +146,8 @@ pub(crate) struct EventQueue {
     queued: bool,
     /// Hook mode: where [`Peer::chat_async`]'s answers go.
     opened_hook: Option<Arc<OpenedHook>>,
+    /// Hook mode: where [`Peer::offer_file_async`]'s answers go.
+    answered_hook: Option<Arc<AnsweredHook>>,
     capacity: usize,
     state: Mutex<State>,
     /// Signalled when an entry is added (consumers) or taken (waiting producers).
@@ -143,6 +165,7 @@ impl EventQueue {
         EventQueue {
             queued: true,
             opened_hook: None,
+            answered_hook: None,
             capacity: capacity.max(1),
             state: Mutex::new(State::default()),
             changed: Condvar::new(),
@@ -226,6 +249,77 @@ impl EventQueue {
         }
     }
 
+    /// Deliver the answer to an `offer_file_async` request (already taken out of
+    /// `offers` under `state`): queued ahead of any event of its transfer, or given to
+    /// the hook (outside the lock); with neither, an accepted transfer is cancelled.
+    fn answer_offer(
+        &self,
+        mut state: parking_lot::MutexGuard<'_, State>,
+        request: u64,
+        user: String,
+        result: Result<super::Transfer>,
+    ) {
+        if self.queued {
+            let id = result.as_ref().ok().map(super::Transfer::id);
+            let first = id.and_then(|id| {
+                state.entries.iter().position(|e| match e {
+                    Entry::Progress(t) => *t == id,
+                    Entry::Event(
+                        Event::TransferDone { transfer, .. }
+                        | Event::TransferFailed { transfer, .. },
+                    ) => *transfer == id,
+                    _ => false,
+                })
+            });
+            let event = Entry::Event(Event::OfferAnswered {
+                request,
+                user,
+                result,
+            });
+            match first {
+                Some(at) => {
+                    state.entries.insert(at, event);
+                    self.changed.notify_all();
+                }
+                None => self.put(&mut state, event, false),
+            }
+            return;
+        }
+        drop(state);
+        match &self.answered_hook {
+            Some(h) => crate::thread::call_hook(|| h(request, &user, result)),
+            None => {
+                if let Ok(t) = result {
+                    t.cancel();
+                }
+            }
+        }
+    }
+
+    /// Transfer `id` belongs to a cancelled offer: drop its queued events and queue
+    /// none from now on.
+    fn mute_transfer(&self, id: TransferId) {
+        let mut state = self.state.lock();
+        state.muted.insert(id);
+        state.progress.remove(&id);
+        let before = state.entries.len();
+        state.entries.retain(|e| match e {
+            Entry::Progress(t) => *t != id,
+            Entry::Event(
+                Event::TransferDone { transfer, .. } | Event::TransferFailed { transfer, .. },
+            ) => *transfer != id,
+            _ => true,
+        });
+        #[cfg(unix)]
+        if before > 0 && state.entries.is_empty() {
+            if let Some(n) = &self.notify {
+                n.clear();
+            }
+        }
+        let _ = before;
+        self.changed.notify_all();
+    }
+
     /// A must-deliver event: in at once, past the capacity if need be.
     fn push_always(&self, event: Event) {
         let mut state = self.state.lock();
@@ -289,6 +383,9 @@ impl EventQueue {
 
     fn push_progress(&self, transfer: TransferId, received: u64, total: u64) {
         let mut state = self.state.lock();
+        if state.muted.contains(&transfer) {
+            return;
+        }
         if state.progress.insert(transfer, (received, total)).is_none() {
             self.put(&mut state, Entry::Progress(transfer), false);
         }
@@ -384,6 +481,8 @@ impl EventQueue {
             })
         };
         let q = self.clone();
+        let offer = move |o: FileOffer| q.push_always(Event::FileOffered(o));
+        let q = self.clone();
         let event = move |e: &PeerEvent| q.push_or_drop(Event::Peer(e.clone()));
         Hooks {
             chat_request: Some(Arc::new(request)),
@@ -394,15 +493,20 @@ impl EventQueue {
             failed: Some(Arc::new(failed)),
             event: Some(Arc::new(event)),
             chat_opened: None,
+            file_offer: Some(Arc::new(offer)),
+            offer_answered: None,
         }
     }
 }
 
-/// Whether `event` is of a chat nobody was given (see `State::muted`).
+/// Whether `event` is of a chat or transfer nobody was given (see `State::muted`).
 fn is_muted(state: &State, event: &Event) -> bool {
     match event {
         Event::ChatMessage { chat, .. } | Event::ChatClosed { chat, .. } => {
             state.muted.contains(chat)
+        }
+        Event::TransferDone { transfer, .. } | Event::TransferFailed { transfer, .. } => {
+            state.muted.contains(transfer)
         }
         _ => false,
     }
@@ -532,12 +636,25 @@ impl PeerBuilder {
         self
     }
 
+    /// Hook mode: the answer to [`Peer::offer_file_async`] request `(request, user,
+    /// result)`, called on a library thread (or, for [`Peer::offer_cancel`], on the
+    /// cancelling thread before it returns). Without it (and without an event queue)
+    /// `offer_file_async` is refused.
+    pub fn on_offer_answered(
+        mut self,
+        f: impl Fn(u64, &str, Result<super::Transfer>) + Send + Sync + 'static,
+    ) -> Self {
+        self.hooks.offer_answered = Some(Arc::new(f));
+        self
+    }
+
     /// The queue to connect with; with an event queue its hooks replace the others.
     pub(super) fn take_queue(&mut self) -> Option<Arc<EventQueue>> {
         let Some(capacity) = self.events else {
             let mut q = EventQueue::new(1);
             q.queued = false;
             q.opened_hook = self.hooks.chat_opened.clone();
+            q.answered_hook = self.hooks.offer_answered.clone();
             #[cfg(unix)]
             {
                 q.notify = None;
@@ -674,6 +791,86 @@ impl Peer {
             return false;
         };
         q.answer(state, request, user, Err(Error::Cancelled));
+        true
+    }
+
+    /// Offer the file at `path` to `user` without waiting: returns a request number at
+    /// once; the answer (see [`Peer::offer_file`]) arrives as [`Event::OfferAnswered`]
+    /// with that number (or, without an event queue, through the
+    /// [`PeerBuilder::on_offer_answered`] hook), ahead of any event of its transfer.
+    /// Needs one of the two ([`Error::InvalidArgument`] without).
+    pub fn offer_file_async(&self, user: &str, path: impl AsRef<std::path::Path>) -> Result<u64> {
+        let q = self
+            .events
+            .clone()
+            .filter(|q| q.queued || q.answered_hook.is_some())
+            .ok_or_else(|| {
+                Error::InvalidArgument(
+                    "offer_file_async needs an event queue or an on_offer_answered hook".into(),
+                )
+            })?;
+        if self.inner.stopping() {
+            return Err(Error::Shutdown);
+        }
+        let request = q.next_request.fetch_add(1, Ordering::Relaxed);
+        q.state.lock().offers.insert(request, user.to_string());
+        let inner = self.inner.clone();
+        let name = user.to_string();
+        let path = path.as_ref().to_path_buf();
+        let queue = q.clone();
+        let spawned = self
+            .inner
+            .threads
+            .spawn(&format!("p2p-offer-{request}"), move || {
+                let q = queue;
+                // Answered as soon as accepted, before the sending starts: the answer
+                // comes before any event of the transfer.
+                let mut answered = false;
+                let result = super::push::offer_with(&inner, &name, &path, &mut |t| {
+                    let mut state = q.state.lock();
+                    if state.offers.remove(&request).is_none() {
+                        // Cancelled meanwhile (answered already): send nothing, and
+                        // report nothing of the transfer.
+                        drop(state);
+                        if q.queued {
+                            q.mute_transfer(t.id());
+                        }
+                        return false;
+                    }
+                    answered = true;
+                    q.answer_offer(state, request, name.clone(), Ok(t.clone()));
+                    true
+                });
+                if answered {
+                    return;
+                }
+                let mut state = q.state.lock();
+                if state.offers.remove(&request).is_none() {
+                    return; // cancelled: answered already
+                }
+                q.answer_offer(state, request, name, result);
+            });
+        if let Err(e) = spawned {
+            q.state.lock().offers.remove(&request);
+            return Err(e.into());
+        }
+        Ok(request)
+    }
+
+    /// Cancel [`offer_file_async`](Self::offer_file_async) request `request`: its
+    /// answer, at once, is [`Event::OfferAnswered`] with [`Error::Cancelled`] (in hook
+    /// mode the hook gets it, on this thread); if the other side accepts later, the
+    /// transfer is stopped at once and none of its events is queued. `false` if the
+    /// request was already answered (or is unknown).
+    pub fn offer_cancel(&self, request: u64) -> bool {
+        let Some(q) = &self.events else {
+            return false;
+        };
+        let mut state = q.state.lock();
+        let Some(user) = state.offers.remove(&request) else {
+            return false;
+        };
+        q.answer_offer(state, request, user, Err(Error::Cancelled));
         true
     }
 

@@ -47,6 +47,9 @@ pub(crate) struct TransferShared {
     discard: AtomicBool,
     /// Recent `(when, bytes received)` samples, oldest first, for the rate.
     samples: Mutex<VecDeque<(Instant, u64)>>,
+    /// This peer sends the file (a file it offered, [`super::Peer::offer_file`]):
+    /// `from` is then the recipient, and nothing is ever discarded.
+    outgoing: bool,
 }
 
 /// How far a download is, how fast it goes and when it should end: see
@@ -103,7 +106,8 @@ impl TransferShared {
     /// Remove the partial file if `cancel_discard` asked for it and the download did
     /// not succeed. Called with the result lock held.
     fn discard_if_asked(&self, result: &Option<Result<PathBuf>>) {
-        if !self.discard.load(Ordering::SeqCst) || !matches!(result, Some(Err(_))) {
+        if self.outgoing || !self.discard.load(Ordering::SeqCst) || !matches!(result, Some(Err(_)))
+        {
             return;
         }
         match crate::transfer::remove_partial(&self.part_path) {
@@ -129,9 +133,19 @@ impl Transfer {
         self.shared.id
     }
 
-    /// Who the file comes from.
+    /// Who the file comes from; for a file this peer sends
+    /// ([`is_outgoing`](Self::is_outgoing)), who it goes to.
     pub fn from(&self) -> &str {
         &self.shared.from
+    }
+
+    /// Whether this peer sends the file (a file offered with
+    /// [`Peer::offer_file`](super::Peer::offer_file) and accepted): progress then counts
+    /// the bytes sent, and [`wait`](Self::wait) gives the path of the file sent once the
+    /// recipient confirmed it verified and stored it. `false` for a download and for an
+    /// accepted offer on the receiving side.
+    pub fn is_outgoing(&self) -> bool {
+        self.shared.outgoing
     }
 
     /// The file's name.
@@ -322,6 +336,7 @@ pub(super) fn start(
         part_path: receiver.partial_path().to_path_buf(),
         discard: AtomicBool::new(false),
         samples: Mutex::new(VecDeque::from([(Instant::now(), receiver.offset())])),
+        outgoing: false,
     });
     inner.note_transfer(&shared);
     let t = shared.clone();
@@ -351,6 +366,18 @@ fn run(
     if let Some(s) = t.socket.lock().take() {
         let _ = s.shutdown(Shutdown::Both);
     }
+    finish(&inner, &t, result, done);
+}
+
+/// The end of a transfer, whatever it was: a cancel reported as such, a file received
+/// into the share shared, the hooks told, the result stored (waking every waiter when
+/// `done` drops).
+pub(super) fn finish(
+    inner: &Inner,
+    t: &Arc<TransferShared>,
+    result: Result<PathBuf>,
+    done: Sender<()>,
+) {
     let result = result.map_err(|e| {
         if t.cancelled.load(Ordering::SeqCst) || inner.stopping() {
             Error::Cancelled
@@ -358,7 +385,7 @@ fn run(
             e
         }
     });
-    if let Ok(path) = &result {
+    if let (Ok(path), false) = (&result, t.outgoing) {
         // Share what was just downloaded, as the original client did (`UP`).
         if path.parent() == Some(inner.share.dir()) {
             if let Err(e) = inner.rescan() {
@@ -572,7 +599,7 @@ fn conflict(t: &TransferShared, receiver: &Receiver, origin: &str) -> Error {
 /// when `restart`, else from the partial's length): check the bounds, record the
 /// origin, then receive with the minimum-rate rule.
 #[allow(clippy::too_many_arguments)]
-fn receive(
+pub(super) fn receive(
     inner: &Inner,
     t: &TransferShared,
     mut receiver: Receiver,
@@ -790,5 +817,87 @@ impl OpenTransfers {
 impl Inner {
     fn note_transfer(&self, t: &Arc<TransferShared>) {
         self.open_transfers.add(t);
+    }
+}
+
+impl TransferShared {
+    /// A transfer for a file push (see [`super::push`]): `peer` is the other side,
+    /// `part_path` the partial file (receiving) or empty (sending); `received` bytes
+    /// are there already, of `total`. Noted among the open transfers; the sender
+    /// returned is dropped by [`finish`].
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn new_push(
+        inner: &Inner,
+        peer: &str,
+        file: &str,
+        partner: Partner,
+        part_path: PathBuf,
+        outgoing: bool,
+        received: u64,
+        total: u64,
+    ) -> (Arc<TransferShared>, Sender<()>) {
+        let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(0);
+        let shared = Arc::new(TransferShared {
+            id: inner.next_id(),
+            from: peer.to_string(),
+            file: file.to_string(),
+            legacy: false,
+            received: AtomicU64::new(received),
+            total: AtomicU64::new(total),
+            cancelled: AtomicBool::new(false),
+            socket: Mutex::new(None),
+            result: Mutex::new(None),
+            finished: done_rx,
+            partner,
+            part_path,
+            discard: AtomicBool::new(false),
+            samples: Mutex::new(VecDeque::from([(Instant::now(), received)])),
+            outgoing,
+        });
+        inner.note_transfer(&shared);
+        (shared, done_tx)
+    }
+
+    pub(super) fn id(&self) -> TransferId {
+        self.id
+    }
+
+    /// The other side's username.
+    pub(super) fn peer_name(&self) -> &str {
+        &self.from
+    }
+
+    pub(super) fn file_name(&self) -> &str {
+        &self.file
+    }
+
+    /// Keep a clone of the transfer's socket, so a cancel can shut it down.
+    pub(super) fn set_socket(&self, s: &TcpStream) {
+        if let Ok(c) = s.try_clone() {
+            *self.socket.lock() = Some(c);
+        }
+    }
+
+    pub(super) fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::SeqCst)
+    }
+
+    /// `got` bytes sent or received by now.
+    pub(super) fn note_progress(&self, got: u64) {
+        self.received.store(got, Ordering::Relaxed);
+        self.sample(got);
+    }
+
+    /// Close the transfer's socket (the transfer ends, or ended).
+    pub(super) fn close_socket(&self) {
+        if let Some(s) = self.socket.lock().take() {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+    }
+}
+
+impl Transfer {
+    pub(super) fn from_shared(shared: Arc<TransferShared>) -> Transfer {
+        Transfer { shared }
     }
 }

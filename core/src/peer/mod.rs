@@ -15,6 +15,7 @@ mod chat;
 mod fetch;
 mod link;
 mod live;
+mod push;
 mod refuser;
 mod registry_link;
 mod serve;
@@ -25,6 +26,7 @@ pub use events::{Event, Events};
 
 pub use chat::{Chat, ChatClosedBy, ChatId, ChatRequest};
 pub use fetch::{Transfer, TransferId, TransferStats};
+pub use push::{FileOffer, OfferId};
 pub use registry_link::{PeerInfo, RegistryMode};
 
 use crate::error::{Error, Result};
@@ -106,6 +108,8 @@ pub enum PeerEvent {
         /// pinned one); `false`: plaintext from an unverified sender.
         verified: bool,
     },
+    /// A file offered to this peer got no answer in time and was declined.
+    FileOfferExpired { from: String, file: String },
 }
 
 type Hook<F> = Option<Arc<F>>;
@@ -126,6 +130,10 @@ pub(crate) struct Hooks {
     pub event: Hook<dyn Fn(&PeerEvent) + Send + Sync>,
     /// The answer to [`Peer::chat_async`] in hook mode.
     pub chat_opened: Hook<events::OpenedHook>,
+    /// A file offered to this peer ([`PeerBuilder::on_file_offer`]).
+    pub file_offer: Hook<dyn Fn(FileOffer) + Send + Sync>,
+    /// The answer to [`Peer::offer_file_async`] in hook mode.
+    pub offer_answered: Hook<events::AnsweredHook>,
 }
 
 /// The bounds a peer holds against other peers. `Default` gives the values in
@@ -158,6 +166,9 @@ pub struct PeerLimits {
     /// Partial downloads untouched for longer than this are removed when the peer
     /// starts (`None`: never).
     pub stale_partial_age: Option<Duration>,
+    /// Most incoming file offers waiting for an answer at once (one address holds at
+    /// most `max_serving_per_addr` of them); past it `ERR busy`.
+    pub max_pending_offers: usize,
 }
 
 impl PeerLimits {
@@ -185,6 +196,7 @@ impl Default for PeerLimits {
             max_download_size: None,
             free_space_margin: limits::FREE_SPACE_MARGIN,
             stale_partial_age: Some(limits::STALE_PARTIAL_AGE),
+            max_pending_offers: limits::MAX_PENDING_OFFERS,
         }
     }
 }
@@ -464,6 +476,7 @@ impl PeerBuilder {
             serve_only: self.serve_only,
             open_transfers: Default::default(),
             open_chat_list: Default::default(),
+            offers: Default::default(),
         });
         inner.scan_share(None)?;
         inner.register()?;
@@ -538,6 +551,8 @@ pub(crate) struct Inner {
     pub(crate) open_transfers: fetch::OpenTransfers,
     /// Chats open (for `Peer::chats`).
     pub(crate) open_chat_list: chat::OpenChats,
+    /// Incoming file offers waiting for an answer.
+    pub(crate) offers: push::Offers,
 }
 
 /// Whether a request's first bytes are a legacy (original client) request, which is
@@ -1134,7 +1149,8 @@ impl Peer {
         fetch::start(&self.inner, name, file, Some(dest.as_ref()))
     }
 
-    /// The downloads started by this peer that are still running, oldest first.
+    /// The transfers of this peer still running, oldest first: downloads, and files
+    /// sent or received after an offer ([`Transfer::is_outgoing`] tells the sending ones).
     pub fn transfers(&self) -> Vec<Transfer> {
         self.inner.open_transfers.running()
     }
@@ -1142,5 +1158,63 @@ impl Peer {
     /// The chats of this peer still open (asked for or accepted), oldest first.
     pub fn chats(&self) -> Vec<Chat> {
         self.inner.open_chat_list.open()
+    }
+}
+
+impl PeerBuilder {
+    /// Take file offers: `f` gets each [`FileOffer`] (on the offer's serving thread;
+    /// answer it there or later, from any thread). Without this hook (and without an
+    /// event queue) offers are declined at once with `ERR declined this peer does not
+    /// take files`.
+    pub fn on_file_offer(mut self, f: impl Fn(FileOffer) + Send + Sync + 'static) -> Self {
+        self.hooks.file_offer = Some(Arc::new(f));
+        self
+    }
+}
+
+impl Peer {
+    /// Offer the file at `path` to `user` and wait until they accept, decline or let
+    /// the offer expire (at most this peer's chat-answer timeout plus 5 s, besides
+    /// connecting). Offers go only over a secured link: `user` must be registered with
+    /// a key. The file is hashed first (BLAKE3; the recipient verifies it). Once
+    /// accepted, the bytes (from where a partial file of the recipient's resumes) go in
+    /// the background: the returned outgoing [`Transfer`] shows the bytes sent, and
+    /// [`Transfer::wait`] returns `path` once the recipient verified and stored the
+    /// file. Its progress, done and failed hooks (or events) are those of downloads.
+    ///
+    /// Errors: [`Error::OfferDeclined`], [`Error::Timeout`] (no answer in time),
+    /// [`Error::Busy`] (too many offers pending there), [`Error::Refused`] (too large
+    /// for the recipient, or another refusal), [`Error::Denied`] (`user` has no key, or
+    /// refused this peer), [`Error::InvalidArgument`] (a name that cannot be sent, not
+    /// a regular file), [`Error::UserNotFound`], [`Error::KeyChanged`],
+    /// [`Error::Shutdown`], I/O errors (the file cannot be read; connecting).
+    pub fn offer_file(&self, user: &str, path: impl AsRef<Path>) -> Result<Transfer> {
+        push::offer(&self.inner, user, path.as_ref())
+    }
+
+    /// Accept the pending file offer `id` (from [`FileOffer::id`]): into the download
+    /// directory when `dest` is `None`, else as [`FileOffer::accept_to`]. Errors as
+    /// there, and [`Error::InvalidArgument`] when no offer `id` waits (answered,
+    /// expired or unknown).
+    pub fn accept_offer(&self, id: OfferId, dest: Option<&Path>) -> Result<Transfer> {
+        let offer = self.inner.offers.get(id).ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "no file offer {id} waits for an answer (answered, expired or unknown)"
+            ))
+        })?;
+        match dest {
+            Some(d) => offer.accept_to(d),
+            None => offer.accept(),
+        }
+    }
+
+    /// Decline the pending file offer `id`; `false` when no offer `id` waits.
+    pub fn decline_offer(&self, id: OfferId) -> bool {
+        self.inner.offers.get(id).is_some_and(|o| o.decline())
+    }
+
+    /// The file offers waiting for an answer, oldest first.
+    pub fn file_offers(&self) -> Vec<FileOffer> {
+        self.inner.offers.pending()
     }
 }

@@ -13,7 +13,7 @@
 use super::link::{LinkReader, LinkWriter, Partner};
 use super::refuser::Job;
 use super::slots::Full;
-use super::{chat, is_legacy_start, Inner, PeerEvent};
+use super::{chat, is_legacy_start, push, Inner, PeerEvent};
 use crate::error::Error;
 use crate::identity::PublicKey;
 use crate::known_keys::Subject;
@@ -198,6 +198,10 @@ fn serve_one(inner: &Arc<Inner>, stream: TcpStream) {
                     serve_file(inner, &mut writer, from, &name, offset, true, None).err()
                 }
             }
+            PeerRequest::Offer { name, .. } => Some(Refusal::denied(
+                format!("OFFER {name}"),
+                "file offers need a secured link (P2P/2)".into(),
+            )),
         },
     };
     inner.forget_socket(key);
@@ -396,6 +400,7 @@ fn serve_secure(
                 let what = match &request {
                     PeerRequest::Chat { from, .. } => format!("CHAT {from}"),
                     PeerRequest::File { name, .. } => format!("FILE {name}"),
+                    PeerRequest::Offer { name, .. } => format!("OFFER {name}"),
                 };
                 match verify_caller(inner, &hello, &remote) {
                     Err(reason) => Some(Refusal::denied(what, reason)),
@@ -439,6 +444,25 @@ fn serve_secure(
                         PeerRequest::File { name, offset, .. } => {
                             serve_file(inner, &mut writer, from, &name, offset, false, Some(user))
                                 .err()
+                        }
+                        PeerRequest::Offer { name, size, hash } => {
+                            match push::admit(inner, from.ip(), size) {
+                                Ok(place) => {
+                                    let offer = (name, size, hash);
+                                    let partner = Partner::verified(remote);
+                                    push::offered(
+                                        inner, reader, writer, from, user, partner, offer, place,
+                                    );
+                                    inner.forget_socket(key);
+                                    return;
+                                }
+                                Err((code, reason)) => Some(Refusal {
+                                    request: what,
+                                    code,
+                                    reason,
+                                    legacy: false,
+                                }),
+                            }
                         }
                     },
                 }
