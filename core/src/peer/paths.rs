@@ -212,6 +212,9 @@ fn no_path(name: &str, mut tried: Vec<(Path, Error)>, skipped: Vec<String>) -> E
 /// Reverse connect, the caller's side: `CONNECT,<name>` on the registry session, then
 /// wait for `name`'s `P2P/2 REVERSE <token>` connection on this peer's listener.
 fn reverse(inner: &Inner, name: &str) -> Result<TcpStream> {
+    if !inner.registry_secured() {
+        return Err(no_session(inner, "reverse connect"));
+    }
     let (tx, rx) = crossbeam_channel::bounded::<TcpStream>(1);
     // While this is above 0 the listener holds a REVERSE connection with an unknown
     // token a moment: the callee may connect before the registry's answer is read.
@@ -251,6 +254,9 @@ fn reverse(inner: &Inner, name: &str) -> Result<TcpStream> {
 /// The relay, the caller's side: `RELAY,<name>` on the registry session, then join the
 /// circuit the registry minted.
 fn relayed(inner: &Inner, name: &str) -> Result<TcpStream> {
+    if !inner.registry_secured() {
+        return Err(no_session(inner, "a relay"));
+    }
     let fields = inner
         .registry
         .ask_fields(&format!("RELAY,{name}"))
@@ -265,6 +271,14 @@ fn relayed(inner: &Inner, name: &str) -> Result<TcpStream> {
         ));
     };
     join_relay(relay, token, inner.io_timeout)
+}
+
+/// The error for a path that needs a secured registry session when there is none.
+fn no_session(inner: &Inner, what: &str) -> Error {
+    Error::Registry(format!(
+        "{what} needs a secured session with the registry, and the one with {} is not",
+        inner.registry.addr()
+    ))
 }
 
 /// What a relay's first line says: `Ok` for `OK relayed`, else its refusal text.
