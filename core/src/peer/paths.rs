@@ -180,16 +180,24 @@ pub(crate) fn connect(inner: &Inner, name: &str, info: &PeerInfo) -> Result<(Tcp
 }
 
 /// The error after every path failed: the only error itself when one path was tried
-/// (its text already names the user), else one naming each path and why, a
-/// [`Error::Timeout`] when every path timed out.
+/// (its text already names the user), else one naming each path and why: a
+/// [`Error::Timeout`] when any path got no answer (the usual sign of a NAT or a
+/// firewall), else an I/O error of the first I/O failure's kind (connection refused
+/// when none was one).
 fn no_path(name: &str, mut tried: Vec<(Path, Error)>, skipped: Vec<String>) -> Error {
     if tried.len() == 1 && skipped.is_empty() {
         if let Some((_, e)) = tried.pop() {
             return e;
         }
     }
-    let all_timeouts =
-        !tried.is_empty() && tried.iter().all(|(_, e)| matches!(e, Error::Timeout(_)));
+    let any_timeout = tried.iter().any(|(_, e)| matches!(e, Error::Timeout(_)));
+    let kind = tried
+        .iter()
+        .find_map(|(_, e)| match e {
+            Error::Io(io) => Some(io.kind()),
+            _ => None,
+        })
+        .unwrap_or(ErrorKind::ConnectionRefused);
     let mut parts: Vec<String> = tried
         .into_iter()
         .map(|(p, e)| {
@@ -202,10 +210,10 @@ fn no_path(name: &str, mut tried: Vec<(Path, Error)>, skipped: Vec<String>) -> E
         .collect();
     parts.extend(skipped);
     let text = format!("{name}: {}", parts.join("; "));
-    if all_timeouts {
+    if any_timeout {
         Error::Timeout(text)
     } else {
-        Error::Io(std::io::Error::new(ErrorKind::ConnectionRefused, text))
+        Error::Io(std::io::Error::new(kind, text))
     }
 }
 
