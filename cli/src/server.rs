@@ -324,6 +324,14 @@ fn text_line(style: &Style, e: &RegistryEvent) -> String {
             now(),
             style.red(&format!("refused: {}", visible(outcome)))
         ),
+        RegistryEvent::Reachability { user, addr, reach } => {
+            let word = match reach {
+                p2pcore::reach::Reach::Reachable => style.green(reach.as_str()),
+                p2pcore::reach::Reach::Unreachable => style.yellow(reach.as_str()),
+                p2pcore::reach::Reach::Unknown => reach.as_str().to_string(),
+            };
+            format!("{} {addr} {} is {word}", now(), visible(user))
+        }
     }
 }
 
@@ -422,6 +430,15 @@ fn json_event(e: &RegistryEvent) -> String {
             &[
                 ("source", Json::Str(&source.to_string())),
                 ("outcome", Json::Str(outcome)),
+            ],
+        ),
+        RegistryEvent::Reachability { user, addr, reach } => json_line(
+            now,
+            "reachability",
+            &[
+                ("user", Json::Str(user)),
+                ("addr", Json::Str(&addr.to_string())),
+                ("reach", Json::Str(reach.as_str())),
             ],
         ),
     }
