@@ -14,7 +14,8 @@ mod common;
 use common::{pattern, wait_until};
 use p2pcore::peer::{Chat, PathPolicy, Peer, PeerBuilder, PeerEvent};
 use p2pcore::reach::{Path, Preamble, Reach, Token};
-use p2pcore::registry::Registry;
+use p2pcore::registry::{Registry, RegistryConfig};
+use p2pcore::relay::{Relay, RelayAddr, RelayOffer, RelaySecret};
 use parking_lot::Mutex;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -33,6 +34,24 @@ fn threads() -> usize {
 
 fn fds() -> usize {
     std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+/// A registry that offers a relay of its own (started here, sharing its secret).
+fn registry_with_relay() -> (Registry, Relay) {
+    let secret = RelaySecret::generate().unwrap();
+    let relay = Relay::bind("127.0.0.1:0", secret.clone()).unwrap();
+    let config = RegistryConfig {
+        relay_offer: Some(RelayOffer {
+            addr: RelayAddr::Fixed(relay.local_addr().to_string()),
+            secret,
+        }),
+        ..RegistryConfig::default()
+    };
+    let registry = Registry::builder()
+        .config(config)
+        .bind("127.0.0.1:0")
+        .unwrap();
+    (registry, relay)
 }
 
 /// What one peer's hooks saw.
@@ -167,11 +186,20 @@ fn reverse_forced_chat_and_download_are_byte_identical_and_report_reverse_on_bot
 #[test]
 fn relay_forced_chat_and_download_are_byte_identical_and_report_relayed_on_both_sides() {
     let _one = SERIAL.lock();
-    let registry = Registry::bind("127.0.0.1:0").unwrap();
+    let (registry, relay) = registry_with_relay();
     chat_and_download_on(
         &registry.local_addr().to_string(),
         PathPolicy::Relay,
         Path::Relayed,
+    );
+    let stats = relay.stats();
+    assert_eq!(
+        stats.joined, 2,
+        "one circuit for the download, one for the chat"
+    );
+    assert!(
+        stats.bytes_forwarded > 3 * 1024 * 1024,
+        "the file went through the relay: {stats:?}"
     );
 }
 
@@ -407,7 +435,7 @@ fn a_flood_of_dial_pushes_keeps_dial_outs_threads_and_descriptors_bounded() {
 #[test]
 fn a_relayed_download_cut_midway_resumes_and_is_byte_identical() {
     let _one = SERIAL.lock();
-    let registry = Registry::bind("127.0.0.1:0").unwrap();
+    let (registry, relay) = registry_with_relay();
     let p = pair(
         &registry.local_addr().to_string(),
         PathPolicy::Relay,
@@ -437,6 +465,7 @@ fn a_relayed_download_cut_midway_resumes_and_is_byte_identical() {
         starts[1].0 > 0 && starts[1].1 == Path::Relayed,
         "resumed: {starts:?}"
     );
+    assert_eq!(relay.stats().joined, 2, "two circuits: {:?}", relay.stats());
     p.alice.exit();
     p.bob.exit();
 }
