@@ -1039,9 +1039,11 @@ pub unsafe extern "C" fn p2p_peer_username(
     })
 }
 
-/// Which paths this peer takes to reach other peers (default
-/// `P2P_PATH_POLICY_AUTO`); the others force one path, e.g. `P2P_PATH_POLICY_RELAY`
-/// for an application that does not want other users to learn its address.
+/// Which paths this peer takes to reach other peers: a `p2p_path_policy` value
+/// (default `P2P_PATH_POLICY_AUTO`); the others force one path, e.g.
+/// `P2P_PATH_POLICY_RELAY` for an application that does not want other users to learn
+/// its address. Taken as an `int32_t` so that a value outside the enum is refused
+/// rather than undefined.
 ///
 /// Errors: `P2P_NULL_ARGUMENT`, `P2P_INVALID_ARGUMENT` (not a `p2p_path_policy`).
 #[no_mangle]

@@ -499,6 +499,29 @@ typedef int32_t p2p_log_level;
 #endif // __cplusplus
 
 /**
+ * Which paths a peer takes to reach others (`p2p_peer_config_set_path_policy()`).
+ */
+typedef enum p2p_path_policy {
+    /**
+     * The default: direct when the other side may be reachable, then reverse connect
+     * when this peer is reachable, then the relay.
+     */
+    P2P_PATH_POLICY_AUTO = 0,
+    /**
+     * Only direct connections.
+     */
+    P2P_PATH_POLICY_DIRECT = 1,
+    /**
+     * Only reverse connect.
+     */
+    P2P_PATH_POLICY_REVERSE = 2,
+    /**
+     * Only the relay (neither side learns the other's address).
+     */
+    P2P_PATH_POLICY_RELAY = 3,
+} p2p_path_policy;
+
+/**
  * An open (or ended) chat. Opaque; made by `p2p_peer_chat()` or
  * `p2p_chat_request_accept()`, freed by `p2p_chat_free()`. It may be used from any
  * thread, also after its peer was freed (sending then fails with `P2P_CLOSED`).
@@ -1384,9 +1407,11 @@ void p2p_peer_free(struct p2p_peer *peer);
 p2p_status p2p_peer_username(const struct p2p_peer *peer, char **out);
 
 /**
- * Which paths this peer takes to reach other peers (default
- * `P2P_PATH_POLICY_AUTO`); the others force one path, e.g. `P2P_PATH_POLICY_RELAY`
- * for an application that does not want other users to learn its address.
+ * Which paths this peer takes to reach other peers: a `p2p_path_policy` value
+ * (default `P2P_PATH_POLICY_AUTO`); the others force one path, e.g.
+ * `P2P_PATH_POLICY_RELAY` for an application that does not want other users to learn
+ * its address. Taken as an `int32_t` so that a value outside the enum is refused
+ * rather than undefined.
  *
  * Errors: `P2P_NULL_ARGUMENT`, `P2P_INVALID_ARGUMENT` (not a `p2p_path_policy`).
  */

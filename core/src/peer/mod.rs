@@ -114,7 +114,8 @@ pub enum PeerEvent {
     },
     /// The registry checked whether this peer's listener can be reached from outside
     /// at `addr` (the address it lists for this peer): see [`Peer::reachability`].
-    /// Reported when the registry says it (at start, and after each change).
+    /// Reported when the registry says it (once the first check finished, and after
+    /// each change); `reach` is never [`Reach::Unknown`] here.
     Reachability {
         /// The outcome.
         reach: Reach,
@@ -764,10 +765,11 @@ impl Inner {
     }
 
     /// Records what the registry says of this peer's listener; reported
-    /// ([`PeerEvent::Reachability`]) when it changed.
+    /// ([`PeerEvent::Reachability`]) when it changed to a known outcome (a check not
+    /// finished yet is no news).
     pub fn set_reachability(&self, reach: Reach, addr: SocketAddr) {
         let changed = self.reach.lock().replace((reach, addr)) != Some((reach, addr));
-        if changed {
+        if changed && reach != Reach::Unknown {
             self.emit(PeerEvent::Reachability { reach, addr });
         }
     }
