@@ -260,3 +260,7 @@ pub const RELAY_MAX_REFUSING: usize = 256;
 /// Relay: most joined circuits remembered until their token expires (so a token joins
 /// once); past it new circuits are refused as busy.
 pub const RELAY_MAX_USED_TOKENS: usize = 100_000;
+/// How long a caller about to ask for a reverse connection waits for the registry's
+/// check of its own listener, when that has not finished yet (a peer that just
+/// registered): the registry asks callees to connect back only to reachable callers.
+pub const REACH_WAIT: Duration = Duration::from_secs(3);

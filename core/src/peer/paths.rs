@@ -12,7 +12,7 @@ use super::registry_link::PeerInfo;
 use super::Inner;
 use crate::error::{is_timeout, Error, Result};
 use crate::limits::{
-    MAX_PATH_MEMORY, MAX_RELAY_LINE, PATH_RETRY_AFTER, RELAY_JOIN_WAIT, REVERSE_WAIT,
+    MAX_PATH_MEMORY, MAX_RELAY_LINE, PATH_RETRY_AFTER, REACH_WAIT, RELAY_JOIN_WAIT, REVERSE_WAIT,
 };
 use crate::reach::{Path, Reach, Token};
 use parking_lot::Mutex;
@@ -78,8 +78,8 @@ pub(crate) fn plan(policy: PathPolicy, callee: Reach, me: Reach, secured: bool) 
                 paths.push(Path::Direct);
             }
             // The registry asks the callee to connect back only to a caller it found
-            // reachable.
-            if me == Reach::Reachable {
+            // reachable; while that is not known yet, `reverse` waits a moment for it.
+            if me != Reach::Unreachable {
                 paths.push(Path::Reverse);
             }
             paths.push(Path::Relayed);
@@ -222,6 +222,33 @@ fn no_path(name: &str, mut tried: Vec<(Path, Error)>, skipped: Vec<String>) -> E
 fn reverse(inner: &Inner, name: &str) -> Result<TcpStream> {
     if !inner.registry_secured() {
         return Err(no_session(inner, "reverse connect"));
+    }
+    // Just registered (a `fetch` run): the registry's check of this peer's listener
+    // may not have finished, and it asks the callee to connect back only to a caller
+    // it found reachable.
+    let until = Instant::now() + REACH_WAIT;
+    while inner.reachability().0 == Reach::Unknown && Instant::now() < until {
+        if inner.stop_rx.recv_timeout(Duration::from_millis(20))
+            != Err(crossbeam_channel::RecvTimeoutError::Timeout)
+        {
+            return Err(Error::Shutdown);
+        }
+    }
+    match inner.reachability() {
+        (Reach::Unreachable, Some(addr)) => {
+            return Err(Error::Refused {
+                peer: "the registry".into(),
+                reason: format!(
+                    "this peer is not reachable from outside at {addr}, so {name} cannot \
+                     connect back to it"
+                ),
+            })
+        }
+        (Reach::Unknown, _) => log::info!(
+            "this peer's reachability is still unknown after {} s; asking anyway",
+            REACH_WAIT.as_secs()
+        ),
+        _ => {}
     }
     let (tx, rx) = crossbeam_channel::bounded::<TcpStream>(1);
     // While this is above 0 the listener holds a REVERSE connection with an unknown
@@ -386,7 +413,14 @@ mod tests {
             plan(auto, Reachable, Reachable, true),
             vec![Direct, Reverse, Relayed]
         );
-        assert_eq!(plan(auto, Unknown, Unknown, true), vec![Direct, Relayed]);
+        assert_eq!(
+            plan(auto, Unknown, Unknown, true),
+            vec![Direct, Reverse, Relayed]
+        );
+        assert_eq!(
+            plan(auto, Unknown, Unreachable, true),
+            vec![Direct, Relayed]
+        );
         assert_eq!(
             plan(auto, Unreachable, Reachable, true),
             vec![Reverse, Relayed]
