@@ -264,3 +264,7 @@ pub const RELAY_MAX_USED_TOKENS: usize = 100_000;
 /// check of its own listener, when that has not finished yet (a peer that just
 /// registered): the registry asks callees to connect back only to reachable callers.
 pub const REACH_WAIT: Duration = Duration::from_secs(3);
+/// How long a caller waits for the registry's check of a callee that just registered
+/// (its reach still `unknown`) before choosing a path: a little over the registry's
+/// [`PROBE_TIMEOUT`].
+pub const CALLEE_REACH_WAIT: Duration = Duration::from_secs(4);

@@ -12,7 +12,8 @@ use super::registry_link::PeerInfo;
 use super::Inner;
 use crate::error::{is_timeout, Error, Result};
 use crate::limits::{
-    MAX_PATH_MEMORY, MAX_RELAY_LINE, PATH_RETRY_AFTER, REACH_WAIT, RELAY_JOIN_WAIT, REVERSE_WAIT,
+    CALLEE_REACH_WAIT, MAX_PATH_MEMORY, MAX_RELAY_LINE, PATH_RETRY_AFTER, REACH_WAIT,
+    RELAY_JOIN_WAIT, REVERSE_WAIT,
 };
 use crate::reach::{Path, Reach, Token};
 use parking_lot::Mutex;
@@ -137,6 +138,17 @@ impl PathMemory {
 /// error, when all fail, names every path tried and why.
 pub(crate) fn connect(inner: &Inner, name: &str, info: &PeerInfo) -> Result<(TcpStream, Path)> {
     let secured = inner.registry_secured();
+    let fresh;
+    let info = if inner.path_policy == PathPolicy::Auto
+        && secured
+        && info.reach == Reach::Unknown
+        && inner.registry.reports_reach()
+    {
+        fresh = callee_checked(inner, name, info);
+        &fresh
+    } else {
+        info
+    };
     let plan = plan(
         inner.path_policy,
         info.reach,
@@ -177,6 +189,30 @@ pub(crate) fn connect(inner: &Inner, name: &str, info: &PeerInfo) -> Result<(Tcp
         }
     }
     Err(no_path(name, tried, skipped))
+}
+
+/// `info` once the registry's check of the callee finished (a callee that just
+/// registered): asked again every 200 ms for at most [`CALLEE_REACH_WAIT`]. A direct
+/// attempt at a listener behind a NAT costs the whole connect timeout; this costs at
+/// most the registry's check.
+fn callee_checked(inner: &Inner, name: &str, info: &PeerInfo) -> PeerInfo {
+    let until = Instant::now() + CALLEE_REACH_WAIT;
+    let mut info = *info;
+    while info.reach == Reach::Unknown && Instant::now() < until {
+        if inner.stop_rx.recv_timeout(Duration::from_millis(200))
+            != Err(crossbeam_channel::RecvTimeoutError::Timeout)
+        {
+            break;
+        }
+        match inner.peer_info(name) {
+            // Only the verdict: the address and key checked before stay.
+            Ok(fresh) if fresh.addr == info.addr && fresh.key == info.key => {
+                info.reach = fresh.reach
+            }
+            _ => break,
+        }
+    }
+    info
 }
 
 /// The error after every path failed: the only error itself when one path was tried

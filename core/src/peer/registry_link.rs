@@ -92,6 +92,8 @@ pub(crate) struct RegistryLink {
     conn: Mutex<Option<Conn>>,
     /// The local address of the last connection made to the registry.
     local_ip: Mutex<Option<IpAddr>>,
+    /// A `GET_P` answer carried a reachability word: this registry checks listeners.
+    reports_reach: AtomicBool,
 }
 
 /// A session connection: plaintext (a registry without secured links, or an older
@@ -185,6 +187,7 @@ impl RegistryLink {
             legacy: AtomicBool::new(mode == RegistryMode::Legacy),
             conn: Mutex::new(None),
             local_ip: Mutex::new(None),
+            reports_reach: AtomicBool::new(false),
         })
     }
 
@@ -198,6 +201,11 @@ impl RegistryLink {
     /// plaintext (an older p2pchat registry) or the registry is an original one.
     pub fn registry_key(&self) -> Option<PublicKey> {
         *self.remote_key.lock()
+    }
+
+    /// Whether this registry checks listeners (a `GET_P` answer carried a reach).
+    pub fn reports_reach(&self) -> bool {
+        self.reports_reach.load(Ordering::Relaxed)
     }
 
     /// Whether the registry is spoken to in the original's one-shot way.
@@ -479,6 +487,10 @@ impl RegistryLink {
             [ip, port, flags @ ..] => (ip, port, flags),
             _ => return Err(bad()),
         };
+        let reach = flags.iter().find_map(|f| Reach::parse(f));
+        if reach.is_some() {
+            self.reports_reach.store(true, Ordering::Relaxed);
+        }
         // The registry writes IPv6 addresses bare (`::1`); accept `[::1]` too.
         let ip = ip.trim_start_matches('[').trim_end_matches(']');
         let ip: IpAddr = ip.parse().map_err(|_| bad())?;
@@ -491,10 +503,7 @@ impl RegistryLink {
             key: flags
                 .iter()
                 .find_map(|f| crate::identity::PublicKey::from_hex(f)),
-            reach: flags
-                .iter()
-                .find_map(|f| Reach::parse(f))
-                .unwrap_or_default(),
+            reach: reach.unwrap_or_default(),
         })
     }
 
