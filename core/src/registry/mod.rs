@@ -505,7 +505,7 @@ pub use crate::net::address_key;
 
 /// Raise the soft `RLIMIT_NOFILE` to the hard limit; returns the soft limit now in
 /// force (`None` if it could not be read).
-fn raise_nofile_limit() -> Option<libc::rlim_t> {
+pub(crate) fn raise_nofile_limit() -> Option<libc::rlim_t> {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
