@@ -25,6 +25,8 @@ pub struct p2p_registry {
     /// `Owner::Registry(id)`, so stopping or freeing it from there (which would join
     /// the event-loop thread from itself) is refused, not attempted.
     id: u64,
+    /// The embedded relay's port (0: none), kept so it can be read after a stop too.
+    relay_port: u16,
 }
 
 /// What kind of thing a `p2p_registry_event` reports.
@@ -315,6 +317,29 @@ pub unsafe extern "C" fn p2p_registry_config_set_claim_ttl_secs(
     })
 }
 
+/// Run a relay inside the registry (`on`), for peers that cannot reach each other:
+/// both connect out to it and it forwards their end-to-end encrypted bytes. It listens
+/// on the registry's IP at `port` (0: any free port, see `p2p_registry_relay_port()`),
+/// with the default bounds (1,024 circuits, 16 MiB/s per circuit, 128 MiB/s in all;
+/// `docs/PROTOCOL.md` §5.4), and stops with the registry. Off by default.
+///
+/// Errors: `P2P_NULL_ARGUMENT`.
+#[no_mangle]
+pub unsafe extern "C" fn p2p_registry_config_set_relay(
+    config: *mut p2p_registry_config,
+    on: bool,
+    port: u16,
+) -> p2p_status {
+    panic::status(|| {
+        let config = config_mut(config)?;
+        config.config.embedded_relay = on.then(|| p2pcore::registry::EmbeddedRelay {
+            port,
+            ..Default::default()
+        });
+        Ok(())
+    })
+}
+
 /// Start a registry as `config` says (see `p2p_registry_start()`, which this extends).
 /// `config` is only read. On success `*out` receives the new handle, owned by the
 /// caller (free it with `p2p_registry_free()`); untouched on failure.
@@ -377,6 +402,7 @@ fn start(
     let handle = Box::new(p2p_registry {
         local_addr: server.local_addr(),
         fingerprint: server.fingerprint().to_string(),
+        relay_port: server.relay_addr().map_or(0, |a| a.port()),
         server: Mutex::new(Some(server)),
         id,
     });
@@ -428,6 +454,22 @@ pub unsafe extern "C" fn p2p_registry_port(
     panic::status(|| {
         let registry = arg_ref(registry, "registry")?;
         put(arg_out(out, "out")?, registry.local_addr.port());
+        Ok(())
+    })
+}
+
+/// The port of the registry's embedded relay (see `p2p_registry_config_set_relay()`),
+/// or 0 when it runs none. Works after `p2p_registry_stop()` too.
+///
+/// Errors: `P2P_NULL_ARGUMENT`.
+#[no_mangle]
+pub unsafe extern "C" fn p2p_registry_relay_port(
+    registry: *const p2p_registry,
+    out: *mut u16,
+) -> p2p_status {
+    panic::status(|| {
+        let registry = arg_ref(registry, "registry")?;
+        put(arg_out(out, "out")?, registry.relay_port);
         Ok(())
     })
 }

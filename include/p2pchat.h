@@ -1020,6 +1020,19 @@ p2p_status p2p_registry_config_set_claim_ttl_secs(struct p2p_registry_config *co
                                                   uint64_t secs);
 
 /**
+ * Run a relay inside the registry (`on`), for peers that cannot reach each other:
+ * both connect out to it and it forwards their end-to-end encrypted bytes. It listens
+ * on the registry's IP at `port` (0: any free port, see `p2p_registry_relay_port()`),
+ * with the default bounds (1,024 circuits, 16 MiB/s per circuit, 128 MiB/s in all;
+ * `docs/PROTOCOL.md` §5.4), and stops with the registry. Off by default.
+ *
+ * Errors: `P2P_NULL_ARGUMENT`.
+ */
+p2p_status p2p_registry_config_set_relay(struct p2p_registry_config *config,
+                                         bool on,
+                                         uint16_t port);
+
+/**
  * Start a registry as `config` says (see `p2p_registry_start()`, which this extends).
  * `config` is only read. On success `*out` receives the new handle, owned by the
  * caller (free it with `p2p_registry_free()`); untouched on failure.
@@ -1059,6 +1072,14 @@ p2p_status p2p_registry_start(const char *addr,
  * Errors: `P2P_NULL_ARGUMENT`.
  */
 p2p_status p2p_registry_port(const struct p2p_registry *registry, uint16_t *out);
+
+/**
+ * The port of the registry's embedded relay (see `p2p_registry_config_set_relay()`),
+ * or 0 when it runs none. Works after `p2p_registry_stop()` too.
+ *
+ * Errors: `P2P_NULL_ARGUMENT`.
+ */
+p2p_status p2p_registry_relay_port(const struct p2p_registry *registry, uint16_t *out);
 
 /**
  * The address the registry listens on, as `"ip:port"` (what peers pass as their

@@ -558,3 +558,47 @@ fn shutdown_closes_waiting_joined_and_refused_connections_and_joins_the_thread()
         assert!(read_all(s).is_empty());
     }
 }
+
+#[test]
+fn a_registry_runs_its_embedded_relay_and_stops_it_with_itself() {
+    use p2pcore::registry::{EmbeddedRelay, Registry, RegistryConfig};
+    let _g = SERIAL.lock();
+    let (tx, events) = crossbeam_channel::unbounded();
+    let registry = Registry::builder()
+        .config(RegistryConfig {
+            embedded_relay: Some(EmbeddedRelay::default()),
+            ..RegistryConfig::default()
+        })
+        .on_relay_event(move |e| {
+            let _ = tx.send(e.clone());
+        })
+        .bind("127.0.0.1:0")
+        .unwrap();
+    let addr = registry.relay_addr().expect("an embedded relay");
+    assert_eq!(addr.ip(), registry.local_addr().ip());
+    assert_ne!(addr.port(), registry.local_addr().port());
+    // Its secret stays inside the registry: a token from anywhere else is refused.
+    let foreign = token(&RelaySecret::generate().unwrap());
+    refused(
+        &mut connect(addr, &foreign),
+        "ERR denied invalid relay token\n",
+    );
+    match events.recv_timeout(Duration::from_secs(5)).unwrap() {
+        RelayEvent::Refused { outcome, .. } => {
+            assert_eq!(outcome, "ERR denied invalid relay token")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(registry.relay_stats().unwrap().refused, 1);
+    assert!(common::wait_until(
+        Duration::from_secs(5),
+        || relay_threads() == 1
+    ));
+    registry.shutdown();
+    assert_eq!(relay_threads(), 0);
+    assert!(TcpStream::connect(addr).is_err());
+
+    // Without the setting, no relay.
+    let plain = Registry::bind("127.0.0.1:0").unwrap();
+    assert_eq!(plain.relay_addr(), None);
+}

@@ -197,7 +197,11 @@ impl RelayBuilder {
     }
 
     /// Start relaying on a listener bound already.
-    pub fn start(self, listener: std::net::TcpListener) -> io::Result<Relay> {
+    pub fn start(mut self, listener: std::net::TcpListener) -> io::Result<Relay> {
+        self.limits.max_circuits = circuit_cap(
+            &self.limits,
+            crate::registry::raise_nofile_limit().and_then(|n| usize::try_from(n).ok()),
+        );
         listener.set_nonblocking(true)?;
         let local_addr = listener.local_addr()?;
         let mut listener = TcpListener::from_std(listener);
@@ -207,6 +211,7 @@ impl RelayBuilder {
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let shared = Arc::new(Shared::default());
         let now = Instant::now();
+        let limits = self.limits.clone();
         let event_loop = Loop {
             poll,
             listener,
@@ -233,6 +238,7 @@ impl RelayBuilder {
         let thread = spawn_named("p2p-relay", move || event_loop.run())?;
         Ok(Relay {
             local_addr,
+            limits,
             shared,
             waker,
             thread: Some(thread),
@@ -244,6 +250,7 @@ impl RelayBuilder {
 /// connection and joins its thread.
 pub struct Relay {
     local_addr: SocketAddr,
+    limits: RelayLimits,
     shared: Arc<Shared>,
     waker: Arc<Waker>,
     thread: Option<JoinHandle<()>>,
@@ -268,6 +275,14 @@ impl Relay {
     /// The address the relay listens on (the real port when bound to port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The bounds in force: those configured, with
+    /// [`max_circuits`](RelayLimits::max_circuits) lowered when the process's
+    /// descriptor limit (raised to its hard limit at start) leaves less room, so that
+    /// past it clients get `ERR busy` rather than an `accept` or a pipe that fails.
+    pub fn limits(&self) -> &RelayLimits {
+        &self.limits
     }
 
     /// What the relay has done so far.
@@ -1052,7 +1067,46 @@ fn pump_direction(
     }
 }
 
+/// Descriptors a joined circuit holds: two sockets and, with splice, two pipes.
+const FDS_PER_CIRCUIT: usize = 6;
+/// Descriptors kept out of the relay's sums: the listener, the poller, the waker, and
+/// whatever else the process holds (a registry embedding the relay has its own cap).
+const FD_HEADROOM: usize = 64;
+
+/// `limits.max_circuits`, lowered to fit the descriptor limit `nofile` with the pending
+/// and refused connections the relay may hold besides.
+fn circuit_cap(limits: &RelayLimits, nofile: Option<usize>) -> usize {
+    let Some(nofile) = nofile else {
+        return limits.max_circuits;
+    };
+    let others = limits.max_pending + limits::RELAY_MAX_REFUSING + FD_HEADROOM;
+    let room = nofile.saturating_sub(others) / FDS_PER_CIRCUIT;
+    if room < limits.max_circuits {
+        log::warn!(
+            "relay: {nofile} descriptors allowed: at most {} circuits instead of {}",
+            room.max(1),
+            limits.max_circuits
+        );
+    }
+    limits.max_circuits.min(room.max(1))
+}
+
 /// The first 8 hex characters of a circuit id.
 fn short(id: &CircuitId) -> String {
     data_encoding::HEXLOWER.encode(&id.0[..4])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_circuit_cap_fits_the_descriptor_limit() {
+        let l = RelayLimits::default();
+        assert_eq!(circuit_cap(&l, None), l.max_circuits);
+        assert_eq!(circuit_cap(&l, Some(1 << 20)), l.max_circuits);
+        let others = l.max_pending + limits::RELAY_MAX_REFUSING + FD_HEADROOM;
+        assert_eq!(circuit_cap(&l, Some(others + 600)), 100);
+        assert_eq!(circuit_cap(&l, Some(10)), 1);
+    }
 }
