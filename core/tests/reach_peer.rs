@@ -1,5 +1,5 @@
 //! Reaching peers on every path, the peer's side (`docs/PROTOCOL.md` §5), over real
-//! loopback sockets with the real registry (and its embedded relay): on loopback every
+//! loopback sockets with the real registry (and a real relay it offers): on loopback every
 //! listener is reachable, so the tests force the path with
 //! [`PathPolicy`](p2pcore::peer::PathPolicy) and check that both sides report it, that
 //! what arrives is byte-identical, that the listener answers the registry's probe and

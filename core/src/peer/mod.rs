@@ -2,9 +2,10 @@
 //!
 //! A [`Peer`] registers with the registry over one session connection that it keeps
 //! (and re-opens by itself if it drops), serves its shared directory and chat requests
-//! on a listener, and opens chats and downloads with other peers directly. Everything
-//! it does in the background runs on threads it owns and joins in [`Peer::exit`] (and
-//! on drop).
+//! on a listener, and opens chats and downloads with other peers: directly, or, when a
+//! NAT is in the way, by reverse connect or through a relay (see [`PathPolicy`] and
+//! `docs/PROTOCOL.md` §5). Everything it does in the background runs on threads it
+//! owns and joins in [`Peer::exit`] (and on drop).
 //!
 //! Hooks are called on those library threads: they must return quickly (print, or
 //! send on a channel) and must not drop the `Peer`. A hook that panics is caught and
