@@ -799,3 +799,28 @@ fn a_watcher_that_never_reads_loses_pushes_counted_not_memory() {
     );
     let _ = b.ask("GET_U");
 }
+
+#[test]
+fn a_peer_reads_the_five_field_get_p_answer() {
+    let _m = measured();
+    let r = start(RegistryConfig::default());
+    let addr = r.local_addr().to_string();
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let alice = common::peer_builder(&addr, "reach-alice", da.path())
+        .connect()
+        .unwrap();
+    let bob = common::peer_builder(&addr, "reach-bob", db.path())
+        .connect()
+        .unwrap();
+    // Once alice's check has ended her answer has its fifth field for certain
+    // (whatever this peer's listener made of the probe).
+    assert!(wait_until(Duration::from_secs(10), || r
+        .user("reach-alice")
+        .is_some_and(|u| u.reach != Reach::Unknown)));
+    let info = bob.peer_info("reach-alice").unwrap();
+    assert_eq!(info.key, Some(alice.public_key()));
+    assert_eq!(info.addr.port(), alice.listen_addr().port());
+    assert!(!info.legacy);
+    bob.shutdown();
+    alice.shutdown();
+}
