@@ -165,6 +165,7 @@ fn per_query(e: &RegistryEvent) -> bool {
         RegistryEvent::Connected { .. }
             | RegistryEvent::Query { .. }
             | RegistryEvent::Disconnected { .. }
+            | RegistryEvent::Reachability { .. }
     )
 }
 
