@@ -28,10 +28,16 @@
 //! previous one, so an encrypted connection holds at most one record of ciphertext
 //! besides what any connection holds. A record failing authentication closes the
 //! connection at once (nothing can be answered on a broken link).
+//!
+//! Reaching peers (`docs/PROTOCOL.md` §5): `WATCH`, `CONNECT` and `RELAY` are taken
+//! only as session lines on encrypted sessions (see `signal`). A keyed `INIT` that
+//! lists a user at a new address hands a check to the prober thread; its outcomes come
+//! back to loop 0 (`take_checks`). A watch session stays on its loop; pushes for it are
+//! posted to that loop's mailbox by whichever thread makes them (see `watch`) and
+//! queued on the connection like answers, at most `WATCH_MAX_UNSENT` of them unsent.
 
 use super::claims::{Claim, Claims};
-use super::directory::Listed;
-use super::directory::{Caller, Directory, InitOutcome};
+use super::directory::{Caller, Directory, InitOutcome, Listed};
 use super::prober::{Checked, Job, Overflow, ProbeQueue};
 use super::signal::{parse_signal, Signal, SignalBudget};
 use super::watch::{Mailbox, Post, Watcher, Watches};
@@ -355,7 +361,7 @@ pub(super) struct LoopParts {
     tx: Sender<Accepted>,
     inbox: Receiver<Accepted>,
     posts: Receiver<Post>,
-    queued: Arc<std::sync::atomic::AtomicUsize>,
+    queued: Arc<AtomicUsize>,
 }
 
 impl LoopParts {
