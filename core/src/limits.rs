@@ -192,3 +192,40 @@ pub const SIGNALS_PER_MINUTE: u32 = 20;
 /// Registry: how long a relay token it mints stays valid (both sides connect to the
 /// relay within it).
 pub const RELAY_TOKEN_TTL: Duration = Duration::from_secs(60);
+
+// ---- The relay (`RelayLimits`; PROTOCOL.md §5.4) ----
+
+/// Relay: longest first line (`RELAY/1 <token>\n`, 89 bytes with an 80-character
+/// token), terminator included; a longer one is refused.
+pub const RELAY_MAX_LINE: usize = 128;
+/// Relay: how long a new connection may take to send its whole first line.
+pub const RELAY_LINE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Relay: how long the first side of a circuit waits for the second.
+pub const RELAY_PENDING_TIMEOUT: Duration = Duration::from_secs(30);
+/// Relay: most circuits at once, a circuit whose first side waits included. Each joined
+/// circuit holds two sockets and (Linux) two pipes: six descriptors.
+pub const RELAY_MAX_CIRCUITS: usize = 1024;
+/// Relay: most circuits one address (one /64 for IPv6) takes part in at once.
+pub const RELAY_MAX_CIRCUITS_PER_ADDR: usize = 32;
+/// Relay: most connections not yet joined (reading their first line, or waiting for the
+/// other side) at once.
+pub const RELAY_MAX_PENDING: usize = 256;
+/// Relay: most connections not yet joined from one address (one /64 for IPv6).
+pub const RELAY_MAX_PENDING_PER_ADDR: usize = 16;
+/// Relay: bytes per second one circuit forwards, both directions together (a token
+/// bucket; over it the relay stops reading, TCP pushes back, no byte is dropped).
+/// 0 means no limit.
+pub const RELAY_CIRCUIT_BYTES_PER_SEC: u64 = 16 * 1024 * 1024;
+/// Relay: bytes per second all circuits together forward. 0 means no limit.
+pub const RELAY_TOTAL_BYTES_PER_SEC: u64 = 128 * 1024 * 1024;
+/// Relay: longest life of a joined circuit; then both sides are closed (a cut-off
+/// download resumes on a new circuit).
+pub const RELAY_MAX_LIFETIME: Duration = Duration::from_secs(2 * 3600);
+/// Relay: a joined circuit that forwards no byte either way for this long is closed.
+pub const RELAY_IDLE_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+/// Relay: most refused connections held at once while their `ERR` line drains (past it
+/// a refused connection is closed at once); each for at most [`REFUSAL_LINGER`].
+pub const RELAY_MAX_REFUSING: usize = 256;
+/// Relay: most joined circuits remembered until their token expires (so a token joins
+/// once); past it new circuits are refused as busy.
+pub const RELAY_MAX_USED_TOKENS: usize = 100_000;

@@ -100,10 +100,27 @@ pub struct RegistryConfig {
     pub claim_ttl: Duration,
     /// The registry's key, overriding the one in `data_dir` (or the ephemeral one).
     pub identity: Option<Identity>,
-    /// The relay this registry offers to peers that cannot reach each other (`RELAY`
-    /// queries: tokens minted under its secret); `None`: `RELAY` is answered
-    /// `ERR,No relay available`.
+    /// The relay offered to peers that cannot reach each other (`RELAY` queries:
+    /// tokens minted under its secret; a standalone one, whose secret the registry
+    /// shares); `None`: none, unless `embedded_relay` starts one, and `RELAY` is
+    /// answered `ERR,No relay available`.
     pub relay_offer: Option<crate::relay::RelayOffer>,
+    /// Start a relay inside the registry (on the registry's IP) and offer it, in place
+    /// of `relay_offer`; `None` (the default): no embedded relay.
+    pub embedded_relay: Option<EmbeddedRelay>,
+}
+
+/// The relay a registry runs inside itself ([`RegistryConfig::embedded_relay`]): it
+/// shares a secret generated at start with the registry, and stops with it.
+#[derive(Debug, Clone, Default)]
+pub struct EmbeddedRelay {
+    /// Its port on the registry's IP; 0: any free port (see [`Registry::relay_addr`]).
+    pub port: u16,
+    /// Its bounds.
+    pub limits: crate::relay::RelayLimits,
+    /// When `port` is taken, take any free port instead of failing (for a default
+    /// port, such as `p2pchat server`'s registry port + 1).
+    pub any_port_if_taken: bool,
 }
 
 impl Default for RegistryConfig {
@@ -127,6 +144,7 @@ impl Default for RegistryConfig {
             claim_ttl: limits::CLAIM_TTL,
             identity: None,
             relay_offer: None,
+            embedded_relay: None,
         }
     }
 }
@@ -188,6 +206,7 @@ pub type RegistryHook = Arc<dyn Fn(&RegistryEvent) + Send + Sync>;
 pub struct RegistryBuilder {
     config: RegistryConfig,
     hook: Option<RegistryHook>,
+    relay_hook: Option<crate::relay::RelayHook>,
 }
 
 impl RegistryBuilder {
@@ -203,6 +222,16 @@ impl RegistryBuilder {
         self
     }
 
+    /// Call `hook` for every event of the embedded relay (see
+    /// [`crate::relay::RelayHook`]; only with [`RegistryConfig::embedded_relay`]).
+    pub fn on_relay_event(
+        mut self,
+        hook: impl Fn(&crate::relay::RelayEvent) + Send + Sync + 'static,
+    ) -> Self {
+        self.relay_hook = Some(Arc::new(hook));
+        self
+    }
+
     /// Bind to `addr` (port 0 picks a free port) and start serving. Opens (or
     /// creates) the data directory first: its key, and its claims store, which fails
     /// with [`Error::Busy`] while another registry uses the same directory.
@@ -211,6 +240,13 @@ impl RegistryBuilder {
         let listener = TcpListener::bind(addr)?;
         listener.set_nonblocking(true)?;
         let local_addr = listener.local_addr()?;
+        let (relay, relay_offer) = match &self.config.embedded_relay {
+            Some(embedded) => {
+                let (relay, offer) = start_relay(local_addr, embedded, self.relay_hook)?;
+                (Some(relay), Some(offer))
+            }
+            None => (None, self.config.relay_offer.clone()),
+        };
         let loops = match self.config.threads {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get().min(8)),
             n => n,
@@ -233,7 +269,6 @@ impl RegistryBuilder {
         // Every finished check fits: at most this many are queued or in flight.
         let (checked_tx, checked_rx) =
             crossbeam_channel::bounded(limits::PROBE_QUEUE + limits::PROBE_MAX_IN_FLIGHT);
-        let relay = self.config.relay_offer.clone();
         let shared = Arc::new(server::Shared {
             config: self.config,
             max_connections,
@@ -247,7 +282,7 @@ impl RegistryBuilder {
             freed: AtomicUsize::new(0),
             identity,
             claims,
-            relay,
+            relay: relay_offer,
             watches: watch::Watches::new(mailboxes),
             probes,
         });
@@ -269,6 +304,7 @@ impl RegistryBuilder {
             shared: shared.clone(),
             wakers,
             threads: Vec::with_capacity(loops + 1),
+            relay,
         };
         registry
             .threads
@@ -309,6 +345,8 @@ pub struct Registry {
     shared: Arc<server::Shared>,
     wakers: Vec<Arc<mio::Waker>>,
     threads: Vec<JoinHandle<()>>,
+    /// The embedded relay, stopped (and its thread joined) with the registry.
+    relay: Option<crate::relay::Relay>,
 }
 
 impl Registry {
@@ -384,6 +422,16 @@ impl Registry {
         self.directory.accounted_bytes()
     }
 
+    /// Where the embedded relay listens ([`RegistryConfig::embedded_relay`]).
+    pub fn relay_addr(&self) -> Option<SocketAddr> {
+        self.relay.as_ref().map(|r| r.local_addr())
+    }
+
+    /// What the embedded relay has done so far.
+    pub fn relay_stats(&self) -> Option<crate::relay::RelayStats> {
+        self.relay.as_ref().map(|r| r.stats())
+    }
+
     /// Stop serving, close every connection and join the server thread.
     pub fn shutdown(mut self) {
         self.stop_and_join();
@@ -397,7 +445,43 @@ impl Registry {
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
+        if let Some(relay) = self.relay.take() {
+            relay.shutdown();
+        }
     }
+}
+
+/// Starts the embedded relay on the registry's IP, with a fresh secret, and the offer
+/// that points peers to it.
+fn start_relay(
+    registry: SocketAddr,
+    embedded: &EmbeddedRelay,
+    hook: Option<crate::relay::RelayHook>,
+) -> Result<(crate::relay::Relay, crate::relay::RelayOffer)> {
+    use crate::relay::{Relay, RelayAddr, RelayOffer, RelaySecret};
+    let secret = RelaySecret::generate()?;
+    let mut builder = Relay::builder(secret.clone()).limits(embedded.limits.clone());
+    if let Some(hook) = hook {
+        builder = builder.on_event(move |e| hook(e));
+    }
+    let addr = SocketAddr::new(registry.ip(), embedded.port);
+    let listener = match std::net::TcpListener::bind(addr) {
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && embedded.any_port_if_taken => {
+            std::net::TcpListener::bind(SocketAddr::new(registry.ip(), 0))
+        }
+        r => r,
+    };
+    let relay = listener.and_then(|l| builder.start(l)).map_err(|e| {
+        Error::Io(std::io::Error::new(
+            e.kind(),
+            format!("cannot start the embedded relay on {addr}: {e}"),
+        ))
+    })?;
+    let offer = RelayOffer {
+        addr: RelayAddr::Port(relay.local_addr().port()),
+        secret,
+    };
+    Ok((relay, offer))
 }
 
 /// The registry's key file inside its data directory.
