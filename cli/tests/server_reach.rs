@@ -23,7 +23,7 @@ fn the_server_log_shows_a_sharing_peers_reachability() {
     let mut server = server_proc(&["--addr", "127.0.0.1:0", "--relay", "off"]);
     let addr = listening_addr(&mut server);
     let dir = tempfile::tempdir().unwrap();
-    let (mut sharer, port) = share(&addr, "reachy", dir.path(), false);
+    let (sharer, port) = share(&addr, "reachy", dir.path(), false);
     let line = server.line_with(" reachy is ");
     // The check dials the port the peer registered, on the address its session came
     // from; whether that peer build answers the probe decides the word.
@@ -44,7 +44,7 @@ fn the_server_log_shows_a_sharing_peers_reachability() {
         "json",
     ]);
     let addr = listening_addr(&mut server);
-    let (mut sharer, port) = share(&addr, "reachy", dir.path(), false);
+    let (sharer, port) = share(&addr, "reachy", dir.path(), false);
     let line = server.line_with("\"event\":\"reachability\"");
     let v: serde_json::Value = serde_json::from_str(&line).expect("one JSON object");
     assert_eq!(v["user"], "reachy");
