@@ -558,6 +558,11 @@ impl Server {
                 }
             }
         }
+        for user in self.shared.probes.retry(&self.shared.directory, now) {
+            log::warn!(
+                "registry: {user}'s listener was not checked in time: its reach stays unknown"
+            );
+        }
         let lease = self.shared.config.legacy_lease;
         let expired = self.shared.directory.expire_leases(now, lease);
         if !expired.is_empty() {
@@ -1379,15 +1384,19 @@ impl Server {
             user: user.into(),
             at: now,
         };
-        if let Err(why) = self.shared.probes.submit(job) {
-            log::warn!(
-                "registry: {user}'s listener at {} is not checked ({}): its reach stays unknown",
-                SocketAddr::new(now.ip, now.port),
-                match why {
-                    Overflow::Queue => "too many checks waiting",
-                    Overflow::Address => "too many checks for its address",
-                }
-            );
+        if let Err(why) = self.shared.probes.submit(job.clone()) {
+            let why = match why {
+                Overflow::Queue => "too many checks waiting",
+                Overflow::Address => "too many checks for its address",
+            };
+            let addr = SocketAddr::new(now.ip, now.port);
+            if self.shared.probes.defer(job, Instant::now()) {
+                log::info!("registry: {user}'s listener at {addr} waits for its check ({why})");
+            } else {
+                log::warn!(
+                    "registry: {user}'s listener at {addr} is not checked ({why}): its reach stays unknown"
+                );
+            }
         }
     }
 
