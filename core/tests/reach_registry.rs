@@ -881,3 +881,57 @@ fn relay_through_the_embedded_relay_joins_caller_and_callee() {
     callee.read_exact(&mut got).unwrap();
     assert_eq!(&got, b"hello through the relay");
 }
+
+#[test]
+fn over_ipv6_the_check_and_the_pushes_name_the_v6_address() {
+    let _m = measured();
+    let r = Registry::builder()
+        .config(RegistryConfig {
+            embedded_relay: Some(p2pcore::registry::EmbeddedRelay::default()),
+            ..RegistryConfig::default()
+        })
+        .bind("[::1]:0")
+        .unwrap();
+    // A listener on ::1 that answers probes.
+    let l = TcpListener::bind("[::1]:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let answering = std::thread::spawn(move || {
+        let (s, _) = l.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut line = String::new();
+        BufReader::new(s.try_clone().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        if let Some(Ok(Preamble::Probe(t))) = Preamble::parse(line.trim_end().as_bytes()) {
+            (&s).write_all(probe_answer(t).as_bytes()).unwrap();
+        }
+    });
+    let alice = Identity::generate().unwrap();
+    let mut a = Enc::dial(r.local_addr(), &alice);
+    assert_eq!(a.ask(&format!("INIT,alice,{port}")), "OK");
+    let mut w = Enc::dial(r.local_addr(), &alice);
+    let watched = w.ask("WATCH,alice");
+    assert!(watched.starts_with(&format!("OK,::1,{port},")), "{watched}");
+    let v6: SocketAddr = format!("[::1]:{port}").parse().unwrap();
+    if !watched.ends_with(",reachable") {
+        assert_eq!(
+            w.push(),
+            Push::Reach {
+                reach: Reach::Reachable,
+                addr: v6
+            }
+        );
+    }
+    answering.join().unwrap();
+    assert!(a.ask("GET_P,alice").ends_with(",reachable"));
+    // The embedded relay is advertised on the v6 address the session reached.
+    let relay = r.relay_addr().unwrap();
+    let answer = a.ask("RELAY,alice");
+    assert!(
+        answer.starts_with(&format!("OK,[::1]:{},", relay.port())),
+        "{answer}"
+    );
+    assert!(
+        matches!(w.push(), Push::Relay { relay: at, .. } if at == format!("[::1]:{}", relay.port()))
+    );
+}
