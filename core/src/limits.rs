@@ -180,6 +180,11 @@ pub const PROBE_MAX_PER_ADDR: usize = 4;
 /// to be queued again (see [`PROBE_RETRY_FOR`]); past both, a check is not made and the
 /// user's reach stays `unknown`.
 pub const PROBE_QUEUE: usize = 1024;
+/// Registry: most reachability checks one address (one /64 for IPv6) gets per minute
+/// (a burst of as many, then one a second); past it a check waits its turn (see
+/// [`PROBE_RETRY_FOR`]). A peer's port rarely changes; without this, a client could
+/// re-register port after port and use the registry to scan its own address.
+pub const PROBES_PER_MINUTE_PER_ADDR: u32 = 60;
 /// Registry: how long a check that did not fit (the queue full, its address over
 /// [`PROBE_MAX_PER_ADDR`]) is tried again, once a second, before the user's reach is
 /// left `unknown`: a NAT with many peers behind one address gets each checked in turn.

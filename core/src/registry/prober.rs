@@ -20,9 +20,10 @@ use super::address_key;
 use super::directory::Directory;
 use super::directory::Listed;
 use super::server::Shared;
+use super::signal::SignalBudget;
 use crate::limits::{
-    PROBE_ANSWER_MAX, PROBE_MAX_IN_FLIGHT, PROBE_MAX_PER_ADDR, PROBE_QUEUE, PROBE_RETRY_FOR,
-    PROBE_TIMEOUT,
+    PROBES_PER_MINUTE_PER_ADDR, PROBE_ANSWER_MAX, PROBE_MAX_IN_FLIGHT, PROBE_MAX_PER_ADDR,
+    PROBE_QUEUE, PROBE_RETRY_FOR, PROBE_TIMEOUT,
 };
 use crate::reach::{probe_answer, Preamble, Reach, Token as ProbeToken};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
@@ -66,6 +67,8 @@ pub(super) enum Overflow {
     Queue,
     /// The address already has [`PROBE_MAX_PER_ADDR`] checks waiting or in flight.
     Address,
+    /// The address had its [`PROBES_PER_MINUTE_PER_ADDR`] checks this minute.
+    Rate,
 }
 
 /// The loops' side of the prober: where checks are handed over.
@@ -77,6 +80,9 @@ pub(super) struct ProbeQueue {
     /// Checks that did not fit, with when they were first tried (at most
     /// [`PROBE_QUEUE`]).
     deferred: Mutex<VecDeque<(Job, Instant)>>,
+    /// Checks each address may still get this minute (addresses whose budget is whole
+    /// again are forgotten by [`retry`](Self::retry)).
+    budgets: Mutex<HashMap<IpAddr, SignalBudget>>,
 }
 
 impl ProbeQueue {
@@ -87,7 +93,23 @@ impl ProbeQueue {
             let mut per_addr = self.per_addr.lock();
             let n = per_addr.entry(key).or_insert(0);
             if *n >= PROBE_MAX_PER_ADDR {
+                if *n == 0 {
+                    per_addr.remove(&key);
+                }
                 return Err(Overflow::Address);
+            }
+            let now = Instant::now();
+            let took = self
+                .budgets
+                .lock()
+                .entry(key)
+                .or_insert_with(|| SignalBudget::new(PROBES_PER_MINUTE_PER_ADDR, now))
+                .take(now);
+            if !took {
+                if *n == 0 {
+                    per_addr.remove(&key);
+                }
+                return Err(Overflow::Rate);
             }
             *n += 1;
         }
@@ -118,6 +140,7 @@ impl ProbeQueue {
     /// at the address, by the same session) and younger than [`PROBE_RETRY_FOR`];
     /// returns the names given up on.
     pub fn retry(&self, directory: &Directory, now: Instant) -> Vec<Box<str>> {
+        self.budgets.lock().retain(|_, b| !b.is_full(now));
         let waiting: Vec<(Job, Instant)> = self.deferred.lock().drain(..).collect();
         let mut given_up = Vec::new();
         for (job, since) in waiting {
@@ -194,6 +217,7 @@ impl Prober {
             waker,
             per_addr: Mutex::new(HashMap::new()),
             deferred: Mutex::new(VecDeque::new()),
+            budgets: Mutex::new(HashMap::new()),
         };
         Ok((prober, queue))
     }
@@ -459,6 +483,33 @@ mod tests {
         let gone = q.retry(&d, t0 + PROBE_RETRY_FOR);
         assert_eq!(gone, vec![Box::from("u101")]);
         assert!(q.deferred.lock().is_empty());
+    }
+
+    #[test]
+    fn one_address_gets_so_many_checks_a_minute() {
+        let (_prober, q) = Prober::new().unwrap();
+        let d = Directory::default();
+        let caller = Caller {
+            conn: 1,
+            ip: "127.0.0.6".parse().unwrap(),
+            session: true,
+            key: None,
+        };
+        d.init(caller, "scanner", 5000, &[]).unwrap();
+        let job = Job {
+            user: "scanner".into(),
+            at: d.listed("scanner").unwrap(),
+        };
+        let key = address_key(caller.ip);
+        for _ in 0..PROBES_PER_MINUTE_PER_ADDR {
+            assert_eq!(q.submit(job.clone()), Ok(()));
+            q.done(key); // as if it had ended at once
+        }
+        assert_eq!(q.submit(job.clone()), Err(Overflow::Rate));
+        assert!(
+            q.per_addr.lock().is_empty(),
+            "a refused check holds no place"
+        );
     }
 
     #[test]

@@ -1388,6 +1388,7 @@ impl Server {
             let why = match why {
                 Overflow::Queue => "too many checks waiting",
                 Overflow::Address => "too many checks for its address",
+                Overflow::Rate => "its address's checks per minute",
             };
             let addr = SocketAddr::new(now.ip, now.port);
             if self.shared.probes.defer(job, Instant::now()) {
@@ -1475,7 +1476,7 @@ impl Server {
         let now = Instant::now();
         if !conn
             .signals
-            .get_or_insert_with(|| SignalBudget::new(now))
+            .get_or_insert_with(|| SignalBudget::signals(now))
             .take(now)
         {
             return Err(reason::TOO_MANY_SIGNALS.into());
