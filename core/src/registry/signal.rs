@@ -49,37 +49,56 @@ pub(crate) fn parse_signal(line: &[u8]) -> Option<Result<Signal<'_>, QueryError>
     Some(check_username(user).map(|()| make(user)))
 }
 
-/// How many `CONNECT`/`RELAY` queries a session may still send: a token bucket of
-/// [`SIGNALS_PER_MINUTE`] refilled evenly over a minute (a burst of 20 at once, then
-/// one every 3 s).
+/// A budget of so many actions per minute: a token bucket refilled evenly over a
+/// minute, with a burst of the whole minute's share. What a session may still send of
+/// `CONNECT`/`RELAY` ([`SIGNALS_PER_MINUTE`]: 20 at once, then one every 3 s), and how
+/// many reachability checks an address may still get
+/// ([`crate::limits::PROBES_PER_MINUTE_PER_ADDR`]).
 #[derive(Debug, Clone)]
 pub(crate) struct SignalBudget {
+    per_minute: u32,
     tokens: f64,
     at: Instant,
 }
 
 impl SignalBudget {
-    /// A full budget.
-    pub fn new(now: Instant) -> SignalBudget {
+    /// A full budget of `per_minute`.
+    pub fn new(per_minute: u32, now: Instant) -> SignalBudget {
         SignalBudget {
-            tokens: f64::from(SIGNALS_PER_MINUTE),
+            per_minute,
+            tokens: f64::from(per_minute),
             at: now,
         }
     }
 
-    /// Take one query's token; `false`: over the budget (the query is refused).
-    pub fn take(&mut self, now: Instant) -> bool {
-        let cap = f64::from(SIGNALS_PER_MINUTE);
+    /// A full budget of [`SIGNALS_PER_MINUTE`].
+    pub fn signals(now: Instant) -> SignalBudget {
+        SignalBudget::new(SIGNALS_PER_MINUTE, now)
+    }
+
+    fn refill(&mut self, now: Instant) {
+        let cap = f64::from(self.per_minute);
         let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
         let per_sec = cap / Duration::from_secs(60).as_secs_f64();
         self.tokens = (self.tokens + elapsed * per_sec).min(cap);
         self.at = now;
+    }
+
+    /// Take one action's token; `false`: over the budget (the action is refused).
+    pub fn take(&mut self, now: Instant) -> bool {
+        self.refill(now);
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
             true
         } else {
             false
         }
+    }
+
+    /// Whether the budget is whole again (nothing to remember it for).
+    pub fn is_full(&mut self, now: Instant) -> bool {
+        self.refill(now);
+        self.tokens >= f64::from(self.per_minute)
     }
 }
 
@@ -114,10 +133,30 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        #[test]
+        fn parse_signal_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200)) {
+            let _ = parse_signal(&bytes);
+        }
+
+        #[test]
+        fn valid_names_round_trip(name in "[a-z][a-z0-9 _.-]{0,62}[a-z0-9]") {
+            let n = name.as_str();
+            for (verb, want) in [
+                ("WATCH", Signal::Watch(n)),
+                ("CONNECT", Signal::Connect(n)),
+                ("RELAY", Signal::Relay(n)),
+            ] {
+                let line = format!("{verb},{name}");
+                proptest::prop_assert_eq!(parse_signal(line.as_bytes()), Some(Ok(want)));
+            }
+        }
+    }
+
     #[test]
     fn the_budget_allows_a_burst_then_one_every_three_seconds() {
         let t0 = Instant::now();
-        let mut b = SignalBudget::new(t0);
+        let mut b = SignalBudget::signals(t0);
         for _ in 0..SIGNALS_PER_MINUTE {
             assert!(b.take(t0));
         }
