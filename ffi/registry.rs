@@ -44,6 +44,10 @@ pub enum p2p_registry_event_kind {
     /// A client was refused by a bound (`source`; `outcome` is the `ERR,<reason>` it
     /// was sent, or `"closed"` when it was closed without an answer).
     P2P_REGISTRY_REFUSED = 4,
+    /// A reachability check of a user's listener finished (`source` is the address
+    /// checked, `"ip:port"`; `outcome` is `"reachable"`, `"unreachable"` or
+    /// `"unknown"`; `usernames` holds the user).
+    P2P_REGISTRY_REACHABILITY = 5,
 }
 
 /// One thing the registry saw, passed to a `p2p_registry_event_cb`.
@@ -149,6 +153,15 @@ fn deliver(
             false,
             0,
             &[],
+        ),
+        RegistryEvent::Reachability { user, addr, reach } => (
+            p2p_registry_event_kind::P2P_REGISTRY_REACHABILITY,
+            Some(addr.to_string()),
+            None,
+            Some(c_string(reach.as_str())),
+            false,
+            0,
+            std::slice::from_ref(user),
         ),
     };
     let fingerprint = match ev {

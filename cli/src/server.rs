@@ -213,6 +213,7 @@ impl Logged {
                 RegistryEvent::Connected { .. }
                     | RegistryEvent::Query { .. }
                     | RegistryEvent::Disconnected { .. }
+                    | RegistryEvent::Reachability { .. }
             ),
             Logged::Relay(e) => !matches!(e, RelayEvent::Refused { .. }),
         }
@@ -445,6 +446,14 @@ fn text_line(style: &Style, e: &RegistryEvent) -> String {
             now(),
             style.red(&format!("refused: {}", visible(outcome)))
         ),
+        RegistryEvent::Reachability { user, addr, reach } => {
+            let word = match reach {
+                p2pcore::reach::Reach::Reachable => style.green(reach.as_str()),
+                p2pcore::reach::Reach::Unreachable => style.yellow(reach.as_str()),
+                p2pcore::reach::Reach::Unknown => reach.as_str().to_string(),
+            };
+            format!("{} {addr} {} is {word}", now(), visible(user))
+        }
     }
 }
 
@@ -640,6 +649,15 @@ fn json_event(e: &RegistryEvent) -> String {
                 ("outcome", Json::Str(outcome)),
             ],
         ),
+        RegistryEvent::Reachability { user, addr, reach } => json_line(
+            now,
+            "reachability",
+            &[
+                ("user", Json::Str(user)),
+                ("addr", Json::Str(&addr.to_string())),
+                ("reach", Json::Str(reach.as_str())),
+            ],
+        ),
     }
 }
 
@@ -719,6 +737,24 @@ mod tests {
             line.ends_with(" refused: ERR,Too many connections from your address"),
             "{line}"
         );
+    }
+
+    #[test]
+    fn reachability_lines_name_the_user_the_address_and_the_outcome() {
+        let e = RegistryEvent::Reachability {
+            user: "alice".into(),
+            addr: "127.0.0.1:5000".parse().unwrap(),
+            reach: p2pcore::reach::Reach::Unreachable,
+        };
+        let line = text_line(&Style::plain(), &e);
+        assert!(
+            line.ends_with(" 127.0.0.1:5000 alice is unreachable"),
+            "{line}"
+        );
+        let json = json_event(&e);
+        assert!(json.contains("\"event\":\"reachability\""), "{json}");
+        assert!(json.contains("\"reach\":\"unreachable\""), "{json}");
+        assert!(json.contains("\"user\":\"alice\""), "{json}");
     }
 
     #[test]

@@ -164,6 +164,40 @@ pub const LEGACY_CHAT_ANSWER_WAIT: Duration = Duration::from_secs(6);
 /// is far longer than a query may be ([`MAX_LINE_LEN`]).
 pub const MAX_ANSWER_LEN: usize = 16 * 1024 * 1024;
 
+// ---- Reaching peers behind NATs (registry side, `docs/PROTOCOL.md` §5) ----
+
+/// Registry: how long a reachability check may take, from the first SYN to the
+/// listener's `OK probe <token>` line; past it the listener counts as `unreachable`.
+/// A listener on the internet answers within a round trip or two; a NAT or a firewall
+/// dropping the SYN never does.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+/// Registry: most reachability checks in flight at once (each holds one socket).
+pub const PROBE_MAX_IN_FLIGHT: usize = 64;
+/// Registry: most reachability checks waiting or in flight for one address (one /64
+/// for IPv6); past it a new check waits its turn (see [`PROBE_RETRY_FOR`]).
+pub const PROBE_MAX_PER_ADDR: usize = 4;
+/// Registry: most reachability checks waiting for a place in flight, and most waiting
+/// to be queued again (see [`PROBE_RETRY_FOR`]); past both, a check is not made and the
+/// user's reach stays `unknown`.
+pub const PROBE_QUEUE: usize = 1024;
+/// Registry: how long a check that did not fit (the queue full, its address over
+/// [`PROBE_MAX_PER_ADDR`]) is tried again, once a second, before the user's reach is
+/// left `unknown`: a NAT with many peers behind one address gets each checked in turn.
+pub const PROBE_RETRY_FOR: Duration = Duration::from_secs(300);
+/// Registry: longest answer line read from a probed listener (`OK probe <token>` is
+/// 42 bytes).
+pub const PROBE_ANSWER_MAX: usize = 128;
+/// Registry: most unsent bytes a watch session may hold; a push that would go past it
+/// is dropped (counted and logged): a watcher that does not read costs at most this.
+pub const WATCH_MAX_UNSENT: usize = 16 * 1024;
+/// Registry: most `CONNECT` and `RELAY` queries one session may send per minute
+/// (refused past it): each makes another peer connect somewhere, so a registry must
+/// not let one client turn it into a dial-out amplifier.
+pub const SIGNALS_PER_MINUTE: u32 = 20;
+/// Registry: how long a relay token it mints stays valid (both sides connect to the
+/// relay within it).
+pub const RELAY_TOKEN_TTL: Duration = Duration::from_secs(60);
+
 // ---- The relay (`RelayLimits`; PROTOCOL.md §5.4) ----
 
 /// Relay: longest first line (`RELAY/1 <token>\n`, 89 bytes with an 80-character

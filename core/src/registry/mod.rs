@@ -13,10 +13,21 @@
 //! handshake with the registry's key, then AEAD records: see [`crate::secure`]); a
 //! name registered over an encrypted session is *claimed* by its key (see `claims`),
 //! across restarts when the registry has a data directory.
+//!
+//! Reaching peers behind NATs (`docs/PROTOCOL.md` §5): after an encrypted session
+//! registers a user at a new address, the `prober` thread checks from outside whether
+//! the user's listener answers there, and the outcome (`reach`) is listed with the
+//! user. A peer's second encrypted session can become its *watch session* (`watch`),
+//! on which the registry pushes that outcome and the requests of other peers to be
+//! connected to (`CONNECT`: dial the caller back; `RELAY`: meet it at a relay), parsed
+//! in `signal`.
 
 mod claims;
 mod directory;
+mod prober;
 mod server;
+mod signal;
+mod watch;
 
 pub use claims::{claims_file, release_name};
 pub use directory::UserEntry;
@@ -89,8 +100,10 @@ pub struct RegistryConfig {
     pub claim_ttl: Duration,
     /// The registry's key, overriding the one in `data_dir` (or the ephemeral one).
     pub identity: Option<Identity>,
-    /// The relay offered to peers that cannot reach each other (a standalone one, whose
-    /// secret the registry shares); `None`: none, unless `embedded_relay` starts one.
+    /// The relay offered to peers that cannot reach each other (`RELAY` queries:
+    /// tokens minted under its secret; a standalone one, whose secret the registry
+    /// shares); `None`: none, unless `embedded_relay` starts one, and `RELAY` is
+    /// answered `ERR,No relay available`.
     pub relay_offer: Option<crate::relay::RelayOffer>,
     /// Start a relay inside the registry (on the registry's IP) and offer it, in place
     /// of `relay_offer`; `None` (the default): no embedded relay.
@@ -173,6 +186,14 @@ pub enum RegistryEvent {
         /// `closed` when it was closed without an answer.
         outcome: String,
     },
+    /// A reachability check of a user's listener finished (`docs/PROTOCOL.md` §5.1).
+    Reachability {
+        user: String,
+        /// The address checked: the IP the registry sees, the registered port.
+        addr: SocketAddr,
+        /// `Reachable` or `Unreachable` (`Unknown` when the check could not run).
+        reach: crate::reach::Reach,
+    },
 }
 
 /// A hook that sees every registry event. Called on the registry's event-loop threads:
@@ -236,6 +257,18 @@ impl RegistryBuilder {
             max_users_per_addr: self.config.max_users_per_addr,
         }));
         let max_connections = connection_cap(self.config.max_connections, raise_nofile_limit());
+        let mut parts = Vec::with_capacity(loops);
+        let mut mailboxes = Vec::with_capacity(loops);
+        for _ in 0..loops {
+            let (p, mailbox) = server::LoopParts::new()?;
+            parts.push(p);
+            mailboxes.push(mailbox);
+        }
+        let (prober, probes) = prober::Prober::new()?;
+        let prober_waker = probes.waker();
+        // Every finished check fits: at most this many are queued or in flight.
+        let (checked_tx, checked_rx) =
+            crossbeam_channel::bounded(limits::PROBE_QUEUE + limits::PROBE_MAX_IN_FLIGHT);
         let shared = Arc::new(server::Shared {
             config: self.config,
             max_connections,
@@ -250,24 +283,34 @@ impl RegistryBuilder {
             identity,
             claims,
             relay: relay_offer,
+            watches: watch::Watches::new(mailboxes),
+            probes,
         });
         let mut servers = Vec::with_capacity(loops);
         let mut handoffs = Vec::with_capacity(loops);
-        for _ in 0..loops {
-            let (server, handoff) = server::Server::new(shared.clone())?;
+        for (i, p) in parts.into_iter().enumerate() {
+            let (server, handoff) = server::Server::new(shared.clone(), p, i);
             servers.push(server);
             handoffs.push(handoff);
         }
-        let wakers = handoffs.iter().map(|h| h.waker.clone()).collect();
+        let mut wakers: Vec<Arc<mio::Waker>> = handoffs.iter().map(|h| h.waker.clone()).collect();
+        let report = wakers[0].clone();
+        wakers.push(prober_waker);
+        servers[0].report_checks(checked_rx);
         servers[0].accept_on(mio::net::TcpListener::from_std(listener), handoffs)?;
         let mut registry = Registry {
             local_addr,
             directory,
-            shared,
+            shared: shared.clone(),
             wakers,
-            threads: Vec::with_capacity(loops),
+            threads: Vec::with_capacity(loops + 1),
             relay,
         };
+        registry
+            .threads
+            .push(spawn_named("p2p-registry-probe", move || {
+                prober.run(shared, checked_tx, report)
+            })?);
         for (i, server) in servers.into_iter().enumerate() {
             // On failure, dropping `registry` stops and joins the loops already started.
             registry
@@ -365,6 +408,12 @@ impl Registry {
     /// registration of the name, by anyone, is unclaimed). Whether there was one.
     pub fn release_claim(&self, username: &str) -> Result<bool> {
         self.shared.claims.release(username)
+    }
+
+    /// Pushes dropped so far because a watch session was not reading them (see
+    /// [`crate::limits::WATCH_MAX_UNSENT`]).
+    pub fn pushes_dropped(&self) -> u64 {
+        self.shared.watches.dropped()
     }
 
     /// Bytes of registration data held now, as counted against
