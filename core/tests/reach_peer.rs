@@ -1,7 +1,9 @@
 //! Reaching peers on every path, the peer's side (`docs/PROTOCOL.md` §5), over real
-//! loopback sockets with the real registry (and a real relay it offers): on loopback every
-//! listener is reachable, so the tests force the path with
-//! [`PathPolicy`](p2pcore::peer::PathPolicy) and check that both sides report it, that
+//! loopback sockets with the real registry (and a real relay it offers). On loopback a
+//! listener is reachable unless it listens on another 127.0.0.x than its registry
+//! session comes from (then the registry checks an address where nothing listens, as
+//! behind a NAT): the default policy is tested that way, the other tests force the path
+//! with [`PathPolicy`](p2pcore::peer::PathPolicy). They check that both sides report it, that
 //! what arrives is byte-identical, that the listener answers the registry's probe and
 //! refuses a reverse connection nobody asked for, and that a flood of `DIAL` pushes
 //! keeps threads and descriptors bounded, and that a relayed download cut by the relay
@@ -489,4 +491,85 @@ fn a_relayed_download_cut_midway_resumes_and_is_byte_identical() {
     );
     p.alice.exit();
     p.bob.exit();
+}
+
+/// A peer that listens on `listen` (127.0.0.x) while its registry session comes from
+/// 127.0.0.1: the registry lists and checks 127.0.0.1 at its port, where nothing
+/// listens, as a NAT without a forwarded port would have it. Waits until the registry
+/// said so.
+fn unreachable_peer(
+    registry: &str,
+    name: &str,
+    dir: &std::path::Path,
+    listen: &str,
+) -> (Peer, Seen) {
+    let seen = Seen::default();
+    let (s1, s2, s3) = (seen.clone(), seen.clone(), seen.clone());
+    let peer = common::peer_builder(registry, name, dir)
+        .listen_ip(listen.parse().unwrap())
+        .on_event(move |e| s1.events.lock().push(e.clone()))
+        .on_chat_request(move |r| {
+            s2.request_paths.lock().push(r.path());
+            if let Ok(chat) = r.accept() {
+                s2.accepted.lock().push(chat);
+            }
+        })
+        .on_chat_message(move |_, _, text| s3.messages.lock().push(text.to_string()))
+        .connect()
+        .unwrap();
+    assert!(
+        wait_until(WAIT, || peer.reachability() == Reach::Unreachable),
+        "{name} found unreachable"
+    );
+    assert_eq!(seen.reach(), Some(Reach::Unreachable), "and told so");
+    (peer, seen)
+}
+
+#[test]
+fn by_default_an_unreachable_callee_is_reached_by_reverse_connect_and_two_through_the_relay() {
+    let _one = SERIAL.lock();
+    let (registry, relay) = registry_with_relay();
+    let reg = registry.local_addr().to_string();
+    let (da, db, dc) = (
+        TempDir::new().unwrap(),
+        TempDir::new().unwrap(),
+        TempDir::new().unwrap(),
+    );
+    let content = pattern(1024 * 1024 + 3, 5);
+    std::fs::write(db.path().join("report.bin"), &content).unwrap();
+    let (bob, bob_seen) = unreachable_peer(&reg, "bob", db.path(), "127.0.0.2");
+    assert_eq!(
+        bob.listed_addr().map(|a| a.ip()),
+        Some("127.0.0.1".parse().unwrap()),
+        "listed where its session comes from"
+    );
+    // alice is reachable: bob connects back to her.
+    let (alice, _) = peer(&reg, "alice", da.path(), PathPolicy::Auto);
+    assert!(wait_until(WAIT, || alice.reachability() == Reach::Reachable));
+    let t = alice.fetch("bob", "report.bin").unwrap();
+    let saved = t.wait_timeout(WAIT).expect("download ended").unwrap();
+    assert_eq!(std::fs::read(&saved).unwrap(), content);
+    assert_eq!(t.path(), Path::Reverse);
+    let chat = alice.chat("bob").unwrap();
+    assert_eq!(chat.path(), Path::Reverse);
+    chat.close();
+    assert_eq!(*bob_seen.request_paths.lock(), vec![Path::Reverse]);
+    assert_eq!(relay.stats().joined, 0, "no relay needed");
+
+    // carol is unreachable too: the relay.
+    let (carol, _) = unreachable_peer(&reg, "carol", dc.path(), "127.0.0.3");
+    let t = carol.fetch("bob", "report.bin").unwrap();
+    let saved = t.wait_timeout(WAIT).expect("download ended").unwrap();
+    assert_eq!(std::fs::read(&saved).unwrap(), content);
+    assert_eq!(t.path(), Path::Relayed);
+    assert_eq!(relay.stats().joined, 1);
+
+    // And a direct attempt, forced, is refused where the registry lists bob.
+    let dd = TempDir::new().unwrap();
+    let (dave, _) = peer(&reg, "dave", dd.path(), PathPolicy::Direct);
+    let err = dave.fetch("bob", "report.bin").unwrap().wait_timeout(WAIT);
+    assert!(matches!(err, Some(Err(_))), "{err:?}");
+    for p in [alice, bob, carol, dave] {
+        p.exit();
+    }
 }
