@@ -149,8 +149,10 @@ fn pair(registry: &str, policy: PathPolicy, size: usize) -> Pair {
 /// report `path`, and the file and the messages arrive intact.
 fn chat_and_download_on(registry: &str, policy: PathPolicy, path: Path) {
     let p = pair(registry, policy, 3 * 1024 * 1024 + 17);
+    let started = std::time::Instant::now();
     let t = p.alice.fetch("bob", "report.bin").unwrap();
     let saved = t.wait_timeout(WAIT).expect("download ended").unwrap();
+    let fetched = started.elapsed();
     assert_eq!(std::fs::read(&saved).unwrap(), p.content, "byte-identical");
     assert!(t.is_verified() && t.is_encrypted());
     assert_eq!(t.path(), path, "the transfer reports its path");
@@ -160,7 +162,13 @@ fn chat_and_download_on(registry: &str, policy: PathPolicy, path: Path) {
         "and so does its start"
     );
 
+    let started = std::time::Instant::now();
     let chat = p.alice.chat("bob").unwrap();
+    println!(
+        "{path}: 3 MiB download {:.0} ms, chat open {:.1} ms (debug build)",
+        fetched.as_secs_f64() * 1e3,
+        started.elapsed().as_secs_f64() * 1e3
+    );
     assert_eq!(chat.path(), path, "the caller's chat reports its path");
     assert!(chat.is_verified() && chat.is_encrypted());
     chat.send("hello over the other path").unwrap();
@@ -178,6 +186,17 @@ fn chat_and_download_on(registry: &str, policy: PathPolicy, path: Path) {
     chat.close();
     p.alice.exit();
     p.bob.exit();
+}
+
+#[test]
+fn direct_forced_chat_and_download_report_direct_on_both_sides() {
+    let _one = SERIAL.lock();
+    let registry = Registry::bind("127.0.0.1:0").unwrap();
+    chat_and_download_on(
+        &registry.local_addr().to_string(),
+        PathPolicy::Direct,
+        Path::Direct,
+    );
 }
 
 #[test]
