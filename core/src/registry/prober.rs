@@ -22,8 +22,8 @@ use super::directory::Listed;
 use super::server::Shared;
 use super::signal::SignalBudget;
 use crate::limits::{
-    PROBES_PER_MINUTE_PER_ADDR, PROBE_ANSWER_MAX, PROBE_MAX_IN_FLIGHT, PROBE_MAX_PER_ADDR,
-    PROBE_QUEUE, PROBE_RETRY_FOR, PROBE_TIMEOUT,
+    MAX_USERS_PER_ADDR, PROBES_PER_MINUTE_PER_ADDR, PROBE_ANSWER_MAX, PROBE_MAX_IN_FLIGHT,
+    PROBE_MAX_PER_ADDR, PROBE_QUEUE, PROBE_RETRY_FOR, PROBE_TIMEOUT,
 };
 use crate::reach::{probe_answer, Preamble, Reach, Token as ProbeToken};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
@@ -93,9 +93,6 @@ impl ProbeQueue {
             let mut per_addr = self.per_addr.lock();
             let n = per_addr.entry(key).or_insert(0);
             if *n >= PROBE_MAX_PER_ADDR {
-                if *n == 0 {
-                    per_addr.remove(&key);
-                }
                 return Err(Overflow::Address);
             }
             let now = Instant::now();
@@ -126,10 +123,16 @@ impl ProbeQueue {
     }
 
     /// Set aside a check that did not fit, to be queued again by [`retry`](Self::retry).
-    /// `false`: the set-aside list is full too (the check is not made).
+    /// `false`: the set-aside list is full, or holds [`MAX_USERS_PER_ADDR`] checks of
+    /// this address already (the check is not made).
     pub fn defer(&self, job: Job, since: Instant) -> bool {
         let mut deferred = self.deferred.lock();
-        if deferred.len() >= PROBE_QUEUE {
+        let key = address_key(job.at.ip);
+        let mine = deferred
+            .iter()
+            .filter(|(j, _)| address_key(j.at.ip) == key)
+            .count();
+        if deferred.len() >= PROBE_QUEUE || mine >= MAX_USERS_PER_ADDR {
             return false;
         }
         deferred.push_back((job, since));
