@@ -1,6 +1,7 @@
 //! The command line: subcommands and their flags (clap derive).
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use p2pcore::peer::PathPolicy;
 use std::net::IpAddr;
 use std::path::PathBuf;
 
@@ -380,6 +381,11 @@ pub fn expand_home(text: &str) -> PathBuf {
     PathBuf::from(text)
 }
 
+fn parse_path_policy(text: &str) -> Result<PathPolicy, String> {
+    PathPolicy::parse(text)
+        .ok_or_else(|| format!("{text:?} is not a path: auto, direct, reverse or relay"))
+}
+
 fn parse_dir(text: &str) -> Result<PathBuf, String> {
     Ok(expand_home(text))
 }
@@ -438,6 +444,11 @@ pub struct ClientArgs {
     pub identity: Option<PathBuf>,
     #[command(flatten)]
     pub serving: Serving,
+    /// How to reach other peers: `auto` (direct, then reverse connect, then the
+    /// relay), or only `direct`, `reverse` or `relay` (others never learn your
+    /// address through a relayed link).
+    #[arg(long, value_name = "PATH", default_value = "auto", value_parser = parse_path_policy)]
+    pub path: PathPolicy,
 }
 
 /// Whom a peer that stays online talks to and serves.
@@ -504,6 +515,11 @@ pub struct Identity {
     /// p2pchat config directory ($XDG_CONFIG_HOME/p2pchat or ~/.config/p2pchat).
     #[arg(long, value_name = "FILE", env = "P2PCHAT_IDENTITY", value_parser = parse_dir)]
     pub identity: Option<PathBuf>,
+    /// How to reach other peers: `auto` (direct, then reverse connect, then the
+    /// relay), or only `direct`, `reverse` or `relay` (others never learn your
+    /// address through a relayed link).
+    #[arg(long, value_name = "PATH", default_value = "auto", value_parser = parse_path_policy)]
+    pub path: PathPolicy,
 }
 
 #[derive(Debug, Args)]

@@ -164,6 +164,38 @@ pub const LEGACY_CHAT_ANSWER_WAIT: Duration = Duration::from_secs(6);
 /// is far longer than a query may be ([`MAX_LINE_LEN`]).
 pub const MAX_ANSWER_LEN: usize = 16 * 1024 * 1024;
 
+// Reaching peers behind NATs, the peer's side (docs/PROTOCOL.md §5).
+
+/// Longest line read on a watch session (a push is far shorter; anything longer is a
+/// broken registry and ends the session).
+pub const MAX_PUSH_LINE: usize = 1024;
+/// First wait before a dropped watch session is opened again; doubled after each
+/// failure up to [`WATCH_BACKOFF_MAX`].
+pub const WATCH_BACKOFF_MIN: Duration = Duration::from_secs(1);
+/// Longest wait between two attempts to open the watch session.
+pub const WATCH_BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// Most dial-outs (`DIAL` and `RELAY` pushes being followed) running at once; pushes
+/// past it are dropped with a log line (the caller then tries its next path).
+pub const MAX_DIAL_OUTS: usize = 4;
+/// Most dial-outs started per minute: a registry (or someone who made it push) cannot
+/// turn this peer into a connection cannon.
+pub const MAX_DIAL_OUTS_PER_MINUTE: usize = 30;
+/// How long a caller waits for the callee's reverse connection after `CONNECT`.
+pub const REVERSE_WAIT: Duration = Duration::from_secs(15);
+/// How long a `P2P/2 REVERSE` connection whose token is not (yet) waited for is held
+/// while one of this peer's own `CONNECT`s is still waiting for its answer (the callee
+/// can be faster than the registry's answer); otherwise it is refused at once.
+pub const REVERSE_CLAIM_WAIT: Duration = Duration::from_secs(5);
+/// How long a peer waits for a relay's `OK relayed` (the relay holds a lone side for
+/// up to 30 s while the other comes).
+pub const RELAY_JOIN_WAIT: Duration = Duration::from_secs(35);
+/// Longest line read from a relay before its `OK relayed`.
+pub const MAX_RELAY_LINE: usize = 256;
+/// After a path to a user failed (no answer, refused), how long that path is skipped
+/// for that user before it is tried again.
+pub const PATH_RETRY_AFTER: Duration = Duration::from_secs(60);
+/// Most users whose failed paths are remembered (the oldest are forgotten first).
+pub const MAX_PATH_MEMORY: usize = 1024;
 // ---- Reaching peers behind NATs (registry side, `docs/PROTOCOL.md` §5) ----
 
 /// Registry: how long a reachability check may take, from the first SYN to the
@@ -234,3 +266,11 @@ pub const RELAY_MAX_REFUSING: usize = 256;
 /// Relay: most joined circuits remembered until their token expires (so a token joins
 /// once); past it new circuits are refused as busy.
 pub const RELAY_MAX_USED_TOKENS: usize = 100_000;
+/// How long a caller about to ask for a reverse connection waits for the registry's
+/// check of its own listener, when that has not finished yet (a peer that just
+/// registered): the registry asks callees to connect back only to reachable callers.
+pub const REACH_WAIT: Duration = Duration::from_secs(3);
+/// How long a caller waits for the registry's check of a callee that just registered
+/// (its reach still `unknown`) before choosing a path: a little over the registry's
+/// [`PROBE_TIMEOUT`].
+pub const CALLEE_REACH_WAIT: Duration = Duration::from_secs(4);
