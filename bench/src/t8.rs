@@ -16,13 +16,19 @@
 //!   and the descriptors each takes in the relay (two sockets, two pipes). The client
 //!   ends of the circuits live in this process too (kernel memory, not VmRSS).
 //!
-//! Not measured here: a real p2pchat download on a relayed path (that needs the peer
-//! side of issue 12); on loopback a download is bounded by its encryption (T1, T7), so
-//! the relay's overhead shows best on raw bytes.
+//! - **A real download, relayed vs direct**: a 256 MiB file served by one peer and
+//!   fetched by two others, one allowed only the direct path, one only the relay
+//!   (`PathPolicy::Relay`), through the relay embedded in the registry (rate limits
+//!   off); each download encrypted end to end, BLAKE3-verified, synced and renamed as
+//!   in T1, and its reported path checked. On loopback a download is bounded by its
+//!   encryption and the disk (T1, T7), so the relay's own cost shows best on raw bytes.
 
 use crate::report::{Figure, Goal, Stats};
 use crate::scratch::{self, mb_per_s};
 use crate::{progress, sys, Options, Outcome};
+use p2pcore::peer::{PathPolicy, Peer};
+use p2pcore::reach::Path as LinkPath;
+use p2pcore::registry::{EmbeddedRelay, Registry, RegistryConfig};
 use p2pcore::relay::token::mint;
 use p2pcore::relay::{Forwarding, Relay, RelayLimits, RelaySecret};
 use std::io::{Read, Write};
@@ -148,6 +154,22 @@ pub fn run(opts: &Options) -> Result<Outcome, String> {
     );
     drop(socat);
 
+    let (relayed_dl, direct_dl) = downloads(&unlimited)?;
+    figures.push(
+        Figure::compared(
+            "T8 download 256 MiB, relayed vs direct",
+            "MB/s",
+            Stats::of(&relayed_dl),
+            Stats::of(&direct_dl),
+        )
+        .goal(Goal::RatioAtLeast(GOAL_RATIO))
+        .extra(
+            "p2pchat peers: fetch() to wait(), encrypted P2P/2 link, verified, synced; \
+             PathPolicy::Relay through the registry's embedded relay vs PathPolicy::Direct \
+             (path checked each run), runs alternating",
+        ),
+    );
+
     let (kib, fds) = memory_per_circuit(&splice, &secret)?;
     figures.push(
         Figure::single("T8 relay memory per idle circuit", "KiB", Stats::of(&[kib])).extra(
@@ -159,6 +181,85 @@ pub fn run(opts: &Options) -> Result<Outcome, String> {
         ),
     );
     Ok(Outcome { figures, notes })
+}
+
+/// Runs of a 256 MiB download through the relay and direct, alternating: MB/s each.
+fn downloads(limits: &RelayLimits) -> Result<(Vec<f64>, Vec<f64>), String> {
+    const FILE: &str = "t8.bin";
+    let scratch = scratch::TempDir::new("t8")?;
+    let share = scratch.subdir("share")?;
+    let empty = scratch.subdir("empty")?;
+    let dl_relay = scratch.subdir("dl-relay")?;
+    let dl_direct = scratch.subdir("dl-direct")?;
+    scratch::write_noise_file(&share.join(FILE), TRANSFER, 0x7438, true)
+        .map_err(|e| format!("writing the shared file: {e}"))?;
+    let registry = Registry::builder()
+        .config(RegistryConfig {
+            embedded_relay: Some(EmbeddedRelay {
+                port: 0,
+                limits: limits.clone(),
+                any_port_if_taken: true,
+            }),
+            ..scratch::one_address_config()
+        })
+        .bind("127.0.0.1:0")
+        .map_err(|e| format!("registry: {e}"))?;
+    let reg = registry.local_addr().to_string();
+    let connect = |name: &str, dir: &std::path::Path, dl: &std::path::Path, policy| {
+        scratch::peer(&reg, name, dir)
+            .download_dir(dl)
+            .path_policy(policy)
+            .connect()
+            .map_err(|e| format!("peer {name}: {e}"))
+    };
+    let server = connect("t8-server", &share, &dl_direct, PathPolicy::Auto)?;
+    let via_relay = connect("t8-relayed", &empty, &dl_relay, PathPolicy::Relay)?;
+    let direct = connect("t8-direct", &empty, &dl_direct, PathPolicy::Direct)?;
+    let result = (|| -> Result<(Vec<f64>, Vec<f64>), String> {
+        let (mut r, mut d) = (Vec::new(), Vec::new());
+        for run in 1..=3 {
+            let rs = download(&via_relay, server.username(), FILE, LinkPath::Relayed)?;
+            scratch::empty_dir(&dl_relay)?;
+            let ds = download(&direct, server.username(), FILE, LinkPath::Direct)?;
+            scratch::empty_dir(&dl_direct)?;
+            r.push(mb_per_s(TRANSFER, rs));
+            d.push(mb_per_s(TRANSFER, ds));
+            progress(&format!(
+                "T8 download run {run}/3: relayed {:.0} MB/s, direct {:.0} MB/s",
+                r[run - 1],
+                d[run - 1]
+            ));
+        }
+        Ok((r, d))
+    })();
+    via_relay.exit();
+    direct.exit();
+    server.exit();
+    registry.shutdown();
+    result
+}
+
+/// One timed download that must take `path`; seconds.
+fn download(peer: &Peer, from: &str, file: &str, path: LinkPath) -> Result<f64, String> {
+    let t = Instant::now();
+    let transfer = peer.fetch(from, file).map_err(|e| format!("fetch: {e}"))?;
+    match transfer.wait_timeout(Duration::from_secs(120)) {
+        Some(Ok(_)) => {}
+        Some(Err(e)) => return Err(format!("download ({path:?}): {e}")),
+        None => {
+            transfer.cancel();
+            return Err(format!("download ({path:?}) not done within 120 s"));
+        }
+    }
+    let secs = t.elapsed().as_secs_f64();
+    if transfer.path() != path || !transfer.is_encrypted() {
+        return Err(format!(
+            "the download took the {:?} path (encrypted: {}), not {path:?}",
+            transfer.path(),
+            transfer.is_encrypted()
+        ));
+    }
+    Ok(secs)
 }
 
 /// CPU seconds of the relay threads (all relays here are named `p2p-relay`).

@@ -198,3 +198,46 @@ fn the_server_offers_a_standalone_relay_with_its_secret_file() {
         .clone()
         .contains("cannot read the relay secret file"));
 }
+
+#[test]
+fn the_relay_flags_set_its_bounds() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("relay.secret");
+    let mut relay = Proc::start(&[
+        "relay",
+        "--addr",
+        "127.0.0.1:0",
+        "--secret-file",
+        file.to_str().unwrap(),
+        "--max-circuits",
+        "1",
+        "--quiet",
+    ]);
+    let first = relay.line();
+    let addr: SocketAddr = first
+        .strip_prefix("relay listening on ")
+        .unwrap_or_else(|| panic!("{first:?}"))
+        .parse()
+        .unwrap();
+    let secret = RelaySecret::from_hex(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    let token = || mint(&secret, SystemTime::now(), Duration::from_secs(60)).unwrap();
+    let t = token();
+    let mut a = connect(addr, &t);
+    // The relay holds one circuit (its first side waiting): the next is refused.
+    std::thread::sleep(Duration::from_millis(200));
+    let mut other = connect(addr, &token());
+    assert_eq!(
+        line(&mut other),
+        "ERR busy relay is at its circuit limit, try again later\n"
+    );
+    relay.line_with("relay refused: ERR busy relay is at its circuit limit");
+    // The circuit's own second side is still joined.
+    let mut b = connect(addr, &t);
+    assert_eq!(line(&mut a), "OK relayed\n");
+    assert_eq!(line(&mut b), "OK relayed\n");
+    relay.signal(libc::SIGINT);
+    assert_eq!(relay.wait_exit(WAIT).code(), Some(130));
+    // `--quiet` left the circuit's lines out, not the refusal.
+    let out = relay.all_stdout();
+    assert!(!out.contains(" joined "), "{out}");
+}

@@ -236,6 +236,9 @@ pub const RELAY_IDLE_TIMEOUT: Duration = Duration::from_secs(10 * 60);
 /// Relay: most refused connections held at once while their `ERR` line drains (past it
 /// a refused connection is closed at once); each for at most [`REFUSAL_LINGER`].
 pub const RELAY_MAX_REFUSING: usize = 256;
+/// Relay: most refused connections held at once for one address (one /64 for IPv6), so
+/// one address cannot take every lingering place.
+pub const RELAY_MAX_REFUSING_PER_ADDR: usize = 32;
 /// Relay: most joined circuits remembered until their token expires (so a token joins
 /// once); past it new circuits are refused as busy.
 pub const RELAY_MAX_USED_TOKENS: usize = 100_000;

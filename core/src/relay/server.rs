@@ -353,6 +353,7 @@ struct Waiting {
 /// that could destroy it.
 struct Refusing {
     stream: TcpStream,
+    ip: IpAddr,
     until: Instant,
 }
 
@@ -394,6 +395,8 @@ enum Entry {
 struct AddrCount {
     waiting: usize,
     circuits: usize,
+    /// Refused connections lingering.
+    refusing: usize,
 }
 
 /// How pumping one direction ended.
@@ -494,7 +497,7 @@ impl Loop {
     fn forget_addr_if_empty(&mut self, ip: IpAddr) {
         let key = address_key(ip);
         if let Some(c) = self.per_addr.get(&key) {
-            if c.waiting == 0 && c.circuits == 0 {
+            if c.waiting == 0 && c.circuits == 0 && c.refusing == 0 {
                 self.per_addr.remove(&key);
             }
         }
@@ -588,7 +591,10 @@ impl Loop {
             source: peer,
             outcome: refusal.text().to_string(),
         });
-        if self.refusing >= limits::RELAY_MAX_REFUSING {
+        if self.refusing >= limits::RELAY_MAX_REFUSING
+            || self.addr(peer.ip()).refusing >= limits::RELAY_MAX_REFUSING_PER_ADDR
+        {
+            self.forget_addr_if_empty(peer.ip());
             return;
         }
         let key = self.new_key();
@@ -605,10 +611,12 @@ impl Loop {
             return;
         }
         self.refusing += 1;
+        self.addr(peer.ip()).refusing += 1;
         self.entries.insert(
             key,
             Entry::Refusing(Refusing {
                 stream,
+                ip: peer.ip(),
                 until: Instant::now() + limits::REFUSAL_LINGER,
             }),
         );
@@ -935,8 +943,16 @@ impl Loop {
                 Err(_) => break,
             }
         }
-        self.entries.remove(&key);
-        self.refusing -= 1;
+        self.end_refusing(key);
+    }
+
+    /// Closes a lingering refused connection.
+    fn end_refusing(&mut self, key: usize) {
+        if let Some(Entry::Refusing(r)) = self.entries.remove(&key) {
+            self.refusing -= 1;
+            self.addr(r.ip).refusing -= 1;
+            self.forget_addr_if_empty(r.ip);
+        }
     }
 
     /// Deadlines: first lines, pending sides, idle and old circuits, lingering refusals.
@@ -977,9 +993,7 @@ impl Loop {
             self.close(key, why);
         }
         for key in drop_refusing {
-            if self.entries.remove(&key).is_some() {
-                self.refusing -= 1;
-            }
+            self.end_refusing(key);
         }
         if now.duration_since(self.last_purge) >= PURGE_EVERY {
             self.last_purge = now;
