@@ -41,6 +41,8 @@ const WAKER: Token = Token(usize::MAX - 1);
 const SWEEP_EVERY: Duration = Duration::from_millis(100);
 /// How often used tokens past their expiry are forgotten.
 const PURGE_EVERY: Duration = Duration::from_secs(10);
+/// Joined circuits that get large (256 KiB) pipes; the others get the default 64 KiB.
+const LARGE_PIPE_CIRCUITS: usize = 32;
 /// Least bytes a throttled direction waits for before it reads again, so a slow rate
 /// moves whole segments rather than a few bytes per wake-up.
 const THROTTLE_CHUNK: u64 = 16 * 1024;
@@ -757,7 +759,15 @@ impl Loop {
             self.forget_addr_if_empty(b_ip);
             return self.refuse_waiting(second, Refusal::CircuitLimitPerAddr);
         }
-        let (buf_a, buf_b) = match (Buffer::new(self.forwarding), Buffer::new(self.forwarding)) {
+        // The first circuits get large pipes; the rest the default size. A pipe's size
+        // counts against its user's pipe budget (`fs.pipe-user-pages-soft`, 64 MiB)
+        // whether or not it holds data, and past the budget new pipes get only 8 KiB:
+        // large pipes for every circuit would bring that point 4 times sooner.
+        let large = self.joined < LARGE_PIPE_CIRCUITS;
+        let (buf_a, buf_b) = match (
+            Buffer::new(self.forwarding, large),
+            Buffer::new(self.forwarding, large),
+        ) {
             (Ok(x), Ok(y)) => (x, y),
             _ => {
                 // No pipes (descriptors ran out): both are told.
