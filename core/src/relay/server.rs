@@ -41,6 +41,8 @@ const WAKER: Token = Token(usize::MAX - 1);
 const SWEEP_EVERY: Duration = Duration::from_millis(100);
 /// How often used tokens past their expiry are forgotten.
 const PURGE_EVERY: Duration = Duration::from_secs(10);
+/// Joined circuits that get large (256 KiB) pipes; the others get the default 64 KiB.
+const LARGE_PIPE_CIRCUITS: usize = 32;
 /// Least bytes a throttled direction waits for before it reads again, so a slow rate
 /// moves whole segments rather than a few bytes per wake-up.
 const THROTTLE_CHUNK: u64 = 16 * 1024;
@@ -446,7 +448,7 @@ struct Loop {
 impl Loop {
     fn run(mut self) {
         let mut events = Events::with_capacity(1024);
-        let mut ready: Vec<Token> = Vec::with_capacity(1024);
+        let mut ready: Vec<(Token, [bool; 2])> = Vec::with_capacity(1024);
         while !self.shared.stop.load(Ordering::SeqCst) {
             let now = Instant::now();
             let mut timeout = (self.last_sweep + SWEEP_EVERY).saturating_duration_since(now);
@@ -461,12 +463,12 @@ impl Loop {
                 break;
             }
             ready.clear();
-            ready.extend(events.iter().map(|e| e.token()));
-            for &token in &ready {
+            ready.extend(events.iter().map(|e| (e.token(), directions(e))));
+            for &(token, dirs) in &ready {
                 match token {
                     LISTENER => self.accept_all(),
                     WAKER => {}
-                    Token(t) => self.ready(t / 2),
+                    Token(t) => self.ready(t / 2, dirs),
                 }
             }
             self.fire_timers();
@@ -623,11 +625,13 @@ impl Loop {
         self.discard(key);
     }
 
-    fn ready(&mut self, key: usize) {
+    /// A socket of entry `key` is ready; for a circuit, `dirs` are the directions the
+    /// event may let move (see [`directions`]).
+    fn ready(&mut self, key: usize, dirs: [bool; 2]) {
         match self.entries.get(&key) {
             Some(Entry::Waiting(w)) if w.circuit.is_none() => self.read_line(key),
             Some(Entry::Waiting(_)) => self.check_waiting(key),
-            Some(Entry::Circuit(_)) => self.pump(key, Instant::now()),
+            Some(Entry::Circuit(_)) => self.pump(key, Instant::now(), dirs),
             Some(Entry::Refusing(_)) => self.discard(key),
             None => {}
         }
@@ -755,7 +759,15 @@ impl Loop {
             self.forget_addr_if_empty(b_ip);
             return self.refuse_waiting(second, Refusal::CircuitLimitPerAddr);
         }
-        let (buf_a, buf_b) = match (Buffer::new(self.forwarding), Buffer::new(self.forwarding)) {
+        // The first circuits get large pipes; the rest the default size. A pipe's size
+        // counts against its user's pipe budget (`fs.pipe-user-pages-soft`, 64 MiB)
+        // whether or not it holds data, and past the budget new pipes get only 8 KiB:
+        // large pipes for every circuit would bring that point 4 times sooner.
+        let large = self.joined < LARGE_PIPE_CIRCUITS;
+        let (buf_a, buf_b) = match (
+            Buffer::new(self.forwarding, large),
+            Buffer::new(self.forwarding, large),
+        ) {
             (Ok(x), Ok(y)) => (x, y),
             _ => {
                 // No pipes (descriptors ran out): both are told.
@@ -828,19 +840,20 @@ impl Loop {
             return;
         }
         // Either side may have sent bytes already (their edges are spent): pump now.
-        self.pump(first, now);
+        self.pump(first, now, BOTH);
     }
 
-    /// Moves what can be moved both ways; closes the circuit when it is done or broken.
-    fn pump(&mut self, key: usize, now: Instant) {
+    /// Moves what can be moved in the directions `dirs`; closes the circuit when it is
+    /// done or broken.
+    fn pump(&mut self, key: usize, now: Instant, dirs: [bool; 2]) {
         let Some(Entry::Circuit(c)) = self.entries.get_mut(&key) else {
             return;
         };
         let mut moved = 0u64;
         let mut wait: Option<Duration> = None;
         let mut failed = None;
-        for d in 0..2 {
-            if c.dirs[d].done {
+        for (d, &wanted) in dirs.iter().enumerate() {
+            if c.dirs[d].done || !wanted {
                 continue;
             }
             let (src, dst) = if d == 0 {
@@ -898,7 +911,7 @@ impl Loop {
                 if c.wake_at.is_some_and(|w| w <= now) {
                     c.wake_at = None;
                 }
-                self.pump(key, now);
+                self.pump(key, now, BOTH);
             }
         }
     }
@@ -1020,6 +1033,29 @@ impl Loop {
         self.refusing = 0;
         self.publish();
     }
+}
+
+/// Both directions of a circuit.
+const BOTH: [bool; 2] = [true, true];
+
+/// The directions of a circuit a readiness event on one of its sockets may let move:
+/// side `s` readable moves direction `s` (from it), side `s` writable moves direction
+/// `1 - s` (to it); an error or hang-up, both. Only the pump that last saw `WouldBlock`
+/// on a socket waits for that socket's edge, so the other direction is left alone:
+/// one wasted `splice` per event saved in a one-way transfer.
+fn directions(e: &mio::event::Event) -> [bool; 2] {
+    let side = e.token().0 % 2;
+    if e.is_error() || e.is_read_closed() || e.is_write_closed() {
+        return [true, true];
+    }
+    let mut dirs = [false; 2];
+    if e.is_readable() {
+        dirs[side] = true;
+    }
+    if e.is_writable() {
+        dirs[1 - side] = true;
+    }
+    dirs
 }
 
 /// Pumps one direction until a socket blocks, a rate stops it, or its FIN is passed
