@@ -2,6 +2,7 @@
 //! from C.
 
 use crate::panic;
+use crate::peer::p2p_path;
 use crate::peer::p2p_peer;
 use crate::status::{p2p_status, FfiError};
 use crate::strings::{arg_out, arg_ref, arg_str, owned, put};
@@ -43,6 +44,8 @@ pub struct p2p_chat {
     /// The other side's proven key (`None`: unverified).
     key: Option<PublicKey>,
     slot: Arc<ChatSlot>,
+    /// How the link is connected (kept: the slot empties when the chat ends).
+    path: p2p_path,
     /// `p2p_chat_set_user_data()`'s pointer, shared with the table's entry so events
     /// can carry it.
     user_data: Arc<AtomicPtr<c_void>>,
@@ -141,6 +144,8 @@ pub struct p2p_chat_request {
     /// The requester's key proven by the handshake (`None`: a plaintext request).
     key: Option<PublicKey>,
     request: Mutex<Option<ChatRequest>>,
+    /// How the request came.
+    path: p2p_path,
     /// The receiving peer's chats, where an accepted chat is entered.
     chats: Arc<ChatTable>,
 }
@@ -152,6 +157,7 @@ impl p2p_chat_request {
             addr: request.addr().to_string(),
             verified: request.is_verified(),
             key: request.key(),
+            path: request.path().into(),
             request: Mutex::new(Some(request)),
             chats,
         }
@@ -186,6 +192,7 @@ pub(crate) fn new_chat(table: &Arc<ChatTable>, chat: Chat) -> *mut p2p_chat {
         encrypted: chat.is_encrypted(),
         verified: chat.is_verified(),
         key: chat.remote_key(),
+        path: chat.path().into(),
         slot,
         user_data: user_data.clone(),
         table: Arc::downgrade(table),
@@ -311,6 +318,38 @@ pub unsafe extern "C" fn p2p_chat_peer_name(
     panic::status(|| {
         let chat = arg_ref(chat, "chat")?;
         put(arg_out(out, "out")?, owned(&chat.peer));
+        Ok(())
+    })
+}
+
+/// How the chat is connected: `P2P_PATH_DIRECT`, `P2P_PATH_REVERSE` (the callee
+/// connected back) or `P2P_PATH_RELAYED` (through a relay, which sees only
+/// ciphertext). Stays as it was after the chat ended.
+///
+/// Errors: `P2P_NULL_ARGUMENT`.
+#[no_mangle]
+pub unsafe extern "C" fn p2p_chat_path(chat: *const p2p_chat, out: *mut p2p_path) -> p2p_status {
+    panic::status(|| {
+        let chat = arg_ref(chat, "chat")?;
+        put(arg_out(out, "out")?, chat.path);
+        Ok(())
+    })
+}
+
+/// How the chat request came: `P2P_PATH_DIRECT` (to this peer's listener),
+/// `P2P_PATH_REVERSE` (this peer connected back at the registry's request) or
+/// `P2P_PATH_RELAYED` (through a relay; `p2p_chat_request_address()` is then the
+/// relay's).
+///
+/// Errors: `P2P_NULL_ARGUMENT`.
+#[no_mangle]
+pub unsafe extern "C" fn p2p_chat_request_path(
+    request: *const p2p_chat_request,
+    out: *mut p2p_path,
+) -> p2p_status {
+    panic::status(|| {
+        let request = arg_ref(request, "request")?;
+        put(arg_out(out, "out")?, request.path);
         Ok(())
     })
 }

@@ -9,12 +9,12 @@
 use crate::callback::{Owner, Scope};
 use crate::chat::{new_chat, p2p_chat, p2p_chat_closed_by, p2p_chat_request, ChatTable};
 use crate::panic;
-use crate::peer::{describe, p2p_peer, p2p_peer_event_kind};
+use crate::peer::{describe, p2p_path, p2p_peer, p2p_peer_event_kind};
 use crate::status::{p2p_status, FfiError};
 use crate::strings::{arg_out, arg_ref, arg_str, c_string, owned, put};
 use crate::transfer::{p2p_transfer, TransferTable};
 use crate::userdata::UserData;
-use p2pcore::peer::{ChatClosedBy, ChatId, Event};
+use p2pcore::peer::{ChatClosedBy, ChatId, Event, PeerEvent};
 use std::ffi::{c_char, c_void};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -188,6 +188,10 @@ pub struct p2p_event {
     /// the handle first). In `P2P_EV_OFFER_ANSWERED`: a new handle the application
     /// owns.
     pub transfer: *mut p2p_transfer,
+    /// How the chat or download is connected: `P2P_EV_CHAT_REQUEST`,
+    /// `P2P_EV_CHAT_OPENED` (on success), and `P2P_EV_PEER` with
+    /// `P2P_EVENT_TRANSFER_STARTED`; `P2P_PATH_DIRECT` otherwise.
+    pub path: p2p_path,
 }
 
 impl p2p_event {
@@ -207,6 +211,7 @@ impl p2p_event {
             total: 0,
             peer_event: p2p_peer_event_kind::P2P_EVENT_SHARE_SKIPPED,
             transfer: std::ptr::null_mut(),
+            path: p2p_path::P2P_PATH_DIRECT,
         }
     }
 
@@ -305,6 +310,7 @@ fn convert(handle: &p2p_peer, event: Event) -> p2p_event {
         Event::ChatRequest(request) => {
             let mut e = p2p_event::empty(P2P_EV_CHAT_REQUEST, 0);
             e.from = owned(request.from());
+            e.path = request.path().into();
             e.request = Box::into_raw(Box::new(p2p_chat_request::new(
                 request,
                 handle.chats.clone(),
@@ -323,6 +329,7 @@ fn convert(handle: &p2p_peer, event: Event) -> p2p_event {
             match result {
                 Ok(chat) => {
                     let id = chat.id();
+                    e.path = chat.path().into();
                     e.chat = new_chat(&handle.chats, chat);
                     if let Some(h) = handle.chats.handles.lock().get(&id) {
                         h.user_data.store(e.user_data, Ordering::Release);
@@ -399,6 +406,9 @@ fn convert(handle: &p2p_peer, event: Event) -> p2p_event {
             let (kind, detail) = describe(&event);
             let mut e = p2p_event::empty(P2P_EV_PEER, 0);
             e.peer_event = kind;
+            if let PeerEvent::TransferStarted { path, .. } = &event {
+                e.path = (*path).into();
+            }
             e.set_text(&detail);
             e
         }

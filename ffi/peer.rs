@@ -119,6 +119,61 @@ pub enum p2p_peer_event_kind {
     /// A file offered to this peer got no answer in time and was declined; the text
     /// names the sender and the file.
     P2P_EVENT_FILE_OFFER_EXPIRED = 10,
+    /// The registry checked whether this peer's listener can be reached from outside:
+    /// the text is `reachable at <ip:port>` or `unreachable at <ip:port>` (see
+    /// `p2p_peer_reachability()`).
+    P2P_EVENT_REACHABILITY = 11,
+}
+
+/// How a chat or a download is connected.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum p2p_path {
+    /// The caller connected to the callee's listener.
+    P2P_PATH_DIRECT = 0,
+    /// The callee connected back to the caller, asked through the registry (the callee
+    /// cannot be reached from outside).
+    P2P_PATH_REVERSE = 1,
+    /// Both connected out to a relay, which forwards the encrypted bytes.
+    P2P_PATH_RELAYED = 2,
+}
+
+impl From<p2pcore::reach::Path> for p2p_path {
+    fn from(p: p2pcore::reach::Path) -> p2p_path {
+        match p {
+            p2pcore::reach::Path::Direct => p2p_path::P2P_PATH_DIRECT,
+            p2pcore::reach::Path::Reverse => p2p_path::P2P_PATH_REVERSE,
+            p2pcore::reach::Path::Relayed => p2p_path::P2P_PATH_RELAYED,
+        }
+    }
+}
+
+/// Whether a peer's listener can be reached from outside, as its registry found.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum p2p_reach {
+    /// Not checked (yet), or the registry does not check.
+    P2P_REACH_UNKNOWN = 0,
+    /// The registry connected to the listener at the address it lists.
+    P2P_REACH_REACHABLE = 1,
+    /// The registry's connection got no answer or was refused: a NAT or a firewall.
+    /// Others reach this peer by reverse connect or through the relay.
+    P2P_REACH_UNREACHABLE = 2,
+}
+
+/// Which paths a peer takes to reach others (`p2p_peer_config_set_path_policy()`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum p2p_path_policy {
+    /// The default: direct when the other side may be reachable, then reverse connect
+    /// when this peer is reachable, then the relay.
+    P2P_PATH_POLICY_AUTO = 0,
+    /// Only direct connections.
+    P2P_PATH_POLICY_DIRECT = 1,
+    /// Only reverse connect.
+    P2P_PATH_POLICY_REVERSE = 2,
+    /// Only the relay (neither side learns the other's address).
+    P2P_PATH_POLICY_RELAY = 3,
 }
 
 /// Something else happened in the background; `detail` is a one-line description for
@@ -183,6 +238,8 @@ pub struct p2p_peer_config {
     event_queue: Option<usize>,
     /// `p2p_peer_config_on_chat_opened`.
     chat_opened: crate::events::p2p_chat_opened_cb,
+    /// `p2p_peer_config_set_path_policy`.
+    path_policy: p2pcore::peer::PathPolicy,
 }
 
 /// A connected peer. Opaque; made by `p2p_peer_connect()`, freed by `p2p_peer_free()`.
@@ -304,6 +361,7 @@ pub unsafe extern "C" fn p2p_peer_config_new(
             },
             event_queue: None,
             chat_opened: None,
+            path_policy: p2pcore::peer::PathPolicy::Auto,
         });
         put(out, Box::into_raw(config));
         Ok(())
@@ -760,11 +818,12 @@ pub(crate) fn describe(event: &PeerEvent) -> (p2p_peer_event_kind, String) {
             size,
             offset,
             verified,
+            path,
         } => (
             P2P_EVENT_TRANSFER_STARTED,
             format!(
                 "download {id} of {file:?} ({size} bytes) from {from} started at offset \
-                 {offset} ({})",
+                 {offset} ({}, {path})",
                 if *verified {
                     "verified, encrypted"
                 } else {
@@ -772,6 +831,9 @@ pub(crate) fn describe(event: &PeerEvent) -> (p2p_peer_event_kind, String) {
                 }
             ),
         ),
+        PeerEvent::Reachability { reach, addr } => {
+            (P2P_EVENT_REACHABILITY, format!("{reach} at {addr}"))
+        }
         PeerEvent::KeyChanged {
             subject,
             pinned,
@@ -930,6 +992,7 @@ impl p2p_peer_config {
         if let Some(capacity) = self.event_queue {
             b = b.event_queue(capacity);
         }
+        b = b.path_policy(self.path_policy);
         if let Some(cb) = self.chat_opened {
             b = b.on_chat_opened(crate::events::opened_hook(cb, ud, id, chats.clone()));
         }
@@ -1044,6 +1107,59 @@ pub unsafe extern "C" fn p2p_peer_username(
     panic::status(|| {
         let peer = arg_ref(peer, "peer")?.get()?;
         put(arg_out(out, "out")?, owned(peer.username()));
+        Ok(())
+    })
+}
+
+/// Which paths this peer takes to reach other peers: a `p2p_path_policy` value
+/// (default `P2P_PATH_POLICY_AUTO`); the others force one path, e.g.
+/// `P2P_PATH_POLICY_RELAY` for an application that does not want other users to learn
+/// its address. Taken as an `int32_t` so that a value outside the enum is refused
+/// rather than undefined.
+///
+/// Errors: `P2P_NULL_ARGUMENT`, `P2P_INVALID_ARGUMENT` (not a `p2p_path_policy`).
+#[no_mangle]
+pub unsafe extern "C" fn p2p_peer_config_set_path_policy(
+    config: *mut p2p_peer_config,
+    policy: i32,
+) -> p2p_status {
+    panic::status(|| {
+        let config = config_mut(config)?;
+        use p2pcore::peer::PathPolicy;
+        config.path_policy = match policy {
+            0 => PathPolicy::Auto,
+            1 => PathPolicy::Direct,
+            2 => PathPolicy::Reverse,
+            3 => PathPolicy::Relay,
+            other => {
+                return Err(FfiError::new(
+                    p2p_status::P2P_INVALID_ARGUMENT,
+                    format!("{other} is not a p2p_path_policy"),
+                ))
+            }
+        };
+        Ok(())
+    })
+}
+
+/// Whether this peer's listener can be reached from outside, as the registry's check
+/// found (`P2P_REACH_UNKNOWN` before it said, and with a registry that does not
+/// check). Changes are reported as `P2P_EVENT_REACHABILITY`.
+///
+/// Errors: `P2P_NULL_ARGUMENT`, `P2P_SHUTDOWN`.
+#[no_mangle]
+pub unsafe extern "C" fn p2p_peer_reachability(
+    peer: *const p2p_peer,
+    out: *mut p2p_reach,
+) -> p2p_status {
+    panic::status(|| {
+        let peer = arg_ref(peer, "peer")?.get()?;
+        let reach = match peer.reachability() {
+            p2pcore::reach::Reach::Unknown => p2p_reach::P2P_REACH_UNKNOWN,
+            p2pcore::reach::Reach::Reachable => p2p_reach::P2P_REACH_REACHABLE,
+            p2pcore::reach::Reach::Unreachable => p2p_reach::P2P_REACH_UNREACHABLE,
+        };
+        put(arg_out(out, "out")?, reach);
         Ok(())
     })
 }

@@ -25,6 +25,8 @@ pub struct p2p_registry {
     /// `Owner::Registry(id)`, so stopping or freeing it from there (which would join
     /// the event-loop thread from itself) is refused, not attempted.
     id: u64,
+    /// The embedded relay's port (0: none), kept so it can be read after a stop too.
+    relay_port: u16,
 }
 
 /// What kind of thing a `p2p_registry_event` reports.
@@ -42,6 +44,10 @@ pub enum p2p_registry_event_kind {
     /// A client was refused by a bound (`source`; `outcome` is the `ERR,<reason>` it
     /// was sent, or `"closed"` when it was closed without an answer).
     P2P_REGISTRY_REFUSED = 4,
+    /// A reachability check of a user's listener finished (`source` is the address
+    /// checked, `"ip:port"`; `outcome` is `"reachable"`, `"unreachable"` or
+    /// `"unknown"`; `usernames` holds the user).
+    P2P_REGISTRY_REACHABILITY = 5,
 }
 
 /// One thing the registry saw, passed to a `p2p_registry_event_cb`.
@@ -147,6 +153,15 @@ fn deliver(
             false,
             0,
             &[],
+        ),
+        RegistryEvent::Reachability { user, addr, reach } => (
+            p2p_registry_event_kind::P2P_REGISTRY_REACHABILITY,
+            Some(addr.to_string()),
+            None,
+            Some(c_string(reach.as_str())),
+            false,
+            0,
+            std::slice::from_ref(user),
         ),
     };
     let fingerprint = match ev {
@@ -302,6 +317,29 @@ pub unsafe extern "C" fn p2p_registry_config_set_claim_ttl_secs(
     })
 }
 
+/// Run a relay inside the registry (`on`), for peers that cannot reach each other:
+/// both connect out to it and it forwards their end-to-end encrypted bytes. It listens
+/// on the registry's IP at `port` (0: any free port, see `p2p_registry_relay_port()`),
+/// with the default bounds (1,024 circuits, 16 MiB/s per circuit, 128 MiB/s in all;
+/// `docs/PROTOCOL.md` §5.4), and stops with the registry. Off by default.
+///
+/// Errors: `P2P_NULL_ARGUMENT`.
+#[no_mangle]
+pub unsafe extern "C" fn p2p_registry_config_set_relay(
+    config: *mut p2p_registry_config,
+    on: bool,
+    port: u16,
+) -> p2p_status {
+    panic::status(|| {
+        let config = config_mut(config)?;
+        config.config.embedded_relay = on.then(|| p2pcore::registry::EmbeddedRelay {
+            port,
+            ..Default::default()
+        });
+        Ok(())
+    })
+}
+
 /// Start a registry as `config` says (see `p2p_registry_start()`, which this extends).
 /// `config` is only read. On success `*out` receives the new handle, owned by the
 /// caller (free it with `p2p_registry_free()`); untouched on failure.
@@ -364,6 +402,7 @@ fn start(
     let handle = Box::new(p2p_registry {
         local_addr: server.local_addr(),
         fingerprint: server.fingerprint().to_string(),
+        relay_port: server.relay_addr().map_or(0, |a| a.port()),
         server: Mutex::new(Some(server)),
         id,
     });
@@ -415,6 +454,22 @@ pub unsafe extern "C" fn p2p_registry_port(
     panic::status(|| {
         let registry = arg_ref(registry, "registry")?;
         put(arg_out(out, "out")?, registry.local_addr.port());
+        Ok(())
+    })
+}
+
+/// The port of the registry's embedded relay (see `p2p_registry_config_set_relay()`),
+/// or 0 when it runs none. Works after `p2p_registry_stop()` too.
+///
+/// Errors: `P2P_NULL_ARGUMENT`.
+#[no_mangle]
+pub unsafe extern "C" fn p2p_registry_relay_port(
+    registry: *const p2p_registry,
+    out: *mut u16,
+) -> p2p_status {
+    panic::status(|| {
+        let registry = arg_ref(registry, "registry")?;
+        put(arg_out(out, "out")?, registry.relay_port);
         Ok(())
     })
 }
@@ -570,4 +625,46 @@ pub unsafe extern "C" fn p2p_registry_free(registry: *mut p2p_registry) {
         }
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::CStr;
+
+    /// What the callback saw: kind, source, outcome, usernames.
+    type Seen = (p2p_registry_event_kind, String, String, Vec<String>);
+
+    unsafe extern "C" fn record(ud: *mut c_void, event: *const p2p_registry_event) {
+        // SAFETY: `ud` is the test's `Seen` and `event` is valid during the call.
+        unsafe {
+            let seen = &mut *(ud as *mut Option<Seen>);
+            let e = &*event;
+            let text = |p: *const c_char| CStr::from_ptr(p).to_string_lossy().into_owned();
+            let names = (0..e.usernames_len)
+                .map(|i| text(*e.usernames.add(i)))
+                .collect();
+            *seen = Some((e.kind, text(e.source), text(e.outcome), names));
+        }
+    }
+
+    #[test]
+    fn a_reachability_event_names_the_address_the_outcome_and_the_user() {
+        let mut seen: Option<Seen> = None;
+        let ev = RegistryEvent::Reachability {
+            user: "alice".into(),
+            addr: "127.0.0.1:5000".parse().unwrap(),
+            reach: p2pcore::reach::Reach::Reachable,
+        };
+        deliver(record, UserData(&mut seen as *mut _ as *mut c_void), &ev);
+        assert_eq!(
+            seen,
+            Some((
+                p2p_registry_event_kind::P2P_REGISTRY_REACHABILITY,
+                "127.0.0.1:5000".into(),
+                "reachable".into(),
+                vec!["alice".into()]
+            ))
+        );
+    }
 }

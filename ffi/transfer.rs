@@ -234,6 +234,24 @@ pub unsafe extern "C" fn p2p_transfer_is_encrypted(
     })
 }
 
+/// How the download is connected: `P2P_PATH_DIRECT`, `P2P_PATH_REVERSE` (the sender
+/// connected back) or `P2P_PATH_RELAYED` (through a relay, which sees only
+/// ciphertext). Known once the download started (`P2P_EVENT_TRANSFER_STARTED`);
+/// `P2P_PATH_DIRECT` before.
+///
+/// Errors: `P2P_NULL_ARGUMENT`.
+#[no_mangle]
+pub unsafe extern "C" fn p2p_transfer_path(
+    transfer: *const p2p_transfer,
+    out: *mut crate::peer::p2p_path,
+) -> p2p_status {
+    panic::status(|| {
+        let transfer = arg_ref(transfer, "transfer")?;
+        put(arg_out(out, "out")?, transfer.transfer.path().into());
+        Ok(())
+    })
+}
+
 /// Whether the download has ended, successfully or not (`p2p_transfer_wait()` then
 /// returns at once).
 ///

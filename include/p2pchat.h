@@ -248,6 +248,12 @@ enum p2p_registry_event_kind
      * was sent, or `"closed"` when it was closed without an answer).
      */
     P2P_REGISTRY_REFUSED = 4,
+    /**
+     * A reachability check of a user's listener finished (`source` is the address
+     * checked, `"ip:port"`; `outcome` is `"reachable"`, `"unreachable"` or
+     * `"unknown"`; `usernames` holds the user).
+     */
+    P2P_REGISTRY_REACHABILITY = 5,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
@@ -346,6 +352,12 @@ enum p2p_peer_event_kind
      * names the sender and the file.
      */
     P2P_EVENT_FILE_OFFER_EXPIRED = 10,
+    /**
+     * The registry checked whether this peer's listener can be reached from outside:
+     * the text is `reachable at <ip:port>` or `unreachable at <ip:port>` (see
+     * `p2p_peer_reachability()`).
+     */
+    P2P_EVENT_REACHABILITY = 11,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
@@ -436,6 +448,44 @@ typedef int32_t p2p_event_kind;
 #endif // __cplusplus
 
 /**
+ * How a chat or a download is connected.
+ */
+typedef enum p2p_path {
+    /**
+     * The caller connected to the callee's listener.
+     */
+    P2P_PATH_DIRECT = 0,
+    /**
+     * The callee connected back to the caller, asked through the registry (the callee
+     * cannot be reached from outside).
+     */
+    P2P_PATH_REVERSE = 1,
+    /**
+     * Both connected out to a relay, which forwards the encrypted bytes.
+     */
+    P2P_PATH_RELAYED = 2,
+} p2p_path;
+
+/**
+ * Whether a peer's listener can be reached from outside, as its registry found.
+ */
+typedef enum p2p_reach {
+    /**
+     * Not checked (yet), or the registry does not check.
+     */
+    P2P_REACH_UNKNOWN = 0,
+    /**
+     * The registry connected to the listener at the address it lists.
+     */
+    P2P_REACH_REACHABLE = 1,
+    /**
+     * The registry's connection got no answer or was refused: a NAT or a firewall.
+     * Others reach this peer by reverse connect or through the relay.
+     */
+    P2P_REACH_UNREACHABLE = 2,
+} p2p_reach;
+
+/**
  * How serious a log record is. `P2P_LOG_ERROR` is the most serious; a callback set
  * with a minimum level gets that level and every more serious one.
  */
@@ -469,6 +519,29 @@ typedef enum p2p_log_level p2p_log_level;
 typedef int32_t p2p_log_level;
 #endif // __STDC_VERSION__ >= 202311L
 #endif // __cplusplus
+
+/**
+ * Which paths a peer takes to reach others (`p2p_peer_config_set_path_policy()`).
+ */
+typedef enum p2p_path_policy {
+    /**
+     * The default: direct when the other side may be reachable, then reverse connect
+     * when this peer is reachable, then the relay.
+     */
+    P2P_PATH_POLICY_AUTO = 0,
+    /**
+     * Only direct connections.
+     */
+    P2P_PATH_POLICY_DIRECT = 1,
+    /**
+     * Only reverse connect.
+     */
+    P2P_PATH_POLICY_REVERSE = 2,
+    /**
+     * Only the relay (neither side learns the other's address).
+     */
+    P2P_PATH_POLICY_RELAY = 3,
+} p2p_path_policy;
 
 /**
  * An open (or ended) chat. Opaque; made by `p2p_peer_chat()` or
@@ -800,6 +873,12 @@ typedef struct p2p_event {
      * owns.
      */
     struct p2p_transfer *transfer;
+    /**
+     * How the chat or download is connected: `P2P_EV_CHAT_REQUEST`,
+     * `P2P_EV_CHAT_OPENED` (on success), and `P2P_EV_PEER` with
+     * `P2P_EVENT_TRANSFER_STARTED`; `P2P_PATH_DIRECT` otherwise.
+     */
+    enum p2p_path path;
 } p2p_event;
 
 /**
@@ -1024,6 +1103,19 @@ p2p_status p2p_registry_config_set_claim_ttl_secs(struct p2p_registry_config *co
                                                   uint64_t secs);
 
 /**
+ * Run a relay inside the registry (`on`), for peers that cannot reach each other:
+ * both connect out to it and it forwards their end-to-end encrypted bytes. It listens
+ * on the registry's IP at `port` (0: any free port, see `p2p_registry_relay_port()`),
+ * with the default bounds (1,024 circuits, 16 MiB/s per circuit, 128 MiB/s in all;
+ * `docs/PROTOCOL.md` §5.4), and stops with the registry. Off by default.
+ *
+ * Errors: `P2P_NULL_ARGUMENT`.
+ */
+p2p_status p2p_registry_config_set_relay(struct p2p_registry_config *config,
+                                         bool on,
+                                         uint16_t port);
+
+/**
  * Start a registry as `config` says (see `p2p_registry_start()`, which this extends).
  * `config` is only read. On success `*out` receives the new handle, owned by the
  * caller (free it with `p2p_registry_free()`); untouched on failure.
@@ -1063,6 +1155,14 @@ p2p_status p2p_registry_start(const char *addr,
  * Errors: `P2P_NULL_ARGUMENT`.
  */
 p2p_status p2p_registry_port(const struct p2p_registry *registry, uint16_t *out);
+
+/**
+ * The port of the registry's embedded relay (see `p2p_registry_config_set_relay()`),
+ * or 0 when it runs none. Works after `p2p_registry_stop()` too.
+ *
+ * Errors: `P2P_NULL_ARGUMENT`.
+ */
+p2p_status p2p_registry_relay_port(const struct p2p_registry *registry, uint16_t *out);
 
 /**
  * The address the registry listens on, as `"ip:port"` (what peers pass as their
@@ -1439,6 +1539,26 @@ void p2p_peer_free(struct p2p_peer *peer);
 p2p_status p2p_peer_username(const struct p2p_peer *peer, char **out);
 
 /**
+ * Which paths this peer takes to reach other peers: a `p2p_path_policy` value
+ * (default `P2P_PATH_POLICY_AUTO`); the others force one path, e.g.
+ * `P2P_PATH_POLICY_RELAY` for an application that does not want other users to learn
+ * its address. Taken as an `int32_t` so that a value outside the enum is refused
+ * rather than undefined.
+ *
+ * Errors: `P2P_NULL_ARGUMENT`, `P2P_INVALID_ARGUMENT` (not a `p2p_path_policy`).
+ */
+p2p_status p2p_peer_config_set_path_policy(struct p2p_peer_config *config, int32_t policy);
+
+/**
+ * Whether this peer's listener can be reached from outside, as the registry's check
+ * found (`P2P_REACH_UNKNOWN` before it said, and with a registry that does not
+ * check). Changes are reported as `P2P_EVENT_REACHABILITY`.
+ *
+ * Errors: `P2P_NULL_ARGUMENT`, `P2P_SHUTDOWN`.
+ */
+p2p_status p2p_peer_reachability(const struct p2p_peer *peer, enum p2p_reach *out);
+
+/**
  * The port this peer listens on for other peers.
  *
  * Errors: `P2P_NULL_ARGUMENT`, `P2P_SHUTDOWN`.
@@ -1730,6 +1850,25 @@ p2p_status p2p_chat_id(const struct p2p_chat *chat, uint64_t *out);
 p2p_status p2p_chat_peer_name(const struct p2p_chat *chat, char **out);
 
 /**
+ * How the chat is connected: `P2P_PATH_DIRECT`, `P2P_PATH_REVERSE` (the callee
+ * connected back) or `P2P_PATH_RELAYED` (through a relay, which sees only
+ * ciphertext). Stays as it was after the chat ended.
+ *
+ * Errors: `P2P_NULL_ARGUMENT`.
+ */
+p2p_status p2p_chat_path(const struct p2p_chat *chat, enum p2p_path *out);
+
+/**
+ * How the chat request came: `P2P_PATH_DIRECT` (to this peer's listener),
+ * `P2P_PATH_REVERSE` (this peer connected back at the registry's request) or
+ * `P2P_PATH_RELAYED` (through a relay; `p2p_chat_request_address()` is then the
+ * relay's).
+ *
+ * Errors: `P2P_NULL_ARGUMENT`.
+ */
+p2p_status p2p_chat_request_path(const struct p2p_chat_request *request, enum p2p_path *out);
+
+/**
  * Whether the chat runs over a secured link: every message encrypted and
  * authenticated. False for a plaintext chat with an unverified partner (an original
  * client, or a peer registered without a key). Stays as it was after the chat ended.
@@ -1928,6 +2067,16 @@ p2p_status p2p_transfer_is_verified(const struct p2p_transfer *transfer, bool *o
  * Errors: `P2P_NULL_ARGUMENT`.
  */
 p2p_status p2p_transfer_is_encrypted(const struct p2p_transfer *transfer, bool *out);
+
+/**
+ * How the download is connected: `P2P_PATH_DIRECT`, `P2P_PATH_REVERSE` (the sender
+ * connected back) or `P2P_PATH_RELAYED` (through a relay, which sees only
+ * ciphertext). Known once the download started (`P2P_EVENT_TRANSFER_STARTED`);
+ * `P2P_PATH_DIRECT` before.
+ *
+ * Errors: `P2P_NULL_ARGUMENT`.
+ */
+p2p_status p2p_transfer_path(const struct p2p_transfer *transfer, enum p2p_path *out);
 
 /**
  * Whether the download has ended, successfully or not (`p2p_transfer_wait()` then

@@ -7,6 +7,21 @@ use crate::visible::visible;
 /// Most names listed per kind of change; the rest are counted.
 const NAMES_SHOWN: usize = 3;
 
+/// The line for what the registry found of this peer's listener (`None` while it is
+/// unknown): `reachable at 203.0.113.5:4000`, or `not reachable from outside at …`
+/// with what that means.
+pub fn reachability(reach: p2pcore::reach::Reach, addr: std::net::SocketAddr) -> Option<String> {
+    use p2pcore::reach::Reach;
+    match reach {
+        Reach::Unknown => None,
+        Reach::Reachable => Some(format!("reachable at {addr}")),
+        Reach::Unreachable => Some(format!(
+            "not reachable from outside at {addr}: others reach you through reverse connect \
+             or the relay"
+        )),
+    }
+}
+
 /// `not shared: "a,b" (contains a comma: ...)`
 pub fn skipped(name: &str, reason: &str) -> String {
     format!("not shared: \"{}\" ({})", visible(name), visible(reason))

@@ -128,6 +128,19 @@ pub fn watch(
         if !started {
             if let Some((offset, size)) = starts.take(transfer.id()) {
                 started = true;
+                // A direct download is the quiet default; any other path is said.
+                if transfer.path() != p2pcore::reach::Path::Direct {
+                    let line = format!(
+                        "fetching {} from {} ({})",
+                        crate::visible::visible(transfer.file()),
+                        crate::visible::visible(transfer.from()),
+                        transfer.path()
+                    );
+                    match &bar {
+                        Some(bar) => bar.suspend(|| note(&line)),
+                        None => note(&line),
+                    }
+                }
                 if offset > 0 {
                     let line = format!(
                         "resuming {}: {} of {} already here from an earlier download",

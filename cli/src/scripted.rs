@@ -101,7 +101,8 @@ fn builder(
     let mut b = Peer::builder(&registry.registry, user, dir)
         .port(id.port)
         .registry_mode(registry.mode())
-        .identity(key.clone());
+        .identity(key.clone())
+        .path_policy(id.path);
     if let Some(file) = registry.known_keys_file() {
         b = b.known_keys_file(file);
     }
@@ -311,6 +312,12 @@ pub fn share(args: &ShareArgs) -> Result<(), Failure> {
                     }
                     PeerEvent::RegistrationRefused { reason } => {
                         format!("the registry refused to register again: {reason}")
+                    }
+                    PeerEvent::Reachability { reach, addr } => {
+                        match crate::notice::reachability(*reach, *addr) {
+                            Some(text) => text,
+                            None => return,
+                        }
                     }
                     PeerEvent::KeyChanged {
                         subject,
@@ -584,6 +591,14 @@ pub fn send(args: &SendArgs) -> Result<(), Failure> {
         let result = peer.chat(&args.to).and_then(|chat| {
             if let Some(w) = crate::keys::unsecured_chat(&chat) {
                 output::err_line(&format!("note: {w}"));
+            }
+            // A direct chat is the quiet default (stderr stays empty for scripts).
+            if chat.path() != p2pcore::reach::Path::Direct {
+                output::err_line(&format!(
+                    "chatting with {} ({})",
+                    visible(chat.peer()),
+                    chat.path()
+                ));
             }
             let sent = args.messages.iter().try_for_each(|m| chat.send(m));
             chat.close();

@@ -81,6 +81,21 @@ fn fetch(
     file: &str,
     bound: Duration,
 ) -> Output {
+    fetch_on(lab, host, user, into, from, file, "auto", bound)
+}
+
+/// [`fetch`] with `--path path`.
+#[allow(clippy::too_many_arguments)]
+fn fetch_on(
+    lab: &Lab,
+    host: &str,
+    user: &str,
+    into: &Path,
+    from: &str,
+    file: &str,
+    path: &str,
+    bound: Duration,
+) -> Output {
     let registry = lab.registry_addr();
     let into = into.to_str().expect("UTF-8 path");
     let args = [
@@ -91,6 +106,8 @@ fn fetch(
         user,
         "--dir",
         into,
+        "--path",
+        path,
         from,
         file,
     ];
@@ -151,24 +168,16 @@ fn assert_blocked_by_nat(lab: &Lab, o: &Output, into: &Path, nat: &str, dropped_
     );
 }
 
-/// TODAY'S BASELINE for scenario 2 (callee behind NAT, caller public): the fetch fails.
-/// Reverse connect flips this: replace the body with `assert_fetched` (and assert the
-/// path reported is "reverse").
-fn baseline_without_reverse_connect(
-    lab: &Lab,
-    o: &Output,
-    into: &Path,
-    nat: &str,
-    dropped_before: u64,
-) {
-    assert_blocked_by_nat(lab, o, into, nat, dropped_before);
-}
-
-/// TODAY'S BASELINE for scenario 3 (both behind different NATs): the fetch fails.
-/// The relay flips this: replace the body with `assert_fetched` (and assert the path
-/// reported is "relayed", the capture holding no plaintext).
-fn baseline_without_relay(lab: &Lab, o: &Output, into: &Path, nat: &str, dropped_before: u64) {
-    assert_blocked_by_nat(lab, o, into, nat, dropped_before);
+/// The download succeeded (see [`assert_fetched`]) on `path`, as the CLI says on
+/// stderr ("fetching report.bin from bob (reverse)").
+fn assert_fetched_on(o: &Output, into: &Path, expected: &[u8], path: &str) {
+    assert_fetched(o, into, "report.bin", expected);
+    assert!(
+        o.stderr
+            .lines()
+            .any(|l| l == format!("fetching report.bin from bob ({path})")),
+        "the path is said: {o:?}"
+    );
 }
 
 /// How long a scenario took, on stderr past the harness's capture (for the figures).
@@ -248,7 +257,8 @@ fn scenario1_both_public_fetch_goes_direct() {
 }
 
 /// Scenario 2: bob behind NAT a, alice public. The registry sees bob at NAT a's
-/// public address (not his inside one) and lists him; alice's download fails today.
+/// public address (not his inside one) and lists him; a direct download is dropped by
+/// the NAT, and the default path gets the file by reverse connect.
 #[test]
 fn scenario2_callee_behind_nat_is_listed_at_the_nat_but_unreachable() {
     let start = Instant::now();
@@ -260,7 +270,7 @@ fn scenario2_callee_behind_nat_is_listed_at_the_nat_but_unreachable() {
     let nat = lab.nat("a").clone();
     let mut registry = lab.start_registry();
     let share = dir(&lab, "bob-share");
-    make_file(&share, "report.bin");
+    let (content, _) = make_file(&share, "report.bin");
     let (_bob, port) = lab.share(&bob, "bob", &share);
 
     // The registry's own log shows bob's session coming from the NAT's address.
@@ -291,8 +301,22 @@ fn scenario2_callee_behind_nat_is_listed_at_the_nat_but_unreachable() {
         "bob's listener answers inside the NAT"
     );
 
+    // Straight to the address the registry lists: the NAT drops it.
     let into = dir(&lab, "alice-downloads");
     let dropped_before = lab.nat_dropped("a");
+    let o = fetch_on(
+        &lab,
+        "alice",
+        "alice",
+        &into,
+        "bob",
+        "report.bin",
+        "direct",
+        FETCH_FAIL_BOUND,
+    );
+    assert_blocked_by_nat(&lab, &o, &into, "a", dropped_before);
+
+    // alice is reachable, bob is not: bob connects out to alice (reverse connect).
     let o = fetch(
         &lab,
         "alice",
@@ -302,16 +326,16 @@ fn scenario2_callee_behind_nat_is_listed_at_the_nat_but_unreachable() {
         "report.bin",
         FETCH_FAIL_BOUND,
     );
-    baseline_without_reverse_connect(&lab, &o, &into, "a", dropped_before);
+    assert_fetched_on(&o, &into, &content, "reverse");
     report_time(scenario, start);
 }
 
 /// Scenario 3: alice behind NAT b, bob behind NAT a. Each is listed at their own
-/// NAT's public address; alice's download fails today.
+/// NAT's public address; alice's download goes through the registry's relay.
 #[test]
-fn scenario3_both_behind_nats_cannot_fetch_yet() {
+fn scenario3_both_behind_nats_fetch_through_the_relay() {
     let start = Instant::now();
-    let scenario = "scenario3_both_behind_nats_cannot_fetch_yet";
+    let scenario = "scenario3_both_behind_nats_fetch_through_the_relay";
     let Some(lab) = Lab::start(
         scenario,
         &[("alice", At::Behind("b")), ("bob", At::Behind("a"))],
@@ -322,7 +346,7 @@ fn scenario3_both_behind_nats_cannot_fetch_yet() {
     let (nat_a, nat_b) = (lab.nat("a").clone(), lab.nat("b").clone());
     let _registry = lab.start_registry();
     let bob_share = dir(&lab, "bob-share");
-    make_file(&bob_share, "report.bin");
+    let (content, _) = make_file(&bob_share, "report.bin");
     let (_bob, bob_port) = lab.share(&bob, "bob", &bob_share);
     let alice_share = dir(&lab, "alice-share");
     let (_alice, alice_port) = lab.share(&alice, "alice", &alice_share);
@@ -337,8 +361,8 @@ fn scenario3_both_behind_nats_cannot_fetch_yet() {
     );
     assert_ne!(nat_a.public_ip, nat_b.public_ip);
 
+    // Neither can be reached: both connect out to the registry's embedded relay.
     let into = dir(&lab, "alice-downloads");
-    let dropped_before = lab.nat_dropped("a");
     // As "alice" while her share is online: the run registers as alice~2.
     let o = fetch(
         &lab,
@@ -359,7 +383,7 @@ fn scenario3_both_behind_nats_cannot_fetch_yet() {
             .collect(),
         ..o
     };
-    baseline_without_relay(&lab, &o, &into, "a", dropped_before);
+    assert_fetched_on(&o, &into, &content, "relayed");
     report_time(scenario, start);
 }
 

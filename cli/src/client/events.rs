@@ -169,6 +169,15 @@ impl Queues {
                     PeerEvent::RegistrationRefused { reason } => {
                         Event::Notice(format!("the registry refused to register again: {reason}"))
                     }
+                    // Only the news that matters here: this peer cannot be reached (a
+                    // reachable listener is the normal case, shown in the menu's status).
+                    PeerEvent::Reachability {
+                        reach: reach @ p2pcore::reach::Reach::Unreachable,
+                        addr,
+                    } => match crate::notice::reachability(*reach, *addr) {
+                        Some(text) => Event::Notice(text),
+                        None => return,
+                    },
                     PeerEvent::ShareSkipped { name, reason } => {
                         Event::Notice(crate::notice::skipped(name, reason))
                     }

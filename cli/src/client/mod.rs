@@ -53,6 +53,7 @@ pub fn run(args: ClientArgs) -> Result<(), Failure> {
     let repeat_window = Duration::from_secs(args.repeat_window);
     let registry = args.registry.registry.clone();
     let known_keys = args.registry.known_keys_file();
+    let path_policy = args.path;
     let registration = prompt::Registration {
         mode: args.registry.mode(),
         registry: args.registry.registry.clone(),
@@ -75,7 +76,8 @@ pub fn run(args: ClientArgs) -> Result<(), Failure> {
             args.serving
                 .apply(b)
                 .chat_answer_timeout(answer_timeout)
-                .live_share(true),
+                .live_share(true)
+                .path_policy(path_policy),
             &keys,
         )
     };

@@ -693,7 +693,8 @@ impl Session {
     fn run_chat(&mut self, chat: Chat) -> Result<(), Quit> {
         let who = visible(chat.peer()).into_owned();
         let line = self.style.green(&format!(
-            "--- chatting with {who}: type a message and press Enter; /exit or Ctrl-D ends the chat ---"
+            "--- chatting with {who}: type a message and press Enter; /exit or Ctrl-D ends the chat ({} link) ---",
+            chat.path()
         ));
         self.say(line);
         // Its end is reported by an event; should that event have been dropped (a full

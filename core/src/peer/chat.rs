@@ -33,6 +33,7 @@ use crate::protocol::{
     chat_frame_header, chat_message_header, parse_chat_header, parse_peer_answer, ChatFrame,
     ChatHeader, PeerAnswer, PeerRequest,
 };
+use crate::reach::Path;
 use crate::thread::call_hook;
 use crossbeam_channel::{select, Receiver, Sender};
 use parking_lot::Mutex;
@@ -77,6 +78,8 @@ struct ChatShared {
     inner: Weak<Inner>,
     /// Who the other side is, as far as the link proves it.
     partner: Partner,
+    /// How the link is connected.
+    path: Path,
 }
 
 impl ChatShared {
@@ -228,6 +231,13 @@ impl Chat {
     pub fn is_verified(&self) -> bool {
         self.shared.partner.verified
     }
+
+    /// How the link is connected: [`Path::Direct`] (the caller connected to the
+    /// callee's listener), [`Path::Reverse`] (the callee connected back) or
+    /// [`Path::Relayed`] (through a relay, which sees only ciphertext).
+    pub fn path(&self) -> Path {
+        self.shared.path
+    }
 }
 
 impl std::fmt::Debug for Chat {
@@ -247,6 +257,7 @@ struct Pending {
     decided: Sender<()>,
     inner: Weak<Inner>,
     partner: Partner,
+    path: Path,
 }
 
 /// Someone asks to chat. Answer with [`accept`](Self::accept) or
@@ -270,6 +281,14 @@ impl ChatRequest {
     /// Whether the request comes from an original C++ client (raw, unframed chat).
     pub fn is_legacy(&self) -> bool {
         self.pending.legacy
+    }
+
+    /// How the request came: [`Path::Direct`] (the caller connected to this peer's
+    /// listener), [`Path::Reverse`] (this peer connected back at the registry's
+    /// request) or [`Path::Relayed`] (through a relay). [`addr`](Self::addr) is then
+    /// the caller's listener, or the relay.
+    pub fn path(&self) -> Path {
+        self.pending.path
     }
 
     /// Whether the request can still be answered (it has not expired or been answered).
@@ -338,6 +357,7 @@ impl ChatRequest {
             self.pending.legacy,
             self.pending.partner,
             slot,
+            self.pending.path,
         )
     }
 
@@ -436,6 +456,7 @@ pub(super) fn admit(
 /// Serve an incoming chat request: hand it to the hook and wait (on this serving
 /// thread) until it is answered, expires, or the peer stops. `_pending` is its place
 /// among the pending requests, given back when this returns.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn offer(
     inner: &Arc<Inner>,
     reader: LinkReader,
@@ -444,6 +465,7 @@ pub(super) fn offer(
     legacy: bool,
     partner: Partner,
     _pending: Slot,
+    path: Path,
 ) {
     let addr = match writer.socket().peer_addr() {
         Ok(a) => a,
@@ -458,6 +480,7 @@ pub(super) fn offer(
         decided: decided_tx,
         inner: Arc::downgrade(inner),
         partner,
+        path,
     });
     match &inner.hooks.chat_request {
         Some(hook) => {
@@ -502,8 +525,8 @@ pub(super) fn request(inner: &Arc<Inner>, name: &str) -> Result<Chat> {
         Route::Secure(key) => Some(key),
     };
     let addr = info.addr;
-    let (mut reader, mut writer, tracked) = match key {
-        Some(key) => link::dial_secure(inner, name, addr, key, Instant::now() + inner.io_timeout)?,
+    let (mut reader, mut writer, tracked, path) = match key {
+        Some(key) => link::dial_secure(inner, name, &info, key)?,
         None => {
             let stream = link::connect(inner, name, addr)?;
             stream.set_nodelay(true)?;
@@ -514,6 +537,7 @@ pub(super) fn request(inner: &Arc<Inner>, name: &str) -> Result<Chat> {
                     LinkReader::Plain(BufReader::new(r)),
                     LinkWriter::Plain(stream),
                     tracked,
+                    Path::Direct,
                 ),
                 Err(e) => {
                     inner.forget_socket(tracked);
@@ -560,7 +584,16 @@ pub(super) fn request(inner: &Arc<Inner>, name: &str) -> Result<Chat> {
             }
         }
         reader.socket().set_read_timeout(None)?;
-        start(inner, reader, writer, name, false, route.partner(), slot)
+        start(
+            inner,
+            reader,
+            writer,
+            name,
+            false,
+            route.partner(),
+            slot,
+            path,
+        )
     })();
     inner.forget_socket(tracked);
     // This peer's own exit closed the connection: not the other side's answer.
@@ -610,6 +643,7 @@ fn request_legacy(inner: &Arc<Inner>, name: &str, addr: SocketAddr, slot: Slot) 
             true,
             Partner::UNVERIFIED,
             slot,
+            Path::Direct,
         )
     })();
     inner.forget_socket(key);
@@ -644,6 +678,7 @@ fn start(
     legacy: bool,
     partner: Partner,
     slot: Slot,
+    path: Path,
 ) -> Result<Chat> {
     let sock = writer.socket();
     sock.set_write_timeout(Some(inner.io_timeout))?;
@@ -662,6 +697,7 @@ fn start(
         hooks: inner.hooks.clone(),
         inner: Arc::downgrade(inner),
         partner,
+        path,
     });
     let reading = shared.clone();
     inner

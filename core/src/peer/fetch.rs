@@ -6,11 +6,13 @@
 //! writing, verify, then move into place without overwriting.
 
 use super::link::{self, LinkReader, Partner, Route};
+use super::registry_link::PeerInfo;
 use super::{Inner, PeerEvent};
 use crate::error::{is_timeout, Error, Result};
 use crate::identity::PublicKey;
 use crate::limits::MAX_PEER_LINE;
 use crate::protocol::{parse_peer_answer, PeerAnswer, PeerRequest};
+use crate::reach::Path;
 use crate::thread::call_hook;
 use crate::transfer::{Receiver, Resume, SpaceReservation};
 use crossbeam_channel::Sender;
@@ -50,6 +52,10 @@ pub(crate) struct TransferShared {
     /// This peer sends the file (a file it offered, [`super::Peer::offer_file`]):
     /// `from` is then the recipient, and nothing is ever discarded.
     outgoing: bool,
+    /// Where the sender listens and how the registry sees it (for choosing the path).
+    info: PeerInfo,
+    /// How the current (or last) link to the sender is connected.
+    path: Mutex<Path>,
 }
 
 /// How far a download is, how fast it goes and when it should end: see
@@ -252,6 +258,14 @@ impl Transfer {
         self.shared.partner.key
     }
 
+    /// How the link to the sender is connected (the latest one, for a download that
+    /// asked twice): [`Path::Direct`], [`Path::Reverse`] (the sender connected back)
+    /// or [`Path::Relayed`] (through a relay, which sees only ciphertext). Known once
+    /// [`PeerEvent::TransferStarted`] was reported; [`Path::Direct`] before.
+    pub fn path(&self) -> Path {
+        *self.shared.path.lock()
+    }
+
     /// Whether the file comes over a secured link (`P2P/2`): encrypted, and every
     /// byte authenticated as the sender's (a byte altered on the way ends the
     /// download). `false` for a plaintext download from an unverified sender.
@@ -337,6 +351,8 @@ pub(super) fn start(
         discard: AtomicBool::new(false),
         samples: Mutex::new(VecDeque::from([(Instant::now(), receiver.offset())])),
         outgoing: false,
+        info,
+        path: Mutex::new(Path::Direct),
     });
     inner.note_transfer(&shared);
     let t = shared.clone();
@@ -571,6 +587,7 @@ fn legacy_transfer(
             size: 0,
             offset: 0,
             verified: false,
+            path: Path::Direct,
         });
         let mut progress = |got: u64| {
             t.received.store(got, Ordering::Relaxed);
@@ -665,6 +682,7 @@ pub(super) fn receive(
         size,
         offset: receiver.offset(),
         verified: t.partner.verified,
+        path: *t.path.lock(),
     });
     let mut progress = |got: u64| {
         t.received.store(got, Ordering::Relaxed);
@@ -693,8 +711,8 @@ fn ask(
     }
     let (mut reader, mut writer, key) = match t.partner.key {
         Some(k) => {
-            let deadline = Instant::now() + inner.io_timeout;
-            let (r, w, key) = link::dial_secure(inner, &t.from, addr, k, deadline)?;
+            let (r, w, key, path) = link::dial_secure(inner, &t.from, &t.info, k)?;
+            *t.path.lock() = path;
             (r, w, key)
         }
         None => {
@@ -831,6 +849,7 @@ impl TransferShared {
         peer: &str,
         file: &str,
         partner: Partner,
+        (addr, path): (SocketAddr, Path),
         part_path: PathBuf,
         outgoing: bool,
         received: u64,
@@ -853,6 +872,15 @@ impl TransferShared {
             discard: AtomicBool::new(false),
             samples: Mutex::new(VecDeque::from([(Instant::now(), received)])),
             outgoing,
+            // A pushed file is never fetched again over this link: the address is the
+            // other side's end of it (a relay's, when relayed), kept for the record.
+            info: PeerInfo {
+                addr,
+                legacy: false,
+                key: partner.key,
+                reach: crate::reach::Reach::Unknown,
+            },
+            path: Mutex::new(path),
         });
         inner.note_transfer(&shared);
         (shared, done_tx)

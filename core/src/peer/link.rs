@@ -7,12 +7,14 @@
 //! lines and bytes the same way over either kind. This module never decides what a
 //! request may do; [`super::serve`] does.
 
+use super::paths;
 use super::registry_link::PeerInfo;
 use super::Inner;
 use crate::error::{Error, Result};
 use crate::identity::PublicKey;
 use crate::known_keys::Subject;
 use crate::protocol::{parse_peer_answer, PeerAnswer};
+use crate::reach::Path;
 use crate::secure::{self, Cipher, DialParams, Dialed, Kind, SecureReader, SecureWriter};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -191,10 +193,6 @@ pub(crate) fn route(inner: &Inner, name: &str, info: &PeerInfo) -> Result<Route>
     })
 }
 
-/// A secured link to `name` at `addr`, whose key must be `key`: connect, handshake
-/// (IK, hello = this peer's username) by `deadline`. Returns the two halves and the
-/// socket's tracking key (the caller forgets it). A refusal before the handshake
-/// (`ERR busy …`) is mapped like an answer line.
 /// Opens a TCP connection to `name` at `addr` within the peer's I/O timeout. A
 /// connection that gets no answer at all (neither accepted nor refused) is reported
 /// naming the user and the address: it usually means a NAT or a firewall on the way
@@ -213,14 +211,32 @@ pub(crate) fn connect(inner: &Inner, name: &str, addr: SocketAddr) -> Result<Tcp
     })
 }
 
+/// A secured link to `name` (listed as `info`), whose key must be `key`: a stream on
+/// the path [`paths::connect`] finds, then the handshake on it. Returns the two halves,
+/// the socket's tracking key (the caller forgets it) and the path taken.
 pub(crate) fn dial_secure(
     inner: &Inner,
     name: &str,
-    addr: SocketAddr,
+    info: &PeerInfo,
+    key: PublicKey,
+) -> Result<(LinkReader, LinkWriter, Option<u64>, Path)> {
+    let (stream, path) = paths::connect(inner, name, info)?;
+    let deadline = Instant::now() + inner.io_timeout;
+    let (r, w, tracked) = handshake(inner, name, stream, key, deadline)?;
+    Ok((r, w, tracked, path))
+}
+
+/// The IK handshake (hello = this peer's username) as the initiator on `stream`,
+/// connected to `name` on whatever path, by `deadline`. A refusal before the
+/// handshake (`ERR busy …`) is mapped like an answer line.
+pub(crate) fn handshake(
+    inner: &Inner,
+    name: &str,
+    stream: TcpStream,
     key: PublicKey,
     deadline: Instant,
 ) -> Result<(LinkReader, LinkWriter, Option<u64>)> {
-    let stream = connect(inner, name, addr)?;
+    let addr = stream.peer_addr()?;
     stream.set_nodelay(true)?;
     stream.set_write_timeout(Some(inner.io_timeout))?;
     let tracked = inner.track_socket(&stream);

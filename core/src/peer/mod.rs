@@ -2,9 +2,10 @@
 //!
 //! A [`Peer`] registers with the registry over one session connection that it keeps
 //! (and re-opens by itself if it drops), serves its shared directory and chat requests
-//! on a listener, and opens chats and downloads with other peers directly. Everything
-//! it does in the background runs on threads it owns and joins in [`Peer::exit`] (and
-//! on drop).
+//! on a listener, and opens chats and downloads with other peers: directly, or, when a
+//! NAT is in the way, by reverse connect or through a relay (see [`PathPolicy`] and
+//! `docs/PROTOCOL.md` §5). Everything it does in the background runs on threads it
+//! owns and joins in [`Peer::exit`] (and on drop).
 //!
 //! Hooks are called on those library threads: they must return quickly (print, or
 //! send on a channel) and must not drop the `Peer`. A hook that panics is caught and
@@ -15,17 +16,20 @@ mod chat;
 mod fetch;
 mod link;
 mod live;
+mod paths;
 mod push;
 mod refuser;
 mod registry_link;
 mod serve;
 mod slots;
+mod watch;
 
 pub mod events;
 pub use events::{Event, Events};
 
 pub use chat::{Chat, ChatClosedBy, ChatId, ChatRequest};
 pub use fetch::{Transfer, TransferId, TransferStats};
+pub use paths::PathPolicy;
 pub use push::{FileOffer, OfferId};
 pub use registry_link::{PeerInfo, RegistryMode};
 
@@ -34,6 +38,7 @@ use crate::identity::{default_identity_file, Fingerprint, Identity, PublicKey};
 use crate::known_keys::{KnownKeys, Pin, Subject};
 use crate::limits::{self, CHAT_ANSWER_TIMEOUT, LEGACY_QUERY_MAX, PEER_IO_TIMEOUT};
 use crate::protocol::{check_username, Answer, Query};
+use crate::reach::{Reach, Token};
 use crate::share::{ScanReport, Share};
 use crate::thread::Threads;
 use crossbeam_channel::{Receiver, Sender};
@@ -44,7 +49,7 @@ use slots::Gauge;
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -107,6 +112,18 @@ pub enum PeerEvent {
         /// Over a secured link from the key the registry lists for `from` (and the
         /// pinned one); `false`: plaintext from an unverified sender.
         verified: bool,
+        /// How the link to the sender is connected.
+        path: crate::reach::Path,
+    },
+    /// The registry checked whether this peer's listener can be reached from outside
+    /// at `addr` (the address it lists for this peer): see [`Peer::reachability`].
+    /// Reported when the registry says it (once the first check finished, and after
+    /// each change); `reach` is never [`Reach::Unknown`] here.
+    Reachability {
+        /// The outcome.
+        reach: Reach,
+        /// The address checked: the IP the registry sees, the listening port.
+        addr: SocketAddr,
     },
     /// A file offered to this peer got no answer in time and was declined.
     FileOfferExpired { from: String, file: String },
@@ -222,6 +239,7 @@ pub struct PeerBuilder {
     serve_only: Option<Vec<String>>,
     /// The event queue's capacity ([`PeerBuilder::event_queue`]); `None`: hooks.
     events: Option<usize>,
+    path_policy: PathPolicy,
 }
 
 impl PeerBuilder {
@@ -393,6 +411,14 @@ impl PeerBuilder {
         self
     }
 
+    /// Which paths to take to other peers (default [`PathPolicy::Auto`]: direct, then
+    /// reverse connect, then the relay, as the registry's reachability checks
+    /// suggest). The others force one path.
+    pub fn path_policy(mut self, policy: PathPolicy) -> Self {
+        self.path_policy = policy;
+        self
+    }
+
     /// Every other [`PeerEvent`].
     pub fn on_event(mut self, f: impl Fn(&PeerEvent) + Send + Sync + 'static) -> Self {
         self.hooks.event = Some(Arc::new(f));
@@ -477,6 +503,13 @@ impl PeerBuilder {
             open_transfers: Default::default(),
             open_chat_list: Default::default(),
             offers: Default::default(),
+            path_policy: self.path_policy,
+            path_memory: Default::default(),
+            reach: Mutex::new(None),
+            reverse_waiters: Mutex::new(HashMap::new()),
+            connects_in_flight: AtomicUsize::new(0),
+            dial_outs: Arc::default(),
+            dial_out_starts: Mutex::new(std::collections::VecDeque::new()),
         });
         inner.scan_share(None)?;
         inner.register()?;
@@ -497,6 +530,10 @@ impl PeerBuilder {
         peer.inner
             .threads
             .spawn("p2p-registry-keeper", move || keep_registered(keeper))?;
+        let watcher = peer.inner.clone();
+        peer.inner
+            .threads
+            .spawn("p2p-watch", move || watch::run(watcher))?;
         if live_share {
             live::start(&peer.inner)?;
         }
@@ -553,6 +590,21 @@ pub(crate) struct Inner {
     pub(crate) open_chat_list: chat::OpenChats,
     /// Incoming file offers waiting for an answer.
     pub(crate) offers: push::Offers,
+    /// Which paths to take to other peers.
+    pub path_policy: PathPolicy,
+    /// Paths that failed lately, skipped for a while.
+    pub(crate) path_memory: paths::PathMemory,
+    /// What the registry last said of this peer's listener (`None`: nothing yet).
+    reach: Mutex<Option<(Reach, SocketAddr)>>,
+    /// Reverse connections this peer asked for (`CONNECT`), by token: the listener
+    /// hands a `P2P/2 REVERSE <token>` connection to the dialer waiting for it.
+    pub reverse_waiters: Mutex<HashMap<Token, Sender<TcpStream>>>,
+    /// This peer's `CONNECT`s waiting for the registry's answer.
+    pub connects_in_flight: AtomicUsize,
+    /// Dial-outs (`DIAL`/`RELAY` pushes being followed) running now.
+    pub dial_outs: Arc<Gauge>,
+    /// When the dial-outs of the last minute started.
+    pub dial_out_starts: Mutex<std::collections::VecDeque<std::time::Instant>>,
 }
 
 /// Whether a request's first bytes are a legacy (original client) request, which is
@@ -719,6 +771,31 @@ impl Inner {
         }
     }
 
+    /// What the registry last said of this peer's listener: [`Reach::Unknown`] (and no
+    /// address) until it says anything.
+    pub fn reachability(&self) -> (Reach, Option<SocketAddr>) {
+        match *self.reach.lock() {
+            Some((reach, addr)) => (reach, Some(addr)),
+            None => (Reach::Unknown, None),
+        }
+    }
+
+    /// Records what the registry says of this peer's listener; reported
+    /// ([`PeerEvent::Reachability`]) when it changed to a known outcome (a check not
+    /// finished yet is no news).
+    pub fn set_reachability(&self, reach: Reach, addr: SocketAddr) {
+        let changed = self.reach.lock().replace((reach, addr)) != Some((reach, addr));
+        if changed && reach != Reach::Unknown {
+            self.emit(PeerEvent::Reachability { reach, addr });
+        }
+    }
+
+    /// Whether the registry session is secured (the only kind that knows watch
+    /// sessions, `CONNECT` and `RELAY`).
+    pub fn registry_secured(&self) -> bool {
+        !self.registry.is_legacy() && self.registry.registry_key().is_some()
+    }
+
     pub fn rescan(&self) -> Result<ScanReport> {
         let report = self.scan_share(None)?;
         let registered = self.register();
@@ -765,6 +842,7 @@ impl Inner {
         for s in self.sockets.lock().values() {
             let _ = s.shutdown(Shutdown::Both);
         }
+        self.reverse_waiters.lock().clear();
         self.threads.join_all();
     }
 }
@@ -912,6 +990,7 @@ impl Peer {
             refuse_unverified: false,
             serve_only: None,
             events: None,
+            path_policy: PathPolicy::Auto,
         }
     }
 
@@ -970,6 +1049,19 @@ impl Peer {
     /// waiting for an answer included).
     pub fn serving(&self) -> usize {
         self.inner.serving.total()
+    }
+
+    /// Whether this peer's listener can be reached from outside, as the registry's
+    /// check found ([`Reach::Unknown`] before it says, and with a registry that does
+    /// not check). Changes are reported as [`PeerEvent::Reachability`].
+    pub fn reachability(&self) -> Reach {
+        self.inner.reachability().0
+    }
+
+    /// The address the registry lists for this peer and checked (the IP it sees this
+    /// peer come from, the listening port); `None` before it said.
+    pub fn listed_addr(&self) -> Option<SocketAddr> {
+        self.inner.reachability().1
     }
 
     /// Usernames online, sorted.

@@ -74,6 +74,8 @@ struct PendingOffer {
     size: u64,
     hash: String,
     partner: Partner,
+    /// How the link the offer came on is connected.
+    path: crate::reach::Path,
     state: Mutex<State>,
     /// Wakes the serving thread once answered.
     decided: Sender<()>,
@@ -252,6 +254,7 @@ impl FileOffer {
             &p.from,
             &p.name,
             p.partner,
+            (p.addr, p.path),
             receiver.partial_path().to_path_buf(),
             false,
             offset,
@@ -361,6 +364,7 @@ pub(super) fn offered(
     partner: Partner,
     (name, size, hash): (String, u64, String),
     place: Slot,
+    path: crate::reach::Path,
 ) {
     let (decided_tx, decided_rx) = crossbeam_channel::bounded::<()>(1);
     let pending = Arc::new(PendingOffer {
@@ -371,6 +375,7 @@ pub(super) fn offered(
         size,
         hash,
         partner,
+        path,
         state: Mutex::new(State::Waiting),
         decided: decided_tx,
         inner: Arc::downgrade(inner),
@@ -528,9 +533,8 @@ pub(super) fn offer_with(
             })
         }
     };
-    let addr = info.addr;
-    let deadline = Instant::now() + inner.io_timeout;
-    let (mut reader, mut writer, tracked) = link::dial_secure(inner, user, addr, key, deadline)?;
+    let (mut reader, mut writer, tracked, link_path) = link::dial_secure(inner, user, &info, key)?;
+    let addr = reader.socket().peer_addr()?;
     let answered = (|| {
         let request = PeerRequest::Offer {
             name: name.clone(),
@@ -579,6 +583,7 @@ pub(super) fn offer_with(
         user,
         &name,
         Partner::verified(key),
+        (addr, link_path),
         PathBuf::new(),
         true,
         offset,

@@ -21,6 +21,7 @@ use crate::known_keys::{KnownKeys, Pin, Subject};
 use crate::limits::{LEGACY_QUERY_MAX, LEGACY_READ_MAX, MAX_ANSWER_LEN, REGISTRY_IO_TIMEOUT};
 use crate::net::read_line;
 use crate::protocol::{parse_answer, parse_files_line, parse_port, reason, Answer};
+use crate::reach::Reach;
 use crate::secure::{self, Cipher, DialParams, Dialed, Kind, SecureStream};
 use parking_lot::Mutex;
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
@@ -64,6 +65,10 @@ pub struct PeerInfo {
     /// `OK,ip,port,<64 hex digits>`); `None` for a user who registered without one (an
     /// original client, an unencrypted session) or from an original registry.
     pub key: Option<crate::identity::PublicKey>,
+    /// Whether their listener answered the registry's check from outside (session
+    /// `GET_P` answer's fifth field, `docs/PROTOCOL.md` §5.1); [`Reach::Unknown`] from
+    /// a registry that does not check.
+    pub reach: Reach,
 }
 
 /// A connection to the registry (may be down; queries then reconnect once).
@@ -87,6 +92,8 @@ pub(crate) struct RegistryLink {
     conn: Mutex<Option<Conn>>,
     /// The local address of the last connection made to the registry.
     local_ip: Mutex<Option<IpAddr>>,
+    /// A `GET_P` answer carried a reachability word: this registry checks listeners.
+    reports_reach: AtomicBool,
 }
 
 /// A session connection: plaintext (a registry without secured links, or an older
@@ -180,6 +187,7 @@ impl RegistryLink {
             legacy: AtomicBool::new(mode == RegistryMode::Legacy),
             conn: Mutex::new(None),
             local_ip: Mutex::new(None),
+            reports_reach: AtomicBool::new(false),
         })
     }
 
@@ -193,6 +201,11 @@ impl RegistryLink {
     /// plaintext (an older p2pchat registry) or the registry is an original one.
     pub fn registry_key(&self) -> Option<PublicKey> {
         *self.remote_key.lock()
+    }
+
+    /// Whether this registry checks listeners (a `GET_P` answer carried a reach).
+    pub fn reports_reach(&self) -> bool {
+        self.reports_reach.load(Ordering::Relaxed)
     }
 
     /// Whether the registry is spoken to in the original's one-shot way.
@@ -474,6 +487,10 @@ impl RegistryLink {
             [ip, port, flags @ ..] => (ip, port, flags),
             _ => return Err(bad()),
         };
+        let reach = flags.iter().find_map(|f| Reach::parse(f));
+        if reach.is_some() {
+            self.reports_reach.store(true, Ordering::Relaxed);
+        }
         // The registry writes IPv6 addresses bare (`::1`); accept `[::1]` too.
         let ip = ip.trim_start_matches('[').trim_end_matches(']');
         let ip: IpAddr = ip.parse().map_err(|_| bad())?;
@@ -486,6 +503,7 @@ impl RegistryLink {
             key: flags
                 .iter()
                 .find_map(|f| crate::identity::PublicKey::from_hex(f)),
+            reach: reach.unwrap_or_default(),
         })
     }
 
@@ -540,6 +558,35 @@ impl RegistryLink {
             )),
             e => e,
         })
+    }
+
+    /// The fields of an `OK` answer to `query` on the session (`CONNECT`, `RELAY`);
+    /// an `ERR` answer becomes [`Error::Registry`] with its text.
+    pub fn ask_fields(&self, query: &str) -> Result<Vec<String>> {
+        self.ask_ok(query, None)
+    }
+
+    /// Opens a second secured session (same identity, same pinned registry key) and
+    /// sends `WATCH,<user>` on it (`docs/PROTOCOL.md` §5.2). Returns the session and
+    /// the fields of the `OK` answer (`ip`, `port`, `reach`); `Ok(None)` when the
+    /// registry has no secured sessions (then there is nothing to watch).
+    pub fn open_watch(&self, user: &str) -> Result<Option<(Box<SecureStream>, Vec<String>)>> {
+        if self.is_legacy() {
+            return Ok(None);
+        }
+        let stream = open_stream(&self.addr)?;
+        let Some(mut conn) = self.secure_session(stream)? else {
+            return Ok(None);
+        };
+        let line = exchange(&mut conn, &format!("WATCH,{user}"), false)?.swap_remove(0);
+        let Conn::Secure(s) = conn else {
+            return Ok(None);
+        };
+        match parse_answer(&line).map_err(|d| Error::protocol(&self.addr, d))? {
+            Answer::Ok(fields) => Ok(Some((s, fields))),
+            Answer::Up => Err(Error::protocol(&self.addr, "unexpected UP to WATCH")),
+            Answer::Err(r) => Err(Error::Registry(r)),
+        }
     }
 
     /// One legacy query: its own connection, one write, shut the sending side, read

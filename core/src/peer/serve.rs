@@ -17,12 +17,15 @@ use super::{chat, is_legacy_start, push, Inner, PeerEvent};
 use crate::error::Error;
 use crate::identity::PublicKey;
 use crate::known_keys::Subject;
+use crate::limits::REVERSE_CLAIM_WAIT;
 use crate::limits::{LEGACY_GRACE, MAX_PEER_LINE};
 use crate::protocol::{check_username, parse_peer_request, PeerAnswer, PeerRequest};
+use crate::reach::{probe_answer, Path, Preamble};
 use crate::secure::{self, Kind, Marker, SecureStream, MAX_FRAME};
 use crate::transfer::{send_file_min_rate, send_file_sealed};
 use std::io::{BufRead, BufReader, ErrorKind};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -61,7 +64,7 @@ pub(super) fn accept_loop(inner: Arc<Inner>, listener: TcpListener) {
             Ok(slot) => {
                 let worker = inner.clone();
                 let spawned = inner.threads.spawn("p2p-serve", move || {
-                    serve_one(&worker, stream);
+                    serve_one(&worker, stream, Path::Direct);
                     drop(slot);
                 });
                 if let Err(e) = spawned {
@@ -97,7 +100,11 @@ impl Refusal {
     }
 }
 
-fn serve_one(inner: &Arc<Inner>, stream: TcpStream) {
+/// Serves one connection: one the listener accepted (`path` [`Path::Direct`]), or one
+/// this peer connected out on a caller's behalf (reverse or relayed), which may carry
+/// only a secured link: the caller must prove who it is, and no plaintext request
+/// travels through a relay.
+pub(super) fn serve_one(inner: &Arc<Inner>, stream: TcpStream, path: Path) {
     let Ok(from) = stream.peer_addr() else {
         return;
     };
@@ -112,12 +119,19 @@ fn serve_one(inner: &Arc<Inner>, stream: TcpStream) {
     // Large enough for a whole handshake message or record in one read.
     let mut reader = BufReader::with_capacity(MAX_FRAME + 2, read_half);
     let deadline = Instant::now() + inner.limits.request_line_timeout;
-    let first = read_request(&stream, &mut reader, deadline, true);
+    let first = read_request(&stream, &mut reader, deadline, path == Path::Direct);
     if let Ok(Some(line)) = &first {
+        if path == Path::Direct {
+            if let Some(preamble) = Preamble::parse(line) {
+                inner.forget_socket(key);
+                serve_preamble(inner, stream, from, reader, preamble);
+                return;
+            }
+        }
         if Marker::looks_like(line, Kind::Peer) {
             let refusal = match Marker::parse(line) {
                 Some(marker) => {
-                    serve_secure(inner, &stream, from, reader, marker, deadline, key);
+                    serve_secure(inner, &stream, from, reader, marker, deadline, key, path);
                     return;
                 }
                 None => Refusal {
@@ -144,6 +158,17 @@ fn serve_one(inner: &Arc<Inner>, stream: TcpStream) {
         }
     };
     let mut writer = LinkWriter::Plain(writer);
+    if path != Path::Direct {
+        inner.forget_socket(key);
+        if let Ok(Some(line)) = first {
+            let r = Refusal::denied(
+                String::from_utf8_lossy(&line).into_owned(),
+                format!("a {path} connection carries only a secured link (P2P/2)"),
+            );
+            refuse(inner, &stream, from, &mut writer, r);
+        }
+        return;
+    }
     let refusal = match parse_first(first) {
         Ok(None) => None,
         Err(r) => Some(r),
@@ -169,6 +194,7 @@ fn serve_one(inner: &Arc<Inner>, stream: TcpStream) {
                                     legacy,
                                     Partner::UNVERIFIED,
                                     pending,
+                                    Path::Direct,
                                 );
                                 return;
                             }
@@ -208,6 +234,74 @@ fn serve_one(inner: &Arc<Inner>, stream: TcpStream) {
     if let Some(r) = refusal {
         refuse(inner, &stream, from, &mut writer, r);
     }
+}
+
+/// A connection to the listener that opened with a preamble instead of a request: the
+/// registry's reachability check (answered, then closed), or a callee connecting back
+/// because this peer asked (`CONNECT`): handed to the dialer waiting for its token.
+/// A reverse connection nobody waits for is refused with
+/// `ERR denied unexpected reverse connection`.
+fn serve_preamble(
+    inner: &Inner,
+    stream: TcpStream,
+    from: SocketAddr,
+    reader: BufReader<TcpStream>,
+    preamble: Result<Preamble, String>,
+) {
+    let mut writer = match stream.try_clone() {
+        Ok(w) => LinkWriter::Plain(w),
+        Err(_) => return,
+    };
+    let token = match preamble {
+        Err(reason) => {
+            let r = Refusal {
+                request: "P2P/2 preamble".into(),
+                code: "bad-request",
+                reason,
+                legacy: false,
+            };
+            refuse(inner, &stream, from, &mut writer, r);
+            return;
+        }
+        Ok(Preamble::Probe(token)) => {
+            let _ = writer.write_line(&probe_answer(token));
+            let _ = stream.shutdown(std::net::Shutdown::Write);
+            inner.refuser.send(Job::Linger { stream });
+            return;
+        }
+        Ok(Preamble::Reverse(token)) => token,
+    };
+    // Nothing may follow the preamble before this side starts the handshake.
+    let clean = reader.buffer().is_empty();
+    drop(reader);
+    // The callee can connect before this peer read the registry's answer to its
+    // `CONNECT`: while one is in flight, give the token a moment to be waited for.
+    let until = if inner.connects_in_flight.load(Ordering::SeqCst) > 0 {
+        Instant::now() + REVERSE_CLAIM_WAIT
+    } else {
+        Instant::now()
+    };
+    loop {
+        let waiter = inner.reverse_waiters.lock().remove(&token);
+        if let Some(tx) = waiter {
+            if clean {
+                // The dialer may have given up just now: then the stream is dropped
+                // and closed.
+                let _ = tx.try_send(stream);
+                return;
+            }
+            break;
+        }
+        if Instant::now() >= until || inner.stopping() {
+            break;
+        }
+        let _ = inner.stop_rx.recv_timeout(Duration::from_millis(20));
+    }
+    let r = Refusal::denied(
+        "P2P/2 REVERSE".into(),
+        "unexpected reverse connection".into(),
+    );
+    refuse(inner, &stream, from, &mut writer, r);
 }
 
 /// The request in a first line as read, or the refusal for one that is none (timed
@@ -360,6 +454,7 @@ fn serve_secure(
     marker: Marker,
     deadline: Instant,
     key: Option<u64>,
+    path: Path,
 ) {
     let secured = match secure::accept(reader, marker, &inner.identity, deadline) {
         Ok(s) => s,
@@ -424,6 +519,7 @@ fn serve_secure(
                                         false,
                                         Partner::verified(remote),
                                         pending,
+                                        path,
                                     );
                                     return;
                                 }
@@ -452,6 +548,7 @@ fn serve_secure(
                                     let partner = Partner::verified(remote);
                                     push::offered(
                                         inner, reader, writer, from, user, partner, offer, place,
+                                        path,
                                     );
                                     inner.forget_socket(key);
                                     return;

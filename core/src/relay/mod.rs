@@ -5,8 +5,16 @@
 //! A registry offers a relay to its peers ([`RelayOffer`]) and mints the
 //! [tokens](token) that the relay checks before joining two connections.
 
+mod bucket;
+mod forward;
+mod server;
 pub mod token;
+pub mod wire;
 
+pub use forward::Forwarding;
+pub use server::{
+    CloseReason, Relay, RelayBuilder, RelayEvent, RelayHook, RelayLimits, RelayStats,
+};
 pub use token::{RelaySecret, TokenError};
 
 use std::net::IpAddr;

@@ -102,6 +102,16 @@ pub fn mint(secret: &RelaySecret, now: SystemTime, ttl: Duration) -> std::io::Re
 /// The tag is compared in constant time (a relay must not leak how much of a forged
 /// tag was right).
 pub fn verify(secret: &RelaySecret, token: &str, now: SystemTime) -> Result<CircuitId, TokenError> {
+    verify_until(secret, token, now).map(|(id, _)| id)
+}
+
+/// [`verify`], also giving the token's expiry: the relay remembers a joined circuit
+/// until then, so its token cannot join a second time.
+pub fn verify_until(
+    secret: &RelaySecret,
+    token: &str,
+    now: SystemTime,
+) -> Result<(CircuitId, SystemTime), TokenError> {
     if token.len() != TOKEN_CHARS {
         return Err(TokenError::Invalid);
     }
@@ -120,7 +130,8 @@ pub fn verify(secret: &RelaySecret, token: &str, now: SystemTime) -> Result<Circ
     }
     let mut id = [0u8; ID_LEN];
     id.copy_from_slice(&body[..ID_LEN]);
-    Ok(CircuitId(id))
+    let until = UNIX_EPOCH + Duration::from_secs(u64::from_be_bytes(expiry));
+    Ok((CircuitId(id), until))
 }
 
 // blake3::Hash's `==` is constant time; it is used for the tag comparison.
