@@ -213,6 +213,7 @@ impl Logged {
                 RegistryEvent::Connected { .. }
                     | RegistryEvent::Query { .. }
                     | RegistryEvent::Disconnected { .. }
+                    | RegistryEvent::Reachability { .. }
             ),
             Logged::Relay(e) => !matches!(e, RelayEvent::Refused { .. }),
         }
@@ -736,6 +737,24 @@ mod tests {
             line.ends_with(" refused: ERR,Too many connections from your address"),
             "{line}"
         );
+    }
+
+    #[test]
+    fn reachability_lines_name_the_user_the_address_and_the_outcome() {
+        let e = RegistryEvent::Reachability {
+            user: "alice".into(),
+            addr: "127.0.0.1:5000".parse().unwrap(),
+            reach: p2pcore::reach::Reach::Unreachable,
+        };
+        let line = text_line(&Style::plain(), &e);
+        assert!(
+            line.ends_with(" 127.0.0.1:5000 alice is unreachable"),
+            "{line}"
+        );
+        let json = json_event(&e);
+        assert!(json.contains("\"event\":\"reachability\""), "{json}");
+        assert!(json.contains("\"reach\":\"unreachable\""), "{json}");
+        assert!(json.contains("\"user\":\"alice\""), "{json}");
     }
 
     #[test]

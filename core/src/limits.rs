@@ -206,11 +206,16 @@ pub const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Registry: most reachability checks in flight at once (each holds one socket).
 pub const PROBE_MAX_IN_FLIGHT: usize = 64;
 /// Registry: most reachability checks waiting or in flight for one address (one /64
-/// for IPv6); past it a new check is not made and the user's reach stays `unknown`.
+/// for IPv6); past it a new check waits its turn (see [`PROBE_RETRY_FOR`]).
 pub const PROBE_MAX_PER_ADDR: usize = 4;
-/// Registry: most reachability checks waiting for a place in flight; past it a new
-/// check is not made and the user's reach stays `unknown`.
+/// Registry: most reachability checks waiting for a place in flight, and most waiting
+/// to be queued again (see [`PROBE_RETRY_FOR`]); past both, a check is not made and the
+/// user's reach stays `unknown`.
 pub const PROBE_QUEUE: usize = 1024;
+/// Registry: how long a check that did not fit (the queue full, its address over
+/// [`PROBE_MAX_PER_ADDR`]) is tried again, once a second, before the user's reach is
+/// left `unknown`: a NAT with many peers behind one address gets each checked in turn.
+pub const PROBE_RETRY_FOR: Duration = Duration::from_secs(300);
 /// Registry: longest answer line read from a probed listener (`OK probe <token>` is
 /// 42 bytes).
 pub const PROBE_ANSWER_MAX: usize = 128;

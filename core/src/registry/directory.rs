@@ -618,6 +618,39 @@ mod tests {
     }
 
     #[test]
+    fn reach_is_kept_for_the_same_listener_and_stale_results_are_dropped() {
+        let d = Directory::default();
+        let a = caller("127.0.0.3", 1);
+        d.init(a, "u1", 5000, &[]).unwrap();
+        let at = d.listed("u1").unwrap();
+        assert_eq!((at.port, at.conn), (5000, 1));
+        assert_eq!(d.get("u1").unwrap().reach, Reach::Unknown);
+        assert!(d.set_reach("u1", at, Reach::Reachable));
+        assert_eq!(d.peek("u1").unwrap().reach, Reach::Reachable);
+        // A new file list on the same port keeps it; a new port forgets it.
+        d.init(a, "u1", 5000, &["f"]).unwrap();
+        assert_eq!(d.get("u1").unwrap().reach, Reach::Reachable);
+        d.init(a, "u1", 5001, &["f"]).unwrap();
+        assert_eq!(d.get("u1").unwrap().reach, Reach::Unknown);
+        // The result of the old port's check, arriving late, is not recorded.
+        assert!(!d.set_reach("u1", at, Reach::Unreachable));
+        assert_eq!(d.get("u1").unwrap().reach, Reach::Unknown);
+        // Nor one for another session holding the name since.
+        let now = d.listed("u1").unwrap();
+        d.release_session(1, &["u1".to_string()]);
+        d.init(caller("127.0.0.3", 2), "u1", 5001, &[]).unwrap();
+        assert!(!d.set_reach("u1", now, Reach::Reachable));
+        // Legacy registrations are never listed for checks.
+        let legacy = Caller {
+            session: false,
+            ..caller("127.0.0.4", 3)
+        };
+        d.init(legacy, "old", 6000, &[]).unwrap();
+        assert_eq!(d.listed("old"), None);
+        assert_eq!(d.peek("old").unwrap().conn, None);
+    }
+
+    #[test]
     fn budget_refuses_new_and_grown_entries() {
         let d = Directory::new(Bounds {
             memory_budget: 2 * ENTRY_OVERHEAD + 20,

@@ -100,8 +100,10 @@ pub struct RegistryConfig {
     pub claim_ttl: Duration,
     /// The registry's key, overriding the one in `data_dir` (or the ephemeral one).
     pub identity: Option<Identity>,
-    /// The relay offered to peers that cannot reach each other (a standalone one, whose
-    /// secret the registry shares); `None`: none, unless `embedded_relay` starts one.
+    /// The relay offered to peers that cannot reach each other (`RELAY` queries:
+    /// tokens minted under its secret; a standalone one, whose secret the registry
+    /// shares); `None`: none, unless `embedded_relay` starts one, and `RELAY` is
+    /// answered `ERR,No relay available`.
     pub relay_offer: Option<crate::relay::RelayOffer>,
     /// Start a relay inside the registry (on the registry's IP) and offer it, in place
     /// of `relay_offer`; `None` (the default): no embedded relay.

@@ -10,21 +10,26 @@
 //! [`PROBE_MAX_IN_FLIGHT`]. The loops hand checks over through a bounded queue
 //! ([`ProbeQueue::submit`], which also caps the checks of one address); outcomes go
 //! back to loop 0 over a channel and its waker, like the connection hand-offs. A check
-//! that does not fit (queue full, its address over its share) is not made: the user's
+//! that does not fit (queue full, its address over its share) is set aside
+//! ([`ProbeQueue::defer`]) and queued again by loop 0's once-a-second sweep
+//! ([`ProbeQueue::retry`]) for up to [`PROBE_RETRY_FOR`], so the peers behind one NAT
+//! are checked in turn; past that, or when even the set-aside list is full, the user's
 //! reach stays `unknown`, and the registry logs it.
 
 use super::address_key;
+use super::directory::Directory;
 use super::directory::Listed;
 use super::server::Shared;
 use crate::limits::{
-    PROBE_ANSWER_MAX, PROBE_MAX_IN_FLIGHT, PROBE_MAX_PER_ADDR, PROBE_QUEUE, PROBE_TIMEOUT,
+    PROBE_ANSWER_MAX, PROBE_MAX_IN_FLIGHT, PROBE_MAX_PER_ADDR, PROBE_QUEUE, PROBE_RETRY_FOR,
+    PROBE_TIMEOUT,
 };
 use crate::reach::{probe_answer, Preamble, Reach, Token as ProbeToken};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token, Waker};
 use parking_lot::Mutex;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
@@ -69,6 +74,9 @@ pub(super) struct ProbeQueue {
     waker: Arc<Waker>,
     /// Checks waiting or in flight per address key.
     per_addr: Mutex<HashMap<IpAddr, usize>>,
+    /// Checks that did not fit, with when they were first tried (at most
+    /// [`PROBE_QUEUE`]).
+    deferred: Mutex<VecDeque<(Job, Instant)>>,
 }
 
 impl ProbeQueue {
@@ -93,6 +101,39 @@ impl ProbeQueue {
                 Err(Overflow::Queue)
             }
         }
+    }
+
+    /// Set aside a check that did not fit, to be queued again by [`retry`](Self::retry).
+    /// `false`: the set-aside list is full too (the check is not made).
+    pub fn defer(&self, job: Job, since: Instant) -> bool {
+        let mut deferred = self.deferred.lock();
+        if deferred.len() >= PROBE_QUEUE {
+            return false;
+        }
+        deferred.push_back((job, since));
+        true
+    }
+
+    /// Queue again the checks set aside, those still current (the user still listed
+    /// at the address, by the same session) and younger than [`PROBE_RETRY_FOR`];
+    /// returns the names given up on.
+    pub fn retry(&self, directory: &Directory, now: Instant) -> Vec<Box<str>> {
+        let waiting: Vec<(Job, Instant)> = self.deferred.lock().drain(..).collect();
+        let mut given_up = Vec::new();
+        for (job, since) in waiting {
+            if directory.listed(&job.user) != Some(job.at) {
+                continue; // moved or gone: a new check was asked for, if any
+            }
+            let user = job.user.clone();
+            if let Err(_full) = self.submit(job.clone()) {
+                if now.saturating_duration_since(since) >= PROBE_RETRY_FOR
+                    || !self.defer(job, since)
+                {
+                    given_up.push(user);
+                }
+            }
+        }
+        given_up
     }
 
     /// A check of an address (its key) ended or was never made.
@@ -152,6 +193,7 @@ impl Prober {
             tx,
             waker,
             per_addr: Mutex::new(HashMap::new()),
+            deferred: Mutex::new(VecDeque::new()),
         };
         Ok((prober, queue))
     }
@@ -367,6 +409,57 @@ pub(super) fn judge(answer: &[u8], token: ProbeToken) -> Reach {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::registry::directory::Caller;
+
+    #[test]
+    fn one_address_gets_its_share_and_the_rest_waits_its_turn() {
+        let (_prober, q) = Prober::new().unwrap();
+        let d = Directory::default();
+        let job = |n: u64, ip: &str| {
+            let caller = Caller {
+                conn: n,
+                ip: ip.parse().unwrap(),
+                session: true,
+                key: None,
+            };
+            let user = format!("u{n}");
+            d.init(caller, &user, 5000, &[]).unwrap();
+            Job {
+                user: user.into(),
+                at: d.listed(&format!("u{n}")).unwrap(),
+            }
+        };
+        for n in 0..PROBE_MAX_PER_ADDR as u64 {
+            assert_eq!(q.submit(job(n, "127.0.0.3")), Ok(()));
+        }
+        let fifth = job(99, "127.0.0.3");
+        assert_eq!(q.submit(fifth.clone()), Err(Overflow::Address));
+        assert_eq!(q.submit(job(100, "127.0.0.4")), Ok(()), "another address");
+        let t0 = Instant::now();
+        assert!(q.defer(fifth, t0));
+        // Still no room for its address: it stays set aside.
+        assert!(q.retry(&d, t0).is_empty());
+        assert_eq!(q.deferred.lock().len(), 1);
+        // A check of that address ends: the next retry queues it.
+        q.done(address_key("127.0.0.3".parse().unwrap()));
+        assert!(q.retry(&d, t0).is_empty());
+        assert!(q.deferred.lock().is_empty());
+        // One left too long is given up; one whose user moved is dropped.
+        let late = job(101, "127.0.0.3");
+        assert!(q.defer(late, t0));
+        let moved = job(102, "127.0.0.5");
+        assert!(q.defer(moved.clone(), t0));
+        let caller = Caller {
+            conn: 102,
+            ip: "127.0.0.5".parse().unwrap(),
+            session: true,
+            key: None,
+        };
+        d.init(caller, "u102", 6000, &[]).unwrap();
+        let gone = q.retry(&d, t0 + PROBE_RETRY_FOR);
+        assert_eq!(gone, vec![Box::from("u101")]);
+        assert!(q.deferred.lock().is_empty());
+    }
 
     #[test]
     fn only_the_exact_answer_counts_as_reachable() {

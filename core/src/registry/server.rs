@@ -28,10 +28,16 @@
 //! previous one, so an encrypted connection holds at most one record of ciphertext
 //! besides what any connection holds. A record failing authentication closes the
 //! connection at once (nothing can be answered on a broken link).
+//!
+//! Reaching peers (`docs/PROTOCOL.md` §5): `WATCH`, `CONNECT` and `RELAY` are taken
+//! only as session lines on encrypted sessions (see `signal`). A keyed `INIT` that
+//! lists a user at a new address hands a check to the prober thread; its outcomes come
+//! back to loop 0 (`take_checks`). A watch session stays on its loop; pushes for it are
+//! posted to that loop's mailbox by whichever thread makes them (see `watch`) and
+//! queued on the connection like answers, at most `WATCH_MAX_UNSENT` of them unsent.
 
 use super::claims::{Claim, Claims};
-use super::directory::Listed;
-use super::directory::{Caller, Directory, InitOutcome};
+use super::directory::{Caller, Directory, InitOutcome, Listed};
 use super::prober::{Checked, Job, Overflow, ProbeQueue};
 use super::signal::{parse_signal, Signal, SignalBudget};
 use super::watch::{Mailbox, Post, Watcher, Watches};
@@ -355,7 +361,7 @@ pub(super) struct LoopParts {
     tx: Sender<Accepted>,
     inbox: Receiver<Accepted>,
     posts: Receiver<Post>,
-    queued: Arc<std::sync::atomic::AtomicUsize>,
+    queued: Arc<AtomicUsize>,
 }
 
 impl LoopParts {
@@ -551,6 +557,11 @@ impl Server {
                     log::warn!("registry: could not record the claims' use: {e}");
                 }
             }
+        }
+        for user in self.shared.probes.retry(&self.shared.directory, now) {
+            log::warn!(
+                "registry: {user}'s listener was not checked in time: its reach stays unknown"
+            );
         }
         let lease = self.shared.config.legacy_lease;
         let expired = self.shared.directory.expire_leases(now, lease);
@@ -1373,15 +1384,19 @@ impl Server {
             user: user.into(),
             at: now,
         };
-        if let Err(why) = self.shared.probes.submit(job) {
-            log::warn!(
-                "registry: {user}'s listener at {} is not checked ({}): its reach stays unknown",
-                SocketAddr::new(now.ip, now.port),
-                match why {
-                    Overflow::Queue => "too many checks waiting",
-                    Overflow::Address => "too many checks for its address",
-                }
-            );
+        if let Err(why) = self.shared.probes.submit(job.clone()) {
+            let why = match why {
+                Overflow::Queue => "too many checks waiting",
+                Overflow::Address => "too many checks for its address",
+            };
+            let addr = SocketAddr::new(now.ip, now.port);
+            if self.shared.probes.defer(job, Instant::now()) {
+                log::info!("registry: {user}'s listener at {addr} waits for its check ({why})");
+            } else {
+                log::warn!(
+                    "registry: {user}'s listener at {addr} is not checked ({why}): its reach stays unknown"
+                );
+            }
         }
     }
 

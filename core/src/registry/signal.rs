@@ -114,6 +114,26 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        #[test]
+        fn parse_signal_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200)) {
+            let _ = parse_signal(&bytes);
+        }
+
+        #[test]
+        fn valid_names_round_trip(name in "[a-z][a-z0-9 _.-]{0,62}[a-z0-9]") {
+            let n = name.as_str();
+            for (verb, want) in [
+                ("WATCH", Signal::Watch(n)),
+                ("CONNECT", Signal::Connect(n)),
+                ("RELAY", Signal::Relay(n)),
+            ] {
+                let line = format!("{verb},{name}");
+                proptest::prop_assert_eq!(parse_signal(line.as_bytes()), Some(Ok(want)));
+            }
+        }
+    }
+
     #[test]
     fn the_budget_allows_a_burst_then_one_every_three_seconds() {
         let t0 = Instant::now();
