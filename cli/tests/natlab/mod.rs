@@ -385,8 +385,15 @@ impl Lab {
 
     /// `p2pchat server` on the registry's host; returns once it listens.
     pub fn start_registry(&self) -> LabProc {
+        self.start_registry_with(&[])
+    }
+
+    /// `p2pchat server` with `extra` arguments (e.g. relay limits).
+    pub fn start_registry_with(&self, extra: &[&str]) -> LabProc {
         let addr = self.registry_addr();
-        let mut server = self.spawn(self.host("registry"), &["server", "--addr", &addr]);
+        let mut args = vec!["server", "--addr", &addr];
+        args.extend_from_slice(extra);
+        let mut server = self.spawn(self.host("registry"), &args);
         server.expect_line(&format!("registry listening on {addr}"), proc::WAIT);
         server
     }
