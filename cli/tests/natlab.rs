@@ -588,10 +588,10 @@ fn scenario5_relay_limits_and_a_relayed_download_resumed() {
     // One circuit, 256 KiB/s: the 2 MiB download takes about 8 s, long enough to be
     // seen holding the circuit and to be cut off half-way.
     let _registry = lab.start_registry_with(&[
-        "--relay-max-circuits",
+        "--max-circuits",
         "1",
-        "--relay-circuit-rate",
-        "262144",
+        "--circuit-rate",
+        "256K",
     ]);
     let share = dir(&lab, "bob-share");
     let (content, _) = make_file(&share, "report.bin");
