@@ -627,7 +627,8 @@ fn scenario5_relay_limits_and_a_relayed_download_resumed() {
     );
 
     // Cut off mid-way.
-    let had = wait_for_partial(&into, "report.bin", 256 << 10);
+    let had: u64 = 256 << 10;
+    wait_for_partial(&into, "report.bin", had);
     drop(first); // SIGKILL, reaped
     let kept = std::fs::metadata(&partial).map_or(0, |m| m.len());
     assert!(
