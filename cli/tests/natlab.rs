@@ -483,7 +483,7 @@ fn scenario4_the_relay_carries_only_ciphertext() {
     let share = dir(&lab, "bob-share");
     let file = format!("natlab-secret-name-{}.bin", std::process::id());
     let (content, marker) = make_file(&share, &file);
-    let (mut bob_share, _) = lab.share(&bob, "bob", &share);
+    let (mut bob_share, _) = lab.share_with(&bob, "bob", &share, &["--accept-chats"]);
     let alice_home = dir(&lab, "alice-home");
 
     let into = dir(&lab, "alice-downloads");
@@ -587,12 +587,7 @@ fn scenario5_relay_limits_and_a_relayed_download_resumed() {
     let bob = lab.host("bob").clone();
     // One circuit, 256 KiB/s: the 2 MiB download takes about 8 s, long enough to be
     // seen holding the circuit and to be cut off half-way.
-    let _registry = lab.start_registry_with(&[
-        "--max-circuits",
-        "1",
-        "--circuit-rate",
-        "256K",
-    ]);
+    let _registry = lab.start_registry_with(&["--max-circuits", "1", "--circuit-rate", "256K"]);
     let share = dir(&lab, "bob-share");
     let (content, _) = make_file(&share, "report.bin");
     let (_bob, _) = lab.share(&bob, "bob", &share);
