@@ -385,8 +385,15 @@ impl Lab {
 
     /// `p2pchat server` on the registry's host; returns once it listens.
     pub fn start_registry(&self) -> LabProc {
+        self.start_registry_with(&[])
+    }
+
+    /// `p2pchat server` with `extra` arguments (e.g. relay limits).
+    pub fn start_registry_with(&self, extra: &[&str]) -> LabProc {
         let addr = self.registry_addr();
-        let mut server = self.spawn(self.host("registry"), &["server", "--addr", &addr]);
+        let mut args = vec!["server", "--addr", &addr];
+        args.extend_from_slice(extra);
+        let mut server = self.spawn(self.host("registry"), &args);
         server.expect_line(&format!("registry listening on {addr}"), proc::WAIT);
         server
     }
@@ -394,9 +401,20 @@ impl Lab {
     /// `p2pchat share` of `dir` as `user` on `host`; returns the process and its
     /// listening port once it is registered.
     pub fn share(&self, host: &Host, user: &str, dir: &std::path::Path) -> (LabProc, u16) {
+        self.share_with(host, user, dir, &[])
+    }
+
+    /// [`Lab::share`] with `extra` arguments (e.g. `--accept-chats`).
+    pub fn share_with(
+        &self,
+        host: &Host,
+        user: &str,
+        dir: &std::path::Path,
+        extra: &[&str],
+    ) -> (LabProc, u16) {
         let registry = self.registry_addr();
         let dir = dir.to_str().expect("UTF-8 path");
-        let args = [
+        let mut args = vec![
             "share",
             "--registry",
             &registry,
@@ -405,6 +423,7 @@ impl Lab {
             "--dir",
             dir,
         ];
+        args.extend_from_slice(extra);
         let mut p = self.spawn(host, &args);
         let banner = format!("sharing as {user} on ");
         let line = p.expect_line(&banner, proc::WAIT);
