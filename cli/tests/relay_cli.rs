@@ -241,3 +241,48 @@ fn the_relay_flags_set_its_bounds() {
     let out = relay.all_stdout();
     assert!(!out.contains(" joined "), "{out}");
 }
+
+#[test]
+fn the_embedded_relay_takes_the_registry_port_plus_one_or_any_free_port() {
+    // A free port P whose P + 1 this test holds.
+    let (port, _held) = (0..50)
+        .find_map(|_| {
+            let p = std::net::TcpListener::bind("127.0.0.1:0")
+                .ok()?
+                .local_addr()
+                .ok()?
+                .port();
+            let next = std::net::TcpListener::bind(("127.0.0.1", p.checked_add(1)?)).ok()?;
+            Some((p, next))
+        })
+        .expect("a free pair of ports");
+    let addr = format!("127.0.0.1:{port}");
+    let mut server = server_proc(&["--addr", &addr, "--quiet"]);
+    assert_eq!(server.line(), format!("registry listening on {addr}"));
+    server.line();
+    let relay = server.line();
+    let at: SocketAddr = relay
+        .strip_prefix("relay listening on ")
+        .unwrap_or_else(|| panic!("{relay:?}"))
+        .parse()
+        .unwrap();
+    assert_ne!(
+        at.port(),
+        port + 1,
+        "port + 1 is taken: any free port instead"
+    );
+    server.signal(libc::SIGINT);
+    assert_eq!(server.wait_exit(WAIT).code(), Some(130));
+
+    // Once port + 1 is free, the relay takes it.
+    drop(_held);
+    let mut server = server_proc(&["--addr", &addr, "--quiet"]);
+    server.line();
+    server.line();
+    assert_eq!(
+        server.line(),
+        format!("relay listening on 127.0.0.1:{}", port + 1)
+    );
+    server.signal(libc::SIGINT);
+    assert_eq!(server.wait_exit(WAIT).code(), Some(130));
+}
