@@ -106,16 +106,28 @@ unsafe impl Send for ChatHandle {}
 /// Counts a call that is opening a chat until its handle has been returned.
 pub(crate) struct Opening<'a>(&'a ChatTable);
 
+/// The longest a chat callback waits for the call returning its chat's handle: a
+/// handle is listed moments after the chat opens, so this only bounds the unforeseen.
+const HANDLE_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+thread_local! {
+    /// How many calls opening a chat run on this thread: a chat callback running on
+    /// the very thread of such a call (a close while accepting) must not wait for it.
+    static OPENING_HERE: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
 impl<'a> Opening<'a> {
     /// Count one call opening a chat of `table` until dropped.
     pub(crate) fn start(table: &'a ChatTable) -> Opening<'a> {
         *table.opening.lock() += 1;
+        OPENING_HERE.with(|n| n.set(n.get() + 1));
         Opening(table)
     }
 }
 
 impl Drop for Opening<'_> {
     fn drop(&mut self) {
+        OPENING_HERE.with(|n| n.set(n.get().saturating_sub(1)));
         *self.0.opening.lock() -= 1;
         self.0.opened.notify_all();
     }
@@ -127,6 +139,51 @@ impl ChatTable {
         let slot = self.live.lock().remove(&id).and_then(|w| w.upgrade());
         if let Some(slot) = slot {
             slot.release();
+        }
+    }
+
+    /// The close of chat `id` is being handed out (event or callback): its handle, if
+    /// C still holds it, is marked so, else the chat leaves `gone`. Under the handles
+    /// lock, so a `p2p_chat_free()` at the same moment cannot leave an entry behind.
+    pub(crate) fn mark_closed(&self, id: ChatId) {
+        let mut handles = self.handles.lock();
+        match handles.get_mut(&id) {
+            Some(h) => h.closed = true,
+            None => {
+                self.gone.lock().remove(&id);
+            }
+        }
+    }
+
+    /// Wake callbacks waiting in [`wait_for_handle`](Self::wait_for_handle) after a
+    /// handle was listed outside an [`Opening`] (a `p2p_peer_chat_async()` answer).
+    pub(crate) fn listed(&self) {
+        let _opening = self.opening.lock();
+        self.opened.notify_all();
+    }
+
+    /// Callback mode: wait until a callback of chat `id` may run, that is until the
+    /// call returning its handle has returned. While some call opening a chat
+    /// (`p2p_chat_request_accept()`, `p2p_peer_chat()`) or some `p2p_peer_chat_async()`
+    /// answer is pending, a chat C holds no handle for (and did not free) waits; the
+    /// wait ends when its handle is listed or those calls return (each ends within its
+    /// own timeout, and at once when the peer exits), and after [`HANDLE_WAIT`] at
+    /// most, so no reader thread is held by a call that never returns a handle. Never
+    /// waits on a thread that is itself opening a chat (it could not return first).
+    pub(crate) fn wait_for_handle(&self, id: ChatId) {
+        if OPENING_HERE.with(std::cell::Cell::get) > 0 {
+            return;
+        }
+        let deadline = std::time::Instant::now() + HANDLE_WAIT;
+        let mut opening = self.opening.lock();
+        loop {
+            let waiting = *opening > 0 || !self.async_user_data.lock().is_empty();
+            if !waiting || self.handles.lock().contains_key(&id) || self.gone.lock().contains(&id) {
+                return;
+            }
+            if self.opened.wait_until(&mut opening, deadline).timed_out() {
+                return;
+            }
         }
     }
 }
@@ -213,7 +270,8 @@ impl p2p_chat {
 /// Ask `user` for a chat. Blocks until they accept, decline, or do not answer within
 /// their chat-answer timeout (30 s by default). On success `*out` is the open chat,
 /// owned by the caller (free it with `p2p_chat_free()`); messages then arrive through
-/// the peer's `p2p_chat_message_cb`.
+/// the peer's `p2p_chat_message_cb` / `p2p_chat_event_cb` (or its event queue), none
+/// before this call has returned.
 ///
 /// Errors: `P2P_NULL_ARGUMENT`, `P2P_INVALID_UTF8`, `P2P_INVALID_USERNAME`,
 /// `P2P_USER_NOT_FOUND`, `P2P_DECLINED`, `P2P_TIMEOUT` (no answer in time, or an
@@ -404,8 +462,8 @@ pub unsafe extern "C" fn p2p_chat_free(chat: *mut p2p_chat) {
             let chat = Box::from_raw(chat);
             // No event carries this handle from now on.
             if let Some(table) = chat.table.upgrade() {
-                let handle = table.handles.lock().remove(&chat.id);
-                if handle.is_some_and(|h| !h.closed) {
+                let mut handles = table.handles.lock();
+                if handles.remove(&chat.id).is_some_and(|h| !h.closed) {
                     table.gone.lock().insert(chat.id);
                 }
             }
@@ -488,8 +546,9 @@ pub unsafe extern "C" fn p2p_chat_request_fingerprint(
 /// `p2p_chat_free()`). The request handle must still be freed with
 /// `p2p_chat_request_free()`.
 ///
-/// The chat is live before this returns: its first message may reach the message
-/// callback (on the chat's reader thread) before the caller has stored `*out`.
+/// The chat is live before this returns, but none of its events or callbacks (message,
+/// close) comes before this call has returned and stored `*out`: the chat's reader
+/// thread waits for it.
 ///
 /// Errors: `P2P_NULL_ARGUMENT`, `P2P_INVALID_ARGUMENT` (already answered),
 /// `P2P_TIMEOUT` (the request expired, or the peer exited meanwhile), `P2P_SHUTDOWN`,
@@ -534,7 +593,8 @@ pub unsafe extern "C" fn p2p_chat_request_free(request: *mut p2p_chat_request) {
 }
 
 /// Attach `user_data` to `chat` (the library never dereferences it): events of this
-/// chat (`p2p_event.user_data`) carry it from now on. NULL clears it.
+/// chat (`p2p_event.user_data`), in the queue and in `p2p_chat_event_cb`, carry it
+/// from now on. NULL clears it.
 ///
 /// Errors: `P2P_NULL_ARGUMENT` (chat).
 #[no_mangle]
