@@ -643,3 +643,92 @@ pub unsafe extern "C" fn p2p_chat_send_timeout(
         Ok(())
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn list(table: &ChatTable, id: ChatId) {
+        table.handles.lock().insert(
+            id,
+            ChatHandle {
+                ptr: std::ptr::null_mut(),
+                user_data: Arc::new(AtomicPtr::new(std::ptr::null_mut())),
+                closed: false,
+            },
+        );
+    }
+
+    #[test]
+    fn chat_callbacks_wait_for_the_call_that_returns_the_handle() {
+        let table = Arc::new(ChatTable::default());
+        // Nothing opening: at once.
+        table.wait_for_handle(1);
+
+        // Opening on this very thread (a close while accepting): at once, no deadlock.
+        {
+            let _opening = Opening::start(&table);
+            table.wait_for_handle(1);
+        }
+
+        // Another thread opening: the callback waits until that thread listed chat 2
+        // and returned.
+        let (started_tx, started_rx) = std::sync::mpsc::sync_channel(0);
+        let t = table.clone();
+        let opener = std::thread::spawn(move || {
+            let _opening = Opening::start(&t);
+            started_tx.send(()).unwrap();
+            std::thread::sleep(Duration::from_millis(100));
+            list(&t, 2);
+        });
+        started_rx.recv().unwrap();
+        table.wait_for_handle(2);
+        assert!(
+            table.handles.lock().contains_key(&2),
+            "waited for the handle"
+        );
+        opener.join().unwrap();
+
+        // A pending async answer: waits until it is listed and `listed` wakes it.
+        table
+            .async_user_data
+            .lock()
+            .insert(9, UserData(std::ptr::null_mut()));
+        let t = table.clone();
+        let answer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            list(&t, 3);
+            t.async_user_data.lock().remove(&9);
+            t.listed();
+        });
+        table.wait_for_handle(3);
+        assert!(
+            table.handles.lock().contains_key(&3),
+            "waited for the answer"
+        );
+        answer.join().unwrap();
+
+        // A freed chat (in `gone`) never waits, whatever is opening.
+        table.gone.lock().insert(4);
+        {
+            let t = table.clone();
+            let (tx, rx) = std::sync::mpsc::sync_channel::<()>(0);
+            let (held_tx, held_rx) = std::sync::mpsc::sync_channel(0);
+            let h = std::thread::spawn(move || {
+                let _opening = Opening::start(&t);
+                held_tx.send(()).unwrap();
+                let _ = rx.recv();
+            });
+            held_rx.recv().unwrap();
+            table.wait_for_handle(4);
+            drop(tx);
+            h.join().unwrap();
+        }
+        table.mark_closed(4);
+        assert!(
+            table.gone.lock().is_empty(),
+            "a handed-out close leaves `gone`"
+        );
+    }
+}
