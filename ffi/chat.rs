@@ -89,6 +89,9 @@ pub(crate) struct ChatTable {
     /// their events go out at once (without a handle), never waiting for an accept.
     /// Each leaves when its close is handed out.
     pub(crate) gone: Mutex<std::collections::HashSet<ChatId>>,
+    /// Callback mode: chats whose handle a `p2p_peer_chat_async()` answer's callback is
+    /// handing over and has not yet returned: their callbacks wait for it.
+    held: Mutex<std::collections::HashSet<ChatId>>,
 }
 
 /// What events need of a chat handle C holds.
@@ -133,6 +136,31 @@ impl Drop for Opening<'_> {
     }
 }
 
+/// Holds back the callbacks of chat `id` while the callback handing over its handle
+/// (the answer to `p2p_peer_chat_async()`) runs on this thread.
+pub(crate) struct Holding<'a>(&'a ChatTable, Option<ChatId>);
+
+impl<'a> Holding<'a> {
+    /// Hold chat `id` (if any) of `table` until dropped.
+    pub(crate) fn start(table: &'a ChatTable, id: Option<ChatId>) -> Holding<'a> {
+        if let Some(id) = id {
+            table.held.lock().insert(id);
+            OPENING_HERE.with(|n| n.set(n.get() + 1));
+        }
+        Holding(table, id)
+    }
+}
+
+impl Drop for Holding<'_> {
+    fn drop(&mut self) {
+        if let Some(id) = self.1 {
+            OPENING_HERE.with(|n| n.set(n.get().saturating_sub(1)));
+            self.0.held.lock().remove(&id);
+            self.0.listed();
+        }
+    }
+}
+
 impl ChatTable {
     /// Chat `id` has ended: release its handle's connection, if a handle has it.
     pub(crate) fn ended(&self, id: ChatId) {
@@ -163,7 +191,8 @@ impl ChatTable {
     }
 
     /// Callback mode: wait until a callback of chat `id` may run, that is until the
-    /// call returning its handle has returned. While some call opening a chat
+    /// call returning its handle (for an async answer: its callback) has returned. While
+    /// some call opening a chat
     /// (`p2p_chat_request_accept()`, `p2p_peer_chat()`) or some `p2p_peer_chat_async()`
     /// answer is pending, a chat C holds no handle for (and did not free) waits; the
     /// wait ends when its handle is listed or those calls return (each ends within its
@@ -177,8 +206,12 @@ impl ChatTable {
         let deadline = std::time::Instant::now() + HANDLE_WAIT;
         let mut opening = self.opening.lock();
         loop {
+            if self.gone.lock().contains(&id) {
+                return;
+            }
             let waiting = *opening > 0 || !self.async_user_data.lock().is_empty();
-            if !waiting || self.handles.lock().contains_key(&id) || self.gone.lock().contains(&id) {
+            let ready = !waiting || self.handles.lock().contains_key(&id);
+            if ready && !self.held.lock().contains(&id) {
                 return;
             }
             if self.opened.wait_until(&mut opening, deadline).timed_out() {

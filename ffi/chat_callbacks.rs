@@ -5,7 +5,7 @@
 //! has returned (the rule the queue keeps, through the same table).
 
 use crate::callback::{Owner, Scope};
-use crate::chat::{p2p_chat_closed_by, p2p_chat_request, ChatTable};
+use crate::chat::{p2p_chat_closed_by, p2p_chat_request, ChatTable, Holding};
 use crate::events::{chat_event, opened_hook, p2p_chat_opened_cb, p2p_event, p2p_event_free};
 use crate::peer::Callbacks;
 use crate::strings::c_string;
@@ -150,6 +150,9 @@ pub(crate) fn wire(
     } else if let Some(cb) = event_cb {
         let chats = chats.clone();
         b = b.on_chat_opened(move |request, user, result| {
+            let held = result.as_ref().ok().map(p2pcore::peer::Chat::id);
+            // Its callbacks wait until this one has returned.
+            let _holding = Holding::start(&chats, held);
             let _scope = Scope::enter(Owner::Peer(id));
             let event = Event::ChatOpened {
                 request,

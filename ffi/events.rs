@@ -59,6 +59,9 @@ pub(crate) fn opened_hook(
             .lock()
             .get(&request)
             .map_or(std::ptr::null_mut(), |u| u.ptr());
+        let held = result.as_ref().ok().map(p2pcore::peer::Chat::id);
+        // Its callbacks wait until this one has returned.
+        let _holding = crate::chat::Holding::start(&chats, held);
         let (status, chat, message) = match result {
             Ok(chat) => {
                 let id = chat.id();

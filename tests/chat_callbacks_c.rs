@@ -7,7 +7,9 @@
 //! handle, over five chats whose other side writes the moment its `p2p_peer_chat()`
 //! returns; without a request or chat-opened callback, requests and async answers
 //! come to the chat-event callback (owned request, owned chat with the request's user
-//! data); a freed chat's close comes with a NULL handle. See the program's header
+//! data), and a message sent the moment the async chat was accepted reaches the
+//! callback only after the answer's callback (lingering 200 ms) returned; a freed
+//! chat's close comes with a NULL handle. See the program's header
 //! comment. Run again under valgrind (when installed) with the shipped suppressions
 //! and `--error-exitcode`.
 

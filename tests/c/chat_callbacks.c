@@ -20,7 +20,9 @@
  *   the close with a NULL handle (freed already) and P2P_CHAT_CLOSED_LOCAL;
  * - carol's p2p_peer_chat_async (no p2p_chat_opened_cb set) answers through the
  *   chat-event callback as P2P_EV_CHAT_OPENED with a new handle and the request's
- *   user data (also the chat's); alice's reply and close carry that handle and data;
+ *   user data (also the chat's); alice's reply, sent the moment she accepted while
+ *   that callback lingers 200 ms, arrives after it with that handle and data (so not
+ *   before the answer's callback returned), and so does her close;
  * - argument checks: NULL config.
  *
  * alarm() bounds the whole program. Prints "ALL OK" and exits 0 on success, exits 1
@@ -157,7 +159,10 @@ static void on_chat_event(void *user_data, const p2p_event *ev) {
         pthread_cond_broadcast(&r->cv);
         pthread_mutex_unlock(&r->mu);
         break;
-    case P2P_EV_CHAT_OPENED:
+    case P2P_EV_CHAT_OPENED: {
+        /* Linger: the chat's first message (already sent) must still wait for us. */
+        struct timespec linger = {0, 200 * 1000 * 1000};
+        nanosleep(&linger, NULL);
         pthread_mutex_lock(&r->mu);
         r->opened = ev->chat;
         r->opened_user_data = ev->user_data;
@@ -166,6 +171,7 @@ static void on_chat_event(void *user_data, const p2p_event *ev) {
         pthread_cond_broadcast(&r->cv);
         pthread_mutex_unlock(&r->mu);
         break;
+    }
     case P2P_EV_CHAT_MESSAGE:
         CHECK(ev->chat != NULL && ev->text != NULL && strcmp(ev->from, "alice") == 0);
         OK(p2p_chat_id(ev->chat, &id));
@@ -323,6 +329,9 @@ int main(void) {
         pthread_mutex_unlock(&rc.mu);
         /* Freed, then closed: the close comes with no handle. */
         p2p_chat_free(mine);
+        pthread_mutex_lock(&rc.mu);
+        rc.accepted = NULL; /* freed: no later event may match it */
+        pthread_mutex_unlock(&rc.mu);
         wait_count(&rc, &rc.closes, 1);
         CHECK(rc.close_chat == NULL && rc.close_by == P2P_CHAT_CLOSED_LOCAL);
         p2p_chat_free(a.chat);
@@ -339,13 +348,14 @@ int main(void) {
         OK(p2p_chat_request_accept(ev.request, &a_chat));
         p2p_chat_request_free(ev.request);
         p2p_event_free(&ev);
+        /* Sent at once: it must not reach carol before her answer callback returned. */
+        OK(p2p_chat_send_timeout(a_chat, "back", 5000));
         wait_count(&rc, &rc.opens, 1);
         pthread_mutex_lock(&rc.mu);
         CHECK(rc.opened_status == P2P_OK && rc.opened != NULL);
         CHECK(rc.opened_user_data == &c_req_data);
         CHECK(p2p_chat_get_user_data(rc.opened) == &c_req_data);
         pthread_mutex_unlock(&rc.mu);
-        OK(p2p_chat_send_timeout(a_chat, "back", 5000));
         wait_count(&rc, &rc.messages, 4);
         pthread_mutex_lock(&rc.mu);
         CHECK(strcmp(rc.last_text, "back") == 0 && rc.last_chat == rc.opened);
