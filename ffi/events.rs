@@ -563,11 +563,12 @@ pub unsafe extern "C" fn p2p_peer_event_fd(peer: *const p2p_peer, out: *mut i32)
 /// Ask `user` for a chat without waiting: returns at once with `*request_id` set; the
 /// answer comes as a `P2P_EV_CHAT_OPENED` event with that id, carrying `user_data`
 /// (never dereferenced) and, on success, the new chat handle; for a peer with
-/// callbacks, through its `p2p_chat_opened_cb` instead. Needs one of the two.
+/// callbacks, through its `p2p_chat_opened_cb` instead (or, without one, its
+/// `p2p_chat_event_cb` as that event). Needs one of these.
 ///
 /// Errors: `P2P_NULL_ARGUMENT` (peer, user, request_id; `user_data` may be NULL),
 /// `P2P_INVALID_UTF8`, `P2P_INVALID_ARGUMENT` (neither an event queue nor a
-/// chat-opened callback), `P2P_SHUTDOWN`,
+/// chat-opened or chat-event callback), `P2P_SHUTDOWN`,
 /// `P2P_IO` (no thread could be started). Everything else (`P2P_USER_NOT_FOUND`,
 /// `P2P_DECLINED`, `P2P_TIMEOUT`... as `p2p_peer_chat()`) comes in the event.
 #[no_mangle]
