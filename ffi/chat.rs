@@ -92,6 +92,9 @@ pub(crate) struct ChatTable {
     /// their events go out at once (without a handle), never waiting for an accept.
     /// Each leaves when its close is handed out.
     pub(crate) gone: Mutex<std::collections::HashSet<ChatId>>,
+    /// Callback mode: chats whose handle a `p2p_peer_chat_async()` answer's callback is
+    /// handing over and has not yet returned: their callbacks wait for it.
+    held: Mutex<std::collections::HashSet<ChatId>>,
 }
 
 /// What events need of a chat handle C holds.
@@ -109,18 +112,55 @@ unsafe impl Send for ChatHandle {}
 /// Counts a call that is opening a chat until its handle has been returned.
 pub(crate) struct Opening<'a>(&'a ChatTable);
 
+/// The longest a chat callback waits for the call returning its chat's handle: a
+/// handle is listed moments after the chat opens, so this only bounds the unforeseen.
+const HANDLE_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+thread_local! {
+    /// How many calls opening a chat run on this thread: a chat callback running on
+    /// the very thread of such a call (a close while accepting) must not wait for it.
+    static OPENING_HERE: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
 impl<'a> Opening<'a> {
     /// Count one call opening a chat of `table` until dropped.
     pub(crate) fn start(table: &'a ChatTable) -> Opening<'a> {
         *table.opening.lock() += 1;
+        OPENING_HERE.with(|n| n.set(n.get() + 1));
         Opening(table)
     }
 }
 
 impl Drop for Opening<'_> {
     fn drop(&mut self) {
+        OPENING_HERE.with(|n| n.set(n.get().saturating_sub(1)));
         *self.0.opening.lock() -= 1;
         self.0.opened.notify_all();
+    }
+}
+
+/// Holds back the callbacks of chat `id` while the callback handing over its handle
+/// (the answer to `p2p_peer_chat_async()`) runs on this thread.
+pub(crate) struct Holding<'a>(&'a ChatTable, Option<ChatId>);
+
+impl<'a> Holding<'a> {
+    /// Hold chat `id` (if any) of `table` until dropped.
+    pub(crate) fn start(table: &'a ChatTable, id: Option<ChatId>) -> Holding<'a> {
+        if let Some(id) = id {
+            table.held.lock().insert(id);
+            OPENING_HERE.with(|n| n.set(n.get() + 1));
+        }
+        Holding(table, id)
+    }
+}
+
+impl Drop for Holding<'_> {
+    fn drop(&mut self) {
+        if let Some(id) = self.1 {
+            OPENING_HERE.with(|n| n.set(n.get().saturating_sub(1)));
+            self.0.held.lock().remove(&id);
+            self.0.listed();
+        }
     }
 }
 
@@ -130,6 +170,56 @@ impl ChatTable {
         let slot = self.live.lock().remove(&id).and_then(|w| w.upgrade());
         if let Some(slot) = slot {
             slot.release();
+        }
+    }
+
+    /// The close of chat `id` is being handed out (event or callback): its handle, if
+    /// C still holds it, is marked so, else the chat leaves `gone`. Under the handles
+    /// lock, so a `p2p_chat_free()` at the same moment cannot leave an entry behind.
+    pub(crate) fn mark_closed(&self, id: ChatId) {
+        let mut handles = self.handles.lock();
+        match handles.get_mut(&id) {
+            Some(h) => h.closed = true,
+            None => {
+                self.gone.lock().remove(&id);
+            }
+        }
+    }
+
+    /// Wake callbacks waiting in [`wait_for_handle`](Self::wait_for_handle) after a
+    /// handle was listed outside an [`Opening`] (a `p2p_peer_chat_async()` answer).
+    pub(crate) fn listed(&self) {
+        let _opening = self.opening.lock();
+        self.opened.notify_all();
+    }
+
+    /// Callback mode: wait until a callback of chat `id` may run, that is until the
+    /// call returning its handle (for an async answer: its callback) has returned. While
+    /// some call opening a chat
+    /// (`p2p_chat_request_accept()`, `p2p_peer_chat()`) or some `p2p_peer_chat_async()`
+    /// answer is pending, a chat C holds no handle for (and did not free) waits; the
+    /// wait ends when its handle is listed or those calls return (each ends within its
+    /// own timeout, and at once when the peer exits), and after [`HANDLE_WAIT`] at
+    /// most, so no reader thread is held by a call that never returns a handle. Never
+    /// waits on a thread that is itself opening a chat (it could not return first).
+    pub(crate) fn wait_for_handle(&self, id: ChatId) {
+        if OPENING_HERE.with(std::cell::Cell::get) > 0 {
+            return;
+        }
+        let deadline = std::time::Instant::now() + HANDLE_WAIT;
+        let mut opening = self.opening.lock();
+        loop {
+            if self.gone.lock().contains(&id) {
+                return;
+            }
+            let waiting = *opening > 0 || !self.async_user_data.lock().is_empty();
+            let ready = !waiting || self.handles.lock().contains_key(&id);
+            if ready && !self.held.lock().contains(&id) {
+                return;
+            }
+            if self.opened.wait_until(&mut opening, deadline).timed_out() {
+                return;
+            }
         }
     }
 }
@@ -220,7 +310,8 @@ impl p2p_chat {
 /// Ask `user` for a chat. Blocks until they accept, decline, or do not answer within
 /// their chat-answer timeout (30 s by default). On success `*out` is the open chat,
 /// owned by the caller (free it with `p2p_chat_free()`); messages then arrive through
-/// the peer's `p2p_chat_message_cb`.
+/// the peer's `p2p_chat_message_cb` / `p2p_chat_event_cb` (or its event queue), none
+/// before this call has returned.
 ///
 /// Errors: `P2P_NULL_ARGUMENT`, `P2P_INVALID_UTF8`, `P2P_INVALID_USERNAME`,
 /// `P2P_USER_NOT_FOUND`, `P2P_DECLINED`, `P2P_TIMEOUT` (no answer in time, or an
@@ -443,8 +534,8 @@ pub unsafe extern "C" fn p2p_chat_free(chat: *mut p2p_chat) {
             let chat = Box::from_raw(chat);
             // No event carries this handle from now on.
             if let Some(table) = chat.table.upgrade() {
-                let handle = table.handles.lock().remove(&chat.id);
-                if handle.is_some_and(|h| !h.closed) {
+                let mut handles = table.handles.lock();
+                if handles.remove(&chat.id).is_some_and(|h| !h.closed) {
                     table.gone.lock().insert(chat.id);
                 }
             }
@@ -527,8 +618,9 @@ pub unsafe extern "C" fn p2p_chat_request_fingerprint(
 /// `p2p_chat_free()`). The request handle must still be freed with
 /// `p2p_chat_request_free()`.
 ///
-/// The chat is live before this returns: its first message may reach the message
-/// callback (on the chat's reader thread) before the caller has stored `*out`.
+/// The chat is live before this returns, but none of its events or callbacks (message,
+/// close) comes before this call has returned and stored `*out`: the chat's reader
+/// thread waits for it.
 ///
 /// Errors: `P2P_NULL_ARGUMENT`, `P2P_INVALID_ARGUMENT` (already answered),
 /// `P2P_TIMEOUT` (the request expired, or the peer exited meanwhile), `P2P_SHUTDOWN`,
@@ -573,7 +665,8 @@ pub unsafe extern "C" fn p2p_chat_request_free(request: *mut p2p_chat_request) {
 }
 
 /// Attach `user_data` to `chat` (the library never dereferences it): events of this
-/// chat (`p2p_event.user_data`) carry it from now on. NULL clears it.
+/// chat (`p2p_event.user_data`), in the queue and in `p2p_chat_event_cb`, carry it
+/// from now on. NULL clears it.
 ///
 /// Errors: `P2P_NULL_ARGUMENT` (chat).
 #[no_mangle]
@@ -621,4 +714,93 @@ pub unsafe extern "C" fn p2p_chat_send_timeout(
         chat.open()?.send_within(text, timeout)?;
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn list(table: &ChatTable, id: ChatId) {
+        table.handles.lock().insert(
+            id,
+            ChatHandle {
+                ptr: std::ptr::null_mut(),
+                user_data: Arc::new(AtomicPtr::new(std::ptr::null_mut())),
+                closed: false,
+            },
+        );
+    }
+
+    #[test]
+    fn chat_callbacks_wait_for_the_call_that_returns_the_handle() {
+        let table = Arc::new(ChatTable::default());
+        // Nothing opening: at once.
+        table.wait_for_handle(1);
+
+        // Opening on this very thread (a close while accepting): at once, no deadlock.
+        {
+            let _opening = Opening::start(&table);
+            table.wait_for_handle(1);
+        }
+
+        // Another thread opening: the callback waits until that thread listed chat 2
+        // and returned.
+        let (started_tx, started_rx) = std::sync::mpsc::sync_channel(0);
+        let t = table.clone();
+        let opener = std::thread::spawn(move || {
+            let _opening = Opening::start(&t);
+            started_tx.send(()).unwrap();
+            std::thread::sleep(Duration::from_millis(100));
+            list(&t, 2);
+        });
+        started_rx.recv().unwrap();
+        table.wait_for_handle(2);
+        assert!(
+            table.handles.lock().contains_key(&2),
+            "waited for the handle"
+        );
+        opener.join().unwrap();
+
+        // A pending async answer: waits until it is listed and `listed` wakes it.
+        table
+            .async_user_data
+            .lock()
+            .insert(9, UserData(std::ptr::null_mut()));
+        let t = table.clone();
+        let answer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            list(&t, 3);
+            t.async_user_data.lock().remove(&9);
+            t.listed();
+        });
+        table.wait_for_handle(3);
+        assert!(
+            table.handles.lock().contains_key(&3),
+            "waited for the answer"
+        );
+        answer.join().unwrap();
+
+        // A freed chat (in `gone`) never waits, whatever is opening.
+        table.gone.lock().insert(4);
+        {
+            let t = table.clone();
+            let (tx, rx) = std::sync::mpsc::sync_channel::<()>(0);
+            let (held_tx, held_rx) = std::sync::mpsc::sync_channel(0);
+            let h = std::thread::spawn(move || {
+                let _opening = Opening::start(&t);
+                held_tx.send(()).unwrap();
+                let _ = rx.recv();
+            });
+            held_rx.recv().unwrap();
+            table.wait_for_handle(4);
+            drop(tx);
+            h.join().unwrap();
+        }
+        table.mark_closed(4);
+        assert!(
+            table.gone.lock().is_empty(),
+            "a handed-out close leaves `gone`"
+        );
+    }
 }

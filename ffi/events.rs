@@ -57,8 +57,11 @@ pub(crate) fn opened_hook(
         let request_ud = chats
             .async_user_data
             .lock()
-            .remove(&request)
-            .map_or(std::ptr::null_mut(), UserData::ptr);
+            .get(&request)
+            .map_or(std::ptr::null_mut(), |u| u.ptr());
+        let held = result.as_ref().ok().map(p2pcore::peer::Chat::id);
+        // Its callbacks wait until this one has returned.
+        let _holding = crate::chat::Holding::start(&chats, held);
         let (status, chat, message) = match result {
             Ok(chat) => {
                 let id = chat.id();
@@ -73,6 +76,9 @@ pub(crate) fn opened_hook(
                 (f.status, std::ptr::null_mut(), c_string(&f.message))
             }
         };
+        // Only now, the chat listed: its callbacks waiting for a handle may run.
+        chats.async_user_data.lock().remove(&request);
+        chats.listed();
         let _scope = Scope::enter(Owner::Peer(peer_id));
         // SAFETY: the caller's callback, called as documented; it owns `chat`.
         unsafe {
@@ -298,10 +304,13 @@ pub(crate) fn transfer_event(table: &TransferTable, event: Event) -> p2p_event {
     e
 }
 
-fn convert(handle: &p2p_peer, event: Event) -> p2p_event {
+/// A chat event (request, async answer, message, close; anything else is
+/// `P2P_EV_NONE`) with the handle C holds for that chat and its user data, for the
+/// queue and for `p2p_chat_event_cb`. A close is marked handed out.
+pub(crate) fn chat_event(chats: &Arc<ChatTable>, event: Event) -> p2p_event {
     use p2p_event_kind::*;
     let chat_of = |e: &mut p2p_event, id: ChatId| {
-        if let Some(h) = handle.chats.handles.lock().get(&id) {
+        if let Some(h) = chats.handles.lock().get(&id) {
             e.chat = h.ptr;
             e.user_data = h.user_data.load(Ordering::Acquire);
         }
@@ -311,10 +320,7 @@ fn convert(handle: &p2p_peer, event: Event) -> p2p_event {
             let mut e = p2p_event::empty(P2P_EV_CHAT_REQUEST, 0);
             e.from = owned(request.from());
             e.path = request.path().into();
-            e.request = Box::into_raw(Box::new(p2p_chat_request::new(
-                request,
-                handle.chats.clone(),
-            )));
+            e.request = Box::into_raw(Box::new(p2p_chat_request::new(request, chats.clone())));
             e
         }
         Event::ChatOpened {
@@ -324,14 +330,14 @@ fn convert(handle: &p2p_peer, event: Event) -> p2p_event {
         } => {
             let mut e = p2p_event::empty(P2P_EV_CHAT_OPENED, request);
             e.from = owned(&user);
-            let ud = handle.chats.async_user_data.lock().remove(&request);
+            let ud = chats.async_user_data.lock().get(&request).copied();
             e.user_data = ud.map_or(std::ptr::null_mut(), UserData::ptr);
             match result {
                 Ok(chat) => {
                     let id = chat.id();
                     e.path = chat.path().into();
-                    e.chat = new_chat(&handle.chats, chat);
-                    if let Some(h) = handle.chats.handles.lock().get(&id) {
+                    e.chat = new_chat(chats, chat);
+                    if let Some(h) = chats.handles.lock().get(&id) {
                         h.user_data.store(e.user_data, Ordering::Release);
                     }
                 }
@@ -341,6 +347,9 @@ fn convert(handle: &p2p_peer, event: Event) -> p2p_event {
                     e.set_text(&f.message);
                 }
             }
+            // Only now, the chat listed: callbacks waiting for a handle may run.
+            chats.async_user_data.lock().remove(&request);
+            chats.listed();
             e
         }
         Event::ChatMessage { chat, from, text } => {
@@ -353,19 +362,25 @@ fn convert(handle: &p2p_peer, event: Event) -> p2p_event {
         Event::ChatClosed { chat, peer, by } => {
             // The chat's connection is released now (the callback mode's hook does
             // it as the chat ends).
-            handle.chats.ended(chat);
+            chats.ended(chat);
             let mut e = p2p_event::empty(P2P_EV_CHAT_CLOSED, chat);
             chat_of(&mut e, chat);
-            match handle.chats.handles.lock().get_mut(&chat) {
-                Some(h) => h.closed = true,
-                None => {
-                    handle.chats.gone.lock().remove(&chat);
-                }
-            }
+            chats.mark_closed(chat);
             e.from = owned(&peer);
             e.closed_by = closed_by(by);
             e
         }
+        _ => p2p_event::empty(P2P_EV_NONE, 0),
+    }
+}
+
+fn convert(handle: &p2p_peer, event: Event) -> p2p_event {
+    use p2p_event_kind::*;
+    match event {
+        e @ (Event::ChatRequest(_)
+        | Event::ChatOpened { .. }
+        | Event::ChatMessage { .. }
+        | Event::ChatClosed { .. }) => chat_event(&handle.chats, e),
         e @ (Event::TransferProgress { .. }
         | Event::TransferDone { .. }
         | Event::TransferFailed { .. }) => transfer_event(&handle.transfers, e),
@@ -558,11 +573,12 @@ pub unsafe extern "C" fn p2p_peer_event_fd(peer: *const p2p_peer, out: *mut i32)
 /// Ask `user` for a chat without waiting: returns at once with `*request_id` set; the
 /// answer comes as a `P2P_EV_CHAT_OPENED` event with that id, carrying `user_data`
 /// (never dereferenced) and, on success, the new chat handle; for a peer with
-/// callbacks, through its `p2p_chat_opened_cb` instead. Needs one of the two.
+/// callbacks, through its `p2p_chat_opened_cb` instead (or, without one, its
+/// `p2p_chat_event_cb` as that event). Needs one of these.
 ///
 /// Errors: `P2P_NULL_ARGUMENT` (peer, user, request_id; `user_data` may be NULL),
 /// `P2P_INVALID_UTF8`, `P2P_INVALID_ARGUMENT` (neither an event queue nor a
-/// chat-opened callback), `P2P_SHUTDOWN`,
+/// chat-opened or chat-event callback), `P2P_SHUTDOWN`,
 /// `P2P_IO` (no thread could be started). Everything else (`P2P_USER_NOT_FOUND`,
 /// `P2P_DECLINED`, `P2P_TIMEOUT`... as `p2p_peer_chat()`) comes in the event.
 #[no_mangle]

@@ -35,6 +35,8 @@ pub mod transfer;
 
 pub mod push;
 
+pub mod chat_callbacks;
+
 pub mod events;
 pub mod log;
 

@@ -12,7 +12,7 @@ use crate::strings::{
 };
 use crate::userdata::UserData;
 use p2pcore::identity::{Fingerprint, PublicKey};
-use p2pcore::peer::{ChatClosedBy, Peer, PeerEvent};
+use p2pcore::peer::{Peer, PeerEvent};
 use p2pcore::protocol::check_username;
 use parking_lot::Mutex;
 use std::ffi::{c_char, c_void};
@@ -31,7 +31,9 @@ use std::time::Duration;
 pub type p2p_chat_request_cb =
     Option<unsafe extern "C" fn(user_data: *mut c_void, request: *mut p2p_chat_request)>;
 
-/// A chat message arrived. Called on that chat's reader thread, in order.
+/// A chat message arrived. Called on that chat's reader thread, in order, never before
+/// the call returning the chat's handle has returned. `p2p_chat_event_cb` gets the
+/// same message with the chat's handle and user data.
 ///
 /// `from` (the sender's username) and `text` (`text_len` bytes of UTF-8, followed by a
 /// NUL; the text itself may contain NUL bytes) are valid only during the call.
@@ -47,7 +49,8 @@ pub type p2p_chat_message_cb = Option<
 
 /// A chat ended; called once per chat, on whichever thread ended it (the chat's reader
 /// thread, or the thread calling `p2p_chat_close()`, `p2p_chat_send()`,
-/// `p2p_chat_free()` or `p2p_peer_exit()`).
+/// `p2p_chat_free()` or `p2p_peer_exit()`), never before the call returning the chat's
+/// handle has returned. `p2p_chat_event_cb` gets it with the handle and user data.
 ///
 /// `peer` is the other side's username, valid only during the call.
 pub type p2p_chat_closed_cb = Option<
@@ -203,6 +206,8 @@ pub(crate) struct Callbacks {
     pub transfer_event: crate::push::p2p_transfer_event_cb,
     /// `p2p_peer_config_on_offer_answered`.
     pub offer_answered: crate::push::p2p_offer_answered_cb,
+    /// `p2p_peer_config_on_chat_event`.
+    pub chat_event: crate::chat_callbacks::p2p_chat_event_cb,
 }
 
 /// How to connect a peer. Opaque; made by `p2p_peer_config_new()`, adjusted with the
@@ -358,6 +363,7 @@ pub unsafe extern "C" fn p2p_peer_config_new(
                 file_offer: None,
                 transfer_event: None,
                 offer_answered: None,
+                chat_event: None,
             },
             event_queue: None,
             chat_opened: None,
@@ -621,7 +627,7 @@ pub unsafe extern "C" fn p2p_peer_config_set_user_data(
 }
 
 /// Call `callback` when someone asks to chat (see `p2p_chat_request_cb`). Without
-/// it every request is declined.
+/// it (and without `p2p_peer_config_on_chat_event()`) every request is declined.
 ///
 /// NULL unsets it. Errors: `P2P_NULL_ARGUMENT` (config).
 #[no_mangle]
@@ -903,52 +909,7 @@ impl p2p_peer_config {
         }
         let cbs = self.callbacks;
         let ud = cbs.user_data;
-        if let Some(cb) = cbs.chat_request {
-            let chats = chats.clone();
-            b = b.on_chat_request(move |req| {
-                let handle = Box::into_raw(Box::new(p2p_chat_request::new(req, chats.clone())));
-                let _scope = Scope::enter(Owner::Peer(id));
-                // SAFETY: the caller's callback, called as documented; it owns `handle`.
-                unsafe { cb(ud.ptr(), handle) };
-            });
-        }
-        if let Some(cb) = cbs.chat_message {
-            b = b.on_chat_message(move |chat_id, from, text| {
-                let from = c_string(from);
-                let mut bytes = Vec::with_capacity(text.len() + 1);
-                bytes.extend_from_slice(text.as_bytes());
-                bytes.push(0);
-                let _scope = Scope::enter(Owner::Peer(id));
-                // SAFETY: as documented for `p2p_chat_message_cb`.
-                unsafe {
-                    cb(
-                        ud.ptr(),
-                        chat_id,
-                        from.as_ptr(),
-                        bytes.as_ptr().cast(),
-                        text.len(),
-                    )
-                }
-            });
-        }
-        let closed_cb = cbs.chat_closed;
-        let table = chats.clone();
-        b = b.on_chat_closed(move |chat_id, peer, by| {
-            // The chat's socket closes now, not when C frees its handle.
-            table.ended(chat_id);
-            let Some(cb) = closed_cb else {
-                return;
-            };
-            let by = match by {
-                ChatClosedBy::Local => p2p_chat_closed_by::P2P_CHAT_CLOSED_LOCAL,
-                ChatClosedBy::Remote => p2p_chat_closed_by::P2P_CHAT_CLOSED_REMOTE,
-                ChatClosedBy::Lost => p2p_chat_closed_by::P2P_CHAT_CLOSED_LOST,
-            };
-            let peer = c_string(peer);
-            let _scope = Scope::enter(Owner::Peer(id));
-            // SAFETY: as documented for `p2p_chat_closed_cb`.
-            unsafe { cb(ud.ptr(), chat_id, peer.as_ptr(), by) }
-        });
+        b = crate::chat_callbacks::wire(b, cbs, self.chat_opened, id, chats);
         if let Some(cb) = cbs.progress {
             b = b.on_transfer_progress(move |transfer, got, total| {
                 let _scope = Scope::enter_download(id, transfer);
@@ -993,9 +954,6 @@ impl p2p_peer_config {
             b = b.event_queue(capacity);
         }
         b = b.path_policy(self.path_policy);
-        if let Some(cb) = self.chat_opened {
-            b = b.on_chat_opened(crate::events::opened_hook(cb, ud, id, chats.clone()));
-        }
         Ok(b.connect()?)
     }
 }
@@ -1601,6 +1559,23 @@ pub unsafe extern "C" fn p2p_peer_config_on_chat_opened(
 ) -> p2p_status {
     panic::status(|| {
         config_mut(config)?.chat_opened = callback;
+        Ok(())
+    })
+}
+
+/// Call `callback` for each chat happening with the chat's handle and user data (see
+/// `p2p_chat_event_cb`): messages and closes besides the older id-based callbacks;
+/// chat requests and `p2p_peer_chat_async()` answers when no `p2p_chat_request_cb` /
+/// `p2p_chat_opened_cb` takes them (then it counts as the callback those need).
+///
+/// NULL unsets it. Errors: `P2P_NULL_ARGUMENT` (config).
+#[no_mangle]
+pub unsafe extern "C" fn p2p_peer_config_on_chat_event(
+    config: *mut p2p_peer_config,
+    callback: crate::chat_callbacks::p2p_chat_event_cb,
+) -> p2p_status {
+    panic::status(|| {
+        config_mut(config)?.callbacks.chat_event = callback;
         Ok(())
     })
 }

@@ -715,7 +715,9 @@ typedef void (*p2p_registry_event_cb)(void *user_data, const struct p2p_registry
 typedef void (*p2p_chat_request_cb)(void *user_data, struct p2p_chat_request *request);
 
 /**
- * A chat message arrived. Called on that chat's reader thread, in order.
+ * A chat message arrived. Called on that chat's reader thread, in order, never before
+ * the call returning the chat's handle has returned. `p2p_chat_event_cb` gets the
+ * same message with the chat's handle and user data.
  *
  * `from` (the sender's username) and `text` (`text_len` bytes of UTF-8, followed by a
  * NUL; the text itself may contain NUL bytes) are valid only during the call.
@@ -729,7 +731,8 @@ typedef void (*p2p_chat_message_cb)(void *user_data,
 /**
  * A chat ended; called once per chat, on whichever thread ended it (the chat's reader
  * thread, or the thread calling `p2p_chat_close()`, `p2p_chat_send()`,
- * `p2p_chat_free()` or `p2p_peer_exit()`).
+ * `p2p_chat_free()` or `p2p_peer_exit()`), never before the call returning the chat's
+ * handle has returned. `p2p_chat_event_cb` gets it with the handle and user data.
  *
  * `peer` is the other side's username, valid only during the call.
  */
@@ -930,6 +933,32 @@ typedef void (*p2p_chat_opened_cb)(void *user_data,
                                    p2p_status status,
                                    struct p2p_chat *chat,
                                    const char *message);
+
+/**
+ * A chat happening, in callback mode, as a `p2p_event` (see `p2p_event` for the
+ * fields):
+ * - `P2P_EV_CHAT_MESSAGE` and `P2P_EV_CHAT_CLOSED`, always: `event->chat` is the
+ *   handle the application holds for that chat (from `p2p_peer_chat()`,
+ *   `p2p_chat_request_accept()` or the async answer), **borrowed**: valid until the
+ *   application frees it, NULL if it was freed already; `event->user_data` is that
+ *   handle's `p2p_chat_set_user_data()`. Called after the older `p2p_chat_message_cb`
+ *   / `p2p_chat_closed_cb` of the same happening (they stay, with their ids, for
+ *   compatibility), on the same thread: the chat's reader thread, in order, for
+ *   messages; whichever thread ended the chat for the close.
+ * - `P2P_EV_CHAT_REQUEST`, only when no `p2p_chat_request_cb` is set:
+ *   `event->request` is a new handle the callee owns (answer it, then
+ *   `p2p_chat_request_free()` it, as with `p2p_chat_request_cb`).
+ * - `P2P_EV_CHAT_OPENED` (the answer to `p2p_peer_chat_async()`), only when no
+ *   `p2p_chat_opened_cb` is set: on `P2P_OK` `event->chat` is a new handle the callee
+ *   owns (free it with `p2p_chat_free()`), `event->user_data` the request's user data.
+ *
+ * No message or close of a chat (to this callback or the older ones) comes before
+ * the call returning its handle (`p2p_chat_request_accept()`, `p2p_peer_chat()`, the
+ * async answer's callback) has returned: the chat's reader thread waits for it. The
+ * event and the strings in it are valid only during the call (do not free it).
+ * `p2p_peer_exit()` / `p2p_peer_free()` from inside it returns `P2P_WOULD_DEADLOCK`.
+ */
+typedef void (*p2p_chat_event_cb)(void *user_data, const struct p2p_event *event);
 
 /**
  * A download's progress, rate and estimated time left: see `p2p_transfer_stats()`.
@@ -1389,7 +1418,7 @@ p2p_status p2p_peer_config_set_user_data(struct p2p_peer_config *config, void *u
 
 /**
  * Call `callback` when someone asks to chat (see `p2p_chat_request_cb`). Without
- * it every request is declined.
+ * it (and without `p2p_peer_config_on_chat_event()`) every request is declined.
  *
  * NULL unsets it. Errors: `P2P_NULL_ARGUMENT` (config).
  */
@@ -1799,10 +1828,22 @@ p2p_status p2p_peer_config_on_chat_opened(struct p2p_peer_config *config,
                                           p2p_chat_opened_cb callback);
 
 /**
+ * Call `callback` for each chat happening with the chat's handle and user data (see
+ * `p2p_chat_event_cb`): messages and closes besides the older id-based callbacks;
+ * chat requests and `p2p_peer_chat_async()` answers when no `p2p_chat_request_cb` /
+ * `p2p_chat_opened_cb` takes them (then it counts as the callback those need).
+ *
+ * NULL unsets it. Errors: `P2P_NULL_ARGUMENT` (config).
+ */
+p2p_status p2p_peer_config_on_chat_event(struct p2p_peer_config *config,
+                                         p2p_chat_event_cb callback);
+
+/**
  * Ask `user` for a chat. Blocks until they accept, decline, or do not answer within
  * their chat-answer timeout (30 s by default). On success `*out` is the open chat,
  * owned by the caller (free it with `p2p_chat_free()`); messages then arrive through
- * the peer's `p2p_chat_message_cb`.
+ * the peer's `p2p_chat_message_cb` / `p2p_chat_event_cb` (or its event queue), none
+ * before this call has returned.
  *
  * Errors: `P2P_NULL_ARGUMENT`, `P2P_INVALID_UTF8`, `P2P_INVALID_USERNAME`,
  * `P2P_USER_NOT_FOUND`, `P2P_DECLINED`, `P2P_TIMEOUT` (no answer in time, or an
@@ -1957,8 +1998,9 @@ p2p_status p2p_chat_request_fingerprint(const struct p2p_chat_request *request, 
  * `p2p_chat_free()`). The request handle must still be freed with
  * `p2p_chat_request_free()`.
  *
- * The chat is live before this returns: its first message may reach the message
- * callback (on the chat's reader thread) before the caller has stored `*out`.
+ * The chat is live before this returns, but none of its events or callbacks (message,
+ * close) comes before this call has returned and stored `*out`: the chat's reader
+ * thread waits for it.
  *
  * Errors: `P2P_NULL_ARGUMENT`, `P2P_INVALID_ARGUMENT` (already answered),
  * `P2P_TIMEOUT` (the request expired, or the peer exited meanwhile), `P2P_SHUTDOWN`,
@@ -1982,7 +2024,8 @@ void p2p_chat_request_free(struct p2p_chat_request *request);
 
 /**
  * Attach `user_data` to `chat` (the library never dereferences it): events of this
- * chat (`p2p_event.user_data`) carry it from now on. NULL clears it.
+ * chat (`p2p_event.user_data`), in the queue and in `p2p_chat_event_cb`, carry it
+ * from now on. NULL clears it.
  *
  * Errors: `P2P_NULL_ARGUMENT` (chat).
  */
@@ -2356,11 +2399,12 @@ p2p_status p2p_peer_event_fd(const struct p2p_peer *peer, int32_t *out);
  * Ask `user` for a chat without waiting: returns at once with `*request_id` set; the
  * answer comes as a `P2P_EV_CHAT_OPENED` event with that id, carrying `user_data`
  * (never dereferenced) and, on success, the new chat handle; for a peer with
- * callbacks, through its `p2p_chat_opened_cb` instead. Needs one of the two.
+ * callbacks, through its `p2p_chat_opened_cb` instead (or, without one, its
+ * `p2p_chat_event_cb` as that event). Needs one of these.
  *
  * Errors: `P2P_NULL_ARGUMENT` (peer, user, request_id; `user_data` may be NULL),
  * `P2P_INVALID_UTF8`, `P2P_INVALID_ARGUMENT` (neither an event queue nor a
- * chat-opened callback), `P2P_SHUTDOWN`,
+ * chat-opened or chat-event callback), `P2P_SHUTDOWN`,
  * `P2P_IO` (no thread could be started). Everything else (`P2P_USER_NOT_FOUND`,
  * `P2P_DECLINED`, `P2P_TIMEOUT`... as `p2p_peer_chat()`) comes in the event.
  */

@@ -11,7 +11,17 @@ fn every_command_has_help() {
     let o = p2pchat(&["--help"]);
     assert!(o.status.success(), "{o:?}");
     for cmd in [
-        "server", "client", "users", "files", "whois", "share", "fetch", "send", "id", "trust",
+        "server",
+        "client",
+        "users",
+        "files",
+        "whois",
+        "share",
+        "fetch",
+        "send",
+        "send-file",
+        "id",
+        "trust",
     ] {
         assert!(
             o.stdout.contains(cmd),
