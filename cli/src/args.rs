@@ -199,6 +199,17 @@ pub struct ServerArgs {
     /// take the name.
     #[arg(long, value_name = "N", default_value_t = 90, value_parser = clap::value_parser!(u64).range(1..=36_500))]
     pub claim_ttl_days: u64,
+    /// Where the directory lives: `memory` (this process) or `redis://HOST:PORT[/DB]`,
+    /// a Redis 7 (or Valkey) shared by every registry node given the same URL (users,
+    /// name claims, per-address registration caps; give each node the same
+    /// `registry.key` so clients pin one fingerprint).
+    #[arg(long, value_name = "STORE", default_value = "memory", value_parser = parse_store)]
+    pub store: p2pcore::registry::StoreSpec,
+}
+
+/// `--store`: `memory` or `redis://HOST:PORT[/DB]`.
+fn parse_store(s: &str) -> Result<p2pcore::registry::StoreSpec, String> {
+    p2pcore::registry::StoreSpec::parse(s).map_err(|e| e.to_string())
 }
 
 /// `p2pchat server <ACTION>`.

@@ -37,6 +37,9 @@ pub(crate) enum Owner {
     /// Made by a one-shot legacy query; owned by the IP it came from, and lives until
     /// `EXIT` or until that IP has sent no legacy query for a whole lease.
     Legacy { ip: IpAddr },
+    /// Made on a session of another registry node sharing the directory (Redis store):
+    /// this node's replica holds it, but only the store changes or removes it.
+    Remote,
 }
 
 /// One online user, as the registry knows it.
@@ -487,6 +490,76 @@ fn owns(owner: Owner, caller: Caller) -> bool {
     match owner {
         Owner::Session(conn) => conn == caller.conn,
         Owner::Legacy { ip } => ip == caller.ip,
+        Owner::Remote => false,
+    }
+}
+
+/// One registration as a shared store holds it, applied to a node's replica.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Replicated {
+    pub ip: IpAddr,
+    pub port: u16,
+    /// Filenames joined by `,`.
+    pub files: String,
+    pub owner: Owner,
+    pub key: Option<PublicKey>,
+}
+
+impl Directory {
+    /// Sets `name` as the shared store says, without the ownership or bound checks
+    /// (the store made them, atomically, for every node): the replica holds what the
+    /// store holds.
+    pub fn apply_set(&self, name: &str, r: Replicated) {
+        let mut users = self.users.write();
+        if let Some(freed) = users.remove(name) {
+            self.released.fetch_add(freed, Ordering::Relaxed);
+        }
+        users.insert(name, slot_of(r));
+    }
+
+    /// Removes `name` as the shared store says; whether it was there.
+    pub fn apply_remove(&self, name: &str) -> bool {
+        let freed = self.users.write().remove(name);
+        if let Some(freed) = freed {
+            self.released.fetch_add(freed, Ordering::Relaxed);
+        }
+        freed.is_some()
+    }
+
+    /// Replaces the whole table with the store's (a full resync).
+    pub fn replace_all(&self, entries: Vec<(String, Replicated)>) {
+        let mut table = Table::default();
+        for (name, r) in entries {
+            table.insert(&name, slot_of(r));
+        }
+        let mut users = self.users.write();
+        table.generation = users.generation + 1;
+        self.released.fetch_add(users.bytes, Ordering::Relaxed);
+        *users = table;
+    }
+
+    /// The registrations held by this node's session connections: (name, connection,
+    /// entry), to write back into a store that lost them (a Redis restart).
+    pub fn session_entries(&self) -> Vec<(String, u64, UserEntry)> {
+        self.users
+            .read()
+            .map
+            .iter()
+            .filter_map(|(n, s)| match s.owner {
+                Owner::Session(conn) => Some((n.to_string(), conn, s.entry())),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+fn slot_of(r: Replicated) -> Slot {
+    Slot {
+        ip: r.ip,
+        port: r.port,
+        files: r.files.into(),
+        owner: r.owner,
+        key: r.key,
     }
 }
 

@@ -17,9 +17,11 @@
 mod claims;
 mod directory;
 mod server;
+mod store;
 
 pub use claims::{claims_file, release_name};
 pub use directory::UserEntry;
+pub use store::StoreSpec;
 
 use crate::error::{Error, Result};
 use crate::identity::{Fingerprint, Identity, PublicKey};
@@ -89,6 +91,11 @@ pub struct RegistryConfig {
     pub claim_ttl: Duration,
     /// The registry's key, overriding the one in `data_dir` (or the ephemeral one).
     pub identity: Option<Identity>,
+    /// Where the directory (and, with Redis, the name claims) lives: this process's
+    /// memory (the default) or a Redis shared by several registry nodes (see
+    /// `docs/SCALE-OUT.md`). With Redis, `max_users`, `memory_budget` and
+    /// `max_users_per_addr` hold across all the nodes; connection caps stay per node.
+    pub store: StoreSpec,
 }
 
 impl Default for RegistryConfig {
@@ -111,6 +118,7 @@ impl Default for RegistryConfig {
             data_dir: None,
             claim_ttl: limits::CLAIM_TTL,
             identity: None,
+            store: StoreSpec::Memory,
         }
     }
 }
@@ -183,7 +191,7 @@ impl RegistryBuilder {
     /// creates) the data directory first: its key, and its claims store, which fails
     /// with [`Error::Busy`] while another registry uses the same directory.
     pub fn bind(self, addr: impl ToSocketAddrs) -> Result<Registry> {
-        let (identity, claims) = open_data(&self.config)?;
+        let (identity, mut claims) = open_data(&self.config)?;
         let listener = TcpListener::bind(addr)?;
         listener.set_nonblocking(true)?;
         let local_addr = listener.local_addr()?;
@@ -196,6 +204,24 @@ impl RegistryBuilder {
             memory_budget: self.config.memory_budget,
             max_users_per_addr: self.config.max_users_per_addr,
         }));
+        let store = match &self.config.store {
+            StoreSpec::Memory => None,
+            StoreSpec::Redis(url) => {
+                let c = &self.config;
+                let bounds = store::redis::StoreBounds {
+                    max_users: c.max_users,
+                    max_users_per_addr: c.max_users_per_addr,
+                    memory_budget: c.memory_budget,
+                    legacy_lease: c.legacy_lease,
+                    claim_ttl: c.claim_ttl,
+                };
+                let s = store::redis::RedisStore::connect(url, directory.clone(), bounds)?;
+                // Claims must be shared by the nodes too: a name claimed through one
+                // node is refused to another key on every node.
+                claims = claims::Claims::from_store(Box::new(store::redis::RedisClaims::new(&s)));
+                Some(Arc::new(s))
+            }
+        };
         let max_connections = connection_cap(self.config.max_connections, raise_nofile_limit());
         let shared = Arc::new(server::Shared {
             config: self.config,
@@ -210,6 +236,7 @@ impl RegistryBuilder {
             freed: AtomicUsize::new(0),
             identity,
             claims,
+            store,
         });
         let mut servers = Vec::with_capacity(loops);
         let mut handoffs = Vec::with_capacity(loops);
@@ -365,6 +392,11 @@ fn open_data(config: &RegistryConfig) -> Result<(Identity, claims::Claims)> {
         Some(id) => id.clone(),
         None => Identity::load_or_create(&key_file(dir))?,
     };
+    if matches!(config.store, StoreSpec::Redis(_)) {
+        // The claims live in Redis (set up by `bind`); several nodes may share one
+        // data directory (one key), so its claims file is not opened (it is locked).
+        return Ok((identity, claims::Claims::memory(config.claim_ttl)?));
+    }
     let claims = claims::Claims::open(dir, config.claim_ttl)?;
     match claims.purge_lapsed(SystemTime::now()) {
         Ok(n) if n > 0 => log::info!("registry: {n} lapsed name claims removed"),

@@ -31,6 +31,7 @@
 
 use super::claims::{Claim, Claims};
 use super::directory::{Caller, Directory, InitOutcome};
+use super::store::redis::RedisStore;
 use super::{address_key, RegistryConfig, RegistryEvent, RegistryHook};
 use crate::identity::{Identity, PublicKey};
 use crate::limits::{LEGACY_FAST_MAX, MAX_LINE_LEN};
@@ -312,6 +313,10 @@ pub(super) struct Shared {
     pub identity: Identity,
     /// Name claims (see `claims`).
     pub claims: Claims,
+    /// The shared store, when the directory lives in Redis (`None`: memory only). The
+    /// directory above is then this node's replica: reads answer from it, writes go
+    /// through the store.
+    pub store: Option<Arc<RedisStore>>,
 }
 
 impl Shared {
@@ -472,7 +477,11 @@ impl Server {
             }
         }
         let lease = self.shared.config.legacy_lease;
-        let expired = self.shared.directory.expire_leases(now, lease);
+        // With a shared store, leases lapse there (the store's sync thread reaps them).
+        let expired = match self.shared.store {
+            None => self.shared.directory.expire_leases(now, lease),
+            Some(_) => Vec::new(),
+        };
         if !expired.is_empty() {
             self.emit(|| RegistryEvent::LeaseExpired { usernames: expired });
         }
@@ -1074,6 +1083,9 @@ impl Server {
             // The original client never says it is still there; its well-formed
             // queries do (junk from its address does not).
             self.shared.directory.legacy_activity(caller.ip);
+            if let Some(store) = &self.shared.store {
+                store.legacy_activity(caller.ip);
+            }
         }
         let is_get_af = matches!(parsed, Ok(Query::GetAllFiles));
         let out = &mut self.answer_buf;
@@ -1082,6 +1094,7 @@ impl Server {
             let tables = Tables {
                 directory: &self.shared.directory,
                 claims: &self.shared.claims,
+                store: self.shared.store.as_deref(),
             };
             execute(tables, caller, q, out, &mut conn.owned)
         });
@@ -1361,7 +1374,10 @@ impl Server {
             return;
         }
         self.uncount(conn.peer);
-        let released = self.shared.directory.release_session(conn.id, &conn.owned);
+        let released = match &self.shared.store {
+            Some(store) => store.release_session(conn.id, &conn.owned),
+            None => self.shared.directory.release_session(conn.id, &conn.owned),
+        };
         if let Some(key) = &conn.key {
             // The session's end is the claims' last use.
             let names = released.iter().map(String::as_str);
@@ -1541,6 +1557,9 @@ enum Answered {
 struct Tables<'a> {
     directory: &'a Directory,
     claims: &'a Claims,
+    /// The shared store (Redis), if any: writes go through it, and reads are refused
+    /// while the local replica may be stale.
+    store: Option<&'a RedisStore>,
 }
 
 /// Run one parsed query against the directory, writing an inline answer's text (without
@@ -1553,6 +1572,12 @@ fn execute(
     owned: &mut HashSet<String>,
 ) -> Result<Answered, QueryError> {
     let directory = tables.directory;
+    if let (Some(store), false) = (
+        tables.store,
+        matches!(query, Query::Init { .. } | Query::Exit { .. }),
+    ) {
+        store.check_fresh()?;
+    }
     match query {
         Query::Init {
             username,
@@ -1570,7 +1595,10 @@ fn execute(
             });
         }
         Query::Exit { username } => {
-            directory.exit(caller, username)?;
+            match tables.store {
+                Some(store) => store.exit(caller, username)?,
+                None => directory.exit(caller, username)?,
+            }
             owned.remove(username);
             if let Some(key) = &caller.key {
                 // Leaving is the claim's last use.
@@ -1645,13 +1673,19 @@ fn init(
     if holder.is_some() && holder != caller.key {
         return Err(QueryError(reason::CLAIMED));
     }
-    let outcome = tables.directory.init(caller, username, port, files)?;
+    let outcome = match tables.store {
+        Some(store) => store.init(caller, username, port, files)?,
+        None => tables.directory.init(caller, username, port, files)?,
+    };
     let Some(key) = caller.key.filter(|_| outcome == InitOutcome::Registered) else {
         return Ok(outcome);
     };
     let undo = || {
         let name = username.to_string();
-        tables.directory.release_session(caller.conn, [&name]);
+        match tables.store {
+            Some(store) => drop(store.release_session(caller.conn, [&name])),
+            None => drop(tables.directory.release_session(caller.conn, [&name])),
+        }
     };
     match tables.claims.check_and_claim(username, &key, now) {
         Ok(Claim::Granted) => Ok(outcome),
@@ -1808,6 +1842,7 @@ mod claim_tests {
         let tables = Tables {
             directory: &directory,
             claims: &claims,
+            store: None,
         };
         let key = crate::identity::Identity::generate().unwrap().public();
         let caller = |conn, key| Caller {
