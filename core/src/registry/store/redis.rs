@@ -54,6 +54,10 @@ const BLOCK_MS: u64 = 200;
 /// Connect and per-command timeouts: an event loop waits at most this long on Redis.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(300);
 const COMMAND_TIMEOUT: Duration = Duration::from_millis(500);
+/// The sync thread's per-command timeout: longer (it holds up no client; a full load
+/// of 100,000 users on a loaded machine must not time out into a resync loop). The
+/// replica's freshness is bounded separately ([`FRESH_FOR`]).
+const SYNC_TIMEOUT: Duration = Duration::from_secs(3);
 /// After a failed connect, the event loops do not try again for this long (a Redis
 /// that is down costs each query nothing, not a connect attempt).
 const RETRY_AFTER: Duration = Duration::from_millis(250);
@@ -274,10 +278,10 @@ fn unavailable(e: impl std::fmt::Display) -> QueryError {
     QueryError(reason::REGISTRY_UNAVAILABLE)
 }
 
-fn open(client: &redis::Client) -> redis::RedisResult<Connection> {
+fn open(client: &redis::Client, timeout: Duration) -> redis::RedisResult<Connection> {
     let conn = client.get_connection_with_timeout(CONNECT_TIMEOUT)?;
-    conn.set_read_timeout(Some(COMMAND_TIMEOUT))?;
-    conn.set_write_timeout(Some(COMMAND_TIMEOUT))?;
+    conn.set_read_timeout(Some(timeout))?;
+    conn.set_write_timeout(Some(timeout))?;
     Ok(conn)
 }
 
@@ -290,7 +294,7 @@ impl Inner {
             if link.retry_at.is_some_and(|t| Instant::now() < t) {
                 return Err(store_err("unreachable (retrying shortly)"));
             }
-            match open(&self.client) {
+            match open(&self.client, COMMAND_TIMEOUT) {
                 Ok(c) => {
                     link.conn = Some(c);
                     link.retry_at = None;
@@ -412,9 +416,14 @@ impl RedisStore {
             pending_releases: Mutex::new(Vec::new()),
         });
         let mut sync = Sync::new(inner.clone());
-        let mut conn = open(&inner.client).map_err(|e| store_err(format!("{url}: {e}")))?;
+        let mut conn =
+            open(&inner.client, SYNC_TIMEOUT).map_err(|e| store_err(format!("{url}: {e}")))?;
         sync.heartbeat(&mut conn).map_err(store_err)?;
         sync.resync(&mut conn).map_err(store_err)?;
+        // Fresh as of the load just done (the sync thread keeps it so).
+        inner
+            .fresh_at
+            .store(inner.now_ms().max(1), Ordering::Release);
         sync.conn = Some(conn);
         let thread = crate::thread::spawn_named("p2p-registry-store", move || sync.run())?;
         Ok(RedisStore {
@@ -637,7 +646,7 @@ impl Sync {
         while !self.inner.stop.load(Ordering::SeqCst) {
             let mut conn = match self.conn.take() {
                 Some(c) => c,
-                None => match open(&self.inner.client) {
+                None => match open(&self.inner.client, SYNC_TIMEOUT) {
                     Ok(c) => {
                         resync_due = true;
                         c
@@ -762,11 +771,17 @@ impl Sync {
             }
             let mut pipe = redis::pipe();
             for n in &names {
-                pipe.cmd("HGETALL").arg(format!("p2p:u:{n}"));
+                pipe.cmd("HMGET")
+                    .arg(format!("p2p:u:{n}"))
+                    .arg(&["ip", "port", "files", "owner", "key"]);
             }
-            let hashes: Vec<HashMap<String, Vec<u8>>> = pipe.query(conn)?;
-            for (name, h) in names.into_iter().zip(hashes) {
-                let f: Fields = h.iter().map(|(k, v)| (k.as_str(), v.as_slice())).collect();
+            let rows: Vec<Vec<Option<Vec<u8>>>> = pipe.query(conn)?;
+            for (name, row) in names.into_iter().zip(rows) {
+                let f: Fields = ["ip", "port", "files", "owner", "key"]
+                    .into_iter()
+                    .zip(row.iter())
+                    .filter_map(|(k, v)| Some((k, v.as_deref()?)))
+                    .collect();
                 if let Some(r) = inner.replicated(&f) {
                     entries.push((name, r));
                 }
