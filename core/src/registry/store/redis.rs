@@ -857,6 +857,9 @@ impl Sync {
                 .flat_map(|s| items(s).get(1).map(items).unwrap_or(&[]))
                 .collect(),
         };
+        // A full read means more may be waiting: the replica is not known to be
+        // current until a read comes back short.
+        let caught_up = entries.len() < READ_COUNT;
         for e in entries {
             let parts = items(e);
             let (Some(id), Some(fv)) = (parts.first().and_then(bulk), parts.get(1)) else {
@@ -908,9 +911,11 @@ impl Sync {
                 return Ok(true);
             }
         }
-        self.inner
-            .fresh_at
-            .store(self.inner.now_ms().max(1), Ordering::Release);
+        if caught_up {
+            self.inner
+                .fresh_at
+                .store(self.inner.now_ms().max(1), Ordering::Release);
+        }
         Ok(false)
     }
 }

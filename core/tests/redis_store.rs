@@ -1,0 +1,171 @@
+//! The registry's Redis store in process: what it costs (threads, descriptors) and
+//! gives back, claims and users shared by two `Registry` values on one real
+//! `redis-server` (started here on a free loopback port, persistence off, killed and
+//! reaped on drop). Skipped with a message where `redis-server` is missing, unless
+//! `P2PCHAT_REDIS_REQUIRED=1` (CI), then it fails.
+
+mod common;
+
+use common::{keyed_client, register, wait_until};
+use p2pcore::registry::{Registry, RegistryConfig, StoreSpec};
+use parking_lot::Mutex;
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The tests count this process's threads and descriptors: one at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+struct Redis {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Redis {
+    fn start() -> Option<Redis> {
+        if Command::new("redis-server")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .status()
+            .is_err()
+        {
+            assert!(
+                std::env::var("P2PCHAT_REDIS_REQUIRED").as_deref() != Ok("1"),
+                "redis-server is not installed and P2PCHAT_REDIS_REQUIRED=1"
+            );
+            eprintln!("SKIPPED: redis-server is not installed (apt-get install redis-server)");
+            return None;
+        }
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap()
+            .port();
+        let dir = tempfile::tempdir().unwrap();
+        let child = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn redis-server");
+        let r = Redis {
+            child,
+            port,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not listen");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Some(r)
+    }
+
+    fn node(&self) -> Registry {
+        Registry::builder()
+            .config(RegistryConfig {
+                threads: 1,
+                store: StoreSpec::Redis(format!("redis://127.0.0.1:{}", self.port)),
+                ..RegistryConfig::default()
+            })
+            .bind("127.0.0.1:0")
+            .expect("a registry node on the Redis store")
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn count(dir: &str) -> usize {
+    std::fs::read_dir(dir).map_or(0, |d| d.count())
+}
+
+#[test]
+fn a_node_costs_one_thread_and_two_connections_and_gives_them_back() {
+    let _serial = SERIAL.lock();
+    let Some(redis) = Redis::start() else { return };
+    let (threads0, fds0) = (count("/proc/self/task"), count("/proc/self/fd"));
+    let node = redis.node();
+    // One event loop (threads: 1) and the store's sync thread.
+    assert_eq!(count("/proc/self/task"), threads0 + 2);
+    let session = register(node.local_addr(), "lena", 5000);
+    // Listener, poll, waker; the sync thread's Redis connection and the loops' one
+    // (made at the first write); and the test's session with its accepted end.
+    let fds = count("/proc/self/fd");
+    assert!(fds <= fds0 + 7, "{fds0} -> {fds} descriptors");
+    drop(session);
+    assert!(wait_until(Duration::from_secs(10), || node
+        .user("lena")
+        .is_none()));
+    drop(node);
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            count("/proc/self/task") == threads0 && count("/proc/self/fd") == fds0
+        }),
+        "threads {} -> {}, descriptors {} -> {}",
+        threads0,
+        count("/proc/self/task"),
+        fds0,
+        count("/proc/self/fd")
+    );
+}
+
+#[test]
+fn claims_and_users_are_shared_and_a_clean_stop_removes_its_users_at_once() {
+    let _serial = SERIAL.lock();
+    let Some(redis) = Redis::start() else { return };
+    let a = redis.node();
+    let b = redis.node();
+    let kim = keyed_client(a.local_addr(), "kim", 5000);
+    let key = kim.id.public();
+    // The claim was written to Redis before A answered OK.
+    assert_eq!(b.claim("kim").unwrap(), Some(key));
+    assert!(wait_until(Duration::from_secs(10), || b
+        .user("kim")
+        .is_some()));
+    let entry = b.user("kim").unwrap();
+    assert_eq!((entry.port, entry.key), (5000, Some(key)));
+    assert_eq!(entry.files, vec!["x.bin"]);
+    assert_eq!(b.users(), vec!["kim".to_string()]);
+    // Released through B, gone for A.
+    assert!(b.release_claim("kim").unwrap());
+    assert_eq!(a.claim("kim").unwrap(), None);
+    // A stops cleanly: its session users leave every node at once, not after its
+    // liveness key expires (3 s).
+    let stopped = Instant::now();
+    drop(a);
+    assert!(wait_until(Duration::from_secs(10), || b
+        .user("kim")
+        .is_none()));
+    let took = stopped.elapsed();
+    assert!(took < Duration::from_millis(2500), "took {took:?}");
+    drop(kim);
+}
+
+#[test]
+fn a_node_does_not_start_without_its_redis() {
+    let _serial = SERIAL.lock();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    let err = Registry::builder()
+        .config(RegistryConfig {
+            store: StoreSpec::Redis(format!("redis://127.0.0.1:{port}")),
+            ..RegistryConfig::default()
+        })
+        .bind("127.0.0.1:0")
+        .expect_err("no Redis listening");
+    let text = err.to_string();
+    assert!(
+        text.contains("redis store") && text.contains(&port.to_string()),
+        "{text}"
+    );
+}
