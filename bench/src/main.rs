@@ -6,7 +6,8 @@
 //! (legacy one-shot lookups), T3 (scale: 10,000 sessions, 100,000 users, `GET_AF`), T4
 //! (chat round trip and one-way rate), T5 (hashing a share, and the cached rescan), T6
 //! (registry lookups under attack), T7 (the secure link by itself: AEAD speed, an
-//! encrypted copy, handshakes per second, an encrypted round trip). A new scenario is a
+//! encrypted copy, handshakes per second, an encrypted round trip), T8 (registry nodes
+//! on one Redis next to one in-memory node). A new scenario is a
 //! module and a line in [`SCENARIOS`].
 
 mod baseline;
@@ -24,6 +25,7 @@ mod t4;
 mod t5;
 mod t6;
 mod t7;
+mod t8;
 
 use report::Figure;
 use std::process::ExitCode;
@@ -99,6 +101,11 @@ const SCENARIOS: &[Scenario] = &[
         id: "T7",
         title: "secure link: AEAD speed, encrypted copy, handshakes, encrypted round trip",
         run: t7::run,
+    },
+    Scenario {
+        id: "T8",
+        title: "registry on Redis: GET_P over 2 nodes vs 1 in-memory node, INIT/s, memory",
+        run: t8::run,
     },
 ];
 
