@@ -226,6 +226,20 @@ fn registrations_ownership_and_caps_hold_across_nodes() {
     // EXIT through the owning node, seen on the other.
     assert_eq!(on_b.ask("EXIT,bob"), "OK");
     until(&a, "GET_U", SLACK, |s| s == "OK,dave");
+    // A legacy (one-shot, unterminated) registration of this IP on node A ...
+    let mut legacy = TcpStream::connect(&a).unwrap();
+    legacy.write_all(b"INIT,zed,5005").unwrap();
+    legacy
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    let _ = legacy.read_to_end(&mut Vec::new());
+    until(&b, "GET_P,zed", SLACK, |s| s == "OK,127.0.0.1,5005,legacy");
+    // ... which a session of the same IP on node B may take over, as on one node.
+    assert_eq!(on_b.ask("INIT,zed,5006"), "UP");
+    until(&a, "GET_P,zed", SLACK, |s| s == "OK,127.0.0.1,5006");
+    // Now it is that session's: it ends with it, on every node.
+    drop(on_b);
+    until(&a, "GET_U", SLACK, |s| s == "OK");
 }
 
 #[test]

@@ -89,7 +89,8 @@ end
 "#;
 
 /// `INIT`: ARGV name, ip, port, files, owner, key, addr, node, max_users, max_per_addr,
-/// cost, budget, lease_ms. Returns OK, UP, or ERR:taken|full|addr.
+/// cost, budget, lease_ms. Returns OK, UP, or ERR:taken|full|addr. As in the memory
+/// store, a session may take over a legacy registration of its own IP.
 const INIT_LUA: &str = r#"
 local name, ip, owner, node = ARGV[1], ARGV[2], ARGV[5], ARGV[8]
 local uk = 'p2p:u:' .. name
@@ -98,9 +99,13 @@ local outcome = 'OK'
 local cost = tonumber(ARGV[11])
 local bytes = tonumber(redis.call('GET', 'p2p:bytes') or '0')
 if cur[1] then
-  if cur[1] ~= owner then return 'ERR:taken' end
+  if cur[1] ~= owner and cur[1] ~= 'l:' .. ip then return 'ERR:taken' end
   if bytes - tonumber(cur[2]) + cost > tonumber(ARGV[12]) then return 'ERR:full' end
   redis.call('DECRBY', 'p2p:bytes', tonumber(cur[2]))
+  if cur[1] ~= owner then
+    redis.call('SREM', 'p2p:lu:' .. ip, name)
+    redis.call('SADD', 'p2p:nu:' .. node, name)
+  end
   outcome = 'UP'
 else
   if redis.call('ZCARD', 'p2p:users') >= tonumber(ARGV[9]) or bytes + cost > tonumber(ARGV[12]) then
