@@ -1669,9 +1669,12 @@ fn init(
         log::error!("registry: claims store failed: {e}");
         QueryError(reason::REGISTRY_UNAVAILABLE)
     };
-    let holder = tables.claims.holder(username, now).map_err(unavailable)?;
-    if holder.is_some() && holder != caller.key {
-        return Err(QueryError(reason::CLAIMED));
+    // The Redis store checks the claim inside its INIT script (one round trip).
+    if tables.store.is_none() {
+        let holder = tables.claims.holder(username, now).map_err(unavailable)?;
+        if holder.is_some() && holder != caller.key {
+            return Err(QueryError(reason::CLAIMED));
+        }
     }
     let outcome = match tables.store {
         Some(store) => store.init(caller, username, port, files)?,

@@ -89,10 +89,13 @@ end
 "#;
 
 /// `INIT`: ARGV name, ip, port, files, owner, key, addr, node, max_users, max_per_addr,
-/// cost, budget, lease_ms. Returns OK, UP, or ERR:taken|full|addr. As in the memory
+/// cost, budget, lease_ms. Returns OK, UP, or ERR:claimed|taken|full|addr (a live claim
+/// by another key is checked first, in the same step: one round trip). As in the memory
 /// store, a session may take over a legacy registration of its own IP.
 const INIT_LUA: &str = r#"
 local name, ip, owner, node = ARGV[1], ARGV[2], ARGV[5], ARGV[8]
+local claim = redis.call('GET', 'p2p:claim:' .. name)
+if claim and claim ~= ARGV[6] then return 'ERR:claimed' end
 local uk = 'p2p:u:' .. name
 local cur = redis.call('HMGET', uk, 'owner', 'cost')
 local outcome = 'OK'
@@ -490,6 +493,7 @@ impl RedisStore {
         let outcome = match reply.as_str() {
             "OK" => InitOutcome::Registered,
             "UP" => InitOutcome::Updated,
+            "ERR:claimed" => return Err(QueryError(reason::CLAIMED)),
             "ERR:taken" => return Err(QueryError(reason::USERNAME_TAKEN)),
             "ERR:full" => return Err(QueryError(reason::REGISTRY_FULL)),
             "ERR:addr" => return Err(QueryError(reason::TOO_MANY_USERS)),
