@@ -42,6 +42,10 @@ pub enum p2p_registry_event_kind {
     /// A client was refused by a bound (`source`; `outcome` is the `ERR,<reason>` it
     /// was sent, or `"closed"` when it was closed without an answer).
     P2P_REGISTRY_REFUSED = 4,
+    /// A reachability check of a user's listener finished (`source` is the address
+    /// checked, `"ip:port"`; `outcome` is `"reachable"`, `"unreachable"` or
+    /// `"unknown"`; `usernames` holds the user).
+    P2P_REGISTRY_REACHABILITY = 5,
 }
 
 /// One thing the registry saw, passed to a `p2p_registry_event_cb`.
@@ -147,6 +151,15 @@ fn deliver(
             false,
             0,
             &[],
+        ),
+        RegistryEvent::Reachability { user, addr, reach } => (
+            p2p_registry_event_kind::P2P_REGISTRY_REACHABILITY,
+            Some(addr.to_string()),
+            None,
+            Some(c_string(reach.as_str())),
+            false,
+            0,
+            std::slice::from_ref(user),
         ),
     };
     let fingerprint = match ev {
@@ -594,4 +607,46 @@ pub unsafe extern "C" fn p2p_registry_free(registry: *mut p2p_registry) {
         }
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::CStr;
+
+    /// What the callback saw: kind, source, outcome, usernames.
+    type Seen = (p2p_registry_event_kind, String, String, Vec<String>);
+
+    unsafe extern "C" fn record(ud: *mut c_void, event: *const p2p_registry_event) {
+        // SAFETY: `ud` is the test's `Seen` and `event` is valid during the call.
+        unsafe {
+            let seen = &mut *(ud as *mut Option<Seen>);
+            let e = &*event;
+            let text = |p: *const c_char| CStr::from_ptr(p).to_string_lossy().into_owned();
+            let names = (0..e.usernames_len)
+                .map(|i| text(*e.usernames.add(i)))
+                .collect();
+            *seen = Some((e.kind, text(e.source), text(e.outcome), names));
+        }
+    }
+
+    #[test]
+    fn a_reachability_event_names_the_address_the_outcome_and_the_user() {
+        let mut seen: Option<Seen> = None;
+        let ev = RegistryEvent::Reachability {
+            user: "alice".into(),
+            addr: "127.0.0.1:5000".parse().unwrap(),
+            reach: p2pcore::reach::Reach::Reachable,
+        };
+        deliver(record, UserData(&mut seen as *mut _ as *mut c_void), &ev);
+        assert_eq!(
+            seen,
+            Some((
+                p2p_registry_event_kind::P2P_REGISTRY_REACHABILITY,
+                "127.0.0.1:5000".into(),
+                "reachable".into(),
+                vec!["alice".into()]
+            ))
+        );
+    }
 }

@@ -248,6 +248,12 @@ enum p2p_registry_event_kind
      * was sent, or `"closed"` when it was closed without an answer).
      */
     P2P_REGISTRY_REFUSED = 4,
+    /**
+     * A reachability check of a user's listener finished (`source` is the address
+     * checked, `"ip:port"`; `outcome` is `"reachable"`, `"unreachable"` or
+     * `"unknown"`; `usernames` holds the user).
+     */
+    P2P_REGISTRY_REACHABILITY = 5,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L

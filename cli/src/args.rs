@@ -65,6 +65,15 @@ pub enum Command {
     /// the keys of users online). A different key is refused (exit status 4) and
     /// nothing is changed.
     Trust(TrustArgs),
+    /// Run a standalone relay in the foreground, printing circuits as they open and
+    /// close.
+    ///
+    /// Peers that cannot reach each other both connect out to it; it joins the two
+    /// connections a registry arranged (a token made with the secret in
+    /// `--secret-file`, which the registry is given with `p2pchat server --relay-at
+    /// HOST:PORT --relay-secret-file F`) and forwards their end-to-end encrypted bytes.
+    /// Ctrl-C or SIGTERM stops it (exit status 130).
+    Relay(RelayArgs),
 }
 
 /// Where the registry is.
@@ -199,17 +208,121 @@ pub struct ServerArgs {
     /// take the name.
     #[arg(long, value_name = "N", default_value_t = 90, value_parser = clap::value_parser!(u64).range(1..=36_500))]
     pub claim_ttl_days: u64,
+    /// The relay inside the server, for peers that cannot reach each other (both
+    /// connect out to it; it forwards their encrypted bytes): `on` (listening on the
+    /// registry's IP, see `--relay-port`) or `off`.
+    #[arg(long, value_name = "on|off", value_enum, default_value_t = OnOff::On)]
+    pub relay: OnOff,
+    /// The embedded relay's port. Default: the registry's port + 1 (any free port when
+    /// that is taken, or when the registry's port is 0).
+    #[arg(long, value_name = "PORT")]
+    pub relay_port: Option<u16>,
+    /// Offer a standalone relay (`p2pchat relay`) at this address instead of running
+    /// one inside the server; needs `--relay-secret-file`.
+    #[arg(long, value_name = "HOST:PORT", value_parser = parse_addr, requires = "relay_secret_file")]
+    pub relay_at: Option<String>,
+    /// The secret shared with the standalone relay of `--relay-at` (the file `p2pchat
+    /// relay --secret-file` created).
+    #[arg(long, value_name = "FILE", requires = "relay_at")]
+    pub relay_secret_file: Option<PathBuf>,
+    /// The relay's bounds (embedded relay).
+    #[command(flatten)]
+    pub relay_limits: RelayLimitArgs,
     /// Where the directory lives: `memory` (this process) or `redis://HOST:PORT[/DB]`,
     /// a Redis 7 (or Valkey) shared by every registry node given the same URL (users,
     /// name claims, per-address registration caps; give each node the same
     /// `registry.key` so clients pin one fingerprint).
+    // Boxed: the command enum's variants stay near one size (clippy).
     #[arg(long, value_name = "STORE", default_value = "memory", value_parser = parse_store)]
-    pub store: p2pcore::registry::StoreSpec,
+    pub store: Box<p2pcore::registry::StoreSpec>,
 }
 
 /// `--store`: `memory` or `redis://HOST:PORT[/DB]`.
-fn parse_store(s: &str) -> Result<p2pcore::registry::StoreSpec, String> {
-    p2pcore::registry::StoreSpec::parse(s).map_err(|e| e.to_string())
+fn parse_store(s: &str) -> Result<Box<p2pcore::registry::StoreSpec>, String> {
+    p2pcore::registry::StoreSpec::parse(s)
+        .map(Box::new)
+        .map_err(|e| e.to_string())
+}
+
+/// `on` or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OnOff {
+    On,
+    Off,
+}
+
+/// `p2pchat relay`.
+#[derive(Debug, Args)]
+pub struct RelayArgs {
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:8081", value_parser = parse_addr)]
+    pub addr: String,
+    /// The secret the relay shares with the registries that offer it (64 hex
+    /// characters); created, readable by you only, when missing.
+    #[arg(long, value_name = "FILE")]
+    pub secret_file: PathBuf,
+    /// No line per circuit: only startup, shutdown and refusals.
+    #[arg(long)]
+    pub quiet: bool,
+    /// `text` for people; `json`: one JSON object per line (`listening`,
+    /// `relay_joined`, `relay_closed`, `relay_refused`, `dropped`, `stopped`).
+    #[arg(long, value_name = "FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    #[command(flatten)]
+    pub limits: RelayLimitArgs,
+}
+
+/// The relay's bounds on the command line (defaults: `p2pcore::limits`).
+#[derive(Debug, Args)]
+pub struct RelayLimitArgs {
+    /// Relay: most circuits at once (a circuit whose first side waits included).
+    #[arg(long, value_name = "N")]
+    pub max_circuits: Option<usize>,
+    /// Relay: most circuits one address (one /64 for IPv6) takes part in.
+    #[arg(long, value_name = "N")]
+    pub max_circuits_per_addr: Option<usize>,
+    /// Relay: most connections not yet joined.
+    #[arg(long, value_name = "N")]
+    pub max_pending: Option<usize>,
+    /// Relay: most connections not yet joined from one address.
+    #[arg(long, value_name = "N")]
+    pub max_pending_per_addr: Option<usize>,
+    /// Relay: bytes per second per circuit, both directions together (K, M, G
+    /// suffixes; 0: no limit).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub circuit_rate: Option<usize>,
+    /// Relay: bytes per second of all circuits together (0: no limit).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub total_rate: Option<usize>,
+    /// Relay: longest life of a circuit, in seconds; then both sides are closed.
+    #[arg(long, value_name = "SECS")]
+    pub max_lifetime: Option<u64>,
+    /// Relay: seconds a circuit may forward nothing before it is closed.
+    #[arg(long, value_name = "SECS")]
+    pub idle_timeout: Option<u64>,
+}
+
+impl RelayLimitArgs {
+    /// The defaults, with what was given.
+    pub fn limits(&self) -> p2pcore::relay::RelayLimits {
+        let d = p2pcore::relay::RelayLimits::default();
+        let secs = |v: Option<u64>, d| v.map_or(d, std::time::Duration::from_secs);
+        p2pcore::relay::RelayLimits {
+            max_circuits: self.max_circuits.unwrap_or(d.max_circuits),
+            max_circuits_per_addr: self
+                .max_circuits_per_addr
+                .unwrap_or(d.max_circuits_per_addr),
+            max_pending: self.max_pending.unwrap_or(d.max_pending),
+            max_pending_per_addr: self.max_pending_per_addr.unwrap_or(d.max_pending_per_addr),
+            circuit_bytes_per_sec: self
+                .circuit_rate
+                .map_or(d.circuit_bytes_per_sec, |v| v as u64),
+            total_bytes_per_sec: self.total_rate.map_or(d.total_bytes_per_sec, |v| v as u64),
+            max_lifetime: secs(self.max_lifetime, d.max_lifetime),
+            idle_timeout: secs(self.idle_timeout, d.idle_timeout),
+            ..d
+        }
+    }
 }
 
 /// `p2pchat server <ACTION>`.

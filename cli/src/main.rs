@@ -8,6 +8,7 @@ mod keys;
 mod notice;
 mod output;
 mod progress;
+mod relay;
 mod scripted;
 mod server;
 mod signals;
@@ -30,6 +31,7 @@ fn main() {
         Command::Send(a) => scripted::send(&a),
         Command::Id(a) => keys::id(&a),
         Command::Trust(a) => keys::trust(&a),
+        Command::Relay(a) => relay::run(&a),
     };
     if let Err(f) = result {
         // Error texts carry what peers and the registry said: never raw. An empty one

@@ -6,13 +6,14 @@
 //! every [`DROP_NOTE_EVERY`] while it is behind), says how many were dropped. The main
 //! thread only waits for a signal, so Ctrl-C works even when stdout is stalled.
 
-use crate::args::{LogFormat, ReleaseNameArgs, ServerAction, ServerArgs};
+use crate::args::{LogFormat, OnOff, ReleaseNameArgs, ServerAction, ServerArgs};
 use crate::failure::Failure;
 use crate::style::{clock, Style};
 use crate::visible::{json_string, visible};
 use crossbeam_channel::{Receiver, TrySendError};
 use p2pcore::identity::Fingerprint;
-use p2pcore::registry::{release_name, Registry, RegistryConfig, RegistryEvent};
+use p2pcore::registry::{release_name, EmbeddedRelay, Registry, RegistryConfig, RegistryEvent};
+use p2pcore::relay::{RelayAddr, RelayEvent, RelayOffer};
 use p2pcore::Error;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -45,26 +46,20 @@ pub fn run(args: &ServerArgs) -> Result<(), Failure> {
         format: args.log_format,
     };
     let quiet = args.quiet;
-    let (tx, queue) = crossbeam_channel::bounded::<RegistryEvent>(LOG_QUEUE);
+    let (tx, queue) = crossbeam_channel::bounded::<Logged>(LOG_QUEUE);
     // Dropping `stop_tx` tells the printer to write what is queued and end.
     let (stop_tx, stop) = crossbeam_channel::bounded::<()>(0);
     let dropped = Arc::new(AtomicU64::new(0));
-    let counter = dropped.clone();
+    let offer = LogOffer::new(tx.clone(), dropped.clone(), quiet);
     // Runs on the registry's event-loop threads: never blocks.
-    let hook = move |e: &RegistryEvent| {
-        if quiet && per_query(e) {
-            return;
-        }
-        // Under a flood the queue is full: count without copying the event.
-        if tx.is_full() {
-            counter.fetch_add(1, Ordering::Relaxed);
-        } else if let Err(TrySendError::Full(_)) = tx.try_send(e.clone()) {
-            counter.fetch_add(1, Ordering::Relaxed);
-        }
-    };
+    let hook = move |e: &RegistryEvent| offer.offer(e, Logged::Registry);
+    let relay_hook = LogOffer::new(tx, dropped.clone(), quiet);
+    let mut config = config(args, data_dir.clone());
+    relay_setting(args, &mut config)?;
     let registry = Registry::builder()
-        .config(config(args, data_dir.clone()))
+        .config(config)
         .on_event(hook)
+        .on_relay_event(move |e: &RelayEvent| relay_hook.offer(e, Logged::Relay))
         .bind(&args.addr)
         .map_err(|e| match (&e, &data_dir) {
             (Error::Busy(_), Some(dir)) => Failure::new(format!(
@@ -75,16 +70,23 @@ pub fn run(args: &ServerArgs) -> Result<(), Failure> {
         })?;
     let addr = registry.local_addr();
     let key = registry.fingerprint();
+    let relay = match (registry.relay_addr(), &args.relay_at) {
+        (Some(at), _) => Some((true, at.to_string())),
+        (None, Some(at)) => Some((false, at.clone())),
+        (None, None) => None,
+    };
+    let startup = log.listening(addr, key, relay.as_ref().map(|(e, a)| (*e, a.as_str())));
+    let stopped = log.stopped("registry");
     let (done_tx, done) = crossbeam_channel::bounded::<()>(1);
     let printer = std::thread::Builder::new()
         .name("log".into())
         .spawn(move || {
-            print_loop(&log, addr, key, &queue, &stop, &dropped);
+            print_loop(&log, &startup, &stopped, &queue, &stop, &dropped);
             let _ = done_tx.send(());
         })
         .map_err(|e| Failure::new(format!("cannot start the log printer: {e}")))?;
     let _ = signals.recv();
-    // Joins the event loops: no event comes after this.
+    // Joins the event loops and the relay: no event comes after this.
     registry.shutdown();
     drop(stop_tx);
     // A stalled stdout must not keep the process alive: give the printer a moment to
@@ -154,35 +156,118 @@ fn config(args: &ServerArgs, data_dir: Option<PathBuf>) -> RegistryConfig {
         queries_per_sec_per_addr: args.queries_per_sec.unwrap_or(d.queries_per_sec_per_addr),
         query_burst_per_addr: args.query_burst.unwrap_or(d.query_burst_per_addr),
         memory_budget: args.memory_budget.unwrap_or(d.memory_budget),
-        store: args.store.clone(),
+        store: (*args.store).clone(),
         ..d
     }
 }
 
-/// Events that `--quiet` leaves out: one per connection or query.
-fn per_query(e: &RegistryEvent) -> bool {
-    matches!(
-        e,
-        RegistryEvent::Connected { .. }
-            | RegistryEvent::Query { .. }
-            | RegistryEvent::Disconnected { .. }
-    )
+/// The relay setting of `config` from `--relay`, `--relay-port`, `--relay-at` and
+/// `--relay-secret-file`.
+fn relay_setting(args: &ServerArgs, config: &mut RegistryConfig) -> Result<(), Failure> {
+    match (&args.relay, &args.relay_at, &args.relay_secret_file) {
+        (OnOff::Off, Some(_), _) => Err(Failure {
+            code: crate::failure::EXIT_USAGE,
+            message: "--relay off and --relay-at contradict each other: give one".into(),
+        }),
+        (OnOff::Off, None, _) => Ok(()),
+        (OnOff::On, Some(at), Some(file)) => {
+            let secret = crate::relay::read_secret(file)?;
+            config.relay_offer = Some(RelayOffer {
+                addr: RelayAddr::Fixed(at.clone()),
+                secret,
+            });
+            Ok(())
+        }
+        (OnOff::On, _, _) => {
+            // The registry's port + 1 by default; any free port when the registry's is.
+            let registry_port = args
+                .addr
+                .rsplit_once(':')
+                .and_then(|(_, p)| p.parse::<u16>().ok())
+                .unwrap_or(0);
+            let default_port = match registry_port {
+                0 | u16::MAX => 0,
+                p => p + 1,
+            };
+            config.embedded_relay = Some(EmbeddedRelay {
+                port: args.relay_port.unwrap_or(default_port),
+                limits: args.relay_limits.limits(),
+                any_port_if_taken: args.relay_port.is_none(),
+            });
+            Ok(())
+        }
+    }
+}
+
+/// What the log printer is handed: a registry event or a relay event.
+pub(crate) enum Logged {
+    Registry(RegistryEvent),
+    Relay(RelayEvent),
+}
+
+impl Logged {
+    /// Events that `--quiet` leaves out: one per connection, query or circuit.
+    fn per_query(&self) -> bool {
+        match self {
+            Logged::Registry(e) => matches!(
+                e,
+                RegistryEvent::Connected { .. }
+                    | RegistryEvent::Query { .. }
+                    | RegistryEvent::Disconnected { .. }
+                    | RegistryEvent::Reachability { .. }
+            ),
+            Logged::Relay(e) => !matches!(e, RelayEvent::Refused { .. }),
+        }
+    }
+}
+
+/// A hook's side of the log queue: offers each event without ever blocking, and counts
+/// what did not fit.
+pub(crate) struct LogOffer {
+    tx: crossbeam_channel::Sender<Logged>,
+    dropped: Arc<AtomicU64>,
+    quiet: bool,
+}
+
+impl LogOffer {
+    pub(crate) fn new(
+        tx: crossbeam_channel::Sender<Logged>,
+        dropped: Arc<AtomicU64>,
+        quiet: bool,
+    ) -> Self {
+        LogOffer { tx, dropped, quiet }
+    }
+
+    pub(crate) fn offer<E: Clone>(&self, e: &E, wrap: fn(E) -> Logged) {
+        // Under a flood the queue is full: count without copying the event.
+        if self.tx.is_full() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let logged = wrap(e.clone());
+        if self.quiet && logged.per_query() {
+            return;
+        }
+        if let Err(TrySendError::Full(_)) = self.tx.try_send(logged) {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 /// Print until told to stop: every queued event, and the dropped count whenever the
 /// queue has emptied or [`DROP_NOTE_EVERY`] has passed. Write errors (a reader that
 /// went away) are ignored: the registry goes on without its log.
-fn print_loop(
+pub(crate) fn print_loop(
     log: &Log,
-    addr: std::net::SocketAddr,
-    key: Fingerprint,
-    queue: &Receiver<RegistryEvent>,
+    startup: &str,
+    stopped: &str,
+    queue: &Receiver<Logged>,
     stop: &Receiver<()>,
     dropped: &AtomicU64,
 ) {
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::with_capacity(64 * 1024, stdout.lock());
-    let _ = writeln!(out, "{}", log.listening(addr, key));
+    let _ = writeln!(out, "{startup}");
     let _ = out.flush();
     let note = |out: &mut dyn Write| {
         let n = dropped.swap(0, Ordering::Relaxed);
@@ -216,36 +301,71 @@ fn print_loop(
         let _ = writeln!(out, "{}", log.event(&e));
     }
     note(&mut out);
-    let _ = writeln!(out, "{}", log.stopped());
+    let _ = writeln!(out, "{stopped}");
     let _ = out.flush();
 }
 
 /// How log lines look.
-struct Log {
-    style: Style,
-    format: LogFormat,
+pub(crate) struct Log {
+    pub(crate) style: Style,
+    pub(crate) format: LogFormat,
 }
 
 impl Log {
     /// The first line (the address: tests and scripts read it), then the key's
-    /// fingerprint; JSON: one `listening` object with both.
-    fn listening(&self, addr: std::net::SocketAddr, key: Fingerprint) -> String {
+    /// fingerprint, then where the relay is (`relay`: embedded or not, and its
+    /// address); JSON: one `listening` object with all of them.
+    fn listening(
+        &self,
+        addr: std::net::SocketAddr,
+        key: Fingerprint,
+        relay: Option<(bool, &str)>,
+    ) -> String {
         match self.format {
-            LogFormat::Text => format!("registry listening on {addr}\nregistry key: {key}"),
+            LogFormat::Text => {
+                let mut text = format!("registry listening on {addr}\nregistry key: {key}");
+                match relay {
+                    Some((true, at)) => text.push_str(&format!("\nrelay listening on {at}")),
+                    Some((false, at)) => text.push_str(&format!("\nrelay offered: {at}")),
+                    None => {}
+                }
+                text
+            }
+            LogFormat::Json => {
+                let addr = addr.to_string();
+                let key = key.to_string();
+                let mut fields = vec![("addr", Json::Str(&addr)), ("key", Json::Str(&key))];
+                if let Some((embedded, at)) = relay {
+                    fields.push(("relay", Json::Str(at)));
+                    fields.push(("relay_embedded", Json::Bool(embedded)));
+                }
+                json_line(SystemTime::now(), "listening", &fields)
+            }
+        }
+    }
+
+    /// The line `p2pchat relay` starts with.
+    pub(crate) fn relay_listening(&self, addr: std::net::SocketAddr, secret: &Path) -> String {
+        match self.format {
+            LogFormat::Text => format!(
+                "relay listening on {addr}\nrelay secret file: {}",
+                secret.display()
+            ),
             LogFormat::Json => json_line(
                 SystemTime::now(),
                 "listening",
                 &[
                     ("addr", Json::Str(&addr.to_string())),
-                    ("key", Json::Str(&key.to_string())),
+                    ("secret_file", Json::Str(&secret.display().to_string())),
                 ],
             ),
         }
     }
 
-    fn stopped(&self) -> String {
+    /// The last line (`what`: `registry` or `relay`).
+    pub(crate) fn stopped(&self, what: &str) -> String {
         match self.format {
-            LogFormat::Text => "registry stopped".to_string(),
+            LogFormat::Text => format!("{what} stopped"),
             LogFormat::Json => json_line(SystemTime::now(), "stopped", &[]),
         }
     }
@@ -264,10 +384,12 @@ impl Log {
         }
     }
 
-    fn event(&self, e: &RegistryEvent) -> String {
-        match self.format {
-            LogFormat::Text => text_line(&self.style, e),
-            LogFormat::Json => json_event(e),
+    fn event(&self, e: &Logged) -> String {
+        match (self.format, e) {
+            (LogFormat::Text, Logged::Registry(e)) => text_line(&self.style, e),
+            (LogFormat::Json, Logged::Registry(e)) => json_event(e),
+            (LogFormat::Text, Logged::Relay(e)) => relay_text_line(&self.style, e),
+            (LogFormat::Json, Logged::Relay(e)) => relay_json_event(e),
         }
     }
 }
@@ -325,6 +447,109 @@ fn text_line(style: &Style, e: &RegistryEvent) -> String {
             now(),
             style.red(&format!("refused: {}", visible(outcome)))
         ),
+        RegistryEvent::Reachability { user, addr, reach } => {
+            let word = match reach {
+                p2pcore::reach::Reach::Reachable => style.green(reach.as_str()),
+                p2pcore::reach::Reach::Unreachable => style.yellow(reach.as_str()),
+                p2pcore::reach::Reach::Unknown => reach.as_str().to_string(),
+            };
+            format!("{} {addr} {} is {word}", now(), visible(user))
+        }
+    }
+}
+
+/// One text line for a relay event.
+fn relay_text_line(style: &Style, e: &RelayEvent) -> String {
+    let now = style.dim(&clock(SystemTime::now()));
+    match e {
+        RelayEvent::Joined { circuit, sides } => format!(
+            "{now} relay {circuit} {} {} <-> {}",
+            style.green("joined"),
+            sides[0],
+            sides[1]
+        ),
+        RelayEvent::Closed {
+            circuit,
+            sides,
+            bytes,
+            lasted,
+            why,
+        } => format!(
+            "{now} relay {circuit} closed {} <-> {} after {:.1} s, {} ({why})",
+            sides[0],
+            sides[1],
+            lasted.as_secs_f64(),
+            human_bytes(*bytes)
+        ),
+        RelayEvent::Refused { source, outcome } => format!(
+            "{now} {source} {}",
+            style.red(&format!("relay refused: {}", visible(outcome)))
+        ),
+    }
+}
+
+fn relay_json_event(e: &RelayEvent) -> String {
+    let now = SystemTime::now();
+    match e {
+        RelayEvent::Joined { circuit, sides } => {
+            let sides = [sides[0].to_string(), sides[1].to_string()];
+            json_line(
+                now,
+                "relay_joined",
+                &[
+                    ("circuit", Json::Str(circuit)),
+                    ("sides", Json::List(&sides)),
+                ],
+            )
+        }
+        RelayEvent::Closed {
+            circuit,
+            sides,
+            bytes,
+            lasted,
+            why,
+        } => {
+            let sides = [sides[0].to_string(), sides[1].to_string()];
+            let why = why.to_string();
+            json_line(
+                now,
+                "relay_closed",
+                &[
+                    ("circuit", Json::Str(circuit)),
+                    ("sides", Json::List(&sides)),
+                    ("bytes", Json::Num(*bytes)),
+                    (
+                        "lasted_ms",
+                        Json::Num(u64::try_from(lasted.as_millis()).unwrap_or(u64::MAX)),
+                    ),
+                    ("why", Json::Str(&why)),
+                ],
+            )
+        }
+        RelayEvent::Refused { source, outcome } => json_line(
+            now,
+            "relay_refused",
+            &[
+                ("source", Json::Str(&source.to_string())),
+                ("outcome", Json::Str(outcome)),
+            ],
+        ),
+    }
+}
+
+/// `n` bytes for people: `512 B`, `3.2 KiB`, `12.0 MiB`, `1.5 GiB`.
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
     }
 }
 
@@ -425,6 +650,15 @@ fn json_event(e: &RegistryEvent) -> String {
                 ("outcome", Json::Str(outcome)),
             ],
         ),
+        RegistryEvent::Reachability { user, addr, reach } => json_line(
+            now,
+            "reachability",
+            &[
+                ("user", Json::Str(user)),
+                ("addr", Json::Str(&addr.to_string())),
+                ("reach", Json::Str(reach.as_str())),
+            ],
+        ),
     }
 }
 
@@ -504,6 +738,24 @@ mod tests {
             line.ends_with(" refused: ERR,Too many connections from your address"),
             "{line}"
         );
+    }
+
+    #[test]
+    fn reachability_lines_name_the_user_the_address_and_the_outcome() {
+        let e = RegistryEvent::Reachability {
+            user: "alice".into(),
+            addr: "127.0.0.1:5000".parse().unwrap(),
+            reach: p2pcore::reach::Reach::Unreachable,
+        };
+        let line = text_line(&Style::plain(), &e);
+        assert!(
+            line.ends_with(" 127.0.0.1:5000 alice is unreachable"),
+            "{line}"
+        );
+        let json = json_event(&e);
+        assert!(json.contains("\"event\":\"reachability\""), "{json}");
+        assert!(json.contains("\"reach\":\"unreachable\""), "{json}");
+        assert!(json.contains("\"user\":\"alice\""), "{json}");
     }
 
     #[test]

@@ -225,7 +225,7 @@ fn quiet_log_keeps_only_startup_and_shutdown() {
     let out = server.all_stdout();
     assert!(out.starts_with("registry listening on "), "{out}");
     assert!(out.ends_with("registry stopped\n"), "{out}");
-    // Startup is the address and the registry's key.
+    // Startup is the address, the registry's key and the embedded relay's address.
     assert!(
         out.lines()
             .nth(1)
@@ -233,7 +233,14 @@ fn quiet_log_keeps_only_startup_and_shutdown() {
             .starts_with("registry key: "),
         "{out}"
     );
-    assert_eq!(out.lines().count(), 3, "no per-query lines: {out:?}");
+    assert!(
+        out.lines()
+            .nth(2)
+            .unwrap_or("")
+            .starts_with("relay listening on "),
+        "{out}"
+    );
+    assert_eq!(out.lines().count(), 4, "no per-query lines: {out:?}");
 }
 
 #[test]

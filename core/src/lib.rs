@@ -15,6 +15,8 @@
 //! - [`identity`]: a user's key pair and its fingerprint.
 //! - [`known_keys`]: keys seen before, pinned (like SSH's `known_hosts`).
 //! - [`secure`]: Noise handshakes and encrypted records, the same for every link.
+//! - [`reach`]: how peers behind NATs are reached (direct, reverse, relayed).
+//! - [`relay`]: the relay that joins two peers that cannot reach each other.
 //!
 //! ## Example
 //!
@@ -34,7 +36,9 @@ pub mod limits;
 mod net;
 pub mod peer;
 pub mod protocol;
+pub mod reach;
 pub mod registry;
+pub mod relay;
 pub mod secure;
 pub mod share;
 pub mod thread;

@@ -163,3 +163,79 @@ pub const LEGACY_CHAT_ANSWER_WAIT: Duration = Duration::from_secs(6);
 /// [`MAX_USERS`] names of up to 64 bytes, or one user's 4,096 filenames of 255 bytes,
 /// is far longer than a query may be ([`MAX_LINE_LEN`]).
 pub const MAX_ANSWER_LEN: usize = 16 * 1024 * 1024;
+
+// ---- Reaching peers behind NATs (registry side, `docs/PROTOCOL.md` §5) ----
+
+/// Registry: how long a reachability check may take, from the first SYN to the
+/// listener's `OK probe <token>` line; past it the listener counts as `unreachable`.
+/// A listener on the internet answers within a round trip or two; a NAT or a firewall
+/// dropping the SYN never does.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+/// Registry: most reachability checks in flight at once (each holds one socket).
+pub const PROBE_MAX_IN_FLIGHT: usize = 64;
+/// Registry: most reachability checks waiting or in flight for one address (one /64
+/// for IPv6); past it a new check waits its turn (see [`PROBE_RETRY_FOR`]).
+pub const PROBE_MAX_PER_ADDR: usize = 4;
+/// Registry: most reachability checks waiting for a place in flight, and most waiting
+/// to be queued again (see [`PROBE_RETRY_FOR`]); past both, a check is not made and the
+/// user's reach stays `unknown`.
+pub const PROBE_QUEUE: usize = 1024;
+/// Registry: most reachability checks one address (one /64 for IPv6) gets per minute
+/// (a burst of as many, then one a second); past it a check waits its turn (see
+/// [`PROBE_RETRY_FOR`]). A peer's port rarely changes; without this, a client could
+/// re-register port after port and use the registry to scan its own address.
+pub const PROBES_PER_MINUTE_PER_ADDR: u32 = 60;
+/// Registry: how long a check that did not fit (the queue full, its address over
+/// [`PROBE_MAX_PER_ADDR`]) is tried again, once a second, before the user's reach is
+/// left `unknown`: a NAT with many peers behind one address gets each checked in turn.
+pub const PROBE_RETRY_FOR: Duration = Duration::from_secs(300);
+/// Registry: longest answer line read from a probed listener (`OK probe <token>` is
+/// 42 bytes).
+pub const PROBE_ANSWER_MAX: usize = 128;
+/// Registry: most unsent bytes a watch session may hold; a push that would go past it
+/// is dropped (counted and logged): a watcher that does not read costs at most this.
+pub const WATCH_MAX_UNSENT: usize = 16 * 1024;
+/// Registry: most `CONNECT` and `RELAY` queries one session may send per minute
+/// (refused past it): each makes another peer connect somewhere, so a registry must
+/// not let one client turn it into a dial-out amplifier.
+pub const SIGNALS_PER_MINUTE: u32 = 20;
+/// Registry: how long a relay token it mints stays valid (both sides connect to the
+/// relay within it).
+pub const RELAY_TOKEN_TTL: Duration = Duration::from_secs(60);
+
+// ---- The relay (`RelayLimits`; PROTOCOL.md §5.4) ----
+
+/// Relay: longest first line (`RELAY/1 <token>\n`, 89 bytes with an 80-character
+/// token), terminator included; a longer one is refused.
+pub const RELAY_MAX_LINE: usize = 128;
+/// Relay: how long a new connection may take to send its whole first line.
+pub const RELAY_LINE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Relay: how long the first side of a circuit waits for the second.
+pub const RELAY_PENDING_TIMEOUT: Duration = Duration::from_secs(30);
+/// Relay: most circuits at once, a circuit whose first side waits included. Each joined
+/// circuit holds two sockets and (Linux) two pipes: six descriptors.
+pub const RELAY_MAX_CIRCUITS: usize = 1024;
+/// Relay: most circuits one address (one /64 for IPv6) takes part in at once.
+pub const RELAY_MAX_CIRCUITS_PER_ADDR: usize = 32;
+/// Relay: most connections not yet joined (reading their first line, or waiting for the
+/// other side) at once.
+pub const RELAY_MAX_PENDING: usize = 256;
+/// Relay: most connections not yet joined from one address (one /64 for IPv6).
+pub const RELAY_MAX_PENDING_PER_ADDR: usize = 16;
+/// Relay: bytes per second one circuit forwards, both directions together (a token
+/// bucket; over it the relay stops reading, TCP pushes back, no byte is dropped).
+/// 0 means no limit.
+pub const RELAY_CIRCUIT_BYTES_PER_SEC: u64 = 16 * 1024 * 1024;
+/// Relay: bytes per second all circuits together forward. 0 means no limit.
+pub const RELAY_TOTAL_BYTES_PER_SEC: u64 = 128 * 1024 * 1024;
+/// Relay: longest life of a joined circuit; then both sides are closed (a cut-off
+/// download resumes on a new circuit).
+pub const RELAY_MAX_LIFETIME: Duration = Duration::from_secs(2 * 3600);
+/// Relay: a joined circuit that forwards no byte either way for this long is closed.
+pub const RELAY_IDLE_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+/// Relay: most refused connections held at once while their `ERR` line drains (past it
+/// a refused connection is closed at once); each for at most [`REFUSAL_LINGER`].
+pub const RELAY_MAX_REFUSING: usize = 256;
+/// Relay: most joined circuits remembered until their token expires (so a token joins
+/// once); past it new circuits are refused as busy.
+pub const RELAY_MAX_USED_TOKENS: usize = 100_000;

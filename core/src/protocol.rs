@@ -39,6 +39,21 @@ pub mod reason {
     /// A first line that starts like a `REG/2` marker but is not one this registry
     /// speaks (unknown pattern or cipher); the connection is closed after it.
     pub const UNSUPPORTED_SECURE: &str = "Unsupported secure link";
+    /// `WATCH`, `CONNECT` or `RELAY` on a plaintext session (they need a key).
+    pub const NEEDS_SECURE: &str = "Needs a secured session";
+    /// `WATCH` of a user registered with another key (or with none).
+    pub const NOT_YOUR_REGISTRATION: &str = "Not your registration";
+    /// `CONNECT` or `RELAY` from a session that holds no registration.
+    pub const REGISTER_FIRST: &str = "Register first";
+    /// `CONNECT` from a user whose listener is not known to be reachable.
+    pub const NOT_REACHABLE: &str = "You are not reachable: ask for a relay";
+    /// `RELAY` to a registry that offers no relay.
+    pub const NO_RELAY: &str = "No relay available";
+    /// More `CONNECT` and `RELAY` queries on one session than `SIGNALS_PER_MINUTE`.
+    pub const TOO_MANY_SIGNALS: &str = "Too many connection requests: try again in a minute";
+    /// The text after `ERR,<callee> ` when the callee has no watch session (the answer
+    /// names the callee first: `ERR,bob cannot be asked to connect back`).
+    pub const CANNOT_ASK: &str = "cannot be asked to connect back";
 }
 
 /// A registry query, borrowed from the line it was parsed from.

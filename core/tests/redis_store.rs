@@ -88,18 +88,31 @@ fn count(dir: &str) -> usize {
 }
 
 #[test]
-fn a_node_costs_one_thread_and_two_connections_and_gives_them_back() {
+fn the_store_costs_one_thread_and_two_connections_and_gives_them_back() {
     let _serial = SERIAL.lock();
     let Some(redis) = Redis::start() else { return };
     let (threads0, fds0) = (count("/proc/self/task"), count("/proc/self/fd"));
+    // The same registry in memory, with one session registered: the reference.
+    let (mem_threads, mem_fds) = {
+        let memory = Registry::builder()
+            .config(RegistryConfig {
+                threads: 1,
+                ..RegistryConfig::default()
+            })
+            .bind("127.0.0.1:0")
+            .unwrap();
+        let _session = register(memory.local_addr(), "lena", 5000);
+        (count("/proc/self/task"), count("/proc/self/fd"))
+    };
+    assert!(wait_until(Duration::from_secs(10), || {
+        count("/proc/self/task") == threads0 && count("/proc/self/fd") == fds0
+    }));
     let node = redis.node();
-    // One event loop (threads: 1) and the store's sync thread.
-    assert_eq!(count("/proc/self/task"), threads0 + 2);
     let session = register(node.local_addr(), "lena", 5000);
-    // Listener, poll, waker; the sync thread's Redis connection and the loops' one
-    // (made at the first write); and the test's session with its accepted end.
-    let fds = count("/proc/self/fd");
-    assert!(fds <= fds0 + 7, "{fds0} -> {fds} descriptors");
+    // One thread more (the store's sync thread) and two connections (the sync
+    // thread's, and the event loops' one, made at the first write).
+    assert_eq!(count("/proc/self/task"), mem_threads + 1);
+    assert_eq!(count("/proc/self/fd"), mem_fds + 2);
     drop(session);
     assert!(wait_until(Duration::from_secs(10), || node
         .user("lena")

@@ -15,6 +15,7 @@ use super::address_key;
 use crate::identity::PublicKey;
 use crate::limits::MAX_USERS;
 use crate::protocol::{reason, QueryError};
+use crate::reach::Reach;
 use parking_lot::{Mutex, RwLock};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Write;
@@ -54,6 +55,10 @@ pub struct UserEntry {
     /// The key of the encrypted session that registered the user (`None` for a
     /// plaintext session or a legacy client).
     pub key: Option<PublicKey>,
+    /// Whether the registry reached the user's listener at `ip:port` from outside
+    /// (checked for registrations over encrypted sessions only; `Unknown` until the
+    /// check ends, and for everyone else).
+    pub reach: Reach,
 }
 
 /// The stored form of an entry (see the module notes on memory).
@@ -67,6 +72,9 @@ struct Slot {
     owner: Owner,
     /// The registering session's key (proven by its handshake).
     key: Option<PublicKey>,
+    /// The outcome of the last reachability check of `ip:port` (see
+    /// [`Directory::set_reach`]); `Unknown` again whenever the address changes.
+    reach: Reach,
 }
 
 impl Slot {
@@ -80,6 +88,7 @@ impl Slot {
                 self.files.split(',').map(str::to_string).collect()
             },
             key: self.key,
+            reach: self.reach,
         }
     }
 }
@@ -104,6 +113,28 @@ pub(crate) struct Caller {
 pub(crate) enum InitOutcome {
     Registered,
     Updated,
+}
+
+/// A user's entry without its files (see [`Directory::peek`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Peek {
+    pub ip: IpAddr,
+    pub port: u16,
+    pub key: Option<PublicKey>,
+    pub reach: Reach,
+    /// The session connection holding the registration (`None`: a legacy one).
+    pub conn: Option<u64>,
+}
+
+/// Where a user is registered and who holds the registration: what a reachability
+/// check result must still match to be recorded (a check of an address the user has
+/// since left, or of an earlier holder of the name, is stale).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Listed {
+    pub ip: IpAddr,
+    pub port: u16,
+    /// The session connection holding the registration.
+    pub conn: u64,
 }
 
 /// The bounds a [`Directory`] enforces on new registrations.
@@ -219,10 +250,15 @@ impl Directory {
         let joined: Arc<str> = files.join(",").into();
         let new_cost = cost(username, &joined);
         let mut users = self.users.write();
+        let mut reach = Reach::Unknown;
         let outcome = match users.map.get(username) {
             Some(slot) => {
                 if !owns(slot.owner, caller) {
                     return Err(QueryError(reason::USERNAME_TAKEN));
+                }
+                if slot.ip == caller.ip && slot.port == port && slot.owner == owner {
+                    // The same listener: what was learnt of it still holds.
+                    reach = slot.reach;
                 }
                 let old_cost = cost(username, &slot.files);
                 if users.bytes - old_cost + new_cost > self.bounds.memory_budget {
@@ -250,6 +286,7 @@ impl Directory {
             files: joined,
             owner,
             key: caller.key,
+            reach,
         };
         users.insert(username, slot);
         drop(users);
@@ -377,6 +414,56 @@ impl Directory {
         self.users.read().map.len()
     }
 
+    /// Where `username` is listed and which session holds it; `None` for a name not
+    /// registered, or registered by a legacy query.
+    pub fn listed(&self, username: &str) -> Option<Listed> {
+        let users = self.users.read();
+        let slot = users.map.get(username)?;
+        match slot.owner {
+            Owner::Session(conn) => Some(Listed {
+                ip: slot.ip,
+                port: slot.port,
+                conn,
+            }),
+            // Legacy, or another node's session (Redis store): no session here.
+            Owner::Legacy { .. } | Owner::Remote => None,
+        }
+    }
+
+    /// What the reach queries need to know of `username`, without copying its files.
+    pub fn peek(&self, username: &str) -> Option<Peek> {
+        let users = self.users.read();
+        let slot = users.map.get(username)?;
+        Some(Peek {
+            ip: slot.ip,
+            port: slot.port,
+            key: slot.key,
+            reach: slot.reach,
+            conn: match slot.owner {
+                Owner::Session(conn) => Some(conn),
+                Owner::Legacy { .. } | Owner::Remote => None,
+            },
+        })
+    }
+
+    /// Record the outcome of a reachability check of `username` at `at`, if the user
+    /// is still listed there by the same session (else the result is stale and
+    /// dropped). Whether it was recorded.
+    pub fn set_reach(&self, username: &str, at: Listed, reach: Reach) -> bool {
+        let mut users = self.users.write();
+        match users.map.get_mut(username) {
+            Some(slot)
+                if slot.ip == at.ip
+                    && slot.port == at.port
+                    && slot.owner == Owner::Session(at.conn) =>
+            {
+                slot.reach = reach;
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// `OK,user1,user2,…` (just `OK` when nobody is online), shared.
     pub fn usernames_text(&self) -> Arc<[u8]> {
         self.rendered(&self.usernames, |table, out| {
@@ -392,8 +479,8 @@ impl Directory {
     /// `OK,ip,port` or `ERR,User not found!`. With `session` (session answers), a
     /// user registered by a legacy (original client) query gets a third field:
     /// `OK,ip,port,legacy`, so p2pchat peers talk to it in its own protocol; one
-    /// registered over an encrypted session gets its key, 64 lowercase hex digits:
-    /// `OK,ip,port,<key>`, so a peer knows whom it dials.
+    /// registered over an encrypted session gets its key, 64 lowercase hex digits, and
+    /// its reach: `OK,ip,port,<key>,<reach>`, so a peer knows whom it dials and how.
     pub fn write_peer(
         &self,
         username: &str,
@@ -413,6 +500,8 @@ impl Directory {
             } else if let Some(key) = &slot.key {
                 out.push(b',');
                 out.extend_from_slice(key.to_hex().as_bytes());
+                out.push(b',');
+                out.extend_from_slice(slot.reach.as_str().as_bytes());
             }
         }
         Ok(())
@@ -503,6 +592,9 @@ pub(crate) struct Replicated {
     pub files: String,
     pub owner: Owner,
     pub key: Option<PublicKey>,
+    /// The outcome of the last reachability check, when the store says; `None`: kept
+    /// if the user stays at the same address, else unknown (as `init` does).
+    pub reach: Option<Reach>,
 }
 
 impl Directory {
@@ -511,10 +603,18 @@ impl Directory {
     /// store holds.
     pub fn apply_set(&self, name: &str, r: Replicated) {
         let mut users = self.users.write();
+        let kept = users
+            .map
+            .get(name)
+            .filter(|s| s.ip == r.ip && s.port == r.port)
+            .map_or(Reach::Unknown, |s| s.reach);
         if let Some(freed) = users.remove(name) {
             self.released.fetch_add(freed, Ordering::Relaxed);
         }
-        users.insert(name, slot_of(r));
+        let reach = r.reach.unwrap_or(kept);
+        let mut slot = slot_of(r);
+        slot.reach = reach;
+        users.insert(name, slot);
     }
 
     /// Removes `name` as the shared store says; whether it was there.
@@ -560,6 +660,7 @@ fn slot_of(r: Replicated) -> Slot {
         files: r.files.into(),
         owner: r.owner,
         key: r.key,
+        reach: r.reach.unwrap_or_default(),
     }
 }
 
@@ -600,6 +701,39 @@ mod tests {
         d.release_session(1, &["u1".to_string(), "u2".to_string()]);
         assert_eq!(d.accounted_bytes(), cost("u3", ""));
         assert!(d.init(a, "u4", 5000, &[]).is_ok());
+    }
+
+    #[test]
+    fn reach_is_kept_for_the_same_listener_and_stale_results_are_dropped() {
+        let d = Directory::default();
+        let a = caller("127.0.0.3", 1);
+        d.init(a, "u1", 5000, &[]).unwrap();
+        let at = d.listed("u1").unwrap();
+        assert_eq!((at.port, at.conn), (5000, 1));
+        assert_eq!(d.get("u1").unwrap().reach, Reach::Unknown);
+        assert!(d.set_reach("u1", at, Reach::Reachable));
+        assert_eq!(d.peek("u1").unwrap().reach, Reach::Reachable);
+        // A new file list on the same port keeps it; a new port forgets it.
+        d.init(a, "u1", 5000, &["f"]).unwrap();
+        assert_eq!(d.get("u1").unwrap().reach, Reach::Reachable);
+        d.init(a, "u1", 5001, &["f"]).unwrap();
+        assert_eq!(d.get("u1").unwrap().reach, Reach::Unknown);
+        // The result of the old port's check, arriving late, is not recorded.
+        assert!(!d.set_reach("u1", at, Reach::Unreachable));
+        assert_eq!(d.get("u1").unwrap().reach, Reach::Unknown);
+        // Nor one for another session holding the name since.
+        let now = d.listed("u1").unwrap();
+        d.release_session(1, &["u1".to_string()]);
+        d.init(caller("127.0.0.3", 2), "u1", 5001, &[]).unwrap();
+        assert!(!d.set_reach("u1", now, Reach::Reachable));
+        // Legacy registrations are never listed for checks.
+        let legacy = Caller {
+            session: false,
+            ..caller("127.0.0.4", 3)
+        };
+        d.init(legacy, "old", 6000, &[]).unwrap();
+        assert_eq!(d.listed("old"), None);
+        assert_eq!(d.peek("old").unwrap().conn, None);
     }
 
     #[test]

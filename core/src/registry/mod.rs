@@ -13,11 +13,22 @@
 //! handshake with the registry's key, then AEAD records: see [`crate::secure`]); a
 //! name registered over an encrypted session is *claimed* by its key (see `claims`),
 //! across restarts when the registry has a data directory.
+//!
+//! Reaching peers behind NATs (`docs/PROTOCOL.md` §5): after an encrypted session
+//! registers a user at a new address, the `prober` thread checks from outside whether
+//! the user's listener answers there, and the outcome (`reach`) is listed with the
+//! user. A peer's second encrypted session can become its *watch session* (`watch`),
+//! on which the registry pushes that outcome and the requests of other peers to be
+//! connected to (`CONNECT`: dial the caller back; `RELAY`: meet it at a relay), parsed
+//! in `signal`.
 
 mod claims;
 mod directory;
+mod prober;
 mod server;
+mod signal;
 mod store;
+mod watch;
 
 pub use claims::{claims_file, release_name};
 pub use directory::UserEntry;
@@ -91,11 +102,32 @@ pub struct RegistryConfig {
     pub claim_ttl: Duration,
     /// The registry's key, overriding the one in `data_dir` (or the ephemeral one).
     pub identity: Option<Identity>,
+    /// The relay offered to peers that cannot reach each other (`RELAY` queries:
+    /// tokens minted under its secret; a standalone one, whose secret the registry
+    /// shares); `None`: none, unless `embedded_relay` starts one, and `RELAY` is
+    /// answered `ERR,No relay available`.
+    pub relay_offer: Option<crate::relay::RelayOffer>,
+    /// Start a relay inside the registry (on the registry's IP) and offer it, in place
+    /// of `relay_offer`; `None` (the default): no embedded relay.
+    pub embedded_relay: Option<EmbeddedRelay>,
     /// Where the directory (and, with Redis, the name claims) lives: this process's
     /// memory (the default) or a Redis shared by several registry nodes (see
     /// `docs/SCALE-OUT.md`). With Redis, `max_users`, `memory_budget` and
     /// `max_users_per_addr` hold across all the nodes; connection caps stay per node.
     pub store: StoreSpec,
+}
+
+/// The relay a registry runs inside itself ([`RegistryConfig::embedded_relay`]): it
+/// shares a secret generated at start with the registry, and stops with it.
+#[derive(Debug, Clone, Default)]
+pub struct EmbeddedRelay {
+    /// Its port on the registry's IP; 0: any free port (see [`Registry::relay_addr`]).
+    pub port: u16,
+    /// Its bounds.
+    pub limits: crate::relay::RelayLimits,
+    /// When `port` is taken, take any free port instead of failing (for a default
+    /// port, such as `p2pchat server`'s registry port + 1).
+    pub any_port_if_taken: bool,
 }
 
 impl Default for RegistryConfig {
@@ -119,6 +151,8 @@ impl Default for RegistryConfig {
             claim_ttl: limits::CLAIM_TTL,
             identity: None,
             store: StoreSpec::Memory,
+            relay_offer: None,
+            embedded_relay: None,
         }
     }
 }
@@ -160,6 +194,14 @@ pub enum RegistryEvent {
         /// `closed` when it was closed without an answer.
         outcome: String,
     },
+    /// A reachability check of a user's listener finished (`docs/PROTOCOL.md` §5.1).
+    Reachability {
+        user: String,
+        /// The address checked: the IP the registry sees, the registered port.
+        addr: SocketAddr,
+        /// `Reachable` or `Unreachable` (`Unknown` when the check could not run).
+        reach: crate::reach::Reach,
+    },
 }
 
 /// A hook that sees every registry event. Called on the registry's event-loop threads:
@@ -172,6 +214,7 @@ pub type RegistryHook = Arc<dyn Fn(&RegistryEvent) + Send + Sync>;
 pub struct RegistryBuilder {
     config: RegistryConfig,
     hook: Option<RegistryHook>,
+    relay_hook: Option<crate::relay::RelayHook>,
 }
 
 impl RegistryBuilder {
@@ -187,6 +230,16 @@ impl RegistryBuilder {
         self
     }
 
+    /// Call `hook` for every event of the embedded relay (see
+    /// [`crate::relay::RelayHook`]; only with [`RegistryConfig::embedded_relay`]).
+    pub fn on_relay_event(
+        mut self,
+        hook: impl Fn(&crate::relay::RelayEvent) + Send + Sync + 'static,
+    ) -> Self {
+        self.relay_hook = Some(Arc::new(hook));
+        self
+    }
+
     /// Bind to `addr` (port 0 picks a free port) and start serving. Opens (or
     /// creates) the data directory first: its key, and its claims store, which fails
     /// with [`Error::Busy`] while another registry uses the same directory.
@@ -195,6 +248,13 @@ impl RegistryBuilder {
         let listener = TcpListener::bind(addr)?;
         listener.set_nonblocking(true)?;
         let local_addr = listener.local_addr()?;
+        let (relay, relay_offer) = match &self.config.embedded_relay {
+            Some(embedded) => {
+                let (relay, offer) = start_relay(local_addr, embedded, self.relay_hook)?;
+                (Some(relay), Some(offer))
+            }
+            None => (None, self.config.relay_offer.clone()),
+        };
         let loops = match self.config.threads {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get().min(8)),
             n => n,
@@ -223,6 +283,18 @@ impl RegistryBuilder {
             }
         };
         let max_connections = connection_cap(self.config.max_connections, raise_nofile_limit());
+        let mut parts = Vec::with_capacity(loops);
+        let mut mailboxes = Vec::with_capacity(loops);
+        for _ in 0..loops {
+            let (p, mailbox) = server::LoopParts::new()?;
+            parts.push(p);
+            mailboxes.push(mailbox);
+        }
+        let (prober, probes) = prober::Prober::new()?;
+        let prober_waker = probes.waker();
+        // Every finished check fits: at most this many are queued or in flight.
+        let (checked_tx, checked_rx) =
+            crossbeam_channel::bounded(limits::PROBE_QUEUE + limits::PROBE_MAX_IN_FLIGHT);
         let shared = Arc::new(server::Shared {
             config: self.config,
             max_connections,
@@ -237,23 +309,35 @@ impl RegistryBuilder {
             identity,
             claims,
             store,
+            relay: relay_offer,
+            watches: watch::Watches::new(mailboxes),
+            probes,
         });
         let mut servers = Vec::with_capacity(loops);
         let mut handoffs = Vec::with_capacity(loops);
-        for _ in 0..loops {
-            let (server, handoff) = server::Server::new(shared.clone())?;
+        for (i, p) in parts.into_iter().enumerate() {
+            let (server, handoff) = server::Server::new(shared.clone(), p, i);
             servers.push(server);
             handoffs.push(handoff);
         }
-        let wakers = handoffs.iter().map(|h| h.waker.clone()).collect();
+        let mut wakers: Vec<Arc<mio::Waker>> = handoffs.iter().map(|h| h.waker.clone()).collect();
+        let report = wakers[0].clone();
+        wakers.push(prober_waker);
+        servers[0].report_checks(checked_rx);
         servers[0].accept_on(mio::net::TcpListener::from_std(listener), handoffs)?;
         let mut registry = Registry {
             local_addr,
             directory,
-            shared,
+            shared: shared.clone(),
             wakers,
-            threads: Vec::with_capacity(loops),
+            threads: Vec::with_capacity(loops + 1),
+            relay,
         };
+        registry
+            .threads
+            .push(spawn_named("p2p-registry-probe", move || {
+                prober.run(shared, checked_tx, report)
+            })?);
         for (i, server) in servers.into_iter().enumerate() {
             // On failure, dropping `registry` stops and joins the loops already started.
             registry
@@ -288,6 +372,8 @@ pub struct Registry {
     shared: Arc<server::Shared>,
     wakers: Vec<Arc<mio::Waker>>,
     threads: Vec<JoinHandle<()>>,
+    /// The embedded relay, stopped (and its thread joined) with the registry.
+    relay: Option<crate::relay::Relay>,
 }
 
 impl Registry {
@@ -351,10 +437,26 @@ impl Registry {
         self.shared.claims.release(username)
     }
 
+    /// Pushes dropped so far because a watch session was not reading them (see
+    /// [`crate::limits::WATCH_MAX_UNSENT`]).
+    pub fn pushes_dropped(&self) -> u64 {
+        self.shared.watches.dropped()
+    }
+
     /// Bytes of registration data held now, as counted against
     /// [`RegistryConfig::memory_budget`].
     pub fn memory_used(&self) -> usize {
         self.directory.accounted_bytes()
+    }
+
+    /// Where the embedded relay listens ([`RegistryConfig::embedded_relay`]).
+    pub fn relay_addr(&self) -> Option<SocketAddr> {
+        self.relay.as_ref().map(|r| r.local_addr())
+    }
+
+    /// What the embedded relay has done so far.
+    pub fn relay_stats(&self) -> Option<crate::relay::RelayStats> {
+        self.relay.as_ref().map(|r| r.stats())
     }
 
     /// Stop serving, close every connection and join the server thread.
@@ -370,7 +472,43 @@ impl Registry {
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
+        if let Some(relay) = self.relay.take() {
+            relay.shutdown();
+        }
     }
+}
+
+/// Starts the embedded relay on the registry's IP, with a fresh secret, and the offer
+/// that points peers to it.
+fn start_relay(
+    registry: SocketAddr,
+    embedded: &EmbeddedRelay,
+    hook: Option<crate::relay::RelayHook>,
+) -> Result<(crate::relay::Relay, crate::relay::RelayOffer)> {
+    use crate::relay::{Relay, RelayAddr, RelayOffer, RelaySecret};
+    let secret = RelaySecret::generate()?;
+    let mut builder = Relay::builder(secret.clone()).limits(embedded.limits.clone());
+    if let Some(hook) = hook {
+        builder = builder.on_event(move |e| hook(e));
+    }
+    let addr = SocketAddr::new(registry.ip(), embedded.port);
+    let listener = match std::net::TcpListener::bind(addr) {
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && embedded.any_port_if_taken => {
+            std::net::TcpListener::bind(SocketAddr::new(registry.ip(), 0))
+        }
+        r => r,
+    };
+    let relay = listener.and_then(|l| builder.start(l)).map_err(|e| {
+        Error::Io(std::io::Error::new(
+            e.kind(),
+            format!("cannot start the embedded relay on {addr}: {e}"),
+        ))
+    })?;
+    let offer = RelayOffer {
+        addr: RelayAddr::Port(relay.local_addr().port()),
+        secret,
+    };
+    Ok((relay, offer))
 }
 
 /// The registry's key file inside its data directory.

@@ -28,14 +28,25 @@
 //! previous one, so an encrypted connection holds at most one record of ciphertext
 //! besides what any connection holds. A record failing authentication closes the
 //! connection at once (nothing can be answered on a broken link).
+//!
+//! Reaching peers (`docs/PROTOCOL.md` §5): `WATCH`, `CONNECT` and `RELAY` are taken
+//! only as session lines on encrypted sessions (see `signal`). A keyed `INIT` that
+//! lists a user at a new address hands a check to the prober thread; its outcomes come
+//! back to loop 0 (`take_checks`). A watch session stays on its loop; pushes for it are
+//! posted to that loop's mailbox by whichever thread makes them (see `watch`) and
+//! queued on the connection like answers, at most `WATCH_MAX_UNSENT` of them unsent.
 
 use super::claims::{Claim, Claims};
-use super::directory::{Caller, Directory, InitOutcome};
+use super::directory::{Caller, Directory, InitOutcome, Listed};
+use super::prober::{Checked, Job, Overflow, ProbeQueue};
+use super::signal::{parse_signal, Signal, SignalBudget};
 use super::store::redis::RedisStore;
+use super::watch::{Mailbox, Post, Watcher, Watches};
 use super::{address_key, RegistryConfig, RegistryEvent, RegistryHook};
 use crate::identity::{Identity, PublicKey};
-use crate::limits::{LEGACY_FAST_MAX, MAX_LINE_LEN};
+use crate::limits::{LEGACY_FAST_MAX, MAX_LINE_LEN, RELAY_TOKEN_TTL, WATCH_MAX_UNSENT};
 use crate::protocol::{parse_query, reason, truncate, Query, QueryError};
+use crate::reach::{Push, Reach};
 use crate::secure::{FrameBuffer, Kind, Marker, Responder, Transport, MAX_RECORD_PLAINTEXT};
 use crossbeam_channel::{Receiver, Sender};
 use mio::net::{TcpListener, TcpStream};
@@ -232,6 +243,12 @@ struct Conn {
     sec: Option<Box<Secure>>,
     /// The client's key, proven by a finished handshake.
     key: Option<PublicKey>,
+    /// A watch session: the user whose pushes it receives. It answers no more
+    /// queries, and has no idle timeout (it is closed when the user's registration
+    /// ends).
+    watch: Option<Box<str>>,
+    /// What is left of this session's `CONNECT`/`RELAY` budget (made at the first).
+    signals: Option<SignalBudget>,
 }
 
 impl Conn {
@@ -317,6 +334,13 @@ pub(super) struct Shared {
     /// directory above is then this node's replica: reads answer from it, writes go
     /// through the store.
     pub store: Option<Arc<RedisStore>>,
+    /// The relay offered to peers that cannot reach each other (`RELAY` queries);
+    /// `None`: no relay.
+    pub relay: Option<crate::relay::RelayOffer>,
+    /// Watch sessions, and the delivery of pushes to them (see `watch`).
+    pub watches: Watches,
+    /// Where reachability checks are handed to the prober thread.
+    pub probes: ProbeQueue,
 }
 
 impl Shared {
@@ -332,6 +356,42 @@ type Accepted = (TcpStream, SocketAddr, Arc<Mutex<Bucket>>);
 pub(super) struct Handoff {
     pub tx: Sender<Accepted>,
     pub waker: Arc<Waker>,
+}
+
+/// A loop's poller and channels, made before the state every loop shares (which holds
+/// the mailboxes other loops post to).
+pub(super) struct LoopParts {
+    poll: Poll,
+    waker: Arc<Waker>,
+    tx: Sender<Accepted>,
+    inbox: Receiver<Accepted>,
+    posts: Receiver<Post>,
+    queued: Arc<AtomicUsize>,
+}
+
+impl LoopParts {
+    /// A loop's parts, and the mailbox others post pushes to it through.
+    pub fn new() -> io::Result<(LoopParts, Mailbox)> {
+        let poll = Poll::new()?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let (tx, inbox) = crossbeam_channel::unbounded();
+        let (post_tx, posts) = crossbeam_channel::unbounded();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let mailbox = Mailbox {
+            tx: post_tx,
+            waker: waker.clone(),
+            queued: queued.clone(),
+        };
+        let parts = LoopParts {
+            poll,
+            waker,
+            tx,
+            inbox,
+            posts,
+            queued,
+        };
+        Ok((parts, mailbox))
+    }
 }
 
 pub(super) struct Server {
@@ -355,14 +415,28 @@ pub(super) struct Server {
     trim_debt: usize,
     /// Loop 0: when the claims of names registered now are next marked used.
     next_claim_refresh: Instant,
+    /// This loop's index (where watch sessions on it are found).
+    loop_idx: usize,
+    /// Pushes and watch ends posted to this loop (see `watch`).
+    posts: Receiver<Post>,
+    /// Pushes in `posts` not yet taken.
+    queued: Arc<AtomicUsize>,
+    /// Loop 0: outcomes of reachability checks from the prober thread.
+    results: Option<Receiver<Checked>>,
 }
 
 impl Server {
-    /// A loop and the hand-off other loops (well, loop 0) use to give it connections.
-    pub fn new(shared: Arc<Shared>) -> io::Result<(Server, Handoff)> {
-        let poll = Poll::new()?;
-        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
-        let (tx, inbox) = crossbeam_channel::unbounded();
+    /// Loop number `loop_idx` and the hand-off other loops (well, loop 0) use to give
+    /// it connections.
+    pub fn new(shared: Arc<Shared>, parts: LoopParts, loop_idx: usize) -> (Server, Handoff) {
+        let LoopParts {
+            poll,
+            waker,
+            tx,
+            inbox,
+            posts,
+            queued,
+        } = parts;
         let server = Server {
             poll,
             listener: None,
@@ -379,8 +453,17 @@ impl Server {
             answer_buf: Vec::new(),
             trim_debt: 0,
             next_claim_refresh: Instant::now(),
+            loop_idx,
+            posts,
+            queued,
+            results: None,
         };
-        Ok((server, Handoff { tx, waker }))
+        (server, Handoff { tx, waker })
+    }
+
+    /// Make this loop the one that takes the prober's outcomes.
+    pub fn report_checks(&mut self, results: Receiver<Checked>) {
+        self.results = Some(results);
     }
 
     /// Make this loop the accepting one.
@@ -424,7 +507,11 @@ impl Server {
             for event in events.iter() {
                 match event.token() {
                     LISTENER => self.accept_all(),
-                    WAKER => self.take_handoffs(),
+                    WAKER => {
+                        self.take_handoffs();
+                        self.take_posts();
+                        self.take_checks();
+                    }
                     Token(idx) => {
                         if event.is_readable() || event.is_read_closed() || event.is_error() {
                             self.on_readable(idx, event.is_read_closed() || event.is_error());
@@ -475,6 +562,11 @@ impl Server {
                     log::warn!("registry: could not record the claims' use: {e}");
                 }
             }
+        }
+        for user in self.shared.probes.retry(&self.shared.directory, now) {
+            log::warn!(
+                "registry: {user}'s listener was not checked in time: its reach stays unknown"
+            );
         }
         let lease = self.shared.config.legacy_lease;
         // With a shared store, leases lapse there (the store's sync thread reaps them).
@@ -627,6 +719,79 @@ impl Server {
         }
     }
 
+    /// Pushes and watch ends posted to this loop's watch sessions.
+    fn take_posts(&mut self) {
+        while let Ok(post) = self.posts.try_recv() {
+            match post {
+                Post::Push { idx, conn, line } => {
+                    self.queued.fetch_sub(1, Ordering::SeqCst);
+                    self.push_to(idx, conn, &line);
+                }
+                Post::EndWatch { idx, conn } => {
+                    let Some(Some(c)) = self.conns.get_mut(idx) else {
+                        continue;
+                    };
+                    if c.id != conn || c.watch.is_none() {
+                        continue;
+                    }
+                    // It is no longer the watch session: closing it must not forget
+                    // a newer one.
+                    c.watch = None;
+                    c.close_after_flush = true;
+                    self.flush(idx);
+                    self.schedule(idx);
+                }
+            }
+        }
+    }
+
+    /// Queue a pushed line on watch session `conn` (slot `idx`), unless it holds
+    /// [`WATCH_MAX_UNSENT`] bytes it has not read: then the push is dropped (counted).
+    fn push_to(&mut self, idx: usize, conn: u64, line: &str) {
+        let Some(Some(c)) = self.conns.get_mut(idx) else {
+            return;
+        };
+        if c.id != conn || c.close_after_flush || c.linger_until.is_some() {
+            return;
+        }
+        let Some(user) = c.watch.as_deref() else {
+            return;
+        };
+        if c.unsent() + line.len() > WATCH_MAX_UNSENT {
+            self.shared.watches.count_dropped(user);
+            return;
+        }
+        c.out.push_bytes(line.as_bytes());
+        self.flush(idx);
+        self.schedule(idx);
+    }
+
+    /// Loop 0: record the outcomes of reachability checks, report them, and push them
+    /// to the users' watch sessions.
+    fn take_checks(&mut self) {
+        let Some(results) = &self.results else {
+            return;
+        };
+        let checked: Vec<Checked> = results.try_iter().collect();
+        for c in checked {
+            if !self.shared.directory.set_reach(&c.user, c.at, c.reach) {
+                continue; // the user left that address, or the registry, meanwhile
+            }
+            if let Some(store) = &self.shared.store {
+                // Every node's GET_P answers the reach (see store::redis).
+                store.set_reach(&c.user, c.at, c.reach);
+            }
+            let addr = SocketAddr::new(c.at.ip, c.at.port);
+            let push = Push::Reach {
+                reach: c.reach,
+                addr,
+            };
+            self.shared.watches.deliver(&c.user, &push);
+            let (user, reach) = (c.user.to_string(), c.reach);
+            self.emit(|| RegistryEvent::Reachability { user, addr, reach });
+        }
+    }
+
     /// Add a connection to this loop; `counted`: it is served (else it is refused and
     /// only lingers). Returns its slot.
     fn add_conn(
@@ -682,6 +847,8 @@ impl Server {
             first_line_seen: false,
             sec: None,
             key: None,
+            watch: None,
+            signals: None,
         });
         if counted {
             self.emit(|| RegistryEvent::Connected { source: peer });
@@ -1072,6 +1239,17 @@ impl Server {
             return;
         };
         conn.last_activity = Instant::now();
+        if !legacy {
+            if conn.watch.is_some() {
+                // A watch session carries pushes only: what the peer sends on it is
+                // read (each line takes its query token) and dropped.
+                return;
+            }
+            if let Some(signal) = parse_signal(line) {
+                self.answer_signal(idx, line, signal);
+                return;
+            }
+        }
         let caller = Caller {
             conn: conn.id,
             ip: conn.peer.ip(),
@@ -1088,6 +1266,18 @@ impl Server {
             }
         }
         let is_get_af = matches!(parsed, Ok(Query::GetAllFiles));
+        // An `INIT` on an encrypted session may list the user at a new address, whose
+        // listener is then checked: where it was listed before.
+        let init_before = match &parsed {
+            Ok(Query::Init { username, .. }) if !legacy && caller.key.is_some() => {
+                Some((username.to_string(), self.shared.directory.listed(username)))
+            }
+            _ => None,
+        };
+        let exited = match &parsed {
+            Ok(Query::Exit { username }) if !legacy => Some(username.to_string()),
+            _ => None,
+        };
         let out = &mut self.answer_buf;
         out.clear();
         let result = parsed.and_then(|q| {
@@ -1098,6 +1288,7 @@ impl Server {
             };
             execute(tables, caller, q, out, &mut conn.owned)
         });
+        let succeeded = result.is_ok();
         let mut shared = None;
         let mut suffix_bytes: &[u8] = b"";
         let mut refused = None;
@@ -1186,6 +1377,183 @@ impl Server {
                 key: caller.key.map(|k| k.fingerprint()),
             });
         }
+        if succeeded {
+            if let Some((user, before)) = init_before {
+                self.check_reach(caller.conn, &user, before);
+            }
+            if let Some(user) = exited {
+                // Its registration ended: so does its watch session.
+                self.shared.watches.end(&user);
+            }
+        }
+    }
+
+    /// After an `INIT` by session `conn`: when `user` is now listed at another address
+    /// (or another session's) than `before`, hand its listener to the prober.
+    fn check_reach(&mut self, conn: u64, user: &str, before: Option<Listed>) {
+        let Some(now) = self.shared.directory.listed(user) else {
+            return;
+        };
+        if now.conn != conn || before == Some(now) {
+            return;
+        }
+        let job = Job {
+            user: user.into(),
+            at: now,
+        };
+        if let Err(why) = self.shared.probes.submit(job.clone()) {
+            let why = match why {
+                Overflow::Queue => "too many checks waiting",
+                Overflow::Address => "too many checks for its address",
+                Overflow::Rate => "its address's checks per minute",
+            };
+            let addr = SocketAddr::new(now.ip, now.port);
+            if self.shared.probes.defer(job, Instant::now()) {
+                log::info!("registry: {user}'s listener at {addr} waits for its check ({why})");
+            } else {
+                log::warn!(
+                    "registry: {user}'s listener at {addr} is not checked ({why}): its reach stays unknown"
+                );
+            }
+        }
+    }
+
+    /// Answer a reach query (`WATCH`, `CONNECT`, `RELAY`: only on session framing).
+    fn answer_signal(&mut self, idx: usize, line: &[u8], signal: Result<Signal<'_>, QueryError>) {
+        let (answer, summary) = match signal.map_err(|e| e.0.to_string()) {
+            Ok(sig) => match self.signal(idx, sig) {
+                Ok(done) => done,
+                Err(why) => (format!("ERR,{why}"), format!("ERR,{why}")),
+            },
+            Err(why) => (format!("ERR,{why}"), format!("ERR,{why}")),
+        };
+        let Some(Some(conn)) = self.conns.get_mut(idx) else {
+            return;
+        };
+        conn.out.push_bytes(answer.as_bytes());
+        conn.out.push_bytes(b"\n");
+        let (source, key) = (conn.peer, conn.key.map(|k| k.fingerprint()));
+        let query = String::from_utf8_lossy(&line[..line.len().min(200)]).into_owned();
+        self.emit(|| RegistryEvent::Query {
+            at: SystemTime::now(),
+            source,
+            query,
+            outcome: summary,
+            legacy: false,
+            key,
+        });
+    }
+
+    /// Run a reach query for the session in slot `idx`: its answer and what the log
+    /// shows of it (tokens cut short: they are capabilities), or the `ERR` reason.
+    ///
+    /// `CONNECT` and `RELAY` are refused, in this order: a plaintext session; over the
+    /// session's budget ([`crate::limits::SIGNALS_PER_MINUTE`]); `RELAY` without a
+    /// relay; a session holding no registration; an unknown callee; a callee without
+    /// a watch session; `CONNECT` from a caller whose listener is not known to be
+    /// reachable.
+    fn signal(&mut self, idx: usize, sig: Signal<'_>) -> Result<(String, String), String> {
+        let loop_idx = self.loop_idx;
+        let shared = self.shared.clone();
+        let dir = &shared.directory;
+        let Some(Some(conn)) = self.conns.get_mut(idx) else {
+            return Err(reason::INVALID_REQUEST.into());
+        };
+        if conn.key.is_none() {
+            return Err(reason::NEEDS_SECURE.into());
+        }
+        let local_ip = conn
+            .stream
+            .local_addr()
+            .map(|a| a.ip())
+            .map_err(|_| reason::REGISTRY_UNAVAILABLE.to_string())?;
+        let callee = match sig {
+            Signal::Watch(user) => {
+                let entry = dir.peek(user).ok_or(reason::USER_NOT_FOUND)?;
+                if entry.key != conn.key || entry.conn.is_none() {
+                    return Err(reason::NOT_YOUR_REGISTRATION.into());
+                }
+                conn.watch = Some(user.into());
+                // Pushes are small and few: the kernel need not hold more for a
+                // watcher than the registry does (autotuning would let a watcher that
+                // never reads park megabytes in its send buffer).
+                small_send_buffer(&conn.stream, WATCH_MAX_UNSENT);
+                let watcher = Watcher {
+                    loop_idx,
+                    idx,
+                    conn: conn.id,
+                    local_ip,
+                };
+                shared.watches.watch(user, watcher);
+                let answer = format!("OK,{},{},{}", entry.ip, entry.port, entry.reach);
+                return Ok((answer.clone(), answer));
+            }
+            Signal::Connect(callee) | Signal::Relay(callee) => callee,
+        };
+        let now = Instant::now();
+        if !conn
+            .signals
+            .get_or_insert_with(|| SignalBudget::signals(now))
+            .take(now)
+        {
+            return Err(reason::TOO_MANY_SIGNALS.into());
+        }
+        let offer = match sig {
+            Signal::Relay(_) => Some(shared.relay.as_ref().ok_or(reason::NO_RELAY)?),
+            _ => None,
+        };
+        // The caller is the session's registered name (the first in order, for a
+        // session holding several).
+        let mut names: Vec<&String> = conn.owned.iter().collect();
+        names.sort();
+        let (caller, listed) = names
+            .into_iter()
+            .find_map(|n| {
+                dir.peek(n)
+                    .filter(|p| p.conn == Some(conn.id))
+                    .map(|p| (n.clone(), p))
+            })
+            .ok_or(reason::REGISTER_FIRST)?;
+        dir.peek(callee).ok_or(reason::USER_NOT_FOUND)?;
+        let cannot_ask = || format!("{callee} {}", reason::CANNOT_ASK);
+        let watcher = shared.watches.watcher(callee).ok_or_else(cannot_ask)?;
+        let unavailable = |e: io::Error| {
+            log::error!("registry: no random token: {e}");
+            reason::REGISTRY_UNAVAILABLE.to_string()
+        };
+        let (push, answer, summary) = match offer {
+            Some(offer) => {
+                let token =
+                    crate::relay::token::mint(&offer.secret, SystemTime::now(), RELAY_TOKEN_TTL)
+                        .map_err(unavailable)?;
+                let here = offer.addr.advertise(local_ip);
+                let summary = format!("OK,{here},{}…", truncate(&token, 8));
+                let push = Push::Relay {
+                    relay: offer.addr.advertise(watcher.local_ip),
+                    token: token.clone(),
+                    caller,
+                };
+                (push, format!("OK,{here},{token}"), summary)
+            }
+            None => {
+                if listed.reach != Reach::Reachable {
+                    return Err(reason::NOT_REACHABLE.into());
+                }
+                let token = crate::reach::Token::generate().map_err(unavailable)?;
+                let hex = token.to_hex();
+                let summary = format!("OK,{}…", truncate(&hex, 8));
+                let push = Push::Dial {
+                    token,
+                    addr: SocketAddr::new(listed.ip, listed.port),
+                    caller,
+                };
+                (push, format!("OK,{hex}"), summary)
+            }
+        };
+        if !shared.watches.deliver(callee, &push) {
+            return Err(cannot_ask());
+        }
+        Ok((answer, summary))
     }
 
     fn refuse_and_close(&mut self, idx: usize, why: &str) {
@@ -1374,10 +1742,17 @@ impl Server {
             return;
         }
         self.uncount(conn.peer);
+        if let Some(user) = &conn.watch {
+            self.shared.watches.forget(user, conn.id);
+        }
         let released = match &self.shared.store {
             Some(store) => store.release_session(conn.id, &conn.owned),
             None => self.shared.directory.release_session(conn.id, &conn.owned),
         };
+        for user in &released {
+            // Their registrations ended: so do their watch sessions.
+            self.shared.watches.end(user);
+        }
         if let Some(key) = &conn.key {
             // The session's end is the claims' last use.
             let names = released.iter().map(String::as_str);
@@ -1413,7 +1788,7 @@ impl Server {
                 earliest(conn.last_byte + cfg.legacy_grace);
             }
         }
-        if conn.owned.is_empty() && !conn.close_after_flush {
+        if conn.owned.is_empty() && conn.watch.is_none() && !conn.close_after_flush {
             earliest(conn.last_activity + cfg.idle_timeout);
         }
         d
@@ -1528,6 +1903,7 @@ impl Server {
             }
         }
         if conn.owned.is_empty()
+            && conn.watch.is_none()
             && !conn.close_after_flush
             && now >= conn.last_activity + idle_timeout
         {
@@ -1713,6 +2089,29 @@ fn release_free_memory() {
     unsafe {
         libc::malloc_trim(0);
     }
+}
+
+/// Fix a socket's kernel send buffer at `bytes` (Linux doubles it for bookkeeping),
+/// instead of letting it grow with the connection.
+fn small_send_buffer(stream: &TcpStream, bytes: usize) {
+    #[cfg(unix)]
+    {
+        use std::os::fd::AsRawFd;
+        let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+        // SAFETY: setsockopt on a descriptor `stream` keeps open, with a pointer to a
+        // live c_int and its exact size.
+        unsafe {
+            libc::setsockopt(
+                stream.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_SNDBUF,
+                (&value as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (stream, bytes);
 }
 
 fn memchr(needle: u8, hay: &[u8]) -> Option<usize> {

@@ -29,9 +29,10 @@
 use crate::error::{Error, Result};
 use crate::identity::PublicKey;
 use crate::protocol::{reason, QueryError};
+use crate::reach::Reach;
 use crate::registry::address_key;
 use crate::registry::claims::{Claim, ClaimStore};
-use crate::registry::directory::{Caller, Directory, InitOutcome, Owner, Replicated};
+use crate::registry::directory::{Caller, Directory, InitOutcome, Listed, Owner, Replicated};
 use parking_lot::Mutex;
 use redis::{Connection, Script, Value};
 use std::collections::{HashMap, HashSet};
@@ -97,7 +98,8 @@ local name, ip, owner, node = ARGV[1], ARGV[2], ARGV[5], ARGV[8]
 local claim = redis.call('GET', 'p2p:claim:' .. name)
 if claim and claim ~= ARGV[6] then return 'ERR:claimed' end
 local uk = 'p2p:u:' .. name
-local cur = redis.call('HMGET', uk, 'owner', 'cost')
+local cur = redis.call('HMGET', uk, 'owner', 'cost', 'ip', 'port')
+if cur[3] ~= ip or cur[4] ~= ARGV[3] then redis.call('HDEL', uk, 'reach') end
 local outcome = 'OK'
 local cost = tonumber(ARGV[11])
 local bytes = tonumber(redis.call('GET', 'p2p:bytes') or '0')
@@ -179,6 +181,19 @@ end
 return n
 "#;
 
+/// A reachability result: ARGV name, owner, ip, port, reach; recorded (and logged with
+/// the whole entry) only if that session still lists the user at that address.
+const REACH_LUA: &str = r#"
+local uk = 'p2p:u:' .. ARGV[1]
+local h = redis.call('HMGET', uk, 'owner', 'ip', 'port', 'files', 'key')
+if h[1] ~= ARGV[2] or h[2] ~= ARGV[3] or h[3] ~= ARGV[4] then return 0 end
+redis.call('HSET', uk, 'reach', ARGV[5])
+local seq = redis.call('INCR', 'p2p:seq')
+redis.call('XADD', 'p2p:log', 'MAXLEN', '~', LOG_CAP, '*', 's', seq, 'op', 'set', 'n', ARGV[1],
+  'ip', h[2], 'port', h[3], 'files', h[4], 'owner', h[1], 'key', h[5], 'reach', ARGV[5])
+return 1
+"#;
+
 /// Legacy activity: ARGV lease_ms, then IPs; renews the leases of IPs holding some.
 const LEASE_LUA: &str = r#"
 for i = 2, #ARGV do
@@ -224,6 +239,7 @@ struct Scripts {
     release: Script,
     reap: Script,
     lease: Script,
+    reach: Script,
     claim: Script,
     touch: Script,
 }
@@ -236,6 +252,7 @@ impl Scripts {
             release: script(RELEASE_LUA, true),
             reap: script(REAP_LUA, true),
             lease: script(LEASE_LUA, false),
+            reach: script(REACH_LUA, false),
             claim: script(CLAIM_LUA, false),
             touch: script(TOUCH_LUA, false),
         }
@@ -363,6 +380,7 @@ impl Inner {
             files: text("files")?.to_string(),
             owner: self.owner_of(text("owner")?)?,
             key,
+            reach: text("reach").and_then(Reach::parse),
         })
     }
 }
@@ -512,6 +530,7 @@ impl RedisStore {
                 files: joined,
                 owner,
                 key: caller.key,
+                reach: None,
             },
         );
         Ok(outcome)
@@ -567,6 +586,27 @@ impl RedisStore {
                 .push((owner, names.clone()));
         }
         self.inner.directory.release_session(conn, &names)
+    }
+
+    /// A reachability result this node's prober found for one of its sessions' users,
+    /// recorded in Redis so every node's `GET_P` answers it (best effort: when Redis is
+    /// away the other nodes keep `unknown`, never a wrong value).
+    pub fn set_reach(&self, username: &str, at: Listed, reach: Reach) {
+        let inner = &self.inner;
+        let done = inner.with(|c| {
+            inner
+                .scripts
+                .reach
+                .arg(username)
+                .arg(inner.session_owner(at.conn))
+                .arg(at.ip.to_string())
+                .arg(at.port)
+                .arg(reach.as_str())
+                .invoke::<i64>(c)
+        });
+        if let Err(e) = done {
+            log::warn!("registry: reachability of {username} not shared: {e}");
+        }
     }
 
     /// A well-formed legacy query came from `ip` (its lease is renewed at the next
@@ -782,11 +822,11 @@ impl Sync {
             for n in &names {
                 pipe.cmd("HMGET")
                     .arg(format!("p2p:u:{n}"))
-                    .arg(&["ip", "port", "files", "owner", "key"]);
+                    .arg(&["ip", "port", "files", "owner", "key", "reach"]);
             }
             let rows: Vec<Vec<Option<Vec<u8>>>> = pipe.query(conn)?;
             for (name, row) in names.into_iter().zip(rows) {
-                let f: Fields = ["ip", "port", "files", "owner", "key"]
+                let f: Fields = ["ip", "port", "files", "owner", "key", "reach"]
                     .into_iter()
                     .zip(row.iter())
                     .filter_map(|(k, v)| Some((k, v.as_deref()?)))
