@@ -555,7 +555,12 @@ impl Server {
             // session (a crash would skip the touch at the session's end).
             let every = (self.shared.config.claim_ttl / 4).min(CLAIM_REFRESH_MAX);
             self.next_claim_refresh = now + every;
-            let keyed = self.shared.directory.keyed_names();
+            let mut keyed = self.shared.directory.keyed_names();
+            if self.shared.store.is_some() {
+                // With a shared store each node renews only its own sessions' claims
+                // (the replica also lists every other node's users).
+                keyed.retain(|(n, _)| self.shared.directory.listed(n).is_some());
+            }
             if !keyed.is_empty() {
                 let pairs = keyed.iter().map(|(n, k)| (&**n, k));
                 if let Err(e) = self.shared.claims.touch_pairs(pairs, SystemTime::now()) {
