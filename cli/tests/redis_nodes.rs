@@ -319,9 +319,7 @@ for i = tonumber(ARGV[1]), tonumber(ARGV[2]) do
   redis.call('ZADD', 'p2p:users', 0, name)
   redis.call('SADD', 'p2p:lu:127.0.0.9', name)
   local seq = redis.call('INCR', 'p2p:seq')
-  redis.call('XADD', 'p2p:log', 'MAXLEN', '~', 100000, '*', 's', seq, 'op', 'set', 'n', name,
-    'ip', '127.0.0.9', 'port', 10000 + i % 50000, 'files', 'a.txt,b.txt',
-    'owner', 'l:127.0.0.9', 'key', '')
+  redis.call('XADD', 'p2p:log', 'MAXLEN', '~', 100000, '*', 's', seq, 'n', name)
 end
 redis.call('SADD', 'p2p:leases', '127.0.0.9')
 redis.call('SET', 'p2p:lease:127.0.0.9', '1', 'PX', 600000)

@@ -12,8 +12,10 @@
 //!   500 ms); `p2p:nu:<id>`: the names a node's sessions hold.
 //! - `p2p:leases`, `p2p:lease:<ip>` (TTL = the legacy lease, renewed by the IP's legacy
 //!   queries) and `p2p:lu:<ip>`: legacy registrations, removed when their lease lapses.
-//! - `p2p:log`: a stream of every change (`s` sequence, `op` set/del, the entry), capped
-//!   near 100,000 entries; `p2p:seq`: its sequence counter.
+//! - `p2p:log`: a stream naming every change (`s` sequence, `n` the name; never the
+//!   entry itself, so the log stays small whatever users share), capped near 100,000
+//!   entries; `p2p:seq`: its sequence counter. A follower fetches each changed name's
+//!   current state.
 //! - `p2p:claim:<name>`: the hex key holding the name's claim, its TTL the claim TTL.
 //!
 //! Every write is one Lua script, so the ownership check and the change (and its log
@@ -84,7 +86,7 @@ local function del(name)
   if h[3] ~= '' then redis.call('SREM', 'p2p:nu:' .. h[3], name)
   else redis.call('SREM', 'p2p:lu:' .. h[2], name) end
   local seq = redis.call('INCR', 'p2p:seq')
-  redis.call('XADD', 'p2p:log', 'MAXLEN', '~', LOG_CAP, '*', 's', seq, 'op', 'del', 'n', name)
+  redis.call('XADD', 'p2p:log', 'MAXLEN', '~', LOG_CAP, '*', 's', seq, 'n', name)
   return 1
 end
 "#;
@@ -132,8 +134,7 @@ redis.call('INCRBY', 'p2p:bytes', cost)
 redis.call('HSET', uk, 'ip', ip, 'port', ARGV[3], 'files', ARGV[4], 'owner', owner,
   'key', ARGV[6], 'addr', ARGV[7], 'node', node, 'cost', cost)
 local seq = redis.call('INCR', 'p2p:seq')
-redis.call('XADD', 'p2p:log', 'MAXLEN', '~', LOG_CAP, '*', 's', seq, 'op', 'set', 'n', name,
-  'ip', ip, 'port', ARGV[3], 'files', ARGV[4], 'owner', owner, 'key', ARGV[6])
+redis.call('XADD', 'p2p:log', 'MAXLEN', '~', LOG_CAP, '*', 's', seq, 'n', name)
 return outcome
 "#;
 
@@ -185,12 +186,11 @@ return n
 /// the whole entry) only if that session still lists the user at that address.
 const REACH_LUA: &str = r#"
 local uk = 'p2p:u:' .. ARGV[1]
-local h = redis.call('HMGET', uk, 'owner', 'ip', 'port', 'files', 'key')
+local h = redis.call('HMGET', uk, 'owner', 'ip', 'port')
 if h[1] ~= ARGV[2] or h[2] ~= ARGV[3] or h[3] ~= ARGV[4] then return 0 end
 redis.call('HSET', uk, 'reach', ARGV[5])
 local seq = redis.call('INCR', 'p2p:seq')
-redis.call('XADD', 'p2p:log', 'MAXLEN', '~', LOG_CAP, '*', 's', seq, 'op', 'set', 'n', ARGV[1],
-  'ip', h[2], 'port', h[3], 'files', h[4], 'owner', h[1], 'key', h[5], 'reach', ARGV[5])
+redis.call('XADD', 'p2p:log', 'MAXLEN', '~', LOG_CAP, '*', 's', seq, 'n', ARGV[1])
 return 1
 "#;
 
@@ -818,20 +818,9 @@ impl Sync {
             if names.is_empty() {
                 break;
             }
-            let mut pipe = redis::pipe();
-            for n in &names {
-                pipe.cmd("HMGET")
-                    .arg(format!("p2p:u:{n}"))
-                    .arg(&["ip", "port", "files", "owner", "key", "reach"]);
-            }
-            let rows: Vec<Vec<Option<Vec<u8>>>> = pipe.query(conn)?;
-            for (name, row) in names.into_iter().zip(rows) {
-                let f: Fields = ["ip", "port", "files", "owner", "key", "reach"]
-                    .into_iter()
-                    .zip(row.iter())
-                    .filter_map(|(k, v)| Some((k, v.as_deref()?)))
-                    .collect();
-                if let Some(r) = inner.replicated(&f) {
+            let states = self.fetch(conn, &names)?;
+            for (name, state) in names.into_iter().zip(states) {
+                if let Some(r) = state {
                     entries.push((name, r));
                 }
             }
@@ -848,6 +837,32 @@ impl Sync {
             self.restore(conn, &name, c, e)?;
         }
         Ok(())
+    }
+
+    /// The current state of each of `names` (one pipeline of `HMGET`s); `None` for a
+    /// name no longer registered (or a record this node cannot read).
+    fn fetch(
+        &self,
+        conn: &mut Connection,
+        names: &[String],
+    ) -> redis::RedisResult<Vec<Option<Replicated>>> {
+        const FIELDS: [&str; 6] = ["ip", "port", "files", "owner", "key", "reach"];
+        let mut pipe = redis::pipe();
+        for n in names {
+            pipe.cmd("HMGET").arg(format!("p2p:u:{n}")).arg(&FIELDS);
+        }
+        let rows: Vec<Vec<Option<Vec<u8>>>> = pipe.query(conn)?;
+        Ok(rows
+            .iter()
+            .map(|row| {
+                let f: Fields = FIELDS
+                    .into_iter()
+                    .zip(row.iter())
+                    .filter_map(|(k, v)| Some((k, v.as_deref()?)))
+                    .collect();
+                self.inner.replicated(&f)
+            })
+            .collect())
     }
 
     /// Writes back a registration of this node's session that Redis no longer has.
@@ -909,13 +924,18 @@ impl Sync {
         // A full read means more may be waiting: the replica is not known to be
         // current until a read comes back short.
         let caught_up = entries.len() < READ_COUNT;
+        // The log says which names changed, not how (its entries stay small whatever
+        // a user shares): each changed name's current state is fetched once, in one
+        // pipeline, and applied — a name changed several times converges on its last.
+        let mut changed: Vec<String> = Vec::new();
+        let mut seen = HashSet::new();
+        let mut gap = false;
         for e in entries {
             let parts = items(e);
             let (Some(id), Some(fv)) = (parts.first().and_then(bulk), parts.get(1)) else {
                 continue;
             };
-            let fv = items(fv);
-            let f: Fields = fv
+            let f: Fields = items(fv)
                 .chunks(2)
                 .filter_map(|p| {
                     let k = std::str::from_utf8(bulk(p.first()?)?).ok()?;
@@ -936,21 +956,27 @@ impl Sync {
                     "registry: change log gap ({} -> {seq}); resync",
                     self.last_seq
                 );
-                return Ok(true);
+                gap = true;
+                break;
             }
             self.last_seq = seq;
-            let Some(name) = f.get("n").and_then(|n| std::str::from_utf8(n).ok()) else {
-                continue;
-            };
-            match f.get("op").copied() {
-                Some(b"del") => {
-                    inner.directory.apply_remove(name);
+            if let Some(name) = f.get("n").and_then(|n| std::str::from_utf8(n).ok()) {
+                if seen.insert(name.to_string()) {
+                    changed.push(name.to_string());
                 }
-                Some(b"set") => match inner.replicated(&f) {
+            }
+        }
+        if gap {
+            return Ok(true);
+        }
+        for slice in changed.chunks(LOAD_SLICE as usize) {
+            for (name, state) in slice.iter().zip(self.fetch(conn, slice)?) {
+                match state {
                     Some(r) => inner.directory.apply_set(name, r),
-                    None => log::warn!("registry: unreadable change for {name:?} skipped"),
-                },
-                _ => {}
+                    None => {
+                        inner.directory.apply_remove(name);
+                    }
+                }
             }
         }
         // A restarted, empty Redis: the counter went back. Resync.
