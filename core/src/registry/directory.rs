@@ -122,8 +122,11 @@ pub(crate) struct Peek {
     pub port: u16,
     pub key: Option<PublicKey>,
     pub reach: Reach,
-    /// The session connection holding the registration (`None`: a legacy one).
+    /// The session connection holding the registration (`None`: a legacy one, or
+    /// another node's session).
     pub conn: Option<u64>,
+    /// Held by a session on another registry node (Redis store).
+    pub remote: bool,
 }
 
 /// Where a user is registered and who holds the registration: what a reachability
@@ -443,6 +446,7 @@ impl Directory {
                 Owner::Session(conn) => Some(conn),
                 Owner::Legacy { .. } | Owner::Remote => None,
             },
+            remote: slot.owner == Owner::Remote,
         })
     }
 

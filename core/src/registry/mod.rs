@@ -310,9 +310,12 @@ impl RegistryBuilder {
             claims,
             store,
             relay: relay_offer,
-            watches: watch::Watches::new(mailboxes),
+            watches: Arc::new(watch::Watches::new(mailboxes)),
             probes,
         });
+        if let Some(store) = &shared.store {
+            store.attach_watches(shared.watches.clone());
+        }
         let mut servers = Vec::with_capacity(loops);
         let mut handoffs = Vec::with_capacity(loops);
         for (i, p) in parts.into_iter().enumerate() {

@@ -338,7 +338,7 @@ pub(super) struct Shared {
     /// `None`: no relay.
     pub relay: Option<crate::relay::RelayOffer>,
     /// Watch sessions, and the delivery of pushes to them (see `watch`).
-    pub watches: Watches,
+    pub watches: Arc<Watches>,
     /// Where reachability checks are handed to the prober thread.
     pub probes: ProbeQueue,
 }
@@ -791,7 +791,12 @@ impl Server {
                 reach: c.reach,
                 addr,
             };
-            self.shared.watches.deliver(&c.user, &push);
+            if !self.shared.watches.deliver(&c.user, &push) {
+                if let Some(store) = &self.shared.store {
+                    // The user's watch session may be on another node.
+                    store.forward_push(&c.user, &push.to_line());
+                }
+            }
             let (user, reach) = (c.user.to_string(), c.reach);
             self.emit(|| RegistryEvent::Reachability { user, addr, reach });
         }
@@ -1475,8 +1480,15 @@ impl Server {
         let callee = match sig {
             Signal::Watch(user) => {
                 let entry = dir.peek(user).ok_or(reason::USER_NOT_FOUND)?;
-                if entry.key != conn.key || entry.conn.is_none() {
+                // A keyed registration held on another node (Redis store) may be
+                // watched here too: the key is the proof, as for a local one.
+                let remote_ok = entry.remote && entry.key.is_some();
+                if entry.key != conn.key || (entry.conn.is_none() && !remote_ok) {
                     return Err(reason::NOT_YOUR_REGISTRATION.into());
+                }
+                if let Some(store) = &shared.store {
+                    // Other nodes forward this user's pushes here.
+                    store.watch_here(user);
                 }
                 conn.watch = Some(user.into());
                 // Pushes are small and few: the kernel need not hold more for a
@@ -1521,7 +1533,13 @@ impl Server {
             .ok_or(reason::REGISTER_FIRST)?;
         dir.peek(callee).ok_or(reason::USER_NOT_FOUND)?;
         let cannot_ask = || format!("{callee} {}", reason::CANNOT_ASK);
-        let watcher = shared.watches.watcher(callee).ok_or_else(cannot_ask)?;
+        // A watcher on another node (Redis store) is reached through Redis; the relay
+        // is then advertised as this node sees it.
+        let watcher_ip = match shared.watches.watcher(callee) {
+            Some(w) => w.local_ip,
+            None if shared.store.is_some() => local_ip,
+            None => return Err(cannot_ask()),
+        };
         let unavailable = |e: io::Error| {
             log::error!("registry: no random token: {e}");
             reason::REGISTRY_UNAVAILABLE.to_string()
@@ -1534,7 +1552,7 @@ impl Server {
                 let here = offer.addr.advertise(local_ip);
                 let summary = format!("OK,{here},{}…", truncate(&token, 8));
                 let push = Push::Relay {
-                    relay: offer.addr.advertise(watcher.local_ip),
+                    relay: offer.addr.advertise(watcher_ip),
                     token: token.clone(),
                     caller,
                 };
@@ -1555,7 +1573,8 @@ impl Server {
                 (push, format!("OK,{hex}"), summary)
             }
         };
-        if !shared.watches.deliver(callee, &push) {
+        let forwarded = |s: &Arc<RedisStore>| s.forward_push(callee, &push.to_line());
+        if !shared.watches.deliver(callee, &push) && !shared.store.as_ref().is_some_and(forwarded) {
             return Err(cannot_ask());
         }
         Ok((answer, summary))

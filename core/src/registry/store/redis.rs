@@ -35,6 +35,7 @@ use crate::reach::Reach;
 use crate::registry::address_key;
 use crate::registry::claims::{Claim, ClaimStore};
 use crate::registry::directory::{Caller, Directory, InitOutcome, Listed, Owner, Replicated};
+use crate::registry::watch::Watches;
 use parking_lot::Mutex;
 use redis::{Connection, Script, Value};
 use std::collections::{HashMap, HashSet};
@@ -194,6 +195,24 @@ redis.call('XADD', 'p2p:log', 'MAXLEN', '~', LOG_CAP, '*', 's', seq, 'n', ARGV[1
 return 1
 "#;
 
+/// A watch session for ARGV[1] opened on node ARGV[2]: other nodes forward its pushes
+/// there (the field goes with the user's hash when the registration ends).
+const WATCH_LUA: &str = r#"
+if redis.call('EXISTS', 'p2p:u:' .. ARGV[1]) == 1 then
+  redis.call('HSET', 'p2p:u:' .. ARGV[1], 'watch', ARGV[2])
+end
+return 0
+"#;
+
+/// A push for ARGV[1] (line ARGV[2]) this node ARGV[3] cannot deliver: appended to the
+/// push stream of the node holding the user's watch session. 1 if forwarded.
+const FORWARD_LUA: &str = r#"
+local node = redis.call('HGET', 'p2p:u:' .. ARGV[1], 'watch')
+if not node or node == ARGV[3] then return 0 end
+redis.call('XADD', 'p2p:push:' .. node, 'MAXLEN', '~', 1000, '*', 'u', ARGV[1], 'l', ARGV[2])
+return 1
+"#;
+
 /// Legacy activity: ARGV lease_ms, then IPs; renews the leases of IPs holding some.
 const LEASE_LUA: &str = r#"
 for i = 2, #ARGV do
@@ -240,6 +259,8 @@ struct Scripts {
     reap: Script,
     lease: Script,
     reach: Script,
+    watch: Script,
+    forward: Script,
     claim: Script,
     touch: Script,
 }
@@ -253,6 +274,8 @@ impl Scripts {
             reap: script(REAP_LUA, true),
             lease: script(LEASE_LUA, false),
             reach: script(REACH_LUA, false),
+            watch: script(WATCH_LUA, false),
+            forward: script(FORWARD_LUA, false),
             claim: script(CLAIM_LUA, false),
             touch: script(TOUCH_LUA, false),
         }
@@ -292,6 +315,9 @@ struct Inner {
     lease_touches: Mutex<HashSet<IpAddr>>,
     /// Session releases that failed (Redis away), retried at each tick.
     pending_releases: Mutex<Vec<(String, Vec<String>)>>,
+    /// This node's watch sessions: pushes forwarded by other nodes go there, and a
+    /// watch ends when its user's registration leaves the directory.
+    watches: std::sync::OnceLock<Arc<Watches>>,
 }
 
 fn store_err(e: impl std::fmt::Display) -> Error {
@@ -440,6 +466,7 @@ impl RedisStore {
             epoch: Instant::now(),
             lease_touches: Mutex::new(HashSet::new()),
             pending_releases: Mutex::new(Vec::new()),
+            watches: std::sync::OnceLock::new(),
         });
         let mut sync = Sync::new(inner.clone());
         let mut conn =
@@ -609,6 +636,46 @@ impl RedisStore {
         }
     }
 
+    /// Where forwarded pushes are delivered (set once the loops exist).
+    pub fn attach_watches(&self, watches: Arc<Watches>) {
+        let _ = self.inner.watches.set(watches);
+    }
+
+    /// A watch session for `user` opened on this node (best effort: while Redis is
+    /// away, pushes from other nodes do not reach it).
+    pub fn watch_here(&self, user: &str) {
+        let inner = &self.inner;
+        let done = inner.with(|c| {
+            inner
+                .scripts
+                .watch
+                .arg(user)
+                .arg(&inner.node)
+                .invoke::<i64>(c)
+        });
+        if let Err(e) = done {
+            log::warn!("registry: {user}'s watch not shared: {e}");
+        }
+    }
+
+    /// Forwards a push this node has no watcher for to the node holding `user`'s
+    /// watch session; whether it was handed to that node.
+    pub fn forward_push(&self, user: &str, line: &str) -> bool {
+        let inner = &self.inner;
+        let line = line.trim_end_matches('\n');
+        inner
+            .with(|c| {
+                inner
+                    .scripts
+                    .forward
+                    .arg(user)
+                    .arg(line)
+                    .arg(&inner.node)
+                    .invoke::<i64>(c)
+            })
+            .is_ok_and(|n| n == 1)
+    }
+
     /// A well-formed legacy query came from `ip` (its lease is renewed at the next
     /// tick, off the event loop).
     pub fn legacy_activity(&self, ip: IpAddr) {
@@ -657,6 +724,8 @@ struct Sync {
     inner: Arc<Inner>,
     conn: Option<Connection>,
     last_id: String,
+    /// Where this node is in its own push stream (`p2p:push:<node>`).
+    push_id: String,
     last_seq: u64,
     next_tick: Instant,
 }
@@ -685,6 +754,7 @@ impl Sync {
             inner,
             conn: None,
             last_id: "0-0".into(),
+            push_id: "0-0".into(),
             last_seq: 0,
             next_tick: Instant::now(),
         }
@@ -807,6 +877,24 @@ impl Sync {
             .and_then(|e| items(e).first())
             .and_then(bulk)
             .map_or_else(|| "0-0".to_string(), |b| String::from_utf8_lossy(b).into());
+        if self.push_id == "0-0" {
+            // Pushes forwarded before this node started (an earlier node with this id
+            // cannot exist: ids are random) are none of its business.
+            let last: Value = redis::cmd("XREVRANGE")
+                .arg(format!("p2p:push:{}", inner.node))
+                .arg("+")
+                .arg("-")
+                .arg("COUNT")
+                .arg(1)
+                .query(conn)?;
+            if let Some(id) = items(&last)
+                .first()
+                .and_then(|e| items(e).first())
+                .and_then(bulk)
+            {
+                self.push_id = String::from_utf8_lossy(id).into();
+            }
+        }
         let mut entries = Vec::new();
         let mut start = 0isize;
         loop {
@@ -837,6 +925,36 @@ impl Sync {
             self.restore(conn, &name, c, e)?;
         }
         Ok(())
+    }
+
+    /// Hands pushes other nodes forwarded to this node's watch sessions (a push whose
+    /// watcher is gone meanwhile is dropped, as on one node).
+    fn deliver_pushes(&mut self, list: &[Value]) {
+        for e in list {
+            let parts = items(e);
+            let (Some(id), Some(fv)) = (parts.first().and_then(bulk), parts.get(1)) else {
+                continue;
+            };
+            self.push_id = String::from_utf8_lossy(id).into();
+            let f: Fields = items(fv)
+                .chunks(2)
+                .filter_map(|p| {
+                    let k = std::str::from_utf8(bulk(p.first()?)?).ok()?;
+                    Some((k, bulk(p.get(1)?)?))
+                })
+                .collect();
+            let text = |k: &str| f.get(k).and_then(|v| std::str::from_utf8(v).ok());
+            let (Some(user), Some(line), Some(w)) =
+                (text("u"), text("l"), self.inner.watches.get())
+            else {
+                continue;
+            };
+            // One line, as a push is (forwarded by a node of this registry, but bounded
+            // all the same).
+            if line.len() <= 4096 && !line.contains('\n') {
+                w.deliver_line(user, format!("{line}\n").into_boxed_str());
+            }
+        }
     }
 
     /// The current state of each of `names` (one pipeline of `HMGET`s); `None` for a
@@ -910,17 +1028,33 @@ impl Sync {
             .arg(BLOCK_MS)
             .arg("STREAMS")
             .arg("p2p:log")
+            .arg(format!("p2p:push:{}", self.inner.node))
             .arg(&self.last_id)
+            .arg(&self.push_id)
             .query(conn)?;
         let inner = self.inner.clone();
-        // [[stream, [[id, [f, v, …]], …]]] (RESP2); a map under RESP3.
-        let entries: Vec<&Value> = match &reply {
-            Value::Map(m) => m.iter().flat_map(|(_, v)| items(v)).collect(),
+        // [[stream, [[id, [f, v, …]], …]], …] (RESP2); a map under RESP3.
+        let streams: Vec<(&[u8], &[Value])> = match &reply {
+            Value::Map(m) => m
+                .iter()
+                .filter_map(|(k, v)| Some((bulk(k)?, items(v))))
+                .collect(),
             v => items(v)
                 .iter()
-                .flat_map(|s| items(s).get(1).map(items).unwrap_or(&[]))
+                .filter_map(|s| {
+                    let s = items(s);
+                    Some((bulk(s.first()?)?, s.get(1).map(items).unwrap_or(&[])))
+                })
                 .collect(),
         };
+        let mut entries: Vec<&Value> = Vec::new();
+        for (name, list) in streams {
+            if name == b"p2p:log" {
+                entries.extend(list);
+            } else {
+                self.deliver_pushes(list);
+            }
+        }
         // A full read means more may be waiting: the replica is not known to be
         // current until a read comes back short.
         let caught_up = entries.len() < READ_COUNT;
@@ -974,7 +1108,12 @@ impl Sync {
                 match state {
                     Some(r) => inner.directory.apply_set(name, r),
                     None => {
-                        inner.directory.apply_remove(name);
+                        if inner.directory.apply_remove(name) {
+                            // Its registration ended elsewhere: so does its watch here.
+                            if let Some(w) = inner.watches.get() {
+                                w.end(name);
+                            }
+                        }
                     }
                 }
             }
