@@ -167,7 +167,7 @@ for _, node in ipairs(redis.call('SMEMBERS', 'p2p:nodes')) do
     for _, name in ipairs(redis.call('SMEMBERS', 'p2p:nu:' .. node)) do
       if redis.call('HGET', 'p2p:u:' .. name, 'node') == node then n = n + del(name) end
     end
-    redis.call('DEL', 'p2p:nu:' .. node, 'p2p:node:' .. node)
+    redis.call('DEL', 'p2p:nu:' .. node, 'p2p:node:' .. node, 'p2p:push:' .. node)
     redis.call('SREM', 'p2p:nodes', node)
   end
 end
@@ -205,10 +205,13 @@ return 0
 "#;
 
 /// A push for ARGV[1] (line ARGV[2]) this node ARGV[3] cannot deliver: appended to the
-/// push stream of the node holding the user's watch session. 1 if forwarded.
+/// push stream of the node holding the user's watch session, if that node is alive. 1
+/// if forwarded.
 const FORWARD_LUA: &str = r#"
 local node = redis.call('HGET', 'p2p:u:' .. ARGV[1], 'watch')
-if not node or node == ARGV[3] then return 0 end
+if not node or node == ARGV[3] or redis.call('EXISTS', 'p2p:node:' .. node) == 0 then
+  return 0
+end
 redis.call('XADD', 'p2p:push:' .. node, 'MAXLEN', '~', 1000, '*', 'u', ARGV[1], 'l', ARGV[2])
 return 1
 "#;
