@@ -1145,12 +1145,27 @@ p2p_status p2p_registry_config_set_relay(struct p2p_registry_config *config,
                                          uint16_t port);
 
 /**
+ * Where the registry keeps its directory: `"memory"` (the default: this process) or
+ * `"redis://HOST:PORT[/DB]"` (bytes, borrowed for the call), a Redis 7 (or Valkey)
+ * shared by every registry node given the same URL: users, name claims and the
+ * per-address registration caps then hold across the nodes (give each node the same
+ * data directory key so clients pin one fingerprint). Redis is first reached by
+ * `p2p_registry_start_with_config()`; while it is unreachable later, queries get
+ * `ERR,Registry unavailable` and the node recovers by itself when it returns.
+ *
+ * Errors: `P2P_NULL_ARGUMENT`, `P2P_INVALID_UTF8`, `P2P_INVALID_ARGUMENT` (neither
+ * `memory` nor a `redis://HOST:PORT[/DB]` URL).
+ */
+p2p_status p2p_registry_config_set_store(struct p2p_registry_config *config, const char *store);
+
+/**
  * Start a registry as `config` says (see `p2p_registry_start()`, which this extends).
  * `config` is only read. On success `*out` receives the new handle, owned by the
  * caller (free it with `p2p_registry_free()`); untouched on failure.
  *
  * Errors: `P2P_NULL_ARGUMENT`, `P2P_IO` (cannot bind; the data directory, its key or
- * its claims store cannot be created or read), `P2P_INVALID_ARGUMENT` (a malformed
+ * its claims store cannot be created or read; the Redis store cannot be reached),
+ * `P2P_INVALID_ARGUMENT` (a malformed
  * listen address; the data directory's `registry.key` is not a key file, or others
  * may read it), `P2P_BUSY`
  * (another registry is serving from the same data directory).

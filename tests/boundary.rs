@@ -1223,6 +1223,23 @@ fn chat_and_transfer_marks_check_their_arguments() {
         );
         assert_eq!(p2p_registry_config_set_claim_ttl_secs(rc, 60), P2P_OK);
         assert_eq!(p2p_registry_config_set_data_dir(rc, null()), P2P_OK);
+        assert_eq!(
+            p2p_registry_config_set_store(null_mut(), c("memory").as_ptr()),
+            P2P_NULL_ARGUMENT
+        );
+        assert_eq!(p2p_registry_config_set_store(rc, null()), P2P_NULL_ARGUMENT);
+        assert_eq!(
+            p2p_registry_config_set_store(rc, c("redis://nowhere").as_ptr()),
+            P2P_INVALID_ARGUMENT
+        );
+        assert_eq!(
+            p2p_registry_config_set_store(rc, c("redis://127.0.0.1:6379/1").as_ptr()),
+            P2P_OK
+        );
+        assert_eq!(
+            p2p_registry_config_set_store(rc, c("memory").as_ptr()),
+            P2P_OK
+        );
         p2p_registry_config_free(rc);
     }
     assert!(flag && s.is_null(), "outputs untouched on failure");

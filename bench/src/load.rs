@@ -45,6 +45,21 @@ impl RunResult {
         self.ok as f64 / self.elapsed.as_secs_f64()
     }
 
+    /// Two loads run at the same time (against two nodes) as one: answers and errors
+    /// added, the longer elapsed time, every latency.
+    pub fn merge(self, other: RunResult) -> RunResult {
+        let mut latencies = self.latencies;
+        latencies.extend(other.latencies);
+        latencies.sort_unstable();
+        RunResult {
+            ok: self.ok + other.ok,
+            errors: self.errors + other.errors,
+            elapsed: self.elapsed.max(other.elapsed),
+            latencies,
+            first_error: self.first_error.or(other.first_error),
+        }
+    }
+
     /// The `p`-th percentile latency (0 < p ≤ 100), in microseconds.
     pub fn percentile_us(&self, p: f64) -> f64 {
         if self.latencies.is_empty() {

@@ -7,7 +7,8 @@
 //! (chat round trip and one-way rate), T5 (hashing a share, and the cached rescan), T6
 //! (registry lookups under attack), T7 (the secure link by itself: AEAD speed, an
 //! encrypted copy, handshakes per second, an encrypted round trip), T8 (the relay: a
-//! relayed transfer next to a direct one, CPU per GB, memory per circuit). A new scenario is a
+//! relayed transfer next to a direct one, CPU per GB, memory per circuit), T9 (registry
+//! nodes on one Redis next to one in-memory node). A new scenario is a
 //! module and a line in [`SCENARIOS`].
 
 mod baseline;
@@ -26,6 +27,7 @@ mod t5;
 mod t6;
 mod t7;
 mod t8;
+mod t9;
 
 use report::Figure;
 use std::process::ExitCode;
@@ -107,6 +109,11 @@ const SCENARIOS: &[Scenario] = &[
         title:
             "relay: a relayed 256 MiB transfer next to a direct one, CPU per GB, memory per circuit",
         run: t8::run,
+    },
+    Scenario {
+        id: "T9",
+        title: "registry on Redis: GET_P over 2 nodes vs 1 in-memory node, INIT/s, memory",
+        run: t9::run,
     },
 ];
 

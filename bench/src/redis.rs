@@ -84,6 +84,37 @@ impl RedisServer {
     }
 }
 
+impl RedisServer {
+    /// `used_memory` from `INFO memory`, in bytes.
+    pub fn used_memory(&self) -> Result<u64, String> {
+        let err = |e: std::io::Error| format!("redis INFO: {e}");
+        let stream = TcpStream::connect(self.addr).map_err(err)?;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .map_err(err)?;
+        (&stream).write_all(b"INFO memory\r\n").map_err(err)?;
+        let mut reader = BufReader::new(&stream);
+        let mut line = String::new();
+        reader.read_line(&mut line).map_err(err)?;
+        let len: usize = line
+            .trim_end()
+            .strip_prefix('$')
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| format!("redis INFO: unexpected reply {line:?}"))?;
+        let mut body = vec![0; len];
+        std::io::Read::read_exact(&mut reader, &mut body).map_err(err)?;
+        String::from_utf8_lossy(&body)
+            .lines()
+            .find_map(|l| l.strip_prefix("used_memory:")?.trim().parse().ok())
+            .ok_or_else(|| "redis INFO: no used_memory".to_string())
+    }
+
+    /// The `redis://` URL of this server.
+    pub fn url(&self) -> String {
+        format!("redis://{}", self.addr)
+    }
+}
+
 impl Drop for RedisServer {
     fn drop(&mut self) {
         let _ = self.child.kill();

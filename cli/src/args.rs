@@ -237,6 +237,20 @@ pub struct ServerArgs {
     /// The relay's bounds (embedded relay).
     #[command(flatten)]
     pub relay_limits: RelayLimitArgs,
+    /// Where the directory lives: `memory` (this process) or `redis://HOST:PORT[/DB]`,
+    /// a Redis 7 (or Valkey) shared by every registry node given the same URL (users,
+    /// name claims, per-address registration caps; give each node the same
+    /// `registry.key` so clients pin one fingerprint).
+    // Boxed: the command enum's variants stay near one size (clippy).
+    #[arg(long, value_name = "STORE", default_value = "memory", value_parser = parse_store)]
+    pub store: Box<p2pcore::registry::StoreSpec>,
+}
+
+/// `--store`: `memory` or `redis://HOST:PORT[/DB]`.
+fn parse_store(s: &str) -> Result<Box<p2pcore::registry::StoreSpec>, String> {
+    p2pcore::registry::StoreSpec::parse(s)
+        .map(Box::new)
+        .map_err(|e| e.to_string())
 }
 
 /// `on` or `off`.

@@ -156,6 +156,7 @@ fn config(args: &ServerArgs, data_dir: Option<PathBuf>) -> RegistryConfig {
         queries_per_sec_per_addr: args.queries_per_sec.unwrap_or(d.queries_per_sec_per_addr),
         query_burst_per_addr: args.query_burst.unwrap_or(d.query_burst_per_addr),
         memory_budget: args.memory_budget.unwrap_or(d.memory_budget),
+        store: (*args.store).clone(),
         ..d
     }
 }

@@ -76,22 +76,135 @@ fn store_err(e: impl std::fmt::Display) -> Error {
     Error::Io(std::io::Error::other(format!("claims store: {e}")))
 }
 
-/// The claims store (see the module notes).
+/// Where claims are kept: redb (this module) or Redis (`store::redis`, shared by
+/// several registry nodes). Object safe; [`Claims`] wraps one with the convenience
+/// methods the server uses.
+pub(crate) trait ClaimStore: Send + Sync + std::fmt::Debug {
+    /// The key holding a live claim on `name`, if any.
+    fn holder(&self, name: &str, now: SystemTime) -> Result<Option<PublicKey>>;
+    /// Claims `name` for `key` (or renews `key`'s claim), atomically; [`Claim::Other`]
+    /// (nothing written) when another key holds a live claim.
+    fn check_and_claim(&self, name: &str, key: &PublicKey, now: SystemTime) -> Result<Claim>;
+    /// Marks each name's claim used if it is that key's.
+    fn touch_pairs(&self, pairs: &[(&str, &PublicKey)], now: SystemTime) -> Result<()>;
+    /// Removes the claim on `name`; whether there was one.
+    fn release(&self, name: &str) -> Result<bool>;
+    /// Removes every lapsed claim; how many.
+    fn purge_lapsed(&self, now: SystemTime) -> Result<usize>;
+}
+
+/// The claims store the registry uses (see the module notes).
+#[derive(Debug)]
 pub(crate) struct Claims {
+    store: Box<dyn ClaimStore>,
+}
+
+impl Claims {
+    /// Opens (or creates) the redb store in `data_dir`.
+    pub fn open(data_dir: &Path, ttl: Duration) -> Result<Claims> {
+        Ok(Claims::from(RedbClaims::open(data_dir, ttl)?))
+    }
+
+    /// A redb store in memory (a registry without a data directory).
+    pub fn memory(ttl: Duration) -> Result<Claims> {
+        Ok(Claims::from(RedbClaims::memory(ttl)?))
+    }
+
+    /// A redb store on any backend (tests: one that fails on demand).
+    #[cfg(test)]
+    pub fn with_backend(backend: impl redb::StorageBackend, ttl: Duration) -> Result<Claims> {
+        Ok(Claims::from(RedbClaims::with_backend(backend, ttl)?))
+    }
+
+    /// Claims kept in another store (Redis).
+    pub fn from_store(store: Box<dyn ClaimStore>) -> Claims {
+        Claims { store }
+    }
+
+    /// See [`ClaimStore::holder`].
+    pub fn holder(&self, name: &str, now: SystemTime) -> Result<Option<PublicKey>> {
+        self.store.holder(name, now)
+    }
+
+    /// See [`ClaimStore::check_and_claim`].
+    pub fn check_and_claim(&self, name: &str, key: &PublicKey, now: SystemTime) -> Result<Claim> {
+        self.store.check_and_claim(name, key, now)
+    }
+
+    /// Marks `key`'s claims on `names` used at `now`.
+    pub fn touch<'a>(
+        &self,
+        names: impl IntoIterator<Item = &'a str>,
+        key: &PublicKey,
+        now: SystemTime,
+    ) -> Result<()> {
+        let pairs: Vec<(&str, &PublicKey)> = names.into_iter().map(|n| (n, key)).collect();
+        self.store.touch_pairs(&pairs, now)
+    }
+
+    /// Like [`touch`](Self::touch) for names with their own keys.
+    pub fn touch_pairs<'a>(
+        &self,
+        pairs: impl IntoIterator<Item = (&'a str, &'a PublicKey)>,
+        now: SystemTime,
+    ) -> Result<()> {
+        let pairs: Vec<(&str, &PublicKey)> = pairs.into_iter().collect();
+        self.store.touch_pairs(&pairs, now)
+    }
+
+    /// See [`ClaimStore::release`].
+    pub fn release(&self, name: &str) -> Result<bool> {
+        self.store.release(name)
+    }
+
+    /// See [`ClaimStore::purge_lapsed`].
+    pub fn purge_lapsed(&self, now: SystemTime) -> Result<usize> {
+        self.store.purge_lapsed(now)
+    }
+}
+
+impl From<RedbClaims> for Claims {
+    fn from(c: RedbClaims) -> Claims {
+        Claims { store: Box::new(c) }
+    }
+}
+
+impl ClaimStore for RedbClaims {
+    fn holder(&self, name: &str, now: SystemTime) -> Result<Option<PublicKey>> {
+        RedbClaims::holder(self, name, now)
+    }
+    fn check_and_claim(&self, name: &str, key: &PublicKey, now: SystemTime) -> Result<Claim> {
+        RedbClaims::check_and_claim(self, name, key, now)
+    }
+    fn touch_pairs(&self, pairs: &[(&str, &PublicKey)], now: SystemTime) -> Result<()> {
+        RedbClaims::touch_pairs(self, pairs.iter().copied(), now)
+    }
+    fn release(&self, name: &str) -> Result<bool> {
+        RedbClaims::release(self, name)
+    }
+    fn purge_lapsed(&self, now: SystemTime) -> Result<usize> {
+        RedbClaims::purge_lapsed(self, now)
+    }
+}
+
+/// The redb claims store (see the module notes).
+pub(crate) struct RedbClaims {
     db: Database,
     ttl: Duration,
 }
 
-impl std::fmt::Debug for Claims {
+impl std::fmt::Debug for RedbClaims {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Claims").field("ttl", &self.ttl).finish()
+        f.debug_struct("RedbClaims")
+            .field("ttl", &self.ttl)
+            .finish()
     }
 }
 
-impl Claims {
+impl RedbClaims {
     /// Opens (or creates) the store in `data_dir`. Fails with a clear message when
     /// another process holds it.
-    pub fn open(data_dir: &Path, ttl: Duration) -> Result<Claims> {
+    pub fn open(data_dir: &Path, ttl: Duration) -> Result<RedbClaims> {
         let path = claims_file(data_dir);
         let db = Database::create(&path).map_err(|e| match e {
             redb::DatabaseError::DatabaseAlreadyOpen => Error::Busy(format!(
@@ -100,32 +213,32 @@ impl Claims {
             )),
             e => store_err(format!("{}: {e}", path.display())),
         })?;
-        Claims::init(db, ttl)
+        RedbClaims::init(db, ttl)
     }
 
     /// A store in memory (a registry without a data directory).
-    pub fn memory(ttl: Duration) -> Result<Claims> {
+    pub fn memory(ttl: Duration) -> Result<RedbClaims> {
         let db = Database::builder()
             .create_with_backend(redb::backends::InMemoryBackend::new())
             .map_err(store_err)?;
-        Claims::init(db, ttl)
+        RedbClaims::init(db, ttl)
     }
 
     /// A store on any redb backend (tests: one that fails on demand).
     #[cfg(test)]
-    pub fn with_backend(backend: impl redb::StorageBackend, ttl: Duration) -> Result<Claims> {
+    pub fn with_backend(backend: impl redb::StorageBackend, ttl: Duration) -> Result<RedbClaims> {
         let db = Database::builder()
             .create_with_backend(backend)
             .map_err(store_err)?;
-        Claims::init(db, ttl)
+        RedbClaims::init(db, ttl)
     }
 
-    fn init(db: Database, ttl: Duration) -> Result<Claims> {
+    fn init(db: Database, ttl: Duration) -> Result<RedbClaims> {
         // Create the table up front, so reads never meet a missing one.
         let tx = db.begin_write().map_err(store_err)?;
         tx.open_table(CLAIMS).map_err(store_err)?;
         tx.commit().map_err(store_err)?;
-        Ok(Claims { db, ttl })
+        Ok(RedbClaims { db, ttl })
     }
 
     fn live(&self, r: &Record, now: SystemTime) -> bool {
@@ -171,6 +284,7 @@ impl Claims {
     /// not at all, are left alone). Committed with eventual durability: a touch lost to
     /// a crash only makes a claim look a little older, and it spares the event loop a
     /// disk flush per closing session.
+    #[cfg(test)]
     pub fn touch<'a>(
         &self,
         names: impl IntoIterator<Item = &'a str>,
@@ -267,14 +381,17 @@ mod tests {
         let t0 = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
         let ttl = Duration::from_secs(100);
         {
-            let c = Claims::open(dir.path(), ttl).unwrap();
+            let c = RedbClaims::open(dir.path(), ttl).unwrap();
             assert_eq!(c.check_and_claim("alice", &a, t0).unwrap(), Claim::Granted);
             assert_eq!(c.check_and_claim("alice", &b, t0).unwrap(), Claim::Other);
             assert_eq!(c.check_and_claim("alice", &a, t0).unwrap(), Claim::Granted);
             // A second opener is told the store is in use.
-            assert!(matches!(Claims::open(dir.path(), ttl), Err(Error::Busy(_))));
+            assert!(matches!(
+                RedbClaims::open(dir.path(), ttl),
+                Err(Error::Busy(_))
+            ));
         }
-        let c = Claims::open(dir.path(), ttl).unwrap();
+        let c = RedbClaims::open(dir.path(), ttl).unwrap();
         assert_eq!(c.holder("alice", t0).unwrap(), Some(a));
         let later = t0 + Duration::from_secs(99);
         c.touch(["alice", "nobody"], &b, later).unwrap();
@@ -296,7 +413,7 @@ mod tests {
         assert!(c.release("alice").unwrap());
         assert!(!c.release("alice").unwrap());
         assert_eq!(c.len().unwrap(), 0);
-        let m = Claims::memory(ttl).unwrap();
+        let m = RedbClaims::memory(ttl).unwrap();
         assert_eq!(m.check_and_claim("x", &a, t0).unwrap(), Claim::Granted);
         assert_eq!(m.holder("x", t0).unwrap(), Some(a));
     }

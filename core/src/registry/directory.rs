@@ -38,6 +38,9 @@ pub(crate) enum Owner {
     /// Made by a one-shot legacy query; owned by the IP it came from, and lives until
     /// `EXIT` or until that IP has sent no legacy query for a whole lease.
     Legacy { ip: IpAddr },
+    /// Made on a session of another registry node sharing the directory (Redis store):
+    /// this node's replica holds it, but only the store changes or removes it.
+    Remote,
 }
 
 /// One online user, as the registry knows it.
@@ -119,8 +122,11 @@ pub(crate) struct Peek {
     pub port: u16,
     pub key: Option<PublicKey>,
     pub reach: Reach,
-    /// The session connection holding the registration (`None`: a legacy one).
+    /// The session connection holding the registration (`None`: a legacy one, or
+    /// another node's session).
     pub conn: Option<u64>,
+    /// Held by a session on another registry node (Redis store).
+    pub remote: bool,
 }
 
 /// Where a user is registered and who holds the registration: what a reachability
@@ -422,7 +428,8 @@ impl Directory {
                 port: slot.port,
                 conn,
             }),
-            Owner::Legacy { .. } => None,
+            // Legacy, or another node's session (Redis store): no session here.
+            Owner::Legacy { .. } | Owner::Remote => None,
         }
     }
 
@@ -437,8 +444,9 @@ impl Directory {
             reach: slot.reach,
             conn: match slot.owner {
                 Owner::Session(conn) => Some(conn),
-                Owner::Legacy { .. } => None,
+                Owner::Legacy { .. } | Owner::Remote => None,
             },
+            remote: slot.owner == Owner::Remote,
         })
     }
 
@@ -575,6 +583,88 @@ fn owns(owner: Owner, caller: Caller) -> bool {
     match owner {
         Owner::Session(conn) => conn == caller.conn,
         Owner::Legacy { ip } => ip == caller.ip,
+        Owner::Remote => false,
+    }
+}
+
+/// One registration as a shared store holds it, applied to a node's replica.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Replicated {
+    pub ip: IpAddr,
+    pub port: u16,
+    /// Filenames joined by `,`.
+    pub files: String,
+    pub owner: Owner,
+    pub key: Option<PublicKey>,
+    /// The outcome of the last reachability check, when the store says; `None`: kept
+    /// if the user stays at the same address, else unknown (as `init` does).
+    pub reach: Option<Reach>,
+}
+
+impl Directory {
+    /// Sets `name` as the shared store says, without the ownership or bound checks
+    /// (the store made them, atomically, for every node): the replica holds what the
+    /// store holds.
+    pub fn apply_set(&self, name: &str, r: Replicated) {
+        let mut users = self.users.write();
+        let kept = users
+            .map
+            .get(name)
+            .filter(|s| s.ip == r.ip && s.port == r.port)
+            .map_or(Reach::Unknown, |s| s.reach);
+        if let Some(freed) = users.remove(name) {
+            self.released.fetch_add(freed, Ordering::Relaxed);
+        }
+        let reach = r.reach.unwrap_or(kept);
+        let mut slot = slot_of(r);
+        slot.reach = reach;
+        users.insert(name, slot);
+    }
+
+    /// Removes `name` as the shared store says; whether it was there.
+    pub fn apply_remove(&self, name: &str) -> bool {
+        let freed = self.users.write().remove(name);
+        if let Some(freed) = freed {
+            self.released.fetch_add(freed, Ordering::Relaxed);
+        }
+        freed.is_some()
+    }
+
+    /// Replaces the whole table with the store's (a full resync).
+    pub fn replace_all(&self, entries: Vec<(String, Replicated)>) {
+        let mut table = Table::default();
+        for (name, r) in entries {
+            table.insert(&name, slot_of(r));
+        }
+        let mut users = self.users.write();
+        table.generation = users.generation + 1;
+        self.released.fetch_add(users.bytes, Ordering::Relaxed);
+        *users = table;
+    }
+
+    /// The registrations held by this node's session connections: (name, connection,
+    /// entry), to write back into a store that lost them (a Redis restart).
+    pub fn session_entries(&self) -> Vec<(String, u64, UserEntry)> {
+        self.users
+            .read()
+            .map
+            .iter()
+            .filter_map(|(n, s)| match s.owner {
+                Owner::Session(conn) => Some((n.to_string(), conn, s.entry())),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+fn slot_of(r: Replicated) -> Slot {
+    Slot {
+        ip: r.ip,
+        port: r.port,
+        files: r.files.into(),
+        owner: r.owner,
+        key: r.key,
+        reach: r.reach.unwrap_or_default(),
     }
 }
 

@@ -27,10 +27,12 @@ mod directory;
 mod prober;
 mod server;
 mod signal;
+mod store;
 mod watch;
 
 pub use claims::{claims_file, release_name};
 pub use directory::UserEntry;
+pub use store::StoreSpec;
 
 use crate::error::{Error, Result};
 use crate::identity::{Fingerprint, Identity, PublicKey};
@@ -108,6 +110,11 @@ pub struct RegistryConfig {
     /// Start a relay inside the registry (on the registry's IP) and offer it, in place
     /// of `relay_offer`; `None` (the default): no embedded relay.
     pub embedded_relay: Option<EmbeddedRelay>,
+    /// Where the directory (and, with Redis, the name claims) lives: this process's
+    /// memory (the default) or a Redis shared by several registry nodes (see
+    /// `docs/SCALE-OUT.md`). With Redis, `max_users`, `memory_budget` and
+    /// `max_users_per_addr` hold across all the nodes; connection caps stay per node.
+    pub store: StoreSpec,
 }
 
 /// The relay a registry runs inside itself ([`RegistryConfig::embedded_relay`]): it
@@ -143,6 +150,7 @@ impl Default for RegistryConfig {
             data_dir: None,
             claim_ttl: limits::CLAIM_TTL,
             identity: None,
+            store: StoreSpec::Memory,
             relay_offer: None,
             embedded_relay: None,
         }
@@ -236,7 +244,7 @@ impl RegistryBuilder {
     /// creates) the data directory first: its key, and its claims store, which fails
     /// with [`Error::Busy`] while another registry uses the same directory.
     pub fn bind(self, addr: impl ToSocketAddrs) -> Result<Registry> {
-        let (identity, claims) = open_data(&self.config)?;
+        let (identity, mut claims) = open_data(&self.config)?;
         let listener = TcpListener::bind(addr)?;
         listener.set_nonblocking(true)?;
         let local_addr = listener.local_addr()?;
@@ -256,6 +264,24 @@ impl RegistryBuilder {
             memory_budget: self.config.memory_budget,
             max_users_per_addr: self.config.max_users_per_addr,
         }));
+        let store = match &self.config.store {
+            StoreSpec::Memory => None,
+            StoreSpec::Redis(url) => {
+                let c = &self.config;
+                let bounds = store::redis::StoreBounds {
+                    max_users: c.max_users,
+                    max_users_per_addr: c.max_users_per_addr,
+                    memory_budget: c.memory_budget,
+                    legacy_lease: c.legacy_lease,
+                    claim_ttl: c.claim_ttl,
+                };
+                let s = store::redis::RedisStore::connect(url, directory.clone(), bounds)?;
+                // Claims must be shared by the nodes too: a name claimed through one
+                // node is refused to another key on every node.
+                claims = claims::Claims::from_store(Box::new(store::redis::RedisClaims::new(&s)));
+                Some(Arc::new(s))
+            }
+        };
         let max_connections = connection_cap(self.config.max_connections, raise_nofile_limit());
         let mut parts = Vec::with_capacity(loops);
         let mut mailboxes = Vec::with_capacity(loops);
@@ -282,10 +308,14 @@ impl RegistryBuilder {
             freed: AtomicUsize::new(0),
             identity,
             claims,
+            store,
             relay: relay_offer,
-            watches: watch::Watches::new(mailboxes),
+            watches: Arc::new(watch::Watches::new(mailboxes)),
             probes,
         });
+        if let Some(store) = &shared.store {
+            store.attach_watches(shared.watches.clone());
+        }
         let mut servers = Vec::with_capacity(loops);
         let mut handoffs = Vec::with_capacity(loops);
         for (i, p) in parts.into_iter().enumerate() {
@@ -503,6 +533,11 @@ fn open_data(config: &RegistryConfig) -> Result<(Identity, claims::Claims)> {
         Some(id) => id.clone(),
         None => Identity::load_or_create(&key_file(dir))?,
     };
+    if matches!(config.store, StoreSpec::Redis(_)) {
+        // The claims live in Redis (set up by `bind`); several nodes may share one
+        // data directory (one key), so its claims file is not opened (it is locked).
+        return Ok((identity, claims::Claims::memory(config.claim_ttl)?));
+    }
     let claims = claims::Claims::open(dir, config.claim_ttl)?;
     match claims.purge_lapsed(SystemTime::now()) {
         Ok(n) if n > 0 => log::info!("registry: {n} lapsed name claims removed"),

@@ -40,6 +40,7 @@ use super::claims::{Claim, Claims};
 use super::directory::{Caller, Directory, InitOutcome, Listed};
 use super::prober::{Checked, Job, Overflow, ProbeQueue};
 use super::signal::{parse_signal, Signal, SignalBudget};
+use super::store::redis::RedisStore;
 use super::watch::{Mailbox, Post, Watcher, Watches};
 use super::{address_key, RegistryConfig, RegistryEvent, RegistryHook};
 use crate::identity::{Identity, PublicKey};
@@ -329,11 +330,15 @@ pub(super) struct Shared {
     pub identity: Identity,
     /// Name claims (see `claims`).
     pub claims: Claims,
+    /// The shared store, when the directory lives in Redis (`None`: memory only). The
+    /// directory above is then this node's replica: reads answer from it, writes go
+    /// through the store.
+    pub store: Option<Arc<RedisStore>>,
     /// The relay offered to peers that cannot reach each other (`RELAY` queries);
     /// `None`: no relay.
     pub relay: Option<crate::relay::RelayOffer>,
     /// Watch sessions, and the delivery of pushes to them (see `watch`).
-    pub watches: Watches,
+    pub watches: Arc<Watches>,
     /// Where reachability checks are handed to the prober thread.
     pub probes: ProbeQueue,
 }
@@ -550,7 +555,12 @@ impl Server {
             // session (a crash would skip the touch at the session's end).
             let every = (self.shared.config.claim_ttl / 4).min(CLAIM_REFRESH_MAX);
             self.next_claim_refresh = now + every;
-            let keyed = self.shared.directory.keyed_names();
+            let mut keyed = self.shared.directory.keyed_names();
+            if self.shared.store.is_some() {
+                // With a shared store each node renews only its own sessions' claims
+                // (the replica also lists every other node's users).
+                keyed.retain(|(n, _)| self.shared.directory.listed(n).is_some());
+            }
             if !keyed.is_empty() {
                 let pairs = keyed.iter().map(|(n, k)| (&**n, k));
                 if let Err(e) = self.shared.claims.touch_pairs(pairs, SystemTime::now()) {
@@ -564,7 +574,11 @@ impl Server {
             );
         }
         let lease = self.shared.config.legacy_lease;
-        let expired = self.shared.directory.expire_leases(now, lease);
+        // With a shared store, leases lapse there (the store's sync thread reaps them).
+        let expired = match self.shared.store {
+            None => self.shared.directory.expire_leases(now, lease),
+            Some(_) => Vec::new(),
+        };
         if !expired.is_empty() {
             self.emit(|| RegistryEvent::LeaseExpired { usernames: expired });
         }
@@ -768,12 +782,21 @@ impl Server {
             if !self.shared.directory.set_reach(&c.user, c.at, c.reach) {
                 continue; // the user left that address, or the registry, meanwhile
             }
+            if let Some(store) = &self.shared.store {
+                // Every node's GET_P answers the reach (see store::redis).
+                store.set_reach(&c.user, c.at, c.reach);
+            }
             let addr = SocketAddr::new(c.at.ip, c.at.port);
             let push = Push::Reach {
                 reach: c.reach,
                 addr,
             };
-            self.shared.watches.deliver(&c.user, &push);
+            if !self.shared.watches.deliver(&c.user, &push) {
+                if let Some(store) = &self.shared.store {
+                    // The user's watch session may be on another node.
+                    store.forward_push(&c.user, &push.to_line());
+                }
+            }
             let (user, reach) = (c.user.to_string(), c.reach);
             self.emit(|| RegistryEvent::Reachability { user, addr, reach });
         }
@@ -1248,6 +1271,9 @@ impl Server {
             // The original client never says it is still there; its well-formed
             // queries do (junk from its address does not).
             self.shared.directory.legacy_activity(caller.ip);
+            if let Some(store) = &self.shared.store {
+                store.legacy_activity(caller.ip);
+            }
         }
         let is_get_af = matches!(parsed, Ok(Query::GetAllFiles));
         // An `INIT` on an encrypted session may list the user at a new address, whose
@@ -1268,6 +1294,7 @@ impl Server {
             let tables = Tables {
                 directory: &self.shared.directory,
                 claims: &self.shared.claims,
+                store: self.shared.store.as_deref(),
             };
             execute(tables, caller, q, out, &mut conn.owned)
         });
@@ -1453,8 +1480,15 @@ impl Server {
         let callee = match sig {
             Signal::Watch(user) => {
                 let entry = dir.peek(user).ok_or(reason::USER_NOT_FOUND)?;
-                if entry.key != conn.key || entry.conn.is_none() {
+                // A keyed registration held on another node (Redis store) may be
+                // watched here too: the key is the proof, as for a local one.
+                let remote_ok = entry.remote && entry.key.is_some();
+                if entry.key != conn.key || (entry.conn.is_none() && !remote_ok) {
                     return Err(reason::NOT_YOUR_REGISTRATION.into());
+                }
+                if let Some(store) = &shared.store {
+                    // Other nodes forward this user's pushes here.
+                    store.watch_here(user);
                 }
                 conn.watch = Some(user.into());
                 // Pushes are small and few: the kernel need not hold more for a
@@ -1499,7 +1533,13 @@ impl Server {
             .ok_or(reason::REGISTER_FIRST)?;
         dir.peek(callee).ok_or(reason::USER_NOT_FOUND)?;
         let cannot_ask = || format!("{callee} {}", reason::CANNOT_ASK);
-        let watcher = shared.watches.watcher(callee).ok_or_else(cannot_ask)?;
+        // A watcher on another node (Redis store) is reached through Redis; the relay
+        // is then advertised as this node sees it.
+        let watcher_ip = match shared.watches.watcher(callee) {
+            Some(w) => w.local_ip,
+            None if shared.store.is_some() => local_ip,
+            None => return Err(cannot_ask()),
+        };
         let unavailable = |e: io::Error| {
             log::error!("registry: no random token: {e}");
             reason::REGISTRY_UNAVAILABLE.to_string()
@@ -1512,7 +1552,7 @@ impl Server {
                 let here = offer.addr.advertise(local_ip);
                 let summary = format!("OK,{here},{}…", truncate(&token, 8));
                 let push = Push::Relay {
-                    relay: offer.addr.advertise(watcher.local_ip),
+                    relay: offer.addr.advertise(watcher_ip),
                     token: token.clone(),
                     caller,
                 };
@@ -1533,7 +1573,8 @@ impl Server {
                 (push, format!("OK,{hex}"), summary)
             }
         };
-        if !shared.watches.deliver(callee, &push) {
+        let forwarded = |s: &Arc<RedisStore>| s.forward_push(callee, &push.to_line());
+        if !shared.watches.deliver(callee, &push) && !shared.store.as_ref().is_some_and(forwarded) {
             return Err(cannot_ask());
         }
         Ok((answer, summary))
@@ -1728,7 +1769,10 @@ impl Server {
         if let Some(user) = &conn.watch {
             self.shared.watches.forget(user, conn.id);
         }
-        let released = self.shared.directory.release_session(conn.id, &conn.owned);
+        let released = match &self.shared.store {
+            Some(store) => store.release_session(conn.id, &conn.owned),
+            None => self.shared.directory.release_session(conn.id, &conn.owned),
+        };
         for user in &released {
             // Their registrations ended: so do their watch sessions.
             self.shared.watches.end(user);
@@ -1913,6 +1957,9 @@ enum Answered {
 struct Tables<'a> {
     directory: &'a Directory,
     claims: &'a Claims,
+    /// The shared store (Redis), if any: writes go through it, and reads are refused
+    /// while the local replica may be stale.
+    store: Option<&'a RedisStore>,
 }
 
 /// Run one parsed query against the directory, writing an inline answer's text (without
@@ -1925,6 +1972,12 @@ fn execute(
     owned: &mut HashSet<String>,
 ) -> Result<Answered, QueryError> {
     let directory = tables.directory;
+    if let (Some(store), false) = (
+        tables.store,
+        matches!(query, Query::Init { .. } | Query::Exit { .. }),
+    ) {
+        store.check_fresh()?;
+    }
     match query {
         Query::Init {
             username,
@@ -1942,7 +1995,10 @@ fn execute(
             });
         }
         Query::Exit { username } => {
-            directory.exit(caller, username)?;
+            match tables.store {
+                Some(store) => store.exit(caller, username)?,
+                None => directory.exit(caller, username)?,
+            }
             owned.remove(username);
             if let Some(key) = &caller.key {
                 // Leaving is the claim's last use.
@@ -2013,17 +2069,26 @@ fn init(
         log::error!("registry: claims store failed: {e}");
         QueryError(reason::REGISTRY_UNAVAILABLE)
     };
-    let holder = tables.claims.holder(username, now).map_err(unavailable)?;
-    if holder.is_some() && holder != caller.key {
-        return Err(QueryError(reason::CLAIMED));
+    // The Redis store checks the claim inside its INIT script (one round trip).
+    if tables.store.is_none() {
+        let holder = tables.claims.holder(username, now).map_err(unavailable)?;
+        if holder.is_some() && holder != caller.key {
+            return Err(QueryError(reason::CLAIMED));
+        }
     }
-    let outcome = tables.directory.init(caller, username, port, files)?;
+    let outcome = match tables.store {
+        Some(store) => store.init(caller, username, port, files)?,
+        None => tables.directory.init(caller, username, port, files)?,
+    };
     let Some(key) = caller.key.filter(|_| outcome == InitOutcome::Registered) else {
         return Ok(outcome);
     };
     let undo = || {
         let name = username.to_string();
-        tables.directory.release_session(caller.conn, [&name]);
+        match tables.store {
+            Some(store) => drop(store.release_session(caller.conn, [&name])),
+            None => drop(tables.directory.release_session(caller.conn, [&name])),
+        }
     };
     match tables.claims.check_and_claim(username, &key, now) {
         Ok(Claim::Granted) => Ok(outcome),
@@ -2203,6 +2268,7 @@ mod claim_tests {
         let tables = Tables {
             directory: &directory,
             claims: &claims,
+            store: None,
         };
         let key = crate::identity::Identity::generate().unwrap().public();
         let caller = |conn, key| Caller {

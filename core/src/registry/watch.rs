@@ -129,6 +129,15 @@ impl Watches {
     /// can still be dropped by the loop if the watcher does not read (see the module
     /// notes).
     pub fn deliver(&self, user: &str, push: &Push) -> bool {
+        if self.watcher(user).is_none() {
+            return false;
+        }
+        self.deliver_line(user, push.to_line().into_boxed_str())
+    }
+
+    /// [`deliver`](Self::deliver) of a push already formatted (one that another
+    /// registry node forwarded, see `store::redis`).
+    pub fn deliver_line(&self, user: &str, line: Box<str>) -> bool {
         let Some(w) = self.watcher(user) else {
             return false;
         };
@@ -140,7 +149,6 @@ impl Watches {
             self.count_dropped(user);
             return false;
         }
-        let line = push.to_line().into_boxed_str();
         if mailbox
             .tx
             .send(Post::Push {

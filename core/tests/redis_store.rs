@@ -1,0 +1,282 @@
+//! The registry's Redis store in process: what it costs (threads, descriptors) and
+//! gives back, claims and users shared by two `Registry` values on one real
+//! `redis-server` (started here on a free loopback port, persistence off, killed and
+//! reaped on drop). Skipped with a message where `redis-server` is missing, unless
+//! `P2PCHAT_REDIS_REQUIRED=1` (CI), then it fails.
+
+mod common;
+
+use common::{keyed_client, register, wait_until};
+use p2pcore::registry::{Registry, RegistryConfig, StoreSpec};
+use parking_lot::Mutex;
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The tests count this process's threads and descriptors: one at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+struct Redis {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Redis {
+    fn start() -> Option<Redis> {
+        if Command::new("redis-server")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .status()
+            .is_err()
+        {
+            assert!(
+                std::env::var("P2PCHAT_REDIS_REQUIRED").as_deref() != Ok("1"),
+                "redis-server is not installed and P2PCHAT_REDIS_REQUIRED=1"
+            );
+            eprintln!("SKIPPED: redis-server is not installed (apt-get install redis-server)");
+            return None;
+        }
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap()
+            .port();
+        let dir = tempfile::tempdir().unwrap();
+        let child = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn redis-server");
+        let r = Redis {
+            child,
+            port,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not listen");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Some(r)
+    }
+
+    fn node(&self) -> Registry {
+        Registry::builder()
+            .config(RegistryConfig {
+                threads: 1,
+                store: StoreSpec::Redis(format!("redis://127.0.0.1:{}", self.port)),
+                ..RegistryConfig::default()
+            })
+            .bind("127.0.0.1:0")
+            .expect("a registry node on the Redis store")
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn count(dir: &str) -> usize {
+    std::fs::read_dir(dir).map_or(0, |d| d.count())
+}
+
+#[test]
+fn the_store_costs_one_thread_and_two_connections_and_gives_them_back() {
+    let _serial = SERIAL.lock();
+    let Some(redis) = Redis::start() else { return };
+    let (threads0, fds0) = (count("/proc/self/task"), count("/proc/self/fd"));
+    // The same registry in memory, with one session registered: the reference.
+    let (mem_threads, mem_fds) = {
+        let memory = Registry::builder()
+            .config(RegistryConfig {
+                threads: 1,
+                ..RegistryConfig::default()
+            })
+            .bind("127.0.0.1:0")
+            .unwrap();
+        let _session = register(memory.local_addr(), "lena", 5000);
+        (count("/proc/self/task"), count("/proc/self/fd"))
+    };
+    assert!(wait_until(Duration::from_secs(10), || {
+        count("/proc/self/task") == threads0 && count("/proc/self/fd") == fds0
+    }));
+    let node = redis.node();
+    let session = register(node.local_addr(), "lena", 5000);
+    // One thread more (the store's sync thread) and two connections (the sync
+    // thread's, and the event loops' one, made at the first write).
+    assert_eq!(count("/proc/self/task"), mem_threads + 1);
+    assert_eq!(count("/proc/self/fd"), mem_fds + 2);
+    drop(session);
+    assert!(wait_until(Duration::from_secs(10), || node
+        .user("lena")
+        .is_none()));
+    drop(node);
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            count("/proc/self/task") == threads0 && count("/proc/self/fd") == fds0
+        }),
+        "threads {} -> {}, descriptors {} -> {}",
+        threads0,
+        count("/proc/self/task"),
+        fds0,
+        count("/proc/self/fd")
+    );
+}
+
+#[test]
+fn claims_and_users_are_shared_and_a_clean_stop_removes_its_users_at_once() {
+    let _serial = SERIAL.lock();
+    let Some(redis) = Redis::start() else { return };
+    let a = redis.node();
+    let b = redis.node();
+    let kim = keyed_client(a.local_addr(), "kim", 5000);
+    let key = kim.id.public();
+    // The claim was written to Redis before A answered OK.
+    assert_eq!(b.claim("kim").unwrap(), Some(key));
+    assert!(wait_until(Duration::from_secs(10), || b
+        .user("kim")
+        .is_some()));
+    let entry = b.user("kim").unwrap();
+    assert_eq!((entry.port, entry.key), (5000, Some(key)));
+    assert_eq!(entry.files, vec!["x.bin"]);
+    assert_eq!(b.users(), vec!["kim".to_string()]);
+    // Released through B, gone for A.
+    assert!(b.release_claim("kim").unwrap());
+    assert_eq!(a.claim("kim").unwrap(), None);
+    // A stops cleanly: its session users leave every node at once, not after its
+    // liveness key expires (3 s).
+    let stopped = Instant::now();
+    drop(a);
+    assert!(wait_until(Duration::from_secs(10), || b
+        .user("kim")
+        .is_none()));
+    let took = stopped.elapsed();
+    assert!(took < Duration::from_millis(2500), "took {took:?}");
+    drop(kim);
+}
+
+#[test]
+fn a_node_does_not_start_without_its_redis() {
+    let _serial = SERIAL.lock();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    let err = Registry::builder()
+        .config(RegistryConfig {
+            store: StoreSpec::Redis(format!("redis://127.0.0.1:{port}")),
+            ..RegistryConfig::default()
+        })
+        .bind("127.0.0.1:0")
+        .expect_err("no Redis listening");
+    let text = err.to_string();
+    assert!(
+        text.contains("redis store") && text.contains(&port.to_string()),
+        "{text}"
+    );
+}
+
+/// An encrypted registry session (`REG/2`) with `id`'s key.
+struct Enc {
+    s: Box<p2pcore::secure::SecureStream>,
+}
+
+impl Enc {
+    fn dial(addr: std::net::SocketAddr, id: &p2pcore::identity::Identity) -> Enc {
+        use p2pcore::secure::{self, Cipher, DialParams, Dialed, Kind};
+        let stream = TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(15)))
+            .unwrap();
+        let dialed = secure::dial(
+            stream,
+            DialParams {
+                kind: Kind::Registry,
+                identity: id,
+                remote: None,
+                hello: b"",
+                cipher: Cipher::preferred(),
+                deadline: Instant::now() + Duration::from_secs(15),
+            },
+        )
+        .unwrap();
+        match dialed {
+            Dialed::Secured(s) => Enc { s },
+            Dialed::Refused(line) => panic!("refused: {line}"),
+        }
+    }
+
+    /// The next line (`None` at the end of the session).
+    fn line(&mut self) -> Option<String> {
+        use std::io::BufRead;
+        let mut l = String::new();
+        match self.s.reader.read_line(&mut l) {
+            Ok(0) | Err(_) => None,
+            Ok(_) => Some(l.trim_end_matches('\n').to_string()),
+        }
+    }
+
+    fn ask(&mut self, q: &str) -> String {
+        use std::io::Write;
+        self.s
+            .writer
+            .write_all(format!("{q}\n").as_bytes())
+            .unwrap();
+        self.line().expect("an answer")
+    }
+}
+
+fn closed_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn a_watch_on_another_node_gets_the_pushes_and_ends_with_the_registration() {
+    let _serial = SERIAL.lock();
+    let Some(redis) = Redis::start() else { return };
+    let a = redis.node();
+    let b = redis.node();
+    let bob = p2pcore::identity::Identity::generate().unwrap();
+    let (p1, p2) = (closed_port(), closed_port());
+    let mut session = Enc::dial(a.local_addr(), &bob);
+    assert_eq!(session.ask(&format!("INIT,bob,{p1}")), "OK");
+    // Node A's prober checks bob's listener; the result reaches node B's replica.
+    assert!(wait_until(Duration::from_secs(15), || {
+        b.user("bob")
+            .is_some_and(|u| u.reach != p2pcore::reach::Reach::Unknown)
+    }));
+    // Another key may not watch bob on either node; bob's own key may, on node B.
+    let eve = p2pcore::identity::Identity::generate().unwrap();
+    assert_eq!(
+        Enc::dial(b.local_addr(), &eve).ask("WATCH,bob"),
+        "ERR,Not your registration"
+    );
+    let mut watch = Enc::dial(b.local_addr(), &bob);
+    assert_eq!(
+        watch.ask("WATCH,bob"),
+        format!("OK,127.0.0.1,{p1},unreachable")
+    );
+    // bob moves: node A checks the new port and its push crosses to node B's watcher.
+    assert_eq!(session.ask(&format!("INIT,bob,{p2}")), "UP");
+    assert_eq!(
+        watch.line().as_deref(),
+        Some(format!("REACH,unreachable,127.0.0.1,{p2}").as_str())
+    );
+    // bob's registration ends on node A: node B ends the watch session.
+    drop(session);
+    assert_eq!(
+        watch.line(),
+        None,
+        "the watch session ends with the registration"
+    );
+}
