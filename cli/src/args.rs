@@ -281,33 +281,35 @@ pub struct RelayArgs {
     pub limits: RelayLimitArgs,
 }
 
-/// The relay's bounds on the command line (defaults: `p2pcore::limits`).
+/// The relay's bounds on the command line (defaults: `p2pcore::limits`). The same
+/// `--relay-…` names in `p2pchat server` (its embedded relay) and `p2pchat relay`, so
+/// a setting moves between the two unchanged and never reads as a registry bound.
 #[derive(Debug, Args)]
 pub struct RelayLimitArgs {
     /// Relay: most circuits at once (a circuit whose first side waits included).
-    #[arg(long, value_name = "N")]
+    #[arg(long = "relay-max-circuits", value_name = "N")]
     pub max_circuits: Option<usize>,
     /// Relay: most circuits one address (one /64 for IPv6) takes part in.
-    #[arg(long, value_name = "N")]
+    #[arg(long = "relay-max-circuits-per-addr", value_name = "N")]
     pub max_circuits_per_addr: Option<usize>,
     /// Relay: most connections not yet joined.
-    #[arg(long, value_name = "N")]
+    #[arg(long = "relay-max-pending", value_name = "N")]
     pub max_pending: Option<usize>,
     /// Relay: most connections not yet joined from one address.
-    #[arg(long, value_name = "N")]
+    #[arg(long = "relay-max-pending-per-addr", value_name = "N")]
     pub max_pending_per_addr: Option<usize>,
     /// Relay: bytes per second per circuit, both directions together (K, M, G
     /// suffixes; 0: no limit).
-    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    #[arg(long = "relay-circuit-rate", value_name = "SIZE", value_parser = parse_size)]
     pub circuit_rate: Option<usize>,
     /// Relay: bytes per second of all circuits together (0: no limit).
-    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    #[arg(long = "relay-total-rate", value_name = "SIZE", value_parser = parse_size)]
     pub total_rate: Option<usize>,
     /// Relay: longest life of a circuit, in seconds; then both sides are closed.
-    #[arg(long, value_name = "SECS")]
+    #[arg(long = "relay-max-lifetime", value_name = "SECS")]
     pub max_lifetime: Option<u64>,
     /// Relay: seconds a circuit may forward nothing before it is closed.
-    #[arg(long, value_name = "SECS")]
+    #[arg(long = "relay-idle-timeout", value_name = "SECS")]
     pub idle_timeout: Option<u64>,
 }
 
@@ -467,8 +469,8 @@ pub struct ClientArgs {
     #[command(flatten)]
     pub serving: Serving,
     /// How to reach other peers: `auto` (direct, then reverse connect, then the
-    /// relay), or only `direct`, `reverse` or `relay` (others never learn your
-    /// address through a relayed link).
+    /// relay), or only `direct`, `reverse` or `relay` (a relayed link connects the other
+    /// peer to the relay, not to you; the registry still lists your address).
     #[arg(long, value_name = "PATH", default_value = "auto", value_parser = parse_path_policy)]
     pub path: PathPolicy,
 }
@@ -538,8 +540,8 @@ pub struct Identity {
     #[arg(long, value_name = "FILE", env = "P2PCHAT_IDENTITY", value_parser = parse_dir)]
     pub identity: Option<PathBuf>,
     /// How to reach other peers: `auto` (direct, then reverse connect, then the
-    /// relay), or only `direct`, `reverse` or `relay` (others never learn your
-    /// address through a relayed link).
+    /// relay), or only `direct`, `reverse` or `relay` (a relayed link connects the other
+    /// peer to the relay, not to you; the registry still lists your address).
     #[arg(long, value_name = "PATH", default_value = "auto", value_parser = parse_path_policy)]
     pub path: PathPolicy,
 }

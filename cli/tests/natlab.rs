@@ -587,7 +587,8 @@ fn scenario5_relay_limits_and_a_relayed_download_resumed() {
     let bob = lab.host("bob").clone();
     // One circuit, 256 KiB/s: the 2 MiB download takes about 8 s, long enough to be
     // seen holding the circuit and to be cut off half-way.
-    let _registry = lab.start_registry_with(&["--max-circuits", "1", "--circuit-rate", "256K"]);
+    let _registry =
+        lab.start_registry_with(&["--relay-max-circuits", "1", "--relay-circuit-rate", "256K"]);
     let share = dir(&lab, "bob-share");
     let (content, _) = make_file(&share, "report.bin");
     let (_bob, _) = lab.share(&bob, "bob", &share);

@@ -209,7 +209,7 @@ fn the_relay_flags_set_its_bounds() {
         "127.0.0.1:0",
         "--secret-file",
         file.to_str().unwrap(),
-        "--max-circuits",
+        "--relay-max-circuits",
         "1",
         "--quiet",
     ]);
