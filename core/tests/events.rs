@@ -117,3 +117,95 @@ fn async_chat_request_messages_and_close_come_as_events() {
     assert!(bob.events().count() < 100);
     alice.shutdown();
 }
+
+/// The other side sends a message the instant it accepts (from its request hook, in
+/// the same burst as the answer), for several rounds: each round, the first event of
+/// the new chat alice takes is the `ChatOpened` that hands her the chat, then that
+/// message; nothing of the chat comes before the answer that opens it.
+#[test]
+fn async_chat_opened_comes_before_a_message_sent_the_instant_it_is_accepted() {
+    let r = Registry::bind("127.0.0.1:0").unwrap();
+    let dir = TempDir::new().unwrap();
+    let hook_calls = Arc::new(AtomicUsize::new(0));
+    let alice = queued(r.local_addr(), "alice", &dir, &hook_calls);
+    let share = dir.path().join("bob");
+    std::fs::create_dir(&share).unwrap();
+    let bob = Peer::builder(&r.local_addr().to_string(), "bob", &share)
+        .listen_ip("127.0.0.1".parse().unwrap())
+        .identity_file(dir.path().join("bob.key"))
+        .on_chat_request(|req| {
+            if let Ok(chat) = req.accept() {
+                let _ = chat.send("hello at once");
+                // The handle is dropped; the chat stays open until alice closes it.
+            }
+        })
+        .connect()
+        .unwrap();
+
+    // Busy threads competing for the CPUs, so that library threads get preempted at
+    // any point (as on a loaded machine): the window between a chat's reader starting
+    // and the answer being queued, if there is one, is then hit in some rounds.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let spinners: Vec<_> = (0..3)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::hint::spin_loop();
+                }
+            })
+        })
+        .collect();
+    const ROUNDS: usize = 150;
+    let mut early = 0;
+    for round in 0..ROUNDS {
+        let request = alice.chat_async("bob").unwrap();
+        let mut opened = None;
+        while opened.is_none() {
+            match next(&alice) {
+                Event::ChatOpened {
+                    request: n, result, ..
+                } => {
+                    assert_eq!(n, request);
+                    opened = Some(result.unwrap());
+                }
+                Event::ChatMessage { text, .. } => {
+                    // A message of the chat this request opens, before its answer.
+                    assert_eq!(text, "hello at once");
+                    early += 1;
+                    break;
+                }
+                // A previous round's chat ending.
+                Event::ChatClosed { .. } => continue,
+                other => panic!("round {round}: unexpected {other:?}"),
+            }
+        }
+        let Some(chat) = opened else {
+            // Seen out of order: take the answer too so the next round starts clean.
+            loop {
+                if let Event::ChatOpened { result, .. } = next(&alice) {
+                    result.unwrap().close();
+                    break;
+                }
+            }
+            continue;
+        };
+        match next(&alice) {
+            Event::ChatMessage { chat: id, text, .. } => {
+                assert_eq!((id, text.as_str()), (chat.id(), "hello at once"));
+            }
+            other => panic!("round {round}: expected the message, got {other:?}"),
+        }
+        chat.close();
+    }
+    stop.store(true, Ordering::Relaxed);
+    for s in spinners {
+        s.join().unwrap();
+    }
+    assert_eq!(
+        early, 0,
+        "{early} of {ROUNDS} rounds gave a message before the ChatOpened opening its chat"
+    );
+    bob.shutdown();
+    alice.shutdown();
+}

@@ -200,9 +200,10 @@ impl EventQueue {
         self.changed.notify_all();
     }
 
-    /// The answer to a `chat_async` request. The chat's reader may already have queued
-    /// messages (or its close) before the answer was ready: the answer goes in ahead
-    /// of the first of them, so no event of a chat comes before the one that opens it.
+    /// The answer to a `chat_async` request. It is queued before the chat's reader
+    /// starts (see `chat::request_with`); should any event of the chat be queued
+    /// already, the answer still goes in ahead of the first of them, so no event of a
+    /// chat comes before the one that opens it.
     fn put_opened(&self, state: &mut State, request: u64, user: String, result: Result<Chat>) {
         let id = result.as_ref().ok().map(Chat::id);
         let first = id.and_then(|id| {
@@ -754,16 +755,41 @@ impl Peer {
             .threads
             .spawn(&format!("p2p-chat-ask-{request}"), move || {
                 let q = queue;
-                let result = super::chat::request(&inner, &name);
-                let mut state = q.state.lock();
-                if state.pending.remove(&request).is_none() {
-                    // Cancelled: the answer was given already; end a chat that opened,
-                    // and report nothing of it.
-                    drop(state);
-                    if let Ok(chat) = result {
+                // Answered as soon as the chat is open, before its reader starts: the
+                // answer handing it over comes before any message or close of it.
+                let mut given = None;
+                let mut unwanted = None;
+                let result = super::chat::request_with(&inner, &name, &mut |chat| {
+                    let mut state = q.state.lock();
+                    if state.pending.remove(&request).is_none() {
+                        // Cancelled meanwhile (answered already): report nothing of it.
+                        drop(state);
                         if q.queued {
                             q.mute(chat.id());
                         }
+                        unwanted = Some(chat.clone());
+                        return;
+                    }
+                    given = Some(chat.clone());
+                    q.answer(state, request, name.clone(), Ok(chat.clone()));
+                });
+                if let Some(chat) = unwanted {
+                    chat.close();
+                    return;
+                }
+                if let Some(chat) = given {
+                    // Handed over; if its reader could not start (the peer is
+                    // stopping), end it so its close is reported.
+                    if result.is_err() {
+                        chat.close();
+                    }
+                    return;
+                }
+                let mut state = q.state.lock();
+                if state.pending.remove(&request).is_none() {
+                    // Cancelled: the answer was given already.
+                    drop(state);
+                    if let Ok(chat) = result {
                         chat.close();
                     }
                     return;
