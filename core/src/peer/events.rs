@@ -733,6 +733,15 @@ impl Peer {
     /// queue, through the [`PeerBuilder::on_chat_opened`] hook). Needs one of the two
     /// ([`Error::InvalidArgument`] without).
     pub fn chat_async(&self, user: &str) -> Result<u64> {
+        self.chat_async_with(user, |_| {})
+    }
+
+    /// [`chat_async`](Self::chat_async), calling `register` with the request number
+    /// before anything can answer that request (not even [`Peer::chat_cancel`] on
+    /// another thread): for per-request data the answer's consumer looks up, without
+    /// holding a lock across this call. `register` runs on the calling thread, under no
+    /// lock of the peer; it is not called when the request is refused up front.
+    pub fn chat_async_with(&self, user: &str, register: impl FnOnce(u64)) -> Result<u64> {
         let q = self
             .events
             .clone()
@@ -746,6 +755,7 @@ impl Peer {
             return Err(Error::Shutdown);
         }
         let request = q.next_request.fetch_add(1, Ordering::Relaxed);
+        register(request);
         q.state.lock().pending.insert(request, user.to_string());
         let inner = self.inner.clone();
         let name = user.to_string();
@@ -826,6 +836,18 @@ impl Peer {
     /// [`PeerBuilder::on_offer_answered`] hook), ahead of any event of its transfer.
     /// Needs one of the two ([`Error::InvalidArgument`] without).
     pub fn offer_file_async(&self, user: &str, path: impl AsRef<std::path::Path>) -> Result<u64> {
+        self.offer_file_async_with(user, path, |_| {})
+    }
+
+    /// [`offer_file_async`](Self::offer_file_async), calling `register` with the
+    /// request number before anything can answer that request (as
+    /// [`chat_async_with`](Self::chat_async_with)).
+    pub fn offer_file_async_with(
+        &self,
+        user: &str,
+        path: impl AsRef<std::path::Path>,
+        register: impl FnOnce(u64),
+    ) -> Result<u64> {
         let q = self
             .events
             .clone()
@@ -839,6 +861,7 @@ impl Peer {
             return Err(Error::Shutdown);
         }
         let request = q.next_request.fetch_add(1, Ordering::Relaxed);
+        register(request);
         q.state.lock().offers.insert(request, user.to_string());
         let inner = self.inner.clone();
         let name = user.to_string();
