@@ -9,7 +9,8 @@
 //!
 //! Asserted, for a peer with callbacks and for a peer with an event queue: every
 //! request gets exactly one answer, carrying the user data given with it; requests
-//! cancelled before their answer are answered `P2P_CANCELLED`; nothing hangs.
+//! cancelled before their answer are answered `P2P_CANCELLED`; with the queue, no event
+//! of a chat that opened for a cancelled request is queued; nothing hangs.
 
 mod common;
 
@@ -277,6 +278,10 @@ fn async_requests_and_cancels_from_many_threads_and_callbacks_never_hang() {
     let drainer = std::thread::spawn(move || {
         let carol = carol_ptr as *mut p2p_peer;
         let deadline = Instant::now() + HANG;
+        // Chats handed out; an event of any other chat (one opened for a cancelled
+        // request) must never be queued.
+        let mut handed = std::collections::HashSet::new();
+        let mut strays = 0;
         while Instant::now() < deadline {
             let mut slot = std::mem::MaybeUninit::<p2p_event>::uninit();
             // SAFETY: valid arguments; the event is filled on P2P_OK, freed below.
@@ -291,6 +296,9 @@ fn async_requests_and_cancels_from_many_threads_and_callbacks_never_hang() {
                     // SAFETY: handles owned by this test from the event on.
                     unsafe {
                         if !e.chat.is_null() {
+                            let mut id = 0;
+                            assert_eq!(p2p_chat_id(e.chat, &mut id), P2P_OK);
+                            handed.insert(id);
                             p2p_chat_free(e.chat);
                         }
                         if !e.transfer.is_null() {
@@ -299,6 +307,11 @@ fn async_requests_and_cancels_from_many_threads_and_callbacks_never_hang() {
                     }
                     // Cancel the next request, whatever state it is in.
                     queued.cancel(e.id + 1, e.kind == p2p_event_kind::P2P_EV_CHAT_OPENED);
+                }
+                p2p_event_kind::P2P_EV_CHAT_MESSAGE | p2p_event_kind::P2P_EV_CHAT_CLOSED => {
+                    if !handed.contains(&e.id) {
+                        strays += 1;
+                    }
                 }
                 _ => {}
             }
@@ -309,10 +322,29 @@ fn async_requests_and_cancels_from_many_threads_and_callbacks_never_hang() {
                 break;
             }
         }
+        // The last closes of handed-out chats, and anything stray, come within this.
+        loop {
+            let mut slot = std::mem::MaybeUninit::<p2p_event>::uninit();
+            // SAFETY: as above.
+            if unsafe { p2p_peer_next_event(carol, 300, slot.as_mut_ptr()) } != P2P_OK {
+                break;
+            }
+            let mut e = unsafe { slot.assume_init() };
+            let chat_event = matches!(
+                e.kind,
+                p2p_event_kind::P2P_EV_CHAT_MESSAGE | p2p_event_kind::P2P_EV_CHAT_CLOSED
+            );
+            if chat_event && !handed.contains(&e.id) {
+                strays += 1;
+            }
+            unsafe { p2p_event_free(&mut e) };
+        }
+        strays
     });
     hammer(queued, &file);
     queued.check("event queue");
-    drainer.join().unwrap();
+    let strays = drainer.join().unwrap();
+    assert_eq!(strays, 0, "events of chats opened for cancelled requests");
 
     // SAFETY: every answer is in; the handles are freed once.
     unsafe {
