@@ -308,10 +308,10 @@ fn async_requests_and_cancels_from_many_threads_and_callbacks_never_hang() {
                     // Cancel the next request, whatever state it is in.
                     queued.cancel(e.id + 1, e.kind == p2p_event_kind::P2P_EV_CHAT_OPENED);
                 }
-                p2p_event_kind::P2P_EV_CHAT_MESSAGE | p2p_event_kind::P2P_EV_CHAT_CLOSED => {
-                    if !handed.contains(&e.id) {
-                        strays += 1;
-                    }
+                p2p_event_kind::P2P_EV_CHAT_MESSAGE | p2p_event_kind::P2P_EV_CHAT_CLOSED
+                    if !handed.contains(&e.id) =>
+                {
+                    strays += 1;
                 }
                 _ => {}
             }
