@@ -593,13 +593,26 @@ pub unsafe extern "C" fn p2p_peer_chat_async(
         let user = arg_str(user, "user")?;
         let out = arg_out(request_id, "request_id")?;
         let peer = handle.get()?;
-        // Held across the start so the answer cannot be taken before its user data is
-        // listed.
-        let mut pending = handle.chats.async_user_data.lock();
-        let id = peer.chat_async(user)?;
-        pending.insert(id, UserData(user_data));
-        put(out, id);
-        Ok(())
+        // The user data is listed before anything can answer the request, and no lock
+        // is held across the call (the answer's hook takes this one).
+        let table = &handle.chats.async_user_data;
+        let mut listed = None;
+        let started = peer.chat_async_with(user, |id| {
+            table.lock().insert(id, UserData(user_data));
+            listed = Some(id);
+        });
+        match started {
+            Ok(id) => {
+                put(out, id);
+                Ok(())
+            }
+            Err(e) => {
+                if let Some(id) = listed {
+                    table.lock().remove(&id);
+                }
+                Err(e.into())
+            }
+        }
     })
 }
 

@@ -19,6 +19,8 @@
  *   stores the handle through p2p_chat_request_accept's out-parameter while the main
  *   thread takes events: every message event carries that very handle (so none came
  *   before the accept returned);
+ * - carol sends a message the instant she accepts alice's async chat: alice's
+ *   P2P_EV_CHAT_OPENED still comes first, then that message with her new handle;
  * - overflow: carol's queue holds 4; with nobody taking her events, she downloads a
  *   4 MiB file from alice (hundreds of progress reports) while alice sends 20 messages
  *   and closes the chat; draining then yields the request, all 20 messages in order,
@@ -413,10 +415,16 @@ int main(void) {
         OK(p2p_chat_request_accept(ev.request, &c_chat));
         p2p_chat_request_free(ev.request);
         p2p_event_free(&ev);
+        /* Sent the instant it is accepted: still, alice's answer handing her the chat
+           comes first, then the message, with her handle. */
+        OK(p2p_chat_send(c_chat, "at once"));
         requests = 1;
         next_kind(alice, &ev, P2P_EV_CHAT_OPENED);
         CHECK(ev.status == P2P_OK);
         a_chat = ev.chat;
+        p2p_event_free(&ev);
+        next_kind(alice, &ev, P2P_EV_CHAT_MESSAGE);
+        CHECK(ev.chat == a_chat && strcmp(ev.text, "at once") == 0);
         p2p_event_free(&ev);
 
         OK(p2p_peer_fetch(carol, "alice", "big.bin", &transfer));

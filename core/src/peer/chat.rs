@@ -358,6 +358,7 @@ impl ChatRequest {
             self.pending.partner,
             slot,
             self.pending.path,
+            &mut |_| {},
         )
     }
 
@@ -509,6 +510,17 @@ pub(super) fn offer(
 
 /// Ask `name` for a chat (see [`super::Peer::chat`]).
 pub(super) fn request(inner: &Arc<Inner>, name: &str) -> Result<Chat> {
+    request_with(inner, name, &mut |_| {})
+}
+
+/// [`request`], calling `opened` with the chat once it is open but before its reader
+/// starts: whatever `opened` hands the chat to (the answer of
+/// [`super::Peer::chat_async`]) comes before any message or close of it.
+pub(super) fn request_with(
+    inner: &Arc<Inner>,
+    name: &str,
+    opened: &mut dyn FnMut(&Chat),
+) -> Result<Chat> {
     if inner.stopping() {
         return Err(Error::Shutdown);
     }
@@ -520,7 +532,7 @@ pub(super) fn request(inner: &Arc<Inner>, name: &str) -> Result<Chat> {
     let info = inner.peer_info(name)?;
     let route = link::route(inner, name, &info)?;
     let key = match route {
-        Route::Legacy => return request_legacy(inner, name, info.addr, slot),
+        Route::Legacy => return request_legacy(inner, name, info.addr, slot, opened),
         Route::Plain => None,
         Route::Secure(key) => Some(key),
     };
@@ -593,6 +605,7 @@ pub(super) fn request(inner: &Arc<Inner>, name: &str) -> Result<Chat> {
             route.partner(),
             slot,
             path,
+            opened,
         )
     })();
     inner.forget_socket(tracked);
@@ -606,7 +619,13 @@ pub(super) fn request(inner: &Arc<Inner>, name: &str) -> Result<Chat> {
 /// [`Error::NoAnswer`]; bytes from it mean it accepted and already talks; neither means
 /// it accepted (or has not read the request yet: it serves one chat at a time) and the
 /// chat opens.
-fn request_legacy(inner: &Arc<Inner>, name: &str, addr: SocketAddr, slot: Slot) -> Result<Chat> {
+fn request_legacy(
+    inner: &Arc<Inner>,
+    name: &str,
+    addr: SocketAddr,
+    slot: Slot,
+    opened: &mut dyn FnMut(&Chat),
+) -> Result<Chat> {
     let stream = link::connect(inner, name, addr)?;
     stream.set_nodelay(true)?;
     stream.set_write_timeout(Some(inner.io_timeout))?;
@@ -644,6 +663,7 @@ fn request_legacy(inner: &Arc<Inner>, name: &str, addr: SocketAddr, slot: Slot) 
             Partner::UNVERIFIED,
             slot,
             Path::Direct,
+            opened,
         )
     })();
     inner.forget_socket(key);
@@ -667,8 +687,8 @@ pub(crate) fn legacy_pieces(text: &str, max: usize) -> Vec<&str> {
     pieces
 }
 
-/// Open the chat: register its socket and start its reader thread, which holds `slot`
-/// (its place among the open chats) until it ends.
+/// Open the chat: register its socket, call `opened` with it, then start its reader
+/// thread, which holds `slot` (its place among the open chats) until it ends.
 #[allow(clippy::too_many_arguments)]
 fn start(
     inner: &Arc<Inner>,
@@ -679,6 +699,7 @@ fn start(
     partner: Partner,
     slot: Slot,
     path: Path,
+    opened: &mut dyn FnMut(&Chat),
 ) -> Result<Chat> {
     let sock = writer.socket();
     sock.set_write_timeout(Some(inner.io_timeout))?;
@@ -700,14 +721,17 @@ fn start(
         path,
     });
     let reading = shared.clone();
+    inner.open_chat_list.add(&shared);
+    let chat = Chat { shared };
+    // Before the reader: no event of the chat can come ahead of what `opened` does.
+    opened(&chat);
     inner
         .threads
-        .spawn(&format!("p2p-chat-{}", shared.id), move || {
+        .spawn(&format!("p2p-chat-{}", chat.shared.id), move || {
             read_loop(reading, reader);
             drop(slot);
         })?;
-    inner.open_chat_list.add(&shared);
-    Ok(Chat { shared })
+    Ok(chat)
 }
 
 fn read_loop(chat: Arc<ChatShared>, mut reader: LinkReader) {

@@ -200,9 +200,10 @@ impl EventQueue {
         self.changed.notify_all();
     }
 
-    /// The answer to a `chat_async` request. The chat's reader may already have queued
-    /// messages (or its close) before the answer was ready: the answer goes in ahead
-    /// of the first of them, so no event of a chat comes before the one that opens it.
+    /// The answer to a `chat_async` request. It is queued before the chat's reader
+    /// starts (see `chat::request_with`); should any event of the chat be queued
+    /// already, the answer still goes in ahead of the first of them, so no event of a
+    /// chat comes before the one that opens it.
     fn put_opened(&self, state: &mut State, request: u64, user: String, result: Result<Chat>) {
         let id = result.as_ref().ok().map(Chat::id);
         let first = id.and_then(|id| {
@@ -732,6 +733,15 @@ impl Peer {
     /// queue, through the [`PeerBuilder::on_chat_opened`] hook). Needs one of the two
     /// ([`Error::InvalidArgument`] without).
     pub fn chat_async(&self, user: &str) -> Result<u64> {
+        self.chat_async_with(user, |_| {})
+    }
+
+    /// [`chat_async`](Self::chat_async), calling `register` with the request number
+    /// before anything can answer that request (not even [`Peer::chat_cancel`] on
+    /// another thread): for per-request data the answer's consumer looks up, without
+    /// holding a lock across this call. `register` runs on the calling thread, under no
+    /// lock of the peer; it is not called when the request is refused up front.
+    pub fn chat_async_with(&self, user: &str, register: impl FnOnce(u64)) -> Result<u64> {
         let q = self
             .events
             .clone()
@@ -745,6 +755,7 @@ impl Peer {
             return Err(Error::Shutdown);
         }
         let request = q.next_request.fetch_add(1, Ordering::Relaxed);
+        register(request);
         q.state.lock().pending.insert(request, user.to_string());
         let inner = self.inner.clone();
         let name = user.to_string();
@@ -754,16 +765,41 @@ impl Peer {
             .threads
             .spawn(&format!("p2p-chat-ask-{request}"), move || {
                 let q = queue;
-                let result = super::chat::request(&inner, &name);
-                let mut state = q.state.lock();
-                if state.pending.remove(&request).is_none() {
-                    // Cancelled: the answer was given already; end a chat that opened,
-                    // and report nothing of it.
-                    drop(state);
-                    if let Ok(chat) = result {
+                // Answered as soon as the chat is open, before its reader starts: the
+                // answer handing it over comes before any message or close of it.
+                let mut given = None;
+                let mut unwanted = None;
+                let result = super::chat::request_with(&inner, &name, &mut |chat| {
+                    let mut state = q.state.lock();
+                    if state.pending.remove(&request).is_none() {
+                        // Cancelled meanwhile (answered already): report nothing of it.
+                        drop(state);
                         if q.queued {
                             q.mute(chat.id());
                         }
+                        unwanted = Some(chat.clone());
+                        return;
+                    }
+                    given = Some(chat.clone());
+                    q.answer(state, request, name.clone(), Ok(chat.clone()));
+                });
+                if let Some(chat) = unwanted {
+                    chat.close();
+                    return;
+                }
+                if let Some(chat) = given {
+                    // Handed over; if its reader could not start (the peer is
+                    // stopping), end it so its close is reported.
+                    if result.is_err() {
+                        chat.close();
+                    }
+                    return;
+                }
+                let mut state = q.state.lock();
+                if state.pending.remove(&request).is_none() {
+                    // Cancelled: the answer was given already.
+                    drop(state);
+                    if let Ok(chat) = result {
                         chat.close();
                     }
                     return;
@@ -800,6 +836,18 @@ impl Peer {
     /// [`PeerBuilder::on_offer_answered`] hook), ahead of any event of its transfer.
     /// Needs one of the two ([`Error::InvalidArgument`] without).
     pub fn offer_file_async(&self, user: &str, path: impl AsRef<std::path::Path>) -> Result<u64> {
+        self.offer_file_async_with(user, path, |_| {})
+    }
+
+    /// [`offer_file_async`](Self::offer_file_async), calling `register` with the
+    /// request number before anything can answer that request (as
+    /// [`chat_async_with`](Self::chat_async_with)).
+    pub fn offer_file_async_with(
+        &self,
+        user: &str,
+        path: impl AsRef<std::path::Path>,
+        register: impl FnOnce(u64),
+    ) -> Result<u64> {
         let q = self
             .events
             .clone()
@@ -813,6 +861,7 @@ impl Peer {
             return Err(Error::Shutdown);
         }
         let request = q.next_request.fetch_add(1, Ordering::Relaxed);
+        register(request);
         q.state.lock().offers.insert(request, user.to_string());
         let inner = self.inner.clone();
         let name = user.to_string();
