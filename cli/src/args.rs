@@ -615,7 +615,7 @@ pub struct SendFileArgs {
     pub to: String,
     /// The file to send (it arrives under its own name).
     #[arg(value_name = "PATH", value_parser = parse_dir)]
-    pub path: PathBuf,
+    pub file: PathBuf,
 }
 
 #[derive(Debug, Args)]

@@ -554,31 +554,38 @@ pub fn fetch(args: &FetchArgs) -> Result<(), Failure> {
     Ok(())
 }
 
-/// `p2pchat send`
-pub fn send(args: &SendArgs) -> Result<(), Failure> {
-    if args.to == args.id.user {
+/// Refuses to send to `to` when it is this command's own `user`.
+fn not_yourself(to: &str, user: &str) -> Result<(), Failure> {
+    if to == user {
         return Err(Failure::new(format!(
             "cannot send to {}: that is you (--user)",
-            visible(&args.to)
+            visible(to)
         )));
     }
-    let temp;
-    let dir = match &args.dir {
-        Some(d) => d.as_path(),
-        None => {
-            temp = tempfile::Builder::new()
-                .prefix("p2pchat-send-")
-                .tempdir()
-                .map_err(|e| Failure::new(format!("cannot create a temporary directory: {e}")))?;
-            temp.path()
-        }
-    };
-    let signals = crate::signals::channel();
-    let peer = connect_as(&args.registry, &args.id, dir, true, |b| b)?;
-    // The chat request blocks until answered: a watcher shuts the peer down on
-    // SIGINT/SIGTERM, which ends the wait, and the command reports the interruption.
+    Ok(())
+}
+
+/// The directory to share while connected: `dir`, else a new empty temporary one,
+/// removed when the returned guard is dropped.
+fn dir_or_temp(
+    dir: Option<&Path>,
+) -> Result<(std::path::PathBuf, Option<tempfile::TempDir>), Failure> {
+    if let Some(d) = dir {
+        return Ok((d.to_path_buf(), None));
+    }
+    let temp = tempfile::Builder::new()
+        .prefix("p2pchat-send-")
+        .tempdir()
+        .map_err(|e| Failure::new(format!("cannot create a temporary directory: {e}")))?;
+    Ok((temp.path().to_path_buf(), Some(temp)))
+}
+
+/// Runs `work`, a call that blocks until the other side answers, while a watcher
+/// shuts `peer` down on SIGINT/SIGTERM (which ends the wait). Returns what `work`
+/// returned and whether a signal stopped it.
+fn until_signal<R>(peer: &Peer, signals: &Receiver<()>, work: impl FnOnce() -> R) -> (R, bool) {
     let (done_tx, done) = crossbeam_channel::bounded::<()>(0);
-    let (result, interrupted) = std::thread::scope(|scope| {
+    std::thread::scope(|scope| {
         let watcher = scope.spawn(|| {
             select! {
                 recv(signals) -> _ => {
@@ -588,7 +595,22 @@ pub fn send(args: &SendArgs) -> Result<(), Failure> {
                 recv(done) -> _ => false,
             }
         });
-        let result = peer.chat(&args.to).and_then(|chat| {
+        let result = work();
+        drop(done_tx);
+        (result, watcher.join().unwrap_or(false))
+    })
+}
+
+/// `p2pchat send`
+pub fn send(args: &SendArgs) -> Result<(), Failure> {
+    not_yourself(&args.to, &args.id.user)?;
+    let (dir, _temp) = dir_or_temp(args.dir.as_deref())?;
+    let signals = crate::signals::channel();
+    let peer = connect_as(&args.registry, &args.id, &dir, true, |b| b)?;
+    // The chat request blocks until answered: a signal ends the wait, and the command
+    // reports the interruption.
+    let (result, interrupted) = until_signal(&peer, &signals, || {
+        peer.chat(&args.to).and_then(|chat| {
             if let Some(w) = crate::keys::unsecured_chat(&chat) {
                 output::err_line(&format!("note: {w}"));
             }
@@ -603,9 +625,7 @@ pub fn send(args: &SendArgs) -> Result<(), Failure> {
             let sent = args.messages.iter().try_for_each(|m| chat.send(m));
             chat.close();
             sent
-        });
-        drop(done_tx);
-        (result, watcher.join().unwrap_or(false))
+        })
     });
     peer.exit();
     if interrupted {
@@ -646,48 +666,20 @@ fn answer_offer(offer: &p2pcore::peer::FileOffer, into: Option<&Path>) -> String
 /// once the other side confirmed it received and verified it. Ctrl-C while waiting for
 /// the answer or sending stops (exit 130).
 pub fn send_file(args: &SendFileArgs) -> Result<(), Failure> {
-    if args.to == args.id.user {
-        return Err(Failure::new(format!(
-            "cannot send to {}: that is you (--user)",
-            visible(&args.to)
-        )));
-    }
-    if !args.path.is_file() {
+    not_yourself(&args.to, &args.id.user)?;
+    if !args.file.is_file() {
         return Err(Failure::new(format!(
             "{}: not a file",
-            visible(&args.path.display().to_string())
+            visible(&args.file.display().to_string())
         )));
     }
-    let temp;
-    let dir = match &args.dir {
-        Some(d) => d.as_path(),
-        None => {
-            temp = tempfile::Builder::new()
-                .prefix("p2pchat-send-")
-                .tempdir()
-                .map_err(|e| Failure::new(format!("cannot create a temporary directory: {e}")))?;
-            temp.path()
-        }
-    };
+    let (dir, _temp) = dir_or_temp(args.dir.as_deref())?;
     let signals = crate::signals::channel();
-    let peer = connect_as(&args.registry, &args.id, dir, true, |b| b)?;
-    // The offer blocks until answered: a watcher shuts the peer down on SIGINT/SIGTERM,
-    // which ends the wait; once sending, the progress watch takes the signals.
-    let (done_tx, done) = crossbeam_channel::bounded::<()>(0);
-    let (offered, interrupted) = std::thread::scope(|scope| {
-        let watcher = scope.spawn(|| {
-            select! {
-                recv(signals) -> _ => {
-                    peer.shutdown();
-                    true
-                }
-                recv(done) -> _ => false,
-            }
-        });
-        let offered = peer.offer_file(&args.to, &args.path);
-        drop(done_tx);
-        (offered, watcher.join().unwrap_or(false))
-    });
+    let peer = connect_as(&args.registry, &args.id, &dir, true, |b| b)?;
+    // The offer blocks until answered: a signal ends the wait; once sending, the
+    // progress watch takes the signals.
+    let (offered, interrupted) =
+        until_signal(&peer, &signals, || peer.offer_file(&args.to, &args.file));
     if interrupted {
         peer.exit();
         return Err(Failure::interrupted("interrupted; the file was not sent"));
@@ -700,7 +692,8 @@ pub fn send_file(args: &SendFileArgs) -> Result<(), Failure> {
         }
     };
     let starts = crate::progress::Starts::default();
-    let (sent, _) = transfer.progress();
+    // What the other side had before (a resumed offer), not what was sent since.
+    let sent = transfer.resumed_from();
     if sent > 0 {
         output::err_line(&format!(
             "{} has {} of it already: sending the rest",

@@ -238,11 +238,8 @@ fn cut_off_push_resumes() {
     assert_eq!(t.wait().unwrap_err().code(), ErrorCode::Cancelled);
     let out = sending.join().unwrap().unwrap();
     assert!(out.wait().is_err(), "the sender saw the file delivered");
-    let partial = std::fs::read_dir(bob.download_dir())
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.to_string_lossy().contains("big.bin") && p.file_name().unwrap() != "big.bin")
-        .expect("a partial file");
+    // The partial file itself (next to it lies its origin record).
+    let partial = p2pcore::transfer::partial_path(bob.download_dir(), "big.bin");
     let kept = std::fs::metadata(&partial).unwrap().len();
     assert!(
         kept > 0 && kept < data.len() as u64,
@@ -255,6 +252,9 @@ fn cut_off_push_resumes() {
     let t = offer.accept().unwrap();
     assert!(t.progress().0 >= kept, "resumed from {:?}", t.progress());
     let out = sending.join().unwrap().unwrap();
+    // Both sides know where it resumed, however far the bytes have gone since.
+    assert_eq!(t.resumed_from(), kept, "the receiver's start");
+    assert_eq!(out.resumed_from(), kept, "the sender's start");
     assert_eq!(out.wait().unwrap(), src);
     let path = t.wait().unwrap();
     assert_eq!(std::fs::read(&path).unwrap(), data);

@@ -49,6 +49,9 @@ pub(crate) struct TransferShared {
     discard: AtomicBool,
     /// Recent `(when, bytes received)` samples, oldest first, for the rate.
     samples: Mutex<VecDeque<(Instant, u64)>>,
+    /// Bytes the receiving side had already when the transfer began (a resumed
+    /// partial file).
+    resumed_from: u64,
     /// This peer sends the file (a file it offered, [`super::Peer::offer_file`]):
     /// `from` is then the recipient, and nothing is ever discarded.
     outgoing: bool,
@@ -174,6 +177,13 @@ impl Transfer {
             self.shared.received.load(Ordering::Relaxed),
             self.shared.total.load(Ordering::Relaxed),
         )
+    }
+
+    /// Bytes the receiving side already had when this transfer began: a partial file
+    /// it resumes (0 for a fresh one). Unlike [`progress`](Self::progress), which
+    /// moves on as bytes arrive, this is fixed.
+    pub fn resumed_from(&self) -> u64 {
+        self.shared.resumed_from
     }
 
     /// Whether the download has ended (successfully or not).
@@ -350,6 +360,7 @@ pub(super) fn start(
         part_path: receiver.partial_path().to_path_buf(),
         discard: AtomicBool::new(false),
         samples: Mutex::new(VecDeque::from([(Instant::now(), receiver.offset())])),
+        resumed_from: receiver.offset(),
         outgoing: false,
         info,
         path: Mutex::new(Path::Direct),
@@ -871,6 +882,7 @@ impl TransferShared {
             part_path,
             discard: AtomicBool::new(false),
             samples: Mutex::new(VecDeque::from([(Instant::now(), received)])),
+            resumed_from: received,
             outgoing,
             // A pushed file is never fetched again over this link: the address is the
             // other side's end of it (a relay's, when relayed), kept for the record.
