@@ -448,7 +448,19 @@ fn a_download_cancelled_by_sigint_leaves_no_thread_behind() {
 
     let dir = tempfile::tempdir().unwrap();
     let mut a = client_at_menu(&addr, "alice", dir.path(), &[]);
-    let baseline = threads(a.pid());
+    // The registry's reachability check of alice's listener is served on a thread of
+    // its own for a moment: count from after it.
+    eventually("the registry checked alice's listener", || {
+        registry
+            .user("alice")
+            .is_some_and(|u| u.reach != p2pcore::reach::Reach::Unknown)
+    });
+    let mut baseline = threads(a.pid());
+    eventually("alice's threads settle", || {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = threads(a.pid());
+        std::mem::replace(&mut baseline, now) == now
+    });
     for round in 0..2 {
         a.send_line("2");
         a.expect("Enter username (empty to go back): ");
