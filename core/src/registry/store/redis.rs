@@ -64,7 +64,7 @@ const COMMAND_TIMEOUT: Duration = Duration::from_millis(500);
 const SYNC_TIMEOUT: Duration = Duration::from_secs(3);
 /// After a failed connect, the event loops do not try again for this long (a Redis
 /// that is down costs each query nothing, not a connect attempt).
-const RETRY_AFTER: Duration = Duration::from_millis(250);
+pub(super) const RETRY_AFTER: Duration = Duration::from_millis(250);
 /// Users loaded per round trip in a full resync.
 const LOAD_SLICE: isize = 2_000;
 /// Change-log entries read per `XREAD`.
@@ -332,6 +332,12 @@ fn unavailable(e: impl std::fmt::Display) -> QueryError {
     QueryError(reason::REGISTRY_UNAVAILABLE)
 }
 
+/// A connection under the event loops' timeouts (the event publisher and viewers use
+/// the same).
+pub(super) fn open_link(client: &redis::Client) -> redis::RedisResult<Connection> {
+    open(client, COMMAND_TIMEOUT)
+}
+
 fn open(client: &redis::Client, timeout: Duration) -> redis::RedisResult<Connection> {
     let conn = client.get_connection_with_timeout(CONNECT_TIMEOUT)?;
     conn.set_read_timeout(Some(timeout))?;
@@ -419,6 +425,12 @@ impl Inner {
 pub(crate) struct RedisStore {
     inner: Arc<Inner>,
     thread: Mutex<Option<JoinHandle<()>>>,
+    /// The event publisher's thread (see [`super::events`]), its sink and stop flag,
+    /// and the events it could not publish.
+    publisher: Mutex<Option<JoinHandle<()>>>,
+    events: super::events::EventSink,
+    events_stop: Arc<AtomicBool>,
+    events_dropped: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -481,11 +493,47 @@ impl RedisStore {
             .fresh_at
             .store(inner.now_ms().max(1), Ordering::Release);
         sync.conn = Some(conn);
-        let thread = crate::thread::spawn_named("p2p-registry-store", move || sync.run())?;
+        let events_stop = Arc::new(AtomicBool::new(false));
+        let events_dropped = Arc::new(AtomicU64::new(0));
+        let (publisher, events) = super::events::publisher(
+            inner.client.clone(),
+            inner.node.clone(),
+            events_dropped.clone(),
+            events_stop.clone(),
+        );
+        let publisher = crate::thread::spawn_named("p2p-registry-events", move || publisher.run())?;
+        let thread = match crate::thread::spawn_named("p2p-registry-store", move || sync.run()) {
+            Ok(t) => t,
+            Err(e) => {
+                events_stop.store(true, Ordering::SeqCst);
+                let _ = publisher.join();
+                return Err(e.into());
+            }
+        };
         Ok(RedisStore {
             inner,
             thread: Mutex::new(Some(thread)),
+            publisher: Mutex::new(Some(publisher)),
+            events,
+            events_stop,
+            events_dropped,
         })
+    }
+
+    /// This node's id in Redis (random at each start): the tag of its published events.
+    pub fn node_id(&self) -> &str {
+        &self.inner.node
+    }
+
+    /// What the registry's hook hands its events to (never blocks; see
+    /// [`super::events`]).
+    pub fn event_sink(&self) -> super::events::EventSink {
+        self.events.clone()
+    }
+
+    /// Events not published so far (the publisher's queue full, or Redis slow or away).
+    pub fn events_dropped(&self) -> u64 {
+        self.events_dropped.load(Ordering::Relaxed)
     }
 
     /// `Err(Registry unavailable)` when the replica may be stale (see [`FRESH_FOR`]).
@@ -706,7 +754,11 @@ impl Inner {
 impl Drop for RedisStore {
     fn drop(&mut self) {
         self.inner.stop.store(true, Ordering::SeqCst);
+        self.events_stop.store(true, Ordering::SeqCst);
         if let Some(t) = self.thread.lock().take() {
+            let _ = t.join();
+        }
+        if let Some(t) = self.publisher.lock().take() {
             let _ = t.join();
         }
         // A clean stop: this node's session users go now, not when its key expires.
