@@ -129,7 +129,7 @@ pub fn run(args: &ServerArgs) -> Result<(), Failure> {
             let t = std::thread::Builder::new()
                 .name("log-nodes".into())
                 .spawn(move || {
-                    follow(&url, TailFrom::Now, &stop, |e| {
+                    follow(None, &url, TailFrom::Now, &stop, |e| {
                         if e.node != own {
                             other_nodes.offer(&(Arc::from(e.node.as_str()), e.event), Logged::node);
                         }
@@ -143,11 +143,9 @@ pub fn run(args: &ServerArgs) -> Result<(), Failure> {
     // Wait for a signal; with Redis, say when events could not be shared with the
     // other nodes (at most once a second).
     let mut unpublished = 0;
-    loop {
-        match signals.recv_timeout(Duration::from_secs(1)) {
-            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
-            _ => break,
-        }
+    while let Err(crossbeam_channel::RecvTimeoutError::Timeout) =
+        signals.recv_timeout(Duration::from_secs(1))
+    {
         let now = registry.events_unpublished();
         if now > unpublished {
             let _ = notes.try_send(Logged::Unpublished(now - unpublished));
@@ -173,12 +171,12 @@ pub fn run(args: &ServerArgs) -> Result<(), Failure> {
 /// Follows every node's events until `stop`: each to `f`. While Redis is away, retries
 /// every half second (the tail keeps its place).
 fn follow(
+    mut tail: Option<EventTail>,
     url: &str,
     from: TailFrom,
     stop: &std::sync::atomic::AtomicBool,
     mut f: impl FnMut(p2pcore::registry::NodeEvent),
 ) {
-    let mut tail: Option<EventTail> = None;
     while !stop.load(Ordering::SeqCst) {
         let t = match &mut tail {
             Some(t) => t,
@@ -211,9 +209,9 @@ fn view(a: &ServerLogArgs) -> Result<(), Failure> {
         format: a.log_format,
     };
     // Fails now when Redis cannot be reached (later outages are waited out).
+    // Opened here, so that whatever is published after the first line is shown.
     let first = EventTail::open(url, TailFrom::Last(a.last))
         .map_err(|e| Failure::new(format!("cannot follow the registry's events: {e}")))?;
-    drop(first);
     let (tx, queue) = crossbeam_channel::bounded::<Logged>(LOG_QUEUE);
     let (stop_tx, stop) = crossbeam_channel::bounded::<()>(0);
     let dropped = Arc::new(AtomicU64::new(0));
@@ -228,7 +226,7 @@ fn view(a: &ServerLogArgs) -> Result<(), Failure> {
     let tail = std::thread::Builder::new()
         .name("log-nodes".into())
         .spawn(move || {
-            follow(&url, from, &ts, |e| {
+            follow(Some(first), &url, from, &ts, |e| {
                 offer.offer(&(Arc::from(e.node.as_str()), e.event), Logged::node)
             })
         })

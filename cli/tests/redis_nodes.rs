@@ -419,3 +419,153 @@ fn name_claims_hold_across_nodes() {
     let (_peer, _) = share(&b, "ivy", dir.path(), false);
     until(&a, "GET_P,ivy", SLACK, |s| s.contains(&key));
 }
+
+/// A node printing its log (no `--quiet`) and its node id (the `registry node:` line).
+fn logging_node(redis: &Redis, extra: &[&str]) -> (Proc, String, String) {
+    let url = redis.url();
+    let mut args = vec!["--addr", "127.0.0.1:0", "--store", url.as_str()];
+    args.extend_from_slice(extra);
+    let mut p = server_proc(&args);
+    let line = p.line_with("registry listening on ");
+    let addr = line
+        .rsplit(' ')
+        .next()
+        .expect("an address")
+        .trim()
+        .to_string();
+    let id = p.line_with("registry node: ");
+    let id = id.rsplit(' ').next().expect("a node id").trim().to_string();
+    assert_eq!(id.len(), 16, "{id:?}");
+    (p, addr, id)
+}
+
+#[test]
+fn show_all_and_the_viewer_print_every_nodes_events_tagged_with_their_node() {
+    let Some(redis) = Redis::start() else { return };
+    let (mut a, a_addr, a_id) = logging_node(&redis, &["--show", "all"]);
+    let (mut b, b_addr, b_id) = logging_node(&redis, &[]);
+    assert_ne!(a_id, b_id);
+    let url = redis.url();
+    let mut viewer =
+        common::Proc::start(&["server", "log", "--store", &url, "--log-format", "json"]);
+    viewer.expect("\"event\":\"following\"");
+    // A query on node B shows on node A, tagged with B, within a few seconds (the
+    // tail starts at "now": retry until A is following).
+    let t0 = Instant::now();
+    let mut n = 0;
+    let seen = loop {
+        n += 1;
+        let q = format!("GET_P,probe{n}");
+        assert_eq!(Session::open(&b_addr).ask(&q), "ERR,User not found!");
+        let needle = format!("[{b_id}] 127.0.0.1:");
+        let deadline = Instant::now() + Duration::from_millis(1500);
+        let mut found = None;
+        while Instant::now() < deadline && found.is_none() {
+            std::thread::sleep(Duration::from_millis(50));
+            found = a
+                .all_stdout()
+                .lines()
+                .find(|l| l.contains(&needle) && l.contains(&format!("{q} -> ERR,User not found!")))
+                .map(String::from);
+        }
+        if let Some(line) = found {
+            break line;
+        }
+        assert!(t0.elapsed() < SLACK, "{}", a.all_stdout());
+    };
+    eprintln!("on node A: {seen}");
+    // A's own queries are tagged with A.
+    assert_eq!(
+        Session::open(&a_addr).ask("GET_P,only-on-a"),
+        "ERR,User not found!"
+    );
+    a.line_with(&format!("[{a_id}] 127.0.0.1:"));
+    // The viewer shows both, as JSON lines with their node.
+    let line = viewer.line_with(&format!("\"node\":\"{b_id}\""));
+    assert!(line.starts_with("{\"time\":"), "{line}");
+    let line = viewer.line_with("GET_P,only-on-a");
+    assert!(line.contains(&format!("\"node\":\"{a_id}\"")), "{line}");
+    assert!(line.contains("\"event\":\"query\""), "{line}");
+    // Node B (default `--show own`) printed its own queries only, untagged: a marker
+    // query on B after A's event was published (the viewer saw it).
+    assert_eq!(
+        Session::open(&b_addr).ask("GET_P,marker"),
+        "ERR,User not found!"
+    );
+    b.expect("GET_P,marker");
+    let b_out = b.all_stdout();
+    assert!(!b_out.contains("only-on-a"), "{b_out}");
+    assert!(!b_out.contains(&format!("[{a_id}]")), "{b_out}");
+    assert!(!b_out.contains(&format!("[{b_id}]")), "{b_out}");
+    assert!(
+        b_out.contains("GET_P,probe1 -> ERR,User not found!"),
+        "{b_out}"
+    );
+}
+
+#[test]
+fn show_all_needs_the_redis_store() {
+    let o = common::p2pchat(&[
+        "server",
+        "--ephemeral",
+        "--addr",
+        "127.0.0.1:0",
+        "--show",
+        "all",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", o.stderr);
+    assert!(o.stderr.contains("--show all"), "{}", o.stderr);
+}
+
+#[test]
+fn a_stalled_redis_neither_stalls_the_event_loop_nor_loses_events_silently() {
+    let Some(redis) = Redis::start() else { return };
+    let (mut a, a_addr, _) = logging_node(&redis, &["--queries-per-sec", "0"]);
+    let pid = redis.child.as_ref().expect("redis runs").id() as i32;
+    // SAFETY: signals to the redis-server this test started (resumed below and on
+    // every exit path by the guard).
+    struct Resume(i32);
+    impl Drop for Resume {
+        fn drop(&mut self) {
+            unsafe { libc::kill(self.0, libc::SIGCONT) };
+        }
+    }
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let _resume = Resume(pid);
+    // A flood of queries on one session, all sent at once: each is answered (from the
+    // replica while fresh, then `ERR,Registry unavailable`), none waits on Redis.
+    let s = TcpStream::connect(&a_addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    const N: usize = 5_000;
+    let flood = "GET_U\n".repeat(N);
+    let writer = {
+        let mut w = s.try_clone().unwrap();
+        std::thread::spawn(move || w.write_all(flood.as_bytes()))
+    };
+    let mut r = BufReader::new(&s);
+    let (mut ok, mut unavailable) = (0, 0);
+    for _ in 0..N {
+        let mut line = String::new();
+        r.read_line(&mut line)
+            .expect("an answer while redis is stopped");
+        match line.trim_end() {
+            "OK" => ok += 1,
+            "ERR,Registry unavailable" => unavailable += 1,
+            other => panic!("unexpected answer {other:?}"),
+        }
+    }
+    writer.join().unwrap().unwrap();
+    eprintln!("{ok} answered, {unavailable} refused while redis was stopped");
+    // The events the publisher could not send are counted and said.
+    let line = a.line_with("not shared with the other nodes");
+    let n: u64 = line
+        .split("... ")
+        .nth(1)
+        .and_then(|t| t.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("a count in {line:?}"));
+    assert!(n > 0, "{line}");
+    // Redis back: the node serves again.
+    drop(_resume);
+    until(&a_addr, "GET_U", SLACK, |s| s == "OK");
+}
