@@ -178,7 +178,9 @@ pub struct ServerArgs {
     /// `disconnected`, `lease_expired`, `refused`, `dropped`, `stopped`) and, by event,
     /// `addr`, `key` (the registry's fingerprint on `listening`; on a `query`, the
     /// fingerprint of the encrypted session's key), `source`, `query`, `outcome`,
-    /// `legacy`, `released`, `usernames`, `count`.
+    /// `legacy`, `released`, `usernames`, `count`; with the Redis store, `node` (this
+    /// node's id on `listening`; with `--show all`, each event's node) and
+    /// `unpublished` events (`count`: events not shared with the other nodes).
     #[arg(long, value_name = "FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
     /// Most open connections in all.

@@ -569,3 +569,38 @@ fn a_stalled_redis_neither_stalls_the_event_loop_nor_loses_events_silently() {
     drop(_resume);
     until(&a_addr, "GET_U", SLACK, |s| s == "OK");
 }
+
+#[test]
+fn a_stalled_viewer_drops_lines_and_says_so_within_a_bounded_memory() {
+    let Some(redis) = Redis::start() else { return };
+    let (_a, a_addr) = node(&redis, &["--queries-per-sec", "0"]);
+    let url = redis.url();
+    let mut viewer = common::Proc::start(&["server", "log", "--store", &url]);
+    viewer.expect("following the registry nodes' events");
+    let before = viewer.rss_kib();
+    // Nobody reads the viewer's stdout: its pipe fills, then its queue.
+    viewer.pause_stdout();
+    let s = TcpStream::connect(&a_addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    const N: usize = 20_000;
+    let flood = "GET_P,nobody\n".repeat(N);
+    let writer = {
+        let mut w = s.try_clone().unwrap();
+        std::thread::spawn(move || w.write_all(flood.as_bytes()))
+    };
+    let mut r = BufReader::new(&s);
+    for _ in 0..N {
+        let mut line = String::new();
+        r.read_line(&mut line).expect("an answer");
+        assert_eq!(line, "ERR,User not found!\n");
+    }
+    writer.join().unwrap().unwrap();
+    // Let the viewer read the stream while stalled.
+    std::thread::sleep(Duration::from_secs(2));
+    let during = viewer.rss_kib();
+    viewer.resume_stdout();
+    let line = viewer.line_with("log lines dropped (output too slow)");
+    eprintln!("{line}; viewer VmRSS {before} -> {during} KiB");
+    // The queue (4,096 lines) and one read (512 entries) bound it, whatever the flood.
+    assert!(during < before + 32 * 1024, "{before} -> {during} KiB");
+}
