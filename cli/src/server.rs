@@ -147,8 +147,11 @@ pub fn run(args: &ServerArgs) -> Result<(), Failure> {
         signals.recv_timeout(Duration::from_secs(1))
     {
         let now = registry.events_unpublished();
-        if now > unpublished {
-            let _ = notes.try_send(Logged::Unpublished(now - unpublished));
+        if now > unpublished
+            && notes
+                .try_send(Logged::Unpublished(now - unpublished))
+                .is_ok()
+        {
             unpublished = now;
         }
     }

@@ -245,22 +245,24 @@ impl Publisher {
                 }
             }
             batch.extend(self.rx.try_iter().take(BATCH - batch.len().min(BATCH)));
-            if !batch.is_empty() {
-                self.send(&batch);
-                batch.clear();
-            }
-            if stopping && self.rx.is_empty() {
+            let sent = batch.is_empty() || self.send(&batch);
+            batch.clear();
+            if stopping && (!sent || self.rx.is_empty()) {
+                // Stopping: what is left is not worth waiting on a failing Redis for.
+                let left = self.rx.try_iter().count() as u64;
+                self.dropped.fetch_add(left, Ordering::Relaxed);
                 return;
             }
         }
     }
 
-    fn send(&mut self, batch: &[(SystemTime, RegistryEvent)]) {
+    /// Sends `batch` in one pipeline; false (the batch counted dropped) on failure.
+    fn send(&mut self, batch: &[(SystemTime, RegistryEvent)]) -> bool {
         let lost = || batch.len() as u64;
         if self.conn.is_none() {
             if self.retry_at.is_some_and(|t| Instant::now() < t) {
                 self.dropped.fetch_add(lost(), Ordering::Relaxed);
-                return;
+                return false;
             }
             match super::redis::open_link(&self.client) {
                 Ok(c) => self.conn = Some(c),
@@ -268,12 +270,12 @@ impl Publisher {
                     log::debug!("registry: events not published: {e}");
                     self.retry_at = Some(Instant::now() + super::redis::RETRY_AFTER);
                     self.dropped.fetch_add(lost(), Ordering::Relaxed);
-                    return;
+                    return false;
                 }
             }
         }
         let Some(conn) = self.conn.as_mut() else {
-            return;
+            return false;
         };
         let mut pipe = redis::pipe();
         for (at, e) in batch {
@@ -295,7 +297,9 @@ impl Publisher {
             self.conn = None;
             self.retry_at = Some(Instant::now() + super::redis::RETRY_AFTER);
             self.dropped.fetch_add(lost(), Ordering::Relaxed);
+            return false;
         }
+        true
     }
 }
 
