@@ -295,7 +295,7 @@ pub(crate) struct StoreBounds {
     pub claim_ttl: Duration,
 }
 
-/// A connection the event loops share (one command at a time, each under
+/// One connection of the event loops' pool (one command at a time, each under
 /// [`COMMAND_TIMEOUT`]), reconnected lazily.
 struct Link {
     conn: Option<Connection>,
@@ -308,7 +308,9 @@ struct Inner {
     directory: Arc<Directory>,
     bounds: StoreBounds,
     scripts: Scripts,
-    link: Mutex<Link>,
+    /// One connection per event loop (see [`Inner::with`]): the loops' writes do not
+    /// wait for each other's round trips.
+    links: Vec<Mutex<Link>>,
     stop: AtomicBool,
     /// Milliseconds since `epoch` of the replica's last successful log read; 0 while a
     /// resync is due.
@@ -321,6 +323,13 @@ struct Inner {
     /// This node's watch sessions: pushes forwarded by other nodes go there, and a
     /// watch ends when its user's registration leaves the directory.
     watches: std::sync::OnceLock<Arc<Watches>>,
+}
+
+/// Hands each thread its own starting place in the link pool.
+static NEXT_LINK: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+thread_local! {
+    static PREFERRED_LINK: usize = NEXT_LINK.fetch_add(1, Ordering::Relaxed);
 }
 
 fn store_err(e: impl std::fmt::Display) -> Error {
@@ -348,8 +357,16 @@ fn open(client: &redis::Client, timeout: Duration) -> redis::RedisResult<Connect
 impl Inner {
     /// Runs `f` on the shared connection, (re)connecting first if needed; a failure
     /// drops the connection (the next call reconnects, after [`RETRY_AFTER`]).
+    ///
+    /// Each thread prefers one link of the pool (the event loops: one each); when it is
+    /// busy, any free one; when all are, it waits for its own.
     fn with<T>(&self, f: impl FnOnce(&mut Connection) -> redis::RedisResult<T>) -> Result<T> {
-        let mut link = self.link.lock();
+        let n = self.links.len().max(1);
+        let first = PREFERRED_LINK.with(|i| *i) % n;
+        let mut link = (0..n)
+            .find_map(|k| self.links.get((first + k) % n)?.try_lock())
+            .or_else(|| self.links.get(first).map(|l| l.lock()))
+            .ok_or_else(|| store_err("no connection"))?;
         if link.conn.is_none() {
             if link.retry_at.is_some_and(|t| Instant::now() < t) {
                 return Err(store_err("unreachable (retrying shortly)"));
@@ -463,6 +480,7 @@ impl RedisStore {
         url: &str,
         directory: Arc<Directory>,
         bounds: StoreBounds,
+        pool: usize,
     ) -> Result<RedisStore> {
         let client = redis::Client::open(url)
             .map_err(|e| Error::InvalidArgument(format!("store {url}: {e}")))?;
@@ -472,10 +490,14 @@ impl RedisStore {
             directory,
             bounds,
             scripts: Scripts::new(),
-            link: Mutex::new(Link {
-                conn: None,
-                retry_at: None,
-            }),
+            links: (0..pool.clamp(1, 16))
+                .map(|_| {
+                    Mutex::new(Link {
+                        conn: None,
+                        retry_at: None,
+                    })
+                })
+                .collect(),
             stop: AtomicBool::new(false),
             fresh_at: AtomicU64::new(0),
             epoch: Instant::now(),
