@@ -1004,6 +1004,55 @@ mod tests {
     }
 
     #[test]
+    fn other_nodes_lines_carry_their_node() {
+        let e = RegistryEvent::Query {
+            at: UNIX_EPOCH,
+            source: "127.0.0.1:5000".parse().unwrap(),
+            query: "GET_P,bob".into(),
+            outcome: "OK,127.0.0.1,6000".into(),
+            legacy: false,
+            key: None,
+        };
+        let logged = Logged::Node(Arc::from("0123456789abcdef"), e);
+        let text = Log {
+            style: Style::plain(),
+            format: LogFormat::Text,
+        };
+        let line = text.event(&logged);
+        let (time, rest) = line.split_once(' ').unwrap();
+        assert_eq!(time, clock(UNIX_EPOCH));
+        assert_eq!(
+            rest,
+            "[0123456789abcdef] 127.0.0.1:5000 GET_P,bob -> OK,127.0.0.1,6000"
+        );
+        let json = Log {
+            style: Style::plain(),
+            format: LogFormat::Json,
+        };
+        let line = json.event(&logged);
+        assert!(
+            line.starts_with("{\"time\":\"1970-01-01T00:00:00.000Z\",\"event\":\"query\""),
+            "{line}"
+        );
+        assert!(
+            line.ends_with(",\"legacy\":false,\"node\":\"0123456789abcdef\"}"),
+            "{line}"
+        );
+        let line = json.event(&Logged::Unpublished(7));
+        assert!(
+            line.ends_with("\"event\":\"unpublished\",\"count\":7}"),
+            "{line}"
+        );
+        let line = text.event(&Logged::Unpublished(1));
+        assert!(
+            line.ends_with(
+                " ... 1 event not shared with the other nodes (store slow or unreachable)"
+            ),
+            "{line}"
+        );
+    }
+
+    #[test]
     fn json_lines_are_single_line_objects() {
         let source: SocketAddr = "[::1]:5000".parse().unwrap();
         let line = json_event(&RegistryEvent::Disconnected {

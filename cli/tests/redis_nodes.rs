@@ -620,3 +620,23 @@ fn a_stalled_viewer_drops_lines_and_says_so_within_a_bounded_memory() {
     // The queue (4,096 lines) and one read (512 entries) bound it, whatever the flood.
     assert!(during < before + 32 * 1024, "{before} -> {during} KiB");
 }
+
+#[test]
+fn the_viewer_needs_a_redis_store_it_can_reach() {
+    let o = common::p2pchat(&["server", "log", "--store", "memory"]);
+    assert_eq!(o.status.code(), Some(2), "{}", o.stderr);
+    assert!(o.stderr.contains("--store redis://"), "{}", o.stderr);
+    // Nothing listens on this port (bound, then closed): a clear failure, no wait.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    let url = format!("redis://127.0.0.1:{port}");
+    let o = common::p2pchat(&["server", "log", "--store", &url]);
+    assert_eq!(o.status.code(), Some(1), "{}", o.stderr);
+    assert!(
+        o.stderr.contains("cannot follow the registry's events"),
+        "{}",
+        o.stderr
+    );
+}
