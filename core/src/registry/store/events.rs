@@ -129,7 +129,8 @@ pub fn decode<'a>(fields: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> Opti
             .collect()
     };
     let node = get("n")?;
-    if node.is_empty() || node.len() > 64 {
+    // Printed as is in the tag of a log line: letters and digits only.
+    if node.is_empty() || node.len() > 64 || !node.bytes().all(|b| b.is_ascii_alphanumeric()) {
         return None;
     }
     let at = UNIX_EPOCH + Duration::from_millis(get("t")?.parse().ok()?);
@@ -540,6 +541,9 @@ mod tests {
         assert!(decode(bad).is_none());
         let mut bad = ok;
         bad[0].1 = b"";
+        assert!(decode(bad).is_none());
+        let mut bad = ok;
+        bad[0].1 = b"a\x1b[2J";
         assert!(decode(bad).is_none());
         let mut bad = ok;
         bad[2].1 = b"\xff";
