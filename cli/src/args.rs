@@ -178,7 +178,9 @@ pub struct ServerArgs {
     /// `disconnected`, `lease_expired`, `refused`, `dropped`, `stopped`) and, by event,
     /// `addr`, `key` (the registry's fingerprint on `listening`; on a `query`, the
     /// fingerprint of the encrypted session's key), `source`, `query`, `outcome`,
-    /// `legacy`, `released`, `usernames`, `count`.
+    /// `legacy`, `released`, `usernames`, `count`; with the Redis store, `node` (this
+    /// node's id on `listening`; with `--show all`, each event's node) and
+    /// `unpublished` events (`count`: events not shared with the other nodes).
     #[arg(long, value_name = "FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
     /// Most open connections in all.
@@ -244,6 +246,34 @@ pub struct ServerArgs {
     // Boxed: the command enum's variants stay near one size (clippy).
     #[arg(long, value_name = "STORE", default_value = "memory", value_parser = parse_store)]
     pub store: Box<p2pcore::registry::StoreSpec>,
+    /// Whose events to print: `own` (this node's) or `all` (every node on the same
+    /// `--store redis://…`, each line tagged with its node id; needs the Redis store).
+    #[arg(long, value_name = "own|all", value_enum, default_value_t = Show::Own)]
+    pub show: Show,
+}
+
+/// `--show`: this node's events or every node's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Show {
+    Own,
+    All,
+}
+
+/// `p2pchat server log`: every node's events, without serving.
+#[derive(Debug, Args)]
+pub struct ServerLogArgs {
+    /// The Redis the registry nodes share (`redis://HOST:PORT[/DB]`, their `--store`).
+    #[arg(long, value_name = "STORE", value_parser = parse_store)]
+    pub store: Box<p2pcore::registry::StoreSpec>,
+    /// Print the last N events the nodes published before following (at most 10,000).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub last: usize,
+    /// No line per connection and query (as `p2pchat server --quiet`).
+    #[arg(long)]
+    pub quiet: bool,
+    /// `text` or `json`, as `p2pchat server`, each line with its node.
+    #[arg(long, value_name = "FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
 }
 
 /// `--store`: `memory` or `redis://HOST:PORT[/DB]`.
@@ -343,6 +373,9 @@ pub enum ServerAction {
     /// register it again. Run it while the registry using DIR is stopped: the running
     /// registry holds its claims store locked.
     ReleaseName(ReleaseNameArgs),
+    /// Print the events of every registry node sharing a Redis store, live and tagged
+    /// with their node, without serving.
+    Log(ServerLogArgs),
 }
 
 #[derive(Debug, Args)]

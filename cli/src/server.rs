@@ -6,13 +6,18 @@
 //! every [`DROP_NOTE_EVERY`] while it is behind), says how many were dropped. The main
 //! thread only waits for a signal, so Ctrl-C works even when stdout is stalled.
 
-use crate::args::{LogFormat, OnOff, ReleaseNameArgs, ServerAction, ServerArgs};
+use crate::args::{
+    LogFormat, OnOff, ReleaseNameArgs, ServerAction, ServerArgs, ServerLogArgs, Show,
+};
 use crate::failure::Failure;
 use crate::style::{clock, Style};
 use crate::visible::{json_string, visible};
 use crossbeam_channel::{Receiver, TrySendError};
 use p2pcore::identity::Fingerprint;
-use p2pcore::registry::{release_name, EmbeddedRelay, Registry, RegistryConfig, RegistryEvent};
+use p2pcore::registry::{
+    release_name, EmbeddedRelay, EventTail, Registry, RegistryConfig, RegistryEvent, StoreSpec,
+    TailFrom,
+};
 use p2pcore::relay::{RelayAddr, RelayEvent, RelayOffer};
 use p2pcore::Error;
 use std::io::Write;
@@ -32,8 +37,20 @@ const FINAL_FLUSH: Duration = Duration::from_secs(2);
 /// Run the registry until SIGINT/SIGTERM; then exit status 130, like every command a
 /// signal stops (the log's "registry stopped" line says it stopped).
 pub fn run(args: &ServerArgs) -> Result<(), Failure> {
-    if let Some(ServerAction::ReleaseName(a)) = &args.action {
-        return release(a, args.data_dir.as_deref());
+    match &args.action {
+        Some(ServerAction::ReleaseName(a)) => return release(a, args.data_dir.as_deref()),
+        Some(ServerAction::Log(a)) => return view(a),
+        None => {}
+    }
+    let redis_url = match &*args.store {
+        StoreSpec::Redis(url) => Some(url.clone()),
+        StoreSpec::Memory => None,
+    };
+    if args.show == Show::All && redis_url.is_none() {
+        return Err(Failure {
+            code: crate::failure::EXIT_USAGE,
+            message: "--show all shows the nodes sharing a --store redis://…: give one".into(),
+        });
     }
     let data_dir = if args.ephemeral {
         None
@@ -51,8 +68,18 @@ pub fn run(args: &ServerArgs) -> Result<(), Failure> {
     let (stop_tx, stop) = crossbeam_channel::bounded::<()>(0);
     let dropped = Arc::new(AtomicU64::new(0));
     let offer = LogOffer::new(tx.clone(), dropped.clone(), quiet);
+    // With `--show all`, this node's lines carry its id too (known once bound; an
+    // event before that is printed untagged).
+    let own_tag: Arc<std::sync::OnceLock<Arc<str>>> = Arc::default();
+    let show_all = args.show == Show::All;
+    let tag = own_tag.clone();
     // Runs on the registry's event-loop threads: never blocks.
-    let hook = move |e: &RegistryEvent| offer.offer(e, Logged::Registry);
+    let hook = move |e: &RegistryEvent| match tag.get().filter(|_| show_all) {
+        Some(node) => offer.offer(&(node.clone(), e.clone()), Logged::node),
+        None => offer.offer(e, Logged::Registry),
+    };
+    let other_nodes = LogOffer::new(tx.clone(), dropped.clone(), quiet);
+    let notes = tx.clone();
     let relay_hook = LogOffer::new(tx, dropped.clone(), quiet);
     let mut config = config(args, data_dir.clone());
     relay_setting(args, &mut config)?;
@@ -70,12 +97,19 @@ pub fn run(args: &ServerArgs) -> Result<(), Failure> {
         })?;
     let addr = registry.local_addr();
     let key = registry.fingerprint();
+    let node = registry.node_id();
+    if let Some(n) = &node {
+        let _ = own_tag.set(Arc::from(n.as_str()));
+    }
     let relay = match (registry.relay_addr(), &args.relay_at) {
         (Some(at), _) => Some((true, at.to_string())),
         (None, Some(at)) => Some((false, at.clone())),
         (None, None) => None,
     };
-    let startup = log.listening(addr, key, relay.as_ref().map(|(e, a)| (*e, a.as_str())));
+    let mut startup = log.listening(addr, key, relay.as_ref().map(|(e, a)| (*e, a.as_str())));
+    if let Some(n) = &node {
+        log.add_node(&mut startup, n);
+    }
     let stopped = log.stopped("registry");
     let (done_tx, done) = crossbeam_channel::bounded::<()>(1);
     let printer = std::thread::Builder::new()
@@ -85,12 +119,133 @@ pub fn run(args: &ServerArgs) -> Result<(), Failure> {
             let _ = done_tx.send(());
         })
         .map_err(|e| Failure::new(format!("cannot start the log printer: {e}")))?;
-    let _ = signals.recv();
+    // `--show all`: the other nodes' events, from the store's event stream.
+    let tail_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let tail = match (&redis_url, &node) {
+        (Some(url), Some(own)) if show_all => {
+            let own = own.clone();
+            let stop = tail_stop.clone();
+            let url = url.clone();
+            let t = std::thread::Builder::new()
+                .name("log-nodes".into())
+                .spawn(move || {
+                    follow(None, &url, TailFrom::Now, &stop, |e| {
+                        if e.node != own {
+                            other_nodes.offer(&(Arc::from(e.node.as_str()), e.event), Logged::node);
+                        }
+                    })
+                })
+                .map_err(|e| Failure::new(format!("cannot start the node log: {e}")))?;
+            Some(t)
+        }
+        _ => None,
+    };
+    // Wait for a signal; with Redis, say when events could not be shared with the
+    // other nodes (at most once a second).
+    let mut unpublished = 0;
+    while let Err(crossbeam_channel::RecvTimeoutError::Timeout) =
+        signals.recv_timeout(Duration::from_secs(1))
+    {
+        let now = registry.events_unpublished();
+        if now > unpublished
+            && notes
+                .try_send(Logged::Unpublished(now - unpublished))
+                .is_ok()
+        {
+            unpublished = now;
+        }
+    }
+    drop(notes);
     // Joins the event loops and the relay: no event comes after this.
     registry.shutdown();
+    tail_stop.store(true, Ordering::SeqCst);
+    if let Some(t) = tail {
+        let _ = t.join();
+    }
     drop(stop_tx);
     // A stalled stdout must not keep the process alive: give the printer a moment to
     // write what is left, and otherwise leave it to the process exit.
+    if done.recv_timeout(FINAL_FLUSH).is_ok() {
+        let _ = printer.join();
+    }
+    Err(Failure::interrupted(""))
+}
+
+/// Follows every node's events until `stop`: each to `f`. While Redis is away, retries
+/// every half second (the tail keeps its place).
+fn follow(
+    mut tail: Option<EventTail>,
+    url: &str,
+    from: TailFrom,
+    stop: &std::sync::atomic::AtomicBool,
+    mut f: impl FnMut(p2pcore::registry::NodeEvent),
+) {
+    while !stop.load(Ordering::SeqCst) {
+        let t = match &mut tail {
+            Some(t) => t,
+            None => match EventTail::open(url, from) {
+                Ok(t) => tail.insert(t),
+                Err(_) => {
+                    std::thread::sleep(Duration::from_millis(500));
+                    continue;
+                }
+            },
+        };
+        match t.next_batch(Duration::from_millis(300)) {
+            Ok(events) => events.into_iter().for_each(&mut f),
+            Err(_) => std::thread::sleep(Duration::from_millis(500)),
+        }
+    }
+}
+
+/// `p2pchat server log --store redis://…`: every node's events, until SIGINT/SIGTERM.
+fn view(a: &ServerLogArgs) -> Result<(), Failure> {
+    let StoreSpec::Redis(url) = &*a.store else {
+        return Err(Failure {
+            code: crate::failure::EXIT_USAGE,
+            message: "p2pchat server log follows the nodes sharing a --store redis://…".into(),
+        });
+    };
+    let signals = crate::signals::channel();
+    let log = Log {
+        style: Style::stdout(),
+        format: a.log_format,
+    };
+    // Fails now when Redis cannot be reached (later outages are waited out).
+    // Opened here, so that whatever is published after the first line is shown.
+    let first = EventTail::open(url, TailFrom::Last(a.last))
+        .map_err(|e| Failure::new(format!("cannot follow the registry's events: {e}")))?;
+    let (tx, queue) = crossbeam_channel::bounded::<Logged>(LOG_QUEUE);
+    let (stop_tx, stop) = crossbeam_channel::bounded::<()>(0);
+    let dropped = Arc::new(AtomicU64::new(0));
+    let offer = LogOffer::new(tx, dropped.clone(), a.quiet);
+    let startup = match a.log_format {
+        LogFormat::Text => format!("following the registry nodes' events in {url}"),
+        LogFormat::Json => json_line(SystemTime::now(), "following", &[("store", Json::Str(url))]),
+    };
+    let stopped = log.stopped("log");
+    let tail_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (url, from, ts) = (url.clone(), TailFrom::Last(a.last), tail_stop.clone());
+    let tail = std::thread::Builder::new()
+        .name("log-nodes".into())
+        .spawn(move || {
+            follow(Some(first), &url, from, &ts, |e| {
+                offer.offer(&(Arc::from(e.node.as_str()), e.event), Logged::node)
+            })
+        })
+        .map_err(|e| Failure::new(format!("cannot start the node log: {e}")))?;
+    let (done_tx, done) = crossbeam_channel::bounded::<()>(1);
+    let printer = std::thread::Builder::new()
+        .name("log".into())
+        .spawn(move || {
+            print_loop(&log, &startup, &stopped, &queue, &stop, &dropped);
+            let _ = done_tx.send(());
+        })
+        .map_err(|e| Failure::new(format!("cannot start the log printer: {e}")))?;
+    let _ = signals.recv();
+    tail_stop.store(true, Ordering::SeqCst);
+    let _ = tail.join();
+    drop(stop_tx);
     if done.recv_timeout(FINAL_FLUSH).is_ok() {
         let _ = printer.join();
     }
@@ -203,9 +358,19 @@ fn relay_setting(args: &ServerArgs, config: &mut RegistryConfig) -> Result<(), F
 pub(crate) enum Logged {
     Registry(RegistryEvent),
     Relay(RelayEvent),
+    /// An event of a registry node on the Redis store, with its node id (`--show all`,
+    /// `p2pchat server log`).
+    Node(Arc<str>, RegistryEvent),
+    /// Events this node could not publish to the store for the others (since the
+    /// last such note).
+    Unpublished(u64),
 }
 
 impl Logged {
+    fn node((node, e): (Arc<str>, RegistryEvent)) -> Logged {
+        Logged::Node(node, e)
+    }
+
     /// Events that `--quiet` leaves out: one per connection, query or circuit.
     fn per_query(&self) -> bool {
         match self {
@@ -217,6 +382,8 @@ impl Logged {
                     | RegistryEvent::Reachability { .. }
             ),
             Logged::Relay(e) => !matches!(e, RelayEvent::Refused { .. }),
+            Logged::Node(_, e) => Logged::Registry(e.clone()).per_query(),
+            Logged::Unpublished(_) => false,
         }
     }
 }
@@ -384,13 +551,57 @@ impl Log {
         }
     }
 
+    /// Adds this node's id to the startup lines (Redis store only).
+    fn add_node(&self, startup: &mut String, node: &str) {
+        match self.format {
+            LogFormat::Text => startup.push_str(&format!("\nregistry node: {node}")),
+            LogFormat::Json => with_node(startup, node),
+        }
+    }
+
     fn event(&self, e: &Logged) -> String {
         match (self.format, e) {
+            (LogFormat::Text, Logged::Node(node, e)) => {
+                // `TIME [node] …`: the node after the time (which has no space).
+                let line = text_line(&self.style, e);
+                match line.split_once(' ') {
+                    Some((time, rest)) => format!("{time} [{node}] {rest}"),
+                    None => line,
+                }
+            }
+            (LogFormat::Json, Logged::Node(node, e)) => {
+                let mut line = json_event(e);
+                with_node(&mut line, node);
+                line
+            }
+            (LogFormat::Text, Logged::Unpublished(n)) => {
+                let now = self.style.dim(&clock(SystemTime::now()));
+                let text = self.style.yellow(&format!(
+                    "... {n} event{} not shared with the other nodes (store slow or unreachable)",
+                    if *n == 1 { "" } else { "s" }
+                ));
+                format!("{now} {text}")
+            }
+            (LogFormat::Json, Logged::Unpublished(n)) => json_line(
+                SystemTime::now(),
+                "unpublished",
+                &[("count", Json::Num(*n))],
+            ),
             (LogFormat::Text, Logged::Registry(e)) => text_line(&self.style, e),
             (LogFormat::Json, Logged::Registry(e)) => json_event(e),
             (LogFormat::Text, Logged::Relay(e)) => relay_text_line(&self.style, e),
             (LogFormat::Json, Logged::Relay(e)) => relay_json_event(e),
         }
+    }
+}
+
+/// Adds `"node":…` at the end of a JSON log line.
+fn with_node(line: &mut String, node: &str) {
+    if line.ends_with('}') {
+        line.pop();
+        line.push_str(",\"node\":");
+        line.push_str(&json_string(node));
+        line.push('}');
     }
 }
 
@@ -790,6 +1001,55 @@ mod tests {
             },
         );
         assert!(line.contains(red), "{line:?}");
+    }
+
+    #[test]
+    fn other_nodes_lines_carry_their_node() {
+        let e = RegistryEvent::Query {
+            at: UNIX_EPOCH,
+            source: "127.0.0.1:5000".parse().unwrap(),
+            query: "GET_P,bob".into(),
+            outcome: "OK,127.0.0.1,6000".into(),
+            legacy: false,
+            key: None,
+        };
+        let logged = Logged::Node(Arc::from("0123456789abcdef"), e);
+        let text = Log {
+            style: Style::plain(),
+            format: LogFormat::Text,
+        };
+        let line = text.event(&logged);
+        let (time, rest) = line.split_once(' ').unwrap();
+        assert_eq!(time, clock(UNIX_EPOCH));
+        assert_eq!(
+            rest,
+            "[0123456789abcdef] 127.0.0.1:5000 GET_P,bob -> OK,127.0.0.1,6000"
+        );
+        let json = Log {
+            style: Style::plain(),
+            format: LogFormat::Json,
+        };
+        let line = json.event(&logged);
+        assert!(
+            line.starts_with("{\"time\":\"1970-01-01T00:00:00.000Z\",\"event\":\"query\""),
+            "{line}"
+        );
+        assert!(
+            line.ends_with(",\"legacy\":false,\"node\":\"0123456789abcdef\"}"),
+            "{line}"
+        );
+        let line = json.event(&Logged::Unpublished(7));
+        assert!(
+            line.ends_with("\"event\":\"unpublished\",\"count\":7}"),
+            "{line}"
+        );
+        let line = text.event(&Logged::Unpublished(1));
+        assert!(
+            line.ends_with(
+                " ... 1 event not shared with the other nodes (store slow or unreachable)"
+            ),
+            "{line}"
+        );
     }
 
     #[test]

@@ -189,6 +189,15 @@ fn until(addr: &str, q: &str, within: Duration, mut want: impl FnMut(&str) -> bo
 
 const SLACK: Duration = Duration::from_secs(10);
 
+/// Held by the tests that load the machine (floods, 100,000 users): one at a time, so
+/// that none of them pushes another's replica past its 1 s freshness bound on a small
+/// machine.
+static HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn heavy() -> std::sync::MutexGuard<'static, ()> {
+    HEAVY.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 #[test]
 fn registrations_ownership_and_caps_hold_across_nodes() {
     let Some(redis) = Redis::start() else { return };
@@ -302,6 +311,7 @@ fn a_redis_restart_is_unavailable_then_recovers() {
 
 #[test]
 fn get_af_of_100000_users_through_another_node() {
+    let _heavy = heavy();
     const USERS: usize = 100_000;
     let Some(redis) = Redis::start() else { return };
     let (_a, a) = node(&redis, &[]);
@@ -364,7 +374,11 @@ return 1
         Session::open(&b).ask("GET_P,user054321"),
         format!("OK,127.0.0.9,{},legacy", 10_000 + 54_321 % 50_000)
     );
-    // Node A answers the same.
+    // Node A answers the same, once it has caught up too (it follows the same log,
+    // on a machine other tests load as well).
+    until(&a, "GET_P,user099999", Duration::from_secs(60), |s| {
+        s == last
+    });
     let on_a = Session::open(&a).all_files().expect("GET_AF on A");
     assert_eq!(on_a.len(), USERS);
     let memory = redis.pipeline(&[vec![
@@ -418,4 +432,211 @@ fn name_claims_hold_across_nodes() {
     // The same key comes back through the other node: granted.
     let (_peer, _) = share(&b, "ivy", dir.path(), false);
     until(&a, "GET_P,ivy", SLACK, |s| s.contains(&key));
+}
+
+/// A node printing its log (no `--quiet`) and its node id (the `registry node:` line).
+fn logging_node(redis: &Redis, extra: &[&str]) -> (Proc, String, String) {
+    let url = redis.url();
+    let mut args = vec!["--addr", "127.0.0.1:0", "--store", url.as_str()];
+    args.extend_from_slice(extra);
+    let mut p = server_proc(&args);
+    let line = p.line_with("registry listening on ");
+    let addr = line
+        .rsplit(' ')
+        .next()
+        .expect("an address")
+        .trim()
+        .to_string();
+    let id = p.line_with("registry node: ");
+    let id = id.rsplit(' ').next().expect("a node id").trim().to_string();
+    assert_eq!(id.len(), 16, "{id:?}");
+    (p, addr, id)
+}
+
+#[test]
+fn show_all_and_the_viewer_print_every_nodes_events_tagged_with_their_node() {
+    let Some(redis) = Redis::start() else { return };
+    let (mut a, a_addr, a_id) = logging_node(&redis, &["--show", "all"]);
+    let (mut b, b_addr, b_id) = logging_node(&redis, &[]);
+    assert_ne!(a_id, b_id);
+    let url = redis.url();
+    let mut viewer =
+        common::Proc::start(&["server", "log", "--store", &url, "--log-format", "json"]);
+    viewer.expect("\"event\":\"following\"");
+    // A query on node B shows on node A, tagged with B, within a few seconds (the
+    // tail starts at "now": retry until A is following).
+    let t0 = Instant::now();
+    let mut n = 0;
+    let seen = loop {
+        n += 1;
+        let q = format!("GET_P,probe{n}");
+        assert_eq!(Session::open(&b_addr).ask(&q), "ERR,User not found!");
+        let needle = format!("[{b_id}] 127.0.0.1:");
+        let deadline = Instant::now() + Duration::from_millis(1500);
+        let mut found = None;
+        while Instant::now() < deadline && found.is_none() {
+            std::thread::sleep(Duration::from_millis(50));
+            found = a
+                .all_stdout()
+                .lines()
+                .find(|l| l.contains(&needle) && l.contains(&format!("{q} -> ERR,User not found!")))
+                .map(String::from);
+        }
+        if let Some(line) = found {
+            break line;
+        }
+        assert!(t0.elapsed() < SLACK, "{}", a.all_stdout());
+    };
+    eprintln!("on node A: {seen}");
+    // A's own queries are tagged with A.
+    assert_eq!(
+        Session::open(&a_addr).ask("GET_P,only-on-a"),
+        "ERR,User not found!"
+    );
+    a.line_with(&format!("[{a_id}] 127.0.0.1:"));
+    // The viewer shows both, as JSON lines with their node.
+    let line = viewer.line_with(&format!("\"node\":\"{b_id}\""));
+    assert!(line.starts_with("{\"time\":"), "{line}");
+    let line = viewer.line_with("GET_P,only-on-a");
+    assert!(line.contains(&format!("\"node\":\"{a_id}\"")), "{line}");
+    assert!(line.contains("\"event\":\"query\""), "{line}");
+    // Node B (default `--show own`) printed its own queries only, untagged: a marker
+    // query on B after A's event was published (the viewer saw it).
+    assert_eq!(
+        Session::open(&b_addr).ask("GET_P,marker"),
+        "ERR,User not found!"
+    );
+    b.expect("GET_P,marker");
+    let b_out = b.all_stdout();
+    assert!(!b_out.contains("only-on-a"), "{b_out}");
+    assert!(!b_out.contains(&format!("[{a_id}]")), "{b_out}");
+    assert!(!b_out.contains(&format!("[{b_id}]")), "{b_out}");
+    assert!(
+        b_out.contains("GET_P,probe1 -> ERR,User not found!"),
+        "{b_out}"
+    );
+}
+
+#[test]
+fn show_all_needs_the_redis_store() {
+    let o = common::p2pchat(&[
+        "server",
+        "--ephemeral",
+        "--addr",
+        "127.0.0.1:0",
+        "--show",
+        "all",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", o.stderr);
+    assert!(o.stderr.contains("--show all"), "{}", o.stderr);
+}
+
+#[test]
+fn a_stalled_redis_neither_stalls_the_event_loop_nor_loses_events_silently() {
+    let _heavy = heavy();
+    let Some(redis) = Redis::start() else { return };
+    let (mut a, a_addr, _) = logging_node(&redis, &["--queries-per-sec", "0"]);
+    let pid = redis.child.as_ref().expect("redis runs").id() as i32;
+    // SAFETY: signals to the redis-server this test started (resumed below and on
+    // every exit path by the guard).
+    struct Resume(i32);
+    impl Drop for Resume {
+        fn drop(&mut self) {
+            unsafe { libc::kill(self.0, libc::SIGCONT) };
+        }
+    }
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let _resume = Resume(pid);
+    // A flood of queries on one session, all sent at once: each is answered (from the
+    // replica while fresh, then `ERR,Registry unavailable`), none waits on Redis.
+    let s = TcpStream::connect(&a_addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    const N: usize = 5_000;
+    let flood = "GET_U\n".repeat(N);
+    let writer = {
+        let mut w = s.try_clone().unwrap();
+        std::thread::spawn(move || w.write_all(flood.as_bytes()))
+    };
+    let mut r = BufReader::new(&s);
+    let (mut ok, mut unavailable) = (0, 0);
+    for _ in 0..N {
+        let mut line = String::new();
+        r.read_line(&mut line)
+            .expect("an answer while redis is stopped");
+        match line.trim_end() {
+            "OK" => ok += 1,
+            "ERR,Registry unavailable" => unavailable += 1,
+            other => panic!("unexpected answer {other:?}"),
+        }
+    }
+    writer.join().unwrap().unwrap();
+    eprintln!("{ok} answered, {unavailable} refused while redis was stopped");
+    // The events the publisher could not send are counted and said.
+    let line = a.line_with("not shared with the other nodes");
+    let n: u64 = line
+        .split("... ")
+        .nth(1)
+        .and_then(|t| t.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("a count in {line:?}"));
+    assert!(n > 0, "{line}");
+    // Redis back: the node serves again.
+    drop(_resume);
+    until(&a_addr, "GET_U", SLACK, |s| s == "OK");
+}
+
+#[test]
+fn a_stalled_viewer_drops_lines_and_says_so_within_a_bounded_memory() {
+    let _heavy = heavy();
+    let Some(redis) = Redis::start() else { return };
+    let (_a, a_addr) = node(&redis, &["--queries-per-sec", "0"]);
+    let url = redis.url();
+    let mut viewer = common::Proc::start(&["server", "log", "--store", &url]);
+    viewer.expect("following the registry nodes' events");
+    let before = viewer.rss_kib();
+    // Nobody reads the viewer's stdout: its pipe fills, then its queue.
+    viewer.pause_stdout();
+    let s = TcpStream::connect(&a_addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    const N: usize = 20_000;
+    let flood = "GET_P,nobody\n".repeat(N);
+    let writer = {
+        let mut w = s.try_clone().unwrap();
+        std::thread::spawn(move || w.write_all(flood.as_bytes()))
+    };
+    let mut r = BufReader::new(&s);
+    for _ in 0..N {
+        let mut line = String::new();
+        r.read_line(&mut line).expect("an answer");
+        assert_eq!(line, "ERR,User not found!\n");
+    }
+    writer.join().unwrap().unwrap();
+    // Let the viewer read the stream while stalled.
+    std::thread::sleep(Duration::from_secs(2));
+    let during = viewer.rss_kib();
+    viewer.resume_stdout();
+    let line = viewer.line_with("log lines dropped (output too slow)");
+    eprintln!("{line}; viewer VmRSS {before} -> {during} KiB");
+    // The queue (4,096 lines) and one read (512 entries) bound it, whatever the flood.
+    assert!(during < before + 32 * 1024, "{before} -> {during} KiB");
+}
+
+#[test]
+fn the_viewer_needs_a_redis_store_it_can_reach() {
+    let o = common::p2pchat(&["server", "log", "--store", "memory"]);
+    assert_eq!(o.status.code(), Some(2), "{}", o.stderr);
+    assert!(o.stderr.contains("--store redis://"), "{}", o.stderr);
+    // Nothing listens on this port (bound, then closed): a clear failure, no wait.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    let url = format!("redis://127.0.0.1:{port}");
+    let o = common::p2pchat(&["server", "log", "--store", &url]);
+    assert_eq!(o.status.code(), Some(1), "{}", o.stderr);
+    assert!(
+        o.stderr.contains("cannot follow the registry's events"),
+        "{}",
+        o.stderr
+    );
 }

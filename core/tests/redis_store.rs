@@ -88,7 +88,7 @@ fn count(dir: &str) -> usize {
 }
 
 #[test]
-fn the_store_costs_one_thread_and_two_connections_and_gives_them_back() {
+fn the_store_costs_two_threads_and_three_connections_and_gives_them_back() {
     let _serial = SERIAL.lock();
     let Some(redis) = Redis::start() else { return };
     let (threads0, fds0) = (count("/proc/self/task"), count("/proc/self/fd"));
@@ -109,10 +109,17 @@ fn the_store_costs_one_thread_and_two_connections_and_gives_them_back() {
     }));
     let node = redis.node();
     let session = register(node.local_addr(), "lena", 5000);
-    // One thread more (the store's sync thread) and two connections (the sync
-    // thread's, and the event loops' one, made at the first write).
-    assert_eq!(count("/proc/self/task"), mem_threads + 1);
-    assert_eq!(count("/proc/self/fd"), mem_fds + 2);
+    // Two threads more (the store's sync thread and its event publisher) and three
+    // connections (the sync thread's, the event loop's, made at the first write, and
+    // the publisher's, made at the first event).
+    assert_eq!(count("/proc/self/task"), mem_threads + 2);
+    assert!(
+        wait_until(Duration::from_secs(10), || count("/proc/self/fd")
+            == mem_fds + 3),
+        "descriptors {} -> {}",
+        mem_fds,
+        count("/proc/self/fd")
+    );
     drop(session);
     assert!(wait_until(Duration::from_secs(10), || node
         .user("lena")

@@ -32,6 +32,7 @@ mod watch;
 
 pub use claims::{claims_file, release_name};
 pub use directory::UserEntry;
+pub use store::events::{EventTail, NodeEvent, TailFrom};
 pub use store::StoreSpec;
 
 use crate::error::{Error, Result};
@@ -275,12 +276,27 @@ impl RegistryBuilder {
                     legacy_lease: c.legacy_lease,
                     claim_ttl: c.claim_ttl,
                 };
-                let s = store::redis::RedisStore::connect(url, directory.clone(), bounds)?;
+                // One Redis connection per event loop, opened when first needed.
+                let s = store::redis::RedisStore::connect(url, directory.clone(), bounds, loops)?;
                 // Claims must be shared by the nodes too: a name claimed through one
                 // node is refused to another key on every node.
                 claims = claims::Claims::from_store(Box::new(store::redis::RedisClaims::new(&s)));
                 Some(Arc::new(s))
             }
+        };
+        // With Redis, every event is also published for the other nodes' displays
+        // (offered to a bounded queue: never blocks the loop that emits it).
+        let hook: Option<RegistryHook> = match (&store, self.hook) {
+            (Some(s), user) => {
+                let sink = s.event_sink();
+                Some(Arc::new(move |e: &RegistryEvent| {
+                    sink.offer(e);
+                    if let Some(user) = &user {
+                        user(e);
+                    }
+                }))
+            }
+            (None, user) => user,
         };
         let max_connections = connection_cap(self.config.max_connections, raise_nofile_limit());
         let mut parts = Vec::with_capacity(loops);
@@ -298,7 +314,7 @@ impl RegistryBuilder {
         let shared = Arc::new(server::Shared {
             config: self.config,
             max_connections,
-            hook: self.hook,
+            hook,
             directory: directory.clone(),
             stop: AtomicBool::new(false),
             open: AtomicUsize::new(0),
@@ -460,6 +476,19 @@ impl Registry {
     /// What the embedded relay has done so far.
     pub fn relay_stats(&self) -> Option<crate::relay::RelayStats> {
         self.relay.as_ref().map(|r| r.stats())
+    }
+
+    /// This node's id in the Redis store (16 hex digits, random at each start): the
+    /// tag of the events it publishes for the other nodes' displays (see
+    /// [`EventTail`]). `None` with the memory store.
+    pub fn node_id(&self) -> Option<String> {
+        self.shared.store.as_ref().map(|s| s.node_id().to_string())
+    }
+
+    /// Events not published to the Redis store so far (its queue was full, or Redis
+    /// was slow or away); 0 with the memory store.
+    pub fn events_unpublished(&self) -> u64 {
+        self.shared.store.as_ref().map_or(0, |s| s.events_dropped())
     }
 
     /// Stop serving, close every connection and join the server thread.

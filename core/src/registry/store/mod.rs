@@ -10,6 +10,7 @@
 //! rendered once per change from local memory as before, and a write costs one or two
 //! loopback round trips under a short timeout.
 
+pub mod events;
 pub(crate) mod redis;
 
 use crate::error::{Error, Result};

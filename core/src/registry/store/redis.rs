@@ -64,7 +64,7 @@ const COMMAND_TIMEOUT: Duration = Duration::from_millis(500);
 const SYNC_TIMEOUT: Duration = Duration::from_secs(3);
 /// After a failed connect, the event loops do not try again for this long (a Redis
 /// that is down costs each query nothing, not a connect attempt).
-const RETRY_AFTER: Duration = Duration::from_millis(250);
+pub(super) const RETRY_AFTER: Duration = Duration::from_millis(250);
 /// Users loaded per round trip in a full resync.
 const LOAD_SLICE: isize = 2_000;
 /// Change-log entries read per `XREAD`.
@@ -295,7 +295,7 @@ pub(crate) struct StoreBounds {
     pub claim_ttl: Duration,
 }
 
-/// A connection the event loops share (one command at a time, each under
+/// One connection of the event loops' pool (one command at a time, each under
 /// [`COMMAND_TIMEOUT`]), reconnected lazily.
 struct Link {
     conn: Option<Connection>,
@@ -308,7 +308,9 @@ struct Inner {
     directory: Arc<Directory>,
     bounds: StoreBounds,
     scripts: Scripts,
-    link: Mutex<Link>,
+    /// One connection per event loop (see [`Inner::with`]): the loops' writes do not
+    /// wait for each other's round trips.
+    links: Vec<Mutex<Link>>,
     stop: AtomicBool,
     /// Milliseconds since `epoch` of the replica's last successful log read; 0 while a
     /// resync is due.
@@ -323,6 +325,13 @@ struct Inner {
     watches: std::sync::OnceLock<Arc<Watches>>,
 }
 
+/// Hands each thread its own starting place in the link pool.
+static NEXT_LINK: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+thread_local! {
+    static PREFERRED_LINK: usize = NEXT_LINK.fetch_add(1, Ordering::Relaxed);
+}
+
 fn store_err(e: impl std::fmt::Display) -> Error {
     Error::Io(std::io::Error::other(format!("redis store: {e}")))
 }
@@ -330,6 +339,12 @@ fn store_err(e: impl std::fmt::Display) -> Error {
 fn unavailable(e: impl std::fmt::Display) -> QueryError {
     log::warn!("registry: redis store: {e}");
     QueryError(reason::REGISTRY_UNAVAILABLE)
+}
+
+/// A connection under the event loops' timeouts (the event publisher and viewers use
+/// the same).
+pub(super) fn open_link(client: &redis::Client) -> redis::RedisResult<Connection> {
+    open(client, COMMAND_TIMEOUT)
 }
 
 fn open(client: &redis::Client, timeout: Duration) -> redis::RedisResult<Connection> {
@@ -342,8 +357,16 @@ fn open(client: &redis::Client, timeout: Duration) -> redis::RedisResult<Connect
 impl Inner {
     /// Runs `f` on the shared connection, (re)connecting first if needed; a failure
     /// drops the connection (the next call reconnects, after [`RETRY_AFTER`]).
+    ///
+    /// Each thread prefers one link of the pool (the event loops: one each); when it is
+    /// busy, any free one; when all are, it waits for its own.
     fn with<T>(&self, f: impl FnOnce(&mut Connection) -> redis::RedisResult<T>) -> Result<T> {
-        let mut link = self.link.lock();
+        let n = self.links.len().max(1);
+        let first = PREFERRED_LINK.with(|i| *i) % n;
+        let mut link = (0..n)
+            .find_map(|k| self.links.get((first + k) % n)?.try_lock())
+            .or_else(|| self.links.get(first).map(|l| l.lock()))
+            .ok_or_else(|| store_err("no connection"))?;
         if link.conn.is_none() {
             if link.retry_at.is_some_and(|t| Instant::now() < t) {
                 return Err(store_err("unreachable (retrying shortly)"));
@@ -419,6 +442,12 @@ impl Inner {
 pub(crate) struct RedisStore {
     inner: Arc<Inner>,
     thread: Mutex<Option<JoinHandle<()>>>,
+    /// The event publisher's thread (see [`super::events`]), its sink and stop flag,
+    /// and the events it could not publish.
+    publisher: Mutex<Option<JoinHandle<()>>>,
+    events: super::events::EventSink,
+    events_stop: Arc<AtomicBool>,
+    events_dropped: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -451,6 +480,7 @@ impl RedisStore {
         url: &str,
         directory: Arc<Directory>,
         bounds: StoreBounds,
+        pool: usize,
     ) -> Result<RedisStore> {
         let client = redis::Client::open(url)
             .map_err(|e| Error::InvalidArgument(format!("store {url}: {e}")))?;
@@ -460,10 +490,14 @@ impl RedisStore {
             directory,
             bounds,
             scripts: Scripts::new(),
-            link: Mutex::new(Link {
-                conn: None,
-                retry_at: None,
-            }),
+            links: (0..pool.clamp(1, 16))
+                .map(|_| {
+                    Mutex::new(Link {
+                        conn: None,
+                        retry_at: None,
+                    })
+                })
+                .collect(),
             stop: AtomicBool::new(false),
             fresh_at: AtomicU64::new(0),
             epoch: Instant::now(),
@@ -481,11 +515,47 @@ impl RedisStore {
             .fresh_at
             .store(inner.now_ms().max(1), Ordering::Release);
         sync.conn = Some(conn);
-        let thread = crate::thread::spawn_named("p2p-registry-store", move || sync.run())?;
+        let events_stop = Arc::new(AtomicBool::new(false));
+        let events_dropped = Arc::new(AtomicU64::new(0));
+        let (publisher, events) = super::events::publisher(
+            inner.client.clone(),
+            inner.node.clone(),
+            events_dropped.clone(),
+            events_stop.clone(),
+        );
+        let publisher = crate::thread::spawn_named("p2p-registry-events", move || publisher.run())?;
+        let thread = match crate::thread::spawn_named("p2p-registry-store", move || sync.run()) {
+            Ok(t) => t,
+            Err(e) => {
+                events_stop.store(true, Ordering::SeqCst);
+                let _ = publisher.join();
+                return Err(e.into());
+            }
+        };
         Ok(RedisStore {
             inner,
             thread: Mutex::new(Some(thread)),
+            publisher: Mutex::new(Some(publisher)),
+            events,
+            events_stop,
+            events_dropped,
         })
+    }
+
+    /// This node's id in Redis (random at each start): the tag of its published events.
+    pub fn node_id(&self) -> &str {
+        &self.inner.node
+    }
+
+    /// What the registry's hook hands its events to (never blocks; see
+    /// [`super::events`]).
+    pub fn event_sink(&self) -> super::events::EventSink {
+        self.events.clone()
+    }
+
+    /// Events not published so far (the publisher's queue full, or Redis slow or away).
+    pub fn events_dropped(&self) -> u64 {
+        self.events_dropped.load(Ordering::Relaxed)
     }
 
     /// `Err(Registry unavailable)` when the replica may be stale (see [`FRESH_FOR`]).
@@ -706,7 +776,11 @@ impl Inner {
 impl Drop for RedisStore {
     fn drop(&mut self) {
         self.inner.stop.store(true, Ordering::SeqCst);
+        self.events_stop.store(true, Ordering::SeqCst);
         if let Some(t) = self.thread.lock().take() {
+            let _ = t.join();
+        }
+        if let Some(t) = self.publisher.lock().take() {
             let _ = t.join();
         }
         // A clean stop: this node's session users go now, not when its key expires.
