@@ -11,13 +11,13 @@
 
 mod common;
 
-use common::{wait_until, Enc};
+use common::{legacy, wait_until, Enc, Plain};
 use p2pcore::identity::Identity;
 use p2pcore::reach::{probe_answer, Preamble, Push, Reach, Token};
 use p2pcore::registry::{Registry, RegistryConfig, RegistryEvent};
 use p2pcore::relay::{token, RelayAddr, RelayOffer, RelaySecret};
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -52,39 +52,6 @@ impl Enc {
         let line = self.line().unwrap();
         Push::parse(&line).unwrap_or_else(|e| panic!("{line:?}: {e}"))
     }
-}
-
-/// A plaintext session.
-struct Plain {
-    w: TcpStream,
-    r: BufReader<TcpStream>,
-}
-
-impl Plain {
-    fn new(addr: SocketAddr) -> Plain {
-        let w = TcpStream::connect(addr).unwrap();
-        w.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let r = BufReader::new(w.try_clone().unwrap());
-        Plain { w, r }
-    }
-
-    fn ask(&mut self, q: &str) -> String {
-        self.w.write_all(format!("{q}\n").as_bytes()).unwrap();
-        let mut l = String::new();
-        self.r.read_line(&mut l).unwrap();
-        l.trim_end_matches('\n').to_string()
-    }
-}
-
-/// One legacy (unterminated, one-shot) query; the whole answer.
-fn legacy(addr: SocketAddr, q: &str) -> String {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(q.as_bytes()).unwrap();
-    s.shutdown(Shutdown::Write).unwrap();
-    let mut out = Vec::new();
-    s.read_to_end(&mut out).unwrap();
-    String::from_utf8(out).unwrap()
 }
 
 /// How a fake listener treats a connection.

@@ -402,3 +402,38 @@ impl Enc {
         matches!(self.s.reader.read_line(&mut buf), Ok(0))
     }
 }
+
+/// A plaintext registry session, asking one line at a time (10 s read limit).
+pub struct Plain {
+    pub w: TcpStream,
+    pub r: BufReader<TcpStream>,
+}
+
+impl Plain {
+    pub fn new(addr: SocketAddr) -> Plain {
+        let w = TcpStream::connect(addr).unwrap();
+        w.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let r = BufReader::new(w.try_clone().unwrap());
+        Plain { w, r }
+    }
+
+    /// Sends `q` and returns the answer line.
+    pub fn ask(&mut self, q: &str) -> String {
+        self.w.write_all(format!("{q}\n").as_bytes()).unwrap();
+        let mut l = String::new();
+        self.r.read_line(&mut l).unwrap();
+        l.trim_end_matches('\n').to_string()
+    }
+}
+
+/// One legacy (unterminated, one-shot) query; the whole answer.
+pub fn legacy(addr: SocketAddr, q: &str) -> String {
+    use std::io::Read;
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(q.as_bytes()).unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).unwrap();
+    String::from_utf8(out).unwrap()
+}
