@@ -11,14 +11,13 @@
 
 mod common;
 
-use common::wait_until;
-use p2pcore::identity::{Identity, PublicKey};
+use common::{legacy, wait_until, Enc, Plain};
+use p2pcore::identity::Identity;
 use p2pcore::reach::{probe_answer, Preamble, Push, Reach, Token};
 use p2pcore::registry::{Registry, RegistryConfig, RegistryEvent};
 use p2pcore::relay::{token, RelayAddr, RelayOffer, RelaySecret};
-use p2pcore::secure::{self, Cipher, DialParams, Dialed, Kind, SecureStream};
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -46,102 +45,13 @@ fn fds() -> usize {
     std::fs::read_dir("/proc/self/fd").unwrap().count()
 }
 
-/// An encrypted registry session.
-struct Enc {
-    s: Box<SecureStream>,
-}
-
+/// What only these tests ask of a session.
 impl Enc {
-    fn dial(addr: SocketAddr, id: &Identity) -> Enc {
-        Enc::over(TcpStream::connect(addr).unwrap(), id, None)
-    }
-
-    fn over(stream: TcpStream, id: &Identity, registry_key: Option<PublicKey>) -> Enc {
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        let dialed = secure::dial(
-            stream,
-            DialParams {
-                kind: Kind::Registry,
-                identity: id,
-                remote: registry_key,
-                hello: b"",
-                cipher: Cipher::preferred(),
-                deadline: Instant::now() + Duration::from_secs(10),
-            },
-        )
-        .unwrap();
-        match dialed {
-            Dialed::Secured(s) => Enc { s },
-            Dialed::Refused(line) => panic!("refused: {line}"),
-        }
-    }
-
-    fn send(&mut self, q: &str) {
-        self.s
-            .writer
-            .write_all(format!("{q}\n").as_bytes())
-            .unwrap();
-    }
-
-    fn line(&mut self) -> std::io::Result<String> {
-        let mut l = String::new();
-        if self.s.reader.read_line(&mut l)? == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        Ok(l.trim_end_matches('\n').to_string())
-    }
-
-    fn ask(&mut self, q: &str) -> String {
-        self.send(q);
-        self.line().unwrap()
-    }
-
     /// The next pushed line, parsed.
     fn push(&mut self) -> Push {
         let line = self.line().unwrap();
         Push::parse(&line).unwrap_or_else(|e| panic!("{line:?}: {e}"))
     }
-
-    /// Whether the registry closed this session (EOF within the read timeout).
-    fn closed(&mut self) -> bool {
-        let mut buf = String::new();
-        matches!(self.s.reader.read_line(&mut buf), Ok(0))
-    }
-}
-
-/// A plaintext session.
-struct Plain {
-    w: TcpStream,
-    r: BufReader<TcpStream>,
-}
-
-impl Plain {
-    fn new(addr: SocketAddr) -> Plain {
-        let w = TcpStream::connect(addr).unwrap();
-        w.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let r = BufReader::new(w.try_clone().unwrap());
-        Plain { w, r }
-    }
-
-    fn ask(&mut self, q: &str) -> String {
-        self.w.write_all(format!("{q}\n").as_bytes()).unwrap();
-        let mut l = String::new();
-        self.r.read_line(&mut l).unwrap();
-        l.trim_end_matches('\n').to_string()
-    }
-}
-
-/// One legacy (unterminated, one-shot) query; the whole answer.
-fn legacy(addr: SocketAddr, q: &str) -> String {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(q.as_bytes()).unwrap();
-    s.shutdown(Shutdown::Write).unwrap();
-    let mut out = Vec::new();
-    s.read_to_end(&mut out).unwrap();
-    String::from_utf8(out).unwrap()
 }
 
 /// How a fake listener treats a connection.

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{keyed_client, register, wait_until};
+use common::{keyed_client, register, wait_until, Enc};
 use p2pcore::registry::{Registry, RegistryConfig, StoreSpec};
 use parking_lot::Mutex;
 use std::net::{TcpListener, TcpStream};
@@ -190,54 +190,14 @@ fn a_node_does_not_start_without_its_redis() {
     );
 }
 
-/// An encrypted registry session (`REG/2`) with `id`'s key.
-struct Enc {
-    s: Box<p2pcore::secure::SecureStream>,
-}
-
-impl Enc {
-    fn dial(addr: std::net::SocketAddr, id: &p2pcore::identity::Identity) -> Enc {
-        use p2pcore::secure::{self, Cipher, DialParams, Dialed, Kind};
-        let stream = TcpStream::connect(addr).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(15)))
-            .unwrap();
-        let dialed = secure::dial(
-            stream,
-            DialParams {
-                kind: Kind::Registry,
-                identity: id,
-                remote: None,
-                hello: b"",
-                cipher: Cipher::preferred(),
-                deadline: Instant::now() + Duration::from_secs(15),
-            },
-        )
-        .unwrap();
-        match dialed {
-            Dialed::Secured(s) => Enc { s },
-            Dialed::Refused(line) => panic!("refused: {line}"),
-        }
-    }
-
-    /// The next line (`None` at the end of the session).
-    fn line(&mut self) -> Option<String> {
-        use std::io::BufRead;
-        let mut l = String::new();
-        match self.s.reader.read_line(&mut l) {
-            Ok(0) | Err(_) => None,
-            Ok(_) => Some(l.trim_end_matches('\n').to_string()),
-        }
-    }
-
-    fn ask(&mut self, q: &str) -> String {
-        use std::io::Write;
-        self.s
-            .writer
-            .write_all(format!("{q}\n").as_bytes())
-            .unwrap();
-        self.line().expect("an answer")
-    }
+/// An encrypted registry session (`REG/2`) with `id`'s key, with 15 s limits.
+fn dial(addr: std::net::SocketAddr, id: &p2pcore::identity::Identity) -> Enc {
+    Enc::within(
+        TcpStream::connect(addr).unwrap(),
+        id,
+        None,
+        Duration::from_secs(15),
+    )
 }
 
 fn closed_port() -> u16 {
@@ -255,7 +215,7 @@ fn a_watch_on_another_node_gets_the_pushes_and_ends_with_the_registration() {
     let b = redis.node();
     let bob = p2pcore::identity::Identity::generate().unwrap();
     let (p1, p2) = (closed_port(), closed_port());
-    let mut session = Enc::dial(a.local_addr(), &bob);
+    let mut session = dial(a.local_addr(), &bob);
     assert_eq!(session.ask(&format!("INIT,bob,{p1}")), "OK");
     // Node A's prober checks bob's listener; the result reaches node B's replica.
     assert!(wait_until(Duration::from_secs(15), || {
@@ -265,10 +225,10 @@ fn a_watch_on_another_node_gets_the_pushes_and_ends_with_the_registration() {
     // Another key may not watch bob on either node; bob's own key may, on node B.
     let eve = p2pcore::identity::Identity::generate().unwrap();
     assert_eq!(
-        Enc::dial(b.local_addr(), &eve).ask("WATCH,bob"),
+        dial(b.local_addr(), &eve).ask("WATCH,bob"),
         "ERR,Not your registration"
     );
-    let mut watch = Enc::dial(b.local_addr(), &bob);
+    let mut watch = dial(b.local_addr(), &bob);
     assert_eq!(
         watch.ask("WATCH,bob"),
         format!("OK,127.0.0.1,{p1},unreachable")
@@ -276,13 +236,13 @@ fn a_watch_on_another_node_gets_the_pushes_and_ends_with_the_registration() {
     // bob moves: node A checks the new port and its push crosses to node B's watcher.
     assert_eq!(session.ask(&format!("INIT,bob,{p2}")), "UP");
     assert_eq!(
-        watch.line().as_deref(),
+        watch.line().ok().as_deref(),
         Some(format!("REACH,unreachable,127.0.0.1,{p2}").as_str())
     );
     // bob's registration ends on node A: node B ends the watch session.
     drop(session);
     assert_eq!(
-        watch.line(),
+        watch.line().ok(),
         None,
         "the watch session ends with the registration"
     );

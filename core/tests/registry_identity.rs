@@ -10,10 +10,9 @@
 
 mod common;
 
-use common::wait_until;
+use common::{legacy, wait_until, Enc, Plain};
 use p2pcore::identity::{Identity, PublicKey};
 use p2pcore::registry::{release_name, Registry, RegistryConfig, RegistryEvent};
-use p2pcore::secure::{self, Cipher, DialParams, Dialed, Kind, SecureStream};
 use p2pcore::Error;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -48,56 +47,8 @@ fn in_dir(dir: &Path) -> RegistryConfig {
     }
 }
 
-/// An encrypted registry session, asking one line at a time.
-struct Enc {
-    s: Box<SecureStream>,
-}
-
+/// What only these tests ask of a session.
 impl Enc {
-    /// Dials `addr` as `id`: IK when `registry_key` is given, XX otherwise.
-    fn dial(addr: SocketAddr, id: &Identity, registry_key: Option<PublicKey>) -> Enc {
-        let stream = TcpStream::connect(addr).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        let dialed = secure::dial(
-            stream,
-            DialParams {
-                kind: Kind::Registry,
-                identity: id,
-                remote: registry_key,
-                hello: b"",
-                cipher: Cipher::preferred(),
-                deadline: Instant::now() + Duration::from_secs(10),
-            },
-        )
-        .unwrap();
-        match dialed {
-            Dialed::Secured(s) => Enc { s },
-            Dialed::Refused(line) => panic!("refused: {line}"),
-        }
-    }
-
-    fn send(&mut self, q: &str) {
-        self.s
-            .writer
-            .write_all(format!("{q}\n").as_bytes())
-            .unwrap();
-    }
-
-    fn line(&mut self) -> std::io::Result<String> {
-        let mut l = String::new();
-        if self.s.reader.read_line(&mut l)? == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        Ok(l.trim_end_matches('\n').to_string())
-    }
-
-    fn ask(&mut self, q: &str) -> String {
-        self.send(q);
-        self.line().unwrap()
-    }
-
     /// A `GET_AF` answer's lines, up to its empty line.
     fn all_files(&mut self) -> Vec<String> {
         self.send("GET_AF");
@@ -110,39 +61,6 @@ impl Enc {
             lines.push(l);
         }
     }
-}
-
-/// A plaintext session.
-struct Plain {
-    w: TcpStream,
-    r: BufReader<TcpStream>,
-}
-
-impl Plain {
-    fn new(addr: SocketAddr) -> Plain {
-        let w = TcpStream::connect(addr).unwrap();
-        w.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let r = BufReader::new(w.try_clone().unwrap());
-        Plain { w, r }
-    }
-
-    fn ask(&mut self, q: &str) -> String {
-        self.w.write_all(format!("{q}\n").as_bytes()).unwrap();
-        let mut l = String::new();
-        self.r.read_line(&mut l).unwrap();
-        l.trim_end_matches('\n').to_string()
-    }
-}
-
-/// One legacy (unterminated, one-shot) query; the whole answer.
-fn legacy(addr: SocketAddr, q: &str) -> String {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(q.as_bytes()).unwrap();
-    s.shutdown(Shutdown::Write).unwrap();
-    let mut out = Vec::new();
-    s.read_to_end(&mut out).unwrap();
-    String::from_utf8(out).unwrap()
 }
 
 /// A forwarding proxy for one connection: records both directions; when `flip` is set,
@@ -231,7 +149,7 @@ fn encrypted_session_round_trip_with_keys_in_get_p_and_events() {
         .unwrap();
     let alice = Identity::generate().unwrap();
     // XX: the client learns the registry's key from the handshake.
-    let mut a = Enc::dial(r.local_addr(), &alice, None);
+    let mut a = Enc::dial_key(r.local_addr(), &alice, None);
     assert_eq!(a.s.remote, r.public_key());
     assert_eq!(r.fingerprint(), r.public_key().fingerprint());
     assert_eq!(a.ask("INIT,alice,5000,a.txt,b.txt"), "OK");
@@ -241,7 +159,7 @@ fn encrypted_session_round_trip_with_keys_in_get_p_and_events() {
     assert_eq!(r.user("alice").unwrap().key, Some(alice.public()));
     // IK with the pinned key; a keyless plaintext registration and a legacy one.
     let bob = Identity::generate().unwrap();
-    let mut b = Enc::dial(r.local_addr(), &bob, Some(r.public_key()));
+    let mut b = Enc::dial_key(r.local_addr(), &bob, Some(r.public_key()));
     let mut carol = Plain::new(r.local_addr());
     assert_eq!(carol.ask("INIT,carol,6000"), "OK");
     assert_eq!(legacy(r.local_addr(), "INIT,dave,7000,d.txt"), "OK");
@@ -280,7 +198,7 @@ fn recorded_bytes_hold_no_query_nor_answer_text() {
     let proxy = Proxy::start(r.local_addr());
     let (up, down) = (proxy.to_registry.clone(), proxy.to_client.clone());
     let id = Identity::generate().unwrap();
-    let mut s = Enc::dial(proxy.addr, &id, Some(r.public_key()));
+    let mut s = Enc::dial_key(proxy.addr, &id, Some(r.public_key()));
     assert_eq!(s.ask("INIT,zanzibar,5000,topsecret-plans.pdf"), "OK");
     let hex = id.public().to_hex();
     assert_eq!(
@@ -310,12 +228,12 @@ fn recorded_bytes_hold_no_query_nor_answer_text() {
 fn a_claimed_name_is_refused_to_other_keys_plaintext_sessions_and_legacy_clients() {
     let r = start(RegistryConfig::default());
     let (alice, mallory) = (Identity::generate().unwrap(), Identity::generate().unwrap());
-    let mut a = Enc::dial(r.local_addr(), &alice, None);
+    let mut a = Enc::dial_key(r.local_addr(), &alice, None);
     assert_eq!(a.ask("INIT,alice,5000"), "OK");
     assert_eq!(r.claim("alice").unwrap(), Some(alice.public()));
     // While alice is online and after she left.
     for online in [true, false] {
-        let mut m = Enc::dial(r.local_addr(), &mallory, None);
+        let mut m = Enc::dial_key(r.local_addr(), &mallory, None);
         assert_eq!(m.ask("INIT,alice,6000"), CLAIMED, "online: {online}");
         assert_eq!(Plain::new(r.local_addr()).ask("INIT,alice,6000"), CLAIMED);
         assert_eq!(
@@ -330,14 +248,14 @@ fn a_claimed_name_is_refused_to_other_keys_plaintext_sessions_and_legacy_clients
             assert!(wait_until(Duration::from_secs(5), || r
                 .user("alice")
                 .is_none()));
-            a = Enc::dial(r.local_addr(), &alice, None);
+            a = Enc::dial_key(r.local_addr(), &alice, None);
         }
     }
     let mut p = Plain::new(r.local_addr());
     assert_eq!(p.ask("INIT,unverified,7000"), "OK");
     assert_eq!(r.claim("unverified").unwrap(), None);
     // The owner registers again, over IK this time, from a new connection.
-    let mut a2 = Enc::dial(r.local_addr(), &alice, Some(r.public_key()));
+    let mut a2 = Enc::dial_key(r.local_addr(), &alice, Some(r.public_key()));
     assert_eq!(a2.ask("INIT,alice,5002"), "OK");
     assert_eq!(a.ask("INIT,alice,5003"), "ERR,Username taken");
 }
@@ -350,7 +268,7 @@ fn claims_and_the_key_survive_a_restart_from_the_data_directory() {
     let r = start(in_dir(&data));
     let key = r.public_key();
     {
-        let mut a = Enc::dial(r.local_addr(), &alice, None);
+        let mut a = Enc::dial_key(r.local_addr(), &alice, None);
         assert_eq!(a.ask("INIT,alice,5000,a.txt"), "OK");
     }
     // A second registry on the same directory is refused (the store is locked).
@@ -368,10 +286,10 @@ fn claims_and_the_key_survive_a_restart_from_the_data_directory() {
     let r = start(in_dir(&data));
     assert_eq!(r.public_key(), key, "the registry kept its key");
     assert!(r.users().is_empty());
-    let mut m = Enc::dial(r.local_addr(), &mallory, Some(key));
+    let mut m = Enc::dial_key(r.local_addr(), &mallory, Some(key));
     assert_eq!(m.ask("INIT,alice,6000"), CLAIMED);
     assert_eq!(Plain::new(r.local_addr()).ask("INIT,alice,6000"), CLAIMED);
-    let mut a = Enc::dial(r.local_addr(), &alice, Some(key));
+    let mut a = Enc::dial_key(r.local_addr(), &alice, Some(key));
     assert_eq!(a.ask("INIT,alice,5000,a.txt"), "OK");
     assert_eq!(
         no_reach(m.ask("GET_P,alice")),
@@ -388,13 +306,13 @@ fn a_claim_lapses_after_the_claim_ttl() {
     });
     let (alice, bob) = (Identity::generate().unwrap(), Identity::generate().unwrap());
     {
-        let mut a = Enc::dial(r.local_addr(), &alice, None);
+        let mut a = Enc::dial_key(r.local_addr(), &alice, None);
         assert_eq!(a.ask("INIT,alice,5000"), "OK");
     }
     assert!(wait_until(Duration::from_secs(5), || r.users().is_empty()));
     // The session's end was the claim's last use.
     let ended = Instant::now();
-    let mut b = Enc::dial(r.local_addr(), &bob, None);
+    let mut b = Enc::dial_key(r.local_addr(), &bob, None);
     assert_eq!(b.ask("INIT,alice,6000"), CLAIMED);
     std::thread::sleep(
         (ended + ttl + Duration::from_millis(300)).saturating_duration_since(Instant::now()),
@@ -402,7 +320,7 @@ fn a_claim_lapses_after_the_claim_ttl() {
     assert_eq!(r.claim("alice").unwrap(), None);
     assert_eq!(b.ask("INIT,alice,6000"), "OK");
     assert_eq!(r.claim("alice").unwrap(), Some(bob.public()));
-    let mut a = Enc::dial(r.local_addr(), &alice, None);
+    let mut a = Enc::dial_key(r.local_addr(), &alice, None);
     assert_eq!(a.ask("INIT,alice,5000"), CLAIMED, "bob holds it now");
     drop(b);
     assert!(wait_until(Duration::from_secs(5), || r.users().is_empty()));
@@ -417,7 +335,7 @@ fn a_name_registered_for_longer_than_the_claim_ttl_keeps_its_claim() {
         ..RegistryConfig::default()
     });
     let alice = Identity::generate().unwrap();
-    let mut a = Enc::dial(r.local_addr(), &alice, None);
+    let mut a = Enc::dial_key(r.local_addr(), &alice, None);
     assert_eq!(a.ask("INIT,alice,5000"), "OK");
     // Registered is in use: the registry marks it so while the session lasts.
     std::thread::sleep(ttl + Duration::from_secs(2));
@@ -431,14 +349,14 @@ fn an_operator_releases_a_claim() {
     let (alice, bob) = (Identity::generate().unwrap(), Identity::generate().unwrap());
     let r = start(in_dir(dir.path()));
     for name in ["alice", "alice2"] {
-        let mut a = Enc::dial(r.local_addr(), &alice, None);
+        let mut a = Enc::dial_key(r.local_addr(), &alice, None);
         assert_eq!(a.ask(&format!("INIT,{name},5000")), "OK");
     }
     assert!(wait_until(Duration::from_secs(5), || r.users().is_empty()));
     // While running, through the registry.
     assert!(r.release_claim("alice").unwrap());
     assert!(!r.release_claim("alice").unwrap());
-    let mut b = Enc::dial(r.local_addr(), &bob, None);
+    let mut b = Enc::dial_key(r.local_addr(), &bob, None);
     assert_eq!(b.ask("INIT,alice,6000"), "OK");
     assert_eq!(b.ask("INIT,alice2,6000"), CLAIMED);
     drop(b);
@@ -460,12 +378,12 @@ fn a_flipped_byte_in_a_record_closes_that_connection_and_others_are_served() {
         .bind("127.0.0.1:0")
         .unwrap();
     let other = Identity::generate().unwrap();
-    let mut o = Enc::dial(r.local_addr(), &other, None);
+    let mut o = Enc::dial_key(r.local_addr(), &other, None);
     assert_eq!(o.ask("INIT,other,5000"), "OK");
     let proxy = Proxy::start(r.local_addr());
     let flip = proxy.flip.clone();
     let id = Identity::generate().unwrap();
-    let mut s = Enc::dial(proxy.addr, &id, None);
+    let mut s = Enc::dial_key(proxy.addr, &id, None);
     assert_eq!(s.ask("INIT,victim,5000"), "OK");
     flip.store(true, Ordering::SeqCst);
     s.send("GET_U");
@@ -563,7 +481,7 @@ fn a_handshake_takes_a_query_token_of_its_address() {
     });
     let id = Identity::generate().unwrap();
     // The handshake takes the one token: the first query then waits for the next.
-    let mut s = Enc::dial(r.local_addr(), &id, Some(r.public_key()));
+    let mut s = Enc::dial_key(r.local_addr(), &id, Some(r.public_key()));
     let t = Instant::now();
     assert_eq!(s.ask("GET_U"), "OK");
     let waited = t.elapsed();
@@ -691,7 +609,7 @@ fn memory_stays_bounded_for_encrypted_clients_that_ask_for_get_af_and_never_read
         seed.r.read_line(&mut l).unwrap();
         assert_eq!(l, "OK\n");
     }
-    let mut check = Enc::dial(r.addr, &seeder, Some(r.key));
+    let mut check = Enc::dial_key(r.addr, &seeder, Some(r.key));
     let answer: usize = check.all_files().iter().map(|l| l.len() + 1).sum::<usize>() + 1;
     assert!(answer > 1_000_000, "{answer}");
 
@@ -699,7 +617,7 @@ fn memory_stays_bounded_for_encrypted_clients_that_ask_for_get_af_and_never_read
     std::thread::sleep(Duration::from_millis(300));
     let before_idle = r.rss_kb();
     let idle: Vec<Enc> = (0..400)
-        .map(|_| Enc::dial(r.addr, &seeder, Some(r.key)))
+        .map(|_| Enc::dial_key(r.addr, &seeder, Some(r.key)))
         .collect();
     assert_eq!(check.ask("GET_P,user00001"), "OK,127.0.0.1,6000");
     std::thread::sleep(Duration::from_millis(300));
@@ -716,7 +634,7 @@ fn memory_stays_bounded_for_encrypted_clients_that_ask_for_get_af_and_never_read
     let started = Instant::now();
     let readers: Vec<Enc> = (0..50)
         .map(|_| {
-            let mut c = Enc::dial(r.addr, &seeder, Some(r.key));
+            let mut c = Enc::dial_key(r.addr, &seeder, Some(r.key));
             c.s.writer
                 .write_all("GET_AF\n".repeat(3).as_bytes())
                 .unwrap();
@@ -760,7 +678,7 @@ fn get_p_round_trips_encrypted_and_plaintext() {
         ..RegistryConfig::default()
     });
     let id = Identity::generate().unwrap();
-    let mut e = Enc::dial(r.local_addr(), &id, Some(r.public_key()));
+    let mut e = Enc::dial_key(r.local_addr(), &id, Some(r.public_key()));
     assert_eq!(e.ask("INIT,alice,5000"), "OK");
     let mut p = Plain::new(r.local_addr());
     let n = 20_000;

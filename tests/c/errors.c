@@ -22,6 +22,7 @@
 #define _XOPEN_SOURCE 700 /* mkdtemp, nftw */
 
 #include "p2pchat.h"
+#include "check.h"
 
 #include <arpa/inet.h>
 #include <ftw.h>
@@ -35,19 +36,6 @@
 #include <time.h>
 #include <unistd.h>
 
-static void fail(int line, const char *what, p2p_status got) {
-    fprintf(stderr, "FAILED at line %d: %s (got %s: %s)\n", line, what, p2p_status_name(got),
-            p2p_last_error_message());
-    exit(1);
-}
-#define CHECK(cond) ((cond) ? (void)0 : fail(__LINE__, #cond, P2P_OK))
-#define EXPECT(call, want)                                                                  \
-    do {                                                                                    \
-        p2p_status st_ = (call);                                                            \
-        if (st_ != (want)) fail(__LINE__, #call " == " #want, st_);                         \
-    } while (0)
-#define OK(call) EXPECT(call, P2P_OK)
-
 /* Call `fn(args)` and print its status for the driver; evaluates to the status. */
 static p2p_status provoked(const char *fn, p2p_status st) {
     printf("PROVOKED %s %s\n", fn, p2p_status_name(st));
@@ -55,11 +43,6 @@ static p2p_status provoked(const char *fn, p2p_status st) {
     return st;
 }
 #define TRY(fn, ...) provoked(#fn, fn(__VA_ARGS__))
-
-static int remove_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw) {
-    (void)sb, (void)flag, (void)ftw;
-    return remove(path);
-}
 
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t cv = PTHREAD_COND_INITIALIZER;

@@ -33,6 +33,7 @@
 #define _XOPEN_SOURCE 700 /* mkdtemp, nftw */
 
 #include "p2pchat.h"
+#include "check.h"
 
 #include <ctype.h>
 #include <ftw.h>
@@ -44,27 +45,9 @@
 #include <time.h>
 #include <unistd.h>
 
-static void fail(int line, const char *what, p2p_status got) {
-    fprintf(stderr, "FAILED at line %d: %s (got %s: %s)\n", line, what, p2p_status_name(got),
-            p2p_last_error_message());
-    exit(1);
-}
-#define CHECK(cond) ((cond) ? (void)0 : fail(__LINE__, #cond, P2P_OK))
-#define EXPECT(call, want)                                                                  \
-    do {                                                                                    \
-        p2p_status st_ = (call);                                                            \
-        if (st_ != (want)) fail(__LINE__, #call " == " #want, st_);                         \
-    } while (0)
-#define OK(call) EXPECT(call, P2P_OK)
-
 #define SHARED_FILE "notes.txt"
 #define CAROL_FILE "for-bob.txt"
 #define MAX_CHATS 4
-
-static int remove_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw) {
-    (void)sb, (void)flag, (void)ftw;
-    return remove(path);
-}
 
 /* What a peer's callbacks saw (they run on library threads). */
 typedef struct {

@@ -13,6 +13,7 @@
 #define _XOPEN_SOURCE 700 /* mkdtemp, nftw, nanosleep */
 
 #include "p2pchat.h"
+#include "check.h"
 
 #include <ftw.h>
 #include <stdio.h>
@@ -23,18 +24,6 @@
 
 #define FILE_NAME "late.bin"
 #define FILE_SIZE (200 * 1000 + 7)
-
-static void fail(int line, const char *what) {
-    fprintf(stderr, "FAILED at line %d: %s (%s)\n", line, what, p2p_last_error_message());
-    exit(1);
-}
-#define CHECK(cond) ((cond) ? (void)0 : fail(__LINE__, #cond))
-#define OK(call) CHECK((call) == P2P_OK)
-
-static int remove_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw) {
-    (void)sb, (void)flag, (void)ftw;
-    return remove(path);
-}
 
 static void sleep_ms(long ms) {
     struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};

@@ -20,6 +20,7 @@
 #define _XOPEN_SOURCE 700 /* mkdtemp */
 
 #include "p2pchat.h"
+#include "check.h"
 
 #include <pthread.h>
 #include <stdio.h>
@@ -28,19 +29,6 @@
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
-
-static void fail(int line, const char *what, p2p_status got) {
-    fprintf(stderr, "FAILED at line %d: %s (got %s: %s)\n", line, what, p2p_status_name(got),
-            p2p_last_error_message());
-    exit(1);
-}
-#define CHECK(cond) ((cond) ? (void)0 : fail(__LINE__, #cond, P2P_OK))
-#define EXPECT(call, want)                                                                  \
-    do {                                                                                    \
-        p2p_status st_ = (call);                                                            \
-        if (st_ != (want)) fail(__LINE__, #call " == " #want, st_);                         \
-    } while (0)
-#define OK(call) EXPECT(call, P2P_OK)
 
 static const char *NOTES = "bob's notes, reached the other way round\n";
 

@@ -32,6 +32,7 @@
 #define _XOPEN_SOURCE 700 /* mkdtemp, nftw */
 
 #include "p2pchat.h"
+#include "check.h"
 
 #include <ftw.h>
 #include <pthread.h>
@@ -42,32 +43,7 @@
 #include <time.h>
 #include <unistd.h>
 
-static void fail(int line, const char *what, p2p_status got) {
-    fprintf(stderr, "FAILED at line %d: %s (got %s: %s)\n", line, what, p2p_status_name(got),
-            p2p_last_error_message());
-    exit(1);
-}
-#define CHECK(cond) ((cond) ? (void)0 : fail(__LINE__, #cond, P2P_OK))
-#define EXPECT(call, want)                                                                  \
-    do {                                                                                    \
-        p2p_status st_ = (call);                                                            \
-        if (st_ != (want)) fail(__LINE__, #call " == " #want, st_);                         \
-    } while (0)
-#define OK(call) EXPECT(call, P2P_OK)
-
 #define SIZE (64u * 1024 + 7)
-
-static int remove_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw) {
-    (void)sb, (void)flag, (void)ftw;
-    return remove(path);
-}
-
-static void write_bytes(const char *path, const unsigned char *data, size_t len) {
-    FILE *f = fopen(path, "wb");
-    CHECK(f != NULL);
-    CHECK(fwrite(data, 1, len, f) == len);
-    CHECK(fclose(f) == 0);
-}
 
 static int same_content(const char *path, const unsigned char *data, size_t len) {
     FILE *f = fopen(path, "rb");
@@ -80,11 +56,6 @@ static int same_content(const char *path, const unsigned char *data, size_t len)
     same = n == len && memcmp(buf, data, len) == 0;
     free(buf);
     return same;
-}
-
-static int exists(const char *path) {
-    struct stat st;
-    return stat(path, &st) == 0;
 }
 
 /* alice's p2p_peer_offer_file, on its own thread (it blocks until answered). */

@@ -29,6 +29,7 @@
 #define _XOPEN_SOURCE 700 /* mkdtemp, nftw */
 
 #include "p2pchat.h"
+#include "check.h"
 
 #include <ftw.h>
 #include <pthread.h>
@@ -39,25 +40,7 @@
 #include <time.h>
 #include <unistd.h>
 
-static void fail(int line, const char *what, p2p_status got) {
-    fprintf(stderr, "FAILED at line %d: %s (got %s: %s)\n", line, what, p2p_status_name(got),
-            p2p_last_error_message());
-    exit(1);
-}
-#define CHECK(cond) ((cond) ? (void)0 : fail(__LINE__, #cond, P2P_OK))
-#define EXPECT(call, want)                                                                  \
-    do {                                                                                    \
-        p2p_status st_ = (call);                                                            \
-        if (st_ != (want)) fail(__LINE__, #call " == " #want, st_);                         \
-    } while (0)
-#define OK(call) EXPECT(call, P2P_OK)
-
 #define BIG_SIZE (8u * 1024 * 1024)
-
-static int remove_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw) {
-    (void)sb, (void)flag, (void)ftw;
-    return remove(path);
-}
 
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t cv = PTHREAD_COND_INITIALIZER;
@@ -159,13 +142,6 @@ static p2p_peer *connect_peer(const char *registry, const char *name, const char
     return peer;
 }
 
-static void write_bytes(const char *path, const unsigned char *data, size_t len) {
-    FILE *f = fopen(path, "wb");
-    CHECK(f != NULL);
-    CHECK(fwrite(data, 1, len, f) == len);
-    CHECK(fclose(f) == 0);
-}
-
 /* Whole file into a new buffer; its length in *len. */
 static unsigned char *read_all(const char *path, size_t *len) {
     FILE *f = fopen(path, "rb");
@@ -182,11 +158,6 @@ static unsigned char *read_all(const char *path, size_t *len) {
     CHECK(fclose(f) == 0);
     *len = (size_t)n;
     return buf;
-}
-
-static int exists(const char *path) {
-    struct stat st;
-    return stat(path, &st) == 0;
 }
 
 static long size_of(const char *path) {

@@ -314,3 +314,126 @@ impl KeyedClient {
         out
     }
 }
+
+/// An encrypted registry session (`REG/2` over `secure::dial`), asking one line at a
+/// time. Each test file adds what only it needs in its own `impl Enc` (the same crate).
+pub struct Enc {
+    pub s: Box<p2pcore::secure::SecureStream>,
+}
+
+impl Enc {
+    /// Dials `addr` as `id` without knowing the registry's key (XX), 10 s limits.
+    pub fn dial(addr: SocketAddr, id: &p2pcore::identity::Identity) -> Enc {
+        Enc::dial_key(addr, id, None)
+    }
+
+    /// Dials `addr` as `id`: IK when `registry_key` is given, XX otherwise; 10 s limits.
+    pub fn dial_key(
+        addr: SocketAddr,
+        id: &p2pcore::identity::Identity,
+        registry_key: Option<p2pcore::identity::PublicKey>,
+    ) -> Enc {
+        Enc::over(TcpStream::connect(addr).unwrap(), id, registry_key)
+    }
+
+    /// The handshake over a connected `stream`, 10 s limits.
+    pub fn over(
+        stream: TcpStream,
+        id: &p2pcore::identity::Identity,
+        registry_key: Option<p2pcore::identity::PublicKey>,
+    ) -> Enc {
+        Enc::within(stream, id, registry_key, Duration::from_secs(10))
+    }
+
+    /// The handshake over `stream`, finished within `limit`, which also bounds each
+    /// read; panics if the registry refuses it.
+    pub fn within(
+        stream: TcpStream,
+        id: &p2pcore::identity::Identity,
+        registry_key: Option<p2pcore::identity::PublicKey>,
+        limit: Duration,
+    ) -> Enc {
+        use p2pcore::secure::{self, Cipher, DialParams, Dialed, Kind};
+        stream.set_read_timeout(Some(limit)).unwrap();
+        let dialed = secure::dial(
+            stream,
+            DialParams {
+                kind: Kind::Registry,
+                identity: id,
+                remote: registry_key,
+                hello: b"",
+                cipher: Cipher::preferred(),
+                deadline: Instant::now() + limit,
+            },
+        )
+        .unwrap();
+        match dialed {
+            Dialed::Secured(s) => Enc { s },
+            Dialed::Refused(line) => panic!("refused: {line}"),
+        }
+    }
+
+    /// Sends one line (`q` and a newline).
+    pub fn send(&mut self, q: &str) {
+        self.s
+            .writer
+            .write_all(format!("{q}\n").as_bytes())
+            .unwrap();
+    }
+
+    /// The next line without its newline; `UnexpectedEof` when the session ended.
+    pub fn line(&mut self) -> std::io::Result<String> {
+        let mut l = String::new();
+        if self.s.reader.read_line(&mut l)? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        Ok(l.trim_end_matches('\n').to_string())
+    }
+
+    /// Sends `q` and returns the answer line.
+    pub fn ask(&mut self, q: &str) -> String {
+        self.send(q);
+        self.line().unwrap()
+    }
+
+    /// Whether the registry closed this session (EOF within the read timeout).
+    pub fn closed(&mut self) -> bool {
+        let mut buf = String::new();
+        matches!(self.s.reader.read_line(&mut buf), Ok(0))
+    }
+}
+
+/// A plaintext registry session, asking one line at a time (10 s read limit).
+pub struct Plain {
+    pub w: TcpStream,
+    pub r: BufReader<TcpStream>,
+}
+
+impl Plain {
+    pub fn new(addr: SocketAddr) -> Plain {
+        let w = TcpStream::connect(addr).unwrap();
+        w.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let r = BufReader::new(w.try_clone().unwrap());
+        Plain { w, r }
+    }
+
+    /// Sends `q` and returns the answer line.
+    pub fn ask(&mut self, q: &str) -> String {
+        self.w.write_all(format!("{q}\n").as_bytes()).unwrap();
+        let mut l = String::new();
+        self.r.read_line(&mut l).unwrap();
+        l.trim_end_matches('\n').to_string()
+    }
+}
+
+/// One legacy (unterminated, one-shot) query; the whole answer.
+pub fn legacy(addr: SocketAddr, q: &str) -> String {
+    use std::io::Read;
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(q.as_bytes()).unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).unwrap();
+    String::from_utf8(out).unwrap()
+}
