@@ -102,6 +102,11 @@ fn server(limits: PeerLimits, accept_chats: bool, files: &[(&str, u64)]) -> Serv
         })
         .connect()
         .unwrap();
+    // The registry checks the new listener from outside (`P2P/2 PROBE`), which holds a
+    // serving slot for a moment: the bounds under test start from after it.
+    assert!(wait_until(WAIT, || peer.reachability()
+        != p2pcore::reach::Reach::Unknown
+        && peer.serving() == 0));
     Server {
         registry,
         peer,
