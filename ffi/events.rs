@@ -593,26 +593,12 @@ pub unsafe extern "C" fn p2p_peer_chat_async(
         let user = arg_str(user, "user")?;
         let out = arg_out(request_id, "request_id")?;
         let peer = handle.get()?;
-        // The user data is listed before anything can answer the request, and no lock
-        // is held across the call (the answer's hook takes this one).
-        let table = &handle.chats.async_user_data;
-        let mut listed = None;
-        let started = peer.chat_async_with(user, |id| {
-            table.lock().insert(id, UserData(user_data));
-            listed = Some(id);
-        });
-        match started {
-            Ok(id) => {
-                put(out, id);
-                Ok(())
-            }
-            Err(e) => {
-                if let Some(id) = listed {
-                    table.lock().remove(&id);
-                }
-                Err(e.into())
-            }
-        }
+        let id =
+            crate::userdata::start_listed(&handle.chats.async_user_data, user_data, |register| {
+                peer.chat_async_with(user, register)
+            })?;
+        put(out, id);
+        Ok(())
     })
 }
 

@@ -310,28 +310,13 @@ pub unsafe extern "C" fn p2p_peer_offer_file_async(
         let path = arg_str(path, "path")?;
         let out = arg_out(request_id, "request_id")?;
         let peer = handle.get()?;
-        // The user data is listed before anything can answer the request, and no lock
-        // is held across the call (the answer's hook takes this one).
-        let table = &handle.transfers.async_user_data;
-        let mut listed = None;
-        let started = peer.offer_file_async_with(user, path, |id| {
-            table
-                .lock()
-                .insert(id, crate::userdata::UserData(user_data));
-            listed = Some(id);
-        });
-        match started {
-            Ok(id) => {
-                put(out, id);
-                Ok(())
-            }
-            Err(e) => {
-                if let Some(id) = listed {
-                    table.lock().remove(&id);
-                }
-                Err(e.into())
-            }
-        }
+        let id = crate::userdata::start_listed(
+            &handle.transfers.async_user_data,
+            user_data,
+            |register| peer.offer_file_async_with(user, path, register),
+        )?;
+        put(out, id);
+        Ok(())
     })
 }
 
