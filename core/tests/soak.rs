@@ -79,6 +79,14 @@ fn soak() {
                 .unwrap()
         })
         .collect();
+    // Each peer opens its watch session and the registry checks its listener from
+    // outside in the background: the baseline is taken once both are done, so it
+    // counts their descriptors and the growth check measures only the load.
+    for p in &peers {
+        assert!(common::wait_until(Duration::from_secs(15), || {
+            p.reachability() != p2pcore::reach::Reach::Unknown && p.serving() == 0
+        }));
+    }
     let threads_before = count("/proc/self/task");
     let fds_before = count("/proc/self/fd");
 
