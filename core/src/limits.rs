@@ -201,6 +201,11 @@ pub const WATCH_MAX_UNSENT: usize = 16 * 1024;
 /// (refused past it): each makes another peer connect somewhere, so a registry must
 /// not let one client turn it into a dial-out amplifier.
 pub const SIGNALS_PER_MINUTE: u32 = 20;
+/// Registry: most `CONNECT` and `RELAY` queries all sessions from one address (one /64
+/// for IPv6) may send per minute on one node: without it, an address holding many
+/// sessions would multiply [`SIGNALS_PER_MINUTE`] by them. Six sessions' worth, so a
+/// few busy peers behind one NAT are not refused.
+pub const SIGNALS_PER_MINUTE_PER_ADDR: u32 = 120;
 /// Registry: how long a relay token it mints stays valid (both sides connect to the
 /// relay within it).
 pub const RELAY_TOKEN_TTL: Duration = Duration::from_secs(60);

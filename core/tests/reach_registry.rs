@@ -549,6 +549,64 @@ fn connect_and_relay_are_capped_per_session() {
     assert!(other.ask("RELAY,bob").starts_with("OK,relay.example:7001,"));
 }
 
+#[test]
+fn connect_and_relay_are_capped_per_address_across_its_sessions() {
+    let _m = measured();
+    let Pair {
+        r,
+        mut a,
+        b: _b,
+        w: _w,
+        l: _l,
+    } = pair(RegistryConfig {
+        relay_offer: Some(RelayOffer {
+            addr: RelayAddr::Fixed("relay.example:7001".into()),
+            secret: RelaySecret::generate().unwrap(),
+        }),
+        ..RegistryConfig::default()
+    });
+    let per_session = p2pcore::limits::SIGNALS_PER_MINUTE;
+    let per_addr = p2pcore::limits::SIGNALS_PER_MINUTE_PER_ADDR;
+    // alice and more sessions from 127.0.0.1, each within its own budget, spend the
+    // address's (`RELAY`: these callers' listeners are not reachable, which
+    // `CONNECT` would refuse first).
+    let mut sessions = Vec::new();
+    let mut spent = 0;
+    let ask = |s: &mut Enc, spent: &mut u32| {
+        for _ in 0..per_session {
+            if *spent == per_addr {
+                return;
+            }
+            assert!(s.ask("RELAY,bob").starts_with("OK,"), "{spent}");
+            *spent += 1;
+        }
+    };
+    ask(&mut a, &mut spent);
+    for i in 0.. {
+        if spent == per_addr {
+            break;
+        }
+        let mut s = Enc::dial(r.local_addr(), &Identity::generate().unwrap());
+        assert_eq!(s.ask(&format!("INIT,caller{i},{}", closed_port())), "OK");
+        ask(&mut s, &mut spent);
+        sessions.push(s);
+    }
+    // A fresh session from the same address has its own budget, but the address has
+    // none left.
+    let over = "ERR,Too many connection requests: try again in a minute";
+    let mut fresh = Enc::dial(r.local_addr(), &Identity::generate().unwrap());
+    assert_eq!(fresh.ask(&format!("INIT,late,{}", closed_port())), "OK");
+    assert_eq!(fresh.ask("RELAY,bob"), over);
+    // Another address is not affected.
+    let mut elsewhere = Enc::over(
+        connect_from("127.0.0.2", r.local_addr(), None),
+        &Identity::generate().unwrap(),
+        None,
+    );
+    assert_eq!(elsewhere.ask(&format!("INIT,far,{}", closed_port())), "OK");
+    assert!(elsewhere.ask("RELAY,bob").starts_with("OK,"));
+}
+
 /// A TCP connection to `to` from `from` (an address of 127.0.0.0/8), with this
 /// receive buffer when given.
 fn connect_from(from: &str, to: SocketAddr, rcvbuf: Option<usize>) -> TcpStream {

@@ -44,7 +44,9 @@ use super::store::redis::RedisStore;
 use super::watch::{Mailbox, Post, Watcher, Watches};
 use super::{address_key, RegistryConfig, RegistryEvent, RegistryHook};
 use crate::identity::{Identity, PublicKey};
-use crate::limits::{LEGACY_FAST_MAX, MAX_LINE_LEN, RELAY_TOKEN_TTL, WATCH_MAX_UNSENT};
+use crate::limits::{
+    LEGACY_FAST_MAX, MAX_LINE_LEN, RELAY_TOKEN_TTL, SIGNALS_PER_MINUTE_PER_ADDR, WATCH_MAX_UNSENT,
+};
 use crate::protocol::{parse_query, reason, truncate, Query, QueryError};
 use crate::reach::{Push, Reach};
 use crate::secure::{FrameBuffer, Kind, Marker, Responder, Transport, MAX_RECORD_PLAINTEXT};
@@ -203,8 +205,8 @@ struct Conn {
     id: u64,
     stream: TcpStream,
     peer: SocketAddr,
-    /// This connection's address's query-rate bucket.
-    bucket: Arc<Mutex<Bucket>>,
+    /// This connection's address's rate budgets (queries, connection requests).
+    rates: Arc<AddrRates>,
     inbuf: Vec<u8>,
     /// How far `inbuf` has been searched for `\n`.
     scanned: usize,
@@ -304,7 +306,25 @@ impl Bucket {
 /// What the registry keeps per source address (per /64 for IPv6).
 pub(super) struct AddrState {
     conns: usize,
-    bucket: Arc<Mutex<Bucket>>,
+    rates: Arc<AddrRates>,
+}
+
+/// One address's rate budgets, shared by all its connections on every loop.
+pub(super) struct AddrRates {
+    /// Queries (`queries_per_sec_per_addr`).
+    queries: Mutex<Bucket>,
+    /// `CONNECT` and `RELAY` ([`SIGNALS_PER_MINUTE_PER_ADDR`]): the per-session
+    /// budget alone would let one address with many sessions multiply it.
+    signals: Mutex<SignalBudget>,
+}
+
+impl AddrRates {
+    fn full(query_burst: u32, now: Instant) -> AddrRates {
+        AddrRates {
+            queries: Mutex::new(Bucket::full(query_burst)),
+            signals: Mutex::new(SignalBudget::new(SIGNALS_PER_MINUTE_PER_ADDR, now)),
+        }
+    }
 }
 
 /// What every loop shares.
@@ -350,7 +370,7 @@ impl Shared {
 }
 
 /// A connection on its way to a loop: its stream, peer and its address's rate bucket.
-type Accepted = (TcpStream, SocketAddr, Arc<Mutex<Bucket>>);
+type Accepted = (TcpStream, SocketAddr, Arc<AddrRates>);
 
 /// Where loop 0 sends a connection for another loop.
 pub(super) struct Handoff {
@@ -586,15 +606,15 @@ impl Server {
             self.shared.config.queries_per_sec_per_addr,
             self.shared.config.query_burst_per_addr,
         );
-        // An address without connections is forgotten once its bucket is full again
+        // An address without connections is forgotten once its budgets are full again
         // (forgetting it earlier would hand a reconnecting flooder a fresh burst).
         self.shared.addrs.lock().retain(|_, a| {
             if a.conns > 0 {
                 return true;
             }
-            let mut b = a.bucket.lock();
+            let mut b = a.rates.queries.lock();
             b.refill(now, rate, burst);
-            rate > 0 && b.tokens < f64::from(burst.max(1))
+            (rate > 0 && b.tokens < f64::from(burst.max(1))) || !a.rates.signals.lock().is_full(now)
         });
         self.trim_debt += self.shared.directory.take_released()
             + self.shared.directory.drop_stale_renders()
@@ -645,14 +665,14 @@ impl Server {
     }
 
     /// Count a new connection against the global and per-address caps.
-    fn admit_conn(&self, peer: SocketAddr) -> Result<Arc<Mutex<Bucket>>, &'static str> {
+    fn admit_conn(&self, peer: SocketAddr) -> Result<Arc<AddrRates>, &'static str> {
         let cfg = &self.shared.config;
         let mut addrs = self.shared.addrs.lock();
         let state = addrs
             .entry(address_key(peer.ip()))
             .or_insert_with(|| AddrState {
                 conns: 0,
-                bucket: Arc::new(Mutex::new(Bucket::full(cfg.query_burst_per_addr))),
+                rates: Arc::new(AddrRates::full(cfg.query_burst_per_addr, Instant::now())),
             });
         if state.conns >= cfg.max_conns_per_addr {
             return Err(reason::TOO_MANY_CONNECTIONS);
@@ -663,23 +683,23 @@ impl Server {
             return Err(reason::BUSY);
         }
         state.conns += 1;
-        Ok(state.bucket.clone())
+        Ok(state.rates.clone())
     }
 
-    fn hand_off(&mut self, stream: TcpStream, peer: SocketAddr, bucket: Arc<Mutex<Bucket>>) {
+    fn hand_off(&mut self, stream: TcpStream, peer: SocketAddr, rates: Arc<AddrRates>) {
         crate::net::set_keepalive(&stream);
         let target = self.next_loop % self.handoffs.len().max(1);
         self.next_loop = self.next_loop.wrapping_add(1);
         match self.handoffs.get(target) {
             Some(h) if target != 0 => {
-                if h.tx.send((stream, peer, bucket)).is_ok() {
+                if h.tx.send((stream, peer, rates)).is_ok() {
                     let _ = h.waker.wake();
                 } else {
                     self.uncount(peer);
                 }
             }
             _ => {
-                self.add_conn(stream, peer, bucket, true);
+                self.add_conn(stream, peer, rates, true);
             }
         }
     }
@@ -706,8 +726,9 @@ impl Server {
             let _ = stream.shutdown(Shutdown::Write);
             return;
         }
-        let bucket = Arc::new(Mutex::new(Bucket::full(1)));
-        let Some(idx) = self.add_conn(stream, peer, bucket, false) else {
+        // A refused connection is never read: its budgets are never used.
+        let rates = Arc::new(AddrRates::full(1, Instant::now()));
+        let Some(idx) = self.add_conn(stream, peer, rates, false) else {
             return;
         };
         if let Some(Some(c)) = self.conns.get_mut(idx) {
@@ -719,8 +740,8 @@ impl Server {
     }
 
     fn take_handoffs(&mut self) {
-        while let Ok((stream, peer, bucket)) = self.inbox.try_recv() {
-            let _ = self.add_conn(stream, peer, bucket, true);
+        while let Ok((stream, peer, rates)) = self.inbox.try_recv() {
+            let _ = self.add_conn(stream, peer, rates, true);
         }
     }
 
@@ -808,7 +829,7 @@ impl Server {
         &mut self,
         mut stream: TcpStream,
         peer: SocketAddr,
-        bucket: Arc<Mutex<Bucket>>,
+        rates: Arc<AddrRates>,
         counted: bool,
     ) -> Option<usize> {
         let idx = self.free.pop().unwrap_or_else(|| {
@@ -835,7 +856,7 @@ impl Server {
             id,
             stream,
             peer,
-            bucket,
+            rates,
             inbuf: Vec::new(),
             scanned: 0,
             out: Output::default(),
@@ -1128,7 +1149,7 @@ impl Server {
             return false;
         };
         let now = Instant::now();
-        let taken = conn.bucket.lock().take(now, rate, burst);
+        let taken = conn.rates.queries.lock().take(now, rate, burst);
         match taken {
             Ok(()) => true,
             Err(wait) => {
@@ -1458,7 +1479,8 @@ impl Server {
     /// shows of it (tokens cut short: they are capabilities), or the `ERR` reason.
     ///
     /// `CONNECT` and `RELAY` are refused, in this order: a plaintext session; over the
-    /// session's budget ([`crate::limits::SIGNALS_PER_MINUTE`]); `RELAY` without a
+    /// session's budget ([`crate::limits::SIGNALS_PER_MINUTE`]) or its address's
+    /// ([`SIGNALS_PER_MINUTE_PER_ADDR`]); `RELAY` without a
     /// relay; a session holding no registration; an unknown callee; a callee without
     /// a watch session; `CONNECT` from a caller whose listener is not known to be
     /// reachable.
@@ -1508,10 +1530,13 @@ impl Server {
             Signal::Connect(callee) | Signal::Relay(callee) => callee,
         };
         let now = Instant::now();
+        // The session's budget first, then its address's: a session over its own
+        // budget does not spend its neighbours'.
         if !conn
             .signals
             .get_or_insert_with(|| SignalBudget::signals(now))
             .take(now)
+            || !conn.rates.signals.lock().take(now)
         {
             return Err(reason::TOO_MANY_SIGNALS.into());
         }
