@@ -43,8 +43,11 @@ pub fn run(opts: &Options) -> Result<Outcome, String> {
             notes: vec!["T9 skipped: redis-server is not installed".into()],
         });
     };
+    // Nodes of one network serve with one registry key (the store refuses others).
+    let key = p2pcore::identity::Identity::generate().map_err(|e| format!("key: {e}"))?;
     let config = |store| RegistryConfig {
         store,
+        identity: Some(key.clone()),
         ..crate::scratch::one_address_config()
     };
     let bind = |store| {

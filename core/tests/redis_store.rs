@@ -7,6 +7,7 @@
 mod common;
 
 use common::{keyed_client, register, wait_until, Enc};
+use p2pcore::identity::Identity;
 use p2pcore::registry::{Registry, RegistryConfig, StoreSpec};
 use parking_lot::Mutex;
 use std::net::{TcpListener, TcpStream};
@@ -20,6 +21,8 @@ struct Redis {
     child: Child,
     port: u16,
     _dir: tempfile::TempDir,
+    /// The registry key of every node on this Redis (nodes of one network share it).
+    key: Identity,
 }
 
 impl Redis {
@@ -55,6 +58,7 @@ impl Redis {
             child,
             port,
             _dir: dir,
+            key: Identity::generate().unwrap(),
         };
         let deadline = Instant::now() + Duration::from_secs(10);
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -65,14 +69,20 @@ impl Redis {
     }
 
     fn node(&self) -> Registry {
+        self.node_with(&self.key)
+            .expect("a registry node on the Redis store")
+    }
+
+    /// A node serving with `key`.
+    fn node_with(&self, key: &Identity) -> p2pcore::Result<Registry> {
         Registry::builder()
             .config(RegistryConfig {
                 threads: 1,
                 store: StoreSpec::Redis(format!("redis://127.0.0.1:{}", self.port)),
+                identity: Some(key.clone()),
                 ..RegistryConfig::default()
             })
             .bind("127.0.0.1:0")
-            .expect("a registry node on the Redis store")
     }
 }
 
@@ -167,6 +177,33 @@ fn claims_and_users_are_shared_and_a_clean_stop_removes_its_users_at_once() {
     let took = stopped.elapsed();
     assert!(took < Duration::from_millis(2500), "took {took:?}");
     drop(kim);
+}
+
+#[test]
+fn a_node_with_another_registry_key_does_not_join_the_running_ones() {
+    let _serial = SERIAL.lock();
+    let Some(redis) = Redis::start() else { return };
+    let a = redis.node();
+    let other = Identity::generate().unwrap();
+    let Err(err) = redis.node_with(&other) else {
+        panic!("a node with another key joined");
+    };
+    let text = err.to_string();
+    assert!(
+        text.contains(&a.fingerprint().to_string())
+            && text.contains(&other.fingerprint().to_string())
+            && text.contains("give every node the same registry.key"),
+        "{text}"
+    );
+    // The same key joins.
+    let b = redis.node();
+    assert_eq!(b.public_key(), a.public_key());
+    // Once every node has been gone for the key's lifetime (3 s), a network may start
+    // over with another key.
+    drop((a, b));
+    assert!(wait_until(Duration::from_secs(15), || redis
+        .node_with(&other)
+        .is_ok()));
 }
 
 #[test]

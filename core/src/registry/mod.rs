@@ -277,7 +277,13 @@ impl RegistryBuilder {
                     claim_ttl: c.claim_ttl,
                 };
                 // One Redis connection per event loop, opened when first needed.
-                let s = store::redis::RedisStore::connect(url, directory.clone(), bounds, loops)?;
+                let s = store::redis::RedisStore::connect(
+                    url,
+                    &identity.public(),
+                    directory.clone(),
+                    bounds,
+                    loops,
+                )?;
                 // Claims must be shared by the nodes too: a name claimed through one
                 // node is refused to another key on every node.
                 claims = claims::Claims::from_store(Box::new(store::redis::RedisClaims::new(&s)));

@@ -17,6 +17,9 @@
 //!   entries; `p2p:seq`: its sequence counter. A follower fetches each changed name's
 //!   current state.
 //! - `p2p:claim:<name>`: the hex key holding the name's claim, its TTL the claim TTL.
+//! - `p2p:registry-key`: the registry key (hex) every live node serves with, refreshed
+//!   with the nodes' liveness keys: a node with another key does not start, since
+//!   clients pin one registry key per address and a name round-robins over the nodes.
 //!
 //! Every write is one Lua script, so the ownership check and the change (and its log
 //! entry) happen atomically for all nodes. Each node's *sync thread* tails the log
@@ -90,6 +93,19 @@ local function del(name)
   redis.call('XADD', 'p2p:log', 'MAXLEN', '~', LOG_CAP, '*', 's', seq, 'n', name)
   return 1
 end
+"#;
+
+/// The registry key every live node serves with: ARGV the node's key (hex), TTL ms.
+/// Set when absent (the first node, or every node was gone for the TTL), its TTL
+/// renewed when it is the node's own; returns the key in force either way.
+const REGISTRY_KEY_LUA: &str = r#"
+local cur = redis.call('GET', 'p2p:registry-key')
+if not cur then
+  redis.call('SET', 'p2p:registry-key', ARGV[1], 'PX', ARGV[2])
+  return ARGV[1]
+end
+if cur == ARGV[1] then redis.call('PEXPIRE', 'p2p:registry-key', ARGV[2]) end
+return cur
 "#;
 
 /// `INIT`: ARGV name, ip, port, files, owner, key, addr, node, max_users, max_per_addr,
@@ -266,6 +282,7 @@ struct Scripts {
     forward: Script,
     claim: Script,
     touch: Script,
+    registry_key: Script,
 }
 
 impl Scripts {
@@ -281,6 +298,7 @@ impl Scripts {
             forward: script(FORWARD_LUA, false),
             claim: script(CLAIM_LUA, false),
             touch: script(TOUCH_LUA, false),
+            registry_key: script(REGISTRY_KEY_LUA, false),
         }
     }
 }
@@ -305,6 +323,10 @@ struct Link {
 struct Inner {
     client: redis::Client,
     node: String,
+    /// The registry's public key (hex), the same on every node (`p2p:registry-key`).
+    registry_key: String,
+    /// Whether another key in force has been logged (once, not at every tick).
+    key_conflict_logged: AtomicBool,
     directory: Arc<Directory>,
     bounds: StoreBounds,
     scripts: Scripts,
@@ -475,9 +497,11 @@ fn node_id() -> String {
 impl RedisStore {
     /// Connects to `url`, registers this node and loads the directory into
     /// `directory`; then starts the sync thread. Fails (the registry does not start)
-    /// when Redis cannot be reached now; later outages are survived.
+    /// when Redis cannot be reached now (later outages are survived), or when the
+    /// nodes already running serve with another key than `registry_key`.
     pub fn connect(
         url: &str,
+        registry_key: &PublicKey,
         directory: Arc<Directory>,
         bounds: StoreBounds,
         pool: usize,
@@ -487,6 +511,8 @@ impl RedisStore {
         let inner = Arc::new(Inner {
             client,
             node: node_id(),
+            registry_key: registry_key.to_hex(),
+            key_conflict_logged: AtomicBool::new(false),
             directory,
             bounds,
             scripts: Scripts::new(),
@@ -508,7 +534,19 @@ impl RedisStore {
         let mut sync = Sync::new(inner.clone());
         let mut conn =
             open(&inner.client, SYNC_TIMEOUT).map_err(|e| store_err(format!("{url}: {e}")))?;
-        sync.heartbeat(&mut conn).map_err(store_err)?;
+        let in_force = sync.heartbeat(&mut conn).map_err(store_err)?;
+        if in_force != inner.registry_key {
+            let theirs = PublicKey::from_hex(&in_force).map_or_else(
+                || "an unreadable key".to_string(),
+                |k| k.fingerprint().to_string(),
+            );
+            return Err(Error::InvalidArgument(format!(
+                "store {url}: the registry nodes running on it serve with key {theirs}, \
+                 this node with {}: give every node the same registry.key (clients pin \
+                 one key per registry address)",
+                registry_key.fingerprint()
+            )));
+        }
         sync.resync(&mut conn).map_err(store_err)?;
         // Fresh as of the load just done (the sync thread keeps it so).
         inner
@@ -880,9 +918,11 @@ impl Sync {
         }
     }
 
-    /// Keep this node alive (and listed: a Redis restart forgets the list).
-    fn heartbeat(&self, conn: &mut Connection) -> redis::RedisResult<()> {
-        let node = &self.inner.node;
+    /// Keep this node alive (and listed: a Redis restart forgets the list) and the
+    /// registry key it serves with in force; returns the key in force.
+    fn heartbeat(&self, conn: &mut Connection) -> redis::RedisResult<String> {
+        let inner = &self.inner;
+        let node = &inner.node;
         redis::pipe()
             .cmd("SET")
             .arg(format!("p2p:node:{node}"))
@@ -894,7 +934,25 @@ impl Sync {
             .arg("p2p:nodes")
             .arg(node)
             .ignore()
-            .query::<()>(conn)
+            .query::<()>(conn)?;
+        let in_force: String = inner
+            .scripts
+            .registry_key
+            .arg(&inner.registry_key)
+            .arg(millis(NODE_TTL))
+            .invoke(conn)?;
+        // Only while every node was gone (a Redis restart that lost the key, with a
+        // node of another key starting first) can this happen to a running node: it
+        // keeps serving (its clients pinned its key), and says so once.
+        if in_force != inner.registry_key
+            && !inner.key_conflict_logged.swap(true, Ordering::Relaxed)
+        {
+            log::error!(
+                "registry: another registry key ({in_force}) is in force in the store: \
+                 the nodes do not all serve with the same key"
+            );
+        }
+        Ok(in_force)
     }
 
     /// Reap dead nodes and lapsed leases, renew leases, retry deferred releases.
