@@ -363,6 +363,23 @@ pub unsafe extern "C" fn p2p_registry_config_set_store(
     })
 }
 
+/// With the Redis store, whether this node publishes its events (queries, connects,
+/// refusals, …) for every node's live display (`p2pchat server --show all`,
+/// `p2pchat server log`): `true` (the default) or `false`, which spares the node an
+/// event per query under a flood. Without Redis nothing is published either way.
+///
+/// Errors: `P2P_NULL_ARGUMENT`.
+#[no_mangle]
+pub unsafe extern "C" fn p2p_registry_config_set_publish_events(
+    config: *mut p2p_registry_config,
+    on: bool,
+) -> p2p_status {
+    panic::status(|| {
+        config_mut(config)?.config.publish_events = on;
+        Ok(())
+    })
+}
+
 /// Start a registry as `config` says (see `p2p_registry_start()`, which this extends).
 /// `config` is only read. On success `*out` receives the new handle, owned by the
 /// caller (free it with `p2p_registry_free()`); untouched on failure.
@@ -371,7 +388,7 @@ pub unsafe extern "C" fn p2p_registry_config_set_store(
 /// its claims store cannot be created or read; the Redis store cannot be reached),
 /// `P2P_INVALID_ARGUMENT` (a malformed
 /// listen address; the data directory's `registry.key` is not a key file, or others
-/// may read it), `P2P_BUSY`
+/// may read it; the nodes running on the Redis store serve with another key), `P2P_BUSY`
 /// (another registry is serving from the same data directory).
 #[no_mangle]
 pub unsafe extern "C" fn p2p_registry_start_with_config(

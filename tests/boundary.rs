@@ -1240,6 +1240,11 @@ fn chat_and_transfer_marks_check_their_arguments() {
             p2p_registry_config_set_store(rc, c("memory").as_ptr()),
             P2P_OK
         );
+        assert_eq!(
+            p2p_registry_config_set_publish_events(null_mut(), false),
+            P2P_NULL_ARGUMENT
+        );
+        assert_eq!(p2p_registry_config_set_publish_events(rc, false), P2P_OK);
         p2p_registry_config_free(rc);
     }
     assert!(flag && s.is_null(), "outputs untouched on failure");

@@ -250,6 +250,11 @@ pub struct ServerArgs {
     /// `--store redis://…`, each line tagged with its node id; needs the Redis store).
     #[arg(long, value_name = "own|all", value_enum, default_value_t = Show::Own)]
     pub show: Show,
+    /// With `--store redis://…`: whether this node shares its events with the other
+    /// nodes' `--show all` and `p2pchat server log` (`off` spares it an event per
+    /// query under a flood; its own log is unchanged).
+    #[arg(long, value_name = "on|off", value_enum, default_value_t = OnOff::On)]
+    pub publish_events: OnOff,
 }
 
 /// `--show`: this node's events or every node's.

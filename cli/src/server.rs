@@ -312,6 +312,7 @@ fn config(args: &ServerArgs, data_dir: Option<PathBuf>) -> RegistryConfig {
         query_burst_per_addr: args.query_burst.unwrap_or(d.query_burst_per_addr),
         memory_budget: args.memory_budget.unwrap_or(d.memory_budget),
         store: (*args.store).clone(),
+        publish_events: args.publish_events == OnOff::On,
         ..d
     }
 }

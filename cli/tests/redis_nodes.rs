@@ -454,6 +454,40 @@ fn logging_node(redis: &Redis, extra: &[&str]) -> (Proc, String, String) {
 }
 
 #[test]
+fn a_node_with_publish_events_off_keeps_its_events_to_itself() {
+    let Some(redis) = Redis::start() else { return };
+    let (mut quiet, quiet_addr, quiet_id) = logging_node(&redis, &["--publish-events", "off"]);
+    let (_loud, loud_addr, loud_id) = logging_node(&redis, &[]);
+    let url = redis.url();
+    let mut viewer =
+        common::Proc::start(&["server", "log", "--store", &url, "--log-format", "json"]);
+    viewer.expect("\"event\":\"following\"");
+    // The quiet node serves and logs its query as ever.
+    assert_eq!(
+        Session::open(&quiet_addr).ask("GET_P,asked-of-quiet"),
+        "ERR,User not found!"
+    );
+    quiet.expect("GET_P,asked-of-quiet");
+    // A later query on the other node reaches the viewer (retried: the viewer's tail
+    // starts at "now"), and a second after it, still nothing of the quiet node's.
+    let t0 = Instant::now();
+    for n in 1.. {
+        let q = format!("GET_P,asked-of-loud{n}");
+        assert_eq!(Session::open(&loud_addr).ask(&q), "ERR,User not found!");
+        std::thread::sleep(Duration::from_millis(300));
+        if viewer.all_stdout().contains(&q) {
+            break;
+        }
+        assert!(t0.elapsed() < SLACK, "{}", viewer.all_stdout());
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let seen = viewer.all_stdout();
+    assert!(seen.contains(&format!("\"node\":\"{loud_id}\"")), "{seen}");
+    assert!(!seen.contains("asked-of-quiet"), "{seen}");
+    assert!(!seen.contains(&quiet_id), "{seen}");
+}
+
+#[test]
 fn show_all_and_the_viewer_print_every_nodes_events_tagged_with_their_node() {
     let Some(redis) = Redis::start() else { return };
     let (mut a, a_addr, a_id) = logging_node(&redis, &["--show", "all"]);

@@ -116,6 +116,12 @@ pub struct RegistryConfig {
     /// `docs/SCALE-OUT.md`). With Redis, `max_users`, `memory_budget` and
     /// `max_users_per_addr` hold across all the nodes; connection caps stay per node.
     pub store: StoreSpec,
+    /// With the Redis store, whether this node publishes its events (queries with
+    /// their outcome, connects, refusals, …) to `p2p:events` for every node's live
+    /// display (`p2pchat server --show all`, `p2pchat server log`). On by default; off
+    /// spares the node building and queueing an event per query, which a query flood
+    /// makes into most of the work. Without Redis, nothing is published either way.
+    pub publish_events: bool,
 }
 
 /// The relay a registry runs inside itself ([`RegistryConfig::embedded_relay`]): it
@@ -152,6 +158,7 @@ impl Default for RegistryConfig {
             claim_ttl: limits::CLAIM_TTL,
             identity: None,
             store: StoreSpec::Memory,
+            publish_events: true,
             relay_offer: None,
             embedded_relay: None,
         }
@@ -291,9 +298,10 @@ impl RegistryBuilder {
             }
         };
         // With Redis, every event is also published for the other nodes' displays
-        // (offered to a bounded queue: never blocks the loop that emits it).
+        // (offered to a bounded queue: never blocks the loop that emits it), unless
+        // this node is told not to.
         let hook: Option<RegistryHook> = match (&store, self.hook) {
-            (Some(s), user) => {
+            (Some(s), user) if self.config.publish_events => {
                 let sink = s.event_sink();
                 Some(Arc::new(move |e: &RegistryEvent| {
                     sink.offer(e);
@@ -302,7 +310,7 @@ impl RegistryBuilder {
                     }
                 }))
             }
-            (None, user) => user,
+            (_, user) => user,
         };
         let max_connections = connection_cap(self.config.max_connections, raise_nofile_limit());
         let mut parts = Vec::with_capacity(loops);
