@@ -28,7 +28,7 @@
 use super::{Chat, ChatClosedBy, ChatId, ChatRequest, Inner, Peer, PeerBuilder, PeerEvent};
 use super::{FileOffer, Hooks, TransferId};
 use crate::error::{Error, Result};
-use parking_lot::{Condvar, Mutex};
+use parking_lot::{Condvar, Mutex, MutexGuard};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -139,6 +139,71 @@ pub(crate) type OpenedHook = dyn Fn(u64, &str, Result<Chat>) + Send + Sync;
 /// The answer hook for [`Peer::offer_file_async`] in hook mode: `(request, user, result)`.
 pub(crate) type AnsweredHook = dyn Fn(u64, &str, Result<super::Transfer>) + Send + Sync;
 
+/// What an async request is answered with: a [`Chat`] for [`Peer::chat_async`], an
+/// outgoing transfer for [`Peer::offer_file_async`]. Both kinds share one life cycle
+/// (numbered, listed as pending, answered exactly once: by their thread or by a
+/// cancel, whichever takes them out of the list first); this is what differs.
+trait AsyncAnswer: Sized {
+    /// The refusal of a request whose answer would have nowhere to go.
+    const REFUSED: &'static str;
+    /// The name of the thread that makes request `n` is this prefix and `n`.
+    const THREAD: &'static str;
+    /// The requests of this kind not answered yet, with whom they ask.
+    fn pending(state: &mut State) -> &mut HashMap<u64, String>;
+    /// Whether `q` has somewhere to put the answer: it queues, or has the hook.
+    fn answerable(q: &EventQueue) -> bool;
+    /// Deliver the answer, already taken out of [`pending`](Self::pending) under
+    /// `state`.
+    fn deliver(
+        q: &EventQueue,
+        state: MutexGuard<'_, State>,
+        request: u64,
+        user: String,
+        result: Result<Self>,
+    );
+}
+
+impl AsyncAnswer for Chat {
+    const REFUSED: &'static str = "chat_async needs an event queue or an on_chat_opened hook";
+    const THREAD: &'static str = "p2p-chat-ask-";
+    fn pending(state: &mut State) -> &mut HashMap<u64, String> {
+        &mut state.pending
+    }
+    fn answerable(q: &EventQueue) -> bool {
+        q.queued || q.opened_hook.is_some()
+    }
+    fn deliver(
+        q: &EventQueue,
+        state: MutexGuard<'_, State>,
+        request: u64,
+        user: String,
+        result: Result<Chat>,
+    ) {
+        q.answer(state, request, user, result)
+    }
+}
+
+impl AsyncAnswer for super::Transfer {
+    const REFUSED: &'static str =
+        "offer_file_async needs an event queue or an on_offer_answered hook";
+    const THREAD: &'static str = "p2p-offer-";
+    fn pending(state: &mut State) -> &mut HashMap<u64, String> {
+        &mut state.offers
+    }
+    fn answerable(q: &EventQueue) -> bool {
+        q.queued || q.answered_hook.is_some()
+    }
+    fn deliver(
+        q: &EventQueue,
+        state: MutexGuard<'_, State>,
+        request: u64,
+        user: String,
+        result: Result<super::Transfer>,
+    ) {
+        q.answer_offer(state, request, user, result)
+    }
+}
+
 /// A peer's event queue (see the module documentation for the overflow rule). Every
 /// peer has one for the bookkeeping of [`Peer::chat_async`]; only a peer built with
 /// [`PeerBuilder::event_queue`] (`queued`) puts events in it.
@@ -226,11 +291,29 @@ impl EventQueue {
         }
     }
 
+    /// Answer async request `request` with `result` if it is still pending. If it was
+    /// answered already (cancelled), nothing is delivered and `result` is handed back,
+    /// for the caller to dispose of what nobody was given.
+    fn settle<A: AsyncAnswer>(
+        &self,
+        request: u64,
+        result: Result<A>,
+    ) -> std::result::Result<(), Result<A>> {
+        let mut state = self.state.lock();
+        match A::pending(&mut state).remove(&request) {
+            Some(user) => {
+                A::deliver(self, state, request, user, result);
+                Ok(())
+            }
+            None => Err(result),
+        }
+    }
+
     /// Deliver the answer to a `chat_async` request (already taken out of `pending`
     /// under `state`): queued, or given to the hook (outside the lock).
     fn answer(
         &self,
-        mut state: parking_lot::MutexGuard<'_, State>,
+        mut state: MutexGuard<'_, State>,
         request: u64,
         user: String,
         result: Result<Chat>,
@@ -255,7 +338,7 @@ impl EventQueue {
     /// the hook (outside the lock); with neither, an accepted transfer is cancelled.
     fn answer_offer(
         &self,
-        mut state: parking_lot::MutexGuard<'_, State>,
+        mut state: MutexGuard<'_, State>,
         request: u64,
         user: String,
         result: Result<super::Transfer>,
@@ -742,75 +825,41 @@ impl Peer {
     /// holding a lock across this call. `register` runs on the calling thread, under no
     /// lock of the peer; it is not called when the request is refused up front.
     pub fn chat_async_with(&self, user: &str, register: impl FnOnce(u64)) -> Result<u64> {
-        let q = self
-            .events
-            .clone()
-            .filter(|q| q.queued || q.opened_hook.is_some())
-            .ok_or_else(|| {
-                Error::InvalidArgument(
-                    "chat_async needs an event queue or an on_chat_opened hook".into(),
-                )
-            })?;
-        if self.inner.stopping() {
-            return Err(Error::Shutdown);
-        }
-        let request = q.next_request.fetch_add(1, Ordering::Relaxed);
-        register(request);
-        q.state.lock().pending.insert(request, user.to_string());
         let inner = self.inner.clone();
         let name = user.to_string();
-        let queue = q.clone();
-        let spawned = self
-            .inner
-            .threads
-            .spawn(&format!("p2p-chat-ask-{request}"), move || {
-                let q = queue;
-                // Answered as soon as the chat is open, before its reader starts: the
-                // answer handing it over comes before any message or close of it.
-                let mut given = None;
-                let mut unwanted = None;
-                let result = super::chat::request_with(&inner, &name, &mut |chat| {
-                    let mut state = q.state.lock();
-                    if state.pending.remove(&request).is_none() {
-                        // Cancelled meanwhile (answered already): report nothing of it.
-                        drop(state);
-                        if q.queued {
-                            q.mute(chat.id());
-                        }
-                        unwanted = Some(chat.clone());
-                        return;
-                    }
+        self.start_async::<Chat>(user, register, move |q, request| {
+            // Answered as soon as the chat is open, before its reader starts: the
+            // answer handing it over comes before any message or close of it.
+            let mut given = None;
+            let mut unwanted = None;
+            let result = super::chat::request_with(&inner, &name, &mut |chat| {
+                if q.settle(request, Ok(chat.clone())).is_ok() {
                     given = Some(chat.clone());
-                    q.answer(state, request, name.clone(), Ok(chat.clone()));
-                });
-                if let Some(chat) = unwanted {
-                    chat.close();
                     return;
                 }
-                if let Some(chat) = given {
-                    // Handed over; if its reader could not start (the peer is
-                    // stopping), end it so its close is reported.
-                    if result.is_err() {
-                        chat.close();
-                    }
-                    return;
+                // Cancelled meanwhile (answered already): report nothing of it.
+                if q.queued {
+                    q.mute(chat.id());
                 }
-                let mut state = q.state.lock();
-                if state.pending.remove(&request).is_none() {
-                    // Cancelled: the answer was given already.
-                    drop(state);
-                    if let Ok(chat) = result {
-                        chat.close();
-                    }
-                    return;
-                }
-                q.answer(state, request, name, result);
+                unwanted = Some(chat.clone());
             });
-        if let Err(e) = spawned {
-            q.state.lock().pending.remove(&request);
-            return Err(e.into());
-        }
-        Ok(request)
+            if let Some(chat) = unwanted {
+                chat.close();
+                return;
+            }
+            if let Some(chat) = given {
+                // Handed over; if its reader could not start (the peer is
+                // stopping), end it so its close is reported.
+                if result.is_err() {
+                    chat.close();
+                }
+                return;
+            }
+            if let Err(Ok(chat)) = q.settle(request, result) {
+                // Cancelled: the answer was given already.
+                chat.close();
+            }
+        })
     }
 
     /// Cancel [`chat_async`](Self::chat_async) request `request`: its answer, at once,
@@ -819,15 +868,7 @@ impl Peer {
     /// mode the answer goes to the hook, on this thread). `false` if the request was
     /// already answered (or is unknown).
     pub fn chat_cancel(&self, request: u64) -> bool {
-        let Some(q) = &self.events else {
-            return false;
-        };
-        let mut state = q.state.lock();
-        let Some(user) = state.pending.remove(&request) else {
-            return false;
-        };
-        q.answer(state, request, user, Err(Error::Cancelled));
-        true
+        self.cancel_async::<Chat>(request)
     }
 
     /// Offer the file at `path` to `user` without waiting: returns a request number at
@@ -848,62 +889,32 @@ impl Peer {
         path: impl AsRef<std::path::Path>,
         register: impl FnOnce(u64),
     ) -> Result<u64> {
-        let q = self
-            .events
-            .clone()
-            .filter(|q| q.queued || q.answered_hook.is_some())
-            .ok_or_else(|| {
-                Error::InvalidArgument(
-                    "offer_file_async needs an event queue or an on_offer_answered hook".into(),
-                )
-            })?;
-        if self.inner.stopping() {
-            return Err(Error::Shutdown);
-        }
-        let request = q.next_request.fetch_add(1, Ordering::Relaxed);
-        register(request);
-        q.state.lock().offers.insert(request, user.to_string());
         let inner = self.inner.clone();
         let name = user.to_string();
         let path = path.as_ref().to_path_buf();
-        let queue = q.clone();
-        let spawned = self
-            .inner
-            .threads
-            .spawn(&format!("p2p-offer-{request}"), move || {
-                let q = queue;
-                // Answered as soon as accepted, before the sending starts: the answer
-                // comes before any event of the transfer.
-                let mut answered = false;
-                let result = super::push::offer_with(&inner, &name, &path, &mut |t| {
-                    let mut state = q.state.lock();
-                    if state.offers.remove(&request).is_none() {
-                        // Cancelled meanwhile (answered already): send nothing, and
-                        // report nothing of the transfer.
-                        drop(state);
-                        if q.queued {
-                            q.mute_transfer(t.id());
-                        }
-                        return false;
-                    }
+        self.start_async::<super::Transfer>(user, register, move |q, request| {
+            // Answered as soon as accepted, before the sending starts: the answer
+            // comes before any event of the transfer.
+            let mut answered = false;
+            let result = super::push::offer_with(&inner, &name, &path, &mut |t| {
+                if q.settle(request, Ok(t.clone())).is_ok() {
                     answered = true;
-                    q.answer_offer(state, request, name.clone(), Ok(t.clone()));
-                    true
-                });
-                if answered {
-                    return;
+                    return true;
                 }
-                let mut state = q.state.lock();
-                if state.offers.remove(&request).is_none() {
-                    return; // cancelled: answered already
+                // Cancelled meanwhile (answered already): send nothing, and report
+                // nothing of the transfer.
+                if q.queued {
+                    q.mute_transfer(t.id());
                 }
-                q.answer_offer(state, request, name, result);
+                false
             });
-        if let Err(e) = spawned {
-            q.state.lock().offers.remove(&request);
-            return Err(e.into());
-        }
-        Ok(request)
+            if !answered {
+                // Not handed over: the outcome is the answer, unless a cancel gave
+                // one already. A transfer only ever comes through the callback above,
+                // so nothing handed back needs stopping.
+                let _ = q.settle(request, result);
+            }
+        })
     }
 
     /// Cancel [`offer_file_async`](Self::offer_file_async) request `request`: its
@@ -912,15 +923,53 @@ impl Peer {
     /// transfer is stopped at once and none of its events is queued. `false` if the
     /// request was already answered (or is unknown).
     pub fn offer_cancel(&self, request: u64) -> bool {
-        let Some(q) = &self.events else {
-            return false;
-        };
-        let mut state = q.state.lock();
-        let Some(user) = state.offers.remove(&request) else {
-            return false;
-        };
-        q.answer_offer(state, request, user, Err(Error::Cancelled));
-        true
+        self.cancel_async::<super::Transfer>(request)
+    }
+
+    /// The frame of [`chat_async_with`](Self::chat_async_with) and
+    /// [`offer_file_async_with`](Self::offer_file_async_with): refuse the request if its
+    /// answer would have nowhere to go, number it, show the number to `register`, list
+    /// it as pending, then run `run(queue, request)` on its own thread, which answers
+    /// through [`EventQueue::settle`]. In that order, nothing can answer a request
+    /// before `register` has seen it.
+    fn start_async<A: AsyncAnswer>(
+        &self,
+        user: &str,
+        register: impl FnOnce(u64),
+        run: impl FnOnce(Arc<EventQueue>, u64) + Send + 'static,
+    ) -> Result<u64> {
+        let q = self
+            .events
+            .clone()
+            .filter(|q| A::answerable(q))
+            .ok_or_else(|| Error::InvalidArgument(A::REFUSED.into()))?;
+        if self.inner.stopping() {
+            return Err(Error::Shutdown);
+        }
+        let request = q.next_request.fetch_add(1, Ordering::Relaxed);
+        register(request);
+        A::pending(&mut q.state.lock()).insert(request, user.to_string());
+        let queue = q.clone();
+        let spawned = self
+            .inner
+            .threads
+            .spawn(&format!("{}{request}", A::THREAD), move || {
+                run(queue, request)
+            });
+        if let Err(e) = spawned {
+            // Nothing will answer it: unlist it (the caller gets the error instead).
+            A::pending(&mut q.state.lock()).remove(&request);
+            return Err(e.into());
+        }
+        Ok(request)
+    }
+
+    /// Answer async request `request` with [`Error::Cancelled`] at once, if it is still
+    /// pending; its thread then finds it answered and disposes of what it gets.
+    fn cancel_async<A: AsyncAnswer>(&self, request: u64) -> bool {
+        self.events
+            .as_ref()
+            .is_some_and(|q| q.settle::<A>(request, Err(Error::Cancelled)).is_ok())
     }
 
     /// Let the queue's waiting producers see the peer stop.
