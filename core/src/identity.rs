@@ -235,7 +235,12 @@ impl Identity {
             data_encoding::HEXLOWER.encode(&self.private),
             self.public.to_hex()
         );
-        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        // Unique per call, not only per process: two threads of one process creating
+        // the same file must not share (and remove) one temporary file, or the loser
+        // would find neither its file nor the winner's.
+        static NEXT_TMP: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT_TMP.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = path.with_extension(format!("tmp{}-{n}", std::process::id()));
         let written = (|| -> std::io::Result<()> {
             let mut f = open_private_new(&tmp)?;
             f.write_all(text.as_bytes())?;
@@ -362,6 +367,31 @@ pub(crate) fn open_private_new(path: &Path) -> std::io::Result<fs::File> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn threads_creating_one_key_at_once_all_get_the_same_key() {
+        for _ in 0..20 {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("alice.key");
+            let start = std::sync::Barrier::new(8);
+            let keys: Vec<PublicKey> = std::thread::scope(|s| {
+                let handles: Vec<_> = (0..8)
+                    .map(|_| {
+                        s.spawn(|| {
+                            start.wait();
+                            Identity::load_or_create(&path).map(|id| id.public())
+                        })
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().unwrap().expect("created or loaded"))
+                    .collect()
+            });
+            assert!(keys.iter().all(|k| *k == keys[0]), "one key for all");
+            assert_eq!(Identity::load(&path).unwrap().public(), keys[0]);
+        }
+    }
 
     #[test]
     fn hex_and_fingerprint_round_trip() {
