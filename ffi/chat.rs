@@ -414,8 +414,9 @@ pub unsafe extern "C" fn p2p_chat_peer_name(
 }
 
 /// How the chat is connected: `P2P_PATH_DIRECT`, `P2P_PATH_REVERSE` (the callee
-/// connected back) or `P2P_PATH_RELAYED` (through a relay, which sees only
-/// ciphertext). Stays as it was after the chat ended.
+/// connected back), `P2P_PATH_PUNCHED` (both connected at once through their NATs)
+/// or `P2P_PATH_RELAYED` (through a relay, which sees only ciphertext). Stays as it
+/// was after the chat ended.
 ///
 /// Errors: `P2P_NULL_ARGUMENT`.
 #[no_mangle]
@@ -428,7 +429,8 @@ pub unsafe extern "C" fn p2p_chat_path(chat: *const p2p_chat, out: *mut p2p_path
 }
 
 /// How the chat request came: `P2P_PATH_DIRECT` (to this peer's listener),
-/// `P2P_PATH_REVERSE` (this peer connected back at the registry's request) or
+/// `P2P_PATH_REVERSE` (this peer connected back at the registry's request),
+/// `P2P_PATH_PUNCHED` (both connected at once through their NATs) or
 /// `P2P_PATH_RELAYED` (through a relay; `p2p_chat_request_address()` is then the
 /// relay's).
 ///

@@ -139,6 +139,9 @@ pub enum p2p_path {
     P2P_PATH_REVERSE = 1,
     /// Both connected out to a relay, which forwards the encrypted bytes.
     P2P_PATH_RELAYED = 2,
+    /// Both connected to each other at once through their NATs, timed by the registry
+    /// (a hole punched).
+    P2P_PATH_PUNCHED = 3,
 }
 
 impl From<p2pcore::reach::Path> for p2p_path {
@@ -147,6 +150,7 @@ impl From<p2pcore::reach::Path> for p2p_path {
             p2pcore::reach::Path::Direct => p2p_path::P2P_PATH_DIRECT,
             p2pcore::reach::Path::Reverse => p2p_path::P2P_PATH_REVERSE,
             p2pcore::reach::Path::Relayed => p2p_path::P2P_PATH_RELAYED,
+            p2pcore::reach::Path::Punched => p2p_path::P2P_PATH_PUNCHED,
         }
     }
 }
@@ -169,7 +173,8 @@ pub enum p2p_reach {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum p2p_path_policy {
     /// The default: direct when the other side may be reachable, then reverse connect
-    /// when this peer is reachable, then the relay.
+    /// when this peer is reachable, then a hole punch when neither is (Unix), then the
+    /// relay.
     P2P_PATH_POLICY_AUTO = 0,
     /// Only direct connections.
     P2P_PATH_POLICY_DIRECT = 1,
@@ -177,6 +182,8 @@ pub enum p2p_path_policy {
     P2P_PATH_POLICY_REVERSE = 2,
     /// Only the relay (neither side learns the other's address).
     P2P_PATH_POLICY_RELAY = 3,
+    /// Only a hole punch (Unix).
+    P2P_PATH_POLICY_PUNCH = 4,
 }
 
 /// Something else happened in the background; `detail` is a one-line description for
@@ -1089,6 +1096,7 @@ pub unsafe extern "C" fn p2p_peer_config_set_path_policy(
             1 => PathPolicy::Direct,
             2 => PathPolicy::Reverse,
             3 => PathPolicy::Relay,
+            4 => PathPolicy::Punch,
             other => {
                 return Err(FfiError::new(
                     p2p_status::P2P_INVALID_ARGUMENT,

@@ -235,8 +235,8 @@ pub unsafe extern "C" fn p2p_transfer_is_encrypted(
 }
 
 /// How the download is connected: `P2P_PATH_DIRECT`, `P2P_PATH_REVERSE` (the sender
-/// connected back) or `P2P_PATH_RELAYED` (through a relay, which sees only
-/// ciphertext). Known once the download started (`P2P_EVENT_TRANSFER_STARTED`);
+/// connected back), `P2P_PATH_PUNCHED` (both connected at once through their NATs)
+/// or `P2P_PATH_RELAYED` (through a relay, which sees only ciphertext). Known once the download started (`P2P_EVENT_TRANSFER_STARTED`);
 /// `P2P_PATH_DIRECT` before.
 ///
 /// Errors: `P2P_NULL_ARGUMENT`.

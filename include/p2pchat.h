@@ -464,6 +464,11 @@ typedef enum p2p_path {
      * Both connected out to a relay, which forwards the encrypted bytes.
      */
     P2P_PATH_RELAYED = 2,
+    /**
+     * Both connected to each other at once through their NATs, timed by the registry
+     * (a hole punched).
+     */
+    P2P_PATH_PUNCHED = 3,
 } p2p_path;
 
 /**
@@ -526,7 +531,8 @@ typedef int32_t p2p_log_level;
 typedef enum p2p_path_policy {
     /**
      * The default: direct when the other side may be reachable, then reverse connect
-     * when this peer is reachable, then the relay.
+     * when this peer is reachable, then a hole punch when neither is (Unix), then the
+     * relay.
      */
     P2P_PATH_POLICY_AUTO = 0,
     /**
@@ -541,6 +547,10 @@ typedef enum p2p_path_policy {
      * Only the relay (neither side learns the other's address).
      */
     P2P_PATH_POLICY_RELAY = 3,
+    /**
+     * Only a hole punch (Unix).
+     */
+    P2P_PATH_POLICY_PUNCH = 4,
 } p2p_path_policy;
 
 /**
@@ -1917,8 +1927,9 @@ p2p_status p2p_chat_peer_name(const struct p2p_chat *chat, char **out);
 
 /**
  * How the chat is connected: `P2P_PATH_DIRECT`, `P2P_PATH_REVERSE` (the callee
- * connected back) or `P2P_PATH_RELAYED` (through a relay, which sees only
- * ciphertext). Stays as it was after the chat ended.
+ * connected back), `P2P_PATH_PUNCHED` (both connected at once through their NATs)
+ * or `P2P_PATH_RELAYED` (through a relay, which sees only ciphertext). Stays as it
+ * was after the chat ended.
  *
  * Errors: `P2P_NULL_ARGUMENT`.
  */
@@ -1926,7 +1937,8 @@ p2p_status p2p_chat_path(const struct p2p_chat *chat, enum p2p_path *out);
 
 /**
  * How the chat request came: `P2P_PATH_DIRECT` (to this peer's listener),
- * `P2P_PATH_REVERSE` (this peer connected back at the registry's request) or
+ * `P2P_PATH_REVERSE` (this peer connected back at the registry's request),
+ * `P2P_PATH_PUNCHED` (both connected at once through their NATs) or
  * `P2P_PATH_RELAYED` (through a relay; `p2p_chat_request_address()` is then the
  * relay's).
  *
@@ -2138,13 +2150,14 @@ p2p_status p2p_transfer_is_encrypted(const struct p2p_transfer *transfer, bool *
 
 /**
  * How the download is connected: `P2P_PATH_DIRECT`, `P2P_PATH_REVERSE` (the sender
- * connected back) or `P2P_PATH_RELAYED` (through a relay, which sees only
- * ciphertext). Known once the download started (`P2P_EVENT_TRANSFER_STARTED`);
+ * connected back), `P2P_PATH_PUNCHED` (both connected at once through their NATs)
+ * or `P2P_PATH_RELAYED` (through a relay, which sees only ciphertext). Known once the download started (`P2P_EVENT_TRANSFER_STARTED`);
  * `P2P_PATH_DIRECT` before.
  *
  * Errors: `P2P_NULL_ARGUMENT`.
  */
-p2p_status p2p_transfer_path(const struct p2p_transfer *transfer, enum p2p_path *out);
+p2p_status p2p_transfer_path(const struct p2p_transfer *transfer,
+                             enum p2p_path *out);
 
 /**
  * Whether the download has ended, successfully or not (`p2p_transfer_wait()` then

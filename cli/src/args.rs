@@ -445,7 +445,7 @@ pub fn expand_home(text: &str) -> PathBuf {
 
 fn parse_path_policy(text: &str) -> Result<PathPolicy, String> {
     PathPolicy::parse(text)
-        .ok_or_else(|| format!("{text:?} is not a path: auto, direct, reverse or relay"))
+        .ok_or_else(|| format!("{text:?} is not a path: auto, direct, reverse, punch or relay"))
 }
 
 fn parse_dir(text: &str) -> Result<PathBuf, String> {
@@ -506,9 +506,10 @@ pub struct ClientArgs {
     pub identity: Option<PathBuf>,
     #[command(flatten)]
     pub serving: Serving,
-    /// How to reach other peers: `auto` (direct, then reverse connect, then the
-    /// relay), or only `direct`, `reverse` or `relay` (a relayed link connects the other
-    /// peer to the relay, not to you; the registry still lists your address).
+    /// How to reach other peers: `auto` (direct, then reverse connect, then a hole
+    /// punch, then the relay), or only `direct`, `reverse`, `punch` or `relay` (a
+    /// relayed link connects the other peer to the relay, not to you; the registry
+    /// still lists your address).
     #[arg(long, value_name = "PATH", default_value = "auto", value_parser = parse_path_policy)]
     pub path: PathPolicy,
 }
@@ -577,9 +578,10 @@ pub struct Identity {
     /// p2pchat config directory ($XDG_CONFIG_HOME/p2pchat or ~/.config/p2pchat).
     #[arg(long, value_name = "FILE", env = "P2PCHAT_IDENTITY", value_parser = parse_dir)]
     pub identity: Option<PathBuf>,
-    /// How to reach other peers: `auto` (direct, then reverse connect, then the
-    /// relay), or only `direct`, `reverse` or `relay` (a relayed link connects the other
-    /// peer to the relay, not to you; the registry still lists your address).
+    /// How to reach other peers: `auto` (direct, then reverse connect, then a hole
+    /// punch, then the relay), or only `direct`, `reverse`, `punch` or `relay` (a
+    /// relayed link connects the other peer to the relay, not to you; the registry
+    /// still lists your address).
     #[arg(long, value_name = "PATH", default_value = "auto", value_parser = parse_path_policy)]
     pub path: PathPolicy,
 }

@@ -4,11 +4,14 @@
 //! 1. both public: the download goes direct;
 //! 2. the callee behind a NAT, the caller public: a direct connection is dropped by
 //!    the NAT, and the download goes by reverse connect;
-//! 3. both behind different NATs: the download is relayed;
-//! 4. a relayed download and chat, captured on the public segment: no file or chat
-//!    plaintext in it, only the relay's two ciphertext streams;
+//! 3. both behind different NATs that keep source ports: a hole is punched and the
+//!    download goes straight between the two NATs;
+//! 4. a relayed download and chat (symmetric NATs), captured on the public segment: no
+//!    file or chat plaintext in it, only the relay's two ciphertext streams;
 //! 5. a relay at its circuit limit refuses a new circuit with a clear error, and a
-//!    relayed download cut off mid-way resumes.
+//!    relayed download cut off mid-way resumes;
+//! 6. both behind symmetric NATs (a random port per connection): the punch fails and
+//!    the download is relayed.
 //!
 //! Each scenario skips with a message where the lab cannot run (not root, no `ip` or
 //! `nft`), and fails there instead under `P2PCHAT_NATLAB_REQUIRED=1`.
@@ -382,13 +385,15 @@ fn scenario2_callee_behind_nat_is_reached_by_reverse_connect() {
     report_time(scenario, start);
 }
 
-/// Scenario 3: alice behind NAT b, bob behind NAT a. Each is listed at their own
-/// NAT's public address and neither is reachable: the download is relayed, both
-/// sides connecting out to the relay next to the registry.
+/// Scenario 3: alice behind NAT b, bob behind NAT a, both NATs keeping a connection's
+/// source port (as most home routers do). Each is listed at their own NAT's public
+/// address and neither is reachable; the registry times a hole punch (both connect to
+/// each other at once, each SYN opening its own NAT for the other's), and the file
+/// goes straight from NAT a to NAT b, past no relay.
 #[test]
-fn scenario3_both_behind_nats_fetch_is_relayed() {
+fn scenario3_both_behind_nats_fetch_goes_through_a_punched_hole() {
     let start = Instant::now();
-    let scenario = "scenario3_both_behind_nats_fetch_is_relayed";
+    let scenario = "scenario3_both_behind_nats_fetch_goes_through_a_punched_hole";
     let Some(lab) = Lab::start(
         scenario,
         &[("alice", At::Behind("b")), ("bob", At::Behind("a"))],
@@ -429,37 +434,34 @@ fn scenario3_both_behind_nats_fetch_is_relayed() {
     ));
     let cap = capture.stop();
     assert_fetched(&o, &into, "report.bin", &content);
-    assert_path(&o, "report.bin", "bob", "relayed");
-    // The file went NAT a -> relay -> NAT b; never between the two NATs.
+    assert_path(&o, "report.bin", "bob", "punched");
+    // The file went from NAT a to NAT b directly: from bob's listening port (kept by
+    // NAT a) to the fetch's punching port; nothing through the relay.
     let relay = SocketAddrV4::new(natlab::REGISTRY_IP, RELAY_PORT);
-    let sum = |from: std::net::Ipv4Addr, to: std::net::Ipv4Addr| -> u64 {
-        cap.flows()
-            .iter()
-            .filter(|((s, d), _)| *s.ip() == from && *d.ip() == to)
-            .map(|(_, n)| n)
-            .sum()
-    };
-    let into_relay: u64 = cap
+    let direct: u64 = cap
         .flows()
         .iter()
-        .filter(|((s, d), _)| *s.ip() == nat_a.public_ip && *d == relay)
-        .map(|(_, n)| n)
-        .sum();
-    let out_of_relay: u64 = cap
-        .flows()
-        .iter()
-        .filter(|((s, d), _)| *s == relay && *d.ip() == nat_b.public_ip)
+        .filter(|((s, d), _)| {
+            *s == SocketAddrV4::new(nat_a.public_ip, bob_port) && *d.ip() == nat_b.public_ip
+        })
         .map(|(_, n)| n)
         .sum();
     assert!(
-        into_relay >= FILE_SIZE as u64 && out_of_relay >= FILE_SIZE as u64,
-        "the file went from NAT a to the relay and from the relay to NAT b:\n{}",
+        direct >= FILE_SIZE as u64,
+        "the file went from NAT a to NAT b:\n{}",
         flow_table(&cap)
     );
+    let relayed: u64 = cap
+        .flows()
+        .iter()
+        .filter(|((s, d), _)| *s == relay || *d == relay)
+        .map(|(_, n)| n)
+        .sum();
     assert_eq!(
-        sum(nat_a.public_ip, nat_b.public_ip) + sum(nat_b.public_ip, nat_a.public_ip),
+        relayed,
         0,
-        "nothing went between the NATs"
+        "nothing went through the relay:\n{}",
+        flow_table(&cap)
     );
     report_time(scenario, start);
 }
@@ -471,9 +473,13 @@ fn scenario3_both_behind_nats_fetch_is_relayed() {
 fn scenario4_the_relay_carries_only_ciphertext() {
     let start = Instant::now();
     let scenario = "scenario4_the_relay_carries_only_ciphertext";
+    // Symmetric NATs: no hole can be punched, so both links take the relay.
     let Some(lab) = Lab::start(
         scenario,
-        &[("alice", At::Behind("b")), ("bob", At::Behind("a"))],
+        &[
+            ("alice", At::BehindSymmetric("b")),
+            ("bob", At::BehindSymmetric("a")),
+        ],
     ) else {
         return;
     };
@@ -576,10 +582,11 @@ fn scenario5_relay_limits_and_a_relayed_download_resumed() {
     let scenario = "scenario5_relay_limits_and_a_relayed_download_resumed";
     let Some(lab) = Lab::start(
         scenario,
+        // Symmetric NATs: no hole can be punched, so the downloads take the relay.
         &[
-            ("alice", At::Behind("b")),
-            ("carol", At::Behind("b")),
-            ("bob", At::Behind("a")),
+            ("alice", At::BehindSymmetric("b")),
+            ("carol", At::BehindSymmetric("b")),
+            ("bob", At::BehindSymmetric("a")),
         ],
     ) else {
         return;
@@ -604,7 +611,9 @@ fn scenario5_relay_limits_and_a_relayed_download_resumed() {
     // The partial file grows: the circuit is in use.
     let partial = wait_for_partial(&into, "report.bin", 1);
 
-    // Carol's download needs a second circuit: refused, clearly.
+    // Carol's download needs a second circuit: refused, clearly. (Straight to the
+    // relay: by default a punch would be tried first, and the first download might be
+    // over by the time it failed.)
     let carol_into = dir(&lab, "carol-downloads");
     let o = fetch(
         &lab,
@@ -613,7 +622,7 @@ fn scenario5_relay_limits_and_a_relayed_download_resumed() {
         &carol_into,
         "bob",
         "report.bin",
-        &[],
+        &["--path", "relay"],
         FETCH_FAIL_BOUND,
     );
     assert!(!o.status_ok() && !o.timed_out, "refused, not hung: {o:?}");
@@ -648,6 +657,92 @@ fn scenario5_relay_limits_and_a_relayed_download_resumed() {
     assert!(
         o.stderr.contains("resuming report.bin"),
         "it resumed from the partial file: {o:?}"
+    );
+    report_time(scenario, start);
+}
+
+/// Scenario 6: alice and bob behind NATs that give every connection a random port
+/// (symmetric). Neither is reachable and the hole punch fails (each side's SYN goes to
+/// a port the other's NAT never opened), so the download is relayed, both sides
+/// connecting out to the relay next to the registry.
+#[test]
+fn scenario6_behind_symmetric_nats_the_punch_fails_and_the_fetch_is_relayed() {
+    let start = Instant::now();
+    let scenario = "scenario6_behind_symmetric_nats_the_punch_fails_and_the_fetch_is_relayed";
+    let Some(lab) = Lab::start(
+        scenario,
+        &[
+            ("alice", At::BehindSymmetric("b")),
+            ("bob", At::BehindSymmetric("a")),
+        ],
+    ) else {
+        return;
+    };
+    let (alice, bob) = (lab.host("alice").clone(), lab.host("bob").clone());
+    let (nat_a, nat_b) = (lab.nat("a").clone(), lab.nat("b").clone());
+    let _registry = lab.start_registry();
+    let bob_share = dir(&lab, "bob-share");
+    let (content, _) = make_file(&bob_share, "report.bin");
+    let (_bob, bob_port) = lab.share(&bob, "bob", &bob_share);
+    let alice_share = dir(&lab, "alice-share");
+    let (_alice, alice_port) = lab.share(&alice, "alice", &alice_share);
+
+    assert_eq!(
+        whois(&lab, "alice", "bob"),
+        SocketAddrV4::new(nat_a.public_ip, bob_port)
+    );
+    assert_eq!(
+        whois(&lab, "bob", "alice"),
+        SocketAddrV4::new(nat_b.public_ip, alice_port)
+    );
+    assert_ne!(nat_a.public_ip, nat_b.public_ip);
+
+    let capture = lab.capture_public();
+    let into = dir(&lab, "alice-downloads");
+    // As "alice" while her share is online: the run registers as alice~2.
+    let o = without_alternate_name_note(fetch(
+        &lab,
+        "alice",
+        "alice",
+        &into,
+        "bob",
+        "report.bin",
+        &[],
+        FETCH_OK_BOUND,
+    ));
+    let cap = capture.stop();
+    assert_fetched(&o, &into, "report.bin", &content);
+    assert_path(&o, "report.bin", "bob", "relayed");
+    // The file went NAT a -> relay -> NAT b; never between the two NATs.
+    let relay = SocketAddrV4::new(natlab::REGISTRY_IP, RELAY_PORT);
+    let sum = |from: std::net::Ipv4Addr, to: std::net::Ipv4Addr| -> u64 {
+        cap.flows()
+            .iter()
+            .filter(|((s, d), _)| *s.ip() == from && *d.ip() == to)
+            .map(|(_, n)| n)
+            .sum()
+    };
+    let into_relay: u64 = cap
+        .flows()
+        .iter()
+        .filter(|((s, d), _)| *s.ip() == nat_a.public_ip && *d == relay)
+        .map(|(_, n)| n)
+        .sum();
+    let out_of_relay: u64 = cap
+        .flows()
+        .iter()
+        .filter(|((s, d), _)| *s == relay && *d.ip() == nat_b.public_ip)
+        .map(|(_, n)| n)
+        .sum();
+    assert!(
+        into_relay >= FILE_SIZE as u64 && out_of_relay >= FILE_SIZE as u64,
+        "the file went from NAT a to the relay and from the relay to NAT b:\n{}",
+        flow_table(&cap)
+    );
+    assert_eq!(
+        sum(nat_a.public_ip, nat_b.public_ip) + sum(nat_b.public_ip, nat_a.public_ip),
+        0,
+        "nothing went between the NATs"
     );
     report_time(scenario, start);
 }

@@ -87,7 +87,10 @@ fn fetch_and_send_on_a_forced_path_say_how_they_are_connected() {
 
     let o = run(&["fetch", "--path", "sideways", "bob", "notes.txt"]);
     assert_eq!(o.status.code(), Some(2), "a usage error: {o:?}");
-    assert!(o.stderr.contains("auto, direct, reverse or relay"), "{o:?}");
+    assert!(
+        o.stderr.contains("auto, direct, reverse, punch or relay"),
+        "{o:?}"
+    );
 
     bob.signal(libc::SIGTERM);
     bob.wait_exit(Duration::from_secs(10));

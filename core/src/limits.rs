@@ -268,6 +268,10 @@ pub const MAX_DIAL_OUTS: usize = 4;
 pub const MAX_DIAL_OUTS_PER_MINUTE: usize = 30;
 /// How long a caller waits for the callee's reverse connection after `CONNECT`.
 pub const REVERSE_WAIT: Duration = Duration::from_secs(15);
+/// How long both sides of a hole punch keep trying to connect to each other (`PUNCH`):
+/// long enough for the SYNs the kernel sends at 0, 1 and 3 s, so one side's SYN that a
+/// NAT dropped (sent before the other side's opened it) is sent again in time.
+pub const PUNCH_WAIT: Duration = Duration::from_secs(6);
 /// How long a `P2P/2 REVERSE` connection whose token is not (yet) waited for is held
 /// while one of this peer's own `CONNECT`s is still waiting for its answer (the callee
 /// can be faster than the registry's answer); otherwise it is refused at once.

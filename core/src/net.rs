@@ -1,5 +1,6 @@
 //! Socket helpers std does not have: keepalive tuning, writing with one deadline for a
-//! whole buffer, and the key per-address caps count a remote address under.
+//! whole buffer, the key per-address caps count a remote address under, and the
+//! listener and outgoing connection of a hole punch sharing one port.
 
 use crate::error::{Error, Result};
 use std::io::{self, BufRead, Read, Write};
@@ -128,6 +129,104 @@ pub(crate) fn read_line(
     String::from_utf8(buf)
         .map(Some)
         .map_err(|_| Error::protocol(who, "line is not UTF-8"))
+}
+
+/// A listener on `addr` whose port a hole punch ([`punch`]) can connect out from too
+/// (`SO_REUSEPORT`, on Unix; elsewhere a plain listener). A port that anything listens
+/// on is refused as by a plain bind: the port is first bound plainly (and let go), so
+/// another peer, or any other program, listening there makes this fail rather than
+/// share it. Port 0 takes a free port.
+pub(crate) fn listen_shared(addr: std::net::SocketAddr) -> io::Result<std::net::TcpListener> {
+    let plain = std::net::TcpListener::bind(addr)?;
+    #[cfg(unix)]
+    {
+        let addr = plain.local_addr()?;
+        drop(plain);
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::STREAM,
+            None,
+        )?;
+        // As std does for a listener: a restart does not wait out TIME_WAIT.
+        socket.set_reuse_address(true)?;
+        socket.set_reuse_port(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(1024)?;
+        Ok(socket.into())
+    }
+    #[cfg(not(unix))]
+    Ok(plain)
+}
+
+/// A socket bound to `local` for one side of a hole punch ([`punch`]): the callee's on
+/// its listening address, sharing the listener's port (`share_port`, which
+/// [`listen_shared`] made possible); the caller's on a fresh port (`local` port 0),
+/// which the caller names in its `PUNCH` so that each punch has a connection of its
+/// own (a closed one's TIME_WAIT, or an open one, never stands in the next one's way).
+#[cfg(unix)]
+pub(crate) fn punch_socket(
+    local: std::net::SocketAddr,
+    share_port: bool,
+) -> io::Result<socket2::Socket> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(local),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    // Bound again to the same port after a refused attempt.
+    socket.set_reuse_address(true)?;
+    if share_port {
+        socket.set_reuse_port(true)?;
+    }
+    socket.bind(&local.into())?;
+    Ok(socket)
+}
+
+/// One side of a hole punch: connects `first` (from [`punch_socket`]) to `remote`
+/// while the other side connects the other way. Each side's SYN opens its own NAT for
+/// the other's (TCP simultaneous open, or an ordinary connect where the other side's
+/// SYN was still on its way); a NAT that keeps a connection's source port maps each
+/// side's port to itself, which is what the two were told of each other. No answer is
+/// left to the kernel's SYN retries; a refusal or reset (the other host not connecting
+/// yet, or a NAT that answers for a closed port) is tried again every 200 ms from a
+/// socket bound to the same address. Gives up with [`io::ErrorKind::TimedOut`] after
+/// `within`; any other error ends it at once (the listener on the other end of the
+/// same addresses may have taken the connection: `AddrNotAvailable`).
+#[cfg(unix)]
+pub(crate) fn punch(
+    first: socket2::Socket,
+    remote: std::net::SocketAddr,
+    within: Duration,
+    share_port: bool,
+) -> io::Result<TcpStream> {
+    let local = first
+        .local_addr()?
+        .as_socket()
+        .ok_or_else(|| io::Error::other("a punch socket without an address"))?;
+    let deadline = Instant::now() + within;
+    let mut socket = first;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("no answer from {remote} within {} s", within.as_secs()),
+            ));
+        }
+        match socket.connect_timeout(&remote.into(), left) {
+            Ok(()) => return Ok(socket.into()),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::ConnectionRefused | io::ErrorKind::ConnectionReset
+                ) =>
+            {
+                std::thread::sleep(Duration::from_millis(200).min(left));
+                socket = punch_socket(local, share_port)?;
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 #[cfg(test)]

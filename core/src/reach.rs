@@ -8,8 +8,12 @@
 //!    the registry (`CONNECT`), the registry pushes `DIAL` to the callee's watch
 //!    session, and the callee connects out to the caller, opening with
 //!    `P2P/2 REVERSE <token>`;
-//! 3. **relayed**: neither can be reached: both connect out to a relay (`RELAY/1
-//!    <token>`), which splices the two streams.
+//! 3. **punched**: neither can be reached: the caller asks the registry (`PUNCH`), the
+//!    registry pushes `PUNCH` to the callee, and both connect at once from their
+//!    listening ports to the other's listed address (TCP simultaneous open), which a
+//!    NAT that keeps a connection's source port lets through both ways;
+//! 4. **relayed**: when that fails too (a NAT that picks a new port per connection):
+//!    both connect out to a relay (`RELAY/1 <token>`), which splices the two streams.
 //!
 //! On every path the caller then runs the same Noise IK handshake and request as on a
 //! direct connection, so the relay (and anyone on the way) sees only ciphertext.
@@ -68,6 +72,9 @@ pub enum Path {
     Reverse,
     /// Both connected out to a relay, which forwards the (encrypted) bytes.
     Relayed,
+    /// Both connected to each other at once through their NATs (TCP simultaneous
+    /// open, timed by the registry): a hole punched.
+    Punched,
 }
 
 impl Path {
@@ -77,6 +84,7 @@ impl Path {
             Path::Direct => "direct",
             Path::Reverse => "reverse",
             Path::Relayed => "relayed",
+            Path::Punched => "punched",
         }
     }
 }
@@ -200,6 +208,10 @@ pub enum Push {
         relay: String,
         caller: String,
     },
+    /// `PUNCH,<ip>,<port>,<caller>`: connect now from this peer's listening port to
+    /// `caller`'s listed address `addr` (the caller does the same the other way), and
+    /// once connected serve as if `caller` had connected.
+    Punch { addr: SocketAddr, caller: String },
 }
 
 impl Push {
@@ -224,6 +236,9 @@ impl Push {
                 relay,
                 caller,
             } => format!("RELAY,{token},{relay},{caller}\n"),
+            Push::Punch { addr, caller } => {
+                format!("PUNCH,{},{},{caller}\n", addr.ip(), addr.port())
+            }
         }
     }
 
@@ -255,6 +270,10 @@ impl Push {
             }),
             ["DIAL", token, ip, port, caller] => Ok(Push::Dial {
                 token: Token::parse(token).ok_or("bad token")?,
+                addr: addr(ip, port)?,
+                caller: name(caller)?,
+            }),
+            ["PUNCH", ip, port, caller] => Ok(Push::Punch {
                 addr: addr(ip, port)?,
                 caller: name(caller)?,
             }),
@@ -329,6 +348,10 @@ mod tests {
                 relay: "203.0.113.1:7001".into(),
                 caller: "bob".into(),
             },
+            Push::Punch {
+                addr: "198.51.100.7:6000".parse().unwrap(),
+                caller: "carol".into(),
+            },
         ];
         for p in pushes {
             let line = p.to_line();
@@ -341,6 +364,9 @@ mod tests {
             "REACH,reachable,1.2.3.4,0",
             "RELAY,a b,host:1,bob",
             "DIAL,00000000000000000000000000000000,1.2.3.4,5,",
+            "PUNCH,1.2.3.4,0,carol",
+            "PUNCH,1.2.3.4,5",
+            "PUNCH,nowhere,5,carol",
         ] {
             assert!(Push::parse(bad).is_err(), "{bad:?}");
         }

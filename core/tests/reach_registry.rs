@@ -431,6 +431,49 @@ fn connect_pushes_dial_with_the_callers_address_and_the_answered_token() {
 }
 
 #[test]
+fn punch_answers_the_callees_address_and_pushes_the_callers_with_its_punching_port() {
+    let _m = measured();
+    let Pair {
+        r: _r,
+        mut a,
+        b: _b,
+        mut w,
+        l: _l,
+    } = pair(RegistryConfig::default());
+    let listed = a.ask("GET_P,bob");
+    let fields: Vec<&str> = listed.split(',').collect();
+    assert_eq!(
+        a.ask("PUNCH,bob,40001"),
+        format!("OK,{},{}", fields[1], fields[2])
+    );
+    // bob connects to alice's address as the registry sees it, at the port she named
+    // (not her listener's: her punch has a connection of its own).
+    loop {
+        match w.push() {
+            Push::Reach { .. } => continue,
+            push => {
+                assert_eq!(
+                    push,
+                    Push::Punch {
+                        addr: "127.0.0.1:40001".parse().unwrap(),
+                        caller: "alice".into()
+                    }
+                );
+                break;
+            }
+        }
+    }
+    assert_eq!(a.ask("PUNCH,bob,0"), "ERR,Invalid port (expected 1-65535)");
+    assert_eq!(a.ask("PUNCH,bob"), "ERR,Wrong number of fields");
+    assert_eq!(a.ask("PUNCH,nobody,5"), "ERR,User not found!");
+    // A callee without a watch session cannot be asked.
+    assert_eq!(
+        a.ask("PUNCH,alice,5"),
+        "ERR,alice cannot be asked to connect back"
+    );
+}
+
+#[test]
 fn connect_and_relay_refusals_are_clear() {
     let _m = measured();
     let Pair {

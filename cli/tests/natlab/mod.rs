@@ -68,8 +68,13 @@ pub const REGISTRY_PORT: u16 = 7777;
 pub enum At {
     /// On the public segment, reachable by everyone.
     Public,
-    /// Behind the NAT router of this name (created on first mention).
+    /// Behind the NAT router of this name (created on first mention), which keeps a
+    /// connection's source port where it can, as most home routers do.
     Behind(&'static str),
+    /// Behind the NAT router of this name that gives every connection a random port
+    /// (`masquerade fully-random`), as carrier-grade and many corporate NATs do: no
+    /// hole can be punched through it. One name is one kind of router.
+    BehindSymmetric(&'static str),
 }
 
 /// One machine of the lab: its namespace and address.
@@ -191,7 +196,8 @@ impl Lab {
                     self.add_public_host(name, Ipv4Addr::new(203, 0, 113, public))?;
                     public += 1;
                 }
-                At::Behind(nat) => self.add_host_behind(name, nat)?,
+                At::Behind(nat) => self.add_host_behind(name, nat, false)?,
+                At::BehindSymmetric(nat) => self.add_host_behind(name, nat, true)?,
             }
         }
         Ok(())
@@ -240,8 +246,9 @@ impl Lab {
     }
 
     /// The NAT router `name`, made on first use: `wan` on the public segment, `lan`
-    /// inside its range, forwarding with masquerade, unsolicited inbound dropped.
-    fn nat_router(&mut self, name: &str) -> Result<usize, Unavailable> {
+    /// inside its range, forwarding with masquerade (`symmetric`: a random port per
+    /// connection), unsolicited inbound dropped.
+    fn nat_router(&mut self, name: &str, symmetric: bool) -> Result<usize, Unavailable> {
         if let Some(i) = self.nats.iter().position(|n| n.name == name) {
             return Ok(i);
         }
@@ -268,10 +275,18 @@ impl Lab {
             ],
             None,
         )?;
+        let rules = if symmetric {
+            NAT_RULES.replace(
+                "oifname \"wan\" masquerade",
+                "oifname \"wan\" masquerade fully-random",
+            )
+        } else {
+            NAT_RULES.to_string()
+        };
         run_cmd(
             "ip",
             &["netns", "exec", &ns, &tool("nft"), "-f", "-"],
-            Some(NAT_RULES),
+            Some(&rules),
         )?;
         self.nats.push(Nat {
             name: name.to_string(),
@@ -284,8 +299,13 @@ impl Lab {
         Ok(i)
     }
 
-    fn add_host_behind(&mut self, name: &str, nat: &str) -> Result<(), Unavailable> {
-        let i = self.nat_router(nat)?;
+    fn add_host_behind(
+        &mut self,
+        name: &str,
+        nat: &str,
+        symmetric: bool,
+    ) -> Result<(), Unavailable> {
+        let i = self.nat_router(nat, symmetric)?;
         let router = self.nats[i].clone();
         let [a, b, c, d] = router.inside_ip.octets();
         let addr = Ipv4Addr::new(a, b, c, d + 9 + router.hosts);

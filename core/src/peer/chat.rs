@@ -233,7 +233,8 @@ impl Chat {
     }
 
     /// How the link is connected: [`Path::Direct`] (the caller connected to the
-    /// callee's listener), [`Path::Reverse`] (the callee connected back) or
+    /// callee's listener), [`Path::Reverse`] (the callee connected back),
+    /// [`Path::Punched`] (both connected at once through their NATs) or
     /// [`Path::Relayed`] (through a relay, which sees only ciphertext).
     pub fn path(&self) -> Path {
         self.shared.path
@@ -285,8 +286,9 @@ impl ChatRequest {
 
     /// How the request came: [`Path::Direct`] (the caller connected to this peer's
     /// listener), [`Path::Reverse`] (this peer connected back at the registry's
-    /// request) or [`Path::Relayed`] (through a relay). [`addr`](Self::addr) is then
-    /// the caller's listener, or the relay.
+    /// request), [`Path::Punched`] (both connected at once through their NATs) or
+    /// [`Path::Relayed`] (through a relay). [`addr`](Self::addr) is then the caller's
+    /// listener, or the relay.
     pub fn path(&self) -> Path {
         self.pending.path
     }

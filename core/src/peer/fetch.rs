@@ -269,8 +269,9 @@ impl Transfer {
     }
 
     /// How the link to the sender is connected (the latest one, for a download that
-    /// asked twice): [`Path::Direct`], [`Path::Reverse`] (the sender connected back)
-    /// or [`Path::Relayed`] (through a relay, which sees only ciphertext). Known once
+    /// asked twice): [`Path::Direct`], [`Path::Reverse`] (the sender connected back),
+    /// [`Path::Punched`] (both connected at once through their NATs) or
+    /// [`Path::Relayed`] (through a relay, which sees only ciphertext). Known once
     /// [`PeerEvent::TransferStarted`] was reported; [`Path::Direct`] before.
     pub fn path(&self) -> Path {
         *self.shared.path.lock()

@@ -466,10 +466,13 @@ impl PeerBuilder {
                 registry.local_ip().ok_or(Error::Closed)?
             }
         };
+        // Shared with hole punches' outgoing connections (same port: see net::punch).
         let listener =
-            TcpListener::bind((listen_ip, self.port)).map_err(|source| Error::PortUnavailable {
-                port: self.port,
-                source,
+            crate::net::listen_shared(SocketAddr::new(listen_ip, self.port)).map_err(|source| {
+                Error::PortUnavailable {
+                    port: self.port,
+                    source,
+                }
             })?;
         let listen_addr = listener.local_addr()?;
         let (refuser, refuser_loop) = Refuser::new()?;

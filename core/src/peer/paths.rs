@@ -1,18 +1,18 @@
-//! How this peer reaches another for a secured link: directly, by reverse connect, or
-//! through a relay (`docs/PROTOCOL.md` §5), chosen from the registry's word on the
+//! How this peer reaches another for a secured link: directly, by reverse connect, by
+//! a hole punched through both NATs, or through a relay (`docs/PROTOCOL.md` §5), chosen from the registry's word on the
 //! callee ([`PeerInfo::reach`]), this peer's own reachability and the paths that failed
 //! lately; and joining a relay circuit, which both sides of a relayed link do.
 //!
 //! Every path ends in a connected TCP stream on which the caller runs the same IK
 //! handshake ([`super::link::handshake`]); this module never reads or writes anything
-//! past the preambles (`P2P/2 REVERSE`, `RELAY/1`). The plan itself ([`plan`]) and the
+//! past the preambles (`P2P/2 REVERSE`, `RELAY/1`; a punched connection has none). The plan itself ([`plan`]) and the
 //! relay's answer ([`parse_relay_answer`]) are pure functions.
 
 use super::registry_link::PeerInfo;
 use super::Inner;
 use crate::error::{is_timeout, Error, Result};
 use crate::limits::{
-    CALLEE_REACH_WAIT, MAX_PATH_MEMORY, MAX_RELAY_LINE, PATH_RETRY_AFTER, REACH_WAIT,
+    CALLEE_REACH_WAIT, MAX_PATH_MEMORY, MAX_RELAY_LINE, PATH_RETRY_AFTER, PUNCH_WAIT, REACH_WAIT,
     RELAY_JOIN_WAIT, REVERSE_WAIT,
 };
 use crate::reach::{Path, Reach, Token};
@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum PathPolicy {
     /// Direct when the callee may be reachable, then reverse connect when this peer is
-    /// reachable, then the relay.
+    /// reachable, then a hole punch when neither is (Unix), then the relay.
     #[default]
     Auto,
     /// Only direct connections.
@@ -39,16 +39,20 @@ pub enum PathPolicy {
     /// wants to hide where its user is, or a test on loopback, where everything is
     /// reachable).
     Relay,
+    /// Only a hole punch: both sides connect to each other at once, timed by the
+    /// registry (Unix only; a NAT that gives each connection a new port defeats it).
+    Punch,
 }
 
 impl PathPolicy {
-    /// `auto`, `direct`, `reverse`, `relay`.
+    /// `auto`, `direct`, `reverse`, `relay`, `punch`.
     pub fn as_str(self) -> &'static str {
         match self {
             PathPolicy::Auto => "auto",
             PathPolicy::Direct => "direct",
             PathPolicy::Reverse => "reverse",
             PathPolicy::Relay => "relay",
+            PathPolicy::Punch => "punch",
         }
     }
 
@@ -59,6 +63,7 @@ impl PathPolicy {
             "direct" => Some(PathPolicy::Direct),
             "reverse" => Some(PathPolicy::Reverse),
             "relay" | "relayed" => Some(PathPolicy::Relay),
+            "punch" | "punched" => Some(PathPolicy::Punch),
             _ => None,
         }
     }
@@ -72,9 +77,10 @@ pub(crate) fn plan(policy: PathPolicy, callee: Reach, me: Reach, secured: bool) 
         PathPolicy::Direct => vec![Path::Direct],
         PathPolicy::Reverse => vec![Path::Reverse],
         PathPolicy::Relay => vec![Path::Relayed],
+        PathPolicy::Punch => vec![Path::Punched],
         PathPolicy::Auto if !secured => vec![Path::Direct],
         PathPolicy::Auto => {
-            let mut paths = Vec::with_capacity(3);
+            let mut paths = Vec::with_capacity(4);
             if callee != Reach::Unreachable {
                 paths.push(Path::Direct);
             }
@@ -82,6 +88,12 @@ pub(crate) fn plan(policy: PathPolicy, callee: Reach, me: Reach, secured: bool) 
             // reachable; while that is not known yet, `reverse` waits a moment for it.
             if me != Reach::Unreachable {
                 paths.push(Path::Reverse);
+            }
+            // Both behind NATs (or firewalls): a punched hole saves the relay's
+            // bandwidth and a hop; a NAT that picks a new port per connection defeats
+            // it, and the relay follows.
+            if cfg!(unix) && callee == Reach::Unreachable && me != Reach::Reachable {
+                paths.push(Path::Punched);
             }
             paths.push(Path::Relayed);
             paths
@@ -169,6 +181,7 @@ pub(crate) fn connect(inner: &Inner, name: &str, info: &PeerInfo) -> Result<(Tcp
             Path::Direct => super::link::connect(inner, name, info.addr),
             Path::Reverse => reverse(inner, name),
             Path::Relayed => relayed(inner, name),
+            Path::Punched => punched(inner, name),
         };
         match attempt {
             Ok(stream) => {
@@ -322,6 +335,99 @@ fn reverse(inner: &Inner, name: &str) -> Result<TcpStream> {
     result
 }
 
+/// A hole punch, the caller's side: a socket bound to a fresh port, then
+/// `PUNCH,<name>,<port>` on the registry session, which answers `name`'s listed address
+/// and asks `name` to connect at once to this peer's address with that port; then
+/// connect there while `name` connects this way.
+fn punched(inner: &Inner, name: &str) -> Result<TcpStream> {
+    if !inner.registry_secured() {
+        return Err(no_session(inner, "hole punching"));
+    }
+    #[cfg(unix)]
+    {
+        let local = SocketAddr::new(inner.listen_addr.ip(), 0);
+        let socket = crate::net::punch_socket(local, false)?;
+        let port = socket
+            .local_addr()?
+            .as_socket()
+            .map(|a| a.port())
+            .ok_or(Error::Closed)?;
+        let fields = inner
+            .registry
+            .ask_fields(&format!("PUNCH,{name},{port}"))
+            .map_err(|e| match e {
+                Error::Registry(r) => Error::Registry(format!("no hole punch to {name}: {r}")),
+                e => e,
+            })?;
+        let addr = parse_punch_answer(&fields)
+            .ok_or_else(|| Error::protocol(inner.registry.addr(), "malformed PUNCH answer"))?;
+        punch_error(
+            name,
+            addr,
+            crate::net::punch(socket, addr, PUNCH_WAIT, false),
+        )
+    }
+    #[cfg(not(unix))]
+    {
+        Err(Error::InvalidArgument(format!(
+            "no hole punch to {name}: it needs SO_REUSEPORT (Unix)"
+        )))
+    }
+}
+
+/// The registry's answer to `PUNCH`: `OK,<ip>,<port>` (the fields after `OK`).
+pub(crate) fn parse_punch_answer(fields: &[String]) -> Option<SocketAddr> {
+    let [ip, port] = fields else {
+        return None;
+    };
+    let ip: std::net::IpAddr = ip.parse().ok()?;
+    let port: u16 = port.parse().ok().filter(|p| *p != 0)?;
+    Some(SocketAddr::new(ip.to_canonical(), port))
+}
+
+/// A hole punch, the callee's side (a `PUNCH` push): connect to the caller at `addr`
+/// from this peer's listening port while the caller connects this way.
+pub(crate) fn punch_back(inner: &Inner, caller: &str, addr: SocketAddr) -> Result<TcpStream> {
+    #[cfg(unix)]
+    {
+        let socket = crate::net::punch_socket(inner.listen_addr, true)?;
+        punch_error(
+            caller,
+            addr,
+            crate::net::punch(socket, addr, PUNCH_WAIT, true),
+        )
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = inner;
+        Err(Error::InvalidArgument(format!(
+            "no hole punch to {caller} at {addr}: it needs SO_REUSEPORT (Unix)"
+        )))
+    }
+}
+
+/// A punch's outcome, its error naming the other side.
+fn punch_error(
+    name: &str,
+    addr: SocketAddr,
+    punched: std::io::Result<TcpStream>,
+) -> Result<TcpStream> {
+    punched.map_err(|e| {
+        if is_timeout(&e) {
+            Error::Timeout(format!(
+                "no hole punched to {name} at {addr} within {} s (a NAT that changes \
+                 ports, or a firewall)",
+                PUNCH_WAIT.as_secs()
+            ))
+        } else {
+            Error::Io(std::io::Error::new(
+                e.kind(),
+                format!("no hole punched to {name} at {addr}: {e}"),
+            ))
+        }
+    })
+}
+
 /// The relay, the caller's side: `RELAY,<name>` on the registry session, then join the
 /// circuit the registry minted.
 fn relayed(inner: &Inner, name: &str) -> Result<TcpStream> {
@@ -461,7 +567,21 @@ mod tests {
             plan(auto, Unreachable, Reachable, true),
             vec![Reverse, Relayed]
         );
-        assert_eq!(plan(auto, Unreachable, Unreachable, true), vec![Relayed]);
+        // Both behind NATs: a hole punch before the relay (Unix), also while this
+        // peer's own check is still running (reverse first then).
+        let punch: &[Path] = if cfg!(unix) { &[Punched] } else { &[] };
+        assert_eq!(
+            plan(auto, Unreachable, Unreachable, true),
+            [punch, &[Relayed]].concat()
+        );
+        assert_eq!(
+            plan(auto, Unreachable, Unknown, true),
+            [&[Reverse][..], punch, &[Relayed]].concat()
+        );
+        assert_eq!(
+            plan(PathPolicy::Punch, Reachable, Reachable, true),
+            vec![Punched]
+        );
         assert_eq!(plan(auto, Unreachable, Reachable, false), vec![Direct]);
         assert_eq!(
             plan(PathPolicy::Relay, Reachable, Reachable, true),
@@ -480,10 +600,33 @@ mod tests {
             PathPolicy::Direct,
             PathPolicy::Reverse,
             PathPolicy::Relay,
+            PathPolicy::Punch,
         ] {
             assert_eq!(PathPolicy::parse(p.as_str()), Some(p));
         }
         assert_eq!(PathPolicy::parse("sideways"), None);
+    }
+
+    #[test]
+    fn punch_answers_parse() {
+        let f = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            parse_punch_answer(&f(&["203.0.113.5", "4000"])),
+            Some("203.0.113.5:4000".parse().unwrap())
+        );
+        assert_eq!(
+            parse_punch_answer(&f(&["::ffff:203.0.113.5", "4000"])),
+            Some("203.0.113.5:4000".parse().unwrap())
+        );
+        for bad in [
+            &[][..],
+            &["203.0.113.5"],
+            &["x", "1"],
+            &["203.0.113.5", "0"],
+            &["1.2.3.4", "5", "6"],
+        ] {
+            assert_eq!(parse_punch_answer(&f(bad)), None, "{bad:?}");
+        }
     }
 
     #[test]

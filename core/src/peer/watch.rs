@@ -1,7 +1,8 @@
 //! The watch session (`docs/PROTOCOL.md` §5.2): a second secured registry session on
 //! which the registry pushes what concerns this peer: the outcome of its reachability
 //! check (`REACH`), and callers that cannot connect to it (`DIAL`: connect out to
-//! them; `RELAY`: meet them at a relay).
+//! them; `PUNCH`: connect to them at once as they connect here; `RELAY`: meet them at
+//! a relay).
 //!
 //! One thread (`p2p-watch`, owned by the peer's thread set) opens the session, reads
 //! the pushes and opens it again with back-off when it drops. Every dial-out runs on
@@ -135,6 +136,7 @@ fn handle(inner: &Arc<Inner>, push: Push) {
             relay,
             caller,
         } => dial_out(inner, Target::Relay { relay, token }, caller),
+        Push::Punch { addr, caller } => dial_out(inner, Target::Punch { addr }, caller),
     }
 }
 
@@ -144,6 +146,9 @@ enum Target {
     Reverse { addr: SocketAddr, token: Token },
     /// A relay, opened with `RELAY/1 <token>`.
     Relay { relay: String, token: String },
+    /// The caller's listed address, connected to from this peer's listening port while
+    /// the caller connects the other way (a hole punch); nothing is sent first.
+    Punch { addr: SocketAddr },
 }
 
 /// Whether another dial-out may start now (at most [`MAX_DIAL_OUTS_PER_MINUTE`] in
@@ -183,7 +188,7 @@ fn dial_out(inner: &Arc<Inner>, target: Target, caller: String) {
     }
     let limits = &inner.limits;
     let ip = match &target {
-        Target::Reverse { addr, .. } => Some(addr.ip()),
+        Target::Reverse { addr, .. } | Target::Punch { addr } => Some(addr.ip()),
         Target::Relay { .. } => None,
     };
     let Ok(slot) = inner
@@ -200,6 +205,10 @@ fn dial_out(inner: &Arc<Inner>, target: Target, caller: String) {
             Target::Relay { relay, token } => (
                 super::paths::join_relay(relay, token, worker.io_timeout),
                 Path::Relayed,
+            ),
+            Target::Punch { addr } => (
+                super::paths::punch_back(&worker, &caller, *addr),
+                Path::Punched,
             ),
         };
         match opened {

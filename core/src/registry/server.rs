@@ -1527,7 +1527,7 @@ impl Server {
                 let answer = format!("OK,{},{},{}", entry.ip, entry.port, entry.reach);
                 return Ok((answer.clone(), answer));
             }
-            Signal::Connect(callee) | Signal::Relay(callee) => callee,
+            Signal::Connect(callee) | Signal::Relay(callee) | Signal::Punch(callee, _) => callee,
         };
         let now = Instant::now();
         // The session's budget first, then its address's: a session over its own
@@ -1556,7 +1556,7 @@ impl Server {
                     .map(|p| (n.clone(), p))
             })
             .ok_or(reason::REGISTER_FIRST)?;
-        dir.peek(callee).ok_or(reason::USER_NOT_FOUND)?;
+        let callee_listed = dir.peek(callee).ok_or(reason::USER_NOT_FOUND)?;
         let cannot_ask = || format!("{callee} {}", reason::CANNOT_ASK);
         // A watcher on another node (Redis store) is reached through Redis; the relay
         // is then advertised as this node sees it.
@@ -1569,8 +1569,20 @@ impl Server {
             log::error!("registry: no random token: {e}");
             reason::REGISTRY_UNAVAILABLE.to_string()
         };
-        let (push, answer, summary) = match offer {
-            Some(offer) => {
+        let (push, answer, summary) = match (sig, offer) {
+            // Each side is told the other's address as this registry sees it (the
+            // NAT's public address) with its port (the callee's registered one, the
+            // caller's punching one): a NAT that keeps a connection's source port maps
+            // each to itself.
+            (Signal::Punch(_, port), _) => {
+                let answer = format!("OK,{},{}", callee_listed.ip, callee_listed.port);
+                let push = Push::Punch {
+                    addr: SocketAddr::new(listed.ip, port),
+                    caller,
+                };
+                (push, answer.clone(), answer)
+            }
+            (_, Some(offer)) => {
                 let token =
                     crate::relay::token::mint(&offer.secret, SystemTime::now(), RELAY_TOKEN_TTL)
                         .map_err(unavailable)?;
@@ -1583,7 +1595,7 @@ impl Server {
                 };
                 (push, format!("OK,{here},{token}"), summary)
             }
-            None => {
+            (_, None) => {
                 if listed.reach != Reach::Reachable {
                     return Err(reason::NOT_REACHABLE.into());
                 }

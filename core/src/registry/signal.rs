@@ -1,5 +1,5 @@
-//! The registry's reach queries (`docs/PROTOCOL.md` §5): `WATCH`, `CONNECT` and
-//! `RELAY`, which exist on secured sessions only, and the budget that caps how often
+//! The registry's reach queries (`docs/PROTOCOL.md` §5): `WATCH`, `CONNECT`, `RELAY`
+//! and `PUNCH`, which exist on secured sessions only, and the budget that caps how often
 //! one session may ask another peer to connect somewhere.
 //!
 //! Pure: parsing and arithmetic, no sockets and no tables. They are parsed here rather
@@ -20,6 +20,10 @@ pub(crate) enum Signal<'a> {
     Connect(&'a str),
     /// `RELAY,<callee>`: ask the callee to meet this session's user at the relay.
     Relay(&'a str),
+    /// `PUNCH,<callee>,<port>`: ask the callee to connect at once to this session's
+    /// address with `port` (where the caller's punching socket is bound), as the
+    /// caller connects to the callee (a hole punched through both NATs).
+    Punch(&'a str, u16),
 }
 
 /// `None`: the line is no reach query (hand it to `parse_query`). `Some(Err)`: it is
@@ -33,6 +37,8 @@ pub(crate) fn parse_signal(line: &[u8]) -> Option<Result<Signal<'_>, QueryError>
             (|u| Signal::Connect(u), rest)
         } else if let Some(rest) = line.strip_prefix(b"RELAY") {
             (|u| Signal::Relay(u), rest)
+        } else if let Some(rest) = line.strip_prefix(b"PUNCH") {
+            return parse_punch(rest);
         } else {
             return None;
         };
@@ -47,6 +53,27 @@ pub(crate) fn parse_signal(line: &[u8]) -> Option<Result<Signal<'_>, QueryError>
         return Some(Err(QueryError(reason::WRONG_FIELD_COUNT)));
     };
     Some(check_username(user).map(|()| make(user)))
+}
+
+/// `PUNCH` after its verb: `,<callee>,<port>`.
+fn parse_punch(rest: &[u8]) -> Option<Result<Signal<'_>, QueryError>> {
+    if !(rest.is_empty() || rest.starts_with(b",")) {
+        return None; // another verb (`PUNCHY`)
+    }
+    let Ok(rest) = std::str::from_utf8(rest) else {
+        return Some(Err(QueryError(reason::INVALID_UTF8)));
+    };
+    let fields: Vec<&str> = rest.split(',').skip(1).collect();
+    let [user, port] = fields.as_slice() else {
+        return Some(Err(QueryError(reason::WRONG_FIELD_COUNT)));
+    };
+    if let Err(e) = check_username(user) {
+        return Some(Err(e));
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p != 0 => Some(Ok(Signal::Punch(user, p))),
+        _ => Some(Err(QueryError(reason::INVALID_PORT))),
+    }
 }
 
 /// A budget of so many actions per minute: a token bucket refilled evenly over a
@@ -106,6 +133,10 @@ impl SignalBudget {
 mod tests {
     use super::*;
 
+    fn wrong_count() -> Option<Result<Signal<'static>, QueryError>> {
+        Some(Err(QueryError(reason::WRONG_FIELD_COUNT)))
+    }
+
     #[test]
     fn reach_queries_parse_and_others_pass_through() {
         assert_eq!(
@@ -117,7 +148,27 @@ mod tests {
             Some(Ok(Signal::Connect("bob")))
         );
         assert_eq!(parse_signal(b"RELAY,bob"), Some(Ok(Signal::Relay("bob"))));
-        for other in [&b"GET_U"[..], b"INIT,a,5", b"WATCHER,x", b"RELAYS", b""] {
+        assert_eq!(
+            parse_signal(b"PUNCH,bob,40000"),
+            Some(Ok(Signal::Punch("bob", 40000)))
+        );
+        assert_eq!(parse_signal(b"PUNCH,bob"), wrong_count());
+        assert_eq!(
+            parse_signal(b"PUNCH,bob,0"),
+            Some(Err(QueryError(reason::INVALID_PORT)))
+        );
+        assert_eq!(
+            parse_signal(b"PUNCH,bob,70000"),
+            Some(Err(QueryError(reason::INVALID_PORT)))
+        );
+        for other in [
+            &b"GET_U"[..],
+            b"INIT,a,5",
+            b"WATCHER,x",
+            b"RELAYS",
+            b"PUNCHY,a",
+            b"",
+        ] {
             assert_eq!(parse_signal(other), None, "{other:?}");
         }
         let wrong = Some(Err(QueryError(reason::WRONG_FIELD_COUNT)));
