@@ -119,6 +119,7 @@ inline const char *path_name(p2p_path path) {
     case P2P_PATH_DIRECT: return "direct";
     case P2P_PATH_REVERSE: return "reverse connect";
     case P2P_PATH_RELAYED: return "relayed";
+    case P2P_PATH_PUNCHED: return "punched";
     }
     return "unknown";
 }

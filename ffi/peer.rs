@@ -164,7 +164,7 @@ pub enum p2p_reach {
     /// The registry connected to the listener at the address it lists.
     P2P_REACH_REACHABLE = 1,
     /// The registry's connection got no answer or was refused: a NAT or a firewall.
-    /// Others reach this peer by reverse connect or through the relay.
+    /// Others reach this peer by reverse connect, a punched hole or through the relay.
     P2P_REACH_UNREACHABLE = 2,
 }
 

@@ -485,7 +485,7 @@ typedef enum p2p_reach {
     P2P_REACH_REACHABLE = 1,
     /**
      * The registry's connection got no answer or was refused: a NAT or a firewall.
-     * Others reach this peer by reverse connect or through the relay.
+     * Others reach this peer by reverse connect, a punched hole or through the relay.
      */
     P2P_REACH_UNREACHABLE = 2,
 } p2p_reach;

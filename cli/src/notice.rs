@@ -16,8 +16,8 @@ pub fn reachability(reach: p2pcore::reach::Reach, addr: std::net::SocketAddr) ->
         Reach::Unknown => None,
         Reach::Reachable => Some(format!("reachable at {addr}")),
         Reach::Unreachable => Some(format!(
-            "not reachable from outside at {addr}: others reach you through reverse connect \
-             or the relay"
+            "not reachable from outside at {addr}: others reach you through reverse connect, \
+             a punched hole or the relay"
         )),
     }
 }

@@ -41,6 +41,9 @@ static p2p_peer *connect_peer(const char *registry, const char *name, const char
     OK(p2p_peer_config_set_identity_file(config, key_file));
     EXPECT(p2p_peer_config_set_path_policy(NULL, P2P_PATH_POLICY_AUTO), P2P_NULL_ARGUMENT);
     EXPECT(p2p_peer_config_set_path_policy(config, 7), P2P_INVALID_ARGUMENT);
+    EXPECT(p2p_peer_config_set_path_policy(config, P2P_PATH_POLICY_PUNCH + 1),
+           P2P_INVALID_ARGUMENT);
+    OK(p2p_peer_config_set_path_policy(config, P2P_PATH_POLICY_PUNCH));
     OK(p2p_peer_config_set_path_policy(config, policy));
     if (queue) OK(p2p_peer_config_set_event_queue(config, queue));
     OK(p2p_peer_connect(config, &peer));
