@@ -768,9 +768,12 @@ fn a_watcher_that_never_reads_loses_pushes_counted_not_memory() {
         Duration::from_secs(10)
     ));
     let id = Identity::generate().unwrap();
+    // Spread over 16 addresses: 4 callers and 80 requests each, within an address's
+    // budget of `SIGNALS_PER_MINUTE_PER_ADDR` (the test is about the watcher).
     let mut callers: Vec<Enc> = (0..CALLERS)
         .map(|i| {
-            let mut c = Enc::dial(r.local_addr(), &id);
+            let from = format!("127.0.0.{}", 10 + i % 16);
+            let mut c = Enc::over(connect_from(&from, r.local_addr(), None), &id, None);
             assert_eq!(c.ask(&format!("INIT,c{i},{}", closed_port())), "OK");
             c
         })
