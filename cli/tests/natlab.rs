@@ -405,7 +405,8 @@ fn scenario3_both_behind_nats_fetch_goes_through_a_punched_hole() {
     let _registry = lab.start_registry();
     let bob_share = dir(&lab, "bob-share");
     let (content, _) = make_file(&bob_share, "report.bin");
-    let (_bob, bob_port) = lab.share(&bob, "bob", &bob_share);
+    let (mut bob_share_proc, bob_port) =
+        lab.share_with(&bob, "bob", &bob_share, &["--accept-chats"]);
     let alice_share = dir(&lab, "alice-share");
     let (_alice, alice_port) = lab.share(&alice, "alice", &alice_share);
 
@@ -463,6 +464,31 @@ fn scenario3_both_behind_nats_fetch_goes_through_a_punched_hole() {
         "nothing went through the relay:\n{}",
         flow_table(&cap)
     );
+    // A chat takes a punched hole of its own (a fresh port on alice's side).
+    let secret = format!("natlab punched chat line {}", std::process::id());
+    let alice_home = dir(&lab, "alice-home");
+    let sent = lab.run(
+        &alice,
+        &[
+            "send",
+            "--registry",
+            &lab.registry_addr(),
+            "--user",
+            "alice",
+            "--dir",
+            alice_home.to_str().expect("UTF-8 path"),
+            "bob",
+            &secret,
+        ],
+        FETCH_OK_BOUND,
+    );
+    assert!(sent.status_ok(), "send: {sent:?}");
+    assert!(
+        sent.stderr.contains("chatting with bob (punched)"),
+        "the chat reports its path: {sent:?}"
+    );
+    // As "alice" while her share is online: the run registers as alice~2.
+    bob_share_proc.expect_line(&format!("alice~2: {secret}"), natlab::proc::WAIT);
     report_time(scenario, start);
 }
 
