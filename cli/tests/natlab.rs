@@ -265,11 +265,8 @@ fn scenario1_both_public_fetch_goes_direct() {
     );
 
     let flows = cap.flows();
-    let direct: u64 = flows
-        .iter()
-        .filter(|((s, d), _)| *s == SocketAddrV4::new(bob.ip, port) && *d.ip() == alice.ip)
-        .map(|(_, n)| n)
-        .sum();
+    let direct =
+        cap.bytes_where(|s, d| *s == SocketAddrV4::new(bob.ip, port) && *d.ip() == alice.ip);
     assert!(
         direct >= FILE_SIZE as u64,
         "the file went from bob's address straight to alice's:\n{}",
@@ -364,23 +361,13 @@ fn scenario2_callee_behind_nat_is_reached_by_reverse_connect() {
     assert_path(&o, "report.bin", "bob", "reverse");
     // The file came from the NAT's address (bob's connection out, masqueraded) to
     // alice's address, and not through the relay.
-    let reversed: u64 = cap
-        .flows()
-        .iter()
-        .filter(|((s, d), _)| *s.ip() == nat.public_ip && *d.ip() == alice.ip)
-        .map(|(_, n)| n)
-        .sum();
+    let reversed: u64 = cap.bytes_where(|s, d| *s.ip() == nat.public_ip && *d.ip() == alice.ip);
     assert!(
         reversed >= FILE_SIZE as u64,
         "the file went from NAT a's address to alice's:\n{}",
         flow_table(&cap)
     );
-    let relayed: u64 = cap
-        .flows()
-        .iter()
-        .filter(|((s, d), _)| s.port() == RELAY_PORT || d.port() == RELAY_PORT)
-        .map(|(_, n)| n)
-        .sum();
+    let relayed: u64 = cap.bytes_where(|s, d| s.port() == RELAY_PORT || d.port() == RELAY_PORT);
     assert_eq!(relayed, 0, "nothing went through the relay");
     report_time(scenario, start);
 }
@@ -400,64 +387,31 @@ fn scenario3_both_behind_nats_fetch_goes_through_a_punched_hole() {
     ) else {
         return;
     };
-    let (alice, bob) = (lab.host("alice").clone(), lab.host("bob").clone());
-    let (nat_a, nat_b) = (lab.nat("a").clone(), lab.nat("b").clone());
-    let _registry = lab.start_registry();
-    let bob_share = dir(&lab, "bob-share");
-    let (content, _) = make_file(&bob_share, "report.bin");
-    let (mut bob_share_proc, bob_port) =
-        lab.share_with(&bob, "bob", &bob_share, &["--accept-chats"]);
-    let alice_share = dir(&lab, "alice-share");
-    let (_alice, alice_port) = lab.share(&alice, "alice", &alice_share);
-
-    assert_eq!(
-        whois(&lab, "alice", "bob"),
-        SocketAddrV4::new(nat_a.public_ip, bob_port)
-    );
-    assert_eq!(
-        whois(&lab, "bob", "alice"),
-        SocketAddrV4::new(nat_b.public_ip, alice_port)
-    );
-    assert_ne!(nat_a.public_ip, nat_b.public_ip);
-
-    let capture = lab.capture_public();
-    let into = dir(&lab, "alice-downloads");
-    // As "alice" while her share is online: the run registers as alice~2.
-    let o = without_alternate_name_note(fetch(
-        &lab,
-        "alice",
-        "alice",
-        &into,
-        "bob",
-        "report.bin",
-        &[],
-        FETCH_OK_BOUND,
-    ));
-    let cap = capture.stop();
-    assert_fetched(&o, &into, "report.bin", &content);
+    let Fetched {
+        lab,
+        alice,
+        nat_a,
+        nat_b,
+        bob_port,
+        mut bob_share,
+        _alice_share,
+        _registry,
+        o,
+        cap,
+    } = fetch_between_two_nats(lab);
     assert_path(&o, "report.bin", "bob", "punched");
     // The file went from NAT a to NAT b directly: from bob's listening port (kept by
     // NAT a) to the fetch's punching port; nothing through the relay.
     let relay = SocketAddrV4::new(natlab::REGISTRY_IP, RELAY_PORT);
-    let direct: u64 = cap
-        .flows()
-        .iter()
-        .filter(|((s, d), _)| {
-            *s == SocketAddrV4::new(nat_a.public_ip, bob_port) && *d.ip() == nat_b.public_ip
-        })
-        .map(|(_, n)| n)
-        .sum();
+    let direct: u64 = cap.bytes_where(|s, d| {
+        *s == SocketAddrV4::new(nat_a.public_ip, bob_port) && *d.ip() == nat_b.public_ip
+    });
     assert!(
         direct >= FILE_SIZE as u64,
         "the file went from NAT a to NAT b:\n{}",
         flow_table(&cap)
     );
-    let relayed: u64 = cap
-        .flows()
-        .iter()
-        .filter(|((s, d), _)| *s == relay || *d == relay)
-        .map(|(_, n)| n)
-        .sum();
+    let relayed: u64 = cap.bytes_where(|s, d| *s == relay || *d == relay);
     assert_eq!(
         relayed,
         0,
@@ -488,8 +442,73 @@ fn scenario3_both_behind_nats_fetch_goes_through_a_punched_hole() {
         "the chat reports its path: {sent:?}"
     );
     // As "alice" while her share is online: the run registers as alice~2.
-    bob_share_proc.expect_line(&format!("alice~2: {secret}"), natlab::proc::WAIT);
+    bob_share.expect_line(&format!("alice~2: {secret}"), natlab::proc::WAIT);
     report_time(scenario, start);
+}
+
+/// What scenarios 3 and 6 share: alice behind NAT b and bob behind NAT a in `lab`,
+/// each listed at their own NAT's address (as `whois` shows), bob sharing report.bin
+/// and accepting chats; alice (as alice~2, her share online) fetches it with the public
+/// segment captured, and it arrives byte-identical and verified.
+struct Fetched {
+    alice: natlab::Host,
+    nat_a: natlab::Nat,
+    nat_b: natlab::Nat,
+    bob_port: u16,
+    bob_share: natlab::LabProc,
+    _alice_share: natlab::LabProc,
+    _registry: natlab::LabProc,
+    o: Output,
+    cap: Captured,
+    lab: Lab,
+}
+
+fn fetch_between_two_nats(lab: Lab) -> Fetched {
+    let (alice, bob) = (lab.host("alice").clone(), lab.host("bob").clone());
+    let (nat_a, nat_b) = (lab.nat("a").clone(), lab.nat("b").clone());
+    let registry = lab.start_registry();
+    let share = dir(&lab, "bob-share");
+    let (content, _) = make_file(&share, "report.bin");
+    let (bob_share, bob_port) = lab.share_with(&bob, "bob", &share, &["--accept-chats"]);
+    let alice_share = dir(&lab, "alice-share");
+    let (alice_share, alice_port) = lab.share(&alice, "alice", &alice_share);
+    assert_eq!(
+        whois(&lab, "alice", "bob"),
+        SocketAddrV4::new(nat_a.public_ip, bob_port)
+    );
+    assert_eq!(
+        whois(&lab, "bob", "alice"),
+        SocketAddrV4::new(nat_b.public_ip, alice_port)
+    );
+    assert_ne!(nat_a.public_ip, nat_b.public_ip);
+
+    let capture = lab.capture_public();
+    let into = dir(&lab, "alice-downloads");
+    // As "alice" while her share is online: the run registers as alice~2.
+    let o = without_alternate_name_note(fetch(
+        &lab,
+        "alice",
+        "alice",
+        &into,
+        "bob",
+        "report.bin",
+        &[],
+        FETCH_OK_BOUND,
+    ));
+    let cap = capture.stop();
+    assert_fetched(&o, &into, "report.bin", &content);
+    Fetched {
+        alice,
+        nat_a,
+        nat_b,
+        bob_port,
+        bob_share,
+        _alice_share: alice_share,
+        _registry: registry,
+        o,
+        cap,
+        lab,
+    }
 }
 
 /// Scenario 4: a relayed download and a relayed chat, with every byte on the public
@@ -704,62 +723,21 @@ fn scenario6_behind_symmetric_nats_the_punch_fails_and_the_fetch_is_relayed() {
     ) else {
         return;
     };
-    let (alice, bob) = (lab.host("alice").clone(), lab.host("bob").clone());
-    let (nat_a, nat_b) = (lab.nat("a").clone(), lab.nat("b").clone());
-    let _registry = lab.start_registry();
-    let bob_share = dir(&lab, "bob-share");
-    let (content, _) = make_file(&bob_share, "report.bin");
-    let (_bob, bob_port) = lab.share(&bob, "bob", &bob_share);
-    let alice_share = dir(&lab, "alice-share");
-    let (_alice, alice_port) = lab.share(&alice, "alice", &alice_share);
-
-    assert_eq!(
-        whois(&lab, "alice", "bob"),
-        SocketAddrV4::new(nat_a.public_ip, bob_port)
-    );
-    assert_eq!(
-        whois(&lab, "bob", "alice"),
-        SocketAddrV4::new(nat_b.public_ip, alice_port)
-    );
-    assert_ne!(nat_a.public_ip, nat_b.public_ip);
-
-    let capture = lab.capture_public();
-    let into = dir(&lab, "alice-downloads");
-    // As "alice" while her share is online: the run registers as alice~2.
-    let o = without_alternate_name_note(fetch(
-        &lab,
-        "alice",
-        "alice",
-        &into,
-        "bob",
-        "report.bin",
-        &[],
-        FETCH_OK_BOUND,
-    ));
-    let cap = capture.stop();
-    assert_fetched(&o, &into, "report.bin", &content);
+    let Fetched {
+        nat_a,
+        nat_b,
+        o,
+        cap,
+        ..
+    } = fetch_between_two_nats(lab);
     assert_path(&o, "report.bin", "bob", "relayed");
     // The file went NAT a -> relay -> NAT b; never between the two NATs.
     let relay = SocketAddrV4::new(natlab::REGISTRY_IP, RELAY_PORT);
     let sum = |from: std::net::Ipv4Addr, to: std::net::Ipv4Addr| -> u64 {
-        cap.flows()
-            .iter()
-            .filter(|((s, d), _)| *s.ip() == from && *d.ip() == to)
-            .map(|(_, n)| n)
-            .sum()
+        cap.bytes_where(|s, d| *s.ip() == from && *d.ip() == to)
     };
-    let into_relay: u64 = cap
-        .flows()
-        .iter()
-        .filter(|((s, d), _)| *s.ip() == nat_a.public_ip && *d == relay)
-        .map(|(_, n)| n)
-        .sum();
-    let out_of_relay: u64 = cap
-        .flows()
-        .iter()
-        .filter(|((s, d), _)| *s == relay && *d.ip() == nat_b.public_ip)
-        .map(|(_, n)| n)
-        .sum();
+    let into_relay: u64 = cap.bytes_where(|s, d| *s.ip() == nat_a.public_ip && *d == relay);
+    let out_of_relay: u64 = cap.bytes_where(|s, d| *s == relay && *d.ip() == nat_b.public_ip);
     assert!(
         into_relay >= FILE_SIZE as u64 && out_of_relay >= FILE_SIZE as u64,
         "the file went from NAT a to the relay and from the relay to NAT b:\n{}",

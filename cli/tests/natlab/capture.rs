@@ -313,6 +313,15 @@ impl Captured {
         self.frames.iter().filter_map(|f| tcp_segment(&f.data))
     }
 
+    /// The payload bytes of the flows `from → to` for which `which(from, to)` holds.
+    pub fn bytes_where(&self, which: impl Fn(&SocketAddrV4, &SocketAddrV4) -> bool) -> u64 {
+        self.flows()
+            .iter()
+            .filter(|((s, d), _)| which(s, d))
+            .map(|(_, n)| n)
+            .sum()
+    }
+
     /// Payload bytes per direction of each TCP connection (retransmissions counted).
     pub fn flows(&self) -> BTreeMap<(SocketAddrV4, SocketAddrV4), u64> {
         let mut flows = BTreeMap::new();
