@@ -557,23 +557,28 @@ fn relay_pushes_a_token_the_relay_secret_verifies() {
     }
 }
 
+/// A registry offering a relay at `relay.example:7001` (nothing needs to run there:
+/// the tests read the registry's answers).
+fn offering_a_relay() -> RegistryConfig {
+    RegistryConfig {
+        relay_offer: Some(RelayOffer {
+            addr: RelayAddr::Fixed("relay.example:7001".into()),
+            secret: RelaySecret::generate().unwrap(),
+        }),
+        ..RegistryConfig::default()
+    }
+}
+
 #[test]
 fn connect_and_relay_are_capped_per_session() {
     let _m = measured();
-    let secret = RelaySecret::generate().unwrap();
     let Pair {
         r,
         mut a,
         b: _b,
         w: _w,
         l: _l,
-    } = pair(RegistryConfig {
-        relay_offer: Some(RelayOffer {
-            addr: RelayAddr::Fixed("relay.example:7001".into()),
-            secret,
-        }),
-        ..RegistryConfig::default()
-    });
+    } = pair(offering_a_relay());
     for i in 0..20 {
         let q = if i % 2 == 0 {
             "CONNECT,bob"
@@ -601,13 +606,7 @@ fn connect_and_relay_are_capped_per_address_across_its_sessions() {
         b: _b,
         w: _w,
         l: _l,
-    } = pair(RegistryConfig {
-        relay_offer: Some(RelayOffer {
-            addr: RelayAddr::Fixed("relay.example:7001".into()),
-            secret: RelaySecret::generate().unwrap(),
-        }),
-        ..RegistryConfig::default()
-    });
+    } = pair(offering_a_relay());
     let per_session = p2pcore::limits::SIGNALS_PER_MINUTE;
     let per_addr = p2pcore::limits::SIGNALS_PER_MINUTE_PER_ADDR;
     // alice and more sessions from 127.0.0.1, each within its own budget, spend the
