@@ -26,22 +26,23 @@ pub(crate) enum Signal<'a> {
     Punch(&'a str, u16),
 }
 
+/// A one-field reach query from its user field.
+type MakeSignal = for<'a> fn(&'a str) -> Signal<'a>;
+
 /// `None`: the line is no reach query (hand it to `parse_query`). `Some(Err)`: it is
 /// one, malformed (the reason to answer).
 pub(crate) fn parse_signal(line: &[u8]) -> Option<Result<Signal<'_>, QueryError>> {
     let line = line.strip_suffix(b"\r").unwrap_or(line);
-    let (make, rest): (for<'a> fn(&'a str) -> Signal<'a>, &[u8]) =
-        if let Some(rest) = line.strip_prefix(b"WATCH") {
-            (|u| Signal::Watch(u), rest)
-        } else if let Some(rest) = line.strip_prefix(b"CONNECT") {
-            (|u| Signal::Connect(u), rest)
-        } else if let Some(rest) = line.strip_prefix(b"RELAY") {
-            (|u| Signal::Relay(u), rest)
-        } else if let Some(rest) = line.strip_prefix(b"PUNCH") {
-            return parse_punch(rest);
-        } else {
-            return None;
-        };
+    // `None` for `PUNCH`, which takes a port after the user.
+    let verbs: [(&[u8], Option<MakeSignal>); 4] = [
+        (b"WATCH", Some(|u| Signal::Watch(u))),
+        (b"CONNECT", Some(|u| Signal::Connect(u))),
+        (b"RELAY", Some(|u| Signal::Relay(u))),
+        (b"PUNCH", None),
+    ];
+    let (make, rest) = verbs
+        .iter()
+        .find_map(|(verb, make)| Some((*make, line.strip_prefix(*verb)?)))?;
     // `WATCHER,x` is some other (unknown) verb, not `WATCH`.
     if !(rest.is_empty() || rest.starts_with(b",")) {
         return None;
@@ -49,31 +50,15 @@ pub(crate) fn parse_signal(line: &[u8]) -> Option<Result<Signal<'_>, QueryError>
     let Ok(rest) = std::str::from_utf8(rest) else {
         return Some(Err(QueryError(reason::INVALID_UTF8)));
     };
-    let Some(user) = rest.strip_prefix(',').filter(|u| !u.contains(',')) else {
-        return Some(Err(QueryError(reason::WRONG_FIELD_COUNT)));
-    };
-    Some(check_username(user).map(|()| make(user)))
-}
-
-/// `PUNCH` after its verb: `,<callee>,<port>`.
-fn parse_punch(rest: &[u8]) -> Option<Result<Signal<'_>, QueryError>> {
-    if !(rest.is_empty() || rest.starts_with(b",")) {
-        return None; // another verb (`PUNCHY`)
-    }
-    let Ok(rest) = std::str::from_utf8(rest) else {
-        return Some(Err(QueryError(reason::INVALID_UTF8)));
-    };
     let fields: Vec<&str> = rest.split(',').skip(1).collect();
-    let [user, port] = fields.as_slice() else {
-        return Some(Err(QueryError(reason::WRONG_FIELD_COUNT)));
-    };
-    if let Err(e) = check_username(user) {
-        return Some(Err(e));
-    }
-    match port.parse::<u16>() {
-        Ok(p) if p != 0 => Some(Ok(Signal::Punch(user, p))),
-        _ => Some(Err(QueryError(reason::INVALID_PORT))),
-    }
+    Some(match (make, fields.as_slice()) {
+        (Some(make), [user]) => check_username(user).map(|()| make(user)),
+        (None, [user, port]) => check_username(user).and_then(|()| match port.parse::<u16>() {
+            Ok(p) if p != 0 => Ok(Signal::Punch(user, p)),
+            _ => Err(QueryError(reason::INVALID_PORT)),
+        }),
+        _ => Err(QueryError(reason::WRONG_FIELD_COUNT)),
+    })
 }
 
 /// A budget of so many actions per minute: a token bucket refilled evenly over a
@@ -171,9 +156,8 @@ mod tests {
         ] {
             assert_eq!(parse_signal(other), None, "{other:?}");
         }
-        let wrong = Some(Err(QueryError(reason::WRONG_FIELD_COUNT)));
-        assert_eq!(parse_signal(b"WATCH"), wrong);
-        assert_eq!(parse_signal(b"CONNECT,a,b"), wrong);
+        assert_eq!(parse_signal(b"WATCH"), wrong_count());
+        assert_eq!(parse_signal(b"CONNECT,a,b"), wrong_count());
         assert_eq!(
             parse_signal(b"RELAY,"),
             Some(Err(QueryError(reason::INVALID_USERNAME)))
