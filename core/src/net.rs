@@ -142,15 +142,9 @@ pub(crate) fn listen_shared(addr: std::net::SocketAddr) -> io::Result<std::net::
     {
         let addr = plain.local_addr()?;
         drop(plain);
-        let socket = socket2::Socket::new(
-            socket2::Domain::for_address(addr),
-            socket2::Type::STREAM,
-            None,
-        )?;
-        // As std does for a listener: a restart does not wait out TIME_WAIT.
-        socket.set_reuse_address(true)?;
-        socket.set_reuse_port(true)?;
-        socket.bind(&addr.into())?;
+        // SO_REUSEADDR too, as std sets for a listener: a restart does not wait out
+        // TIME_WAIT.
+        let socket = bound_socket(addr, true)?;
         socket.listen(1024)?;
         Ok(socket.into())
     }
@@ -158,13 +152,14 @@ pub(crate) fn listen_shared(addr: std::net::SocketAddr) -> io::Result<std::net::
     Ok(plain)
 }
 
-/// A socket bound to `local` for one side of a hole punch ([`punch`]): the callee's on
-/// its listening address, sharing the listener's port (`share_port`, which
-/// [`listen_shared`] made possible); the caller's on a fresh port (`local` port 0),
-/// which the caller names in its `PUNCH` so that each punch has a connection of its
-/// own (a closed one's TIME_WAIT, or an open one, never stands in the next one's way).
+/// A TCP socket bound to `local` with `SO_REUSEADDR` (and `SO_REUSEPORT` when
+/// `share_port`): a shared listener's ([`listen_shared`]), or one side of a hole punch
+/// ([`punch`]) — the callee's on its listening address, sharing the listener's port;
+/// the caller's on a fresh port (`local` port 0), which the caller names in its
+/// `PUNCH` so that each punch has a connection of its own (a closed one's TIME_WAIT, or
+/// an open one, never stands in the next one's way).
 #[cfg(unix)]
-pub(crate) fn punch_socket(
+pub(crate) fn bound_socket(
     local: std::net::SocketAddr,
     share_port: bool,
 ) -> io::Result<socket2::Socket> {
@@ -173,7 +168,7 @@ pub(crate) fn punch_socket(
         socket2::Type::STREAM,
         None,
     )?;
-    // Bound again to the same port after a refused attempt.
+    // A punch binds the same port again after a refused attempt.
     socket.set_reuse_address(true)?;
     if share_port {
         socket.set_reuse_port(true)?;
@@ -182,7 +177,7 @@ pub(crate) fn punch_socket(
     Ok(socket)
 }
 
-/// One side of a hole punch: connects `first` (from [`punch_socket`]) to `remote`
+/// One side of a hole punch: connects `first` (from [`bound_socket`]) to `remote`
 /// while the other side connects the other way. Each side's SYN opens its own NAT for
 /// the other's (TCP simultaneous open, or an ordinary connect where the other side's
 /// SYN was still on its way); a NAT that keeps a connection's source port maps each
@@ -222,7 +217,7 @@ pub(crate) fn punch(
                 ) =>
             {
                 std::thread::sleep(Duration::from_millis(200).min(left));
-                socket = punch_socket(local, share_port)?;
+                socket = bound_socket(local, share_port)?;
             }
             Err(e) => return Err(e),
         }

@@ -266,6 +266,15 @@ fn no_path(name: &str, mut tried: Vec<(Path, Error)>, skipped: Vec<String>) -> E
     }
 }
 
+/// `query` on the registry session: the answer's fields after `OK`; a refusal
+/// (`ERR,…`) is reported after `what` (what could not be arranged).
+fn ask(inner: &Inner, query: &str, what: &str) -> Result<Vec<String>> {
+    inner.registry.ask_fields(query).map_err(|e| match e {
+        Error::Registry(r) => Error::Registry(format!("{what}: {r}")),
+        e => e,
+    })
+}
+
 /// Reverse connect, the caller's side: `CONNECT,<name>` on the registry session, then
 /// wait for `name`'s `P2P/2 REVERSE <token>` connection on this peer's listener.
 fn reverse(inner: &Inner, name: &str) -> Result<TcpStream> {
@@ -304,15 +313,11 @@ fn reverse(inner: &Inner, name: &str) -> Result<TcpStream> {
     // token a moment: the callee may connect before the registry's answer is read.
     inner.connects_in_flight.fetch_add(1, Ordering::SeqCst);
     let result = (|| {
-        let fields = inner
-            .registry
-            .ask_fields(&format!("CONNECT,{name}"))
-            .map_err(|e| match e {
-                Error::Registry(r) => Error::Registry(format!(
-                    "the registry cannot ask {name} to connect back: {r}"
-                )),
-                e => e,
-            })?;
+        let fields = ask(
+            inner,
+            &format!("CONNECT,{name}"),
+            &format!("the registry cannot ask {name} to connect back"),
+        )?;
         let token = fields
             .first()
             .and_then(|t| Token::parse(t))
@@ -346,19 +351,17 @@ fn punched(inner: &Inner, name: &str) -> Result<TcpStream> {
     #[cfg(unix)]
     {
         let local = SocketAddr::new(inner.listen_addr.ip(), 0);
-        let socket = crate::net::punch_socket(local, false)?;
+        let socket = crate::net::bound_socket(local, false)?;
         let port = socket
             .local_addr()?
             .as_socket()
             .map(|a| a.port())
             .ok_or(Error::Closed)?;
-        let fields = inner
-            .registry
-            .ask_fields(&format!("PUNCH,{name},{port}"))
-            .map_err(|e| match e {
-                Error::Registry(r) => Error::Registry(format!("no hole punch to {name}: {r}")),
-                e => e,
-            })?;
+        let fields = ask(
+            inner,
+            &format!("PUNCH,{name},{port}"),
+            &format!("no hole punch to {name}"),
+        )?;
         let addr = parse_punch_answer(&fields)
             .ok_or_else(|| Error::protocol(inner.registry.addr(), "malformed PUNCH answer"))?;
         punch_error(
@@ -390,7 +393,7 @@ pub(crate) fn parse_punch_answer(fields: &[String]) -> Option<SocketAddr> {
 pub(crate) fn punch_back(inner: &Inner, caller: &str, addr: SocketAddr) -> Result<TcpStream> {
     #[cfg(unix)]
     {
-        let socket = crate::net::punch_socket(inner.listen_addr, true)?;
+        let socket = crate::net::bound_socket(inner.listen_addr, true)?;
         punch_error(
             caller,
             addr,
@@ -434,13 +437,11 @@ fn relayed(inner: &Inner, name: &str) -> Result<TcpStream> {
     if !inner.registry_secured() {
         return Err(no_session(inner, "a relay"));
     }
-    let fields = inner
-        .registry
-        .ask_fields(&format!("RELAY,{name}"))
-        .map_err(|e| match e {
-            Error::Registry(r) => Error::Registry(format!("no relay to {name}: {r}")),
-            e => e,
-        })?;
+    let fields = ask(
+        inner,
+        &format!("RELAY,{name}"),
+        &format!("no relay to {name}"),
+    )?;
     let [relay, token] = fields.as_slice() else {
         return Err(Error::protocol(
             inner.registry.addr(),
