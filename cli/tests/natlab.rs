@@ -420,9 +420,18 @@ fn scenario3_both_behind_nats_fetch_goes_through_a_punched_hole() {
     );
     // A chat takes a punched hole of its own (a fresh port on alice's side).
     let secret = format!("natlab punched chat line {}", std::process::id());
-    let alice_home = dir(&lab, "alice-home");
+    send_to_bob(&lab, &alice, &secret, "punched");
+    // As "alice" while her share is online: the run registers as alice~2.
+    bob_share.expect_line(&format!("alice~2: {secret}"), natlab::proc::WAIT);
+    report_time(scenario, start);
+}
+
+/// `p2pchat send bob <text>` as alice from `host`: it succeeds and says the chat went
+/// by `path`.
+fn send_to_bob(lab: &Lab, host: &natlab::Host, text: &str, path: &str) {
+    let home = dir(lab, "alice-home");
     let sent = lab.run(
-        &alice,
+        host,
         &[
             "send",
             "--registry",
@@ -430,20 +439,17 @@ fn scenario3_both_behind_nats_fetch_goes_through_a_punched_hole() {
             "--user",
             "alice",
             "--dir",
-            alice_home.to_str().expect("UTF-8 path"),
+            home.to_str().expect("UTF-8 path"),
             "bob",
-            &secret,
+            text,
         ],
         FETCH_OK_BOUND,
     );
     assert!(sent.status_ok(), "send: {sent:?}");
     assert!(
-        sent.stderr.contains("chatting with bob (punched)"),
+        sent.stderr.contains(&format!("chatting with bob ({path})")),
         "the chat reports its path: {sent:?}"
     );
-    // As "alice" while her share is online: the run registers as alice~2.
-    bob_share.expect_line(&format!("alice~2: {secret}"), natlab::proc::WAIT);
-    report_time(scenario, start);
 }
 
 /// What scenarios 3 and 6 share: alice behind NAT b and bob behind NAT a in `lab`,
@@ -535,7 +541,6 @@ fn scenario4_the_relay_carries_only_ciphertext() {
     let file = format!("natlab-secret-name-{}.bin", std::process::id());
     let (content, marker) = make_file(&share, &file);
     let (mut bob_share, _) = lab.share_with(&bob, "bob", &share, &["--accept-chats"]);
-    let alice_home = dir(&lab, "alice-home");
 
     let into = dir(&lab, "alice-downloads");
     let o = fetch(
@@ -553,27 +558,7 @@ fn scenario4_the_relay_carries_only_ciphertext() {
 
     // A chat, relayed too: bob's share prints what arrives.
     let secret = format!("natlab secret chat line {}", std::process::id());
-    let registry = lab.registry_addr();
-    let sent = lab.run(
-        &alice,
-        &[
-            "send",
-            "--registry",
-            &registry,
-            "--user",
-            "alice",
-            "--dir",
-            alice_home.to_str().expect("UTF-8 path"),
-            "bob",
-            &secret,
-        ],
-        FETCH_OK_BOUND,
-    );
-    assert!(sent.status_ok(), "send: {sent:?}");
-    assert!(
-        sent.stderr.contains("chatting with bob (relayed)"),
-        "the chat reports its path: {sent:?}"
-    );
+    send_to_bob(&lab, &alice, &secret, "relayed");
     bob_share.expect_line(&format!("alice: {secret}"), natlab::proc::WAIT);
     let cap = capture.stop();
     if let Some(why) = cap.incomplete() {
