@@ -12,7 +12,7 @@ use super::registry_link::PeerInfo;
 use super::Inner;
 use crate::error::{is_timeout, Error, Result};
 use crate::limits::{
-    CALLEE_REACH_WAIT, MAX_PATH_MEMORY, MAX_RELAY_LINE, PATH_RETRY_AFTER, PUNCH_WAIT, REACH_WAIT,
+    CALLEE_REACH_WAIT, MAX_PATH_MEMORY, MAX_RELAY_LINE, PATH_RETRY_AFTER, REACH_WAIT,
     RELAY_JOIN_WAIT, REVERSE_WAIT,
 };
 use crate::reach::{Path, Reach, Token};
@@ -367,7 +367,7 @@ fn punched(inner: &Inner, name: &str) -> Result<TcpStream> {
         punch_error(
             name,
             addr,
-            crate::net::punch(socket, addr, PUNCH_WAIT, false),
+            crate::net::punch(socket, addr, crate::limits::PUNCH_WAIT, false),
         )
     }
     #[cfg(not(unix))]
@@ -397,7 +397,7 @@ pub(crate) fn punch_back(inner: &Inner, caller: &str, addr: SocketAddr) -> Resul
         punch_error(
             caller,
             addr,
-            crate::net::punch(socket, addr, PUNCH_WAIT, true),
+            crate::net::punch(socket, addr, crate::limits::PUNCH_WAIT, true),
         )
     }
     #[cfg(not(unix))]
@@ -410,6 +410,7 @@ pub(crate) fn punch_back(inner: &Inner, caller: &str, addr: SocketAddr) -> Resul
 }
 
 /// A punch's outcome, its error naming the other side.
+#[cfg(unix)]
 fn punch_error(
     name: &str,
     addr: SocketAddr,
@@ -420,7 +421,7 @@ fn punch_error(
             Error::Timeout(format!(
                 "no hole punched to {name} at {addr} within {} s (a NAT that changes \
                  ports, or a firewall)",
-                PUNCH_WAIT.as_secs()
+                crate::limits::PUNCH_WAIT.as_secs()
             ))
         } else {
             Error::Io(std::io::Error::new(
