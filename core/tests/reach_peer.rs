@@ -14,7 +14,7 @@
 
 mod common;
 
-use common::{pattern, wait_until};
+use common::{closed_port, pattern, wait_until};
 use p2pcore::peer::{Chat, PathPolicy, Peer, PeerBuilder, PeerEvent};
 use p2pcore::reach::{Path, Preamble, Reach, Token};
 use p2pcore::registry::{Registry, RegistryConfig};
@@ -403,6 +403,128 @@ impl Session {
         self.s.reader.read_line(&mut line).unwrap();
         line.trim_end().to_string()
     }
+}
+
+/// Listeners on 127.0.0.1 that accept every connection and hold it without a word: a
+/// callee following `PUNCH` pushes to them sits in its handshake wait until it gives up.
+struct SilentHolders {
+    ports: Vec<u16>,
+    held: Arc<Mutex<Vec<TcpStream>>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl SilentHolders {
+    fn start(n: usize) -> SilentHolders {
+        let listeners: Vec<std::net::TcpListener> = (0..n)
+            .map(|_| {
+                let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+                l.set_nonblocking(true).unwrap();
+                l
+            })
+            .collect();
+        let ports = listeners
+            .iter()
+            .map(|l| l.local_addr().unwrap().port())
+            .collect();
+        let held: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (keep, flag) = (held.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            while !flag.load(std::sync::atomic::Ordering::SeqCst) {
+                for l in &listeners {
+                    if let Ok((s, _)) = l.accept() {
+                        keep.lock().push(s);
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        });
+        SilentHolders {
+            ports,
+            held,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Connections held now that the other side has not closed.
+    fn open(&self) -> usize {
+        let mut held = self.held.lock();
+        held.retain(|s| {
+            s.set_nonblocking(true).unwrap();
+            let mut b = [0u8; 1];
+            // Open: nothing to read yet. Closed: end of stream.
+            matches!(s.peek(&mut b), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+        });
+        held.len()
+    }
+}
+
+impl Drop for SilentHolders {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[test]
+fn a_flood_of_punch_pushes_keeps_dial_outs_threads_and_descriptors_bounded() {
+    let _one = SERIAL.lock();
+    let registry = Registry::bind("127.0.0.1:0").unwrap();
+    let reg = registry.local_addr();
+    let dir = TempDir::new().unwrap();
+    let (bob, _seen) = peer(&reg.to_string(), "bob", dir.path(), PathPolicy::Auto);
+    assert!(wait_until(WAIT, || bob.reachability() == Reach::Reachable
+        && bob.serving() == 0));
+    // Eight callers, each naming a port of its own where a silent listener holds
+    // whatever connects (one 4-tuple per port: bob connects from his listening port).
+    let holders = SilentHolders::start(8);
+    let mut sessions: Vec<Session> = (0..8)
+        .map(|i| Session::open(reg, &format!("puncher{i}"), closed_port()))
+        .collect();
+    let (threads_before, fds_before) = (threads(), fds());
+    let mut asked = 0;
+    for round in 0..10 {
+        for (s, port) in sessions.iter_mut().zip(&holders.ports) {
+            let answer = s.ask(&format!("PUNCH,bob,{port}"));
+            if answer.starts_with("OK,") {
+                asked += 1;
+            } else {
+                assert!(answer.starts_with("ERR"), "round {round}: {answer}");
+            }
+        }
+    }
+    assert!(
+        asked > p2pcore::limits::MAX_DIAL_OUTS_PER_MINUTE,
+        "only {asked} PUNCHes pushed"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let held = holders.open();
+    let (threads_peak, fds_peak) = (threads(), fds());
+    println!(
+        "{asked} PUNCH pushes: {held} punched connections held open; threads {threads_before} -> {threads_peak}, descriptors {fds_before} -> {fds_peak}"
+    );
+    assert!(held >= 1, "bob connected at all");
+    assert!(
+        held <= p2pcore::limits::MAX_DIAL_OUTS,
+        "at most {} dial-outs at once, {held} held",
+        p2pcore::limits::MAX_DIAL_OUTS
+    );
+    assert!(
+        threads_peak <= threads_before + p2pcore::limits::MAX_DIAL_OUTS + 4,
+        "threads {threads_before} -> {threads_peak}"
+    );
+    // Each held punch: bob's socket and the holder's.
+    assert!(
+        fds_peak <= fds_before + 6 * p2pcore::limits::MAX_DIAL_OUTS + 8,
+        "descriptors {fds_before} -> {fds_peak}"
+    );
+    drop(sessions);
+    drop(holders);
+    bob.exit();
 }
 
 #[test]

@@ -11,7 +11,7 @@
 
 mod common;
 
-use common::{legacy, wait_until, Enc, Plain};
+use common::{closed_port, legacy, wait_until, Enc, Plain};
 use p2pcore::identity::Identity;
 use p2pcore::reach::{probe_answer, Preamble, Push, Reach, Token};
 use p2pcore::registry::{Registry, RegistryConfig, RegistryEvent};
@@ -128,15 +128,6 @@ impl Drop for Listener {
             let _ = t.join();
         }
     }
-}
-
-/// A port on 127.0.0.1 where nothing listens (bound, then closed).
-fn closed_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// The reach field of a session `GET_P` answer for a user with a key.

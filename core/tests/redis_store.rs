@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{keyed_client, register, wait_until, Enc};
+use common::{closed_port, keyed_client, register, wait_until, Enc};
 use p2pcore::identity::Identity;
 use p2pcore::registry::{Registry, RegistryConfig, StoreSpec};
 use parking_lot::Mutex;
@@ -235,13 +235,6 @@ fn dial(addr: std::net::SocketAddr, id: &p2pcore::identity::Identity) -> Enc {
         None,
         Duration::from_secs(15),
     )
-}
-
-fn closed_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .unwrap()
-        .port()
 }
 
 #[test]
