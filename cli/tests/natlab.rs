@@ -475,7 +475,9 @@ fn fetch_between_two_nats(lab: Lab) -> Fetched {
     let registry = lab.start_registry();
     let share = dir(&lab, "bob-share");
     let (content, _) = make_file(&share, "report.bin");
-    let (bob_share, bob_port) = lab.share_with(&bob, "bob", &share, &["--accept-chats"]);
+    let (mut bob_share, bob_port) = lab.share_with(&bob, "bob", &share, &["--accept-chats"]);
+    // bob's listener checked (and found unreachable) before the fetch plans its path.
+    bob_share.expect_line("[stderr] not reachable from outside at", natlab::proc::WAIT);
     let alice_share = dir(&lab, "alice-share");
     let (alice_share, alice_port) = lab.share(&alice, "alice", &alice_share);
     assert_eq!(
