@@ -721,8 +721,8 @@ fn by_default_an_unreachable_callee_is_reached_by_reverse_connect_and_two_throug
     assert_eq!(*bob_seen.request_paths.lock(), vec![Path::Reverse]);
     assert_eq!(relay.stats().joined, 0, "no relay needed");
 
-    // carol is unreachable too: a hole punch first (it fails here: on one host
-    // nothing listens where the registry lists the two), then the relay.
+    // carol is unreachable too: the relay. (No hole punch first: the registry lists
+    // carol and bob at one IP, as behind one NAT, where a punch cannot work.)
     let (carol, _) = unreachable_peer(&reg, "carol", dc.path(), "127.0.0.3");
     let t = carol.fetch("bob", "report.bin").unwrap();
     let saved = t.wait_timeout(WAIT).expect("download ended").unwrap();

@@ -72,7 +72,15 @@ impl PathPolicy {
 /// The paths to try, in order, to reach a callee the registry lists as `callee`, from
 /// a peer whose own listener is `me`. `secured`: the registry session is secured (the
 /// only kind that knows `CONNECT` and `RELAY`); without it only direct is possible.
-pub(crate) fn plan(policy: PathPolicy, callee: Reach, me: Reach, secured: bool) -> Vec<Path> {
+/// `one_nat`: the registry lists both at the same IP, behind one NAT, where a punch
+/// would aim at the NAT's own address from inside it.
+pub(crate) fn plan(
+    policy: PathPolicy,
+    callee: Reach,
+    me: Reach,
+    secured: bool,
+    one_nat: bool,
+) -> Vec<Path> {
     match policy {
         PathPolicy::Direct => vec![Path::Direct],
         PathPolicy::Reverse => vec![Path::Reverse],
@@ -91,8 +99,10 @@ pub(crate) fn plan(policy: PathPolicy, callee: Reach, me: Reach, secured: bool) 
             }
             // Both behind NATs (or firewalls): a punched hole saves the relay's
             // bandwidth and a hop; a NAT that picks a new port per connection defeats
-            // it, and the relay follows.
-            if cfg!(unix) && callee == Reach::Unreachable && me != Reach::Reachable {
+            // it, and the relay follows. Behind one NAT, both SYNs would go to the
+            // NAT's outside address from inside, which few NATs send back in
+            // (hairpinning): not worth the wait.
+            if cfg!(unix) && callee == Reach::Unreachable && me != Reach::Reachable && !one_nat {
                 paths.push(Path::Punched);
             }
             paths.push(Path::Relayed);
@@ -161,12 +171,9 @@ pub(crate) fn connect(inner: &Inner, name: &str, info: &PeerInfo) -> Result<(Tcp
     } else {
         info
     };
-    let plan = plan(
-        inner.path_policy,
-        info.reach,
-        inner.reachability().0,
-        secured,
-    );
+    let (me, listed) = inner.reachability();
+    let one_nat = listed.is_some_and(|mine| mine.ip() == info.addr.ip());
+    let plan = plan(inner.path_policy, info.reach, me, secured, one_nat);
     let mut tried: Vec<(Path, Error)> = Vec::new();
     let mut skipped = Vec::new();
     for (i, &path) in plan.iter().enumerate() {
@@ -554,47 +561,55 @@ mod tests {
         use Reach::*;
         let auto = PathPolicy::Auto;
         assert_eq!(
-            plan(auto, Reachable, Reachable, true),
+            plan(auto, Reachable, Reachable, true, false),
             vec![Direct, Reverse, Relayed]
         );
         assert_eq!(
-            plan(auto, Unknown, Unknown, true),
+            plan(auto, Unknown, Unknown, true, false),
             vec![Direct, Reverse, Relayed]
         );
         assert_eq!(
-            plan(auto, Unknown, Unreachable, true),
+            plan(auto, Unknown, Unreachable, true, false),
             vec![Direct, Relayed]
         );
         assert_eq!(
-            plan(auto, Unreachable, Reachable, true),
+            plan(auto, Unreachable, Reachable, true, false),
             vec![Reverse, Relayed]
         );
         // Both behind NATs: a hole punch before the relay (Unix), also while this
         // peer's own check is still running (reverse first then).
         let punch: &[Path] = if cfg!(unix) { &[Punched] } else { &[] };
         assert_eq!(
-            plan(auto, Unreachable, Unreachable, true),
+            plan(auto, Unreachable, Unreachable, true, false),
             [punch, &[Relayed]].concat()
         );
         assert_eq!(
-            plan(auto, Unreachable, Unknown, true),
+            plan(auto, Unreachable, Unknown, true, false),
             [&[Reverse][..], punch, &[Relayed]].concat()
         );
         assert_eq!(
-            plan(PathPolicy::Punch, Reachable, Reachable, true),
+            plan(PathPolicy::Punch, Reachable, Reachable, true, false),
             vec![Punched]
         );
-        assert_eq!(plan(auto, Unreachable, Reachable, false), vec![Direct]);
+        // Behind one NAT: no punch at the NAT's own address.
         assert_eq!(
-            plan(PathPolicy::Relay, Reachable, Reachable, true),
+            plan(auto, Unreachable, Unreachable, true, true),
             vec![Relayed]
         );
         assert_eq!(
-            plan(PathPolicy::Reverse, Reachable, Unknown, true),
+            plan(auto, Unreachable, Reachable, false, false),
+            vec![Direct]
+        );
+        assert_eq!(
+            plan(PathPolicy::Relay, Reachable, Reachable, true, false),
+            vec![Relayed]
+        );
+        assert_eq!(
+            plan(PathPolicy::Reverse, Reachable, Unknown, true, false),
             vec![Reverse]
         );
         assert_eq!(
-            plan(PathPolicy::Direct, Unreachable, Unknown, true),
+            plan(PathPolicy::Direct, Unreachable, Unknown, true, false),
             vec![Direct]
         );
         for p in [
