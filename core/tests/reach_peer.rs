@@ -405,6 +405,42 @@ impl Session {
     }
 }
 
+/// After `asked` pushes of `kind` (more than a minute's dial-outs): two seconds on,
+/// the connections the callee holds open (`held()`) are at least one and at most
+/// `MAX_DIAL_OUTS`, and its threads and descriptors grew by no more than those.
+fn assert_dial_outs_bounded(
+    kind: &str,
+    asked: usize,
+    held: impl Fn() -> usize,
+    (threads_before, fds_before): (usize, usize),
+) {
+    assert!(
+        asked > p2pcore::limits::MAX_DIAL_OUTS_PER_MINUTE,
+        "only {asked} {kind} pushes"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let held = held();
+    let (threads_peak, fds_peak) = (threads(), fds());
+    println!(
+        "{asked} {kind} pushes: {held} connections held open; threads {threads_before} -> {threads_peak}, descriptors {fds_before} -> {fds_peak}"
+    );
+    assert!(held >= 1, "bob connected at all");
+    assert!(
+        held <= p2pcore::limits::MAX_DIAL_OUTS,
+        "at most {} dial-outs at once, {held} held",
+        p2pcore::limits::MAX_DIAL_OUTS
+    );
+    assert!(
+        threads_peak <= threads_before + p2pcore::limits::MAX_DIAL_OUTS + 4,
+        "threads {threads_before} -> {threads_peak}"
+    );
+    // Each held connection: bob's socket and the holder's, and bob's slot.
+    assert!(
+        fds_peak <= fds_before + 6 * p2pcore::limits::MAX_DIAL_OUTS + 8,
+        "descriptors {fds_before} -> {fds_peak}"
+    );
+}
+
 /// Listeners on 127.0.0.1 that accept every connection and hold it without a word: a
 /// callee following `PUNCH` pushes to them sits in its handshake wait until it gives up.
 struct SilentHolders {
@@ -497,31 +533,8 @@ fn a_flood_of_punch_pushes_keeps_dial_outs_threads_and_descriptors_bounded() {
             }
         }
     }
-    assert!(
-        asked > p2pcore::limits::MAX_DIAL_OUTS_PER_MINUTE,
-        "only {asked} PUNCHes pushed"
-    );
-    std::thread::sleep(Duration::from_secs(2));
-    let held = holders.open();
-    let (threads_peak, fds_peak) = (threads(), fds());
-    println!(
-        "{asked} PUNCH pushes: {held} punched connections held open; threads {threads_before} -> {threads_peak}, descriptors {fds_before} -> {fds_peak}"
-    );
-    assert!(held >= 1, "bob connected at all");
-    assert!(
-        held <= p2pcore::limits::MAX_DIAL_OUTS,
-        "at most {} dial-outs at once, {held} held",
-        p2pcore::limits::MAX_DIAL_OUTS
-    );
-    assert!(
-        threads_peak <= threads_before + p2pcore::limits::MAX_DIAL_OUTS + 4,
-        "threads {threads_before} -> {threads_peak}"
-    );
-    // Each held punch: bob's socket and the holder's.
-    assert!(
-        fds_peak <= fds_before + 6 * p2pcore::limits::MAX_DIAL_OUTS + 8,
-        "descriptors {fds_before} -> {fds_peak}"
-    );
+    let held = || holders.open();
+    assert_dial_outs_bounded("PUNCH", asked, held, (threads_before, fds_before));
     drop(sessions);
     drop(holders);
     bob.exit();
@@ -560,30 +573,8 @@ fn a_flood_of_dial_pushes_keeps_dial_outs_threads_and_descriptors_bounded() {
             }
         }
     }
-    assert!(
-        asked > p2pcore::limits::MAX_DIAL_OUTS_PER_MINUTE,
-        "only {asked} DIALs pushed"
-    );
-    std::thread::sleep(Duration::from_secs(2));
-    let held = caller.reverse.lock().len();
-    let (threads_peak, fds_peak) = (threads(), fds());
-    println!(
-        "{asked} DIAL pushes: {held} reverse connections held open; threads {threads_before} -> {threads_peak}, descriptors {fds_before} -> {fds_peak}"
-    );
-    assert!(held >= 1, "bob connected back at all");
-    assert!(
-        held <= p2pcore::limits::MAX_DIAL_OUTS,
-        "at most {} dial-outs at once, {held} held",
-        p2pcore::limits::MAX_DIAL_OUTS
-    );
-    assert!(
-        threads_peak <= threads_before + p2pcore::limits::MAX_DIAL_OUTS + 4,
-        "threads {threads_before} -> {threads_peak}"
-    );
-    assert!(
-        fds_peak <= fds_before + 6 * p2pcore::limits::MAX_DIAL_OUTS + 8,
-        "descriptors {fds_before} -> {fds_peak}"
-    );
+    let held = || caller.reverse.lock().len();
+    assert_dial_outs_bounded("DIAL", asked, held, (threads_before, fds_before));
     drop(sessions);
     drop(caller);
     bob.exit();
