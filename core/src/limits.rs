@@ -197,11 +197,11 @@ pub const PROBE_ANSWER_MAX: usize = 128;
 /// Registry: most unsent bytes a watch session may hold; a push that would go past it
 /// is dropped (counted and logged): a watcher that does not read costs at most this.
 pub const WATCH_MAX_UNSENT: usize = 16 * 1024;
-/// Registry: most `CONNECT` and `RELAY` queries one session may send per minute
+/// Registry: most `CONNECT`, `RELAY` and `PUNCH` queries one session may send per minute
 /// (refused past it): each makes another peer connect somewhere, so a registry must
 /// not let one client turn it into a dial-out amplifier.
 pub const SIGNALS_PER_MINUTE: u32 = 20;
-/// Registry: most `CONNECT` and `RELAY` queries all sessions from one address (one /64
+/// Registry: most `CONNECT`, `RELAY` and `PUNCH` queries all sessions from one address (one /64
 /// for IPv6) may send per minute on one node: without it, an address holding many
 /// sessions would multiply [`SIGNALS_PER_MINUTE`] by them. Six sessions' worth, so a
 /// few busy peers behind one NAT are not refused.

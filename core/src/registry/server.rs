@@ -29,7 +29,7 @@
 //! besides what any connection holds. A record failing authentication closes the
 //! connection at once (nothing can be answered on a broken link).
 //!
-//! Reaching peers (`docs/PROTOCOL.md` §5): `WATCH`, `CONNECT` and `RELAY` are taken
+//! Reaching peers (`docs/PROTOCOL.md` §5): `WATCH`, `CONNECT`, `RELAY` and `PUNCH` are taken
 //! only as session lines on encrypted sessions (see `signal`). A keyed `INIT` that
 //! lists a user at a new address hands a check to the prober thread; its outcomes come
 //! back to loop 0 (`take_checks`). A watch session stays on its loop; pushes for it are
@@ -313,8 +313,8 @@ pub(super) struct AddrState {
 pub(super) struct AddrRates {
     /// Queries (`queries_per_sec_per_addr`).
     queries: Mutex<Bucket>,
-    /// `CONNECT` and `RELAY` ([`SIGNALS_PER_MINUTE_PER_ADDR`]): the per-session
-    /// budget alone would let one address with many sessions multiply it.
+    /// `CONNECT`, `RELAY` and `PUNCH` ([`SIGNALS_PER_MINUTE_PER_ADDR`]): the
+    /// per-session budget alone would let one address with many sessions multiply it.
     signals: Mutex<SignalBudget>,
 }
 
@@ -369,7 +369,7 @@ impl Shared {
     }
 }
 
-/// A connection on its way to a loop: its stream, peer and its address's rate bucket.
+/// A connection on its way to a loop: its stream, peer and its address's rate budgets.
 type Accepted = (TcpStream, SocketAddr, Arc<AddrRates>);
 
 /// Where loop 0 sends a connection for another loop.
@@ -1478,7 +1478,7 @@ impl Server {
     /// Run a reach query for the session in slot `idx`: its answer and what the log
     /// shows of it (tokens cut short: they are capabilities), or the `ERR` reason.
     ///
-    /// `CONNECT` and `RELAY` are refused, in this order: a plaintext session; over the
+    /// `CONNECT`, `RELAY` and `PUNCH` are refused, in this order: a plaintext session; over the
     /// session's budget ([`crate::limits::SIGNALS_PER_MINUTE`]) or its address's
     /// ([`SIGNALS_PER_MINUTE_PER_ADDR`]); `RELAY` without a
     /// relay; a session holding no registration; an unknown callee; a callee without
