@@ -768,34 +768,43 @@ fn ask(
     }
 }
 
-/// Reads the answer line (at most `MAX_PEER_LINE` bytes) within `timeout` in total,
-/// however it trickles in: a socket read timeout alone restarts with every byte, so a
-/// peer sending one byte now and then could hold a download for hours before its first
-/// body byte.
+/// Reads the answer line to a file request within `timeout` (see [`read_line_within`]).
 fn read_answer_line(
     reader: &mut LinkReader,
     timeout: Duration,
     addr: SocketAddr,
     peer: &str,
 ) -> Result<String> {
-    let deadline = Instant::now() + timeout;
-    let too_slow = || {
-        Error::Timeout(format!(
+    read_line_within(reader, timeout, addr, || {
+        format!(
             "{peer} did not answer the file request within {:.1} s",
             timeout.as_secs_f64()
-        ))
-    };
+        )
+    })
+}
+
+/// Reads one answer line (at most `MAX_PEER_LINE` bytes) within `timeout` in total,
+/// however it trickles in: a socket read timeout alone restarts with every byte, so a
+/// peer sending one byte now and then could hold a download (or a push's answer) for
+/// hours. Past the deadline: [`Error::Timeout`] with `too_slow()`'s text.
+pub(super) fn read_line_within(
+    reader: &mut LinkReader,
+    timeout: Duration,
+    addr: SocketAddr,
+    too_slow: impl Fn() -> String,
+) -> Result<String> {
+    let deadline = Instant::now() + timeout;
     let mut line = Vec::new();
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Err(too_slow());
+            return Err(Error::Timeout(too_slow()));
         }
         reader.socket().set_read_timeout(Some(left))?;
         let buf = match reader.fill_buf() {
             Ok(buf) => buf,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) if is_timeout(&e) => return Err(too_slow()),
+            Err(e) if is_timeout(&e) => return Err(Error::Timeout(too_slow())),
             Err(e) => return Err(e.into()),
         };
         if buf.is_empty() {

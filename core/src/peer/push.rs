@@ -21,24 +21,22 @@
 //! [`transfer::Receiver`](crate::transfer::Receiver), with the partial-file, resume,
 //! verify and no-overwrite rules of a download.
 
-use super::fetch::{self, TransferShared};
+use super::fetch::{self, read_line_within, TransferShared};
 use super::link::{self, LinkReader, LinkWriter, Partner, Route};
 use super::slots::{Full, Gauge, Slot};
 use super::{Inner, PeerEvent, Transfer};
-use crate::error::{is_timeout, Error, Result};
+use crate::error::{Error, Result};
 use crate::identity::PublicKey;
-use crate::limits::MAX_PEER_LINE;
 use crate::protocol::{check_filename, parse_offer_answer, OfferAnswer, PeerRequest};
 use crate::thread::call_hook;
 use crate::transfer::{send_file_sealed_with, Receiver, Resume, SpaceReservation};
 use crossbeam_channel::{select, Sender};
 use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::io::BufRead;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Identifies one incoming file offer within a peer.
 pub type OfferId = u64;
@@ -667,49 +665,4 @@ fn send(
         }),
         OfferAnswer::Accepted { .. } => Err(Error::protocol(addr, "a second OK <offset>")),
     }
-}
-
-/// Reads one answer line (at most `MAX_PEER_LINE` bytes) within `timeout` in total,
-/// however it trickles in.
-fn read_line_within(
-    reader: &mut LinkReader,
-    timeout: Duration,
-    addr: SocketAddr,
-    too_slow: impl Fn() -> String,
-) -> Result<String> {
-    let deadline = Instant::now() + timeout;
-    let mut line = Vec::new();
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(Error::Timeout(too_slow()));
-        }
-        reader.socket().set_read_timeout(Some(left))?;
-        let buf = match reader.fill_buf() {
-            Ok(buf) => buf,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) if is_timeout(&e) => return Err(Error::Timeout(too_slow())),
-            Err(e) => return Err(e.into()),
-        };
-        if buf.is_empty() {
-            return Err(Error::Closed);
-        }
-        let (take, done) = match buf.iter().position(|&b| b == b'\n') {
-            Some(i) => (i + 1, true),
-            None => (buf.len(), false),
-        };
-        if line.len() + take > MAX_PEER_LINE + 1 {
-            return Err(Error::protocol(addr, "answer line too long"));
-        }
-        line.extend_from_slice(&buf[..take]);
-        reader.consume(take);
-        if done {
-            break;
-        }
-    }
-    line.pop();
-    if line.last() == Some(&b'\r') {
-        line.pop();
-    }
-    String::from_utf8(line).map_err(|_| Error::protocol(addr, "answer line is not UTF-8"))
 }
